@@ -1,0 +1,170 @@
+//! `POST /api/v1/events` (OpenMeter-compatible ingest) and the quarantine.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{Admin, ApiError, AppState, Auth, Ingest};
+use crate::event::{decode_body, fmt_ms, BodyKind};
+use crate::metrics::metrics;
+
+pub async fn ingest(
+    _auth: Auth<Ingest>,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|e| {
+        let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            "PAYLOAD_TOO_LARGE"
+        } else {
+            "INVALID_BODY"
+        };
+        metrics().events_rejected_total.with_label_values(&[code]).inc();
+        ApiError::new(
+            e.status(),
+            code,
+            format!(
+                "{}; the body limit is {} bytes",
+                e.body_text(),
+                state.cfg.body_bytes_max
+            ),
+        )
+    })?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let Some(kind) = BodyKind::from_content_type(content_type) else {
+        metrics()
+            .events_rejected_total
+            .with_label_values(&["UNSUPPORTED_MEDIA_TYPE"])
+            .inc();
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_MEDIA_TYPE",
+            format!(
+                "content type {content_type:?} is not accepted; use application/cloudevents+json, \
+                 application/cloudevents-batch+json or application/json"
+            ),
+        ));
+    };
+    let shared = &state.engine.shared;
+    let now_ms = shared.clock.now_ms();
+    let items = match decode_body(&body, kind, now_ms, shared.window, shared.request_events_max) {
+        Ok(items) => items,
+        Err(rejection) if rejection.code == "BATCH_TOO_LARGE" => {
+            metrics()
+                .events_rejected_total
+                .with_label_values(&[rejection.code])
+                .inc();
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                rejection.code,
+                rejection.message,
+            ));
+        }
+        Err(rejection) => {
+            let (code, message) = (rejection.code, rejection.message.clone());
+            let seq = state
+                .engine
+                .reject_body(rejection, body.to_vec(), now_ms, "http")
+                .await?;
+            let mut details = serde_json::Map::new();
+            details.insert("accepted".into(), json!(0));
+            details.insert("quarantineSeq".into(), json!(seq));
+            return Err(ApiError::bad_request(code, message).with_details(details));
+        }
+    };
+    let single = items.len() == 1 && kind != BodyKind::Batch && !body.trim_ascii_start().starts_with(b"[");
+    let outcome = state.engine.ingest(items, now_ms, "http").await?;
+    if outcome.rejected.is_empty() {
+        let mut response = StatusCode::NO_CONTENT.into_response();
+        let h = response.headers_mut();
+        h.insert("keymeter-accepted", HeaderValue::from(outcome.accepted));
+        h.insert("keymeter-duplicates", HeaderValue::from(outcome.duplicates));
+        h.insert("keymeter-seq", HeaderValue::from(outcome.last_seq));
+        return Ok(response);
+    }
+    let rejected: Vec<Value> = outcome
+        .rejected
+        .iter()
+        .map(|r| json!({"index": r.index, "code": r.code, "message": r.message}))
+        .collect();
+    let (code, message) = if single {
+        let r = &outcome.rejected[0];
+        (r.code.clone(), r.message.clone())
+    } else {
+        (
+            "INVALID_EVENTS".to_owned(),
+            format!(
+                "{} of {} events rejected and quarantined; {} accepted, {} duplicates; \
+                 accepted events are durable, so resending the whole batch is safe",
+                outcome.rejected.len(),
+                outcome.rejected.len() as u32 + outcome.accepted + outcome.duplicates,
+                outcome.accepted,
+                outcome.duplicates
+            ),
+        )
+    };
+    let mut details = serde_json::Map::new();
+    details.insert("accepted".into(), json!(outcome.accepted));
+    details.insert("duplicates".into(), json!(outcome.duplicates));
+    details.insert("rejected".into(), Value::Array(rejected));
+    Err(ApiError::bad_request(code, message).with_details(details))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuarantineParams {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// Rejected input, oldest first, paged by log sequence number.
+pub async fn quarantine(
+    _auth: Auth<Admin>,
+    State(state): State<AppState>,
+    params: Result<Query<QuarantineParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(p) = params.map_err(|e| ApiError::bad_request("INVALID_QUERY", e.body_text()))?;
+    let limit = p.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "INVALID_QUERY",
+            "limit must be between 1 and 1000",
+        ));
+    }
+    let page = state
+        .engine
+        .shared
+        .store
+        .quarantine_page(p.after.unwrap_or(0), limit)
+        .map_err(ApiError::internal)?;
+    let next = if page.len() == limit {
+        page.last().map(|(seq, _)| *seq)
+    } else {
+        None
+    };
+    let items: Vec<Value> = page
+        .into_iter()
+        .map(|(seq, r)| {
+            json!({
+                "seq": seq,
+                "receivedAt": fmt_ms(r.received_ms),
+                "origin": r.origin,
+                "index": r.index,
+                "code": r.code,
+                "message": r.message,
+                "raw": r.raw,
+                "truncated": r.truncated,
+            })
+        })
+        .collect();
+    Ok(Json(json!({"items": items, "nextAfter": next})))
+}

@@ -1,0 +1,93 @@
+//! API-key management (admin). The key itself is returned once, at creation.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{Admin, ApiError, AppState, Auth};
+use crate::auth::{generate_key, key_digest, Scope};
+use crate::event::fmt_ms;
+use crate::record::ApiKeyRecord;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewKey {
+    name: String,
+    scopes: Vec<String>,
+}
+
+fn key_json(k: &ApiKeyRecord) -> Value {
+    json!({
+        "id": k.id,
+        "name": k.name,
+        "scopes": k.scopes,
+        "createdAt": fmt_ms(k.created_ms),
+    })
+}
+
+pub async fn list(_auth: Auth<Admin>, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let keys = state
+        .engine
+        .shared
+        .store
+        .api_keys()
+        .map_err(ApiError::internal)?;
+    Ok(Json(Value::Array(keys.iter().map(key_json).collect())))
+}
+
+pub async fn create(
+    auth: Auth<Admin>,
+    State(state): State<AppState>,
+    body: Result<Json<NewKey>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(new) = body.map_err(|e| ApiError::bad_request("INVALID_API_KEY", e.body_text()))?;
+    if new.name.trim().is_empty() || new.name.len() > 200 {
+        return Err(ApiError::bad_request(
+            "INVALID_API_KEY",
+            "name must be 1 to 200 characters",
+        ));
+    }
+    let mut scopes = Vec::new();
+    for s in &new.scopes {
+        let scope = Scope::parse(s).ok_or_else(|| {
+            ApiError::bad_request(
+                "INVALID_API_KEY",
+                format!("unknown scope {s:?}; scopes are ingest, read, admin"),
+            )
+        })?;
+        if !scopes.contains(&scope) {
+            scopes.push(scope);
+        }
+    }
+    if scopes.is_empty() {
+        return Err(ApiError::bad_request(
+            "INVALID_API_KEY",
+            "at least one scope is required",
+        ));
+    }
+    let (id, key) = generate_key();
+    let record = ApiKeyRecord {
+        id,
+        name: new.name,
+        scopes,
+        key_sha256: key_digest(&key),
+        created_ms: state.engine.shared.clock.now_ms(),
+    };
+    let record = state.engine.create_api_key(record, auth.audit()).await?;
+    let mut body = key_json(&record);
+    body["key"] = json!(key);
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+pub async fn revoke(
+    auth: Auth<Admin>,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.engine.revoke_api_key(id, auth.audit()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

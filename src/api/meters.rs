@@ -1,0 +1,256 @@
+//! Meters: definition (admin), listing and usage queries (read).
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::{Admin, ApiError, AppState, Auth, Read};
+use crate::event::{fmt_ms, parse_time_ms};
+use crate::meter::{self, AggState, CompiledMeter, CounterKey, MeterDef, QueryParams, WindowSize};
+
+pub async fn list(_auth: Auth<Read>, State(state): State<AppState>) -> Json<Value> {
+    let meters = state.engine.shared.meters.load();
+    Json(Value::Array(
+        meters.iter().map(|m| meter_json(m.def())).collect(),
+    ))
+}
+
+pub async fn get(
+    _auth: Auth<Read>,
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let meters = state.engine.shared.meters.load();
+    let meter = meters.get(&slug).ok_or_else(|| no_meter(&slug))?;
+    Ok(Json(meter_json(meter.def())))
+}
+
+pub async fn create(
+    auth: Auth<Admin>,
+    State(state): State<AppState>,
+    body: Result<Json<MeterDef>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(def) = body.map_err(|e| ApiError::bad_request("INVALID_METER", e.body_text()))?;
+    def.validate()
+        .map_err(|e| ApiError::bad_request(e.code(), e.to_string()))?;
+    let def = state.engine.create_meter(def, auth.audit()).await?;
+    Ok((StatusCode::CREATED, Json(meter_json(&def))).into_response())
+}
+
+pub async fn delete(
+    auth: Auth<Admin>,
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.engine.delete_meter(slug, auth.audit()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn meter_json(def: &MeterDef) -> Value {
+    serde_json::to_value(def).expect("meter serializes")
+}
+
+fn no_meter(slug: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "METER_NOT_FOUND",
+        format!("meter `{slug}` does not exist"),
+    )
+}
+
+/// The query parameters as OpenMeter names them; `subject` and `groupBy` may
+/// repeat.
+struct RawParams {
+    from: Option<(String, i64)>,
+    to: Option<(String, i64)>,
+    window_size: Option<WindowSize>,
+    subjects: Vec<String>,
+    group_by: Vec<String>,
+}
+
+fn parse_params(query: Option<&str>) -> Result<RawParams, ApiError> {
+    let mut p = RawParams {
+        from: None,
+        to: None,
+        window_size: None,
+        subjects: Vec::new(),
+        group_by: Vec::new(),
+    };
+    let time = |name: &str, v: &str| {
+        parse_time_ms(v)
+            .map(|ms| (v.to_owned(), ms))
+            .map_err(|e| ApiError::bad_request("INVALID_QUERY", format!("{name}: {}", e.message)))
+    };
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "from" => p.from = Some(time("from", &v)?),
+            "to" => p.to = Some(time("to", &v)?),
+            "windowSize" => {
+                p.window_size = Some(serde_json::from_value(json!(v)).map_err(|_| {
+                    ApiError::bad_request(
+                        "INVALID_QUERY",
+                        format!("windowSize {v:?} is not one of MINUTE, HOUR, DAY, MONTH"),
+                    )
+                })?)
+            }
+            "windowTimeZone" if v == "UTC" || v == "Etc/UTC" => {}
+            "windowTimeZone" => {
+                return Err(ApiError::bad_request(
+                    "INVALID_QUERY",
+                    "windows are in UTC; windowTimeZone must be UTC",
+                ))
+            }
+            "subject" => p.subjects.push(v.into_owned()),
+            "groupBy" => p.group_by.push(v.into_owned()),
+            other => {
+                return Err(ApiError::bad_request(
+                    "INVALID_QUERY",
+                    format!("unknown query parameter `{other}`"),
+                ))
+            }
+        }
+    }
+    Ok(p)
+}
+
+pub async fn query(
+    _auth: Auth<Read>,
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let p = parse_params(raw.as_deref())?;
+    let meters = state.engine.shared.meters.load();
+    let meter = meters.get(&slug).ok_or_else(|| no_meter(&slug))?;
+    let split_by_subject =
+        !p.subjects.is_empty() || p.group_by.iter().any(|g| g == "subject");
+    let group_by: Vec<String> = p.group_by.iter().filter(|g| *g != "subject").cloned().collect();
+    let params = QueryParams {
+        from_ms: p.from.as_ref().map(|f| f.1),
+        to_ms: p.to.as_ref().map(|t| t.1),
+        window_size: p.window_size,
+        subjects: p.subjects.clone(),
+        group_by: group_by.clone(),
+        split_by_subject,
+    };
+    let stored = read_states(&state, meter, &params)?;
+    let rows = meter::query(meter, stored.into_iter(), &params)
+        .map_err(|e| ApiError::bad_request(e.code(), e.to_string()))?;
+    let wants_csv = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/csv"));
+    if wants_csv {
+        return Ok(csv(meter, &group_by, &rows));
+    }
+    let data: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "value": r.value,
+                "windowStart": fmt_ms(r.window_start_ms),
+                "windowEnd": fmt_ms(r.window_end_ms),
+                "subject": r.subject,
+                "groupBy": r.group_by,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "from": p.from.map(|f| fmt_ms(f.1)),
+        "to": p.to.map(|t| fmt_ms(t.1)),
+        "windowSize": p.window_size,
+        "data": data,
+    }))
+    .into_response())
+}
+
+/// Reads the stored windows a query can need: per subject when the caller
+/// names subjects, otherwise the whole meter; bounded by from/to per subject.
+fn read_states(
+    state: &AppState,
+    meter: &CompiledMeter,
+    params: &QueryParams,
+) -> Result<Vec<(CounterKey, AggState)>, ApiError> {
+    let tree = &state.engine.shared.store.counters;
+    let slug = meter.slug();
+    let mut out = Vec::new();
+    let mut push = |kv: sled::Result<(sled::IVec, sled::IVec)>| -> Result<(), ApiError> {
+        let (k, v) = kv.map_err(ApiError::internal)?;
+        let key = CounterKey::decode(&k).map_err(ApiError::internal)?;
+        if params.from_ms.is_some_and(|f| key.window_start_ms < f)
+            || params.to_ms.is_some_and(|t| key.window_start_ms >= t)
+        {
+            return Ok(());
+        }
+        out.push((key, AggState::decode(&v).map_err(ApiError::internal)?));
+        Ok(())
+    };
+    if params.subjects.is_empty() {
+        for kv in tree.scan_prefix(CounterKey::meter_prefix(slug)) {
+            push(kv)?;
+        }
+    } else {
+        for subject in &params.subjects {
+            if subject.contains('\0') {
+                continue;
+            }
+            let (lo, hi) = CounterKey::window_range_bounds(
+                slug,
+                subject,
+                params.from_ms.unwrap_or(i64::MIN),
+                params.to_ms.unwrap_or(i64::MAX),
+            );
+            for kv in tree.range(lo..hi) {
+                push(kv)?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+fn csv(meter: &CompiledMeter, group_by: &[String], rows: &[meter::QueryRow]) -> Response {
+    let mut out = String::from("window_start,window_end,subject");
+    for g in group_by {
+        out.push(',');
+        out.push_str(&csv_field(g));
+    }
+    out.push_str(",value\n");
+    for r in rows {
+        out.push_str(&fmt_ms(r.window_start_ms));
+        out.push(',');
+        out.push_str(&fmt_ms(r.window_end_ms));
+        out.push(',');
+        out.push_str(&csv_field(r.subject.as_deref().unwrap_or("")));
+        for g in group_by {
+            out.push(',');
+            let v = r.group_by.get(g).cloned().flatten().unwrap_or_default();
+            out.push_str(&csv_field(&v));
+        }
+        out.push(',');
+        out.push_str(&r.value.to_string());
+        out.push('\n');
+    }
+    (
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{}.csv\"", meter.slug()),
+            ),
+        ],
+        out,
+    )
+        .into_response()
+}

@@ -1,0 +1,119 @@
+//! The HTTP API: routers per resource, authentication, error mapping and
+//! request metrics.
+
+mod auth;
+mod error;
+mod events;
+mod keys;
+mod meters;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::Router;
+
+pub use self::auth::{Admin, Auth, Ingest, Read};
+pub use self::error::ApiError;
+use crate::config::Config;
+use crate::engine::EngineHandle;
+use crate::metrics::metrics;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: EngineHandle,
+    pub cfg: Arc<Config>,
+}
+
+/// The API router. `/metrics` is included (behind the `read` scope) unless
+/// the configuration serves it on its own listener.
+pub fn router(state: AppState) -> Router {
+    let body_max = state.cfg.body_bytes_max;
+    let mut api = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/api/v1/events", post(events::ingest))
+        .route("/api/v1/meters", get(meters::list).post(meters::create))
+        .route("/api/v1/meters/{slug}", get(meters::get).delete(meters::delete))
+        .route("/api/v1/meters/{slug}/query", get(meters::query))
+        .route("/api/v1/quarantine", get(events::quarantine))
+        .route("/api/v1/api-keys", get(keys::list).post(keys::create))
+        .route("/api/v1/api-keys/{id}", delete(keys::revoke));
+    if state.cfg.metrics_listen.is_none() {
+        api = api.route("/metrics", get(metrics_protected));
+    }
+    api.fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_max))
+        .layer(axum::middleware::from_fn(observe))
+        .with_state(state)
+}
+
+/// The unauthenticated metrics-only router for `metrics_listen`.
+pub fn metrics_router() -> Router {
+    Router::new().route("/metrics", get(metrics_text))
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let shared = &state.engine.shared;
+    if shared.failed.load(Ordering::SeqCst) {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ENGINE_FAILED",
+            "the engine stopped after an error; see the server log",
+        )
+        .into_response();
+    }
+    axum::Json(serde_json::json!({
+        "status": "ready",
+        "logHeadSeq": shared.head_seq.load(Ordering::SeqCst),
+        "appliedSeq": shared.applied_seq.load(Ordering::SeqCst),
+    }))
+    .into_response()
+}
+
+async fn metrics_protected(_auth: Auth<Read>) -> Response {
+    metrics_text().await
+}
+
+async fn metrics_text() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        metrics().render(),
+    )
+        .into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route")
+}
+
+/// Counts every request by route template (never the raw path, which would
+/// make label values unbounded), method and status.
+async fn observe(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().as_str().to_owned();
+    let response = next.run(req).await;
+    let status = response.status().as_u16().to_string();
+    let m = metrics();
+    m.http_requests_total
+        .with_label_values(&[&route, &method, &status])
+        .inc();
+    m.http_request_duration_seconds
+        .with_label_values(&[&route, &method, &status])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}

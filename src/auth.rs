@@ -1,0 +1,136 @@
+//! API keys and scopes.
+//!
+//! A key is 32 random bytes, shown once as `km_<id>_<secret>`. Only its
+//! SHA-256 is stored (in the log and in sled). A fast hash is enough here:
+//! the keys carry 256 bits of entropy, so there is nothing to brute-force;
+//! slow password hashes (argon2) exist for low-entropy human passwords.
+//! Operator-supplied bootstrap keys must be at least 24 characters.
+
+use std::collections::HashMap;
+
+use base64::Engine as _;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::record::ApiKeyRecord;
+
+/// Shortest operator-supplied key accepted (e.g. `KEYMETER_BOOTSTRAP_ADMIN_KEY`).
+pub const SUPPLIED_KEY_CHARS_MIN: usize = 24;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Send usage events.
+    Ingest,
+    /// Read meters, usage and quarantine.
+    Read,
+    /// Everything, including managing meters and API keys.
+    Admin,
+}
+
+impl Scope {
+    pub fn parse(s: &str) -> Option<Scope> {
+        match s {
+            "ingest" => Some(Scope::Ingest),
+            "read" => Some(Scope::Read),
+            "admin" => Some(Scope::Admin),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Ingest => "ingest",
+            Scope::Read => "read",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+/// Does a key holding `held` pass a route that needs `needed`? Admin implies
+/// every other scope.
+pub fn allows(held: &[Scope], needed: Scope) -> bool {
+    held.iter().any(|&s| s == needed || s == Scope::Admin)
+}
+
+pub fn key_digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+/// A new random key id (12 hex chars) and full key.
+pub fn generate_key() -> (String, String) {
+    let mut id = [0u8; 6];
+    let mut secret = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut id);
+    rand::thread_rng().fill_bytes(&mut secret);
+    let id = hex::encode(id);
+    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
+    let key = format!("km_{id}_{secret}");
+    (id, key)
+}
+
+/// A fresh random key id, for operator-supplied keys.
+pub fn generate_id() -> String {
+    let mut id = [0u8; 6];
+    rand::thread_rng().fill_bytes(&mut id);
+    hex::encode(id)
+}
+
+/// The published set of live keys, looked up by digest.
+#[derive(Debug, Default, Clone)]
+pub struct KeyRing {
+    by_digest: HashMap<[u8; 32], ApiKeyRecord>,
+}
+
+impl KeyRing {
+    pub fn from_records(records: impl IntoIterator<Item = ApiKeyRecord>) -> KeyRing {
+        KeyRing {
+            by_digest: records
+                .into_iter()
+                .map(|r| (r.key_sha256, r))
+                .collect(),
+        }
+    }
+
+    pub fn lookup(&self, presented: &str) -> Option<&ApiKeyRecord> {
+        self.by_digest.get(&key_digest(presented))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_digest.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_digest.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_implies_all_scopes_but_others_do_not() {
+        assert!(allows(&[Scope::Admin], Scope::Ingest));
+        assert!(allows(&[Scope::Admin], Scope::Read));
+        assert!(!allows(&[Scope::Read], Scope::Ingest));
+        assert!(!allows(&[Scope::Ingest], Scope::Read));
+        assert!(!allows(&[Scope::Ingest, Scope::Read], Scope::Admin));
+    }
+
+    #[test]
+    fn keys_are_found_by_full_key_only() {
+        let (id, key) = generate_key();
+        let ring = KeyRing::from_records([ApiKeyRecord {
+            id: id.clone(),
+            name: "k".into(),
+            scopes: vec![Scope::Read],
+            key_sha256: key_digest(&key),
+            created_ms: 0,
+        }]);
+        assert_eq!(ring.lookup(&key).unwrap().id, id);
+        assert!(ring.lookup(&key[..key.len() - 1]).is_none());
+        assert!(key.starts_with(&format!("km_{id}_")));
+    }
+}

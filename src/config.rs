@@ -1,0 +1,125 @@
+//! One configuration: defaults that run embedded, overridden by a TOML file,
+//! overridden by `KEYMETER_*` environment variables and command-line flags
+//! (clap reads both; a flag beats its variable).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::event::TimeWindow;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the log (`log/`) and projections (`state/`) live.
+    pub data_dir: PathBuf,
+    /// HTTP API address.
+    pub listen: SocketAddr,
+    /// When set, `/metrics` is served here without authentication and removed
+    /// from the API listener. Otherwise it is on the API listener and needs
+    /// the `read` scope.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Key to create as the first admin key when none exists yet.
+    pub bootstrap_admin_key: Option<String>,
+    /// How far before its receive time an event may be.
+    #[serde(with = "humantime_serde")]
+    pub event_time_back: Duration,
+    /// How far after its receive time an event may be.
+    #[serde(with = "humantime_serde")]
+    pub event_time_ahead: Duration,
+    /// Largest accepted request body.
+    pub body_bytes_max: usize,
+    /// Most events in one ingest request.
+    pub request_events_max: usize,
+    /// Most records in one log batch (group commit).
+    pub batch_records_max: usize,
+    /// Requests queued for the writer before callers wait (backpressure).
+    pub writer_queue_max: usize,
+    /// Size at which the log rolls to a new segment.
+    pub segment_bytes_max: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("keymeter-data"),
+            listen: "127.0.0.1:8080".parse().expect("valid address"),
+            metrics_listen: None,
+            bootstrap_admin_key: None,
+            event_time_back: Duration::from_secs(35 * 24 * 3600),
+            event_time_ahead: Duration::from_secs(5 * 60),
+            body_bytes_max: 8 * 1024 * 1024,
+            request_events_max: 10_000,
+            batch_records_max: 20_000,
+            writer_queue_max: 256,
+            segment_bytes_max: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file; missing keys keep their defaults.
+    pub fn from_file(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+        toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("config file {} is invalid: {e}", path.display()))
+    }
+
+    pub fn time_window(&self) -> TimeWindow {
+        TimeWindow {
+            back_ms: self.event_time_back.as_millis() as i64,
+            ahead_ms: self.event_time_ahead.as_millis() as i64,
+        }
+    }
+
+    pub fn log_dir(&self) -> PathBuf {
+        self.data_dir.join("log")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.data_dir.join("state")
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.request_events_max >= 1, "request_events_max must be >= 1");
+        anyhow::ensure!(
+            self.batch_records_max >= self.request_events_max,
+            "batch_records_max must be >= request_events_max"
+        );
+        anyhow::ensure!(self.writer_queue_max >= 1, "writer_queue_max must be >= 1");
+        anyhow::ensure!(self.body_bytes_max >= 1024, "body_bytes_max must be >= 1024");
+        anyhow::ensure!(
+            self.segment_bytes_max >= 4096,
+            "segment_bytes_max must be >= 4096"
+        );
+        if let Some(key) = &self.bootstrap_admin_key {
+            anyhow::ensure!(
+                key.len() >= crate::auth::SUPPLIED_KEY_CHARS_MIN,
+                "bootstrap admin key must be at least {} characters",
+                crate::auth::SUPPLIED_KEY_CHARS_MIN
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_overrides_defaults_and_rejects_unknown_keys() {
+        let c: Config = toml::from_str(
+            "listen = \"0.0.0.0:9000\"\nevent_time_back = \"7days\"\nrequest_events_max = 5\n",
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.time_window().back_ms, 7 * 24 * 3600 * 1000);
+        assert_eq!(c.request_events_max, 5);
+        assert_eq!(c.data_dir, PathBuf::from("keymeter-data"));
+        assert!(toml::from_str::<Config>("lissten = \"x\"").is_err());
+    }
+}

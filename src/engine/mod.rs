@@ -1,0 +1,785 @@
+//! The single writer and the projector.
+//!
+//! Requests reach the **writer** thread through a bounded queue. It takes
+//! whatever is waiting (up to `batch_records_max` records: group commit),
+//! checks events against the meters and the dedup index, appends everything
+//! as one log batch with one fdatasync, then claims the batch's event
+//! identities in the dedup tree. The batch then goes to the **projector**
+//! thread, which folds it into the sled projections, republishes the readers'
+//! snapshots and only then answers the requests: a 2xx means durable *and*
+//! visible to queries. Writer and projector overlap, so the next batch's
+//! fsync runs while the previous one is being folded.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::auth::{self, KeyRing, Scope};
+use crate::config::Config;
+use crate::event::{DedupKey, Decoded, Rejection, TimeWindow};
+use crate::log::{Log, LogConfig, Seq};
+use crate::meter::MeterDef;
+use crate::metrics::metrics;
+use crate::projection::{
+    self, Applied, Counters, Dedup, Documents, EventFacts, MeterSet, ProjectionError, Store,
+};
+use crate::record::{ApiKeyRecord, Audit, EventRecord, Record, RejectedRecord};
+
+/// Where "now" comes from. Only the shell reads the system clock; tests may
+/// pass their own.
+pub trait Clock: Send + Sync + 'static {
+    fn now_ms(&self) -> i64;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        chrono::Utc::now().timestamp_millis()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(Rejection),
+    #[error("the engine has stopped; the request was not recorded")]
+    Stopped,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("event log: {0}")]
+    Log(#[from] crate::log::LogError),
+    #[error("projections: {0}")]
+    Projection(#[from] ProjectionError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What became of each event of one ingest request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IngestOutcome {
+    pub accepted: u32,
+    pub duplicates: u32,
+    pub rejected: Vec<RejectedItem>,
+    /// Highest log sequence number written for this request (0 if none).
+    pub last_seq: Seq,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedItem {
+    pub index: u32,
+    pub code: String,
+    pub message: String,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, EngineError>>;
+
+enum Command {
+    Ingest {
+        items: Vec<Decoded>,
+        received_ms: i64,
+        origin: &'static str,
+        reply: Reply<IngestOutcome>,
+    },
+    /// A whole body that could not be read as events; it is quarantined.
+    RejectBody {
+        rejection: Rejection,
+        raw: Vec<u8>,
+        received_ms: i64,
+        origin: &'static str,
+        reply: Reply<Seq>,
+    },
+    CreateMeter {
+        def: MeterDef,
+        audit: Audit,
+        reply: Reply<MeterDef>,
+    },
+    DeleteMeter {
+        slug: String,
+        audit: Audit,
+        reply: Reply<()>,
+    },
+    CreateApiKey {
+        key: ApiKeyRecord,
+        audit: Audit,
+        reply: Reply<ApiKeyRecord>,
+    },
+    RevokeApiKey {
+        id: String,
+        audit: Audit,
+        reply: Reply<()>,
+    },
+}
+
+impl Command {
+    fn records_max(&self) -> usize {
+        match self {
+            Command::Ingest { items, .. } => items.len(),
+            _ => 1,
+        }
+    }
+}
+
+/// State readers use without waiting on the writer.
+pub struct Shared {
+    pub store: Store,
+    pub meters: ArcSwap<MeterSet>,
+    pub keys: ArcSwap<KeyRing>,
+    pub head_seq: AtomicU64,
+    pub applied_seq: AtomicU64,
+    pub failed: AtomicBool,
+    pub clock: Arc<dyn Clock>,
+    pub window: TimeWindow,
+    pub request_events_max: usize,
+}
+
+/// A cheap, cloneable way in: commands to the writer, reads from `shared`.
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<Command>,
+    pub shared: Arc<Shared>,
+}
+
+pub struct Engine {
+    handle: Option<EngineHandle>,
+    writer: Option<JoinHandle<Result<(), StartError>>>,
+    projector: Option<JoinHandle<Result<(), StartError>>>,
+}
+
+/// What `Engine::open` reports about the start.
+pub struct Started {
+    pub engine: Engine,
+    /// The plaintext of an admin key created on this start, to show once.
+    pub bootstrap_key: Option<String>,
+    pub recovery: crate::log::Recovery,
+    pub replayed_records: u64,
+}
+
+impl Engine {
+    /// Opens the log (recovering a torn tail), catches every projection up
+    /// with the log, starts the writer and projector, and creates the first
+    /// admin key if there is none.
+    pub fn open(cfg: &Config, clock: Arc<dyn Clock>) -> Result<Started, StartError> {
+        let (log, recovery) = Log::open(
+            &cfg.log_dir(),
+            LogConfig {
+                segment_bytes_max: cfg.segment_bytes_max,
+            },
+        )?;
+        let head = log.head_seq();
+        let store = Store::open(&cfg.state_dir())?;
+        let mut counters = Counters::open(&store, &cfg.log_dir())?;
+        let mut docs = Documents::open(&store)?;
+        let mut dedup = Dedup::open(&store)?;
+        let from = counters
+            .applied()
+            .min(docs.min_applied())
+            .min(dedup.applied())
+            + 1;
+        let replayed_records = head.saturating_sub(from - 1);
+        if replayed_records > 0 {
+            tracing::info!(from, to = head, "catching projections up with the log");
+        }
+        projection::replay_log(&cfg.log_dir(), from, head, 10_000, |chunk| {
+            counters.apply(chunk)?;
+            docs.apply(chunk)?;
+            dedup.apply(chunk)
+        })?;
+
+        let meters = MeterSet::from_defs(store.meter_defs()?)
+            .map_err(|e| StartError::Other(format!("stored meter is invalid: {e}")))?;
+        let keys = KeyRing::from_records(store.api_keys()?);
+        let key_ids = store.api_keys()?.into_iter().map(|k| k.id).collect();
+        let shared = Arc::new(Shared {
+            store: store.clone(),
+            meters: ArcSwap::from_pointee(meters.clone()),
+            keys: ArcSwap::from_pointee(keys.clone()),
+            head_seq: AtomicU64::new(head),
+            applied_seq: AtomicU64::new(head),
+            failed: AtomicBool::new(false),
+            clock: clock.clone(),
+            window: cfg.time_window(),
+            request_events_max: cfg.request_events_max,
+        });
+        publish_progress(head, &counters, &docs, &dedup);
+
+        let (tx, rx) = mpsc::channel(cfg.writer_queue_max);
+        let (jobs_tx, jobs_rx) = std::sync::mpsc::sync_channel::<Job>(4);
+        let writer = Writer {
+            log,
+            dedup,
+            meters,
+            key_ids,
+            window: cfg.time_window(),
+            batch_records_max: cfg.batch_records_max,
+            clock,
+            jobs: jobs_tx,
+        };
+        let projector = Projector {
+            counters,
+            docs,
+            shared: shared.clone(),
+        };
+        let shared_w = shared.clone();
+        let writer = std::thread::Builder::new()
+            .name("keymeter-writer".into())
+            .spawn(move || {
+                let r = writer.run(rx);
+                if let Err(e) = &r {
+                    shared_w.failed.store(true, Ordering::SeqCst);
+                    tracing::error!(error = %e, "writer stopped");
+                }
+                r
+            })
+            .map_err(|e| StartError::Other(format!("cannot start writer thread: {e}")))?;
+        let shared_p = shared.clone();
+        let projector = std::thread::Builder::new()
+            .name("keymeter-projector".into())
+            .spawn(move || {
+                let r = projector.run(jobs_rx);
+                if let Err(e) = &r {
+                    shared_p.failed.store(true, Ordering::SeqCst);
+                    tracing::error!(error = %e, "projector stopped");
+                }
+                r
+            })
+            .map_err(|e| StartError::Other(format!("cannot start projector thread: {e}")))?;
+        let engine = Engine {
+            handle: Some(EngineHandle { tx, shared }),
+            writer: Some(writer),
+            projector: Some(projector),
+        };
+        let bootstrap_key = engine.bootstrap(cfg)?;
+        Ok(Started {
+            engine,
+            bootstrap_key,
+            recovery,
+            replayed_records,
+        })
+    }
+
+    pub fn handle(&self) -> EngineHandle {
+        self.handle.clone().expect("engine is running")
+    }
+
+    fn bootstrap(&self, cfg: &Config) -> Result<Option<String>, StartError> {
+        let handle = self.handle();
+        let keys = handle.shared.keys.load();
+        if !keys.is_empty() {
+            if let Some(k) = &cfg.bootstrap_admin_key {
+                if keys.lookup(k).is_none() {
+                    tracing::warn!(
+                        "bootstrap admin key ignored: API keys already exist; manage keys through /api/v1/api-keys"
+                    );
+                }
+            }
+            return Ok(None);
+        }
+        let (id, key, generated) = match &cfg.bootstrap_admin_key {
+            Some(k) => (auth::generate_id(), k.clone(), false),
+            None => {
+                let (id, key) = auth::generate_key();
+                (id, key, true)
+            }
+        };
+        let now = handle.shared.clock.now_ms();
+        let record = ApiKeyRecord {
+            id,
+            name: "bootstrap-admin".into(),
+            scopes: vec![Scope::Admin],
+            key_sha256: auth::key_digest(&key),
+            created_ms: now,
+        };
+        let audit = Audit {
+            actor: None,
+            at_ms: now,
+            request_id: Some("bootstrap".into()),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .map_err(|e| StartError::Other(e.to_string()))?;
+        rt.block_on(handle.create_api_key(record, audit))
+            .map_err(|e| StartError::Other(format!("cannot create the bootstrap key: {e}")))?;
+        Ok(generated.then_some(key))
+    }
+
+    /// Stops taking commands, lets the writer finish what is queued, waits for
+    /// the projector, and flushes sled.
+    pub fn shutdown(mut self) -> Result<(), StartError> {
+        let handle = self.handle.take().expect("engine is running");
+        let store = handle.shared.store.clone();
+        drop(handle);
+        let w = self.writer.take().expect("writer").join();
+        let p = self.projector.take().expect("projector").join();
+        store.db.flush().map_err(ProjectionError::from)?;
+        w.map_err(|_| StartError::Other("writer panicked".into()))??;
+        p.map_err(|_| StartError::Other("projector panicked".into()))??;
+        Ok(())
+    }
+}
+
+fn publish_progress(head: Seq, counters: &Counters, docs: &Documents, dedup: &Dedup) {
+    let m = metrics();
+    m.log_head_seq.set(head as i64);
+    let mut all = vec![("counters", counters.applied()), ("dedup", dedup.applied())];
+    all.extend(docs.applied());
+    for (name, seq) in all {
+        m.projection_applied_seq
+            .with_label_values(&[name])
+            .set(seq as i64);
+        m.projection_lag_records
+            .with_label_values(&[name])
+            .set(head.saturating_sub(seq) as i64);
+    }
+}
+
+impl EngineHandle {
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        metrics()
+            .writer_queue_depth
+            .set((self.tx.max_capacity() - self.tx.capacity()) as i64);
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| EngineError::Stopped)?;
+        rx.await.map_err(|_| EngineError::Stopped)?
+    }
+
+    pub async fn ingest(
+        &self,
+        items: Vec<Decoded>,
+        received_ms: i64,
+        origin: &'static str,
+    ) -> Result<IngestOutcome, EngineError> {
+        self.call(|reply| Command::Ingest {
+            items,
+            received_ms,
+            origin,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn reject_body(
+        &self,
+        rejection: Rejection,
+        raw: Vec<u8>,
+        received_ms: i64,
+        origin: &'static str,
+    ) -> Result<Seq, EngineError> {
+        self.call(|reply| Command::RejectBody {
+            rejection,
+            raw,
+            received_ms,
+            origin,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn create_meter(&self, def: MeterDef, audit: Audit) -> Result<MeterDef, EngineError> {
+        self.call(|reply| Command::CreateMeter { def, audit, reply })
+            .await
+    }
+
+    pub async fn delete_meter(&self, slug: String, audit: Audit) -> Result<(), EngineError> {
+        self.call(|reply| Command::DeleteMeter { slug, audit, reply })
+            .await
+    }
+
+    pub async fn create_api_key(
+        &self,
+        key: ApiKeyRecord,
+        audit: Audit,
+    ) -> Result<ApiKeyRecord, EngineError> {
+        self.call(|reply| Command::CreateApiKey { key, audit, reply })
+            .await
+    }
+
+    pub async fn revoke_api_key(&self, id: String, audit: Audit) -> Result<(), EngineError> {
+        self.call(|reply| Command::RevokeApiKey { id, audit, reply })
+            .await
+    }
+}
+
+/// Work handed from the writer to the projector: a durable batch, the parsed
+/// events (so they are not parsed twice) and the answers to send once it is
+/// applied.
+struct Job {
+    first_seq: Seq,
+    records: Vec<Record>,
+    facts: Vec<Option<EventFacts>>,
+    answers: Vec<Box<dyn FnOnce() + Send>>,
+}
+
+struct Writer {
+    log: Log,
+    dedup: Dedup,
+    meters: MeterSet,
+    key_ids: std::collections::HashSet<String>,
+    window: TimeWindow,
+    batch_records_max: usize,
+    clock: Arc<dyn Clock>,
+    jobs: std::sync::mpsc::SyncSender<Job>,
+}
+
+/// One batch being assembled by the writer.
+#[derive(Default)]
+struct Batch {
+    records: Vec<Record>,
+    facts: Vec<Option<EventFacts>>,
+    answers: Vec<Box<dyn FnOnce() + Send>>,
+    claims: Vec<(DedupKey, i64)>,
+    claimed: std::collections::HashSet<DedupKey>,
+}
+
+impl Batch {
+    fn push(&mut self, record: Record, facts: Option<EventFacts>) {
+        self.records.push(record);
+        self.facts.push(facts);
+    }
+
+    fn answer<T: Send + 'static>(&mut self, reply: Reply<T>, value: Result<T, EngineError>) {
+        self.answers.push(Box::new(move || {
+            let _ = reply.send(value);
+        }));
+    }
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Command>) -> Result<(), StartError> {
+        while let Some(first) = rx.blocking_recv() {
+            let mut records = first.records_max();
+            let mut commands = vec![first];
+            while records < self.batch_records_max {
+                match rx.try_recv() {
+                    Ok(c) => {
+                        records += c.records_max();
+                        commands.push(c);
+                    }
+                    Err(_) => break,
+                }
+            }
+            metrics().writer_queue_depth.set(rx.len() as i64);
+            self.write_batch(commands)?;
+        }
+        tracing::info!(head_seq = self.log.head_seq(), "writer drained its queue");
+        Ok(())
+    }
+
+    fn write_batch(&mut self, commands: Vec<Command>) -> Result<(), StartError> {
+        let now_ms = self.clock.now_ms();
+        let mut batch = Batch::default();
+        for command in commands {
+            self.prepare(command, &mut batch)?;
+        }
+        if batch.records.is_empty() {
+            for answer in batch.answers {
+                answer();
+            }
+            return Ok(());
+        }
+        let payloads: Vec<Vec<u8>> = batch.records.iter().map(Record::encode).collect();
+        let bytes: usize = payloads.iter().map(Vec::len).sum();
+        let started = Instant::now();
+        let range = self.log.append_batch(&payloads)?;
+        let m = metrics();
+        m.log_fsync_seconds.observe(started.elapsed().as_secs_f64());
+        m.log_batches_total.inc();
+        m.log_records_total.inc_by(payloads.len() as u64);
+        m.log_bytes_total.inc_by(bytes as u64);
+        m.log_batch_records.observe(payloads.len() as f64);
+        m.log_head_seq.set(range.end as i64 - 1);
+        assert_eq!(
+            range.end - range.start,
+            batch.records.len() as u64,
+            "the log assigned one sequence number per record"
+        );
+        self.dedup.claim(batch.claims, range.end - 1)?;
+        // Prune a slice proportional to what was claimed, so the index's size
+        // tracks the event-time window instead of growing forever.
+        let horizon_ms = now_ms - self.window.back_ms - self.window.ahead_ms;
+        self.dedup
+            .prune_step(horizon_ms, 256.max(2 * batch.records.len()))?;
+        let job = Job {
+            first_seq: range.start,
+            records: batch.records,
+            facts: batch.facts,
+            answers: batch.answers,
+        };
+        self.jobs
+            .send(job)
+            .map_err(|_| StartError::Other("projector stopped".into()))?;
+        Ok(())
+    }
+
+    fn audit_record(&self, mut audit: Audit) -> Audit {
+        audit.at_ms = self.clock.now_ms();
+        audit
+    }
+
+    /// Turns one command into records of `batch`, with its answer.
+    fn prepare(&mut self, command: Command, batch: &mut Batch) -> Result<(), StartError> {
+        match command {
+            Command::Ingest {
+                items,
+                received_ms,
+                origin,
+                reply,
+            } => {
+                let outcome = self.prepare_ingest(items, received_ms, origin, batch)?;
+                batch.answer(reply, Ok(outcome));
+            }
+            Command::RejectBody {
+                rejection,
+                raw,
+                received_ms,
+                origin,
+                reply,
+            } => {
+                metrics()
+                    .events_rejected_total
+                    .with_label_values(&[rejection.code])
+                    .inc();
+                batch.push(
+                    Record::Rejected(RejectedRecord::new(
+                        received_ms,
+                        origin,
+                        None,
+                        rejection.code,
+                        &rejection.message,
+                        &raw,
+                    )),
+                    None,
+                );
+                let seq = self.log.head_seq() + batch.records.len() as u64;
+                batch.answer(reply, Ok(seq));
+            }
+            Command::CreateMeter { def, audit, reply } => {
+                if self.meters.get(&def.slug).is_some() {
+                    let msg = format!("meter `{}` already exists", def.slug);
+                    batch.answer(reply, Err(EngineError::Conflict(msg)));
+                    return Ok(());
+                }
+                match def.validate() {
+                    Err(e) => batch.answer(
+                        reply,
+                        Err(EngineError::Invalid(Rejection::new(e.code(), e.to_string()))),
+                    ),
+                    Ok(compiled) => {
+                        self.meters.insert(compiled);
+                        let audit = self.audit_record(audit);
+                        batch.push(
+                            Record::MeterCreated {
+                                meter: def.clone(),
+                                audit,
+                            },
+                            None,
+                        );
+                        batch.answer(reply, Ok(def));
+                    }
+                }
+            }
+            Command::DeleteMeter { slug, audit, reply } => {
+                if self.meters.remove(&slug).is_none() {
+                    let msg = format!("meter `{slug}` does not exist");
+                    batch.answer(reply, Err(EngineError::NotFound(msg)));
+                    return Ok(());
+                }
+                let audit = self.audit_record(audit);
+                batch.push(Record::MeterDeleted { slug, audit }, None);
+                batch.answer(reply, Ok(()));
+            }
+            Command::CreateApiKey { key, audit, reply } => {
+                if !self.key_ids.insert(key.id.clone()) {
+                    let msg = format!("API key id `{}` already exists", key.id);
+                    batch.answer(reply, Err(EngineError::Conflict(msg)));
+                    return Ok(());
+                }
+                let audit = self.audit_record(audit);
+                batch.push(
+                    Record::ApiKeyCreated {
+                        key: key.clone(),
+                        audit,
+                    },
+                    None,
+                );
+                batch.answer(reply, Ok(key));
+            }
+            Command::RevokeApiKey { id, audit, reply } => {
+                if !self.key_ids.remove(&id) {
+                    let msg = format!("API key `{id}` does not exist");
+                    batch.answer(reply, Err(EngineError::NotFound(msg)));
+                    return Ok(());
+                }
+                let audit = self.audit_record(audit);
+                batch.push(Record::ApiKeyRevoked { id, audit }, None);
+                batch.answer(reply, Ok(()));
+            }
+        }
+        Ok(())
+    }
+
+    fn prepare_ingest(
+        &mut self,
+        items: Vec<Decoded>,
+        received_ms: i64,
+        origin: &'static str,
+        batch: &mut Batch,
+    ) -> Result<IngestOutcome, StartError> {
+        let m = metrics();
+        let mut outcome = IngestOutcome::default();
+        let base_seq = self.log.head_seq() + 1;
+        for (index, item) in items.into_iter().enumerate() {
+            let index = index as u32;
+            let (rejection, raw) = match item {
+                Decoded::Invalid { rejection, raw } => (rejection, raw),
+                Decoded::Valid(event) => match self.check_meters(&event) {
+                    Err(rejection) => (rejection, event.raw),
+                    Ok(()) => {
+                        let key = event.dedup_key();
+                        if batch.claimed.contains(&key) || self.dedup.contains(&key)? {
+                            outcome.duplicates += 1;
+                            m.events_duplicate_total.inc();
+                            continue;
+                        }
+                        batch.claimed.insert(key);
+                        batch.claims.push((key, event.time_ms));
+                        let facts = EventFacts {
+                            ty: event.ty,
+                            subject: event.subject,
+                            time_ms: event.time_ms,
+                            data: event.data,
+                        };
+                        batch.push(
+                            Record::Event(EventRecord {
+                                received_ms,
+                                time_ms: event.time_ms,
+                                raw: event.raw,
+                            }),
+                            Some(facts),
+                        );
+                        outcome.accepted += 1;
+                        outcome.last_seq = base_seq + batch.records.len() as u64 - 1;
+                        m.events_accepted_total.inc();
+                        continue;
+                    }
+                },
+            };
+            m.events_rejected_total
+                .with_label_values(&[rejection.code])
+                .inc();
+            batch.push(
+                Record::Rejected(RejectedRecord::new(
+                    received_ms,
+                    origin,
+                    Some(index),
+                    rejection.code,
+                    &rejection.message,
+                    raw.as_bytes(),
+                )),
+                None,
+            );
+            outcome.last_seq = base_seq + batch.records.len() as u64 - 1;
+            outcome.rejected.push(RejectedItem {
+                index,
+                code: rejection.code.to_owned(),
+                message: rejection.message,
+            });
+        }
+        Ok(outcome)
+    }
+
+    /// Every meter of the event's type must be able to read it.
+    fn check_meters(&self, event: &crate::event::UsageEvent) -> Result<(), Rejection> {
+        for meter in self.meters.for_type(&event.ty) {
+            if let Err(e) = meter.extract(event.data.as_ref()) {
+                return Err(Rejection::new(
+                    e.code(),
+                    format!("meter `{}`: {e}", meter.def().slug),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Projector {
+    counters: Counters,
+    docs: Documents,
+    shared: Arc<Shared>,
+}
+
+impl Projector {
+    fn run(mut self, jobs: std::sync::mpsc::Receiver<Job>) -> Result<(), StartError> {
+        while let Ok(job) = jobs.recv() {
+            let applied: Vec<Applied<'_>> = job
+                .records
+                .iter()
+                .zip(&job.facts)
+                .enumerate()
+                .map(|(i, (record, facts))| Applied {
+                    seq: job.first_seq + i as u64,
+                    record,
+                    facts: facts.as_ref(),
+                })
+                .collect();
+            let last = job.first_seq + job.records.len() as u64 - 1;
+            self.counters.apply(&applied)?;
+            let (meters_changed, keys_changed) = self.docs.apply(&applied)?;
+            if meters_changed {
+                self.shared
+                    .meters
+                    .store(Arc::new(self.counters.meters().clone()));
+            }
+            if keys_changed {
+                let keys = KeyRing::from_records(self.shared.store.api_keys()?);
+                self.shared.keys.store(Arc::new(keys));
+            }
+            self.shared.head_seq.store(last, Ordering::SeqCst);
+            self.shared.applied_seq.store(last, Ordering::SeqCst);
+            let m = metrics();
+            for name in ["counters", "meters", "api_keys", "quarantine", "dedup"] {
+                m.projection_applied_seq
+                    .with_label_values(&[name])
+                    .set(last as i64);
+                m.projection_lag_records.with_label_values(&[name]).set(0);
+            }
+            for answer in job.answers {
+                answer();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Drops every projection and rebuilds it from the log, reporting progress.
+pub fn rebuild(cfg: &Config, progress: impl Fn(Seq, Seq)) -> Result<Seq, StartError> {
+    let report = crate::log::verify(&cfg.log_dir())?;
+    let head = report.head_seq;
+    let store = Store::open(&cfg.state_dir())?;
+    store.clear_all()?;
+    let mut counters = Counters::open(&store, &cfg.log_dir())?;
+    let mut docs = Documents::open(&store)?;
+    let mut dedup = Dedup::open(&store)?;
+    projection::replay_log(&cfg.log_dir(), 1, head, 10_000, |chunk| {
+        counters.apply(chunk)?;
+        docs.apply(chunk)?;
+        dedup.apply(chunk)?;
+        progress(chunk.last().map(|a| a.seq).unwrap_or(0), head);
+        Ok(())
+    })?;
+    store.db.flush().map_err(ProjectionError::from)?;
+    Ok(head)
+}

@@ -1,0 +1,416 @@
+//! CloudEvents 1.0 (JSON) usage events: decoding request bodies and checking
+//! each event's envelope. Pure: the caller passes "now" and the accepted
+//! event-time window.
+//!
+//! Meter-specific checks (a numeric `valueProperty` …) need the meter registry
+//! and happen in the engine, which owns it.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// Longest accepted `id`, `source`, `type` or `subject`, in bytes.
+pub const ATTRIBUTE_BYTES_MAX: usize = 1024;
+
+/// The accepted event-time window around the receive time.
+#[derive(Debug, Clone, Copy)]
+pub struct TimeWindow {
+    pub back_ms: i64,
+    pub ahead_ms: i64,
+}
+
+impl Default for TimeWindow {
+    fn default() -> Self {
+        TimeWindow {
+            back_ms: 35 * 24 * 3600 * 1000,
+            ahead_ms: 5 * 60 * 1000,
+        }
+    }
+}
+
+/// A usage event that passed envelope validation.
+#[derive(Debug, Clone)]
+pub struct UsageEvent {
+    pub id: String,
+    pub source: String,
+    pub ty: String,
+    pub subject: String,
+    /// Event time in ms since the epoch: `time` truncated to the millisecond,
+    /// or the receive time when `time` is absent.
+    pub time_ms: i64,
+    pub data: Option<Value>,
+    /// The event exactly as received (one JSON object).
+    pub raw: String,
+}
+
+impl UsageEvent {
+    pub fn dedup_key(&self) -> DedupKey {
+        DedupKey::new(&self.source, &self.id)
+    }
+}
+
+/// Identity of an event for duplicate detection: the first 16 bytes of
+/// SHA-256(source, 0x00, id). Collisions are negligible below ~10^18 events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DedupKey(pub [u8; 16]);
+
+impl DedupKey {
+    pub fn new(source: &str, id: &str) -> DedupKey {
+        let mut h = Sha256::new();
+        h.update(source.as_bytes());
+        h.update([0u8]);
+        h.update(id.as_bytes());
+        let digest = h.finalize();
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&digest[..16]);
+        DedupKey(key)
+    }
+}
+
+/// Why an event (or a whole body) was refused. `code` is stable and
+/// machine-readable; `message` is for humans.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl Rejection {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Rejection {
+        Rejection {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// One element of a decoded body: a valid event, or the reason it is not,
+/// with the raw text kept for the quarantine.
+#[derive(Debug)]
+pub enum Decoded {
+    Valid(UsageEvent),
+    Invalid { rejection: Rejection, raw: String },
+}
+
+/// How the body is framed, from its content type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// `application/cloudevents+json`: exactly one event.
+    Single,
+    /// `application/cloudevents-batch+json`: a JSON array of events.
+    Batch,
+    /// `application/json`: one event object or an array of them.
+    Either,
+}
+
+impl BodyKind {
+    pub fn from_content_type(content_type: &str) -> Option<BodyKind> {
+        let mime = content_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        match mime.as_str() {
+            "application/cloudevents+json" => Some(BodyKind::Single),
+            "application/cloudevents-batch+json" => Some(BodyKind::Batch),
+            "application/json" => Some(BodyKind::Either),
+            _ => None,
+        }
+    }
+}
+
+/// Decodes a request body into events. A body that is not JSON at all, or is
+/// framed wrongly for its content type, is refused as a whole; otherwise each
+/// element is judged on its own.
+pub fn decode_body(
+    body: &[u8],
+    kind: BodyKind,
+    now_ms: i64,
+    window: TimeWindow,
+    batch_events_max: usize,
+) -> Result<Vec<Decoded>, Rejection> {
+    let text = std::str::from_utf8(body)
+        .map_err(|e| Rejection::new("MALFORMED_JSON", format!("body is not UTF-8: {e}")))?;
+    let first = text.trim_start().as_bytes().first().copied();
+    let is_array = match (kind, first) {
+        (_, None) => return Err(Rejection::new("MALFORMED_JSON", "body is empty")),
+        (BodyKind::Single, Some(b'[')) => {
+            return Err(Rejection::new(
+                "INVALID_BODY",
+                "application/cloudevents+json carries one event object; send arrays as application/cloudevents-batch+json",
+            ))
+        }
+        (BodyKind::Batch, Some(c)) if c != b'[' => {
+            return Err(Rejection::new(
+                "INVALID_BODY",
+                "application/cloudevents-batch+json must be a JSON array of events",
+            ))
+        }
+        (_, Some(c)) => c == b'[',
+    };
+    if !is_array {
+        let raw: &RawValue = serde_json::from_str(text).map_err(malformed)?;
+        return Ok(vec![decode_event(raw, now_ms, window)]);
+    }
+    let items: Vec<&RawValue> = serde_json::from_str(text).map_err(malformed)?;
+    if items.len() > batch_events_max {
+        return Err(Rejection::new(
+            "BATCH_TOO_LARGE",
+            format!(
+                "batch has {} events; the limit is {batch_events_max}",
+                items.len()
+            ),
+        ));
+    }
+    if items.is_empty() {
+        return Err(Rejection::new("INVALID_BODY", "batch is empty"));
+    }
+    Ok(items
+        .into_iter()
+        .map(|raw| decode_event(raw, now_ms, window))
+        .collect())
+}
+
+fn malformed(e: serde_json::Error) -> Rejection {
+    Rejection::new("MALFORMED_JSON", format!("body is not valid JSON: {e}"))
+}
+
+/// The envelope as sent: every attribute optional so that each missing or
+/// mistyped one gets its own precise rejection instead of a serde message.
+#[derive(Deserialize)]
+struct Envelope {
+    id: Option<Value>,
+    source: Option<Value>,
+    specversion: Option<Value>,
+    #[serde(rename = "type")]
+    ty: Option<Value>,
+    subject: Option<Value>,
+    time: Option<Value>,
+    data: Option<Value>,
+}
+
+/// Decodes and checks one event given as raw JSON text.
+pub fn decode_event(raw: &RawValue, now_ms: i64, window: TimeWindow) -> Decoded {
+    match check_event(raw, now_ms, window) {
+        Ok(event) => Decoded::Valid(event),
+        Err(rejection) => Decoded::Invalid {
+            rejection,
+            raw: raw.get().to_owned(),
+        },
+    }
+}
+
+fn check_event(raw: &RawValue, now_ms: i64, window: TimeWindow) -> Result<UsageEvent, Rejection> {
+    if !raw.get().starts_with('{') {
+        return Err(Rejection::new(
+            "INVALID_EVENT",
+            "an event must be a JSON object",
+        ));
+    }
+    let env: Envelope = serde_json::from_str(raw.get())
+        .map_err(|e| Rejection::new("INVALID_EVENT", format!("event is not a valid object: {e}")))?;
+    let specversion = required_string(env.specversion, "specversion")?;
+    if specversion != "1.0" {
+        return Err(Rejection::new(
+            "UNSUPPORTED_SPECVERSION",
+            format!("specversion is {specversion:?}; only \"1.0\" is supported"),
+        ));
+    }
+    let id = required_string(env.id, "id")?;
+    let source = required_string(env.source, "source")?;
+    let ty = required_string(env.ty, "type")?;
+    let subject = required_string(env.subject, "subject")?;
+    if subject.contains('\0') {
+        return Err(Rejection::new(
+            "INVALID_FIELD",
+            "subject must not contain NUL characters",
+        ));
+    }
+    let time_ms = match env.time {
+        None | Some(Value::Null) => now_ms,
+        Some(Value::String(s)) => parse_time_ms(&s)?,
+        Some(_) => {
+            return Err(Rejection::new(
+                "INVALID_TIME",
+                "time must be an RFC 3339 string",
+            ))
+        }
+    };
+    check_time_window(time_ms, now_ms, window)?;
+    Ok(UsageEvent {
+        id,
+        source,
+        ty,
+        subject,
+        time_ms,
+        data: env.data,
+        raw: raw.get().to_owned(),
+    })
+}
+
+fn required_string(value: Option<Value>, field: &'static str) -> Result<String, Rejection> {
+    match value {
+        None | Some(Value::Null) => Err(Rejection::new(
+            "MISSING_FIELD",
+            format!("required attribute `{field}` is missing"),
+        )),
+        Some(Value::String(s)) if s.is_empty() => Err(Rejection::new(
+            "INVALID_FIELD",
+            format!("attribute `{field}` must not be empty"),
+        )),
+        Some(Value::String(s)) if s.len() > ATTRIBUTE_BYTES_MAX => Err(Rejection::new(
+            "INVALID_FIELD",
+            format!(
+                "attribute `{field}` is {} bytes; the limit is {ATTRIBUTE_BYTES_MAX}",
+                s.len()
+            ),
+        )),
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(Rejection::new(
+            "INVALID_FIELD",
+            format!("attribute `{field}` must be a string"),
+        )),
+    }
+}
+
+/// Parses an RFC 3339 timestamp, truncated to the millisecond.
+pub fn parse_time_ms(s: &str) -> Result<i64, Rejection> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.timestamp_millis())
+        .map_err(|e| {
+            Rejection::new(
+                "INVALID_TIME",
+                format!("time {s:?} is not an RFC 3339 timestamp: {e}"),
+            )
+        })
+}
+
+fn check_time_window(time_ms: i64, now_ms: i64, window: TimeWindow) -> Result<(), Rejection> {
+    if time_ms < now_ms.saturating_sub(window.back_ms) {
+        return Err(Rejection::new(
+            "EVENT_TIME_OUT_OF_RANGE",
+            format!(
+                "event time {} is more than {} before the receive time {}",
+                fmt_ms(time_ms),
+                humantime::format_duration(std::time::Duration::from_millis(window.back_ms as u64)),
+                fmt_ms(now_ms)
+            ),
+        ));
+    }
+    if time_ms > now_ms.saturating_add(window.ahead_ms) {
+        return Err(Rejection::new(
+            "EVENT_TIME_OUT_OF_RANGE",
+            format!(
+                "event time {} is more than {} after the receive time {}",
+                fmt_ms(time_ms),
+                humantime::format_duration(std::time::Duration::from_millis(window.ahead_ms as u64)),
+                fmt_ms(now_ms)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Formats ms since the epoch as RFC 3339 UTC with millisecond precision.
+pub fn fmt_ms(ms: i64) -> String {
+    match chrono::DateTime::from_timestamp_millis(ms) {
+        Some(t) => t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        None => format!("{ms}ms"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_780_000_000_000;
+
+    fn one(body: &str) -> Decoded {
+        let mut v = decode_body(body.as_bytes(), BodyKind::Either, NOW, TimeWindow::default(), 10)
+            .expect("body decodes");
+        assert_eq!(v.len(), 1);
+        v.pop().unwrap()
+    }
+
+    fn code(d: Decoded) -> &'static str {
+        match d {
+            Decoded::Invalid { rejection, .. } => rejection.code,
+            Decoded::Valid(e) => panic!("expected a rejection, got {e:?}"),
+        }
+    }
+
+    #[test]
+    fn valid_event_keeps_millisecond_time_and_raw_text() {
+        let body = r#"{"specversion":"1.0","id":"1","source":"s","type":"t","subject":"c","time":"2026-05-28T20:26:40.123456Z","data":{"n":1}}"#;
+        match one(body) {
+            Decoded::Valid(e) => {
+                assert_eq!(e.time_ms, 1_780_000_000_123);
+                assert_eq!(e.raw, body);
+                assert_eq!(e.data.unwrap()["n"], 1);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn missing_time_takes_receive_time() {
+        match one(r#"{"specversion":"1.0","id":"1","source":"s","type":"t","subject":"c"}"#) {
+            Decoded::Valid(e) => assert_eq!(e.time_ms, NOW),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn each_envelope_defect_has_its_code() {
+        let base = r#"{"specversion":"1.0","id":"1","source":"s","type":"t","subject":"c"}"#;
+        let with = |k: &str, v: Value| {
+            let mut o: serde_json::Map<String, Value> = serde_json::from_str(base).unwrap();
+            if v.is_null() {
+                o.remove(k);
+            } else {
+                o.insert(k.into(), v);
+            }
+            serde_json::to_string(&o).unwrap()
+        };
+        assert_eq!(code(one(&with("id", Value::Null))), "MISSING_FIELD");
+        assert_eq!(code(one(&with("subject", Value::Null))), "MISSING_FIELD");
+        assert_eq!(code(one(&with("specversion", "0.3".into()))), "UNSUPPORTED_SPECVERSION");
+        assert_eq!(code(one(&with("id", 7.into()))), "INVALID_FIELD");
+        assert_eq!(code(one(&with("time", "yesterday".into()))), "INVALID_TIME");
+        assert_eq!(
+            code(one(&with("time", "2020-01-01T00:00:00Z".into()))),
+            "EVENT_TIME_OUT_OF_RANGE"
+        );
+        assert_eq!(
+            code(one(&with("time", fmt_ms(NOW + 6 * 60 * 1000).into()))),
+            "EVENT_TIME_OUT_OF_RANGE"
+        );
+        assert_eq!(code(one("[1]")), "INVALID_EVENT");
+    }
+
+    #[test]
+    fn whole_body_defects_are_refused() {
+        let w = TimeWindow::default();
+        let err = |b: &str, k| decode_body(b.as_bytes(), k, NOW, w, 2).unwrap_err().code;
+        assert_eq!(err("{not json", BodyKind::Either), "MALFORMED_JSON");
+        assert_eq!(err("", BodyKind::Either), "MALFORMED_JSON");
+        assert_eq!(err("[]", BodyKind::Batch), "INVALID_BODY");
+        assert_eq!(err("{}", BodyKind::Batch), "INVALID_BODY");
+        assert_eq!(err("[{}]", BodyKind::Single), "INVALID_BODY");
+        assert_eq!(err("[{},{},{}]", BodyKind::Batch), "BATCH_TOO_LARGE");
+    }
+
+    #[test]
+    fn dedup_key_separates_source_and_id() {
+        assert_ne!(DedupKey::new("ab", "c"), DedupKey::new("a", "bc"));
+        assert_eq!(DedupKey::new("a", "b"), DedupKey::new("a", "b"));
+    }
+}

@@ -1,0 +1,16 @@
+//! keymeter: an event-sourced usage-metering and licensing engine.
+//!
+//! The append-only, hash-chained [`log`] is the single source of truth. The
+//! [`engine`] is its only writer; [`projection`]s in sled are folds of it that
+//! can be rebuilt at any time, and [`meter`] holds the pure fold itself.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod engine;
+pub mod event;
+pub mod log;
+pub mod meter;
+pub mod metrics;
+pub mod projection;
+pub mod record;

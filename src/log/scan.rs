@@ -1,0 +1,247 @@
+//! The full-log check shared by [`super::Log::open`] (which then cuts a torn tail) and
+//! [`super::verify`] (which only reports it). Read-only.
+
+use std::path::Path;
+
+use super::frame::{
+    chain_hash, find_valid_frame, frame_crc, FrameHeader, FLAGS_KNOWN, GENESIS_HASH,
+    SEGMENT_HEADER_LEN,
+};
+use super::segment::{list_segments, SegmentCursor, SegmentFile, Step};
+use super::{LogError, Seq};
+
+/// A position in the hash chain: the seq the next record must have and the hash it chains to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ChainPos {
+    pub next_seq: Seq,
+    pub prev_hash: [u8; 32],
+}
+
+impl ChainPos {
+    pub const GENESIS: ChainPos = ChainPos {
+        next_seq: 1,
+        prev_hash: GENESIS_HASH,
+    };
+
+    pub fn head_seq(&self) -> Seq {
+        self.next_seq - 1
+    }
+}
+
+/// Checks what a valid CRC cannot: known flags, seq contiguity and, when the previous hash is
+/// known, the chain link. Returns the seq to report and why the frame is bad.
+pub(crate) fn check_frame(
+    header: &FrameHeader,
+    payload: &[u8],
+    expected_seq: Seq,
+    prev_hash: Option<&[u8; 32]>,
+) -> Result<(), (Seq, String)> {
+    if header.flags & !FLAGS_KNOWN != 0 {
+        return Err((
+            header.seq,
+            format!("unknown flag bits {:#04x}", header.flags),
+        ));
+    }
+    if header.seq != expected_seq {
+        return Err((header.seq, format!("seq gap: expected seq {expected_seq}")));
+    }
+    if let Some(prev_hash) = prev_hash {
+        if chain_hash(prev_hash, header.seq, payload) != header.hash {
+            return Err((
+                header.seq,
+                "hash chain mismatch (record altered or chain broken)".to_string(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The last segment's state after the scan: where its last complete batch ends, and why the
+/// bytes after that (if any) are a torn tail.
+#[derive(Debug, Clone)]
+pub(crate) struct LastSegment {
+    pub segment: SegmentFile,
+    pub committed_end: u64,
+    pub file_len: u64,
+    pub tail_reason: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct LogScan {
+    pub segment_count: usize,
+    /// Records in complete batches.
+    pub records: u64,
+    /// Size of all segment files, torn tail included.
+    pub bytes: u64,
+    /// The chain position after the last complete batch.
+    pub head: ChainPos,
+    pub last: Option<LastSegment>,
+}
+
+pub(crate) fn scan_log(dir: &Path) -> Result<LogScan, LogError> {
+    let segments = list_segments(dir)?;
+    let mut scan = LogScan {
+        segment_count: segments.len(),
+        records: 0,
+        bytes: 0,
+        head: ChainPos::GENESIS,
+        last: None,
+    };
+    for (i, segment) in segments.iter().enumerate() {
+        let sealed = i + 1 < segments.len();
+        let seg = scan_segment(segment, scan.head, sealed)?;
+        scan.records += seg.records;
+        scan.bytes += seg.file_len;
+        scan.head = seg.committed;
+        if !sealed {
+            scan.last = Some(LastSegment {
+                segment: segment.clone(),
+                committed_end: seg.committed_end,
+                file_len: seg.file_len,
+                tail_reason: seg.tail_reason,
+            });
+        }
+    }
+    Ok(scan)
+}
+
+struct SegmentScan {
+    committed: ChainPos,
+    committed_end: u64,
+    records: u64,
+    file_len: u64,
+    tail_reason: Option<String>,
+}
+
+/// Checks every frame of one segment, starting at chain position `start`.
+///
+/// A sealed segment must be perfect. In the last segment, an unframed or CRC-failing frame
+/// with no valid frame anywhere behind it, and frames after the last BATCH_END, form the
+/// torn tail (reported in `tail_reason`, nothing is changed here).
+fn scan_segment(
+    segment: &SegmentFile,
+    start: ChainPos,
+    sealed: bool,
+) -> Result<SegmentScan, LogError> {
+    let corrupt = |offset: u64, seq: Seq, reason: String| LogError::Corrupt {
+        segment: segment.path.clone(),
+        offset,
+        seq: Some(seq),
+        reason,
+    };
+    if segment.first_seq != start.next_seq {
+        return Err(corrupt(
+            0,
+            start.next_seq,
+            format!(
+                "segment starts at seq {} but the previous record is seq {} (missing or \
+                 overlapping segment)",
+                segment.first_seq,
+                start.head_seq()
+            ),
+        ));
+    }
+    let mut cursor = SegmentCursor::open(segment)?;
+    let mut chain = start;
+    let mut committed = (start, cursor.pos, 0u64);
+    let mut records = 0u64;
+    let mut payload = Vec::new();
+
+    let bad_frame = loop {
+        let frame_at = cursor.pos;
+        let (header, raw) = match cursor.next_header()? {
+            Step::End => break None,
+            Step::Unframed { reason } => break Some((frame_at, reason)),
+            Step::Frame { header, raw } => (header, raw),
+        };
+        cursor.read_payload(&header, &mut payload)?;
+        if frame_crc(&raw, &payload) != header.crc {
+            break Some((frame_at, "crc mismatch".to_string()));
+        }
+        check_frame(&header, &payload, chain.next_seq, Some(&chain.prev_hash))
+            .map_err(|(seq, reason)| corrupt(frame_at, seq, reason))?;
+        chain = ChainPos {
+            next_seq: header.seq + 1,
+            prev_hash: header.hash,
+        };
+        records += 1;
+        if header.is_batch_end() {
+            committed = (chain, cursor.pos, records);
+        }
+    };
+    let (committed, committed_end, committed_records) = committed;
+    let uncommitted_frames = records - committed_records;
+
+    if let Some((frame_at, reason)) = &bad_frame {
+        if sealed {
+            return Err(corrupt(*frame_at, chain.next_seq, reason.clone()));
+        }
+        refuse_if_valid_frame_follows(&cursor, *frame_at, chain.next_seq, reason)?;
+    }
+    if sealed {
+        if records == 0 {
+            return Err(corrupt(
+                SEGMENT_HEADER_LEN as u64,
+                start.next_seq,
+                "sealed segment holds no records".to_string(),
+            ));
+        }
+        if uncommitted_frames > 0 {
+            return Err(corrupt(
+                committed_end,
+                committed.next_seq,
+                format!(
+                    "sealed segment ends inside a batch ({uncommitted_frames} frame(s) after \
+                     the last BATCH_END)"
+                ),
+            ));
+        }
+    }
+
+    let tail_reason = match bad_frame {
+        Some((frame_at, reason)) if uncommitted_frames > 0 => Some(format!(
+            "{reason} at offset {frame_at}, after {uncommitted_frames} frame(s) of an \
+             incomplete batch"
+        )),
+        Some((frame_at, reason)) => Some(format!("{reason} at offset {frame_at}")),
+        None if uncommitted_frames > 0 => Some(format!(
+            "incomplete batch: {uncommitted_frames} frame(s) after the last BATCH_END"
+        )),
+        None => None,
+    };
+    Ok(SegmentScan {
+        committed,
+        committed_end,
+        records: committed_records,
+        file_len: cursor.file_len,
+        tail_reason,
+    })
+}
+
+/// A bad frame in the last segment is a torn tail only if nothing valid follows it: a crash
+/// loses the end of the file, it does not leave intact records behind a damaged one.
+fn refuse_if_valid_frame_follows(
+    cursor: &SegmentCursor,
+    frame_at: u64,
+    expected_seq: Seq,
+    reason: &str,
+) -> Result<(), LogError> {
+    let search_from = frame_at + 1;
+    if search_from >= cursor.file_len {
+        return Ok(());
+    }
+    let rest = cursor.read_tail(search_from)?;
+    match find_valid_frame(&rest, expected_seq) {
+        None => Ok(()),
+        Some((at, seq)) => Err(LogError::Corrupt {
+            segment: cursor.path.clone(),
+            offset: frame_at,
+            seq: Some(expected_seq),
+            reason: format!(
+                "{reason}, and a valid frame (seq {seq}) follows at offset {}: damage inside \
+                 the log, not a torn tail",
+                search_from + at as u64
+            ),
+        }),
+    }
+}

@@ -1,0 +1,269 @@
+//! The `keymeter` command line.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use keymeter::config::Config;
+use keymeter::engine::{self, Engine, SystemClock};
+
+#[derive(Parser)]
+#[command(name = "keymeter", version, about = "Event-sourced usage metering and licensing engine")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP API and the engine (embedded: no other server needed).
+    Serve(ConfigArgs),
+    /// Drop every projection and rebuild it from the event log.
+    Replay(ConfigArgs),
+    /// Inspect the event log.
+    Log {
+        #[command(subcommand)]
+        command: LogCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum LogCommand {
+    /// Check every frame's checksum, the sequence numbers and the hash chain;
+    /// report the first bad position. Read-only.
+    Verify(ConfigArgs),
+}
+
+/// Settings: a flag beats its `KEYMETER_*` variable, which beats the config
+/// file, which beats the built-in default.
+#[derive(Args, Clone)]
+struct ConfigArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "KEYMETER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (log and projections) [default: ./keymeter-data].
+    #[arg(long, env = "KEYMETER_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// HTTP listen address [default: 127.0.0.1:8080].
+    #[arg(long, env = "KEYMETER_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Serve /metrics on this address without authentication (and not on the API listener).
+    #[arg(long, env = "KEYMETER_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// API key to create as the first admin key when there is none yet (at least 24 characters).
+    #[arg(long, env = "KEYMETER_BOOTSTRAP_ADMIN_KEY", hide_env_values = true)]
+    bootstrap_admin_key: Option<String>,
+    /// Oldest accepted event time, before the receive time (e.g. "35d") [default: 35d].
+    #[arg(long, env = "KEYMETER_EVENT_TIME_BACK", value_parser = humantime::parse_duration)]
+    event_time_back: Option<Duration>,
+    /// Newest accepted event time, after the receive time (e.g. "5m") [default: 5m].
+    #[arg(long, env = "KEYMETER_EVENT_TIME_AHEAD", value_parser = humantime::parse_duration)]
+    event_time_ahead: Option<Duration>,
+    /// Largest accepted request body in bytes [default: 8388608].
+    #[arg(long, env = "KEYMETER_BODY_BYTES_MAX")]
+    body_bytes_max: Option<usize>,
+    /// Most events in one ingest request [default: 10000].
+    #[arg(long, env = "KEYMETER_REQUEST_EVENTS_MAX")]
+    request_events_max: Option<usize>,
+    /// Most records in one log batch [default: 20000].
+    #[arg(long, env = "KEYMETER_BATCH_RECORDS_MAX")]
+    batch_records_max: Option<usize>,
+    /// Log segment size at which a new segment starts [default: 67108864].
+    #[arg(long, env = "KEYMETER_SEGMENT_BYTES_MAX")]
+    segment_bytes_max: Option<u64>,
+}
+
+impl ConfigArgs {
+    fn load(&self) -> anyhow::Result<Config> {
+        let mut cfg = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        macro_rules! set {
+            ($($field:ident),*) => {$(
+                if let Some(v) = self.$field.clone() {
+                    cfg.$field = v;
+                }
+            )*};
+        }
+        set!(
+            data_dir,
+            listen,
+            event_time_back,
+            event_time_ahead,
+            body_bytes_max,
+            request_events_max,
+            batch_records_max,
+            segment_bytes_max
+        );
+        if self.metrics_listen.is_some() {
+            cfg.metrics_listen = self.metrics_listen;
+        }
+        if self.bootstrap_admin_key.is_some() {
+            cfg.bootstrap_admin_key = self.bootstrap_admin_key.clone();
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KEYMETER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => args.load().and_then(serve),
+        Command::Replay(args) => args.load().and_then(replay),
+        Command::Log {
+            command: LogCommand::Verify(args),
+        } => args.load().and_then(verify),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(cfg: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("keymeter-http")
+        .build()?;
+    tracing::info!(data_dir = %cfg.data_dir.display(), "starting keymeter");
+    let started = Engine::open(&cfg, Arc::new(SystemClock))
+        .with_context(|| format!("cannot open data directory {}", cfg.data_dir.display()))?;
+    let r = &started.recovery;
+    tracing::info!(
+        head_seq = r.head_seq,
+        segments = r.segments,
+        torn_tail_bytes = r.torn_tail_bytes,
+        replayed_records = started.replayed_records,
+        "event log open"
+    );
+    let engine = started.engine;
+    let handle = engine.handle();
+    let cfg = Arc::new(cfg);
+    let state = keymeter::api::AppState {
+        engine: handle.clone(),
+        cfg: cfg.clone(),
+    };
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+        let addr = listener.local_addr()?;
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "keymeter listening on http://{addr}")?;
+        if let Some(key) = &started.bootstrap_key {
+            writeln!(
+                stdout,
+                "\nCreated the first admin API key. It is shown only this once; store it now:\n\n  {key}\n\n\
+                 Try it:\n  curl -H 'Authorization: Bearer {key}' http://{addr}/api/v1/meters\n"
+            )?;
+        }
+        stdout.flush()?;
+        drop(stdout);
+        if let Some(metrics_addr) = cfg.metrics_listen {
+            let l = tokio::net::TcpListener::bind(metrics_addr)
+                .await
+                .with_context(|| format!("cannot listen on {metrics_addr}"))?;
+            tracing::info!(addr = %l.local_addr()?, "metrics listener");
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(l, keymeter::api::metrics_router()).await {
+                    tracing::error!(error = %e, "metrics listener failed");
+                }
+            });
+        }
+        tracing::info!(%addr, "HTTP API listening");
+        let shared = handle.shared.clone();
+        axum::serve(listener, keymeter::api::router(state))
+            .with_graceful_shutdown(shutdown_signal(shared))
+            .await?;
+        anyhow::Ok(())
+    })?;
+    drop(handle);
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    tracing::info!("HTTP server stopped; draining the writer");
+    engine.shutdown()?;
+    tracing::info!("keymeter stopped cleanly");
+    Ok(())
+}
+
+/// Resolves on Ctrl-C, SIGTERM, or when the engine has failed (so the process
+/// exits instead of answering 503 forever).
+async fn shutdown_signal(shared: Arc<engine::Shared>) {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    let failed = async {
+        while !shared.failed.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("Ctrl-C received; shutting down"),
+        _ = term => tracing::info!("SIGTERM received; shutting down"),
+        _ = failed => tracing::error!("engine failed; shutting down"),
+    }
+}
+
+fn replay(cfg: Config) -> anyhow::Result<()> {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} replaying [{bar:40}] {pos}/{len} records ({per_sec}, eta {eta})",
+        )?
+        .progress_chars("=> "),
+    );
+    let head = engine::rebuild(&cfg, |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })
+    .with_context(|| format!("cannot rebuild projections in {}", cfg.data_dir.display()))?;
+    bar.finish();
+    println!("rebuilt all projections from {head} log records");
+    Ok(())
+}
+
+fn verify(cfg: Config) -> anyhow::Result<()> {
+    let report = keymeter::log::verify(&cfg.log_dir())?;
+    println!(
+        "log ok: {} records in {} segments ({} bytes), head seq {}, head hash {}",
+        report.records,
+        report.segments,
+        report.bytes,
+        report.head_seq,
+        hex::encode(report.head_hash)
+    );
+    if let Some(t) = &report.torn_tail {
+        println!(
+            "torn tail: {} bytes at {} offset {} ({}); the next start cuts it and keeps a copy",
+            t.bytes,
+            t.segment.display(),
+            t.offset,
+            t.reason
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,410 @@
+//! Pulling a meter's value and group values out of a CloudEvent's `data`.
+
+use std::fmt::{self, Write as _};
+
+use serde_json::{Number, Value};
+
+use super::amount::{Amount, AmountParseError};
+use super::def::{Aggregation, CompiledMeter};
+use super::path::SingularPath;
+
+/// What one event contributes to a meter, before windowing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observation {
+    pub value: ObservedValue,
+    /// One entry per `groupBy` key, in [`CompiledMeter::group_keys`] order;
+    /// `None` when the path selects nothing or `null`.
+    pub group: Vec<Option<String>>,
+}
+
+/// The measured part of an observation, shaped by the meter's aggregation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObservedValue {
+    /// COUNT: the event itself is the measurement.
+    None,
+    /// SUM, AVG, MIN, MAX, LATEST.
+    Amount(Amount),
+    /// UNIQUE_COUNT: [`unique_hash`] of the value's canonical text.
+    Unique(u64),
+}
+
+/// Why an event's `data` could not be measured by a meter.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExtractError {
+    #[error("valueProperty {path} selects nothing in the event data")]
+    ValueMissing { path: String },
+    #[error("valueProperty {path} must be a number or a numeric string, found {found}")]
+    NotNumeric { path: String, found: &'static str },
+    #[error("valueProperty {path} is outside ±1e20")]
+    ValueOutOfRange { path: String },
+    #[error("valueProperty {path} must be a string, number or boolean, found {found}")]
+    NotScalar { path: String, found: &'static str },
+}
+
+impl ExtractError {
+    /// Stable machine-readable code for rejection reasons.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ExtractError::ValueMissing { .. } => "VALUE_PROPERTY_MISSING",
+            ExtractError::NotNumeric { .. } => "VALUE_NOT_NUMERIC",
+            ExtractError::ValueOutOfRange { .. } => "VALUE_OUT_OF_RANGE",
+            ExtractError::NotScalar { .. } => "VALUE_NOT_SCALAR",
+        }
+    }
+}
+
+impl CompiledMeter {
+    /// Measures one event's `data` (absent `data` behaves like an empty object).
+    pub fn extract(&self, data: Option<&Value>) -> Result<Observation, ExtractError> {
+        let value = match &self.value_path {
+            None => ObservedValue::None,
+            Some(path) => {
+                let node = data.and_then(|d| path.select(d)).ok_or_else(|| {
+                    ExtractError::ValueMissing {
+                        path: path.as_str().to_owned(),
+                    }
+                })?;
+                if self.aggregation() == Aggregation::UniqueCount {
+                    ObservedValue::Unique(unique_value_hash(node, path)?)
+                } else {
+                    ObservedValue::Amount(amount_of(node, path)?)
+                }
+            }
+        };
+        let group = self
+            .group_paths
+            .iter()
+            .map(|path| data.and_then(|d| path.select(d)).and_then(group_text))
+            .collect();
+        Ok(Observation { value, group })
+    }
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// A JSON number or numeric string as an exact [`Amount`].
+fn amount_of(node: &Value, path: &SingularPath) -> Result<Amount, ExtractError> {
+    let parsed = match node {
+        Value::Number(number) => amount_of_number(number),
+        Value::String(text) => Amount::parse_decimal(text),
+        other => {
+            return Err(ExtractError::NotNumeric {
+                path: path.as_str().to_owned(),
+                found: json_kind(other),
+            })
+        }
+    };
+    parsed.map_err(|e| match e {
+        AmountParseError::Syntax => ExtractError::NotNumeric {
+            path: path.as_str().to_owned(),
+            found: "non-numeric string",
+        },
+        AmountParseError::OutOfRange => ExtractError::ValueOutOfRange {
+            path: path.as_str().to_owned(),
+        },
+    })
+}
+
+/// Integers convert directly; other numbers go through their decimal text (serde_json's
+/// shortest round-trip rendering), so `0.1` becomes exactly 0.1.
+fn amount_of_number(number: &Number) -> Result<Amount, AmountParseError> {
+    if let Some(int) = number.as_i64() {
+        return Ok(Amount::from_int(int));
+    }
+    if let Some(uint) = number.as_u64() {
+        return Ok(Amount(i128::from(uint) * super::amount::AMOUNT_SCALE));
+    }
+    let mut text = StackText::default();
+    if write!(text, "{number}").is_ok() {
+        Amount::parse_decimal(text.as_str())
+    } else {
+        Amount::parse_decimal(&number.to_string())
+    }
+}
+
+/// A group value's text: strings as themselves, numbers and booleans as their JSON
+/// text, arrays and objects as compact JSON; `null` is no value.
+fn group_text(node: &Value) -> Option<String> {
+    match node {
+        Value::Null => None,
+        Value::String(text) => Some(text.clone()),
+        Value::Bool(flag) => Some(flag.to_string()),
+        Value::Number(number) => Some(number.to_string()),
+        other => Some(other.to_string()),
+    }
+}
+
+fn unique_value_hash(node: &Value, path: &SingularPath) -> Result<u64, ExtractError> {
+    let mut hasher = Fnv1a64::default();
+    match node {
+        Value::String(text) => hasher.write_bytes(text.as_bytes()),
+        Value::Bool(flag) => hasher.write_bytes(if *flag { b"true" } else { b"false" }),
+        Value::Number(number) => {
+            // Writing into the hasher cannot fail.
+            let _ = write!(hasher, "{number}");
+        }
+        other => {
+            return Err(ExtractError::NotScalar {
+                path: path.as_str().to_owned(),
+                found: json_kind(other),
+            })
+        }
+    }
+    Ok(hasher.finish())
+}
+
+/// The UNIQUE_COUNT identity of a value's canonical text: 64-bit FNV-1a
+/// (offset basis 0xcbf29ce484222325, prime 0x100000001b3) over its UTF-8 bytes.
+/// Canonical text is a string's content, or a number's / boolean's JSON text as
+/// serde_json renders it (so the string `"7"` and the number `7` are one value, while
+/// `7` and `7.0` are two). Fixed forever: stored counters depend on it.
+pub fn unique_hash(canonical_text: &str) -> u64 {
+    let mut hasher = Fnv1a64::default();
+    hasher.write_bytes(canonical_text.as_bytes());
+    hasher.finish()
+}
+
+struct Fnv1a64(u64);
+
+impl Default for Fnv1a64 {
+    fn default() -> Self {
+        Fnv1a64(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv1a64 {
+    fn write_bytes(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 ^= u64::from(*byte);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Write for Fnv1a64 {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.write_bytes(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// Fixed buffer for formatting a number without allocating; errors when full.
+struct StackText {
+    bytes: [u8; 64],
+    len: usize,
+}
+
+impl Default for StackText {
+    fn default() -> Self {
+        StackText {
+            bytes: [0; 64],
+            len: 0,
+        }
+    }
+}
+
+impl StackText {
+    fn as_str(&self) -> &str {
+        // Only whole `&str`s are ever copied in, so the prefix is valid UTF-8.
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or("")
+    }
+}
+
+impl fmt::Write for StackText {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len + s.len();
+        if end > self.bytes.len() {
+            return Err(fmt::Error);
+        }
+        self.bytes[self.len..end].copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meter::def::MeterDef;
+    use serde_json::json;
+
+    fn meter(aggregation: &str, value_property: Option<&str>) -> CompiledMeter {
+        let mut def = json!({
+            "slug": "m",
+            "eventType": "e",
+            "aggregation": aggregation,
+            "groupBy": {"model": "$.model", "tier": "$.tier"}
+        });
+        if let Some(path) = value_property {
+            def["valueProperty"] = json!(path);
+        }
+        serde_json::from_value::<MeterDef>(def)
+            .unwrap()
+            .validate()
+            .unwrap()
+    }
+
+    fn amount_of_data(data: Value) -> Result<ObservedValue, ExtractError> {
+        meter("SUM", Some("$.v"))
+            .extract(Some(&data))
+            .map(|o| o.value)
+    }
+
+    #[test]
+    fn numbers_and_numeric_strings_become_exact_amounts() {
+        let cases = [
+            (json!({"v": 12}), Amount::from_int(12)),
+            (json!({"v": -3}), Amount::from_int(-3)),
+            (
+                json!({"v": u64::MAX}),
+                Amount(i128::from(u64::MAX) * 1_000_000_000),
+            ),
+            (json!({"v": 0.1}), Amount(100_000_000)),
+            (json!({"v": "12.5"}), Amount(12_500_000_000)),
+            (json!({"v": "1e3"}), Amount::from_int(1000)),
+            (json!({"v": 2.5e-4}), Amount(250_000)),
+            (
+                json!({"v": 1.0e20}),
+                Amount(crate::meter::amount::AMOUNT_MAGNITUDE_MAX_UNITS),
+            ),
+        ];
+        for (data, expected) in &cases {
+            assert_eq!(
+                amount_of_data(data.clone()),
+                Ok(ObservedValue::Amount(*expected)),
+                "{data}"
+            );
+        }
+        let parsed: Value = serde_json::from_str(r#"{"v": 1e3}"#).unwrap();
+        assert_eq!(
+            amount_of_data(parsed),
+            Ok(ObservedValue::Amount(Amount::from_int(1000)))
+        );
+        let parsed: Value = serde_json::from_str(r#"{"v": 2.5E-4}"#).unwrap();
+        assert_eq!(
+            amount_of_data(parsed),
+            Ok(ObservedValue::Amount(Amount(250_000)))
+        );
+    }
+
+    #[test]
+    fn non_numeric_values_are_rejected_with_their_kind() {
+        for (data, found) in [
+            (json!({"v": true}), "boolean"),
+            (json!({"v": null}), "null"),
+            (json!({"v": {}}), "object"),
+            (json!({"v": [1]}), "array"),
+            (json!({"v": "12 apples"}), "non-numeric string"),
+        ] {
+            let err = amount_of_data(data).unwrap_err();
+            assert_eq!(err.code(), "VALUE_NOT_NUMERIC");
+            assert_eq!(
+                err,
+                ExtractError::NotNumeric {
+                    path: "$.v".into(),
+                    found
+                }
+            );
+        }
+        let err = amount_of_data(json!({"v": 1.5e20})).unwrap_err();
+        assert_eq!(err.code(), "VALUE_OUT_OF_RANGE");
+        let err = amount_of_data(json!({"v": "-1e21"})).unwrap_err();
+        assert_eq!(err.code(), "VALUE_OUT_OF_RANGE");
+    }
+
+    #[test]
+    fn missing_value_or_data_is_value_missing() {
+        let err = amount_of_data(json!({"w": 1})).unwrap_err();
+        assert_eq!(err.code(), "VALUE_PROPERTY_MISSING");
+        assert!(err.to_string().contains("$.v"));
+        let err = meter("SUM", Some("$.v")).extract(None).unwrap_err();
+        assert_eq!(err, ExtractError::ValueMissing { path: "$.v".into() });
+    }
+
+    #[test]
+    fn count_needs_no_value_and_groups_follow_key_order() {
+        let m = meter("COUNT", None);
+        let obs = m
+            .extract(Some(&json!({"tier": 3, "model": "gpt"})))
+            .unwrap();
+        assert_eq!(obs.value, ObservedValue::None);
+        assert_eq!(
+            obs.group,
+            vec![Some("gpt".to_owned()), Some("3".to_owned())]
+        );
+        let obs = m.extract(None).unwrap();
+        assert_eq!(obs.group, vec![None, None]);
+    }
+
+    #[test]
+    fn group_values_render_scalars_as_json_text_and_null_as_none() {
+        let m = meter("COUNT", None);
+        let group = |data: Value| m.extract(Some(&data)).unwrap().group;
+        assert_eq!(
+            group(json!({"model": true, "tier": null})),
+            vec![Some("true".to_owned()), None]
+        );
+        assert_eq!(
+            group(json!({"model": 1.5, "tier": ""})),
+            vec![Some("1.5".to_owned()), Some(String::new())]
+        );
+        assert_eq!(
+            group(json!({"model": {"b": 1, "a": [2]}})),
+            vec![Some(r#"{"a":[2],"b":1}"#.to_owned()), None]
+        );
+    }
+
+    #[test]
+    fn unique_count_hashes_canonical_text_stably() {
+        let m = meter("UNIQUE_COUNT", Some("$.user"));
+        let hash = |data: Value| m.extract(Some(&data)).map(|o| o.value);
+        // FNV-1a 64 reference vectors.
+        assert_eq!(unique_hash(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(unique_hash("a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(unique_hash("foobar"), 0x8594_4171_f739_67e8);
+        assert_eq!(
+            hash(json!({"user": "alice"})),
+            Ok(ObservedValue::Unique(unique_hash("alice")))
+        );
+        assert_eq!(
+            hash(json!({"user": 7})),
+            Ok(ObservedValue::Unique(unique_hash("7")))
+        );
+        assert_eq!(
+            hash(json!({"user": 0.5})),
+            Ok(ObservedValue::Unique(unique_hash("0.5")))
+        );
+        assert_eq!(
+            hash(json!({"user": false})),
+            Ok(ObservedValue::Unique(unique_hash("false")))
+        );
+        for (data, found) in [
+            (json!({"user": [1]}), "array"),
+            (json!({"user": {}}), "object"),
+            (json!({"user": null}), "null"),
+        ] {
+            let err = hash(data).unwrap_err();
+            assert_eq!(err.code(), "VALUE_NOT_SCALAR");
+            assert_eq!(
+                err,
+                ExtractError::NotScalar {
+                    path: "$.user".into(),
+                    found
+                }
+            );
+        }
+    }
+}

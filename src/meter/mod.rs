@@ -1,0 +1,52 @@
+//! The pure core of metering: meter definitions, value extraction from a CloudEvent's
+//! `data`, aggregation state, windows, the fold, and query aggregation. No I/O, no
+//! clock, no storage: the engine feeds events in and persists what comes out.
+//!
+//! # Semantics
+//!
+//! - **Amounts are exact.** Values are fixed point ([`Amount`] = value × 10^9 in an
+//!   `i128`), parsed from the number's decimal text (so JSON `0.1` is exactly 0.1) or
+//!   from a numeric string; digits past 9 decimals round half-to-even; magnitudes above
+//!   10^20 are refused. Sums saturate at the `i128` range, which takes more than
+//!   1.7 × 10^9 maximal events to reach. JSON numbers arrive as `f64` (about 17
+//!   significant digits); send longer values as strings to keep them exact.
+//! - **Order never matters.** Every [`AggState::merge`] is commutative and
+//!   associative, so any arrival order or batching of the same events gives identical
+//!   states and identical [`AggState::encode`] bytes. LATEST keeps the observation
+//!   with the greatest event time and, on equal event times, **the greater value**.
+//! - **UNIQUE_COUNT is exact over 64-bit hashes.** A value's identity is
+//!   [`unique_hash`] (FNV-1a 64) of its canonical text: a string's content, or a
+//!   number's / boolean's JSON text as serde_json renders it (`"7"` and `7` are one
+//!   value; `7` and `7.0` are two). Objects, arrays and `null` are refused
+//!   (`VALUE_NOT_SCALAR`).
+//! - **Groups.** A `groupBy` path selecting a string yields that string, a number or
+//!   boolean its JSON text, an object or array its compact JSON text; missing or
+//!   `null` yields `None` (its own group, distinct from `""`).
+//! - **Windows** are UTC tumbling windows over event time; see [`WindowSize`].
+//! - **Queries** include stored windows whose start is in `[from, to)`; see [`query`].
+
+mod amount;
+mod def;
+mod extract;
+mod fold;
+mod key;
+mod path;
+mod query;
+mod state;
+mod window;
+
+pub use amount::{
+    Amount, AmountParseError, AMOUNT_DECIMALS, AMOUNT_MAGNITUDE_MAX_UNITS, AMOUNT_SCALE,
+};
+pub use def::{
+    Aggregation, CompiledMeter, MeterDef, MeterError, EVENT_TYPE_CHARS_MAX, GROUP_BY_MAX,
+};
+pub use extract::{unique_hash, ExtractError, Observation, ObservedValue};
+pub use fold::{fold_event, Fold};
+pub use key::{CounterKey, KeyError};
+pub use query::{query, QueryError, QueryParams, QueryRow};
+pub use state::{AggState, DecodeError, MergeError, STATE_ENCODING_VERSION};
+pub use window::WindowSize;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,328 @@
+//! Singular JSONPath queries (RFC 9535 §2.3.5.1): `$` followed by name and index
+//! selectors only, e.g. `$.tokens`, `$.usage.input`, `$['a b']`, `$.items[0].n`,
+//! `$.items[-1]`.
+//!
+//! A path is first validated by `serde_json_path` (the RFC 9535 authority); this module
+//! then compiles it into a list of steps, which both proves that it is singular (a
+//! valid path this parser cannot read uses wildcards, slices, filters, unions or
+//! descendant segments) and lets extraction walk `data` without allocating.
+
+use serde_json::Value;
+
+/// One step of a singular query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Object member by name.
+    Name(String),
+    /// Array element; negative counts from the end.
+    Index(i64),
+}
+
+/// A compiled singular query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SingularPath {
+    text: String,
+    steps: Vec<Step>,
+}
+
+/// Why a path was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PathError {
+    /// Not RFC 9535 JSONPath; carries the parser's message.
+    Syntax(String),
+    /// Valid JSONPath that may select more than one node.
+    NotSingular,
+}
+
+impl SingularPath {
+    pub(crate) fn compile(text: &str) -> Result<SingularPath, PathError> {
+        serde_json_path::JsonPath::parse(text).map_err(|e| PathError::Syntax(e.to_string()))?;
+        let steps = Parser::new(text)
+            .parse_singular()
+            .ok_or(PathError::NotSingular)?;
+        Ok(SingularPath {
+            text: text.to_owned(),
+            steps,
+        })
+    }
+
+    /// The path as written in the meter definition.
+    pub(crate) fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The node the path selects, if any.
+    #[inline]
+    pub(crate) fn select<'v>(&self, root: &'v Value) -> Option<&'v Value> {
+        let mut node = root;
+        for step in &self.steps {
+            node = match step {
+                Step::Name(name) => node.as_object()?.get(name.as_str())?,
+                Step::Index(index) => {
+                    let items = node.as_array()?;
+                    let position = if *index < 0 {
+                        items
+                            .len()
+                            .checked_sub(usize::try_from(index.unsigned_abs()).ok()?)?
+                    } else {
+                        usize::try_from(*index).ok()?
+                    };
+                    items.get(position)?
+                }
+            };
+        }
+        Some(node)
+    }
+}
+
+/// Recursive-descent reader for the singular subset. Returns `None` for anything
+/// outside it; syntax has already been checked by `serde_json_path`.
+struct Parser<'a> {
+    text: &'a str,
+    pos: usize,
+}
+
+impl<'a> Parser<'a> {
+    fn new(text: &'a str) -> Self {
+        Parser { text, pos: 0 }
+    }
+
+    fn parse_singular(mut self) -> Option<Vec<Step>> {
+        self.eat('$')?;
+        let mut steps = Vec::new();
+        loop {
+            self.skip_blank();
+            match self.peek() {
+                None => return Some(steps),
+                Some('.') => {
+                    self.pos += 1;
+                    steps.push(Step::Name(self.member_name_shorthand()?));
+                }
+                Some('[') => {
+                    self.pos += 1;
+                    self.skip_blank();
+                    let step = match self.peek()? {
+                        '\'' | '"' => Step::Name(self.string_literal()?),
+                        _ => Step::Index(self.int()?),
+                    };
+                    self.skip_blank();
+                    self.eat(']')?;
+                    steps.push(step);
+                }
+                Some(_) => return None,
+            }
+        }
+    }
+
+    fn peek(&self) -> Option<char> {
+        self.text[self.pos..].chars().next()
+    }
+
+    fn bump(&mut self) -> Option<char> {
+        let c = self.peek()?;
+        self.pos += c.len_utf8();
+        Some(c)
+    }
+
+    fn eat(&mut self, expected: char) -> Option<()> {
+        (self.bump()? == expected).then_some(())
+    }
+
+    fn skip_blank(&mut self) {
+        while matches!(self.peek(), Some(' ' | '\t' | '\n' | '\r')) {
+            self.pos += 1;
+        }
+    }
+
+    fn member_name_shorthand(&mut self) -> Option<String> {
+        let is_name_first = |c: char| c.is_ascii_alphabetic() || c == '_' || c >= '\u{80}';
+        let start = self.pos;
+        if !self.peek().is_some_and(is_name_first) {
+            return None;
+        }
+        while self
+            .peek()
+            .is_some_and(|c| is_name_first(c) || c.is_ascii_digit())
+        {
+            self.bump();
+        }
+        Some(self.text[start..self.pos].to_owned())
+    }
+
+    fn int(&mut self) -> Option<i64> {
+        const INT_MAGNITUDE_MAX: i64 = (1 << 53) - 1;
+        let start = self.pos;
+        if self.peek() == Some('-') {
+            self.pos += 1;
+        }
+        while self.peek().is_some_and(|c| c.is_ascii_digit()) {
+            self.pos += 1;
+        }
+        let value: i64 = self.text[start..self.pos].parse().ok()?;
+        (value.abs() <= INT_MAGNITUDE_MAX).then_some(value)
+    }
+
+    fn string_literal(&mut self) -> Option<String> {
+        let quote = self.bump()?;
+        let mut out = String::new();
+        loop {
+            match self.bump()? {
+                c if c == quote => return Some(out),
+                '\\' => out.push(self.escape()?),
+                c => out.push(c),
+            }
+        }
+    }
+
+    fn escape(&mut self) -> Option<char> {
+        Some(match self.bump()? {
+            'b' => '\u{8}',
+            'f' => '\u{c}',
+            'n' => '\n',
+            'r' => '\r',
+            't' => '\t',
+            '/' => '/',
+            '\\' => '\\',
+            '\'' => '\'',
+            '"' => '"',
+            'u' => {
+                let high = self.hex4()?;
+                if (0xD800..0xDC00).contains(&high) {
+                    self.eat('\\')?;
+                    self.eat('u')?;
+                    let low = self.hex4()?;
+                    if !(0xDC00..0xE000).contains(&low) {
+                        return None;
+                    }
+                    char::from_u32(0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00))?
+                } else {
+                    char::from_u32(high)?
+                }
+            }
+            _ => return None,
+        })
+    }
+
+    fn hex4(&mut self) -> Option<u32> {
+        let digits = self.text.get(self.pos..self.pos + 4)?;
+        let value = u32::from_str_radix(digits, 16).ok()?;
+        if !digits.chars().all(|c| c.is_ascii_hexdigit()) {
+            return None;
+        }
+        self.pos += 4;
+        Some(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn steps(text: &str) -> Vec<Step> {
+        SingularPath::compile(text).unwrap().steps
+    }
+
+    fn name(n: &str) -> Step {
+        Step::Name(n.to_owned())
+    }
+
+    #[test]
+    fn singular_forms_compile_to_steps() {
+        assert_eq!(steps("$"), vec![]);
+        assert_eq!(steps("$.tokens"), vec![name("tokens")]);
+        assert_eq!(steps("$.usage.input"), vec![name("usage"), name("input")]);
+        assert_eq!(steps("$['a b']"), vec![name("a b")]);
+        assert_eq!(steps("$[\"a'b\"]"), vec![name("a'b")]);
+        assert_eq!(steps("$['a\\'b']"), vec![name("a'b")]);
+        assert_eq!(
+            steps("$.items[0].n"),
+            vec![name("items"), Step::Index(0), name("n")]
+        );
+        assert_eq!(steps("$.items[-1]"), vec![name("items"), Step::Index(-1)]);
+        assert_eq!(steps("$[ 'x' ] [ 2 ]"), vec![name("x"), Step::Index(2)]);
+        assert_eq!(steps("$['\\u00e9\\uD83D\\uDE00']"), vec![name("é😀")]);
+        assert_eq!(steps("$.héllo_1"), vec![name("héllo_1")]);
+    }
+
+    #[test]
+    fn multi_node_queries_are_not_singular() {
+        for text in [
+            "$.*",
+            "$..tokens",
+            "$.items[*]",
+            "$.items[0:2]",
+            "$.items[0,1]",
+            "$['a','b']",
+            "$.items[?@.n > 1]",
+        ] {
+            assert_eq!(
+                SingularPath::compile(text),
+                Err(PathError::NotSingular),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_jsonpath_is_a_syntax_error() {
+        for text in ["tokens", "$.", "$[", "$.a b", "", "$['a]", "$[01]", "@.a"] {
+            assert!(
+                matches!(SingularPath::compile(text), Err(PathError::Syntax(_))),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn select_walks_objects_and_arrays() {
+        let data = json!({"a": {"b": [10, 20, {"c": "x"}]}, "a b": 1});
+        let select = |p: &str| SingularPath::compile(p).unwrap().select(&data).cloned();
+        assert_eq!(select("$.a.b[1]"), Some(json!(20)));
+        assert_eq!(select("$.a.b[-1].c"), Some(json!("x")));
+        assert_eq!(select("$.a.b[-4]"), None);
+        assert_eq!(select("$.a.b[3]"), None);
+        assert_eq!(select("$['a b']"), Some(json!(1)));
+        assert_eq!(select("$.a.b.c"), None);
+        assert_eq!(select("$.missing"), None);
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            (-5i64..5).prop_map(|n| json!(n)),
+            "[a-c]{0,2}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map("[a-c ]{1,2}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn singular_path_text() -> impl Strategy<Value = String> {
+        let segment = prop_oneof![
+            "[a-c]{1,2}".prop_map(|n| format!(".{n}")),
+            "[a-c ]{1,2}".prop_map(|n| format!("['{n}']")),
+            (-4i64..4).prop_map(|i| format!("[{i}]")),
+        ];
+        prop::collection::vec(segment, 0..4).prop_map(|s| format!("${}", s.concat()))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Our walker selects exactly what serde_json_path selects.
+        #[test]
+        fn select_agrees_with_serde_json_path(path in singular_path_text(), data in json_value()) {
+            let ours = SingularPath::compile(&path).unwrap();
+            let reference = serde_json_path::JsonPath::parse(&path).unwrap();
+            let expected = reference.query(&data).at_most_one().unwrap();
+            prop_assert_eq!(ours.select(&data), expected);
+        }
+    }
+}

@@ -1,0 +1,510 @@
+//! Whole-pipeline properties: events → extract → fold → store → query, checked
+//! against permutations and against a naive model computed from the raw events.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use proptest::prelude::*;
+use serde_json::{json, Map, Value};
+
+use super::*;
+
+const AGGREGATIONS: [Aggregation; 7] = [
+    Aggregation::Sum,
+    Aggregation::Count,
+    Aggregation::Avg,
+    Aggregation::Min,
+    Aggregation::Max,
+    Aggregation::UniqueCount,
+    Aggregation::Latest,
+];
+
+const DAY_MS: i64 = 86_400_000;
+
+/// One raw event plus what the model knows about it, independent of extraction.
+#[derive(Debug, Clone)]
+struct RawEvent {
+    subject: String,
+    time_ms: i64,
+    data: Value,
+    /// Exact value in hundredths (SUM/AVG/MIN/MAX/LATEST).
+    cents: i64,
+    /// Canonical text of the UNIQUE_COUNT value.
+    unique_text: String,
+    /// Model group values for keys `g` and `h`.
+    group: [Option<String>; 2],
+}
+
+fn meter(aggregation: Aggregation, window_size: WindowSize) -> CompiledMeter {
+    MeterDef {
+        slug: "m".into(),
+        description: None,
+        event_type: "e".into(),
+        aggregation,
+        value_property: (aggregation != Aggregation::Count).then(|| "$.v".into()),
+        group_by: [("g", "$.g"), ("h", "$.attrs.h")]
+            .into_iter()
+            .map(|(k, p)| (k.to_owned(), p.to_owned()))
+            .collect(),
+        window_size,
+    }
+    .validate()
+    .unwrap()
+}
+
+/// A group value in JSON and in the model. Missing and `null` are both `None`.
+fn group_value() -> impl Strategy<Value = (Option<Value>, Option<String>)> {
+    prop_oneof![
+        Just((Some(json!("a")), Some("a".to_owned()))),
+        Just((Some(json!("b")), Some("b".to_owned()))),
+        Just((Some(json!("")), Some(String::new()))),
+        Just((Some(json!(1)), Some("1".to_owned()))),
+        Just((Some(Value::Null), None)),
+        Just((None, None)),
+    ]
+}
+
+fn unique_value() -> impl Strategy<Value = (Value, String)> {
+    prop_oneof![
+        Just((json!("u1"), "u1".to_owned())),
+        Just((json!("u2"), "u2".to_owned())),
+        Just((json!("u3"), "u3".to_owned())),
+        Just((json!(7), "7".to_owned())),
+        Just((json!("7"), "7".to_owned())),
+        Just((json!(true), "true".to_owned())),
+    ]
+}
+
+/// Times around the epoch (negative ones included) spanning several months, drawn
+/// often from a few instants so equal times and shared windows are common.
+fn time_ms() -> impl Strategy<Value = i64> {
+    prop_oneof![
+        prop::sample::select(vec![-DAY_MS * 31, -1, 0, 59_999, 60_000, DAY_MS * 40 + 7]),
+        -DAY_MS * 70..DAY_MS * 70,
+        -3_600_000i64..3_600_000,
+    ]
+}
+
+fn raw_event() -> impl Strategy<Value = RawEvent> {
+    (
+        prop::sample::select(vec!["s1", "s2", "s3"]),
+        time_ms(),
+        -100_000i64..100_000,
+        any::<bool>(),
+        unique_value(),
+        group_value(),
+        group_value(),
+    )
+        .prop_map(
+            |(subject, time_ms, cents, as_string, (unique_json, unique_text), g, h)| {
+                let text = format!(
+                    "{}{}.{:02}",
+                    if cents < 0 { "-" } else { "" },
+                    cents.abs() / 100,
+                    cents.abs() % 100
+                );
+                let number: Value = serde_json::from_str(&text).unwrap();
+                let mut data = Map::new();
+                data.insert("v".into(), if as_string { json!(text) } else { number });
+                data.insert("u".into(), unique_json);
+                let mut attrs = Map::new();
+                if let Some(g) = g.0 {
+                    data.insert("g".into(), g);
+                }
+                if let Some(h) = h.0 {
+                    attrs.insert("h".into(), h);
+                }
+                data.insert("attrs".into(), Value::Object(attrs));
+                RawEvent {
+                    subject: subject.to_owned(),
+                    time_ms,
+                    data: Value::Object(data),
+                    cents,
+                    unique_text,
+                    group: [g.1, h.1],
+                }
+            },
+        )
+}
+
+/// UNIQUE_COUNT reads `$.u`; everything else `$.v`.
+fn meter_for(aggregation: Aggregation, window_size: WindowSize) -> CompiledMeter {
+    if aggregation != Aggregation::UniqueCount {
+        return meter(aggregation, window_size);
+    }
+    let mut def = meter(aggregation, window_size).def().clone();
+    def.value_property = Some("$.u".into());
+    def.validate().unwrap()
+}
+
+fn fold_all<'a>(meter: &CompiledMeter, events: impl IntoIterator<Item = &'a RawEvent>) -> Fold {
+    let mut fold = Fold::new();
+    for e in events {
+        let obs = meter.extract(Some(&e.data)).unwrap();
+        fold.apply(meter, &e.subject, e.time_ms, &obs);
+    }
+    fold
+}
+
+fn encoded(fold: Fold) -> Vec<(Vec<u8>, Vec<u8>)> {
+    fold.into_sorted()
+        .into_iter()
+        .map(|(k, s)| (k.encode(), s.encode()))
+        .collect()
+}
+
+/// What the engine does: fold each batch, then merge into the stored bytes.
+fn store_in_batches(
+    meter: &CompiledMeter,
+    events: &[RawEvent],
+    batch_len: usize,
+) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let mut store: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    for batch in events.chunks(batch_len.max(1)) {
+        for (key, delta) in fold_all(meter, batch).into_sorted() {
+            let bytes = key.encode();
+            let state = match store.get(&bytes) {
+                Some(old) => {
+                    let mut state = AggState::decode(old).unwrap();
+                    state.merge(&delta);
+                    state
+                }
+                None => delta,
+            };
+            store.insert(bytes, state.encode());
+        }
+    }
+    store
+}
+
+fn aggregation_and_window() -> impl Strategy<Value = (Aggregation, WindowSize)> {
+    (
+        prop::sample::select(AGGREGATIONS.to_vec()),
+        prop::sample::select(WindowSize::ALL.to_vec()),
+    )
+}
+
+/// Naive model: aggregate the raw events of one row directly.
+fn model_value(aggregation: Aggregation, events: &[&RawEvent]) -> f64 {
+    let amount = |e: &RawEvent| Amount(i128::from(e.cents) * 10_000_000);
+    match aggregation {
+        Aggregation::Sum => Amount(events.iter().map(|e| amount(e).0).sum()).to_f64(),
+        Aggregation::Count => events.len() as f64,
+        Aggregation::Avg => {
+            Amount(events.iter().map(|e| amount(e).0).sum()).to_f64() / events.len() as f64
+        }
+        Aggregation::Min => events.iter().map(|e| amount(e)).min().unwrap().to_f64(),
+        Aggregation::Max => events.iter().map(|e| amount(e)).max().unwrap().to_f64(),
+        Aggregation::UniqueCount => events
+            .iter()
+            .map(|e| e.unique_text.as_str())
+            .collect::<BTreeSet<_>>()
+            .len() as f64,
+        Aggregation::Latest => events
+            .iter()
+            .map(|e| (e.time_ms, amount(e)))
+            .max()
+            .unwrap()
+            .1
+            .to_f64(),
+    }
+}
+
+fn model_query(meter: &CompiledMeter, events: &[RawEvent], p: &QueryParams) -> Vec<QueryRow> {
+    let mw = meter.window_size();
+    let keys = ["g", "h"];
+    let selected: Vec<usize> = (0..2)
+        .filter(|i| p.group_by.iter().any(|g| g == keys[*i]))
+        .collect();
+    let included: Vec<&RawEvent> = events
+        .iter()
+        .filter(|e| {
+            let ws = mw.start_of(e.time_ms);
+            p.from_ms.map_or(true, |f| ws >= f)
+                && p.to_ms.map_or(true, |t| ws < t)
+                && (p.subjects.is_empty() || p.subjects.contains(&e.subject))
+        })
+        .collect();
+    if included.is_empty() {
+        return Vec::new();
+    }
+    let earliest = included
+        .iter()
+        .map(|e| mw.start_of(e.time_ms))
+        .min()
+        .unwrap();
+    let latest = included
+        .iter()
+        .map(|e| mw.start_of(e.time_ms))
+        .max()
+        .unwrap();
+    let mut buckets: BTreeMap<(i64, Option<String>, Vec<Option<String>>), Vec<&RawEvent>> =
+        BTreeMap::new();
+    for e in included {
+        let start = p.window_size.map_or(0, |w| w.start_of(e.time_ms));
+        let subject = p.split_by_subject.then(|| e.subject.clone());
+        let group = selected.iter().map(|i| e.group[*i].clone()).collect();
+        buckets.entry((start, subject, group)).or_default().push(e);
+    }
+    buckets
+        .into_iter()
+        .map(|((start, subject, group), rows)| {
+            let (window_start_ms, window_end_ms) = match p.window_size {
+                Some(w) => (
+                    p.from_ms.map_or(start, |f| start.max(f)),
+                    p.to_ms
+                        .map_or(w.end_of_window(start), |t| w.end_of_window(start).min(t)),
+                ),
+                None => (
+                    p.from_ms.unwrap_or(earliest),
+                    p.to_ms.unwrap_or(mw.end_of_window(latest)),
+                ),
+            };
+            QueryRow {
+                value: model_value(meter.aggregation(), &rows),
+                window_start_ms,
+                window_end_ms,
+                subject,
+                group_by: selected
+                    .iter()
+                    .map(|i| keys[*i].to_owned())
+                    .zip(group)
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+fn query_params(meter_window: WindowSize) -> impl Strategy<Value = QueryParams> {
+    let bound = move || prop::option::of(time_ms().prop_map(move |t| meter_window.start_of(t)));
+    (
+        bound(),
+        bound(),
+        prop::option::of(prop::sample::select(
+            WindowSize::ALL
+                .into_iter()
+                .filter(|w| meter_window.can_rollup_to(*w))
+                .collect::<Vec<_>>(),
+        )),
+        prop::sample::subsequence(vec!["s1", "s3", "nobody"], 0..=2),
+        prop::sample::subsequence(vec!["g", "h"], 0..=2),
+        any::<bool>(),
+    )
+        .prop_map(|(a, b, window_size, subjects, group_by, split)| {
+            // Order the bounds; equal bounds become an open end.
+            let (from_ms, to_ms) = match (a, b) {
+                (Some(a), Some(b)) if a == b => (Some(a), None),
+                (Some(a), Some(b)) => (Some(a.min(b)), Some(a.max(b))),
+                other => other,
+            };
+            QueryParams {
+                from_ms,
+                to_ms,
+                window_size,
+                subjects: subjects.into_iter().map(String::from).collect(),
+                group_by: group_by.into_iter().map(String::from).collect(),
+                split_by_subject: split,
+            }
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn any_permutation_folds_to_identical_counters(
+        (aggregation, window_size) in aggregation_and_window(),
+        (events, shuffled) in prop::collection::vec(raw_event(), 0..40)
+            .prop_flat_map(|events| (Just(events.clone()), Just(events).prop_shuffle())),
+        batch_len in 1usize..8,
+    ) {
+        let meter = meter_for(aggregation, window_size);
+        let in_order = encoded(fold_all(&meter, &events));
+        prop_assert_eq!(&in_order, &encoded(fold_all(&meter, &shuffled)));
+        // Batched through stored bytes, in another order, gives the same bytes too.
+        let stored: Vec<(Vec<u8>, Vec<u8>)> =
+            store_in_batches(&meter, &shuffled, batch_len).into_iter().collect();
+        prop_assert_eq!(&in_order, &stored);
+        // As do partial folds merged with merge_into, and single-event folds.
+        let (left, right) = shuffled.split_at(shuffled.len() / 2);
+        let mut merged = fold_all(&meter, right);
+        fold_all(&meter, left).merge_into(&mut merged).unwrap();
+        prop_assert_eq!(&in_order, &encoded(merged));
+        let mut one_by_one = Fold::new();
+        for e in shuffled.iter().rev() {
+            let (key, state) = fold_event(&meter, &e.subject, e.time_ms, Some(&e.data)).unwrap();
+            one_by_one.merge_state(&key, &state).unwrap();
+        }
+        prop_assert_eq!(&in_order, &encoded(one_by_one));
+    }
+
+    #[test]
+    fn fold_then_query_equals_naive_recomputation(
+        (aggregation, window_size, params) in aggregation_and_window()
+            .prop_flat_map(|(a, w)| (Just(a), Just(w), query_params(w))),
+        events in prop::collection::vec(raw_event(), 0..40),
+        batch_len in 1usize..8,
+    ) {
+        let meter = meter_for(aggregation, window_size);
+        let store = store_in_batches(&meter, &events, batch_len);
+        let stored = store.iter().map(|(k, v)| {
+            (CounterKey::decode(k).unwrap(), AggState::decode(v).unwrap())
+        });
+        let rows = query(&meter, stored, &params).unwrap();
+        prop_assert_eq!(rows, model_query(&meter, &events, &params));
+    }
+}
+
+#[test]
+fn fold_counts_minute_windows_per_subject_and_group() {
+    let meter = meter(Aggregation::Sum, WindowSize::Minute);
+    let mut fold = Fold::new();
+    for (subject, time_ms, data) in [
+        ("s1", 1_000, json!({"v": 0.1, "g": "a"})),
+        ("s1", 59_999, json!({"v": "0.2", "g": "a"})),
+        ("s1", 60_000, json!({"v": 5, "g": "a"})),
+        ("s2", 1_000, json!({"v": 1, "g": "a"})),
+        ("s1", 2_000, json!({"v": 1})),
+    ] {
+        fold.apply(
+            &meter,
+            subject,
+            time_ms,
+            &meter.extract(Some(&data)).unwrap(),
+        );
+    }
+    assert_eq!(fold.len(), 4);
+    let key = |subject: &str, window_start_ms, g: Option<&str>| CounterKey {
+        meter: "m".into(),
+        subject: subject.into(),
+        window_start_ms,
+        group: vec![g.map(String::from), None],
+    };
+    assert_eq!(
+        fold.get(&key("s1", 0, Some("a"))),
+        Some(&AggState::Sum(Amount::parse_decimal("0.3").unwrap()))
+    );
+    assert_eq!(
+        fold.get(&key("s1", 0, None)),
+        Some(&AggState::Sum(Amount::from_int(1)))
+    );
+    assert_eq!(fold.get(&key("s3", 0, None)), None);
+    let sorted = fold.into_sorted();
+    let subjects_and_windows: Vec<(&str, i64)> = sorted
+        .iter()
+        .map(|(k, _)| (k.subject.as_str(), k.window_start_ms))
+        .collect();
+    assert_eq!(
+        subjects_and_windows,
+        [("s1", 0), ("s1", 0), ("s1", 60_000), ("s2", 0)]
+    );
+}
+
+#[test]
+fn query_validates_bounds_window_size_and_group_keys() {
+    let hourly = meter(Aggregation::Count, WindowSize::Hour);
+    let run = |p: QueryParams| query(&hourly, std::iter::empty(), &p);
+    let err = run(QueryParams {
+        window_size: Some(WindowSize::Minute),
+        ..QueryParams::default()
+    })
+    .unwrap_err();
+    assert_eq!(err.code(), "INVALID_WINDOW_SIZE");
+    let err = run(QueryParams {
+        from_ms: Some(60_000),
+        ..QueryParams::default()
+    })
+    .unwrap_err();
+    assert_eq!(err.code(), "INVALID_QUERY");
+    assert!(err.to_string().contains("from"), "{err}");
+    let err = run(QueryParams {
+        from_ms: Some(3_600_000),
+        to_ms: Some(3_600_000),
+        ..QueryParams::default()
+    })
+    .unwrap_err();
+    assert_eq!(err.code(), "INVALID_QUERY");
+    let err = run(QueryParams {
+        group_by: vec!["subject".into()],
+        ..QueryParams::default()
+    })
+    .unwrap_err();
+    assert_eq!(err.code(), "INVALID_GROUP_BY");
+    assert!(run(QueryParams::default()).unwrap().is_empty());
+}
+
+#[test]
+fn query_refuses_stored_states_of_another_shape() {
+    let meter = meter(Aggregation::Sum, WindowSize::Minute);
+    let key = CounterKey {
+        meter: "m".into(),
+        subject: "s".into(),
+        window_start_ms: 0,
+        group: vec![None, None],
+    };
+    let wrong_state = (key.clone(), AggState::Count(1));
+    let err = query(
+        &meter,
+        std::iter::once(wrong_state),
+        &QueryParams::default(),
+    )
+    .unwrap_err();
+    assert_eq!(err.code(), "CORRUPT_STATE");
+    let wrong_arity = (
+        CounterKey {
+            group: vec![None],
+            ..key.clone()
+        },
+        AggState::Sum(Amount::ZERO),
+    );
+    let err = query(
+        &meter,
+        std::iter::once(wrong_arity),
+        &QueryParams::default(),
+    )
+    .unwrap_err();
+    assert_eq!(err.code(), "CORRUPT_STATE");
+    let other_meter = (
+        CounterKey {
+            meter: "other".into(),
+            ..key
+        },
+        AggState::Count(1),
+    );
+    let rows = query(
+        &meter,
+        std::iter::once(other_meter),
+        &QueryParams::default(),
+    )
+    .unwrap();
+    assert!(rows.is_empty());
+}
+
+#[test]
+fn windowed_query_rows_are_clipped_to_the_requested_range() {
+    let meter = meter(Aggregation::Count, WindowSize::Minute);
+    let mut fold = Fold::new();
+    for t in [0, 30 * 60_000, 61 * 60_000] {
+        fold.apply(&meter, "s", t, &meter.extract(None).unwrap());
+    }
+    let rows = query(
+        &meter,
+        fold.into_sorted().into_iter(),
+        &QueryParams {
+            from_ms: Some(30 * 60_000),
+            window_size: Some(WindowSize::Hour),
+            ..QueryParams::default()
+        },
+    )
+    .unwrap();
+    let spans: Vec<(f64, i64, i64)> = rows
+        .iter()
+        .map(|r| (r.value, r.window_start_ms, r.window_end_ms))
+        .collect();
+    assert_eq!(
+        spans,
+        [
+            (1.0, 30 * 60_000, 60 * 60_000),
+            (1.0, 60 * 60_000, 120 * 60_000)
+        ]
+    );
+}

@@ -1,0 +1,156 @@
+//! Every Prometheus metric keymeter exports, in one place.
+//!
+//! Naming follows Prometheus conventions: `keymeter_` prefix, `_total` for
+//! counters, base units (`_seconds`, `_bytes`) last, labels with small,
+//! bounded value sets (reason codes, route templates, projection names).
+//! The README's metric table mirrors this list.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub events_accepted_total: IntCounter,
+    pub events_rejected_total: IntCounterVec,
+    pub events_duplicate_total: IntCounter,
+    pub fold_skipped_total: IntCounterVec,
+    pub log_batches_total: IntCounter,
+    pub log_records_total: IntCounter,
+    pub log_bytes_total: IntCounter,
+    pub log_fsync_seconds: Histogram,
+    pub log_batch_records: Histogram,
+    pub log_head_seq: IntGauge,
+    pub projection_applied_seq: IntGaugeVec,
+    pub projection_lag_records: IntGaugeVec,
+    pub writer_queue_depth: IntGauge,
+    pub http_requests_total: IntCounterVec,
+    pub http_request_duration_seconds: HistogramVec,
+}
+
+fn exp_buckets(start: f64, factor: f64, n: usize) -> Vec<f64> {
+    prometheus::exponential_buckets(start, factor, n).expect("valid buckets")
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                .expect("valid metric");
+            registry.register(Box::new(h.clone())).expect("unique metric");
+            h
+        };
+        let http_request_duration_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "keymeter_http_request_duration_seconds",
+                "HTTP request latency by route template, method and status.",
+            )
+            .buckets(exp_buckets(0.000_05, 2.0, 18)),
+            &["route", "method", "status"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(http_request_duration_seconds.clone()))
+            .expect("unique metric");
+        Metrics {
+            events_accepted_total: counter(
+                "keymeter_events_accepted_total",
+                "Usage events written to the log (duplicates excluded).",
+            ),
+            events_rejected_total: counter_vec(
+                "keymeter_events_rejected_total",
+                "Input refused, by reason code.",
+                &["reason"],
+            ),
+            events_duplicate_total: counter(
+                "keymeter_events_duplicate_total",
+                "Events dropped as duplicates of an already-recorded source+id.",
+            ),
+            fold_skipped_total: counter_vec(
+                "keymeter_fold_skipped_total",
+                "Logged events a meter could not fold (e.g. created after them without their value property), by reason.",
+                &["reason"],
+            ),
+            log_batches_total: counter(
+                "keymeter_log_batches_total",
+                "Batches appended to the log (one fdatasync each).",
+            ),
+            log_records_total: counter("keymeter_log_records_total", "Records appended to the log."),
+            log_bytes_total: counter(
+                "keymeter_log_bytes_total",
+                "Record payload bytes appended to the log.",
+            ),
+            log_fsync_seconds: histogram(
+                "keymeter_log_fsync_seconds",
+                "Time to write and fdatasync one log batch.",
+                exp_buckets(0.000_05, 2.0, 18),
+            ),
+            log_batch_records: histogram(
+                "keymeter_log_batch_records",
+                "Records per appended log batch.",
+                exp_buckets(1.0, 4.0, 10),
+            ),
+            log_head_seq: gauge("keymeter_log_head_seq", "Sequence number of the last logged record."),
+            projection_applied_seq: gauge_vec(
+                "keymeter_projection_applied_seq",
+                "Last log sequence number applied, by projection.",
+                &["projection"],
+            ),
+            projection_lag_records: gauge_vec(
+                "keymeter_projection_lag_records",
+                "Log head minus applied sequence number, by projection.",
+                &["projection"],
+            ),
+            writer_queue_depth: gauge(
+                "keymeter_writer_queue_depth",
+                "Requests waiting for the single writer.",
+            ),
+            http_requests_total: counter_vec(
+                "keymeter_http_requests_total",
+                "HTTP requests by route template, method and status.",
+                &["route", "method", "status"],
+            ),
+            http_request_duration_seconds,
+            registry,
+        }
+    }
+
+    /// The registry in Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::with_capacity(16 * 1024);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
+        String::from_utf8(out).expect("prometheus text is UTF-8")
+    }
+}
+
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}

@@ -1,0 +1,727 @@
+//! sled-backed projections of the log. Each projection owns one tree, folds
+//! records into it, and stores the last sequence number it applied under the
+//! empty key of that tree, in the same atomic `apply_batch` as the change it
+//! checkpoints. A projection is caught up by replaying the log from its own
+//! checkpoint, so a crash between two trees' batches is harmless, and deleting
+//! a tree and replaying gives the same bytes.
+//!
+//! - `counters`: aggregation states per meter/subject/window/group. It keeps
+//!   its own copy of the meter definitions (under `0x01 slug`) so its fold
+//!   never depends on another tree's progress.
+//! - `meters`: meter definitions for the API.
+//! - `api_keys`: live API keys (digests only).
+//! - `quarantine`: every rejected input, keyed by its log sequence number.
+//! - `dedup`: claimed event identities; written by the engine's writer.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::log::{self, Seq};
+use crate::meter::{AggState, CompiledMeter, CounterKey, Fold, MeterDef};
+use crate::metrics::metrics;
+use crate::record::{ApiKeyRecord, Record, RejectedRecord};
+
+/// Key of the checkpoint in every projection tree.
+pub const CHECKPOINT_KEY: &[u8] = b"";
+const METER_DEF_PREFIX: u8 = 0x01;
+
+pub const PROJECTIONS: [&str; 5] = ["counters", "meters", "api_keys", "quarantine", "dedup"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    #[error("state store: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("log: {0}")]
+    Log(#[from] log::LogError),
+    #[error("log record {seq} does not decode: {source}")]
+    Record {
+        seq: Seq,
+        source: crate::record::RecordError,
+    },
+    #[error("projection {tree} holds an undecodable value at key {key}: {reason}")]
+    Value {
+        tree: &'static str,
+        key: String,
+        reason: String,
+    },
+}
+
+/// The sled database and its trees.
+#[derive(Clone)]
+pub struct Store {
+    pub db: sled::Db,
+    pub counters: sled::Tree,
+    pub meters: sled::Tree,
+    pub api_keys: sled::Tree,
+    pub quarantine: sled::Tree,
+    pub dedup: sled::Tree,
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<Store, ProjectionError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(256 * 1024 * 1024)
+            .open()?;
+        Ok(Store {
+            counters: db.open_tree("counters")?,
+            meters: db.open_tree("meters")?,
+            api_keys: db.open_tree("api_keys")?,
+            quarantine: db.open_tree("quarantine")?,
+            dedup: db.open_tree("dedup")?,
+            db,
+        })
+    }
+
+    pub fn tree(&self, name: &str) -> Option<&sled::Tree> {
+        match name {
+            "counters" => Some(&self.counters),
+            "meters" => Some(&self.meters),
+            "api_keys" => Some(&self.api_keys),
+            "quarantine" => Some(&self.quarantine),
+            "dedup" => Some(&self.dedup),
+            _ => None,
+        }
+    }
+
+    /// Empties every projection so the next start replays the whole log.
+    pub fn clear_all(&self) -> Result<(), ProjectionError> {
+        for name in PROJECTIONS {
+            self.tree(name).expect("known tree").clear()?;
+        }
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Every key/value of the counters tree, checkpoint excluded, in key order.
+    pub fn counters_dump(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ProjectionError> {
+        let mut out = Vec::new();
+        for kv in self.counters.iter() {
+            let (k, v) = kv?;
+            if k.is_empty() {
+                continue;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    pub fn meter_defs(&self) -> Result<Vec<MeterDef>, ProjectionError> {
+        let mut out = Vec::new();
+        for kv in self.meters.iter() {
+            let (k, v) = kv?;
+            if k.is_empty() {
+                continue;
+            }
+            out.push(decode_json("meters", &k, &v)?);
+        }
+        Ok(out)
+    }
+
+    pub fn api_keys(&self) -> Result<Vec<ApiKeyRecord>, ProjectionError> {
+        let mut out = Vec::new();
+        for kv in self.api_keys.iter() {
+            let (k, v) = kv?;
+            if k.is_empty() {
+                continue;
+            }
+            out.push(decode_json("api_keys", &k, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Quarantined inputs with seq > `after`, oldest first.
+    pub fn quarantine_page(
+        &self,
+        after: Seq,
+        limit: usize,
+    ) -> Result<Vec<(Seq, RejectedRecord)>, ProjectionError> {
+        let mut out = Vec::new();
+        let start = after.saturating_add(1).to_be_bytes();
+        for kv in self.quarantine.range(start..) {
+            let (k, v) = kv?;
+            if out.len() >= limit {
+                break;
+            }
+            let seq = Seq::from_be_bytes(k.as_ref().try_into().map_err(|_| {
+                ProjectionError::Value {
+                    tree: "quarantine",
+                    key: hex::encode(&k),
+                    reason: "key is not a sequence number".into(),
+                }
+            })?);
+            out.push((seq, decode_json("quarantine", &k, &v)?));
+        }
+        Ok(out)
+    }
+}
+
+fn decode_json<T: serde::de::DeserializeOwned>(
+    tree: &'static str,
+    key: &[u8],
+    value: &[u8],
+) -> Result<T, ProjectionError> {
+    serde_json::from_slice(value).map_err(|e| ProjectionError::Value {
+        tree,
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: e.to_string(),
+    })
+}
+
+pub fn checkpoint(tree: &sled::Tree) -> Result<Seq, ProjectionError> {
+    Ok(match tree.get(CHECKPOINT_KEY)? {
+        Some(v) if v.len() == 8 => Seq::from_be_bytes(v.as_ref().try_into().expect("8 bytes")),
+        _ => 0,
+    })
+}
+
+fn put_checkpoint(batch: &mut sled::Batch, seq: Seq) {
+    batch.insert(CHECKPOINT_KEY, &seq.to_be_bytes());
+}
+
+/// The parts of a usage event the fold needs. Live batches hand these over
+/// already parsed; replay parses them from the logged JSON.
+#[derive(Debug, Clone)]
+pub struct EventFacts {
+    pub ty: String,
+    pub subject: String,
+    pub time_ms: i64,
+    pub data: Option<Value>,
+}
+
+#[derive(serde::Deserialize)]
+struct LoggedEvent {
+    #[serde(rename = "type")]
+    ty: String,
+    subject: String,
+    data: Option<Value>,
+}
+
+impl EventFacts {
+    pub fn from_logged(raw: &str, time_ms: i64) -> Result<EventFacts, serde_json::Error> {
+        let e: LoggedEvent = serde_json::from_str(raw)?;
+        Ok(EventFacts {
+            ty: e.ty,
+            subject: e.subject,
+            time_ms,
+            data: e.data,
+        })
+    }
+}
+
+/// A record with its sequence number and, on the live path, its parsed event.
+pub struct Applied<'a> {
+    pub seq: Seq,
+    pub record: &'a Record,
+    pub facts: Option<&'a EventFacts>,
+}
+
+/// The meters known to a fold, by slug and by event type.
+#[derive(Default, Clone)]
+pub struct MeterSet {
+    by_slug: BTreeMap<String, CompiledMeter>,
+    by_type: HashMap<String, Vec<String>>,
+}
+
+impl MeterSet {
+    pub fn from_defs(defs: Vec<MeterDef>) -> Result<MeterSet, crate::meter::MeterError> {
+        let mut set = MeterSet::default();
+        for def in defs {
+            set.insert(def.validate()?);
+        }
+        Ok(set)
+    }
+
+    pub fn insert(&mut self, meter: CompiledMeter) {
+        let slug = meter.def().slug.clone();
+        let ty = meter.def().event_type.clone();
+        self.remove(&slug);
+        self.by_type.entry(ty).or_default().push(slug.clone());
+        self.by_slug.insert(slug, meter);
+    }
+
+    pub fn remove(&mut self, slug: &str) -> Option<CompiledMeter> {
+        let old = self.by_slug.remove(slug)?;
+        if let Some(v) = self.by_type.get_mut(&old.def().event_type) {
+            v.retain(|s| s != slug);
+            if v.is_empty() {
+                self.by_type.remove(&old.def().event_type);
+            }
+        }
+        Some(old)
+    }
+
+    pub fn get(&self, slug: &str) -> Option<&CompiledMeter> {
+        self.by_slug.get(slug)
+    }
+
+    pub fn for_type<'s>(&'s self, ty: &str) -> impl Iterator<Item = &'s CompiledMeter> + 's {
+        self.by_type
+            .get(ty)
+            .into_iter()
+            .flatten()
+            .filter_map(|slug| self.by_slug.get(slug))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &CompiledMeter> {
+        self.by_slug.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_slug.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_slug.is_empty()
+    }
+}
+
+/// Folds one event into `fold` for every meter of its type; events a meter
+/// cannot read are counted and skipped (they were checked against the meters
+/// that existed when they arrived; a later meter may want other fields).
+fn fold_event(meters: &MeterSet, facts: &EventFacts, fold: &mut Fold) {
+    for meter in meters.for_type(&facts.ty) {
+        fold_one(meter, facts, fold);
+    }
+}
+
+fn fold_one(meter: &CompiledMeter, facts: &EventFacts, fold: &mut Fold) {
+    match meter.extract(facts.data.as_ref()) {
+        Ok(obs) => fold.apply(meter, &facts.subject, facts.time_ms, &obs),
+        Err(e) => metrics()
+            .fold_skipped_total
+            .with_label_values(&[e.code()])
+            .inc(),
+    }
+}
+
+/// The counters projection.
+pub struct Counters {
+    tree: sled::Tree,
+    log_dir: std::path::PathBuf,
+    applied: Seq,
+    meters: MeterSet,
+}
+
+impl Counters {
+    pub fn open(store: &Store, log_dir: &Path) -> Result<Counters, ProjectionError> {
+        let tree = store.counters.clone();
+        let mut meters = MeterSet::default();
+        for kv in tree.scan_prefix([METER_DEF_PREFIX]) {
+            let (k, v) = kv?;
+            let def: MeterDef = decode_json("counters", &k, &v)?;
+            let compiled = def.validate().map_err(|e| ProjectionError::Value {
+                tree: "counters",
+                key: String::from_utf8_lossy(&k).into_owned(),
+                reason: e.to_string(),
+            })?;
+            meters.insert(compiled);
+        }
+        Ok(Counters {
+            applied: checkpoint(&tree)?,
+            tree,
+            log_dir: log_dir.to_owned(),
+            meters,
+        })
+    }
+
+    pub fn applied(&self) -> Seq {
+        self.applied
+    }
+
+    /// The meters as of the checkpoint.
+    pub fn meters(&self) -> &MeterSet {
+        &self.meters
+    }
+
+    /// Applies records in log order. Records at or below the checkpoint are
+    /// skipped, so handing over an overlapping range is harmless.
+    pub fn apply(&mut self, records: &[Applied<'_>]) -> Result<(), ProjectionError> {
+        let mut fold = Fold::default();
+        let start = self.applied;
+        let mut last = start;
+        for a in records.iter().filter(|a| a.seq > start) {
+            match a.record {
+                Record::Event(e) => {
+                    let parsed;
+                    let facts = match a.facts {
+                        Some(f) => f,
+                        None => match EventFacts::from_logged(&e.raw, e.time_ms) {
+                            Ok(f) => {
+                                parsed = f;
+                                &parsed
+                            }
+                            Err(err) => {
+                                return Err(ProjectionError::Value {
+                                    tree: "counters",
+                                    key: format!("log seq {}", a.seq),
+                                    reason: format!("logged event is not valid JSON: {err}"),
+                                })
+                            }
+                        },
+                    };
+                    fold_event(&self.meters, facts, &mut fold);
+                }
+                Record::MeterCreated { meter, .. } => {
+                    self.flush(std::mem::take(&mut fold), last)?;
+                    self.create_meter(a.seq, meter)?;
+                }
+                Record::MeterDeleted { slug, .. } => {
+                    self.flush(std::mem::take(&mut fold), last)?;
+                    self.delete_meter(a.seq, slug)?;
+                }
+                _ => {}
+            }
+            last = a.seq;
+        }
+        self.flush(fold, last)
+    }
+
+    /// Merges a batch's fold into the stored states, with the checkpoint, in
+    /// one atomic sled batch.
+    fn flush(&mut self, fold: Fold, seq: Seq) -> Result<(), ProjectionError> {
+        if seq <= self.applied {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for (key, delta) in fold.into_sorted() {
+            let k = key.encode();
+            let state = match self.tree.get(&k)? {
+                Some(old) => {
+                    let mut s = AggState::decode(&old).map_err(|e| ProjectionError::Value {
+                        tree: "counters",
+                        key: hex::encode(&k),
+                        reason: e.to_string(),
+                    })?;
+                    s.merge(&delta);
+                    s
+                }
+                None => delta,
+            };
+            batch.insert(k, state.encode());
+        }
+        put_checkpoint(&mut batch, seq);
+        self.tree.apply_batch(batch)?;
+        self.applied = seq;
+        Ok(())
+    }
+
+    /// A new meter counts every event already in the log (like a query over
+    /// raw events would), so results do not depend on when it was defined.
+    fn create_meter(&mut self, seq: Seq, def: &MeterDef) -> Result<(), ProjectionError> {
+        let compiled = def.validate().map_err(|e| ProjectionError::Value {
+            tree: "counters",
+            key: def.slug.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut fold = Fold::default();
+        for entry in log::read_range(&self.log_dir, 1, seq.saturating_sub(1))? {
+            let entry = entry?;
+            let record = Record::decode(&entry.payload).map_err(|source| ProjectionError::Record {
+                seq: entry.seq,
+                source,
+            })?;
+            if let Record::Event(e) = record {
+                let Ok(facts) = EventFacts::from_logged(&e.raw, e.time_ms) else {
+                    continue;
+                };
+                if facts.ty == def.event_type {
+                    fold_one(&compiled, &facts, &mut fold);
+                }
+            }
+        }
+        let mut batch = sled::Batch::default();
+        for (key, state) in fold.into_sorted() {
+            batch.insert(key.encode(), state.encode());
+        }
+        let mut def_key = vec![METER_DEF_PREFIX];
+        def_key.extend_from_slice(def.slug.as_bytes());
+        batch.insert(def_key, serde_json::to_vec(def).expect("meter serializes"));
+        put_checkpoint(&mut batch, seq);
+        self.tree.apply_batch(batch)?;
+        self.meters.insert(compiled);
+        self.applied = seq;
+        Ok(())
+    }
+
+    fn delete_meter(&mut self, seq: Seq, slug: &str) -> Result<(), ProjectionError> {
+        let mut batch = sled::Batch::default();
+        for kv in self.tree.scan_prefix(CounterKey::meter_prefix(slug)) {
+            let (k, _) = kv?;
+            batch.remove(k);
+        }
+        let mut def_key = vec![METER_DEF_PREFIX];
+        def_key.extend_from_slice(slug.as_bytes());
+        batch.remove(def_key);
+        put_checkpoint(&mut batch, seq);
+        self.tree.apply_batch(batch)?;
+        self.meters.remove(slug);
+        self.applied = seq;
+        Ok(())
+    }
+}
+
+/// The meters, API keys and quarantine projections: small, keyed documents.
+pub struct Documents {
+    store: Store,
+    meters_applied: Seq,
+    keys_applied: Seq,
+    quarantine_applied: Seq,
+}
+
+impl Documents {
+    pub fn open(store: &Store) -> Result<Documents, ProjectionError> {
+        Ok(Documents {
+            meters_applied: checkpoint(&store.meters)?,
+            keys_applied: checkpoint(&store.api_keys)?,
+            quarantine_applied: checkpoint(&store.quarantine)?,
+            store: store.clone(),
+        })
+    }
+
+    pub fn applied(&self) -> [(&'static str, Seq); 3] {
+        [
+            ("meters", self.meters_applied),
+            ("api_keys", self.keys_applied),
+            ("quarantine", self.quarantine_applied),
+        ]
+    }
+
+    pub fn min_applied(&self) -> Seq {
+        self.meters_applied
+            .min(self.keys_applied)
+            .min(self.quarantine_applied)
+    }
+
+    /// Applies records in log order; each tree skips what it already has.
+    /// Returns whether the meters or keys changed (readers' snapshots must be
+    /// republished).
+    pub fn apply(&mut self, records: &[Applied<'_>]) -> Result<(bool, bool), ProjectionError> {
+        let Some(last) = records.last().map(|a| a.seq) else {
+            return Ok((false, false));
+        };
+        let mut meters = sled::Batch::default();
+        let mut keys = sled::Batch::default();
+        let mut quarantine = sled::Batch::default();
+        let (mut meters_changed, mut keys_changed) = (false, false);
+        for a in records {
+            match a.record {
+                Record::Rejected(r) if a.seq > self.quarantine_applied => {
+                    quarantine.insert(
+                        &a.seq.to_be_bytes(),
+                        serde_json::to_vec(r).expect("record serializes"),
+                    );
+                }
+                Record::MeterCreated { meter, .. } if a.seq > self.meters_applied => {
+                    meters.insert(
+                        meter.slug.as_bytes(),
+                        serde_json::to_vec(meter).expect("meter serializes"),
+                    );
+                    meters_changed = true;
+                }
+                Record::MeterDeleted { slug, .. } if a.seq > self.meters_applied => {
+                    meters.remove(slug.as_bytes());
+                    meters_changed = true;
+                }
+                Record::ApiKeyCreated { key, .. } if a.seq > self.keys_applied => {
+                    keys.insert(
+                        key.id.as_bytes(),
+                        serde_json::to_vec(key).expect("key serializes"),
+                    );
+                    keys_changed = true;
+                }
+                Record::ApiKeyRevoked { id, .. } if a.seq > self.keys_applied => {
+                    keys.remove(id.as_bytes());
+                    keys_changed = true;
+                }
+                _ => {}
+            }
+        }
+        if last > self.meters_applied {
+            put_checkpoint(&mut meters, last);
+            self.store.meters.apply_batch(meters)?;
+            self.meters_applied = last;
+        }
+        if last > self.keys_applied {
+            put_checkpoint(&mut keys, last);
+            self.store.api_keys.apply_batch(keys)?;
+            self.keys_applied = last;
+        }
+        if last > self.quarantine_applied {
+            put_checkpoint(&mut quarantine, last);
+            self.store.quarantine.apply_batch(quarantine)?;
+            self.quarantine_applied = last;
+        }
+        Ok((meters_changed, keys_changed))
+    }
+}
+
+/// Reads the log from `from` through `to` in chunks and hands each chunk to
+/// `apply`. Used for catch-up on start and by `keymeter replay`.
+pub fn replay_log(
+    log_dir: &Path,
+    from: Seq,
+    to: Seq,
+    chunk_records: usize,
+    mut apply: impl FnMut(&[Applied<'_>]) -> Result<(), ProjectionError>,
+) -> Result<(), ProjectionError> {
+    if from > to {
+        return Ok(());
+    }
+    let mut chunk: Vec<(Seq, Record)> = Vec::with_capacity(chunk_records);
+    let run = |chunk: &mut Vec<(Seq, Record)>,
+               apply: &mut dyn FnMut(&[Applied<'_>]) -> Result<(), ProjectionError>|
+     -> Result<(), ProjectionError> {
+        let applied: Vec<Applied<'_>> = chunk
+            .iter()
+            .map(|(seq, record)| Applied {
+                seq: *seq,
+                record,
+                facts: None,
+            })
+            .collect();
+        apply(&applied)?;
+        chunk.clear();
+        Ok(())
+    };
+    for entry in log::read_range(log_dir, from, to)? {
+        let entry = entry?;
+        let record = Record::decode(&entry.payload).map_err(|source| ProjectionError::Record {
+            seq: entry.seq,
+            source,
+        })?;
+        chunk.push((entry.seq, record));
+        if chunk.len() >= chunk_records {
+            run(&mut chunk, &mut apply)?;
+        }
+    }
+    if !chunk.is_empty() {
+        run(&mut chunk, &mut apply)?;
+    }
+    Ok(())
+}
+
+#[derive(serde::Deserialize)]
+struct LoggedIdentity<'a> {
+    #[serde(borrow)]
+    source: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    id: std::borrow::Cow<'a, str>,
+}
+
+/// The dedup index: every claimed (source, id) identity with its event time,
+/// so that a duplicate is recognised for as long as its event time is inside
+/// the accepted window. Older identities are pruned a slice at a time; an
+/// event older than the window is refused anyway, so pruning never lets a
+/// duplicate through.
+pub struct Dedup {
+    tree: sled::Tree,
+    applied: Seq,
+    prune_cursor: Vec<u8>,
+}
+
+impl Dedup {
+    pub fn open(store: &Store) -> Result<Dedup, ProjectionError> {
+        Ok(Dedup {
+            applied: checkpoint(&store.dedup)?,
+            tree: store.dedup.clone(),
+            prune_cursor: Vec::new(),
+        })
+    }
+
+    pub fn applied(&self) -> Seq {
+        self.applied
+    }
+
+    pub fn contains(&self, key: &crate::event::DedupKey) -> Result<bool, ProjectionError> {
+        Ok(self.tree.contains_key(key.0)?)
+    }
+
+    /// Records claimed identities up to and including `seq`, atomically with
+    /// the checkpoint.
+    pub fn claim(
+        &mut self,
+        keys: impl IntoIterator<Item = (crate::event::DedupKey, i64)>,
+        seq: Seq,
+    ) -> Result<(), ProjectionError> {
+        if seq <= self.applied {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for (key, time_ms) in keys {
+            batch.insert(&key.0, &time_ms.to_be_bytes());
+        }
+        put_checkpoint(&mut batch, seq);
+        self.tree.apply_batch(batch)?;
+        self.applied = seq;
+        Ok(())
+    }
+
+    /// Catch-up from logged records.
+    pub fn apply(&mut self, records: &[Applied<'_>]) -> Result<(), ProjectionError> {
+        let Some(last) = records.last().map(|a| a.seq) else {
+            return Ok(());
+        };
+        let mut keys = Vec::new();
+        for a in records.iter().filter(|a| a.seq > self.applied) {
+            if let Record::Event(e) = a.record {
+                let ident: LoggedIdentity<'_> =
+                    serde_json::from_str(&e.raw).map_err(|err| ProjectionError::Value {
+                        tree: "dedup",
+                        key: format!("log seq {}", a.seq),
+                        reason: format!("logged event is not valid JSON: {err}"),
+                    })?;
+                keys.push((
+                    crate::event::DedupKey::new(&ident.source, &ident.id),
+                    e.time_ms,
+                ));
+            }
+        }
+        self.claim(keys, last)
+    }
+
+    /// Removes up to `scan_max` identities whose event time is before
+    /// `horizon_ms`, continuing where the last call stopped. Returns how many
+    /// were removed.
+    pub fn prune_step(&mut self, horizon_ms: i64, scan_max: usize) -> Result<usize, ProjectionError> {
+        let mut scanned = 0;
+        let mut removed = 0;
+        let mut batch = sled::Batch::default();
+        let mut next_cursor = Vec::new();
+        for kv in self.tree.range(self.prune_cursor.clone()..) {
+            let (k, v) = kv?;
+            if k.is_empty() {
+                continue;
+            }
+            scanned += 1;
+            if scanned > scan_max {
+                next_cursor = k.to_vec();
+                break;
+            }
+            let time_ms = v
+                .as_ref()
+                .try_into()
+                .map(i64::from_be_bytes)
+                .unwrap_or(i64::MAX);
+            if time_ms < horizon_ms {
+                batch.remove(k);
+                removed += 1;
+            }
+        }
+        self.prune_cursor = next_cursor;
+        if removed > 0 {
+            self.tree.apply_batch(batch)?;
+        }
+        Ok(removed)
+    }
+
+    pub fn len(&self) -> usize {
+        self.tree.len().saturating_sub(1)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,156 @@
+//! The facts kept in the event log: the payload of every log frame.
+//!
+//! Encoding: one version byte, then postcard. New variants are only ever
+//! appended at the end of [`Record`], so older logs keep decoding.
+
+use serde::{Deserialize, Serialize};
+
+use crate::meter::MeterDef;
+
+pub const RECORD_VERSION: u8 = 1;
+
+/// Longest raw input kept for a quarantined record; longer input is cut and
+/// marked `truncated`.
+pub const QUARANTINE_RAW_BYTES_MAX: usize = 64 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Record {
+    /// An accepted usage event.
+    Event(EventRecord),
+    /// Input that was refused, kept with its reason.
+    Rejected(RejectedRecord),
+    MeterCreated {
+        meter: MeterDef,
+        audit: Audit,
+    },
+    MeterDeleted {
+        slug: String,
+        audit: Audit,
+    },
+    ApiKeyCreated {
+        key: ApiKeyRecord,
+        audit: Audit,
+    },
+    ApiKeyRevoked {
+        id: String,
+        audit: Audit,
+    },
+}
+
+/// Who did an admin action, and when (the writer's clock, in ms).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Audit {
+    pub actor: Option<String>,
+    pub at_ms: i64,
+    pub request_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub received_ms: i64,
+    /// The resolved event time (the receive time when the event had none).
+    pub time_ms: i64,
+    /// The CloudEvent JSON exactly as received.
+    pub raw: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectedRecord {
+    pub received_ms: i64,
+    /// Where it came from, e.g. `http`.
+    pub origin: String,
+    /// Position in its batch, when it was one element of a batch.
+    pub index: Option<u32>,
+    pub code: String,
+    pub message: String,
+    pub raw: String,
+    pub truncated: bool,
+}
+
+impl RejectedRecord {
+    pub fn new(
+        received_ms: i64,
+        origin: &str,
+        index: Option<u32>,
+        code: &str,
+        message: &str,
+        raw: &[u8],
+    ) -> RejectedRecord {
+        let truncated = raw.len() > QUARANTINE_RAW_BYTES_MAX;
+        let kept = &raw[..raw.len().min(QUARANTINE_RAW_BYTES_MAX)];
+        RejectedRecord {
+            received_ms,
+            origin: origin.to_owned(),
+            index,
+            code: code.to_owned(),
+            message: message.to_owned(),
+            raw: String::from_utf8_lossy(kept).into_owned(),
+            truncated,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeyRecord {
+    pub id: String,
+    pub name: String,
+    pub scopes: Vec<crate::auth::Scope>,
+    /// SHA-256 of the full key; the key itself is never stored.
+    pub key_sha256: [u8; 32],
+    pub created_ms: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("record is empty")]
+    Empty,
+    #[error("record version {0} is not supported by this build (expected {RECORD_VERSION})")]
+    Version(u8),
+    #[error("record does not decode: {0}")]
+    Decode(#[from] postcard::Error),
+}
+
+impl Record {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256);
+        out.push(RECORD_VERSION);
+        postcard::to_io(self, &mut out).expect("encoding into a Vec cannot fail");
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
+        match bytes.split_first() {
+            None => Err(RecordError::Empty),
+            Some((&RECORD_VERSION, rest)) => Ok(postcard::from_bytes(rest)?),
+            Some((&v, _)) => Err(RecordError::Version(v)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip() {
+        let r = Record::Event(EventRecord {
+            received_ms: 5,
+            time_ms: 4,
+            raw: "{\"id\":\"x\"}".into(),
+        });
+        assert_eq!(Record::decode(&r.encode()).unwrap(), r);
+        let q = Record::Rejected(RejectedRecord::new(1, "http", Some(3), "C", "m", &[b'x'; 70_000]));
+        match Record::decode(&q.encode()).unwrap() {
+            Record::Rejected(q) => {
+                assert!(q.truncated);
+                assert_eq!(q.raw.len(), QUARANTINE_RAW_BYTES_MAX);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_version_is_refused() {
+        assert!(matches!(Record::decode(&[9, 0]), Err(RecordError::Version(9))));
+    }
+}
