@@ -1,15 +1,15 @@
 //! Log append throughput against the disk's own limit.
 //!
-//! For each batch size, alternates rounds of (a) raw: the same pre-encoded frame bytes with
-//! `write_all` + `sync_data` per batch, and (b) `Log::append_batch`, each into a fresh file
-//! or log directory on the disk that holds `target/`. Prints records/s, MB/s, batches/s and
+//! For each batch size, alternates short slices of (a) raw: the same pre-encoded frame bytes
+//! with `write_all` + `sync_data` per batch, and (b) `Log::append_batch`, into a file and a
+//! log directory on the disk that holds `target/`. Prints records/s, MB/s, batches/s and
 //! p50/p99 batch latency for both, and the log/raw ratio (issue target: >= 0.70).
 //!
 //! `KEYMETER_BENCH_QUICK=1` shrinks it to a sub-second smoke run.
 
 use std::fs::{self, File};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -21,29 +21,31 @@ use rand::{Rng, SeedableRng};
 const BATCH_SIZES: [usize; 2] = [1_000, 10_000];
 
 struct Plan {
-    rounds: usize,
-    /// Wall time spent per case (raw or log) per batch size, over all rounds.
+    /// Wall time per batch size (both cases together), excluding setup.
     case_time: Duration,
-    batches_per_round_max: usize,
+    /// Raw and log alternate every this many milliseconds of work, so drift in the shared
+    /// disk and CPUs hits both about equally.
+    slice_time: Duration,
 }
 
 impl Plan {
     fn from_env() -> Plan {
         if std::env::var("KEYMETER_BENCH_QUICK").is_ok_and(|v| v == "1") {
             Plan {
-                rounds: 1,
-                case_time: Duration::from_millis(80),
-                batches_per_round_max: 5,
+                case_time: Duration::from_millis(100),
+                slice_time: Duration::from_millis(20),
             }
         } else {
             Plan {
-                rounds: 4,
-                case_time: Duration::from_secs(3),
-                batches_per_round_max: 2_000,
+                case_time: Duration::from_secs(8),
+                slice_time: Duration::from_millis(100),
             }
         }
     }
 }
+
+/// Both cases start over (untimed) once they have written this much, bounding disk use.
+const RESET_BYTES: u64 = 512 * 1024 * 1024;
 
 /// Latencies and volume of one case (raw or log) at one batch size.
 struct CaseStats {
@@ -116,42 +118,89 @@ fn payloads(count: usize, rng: &mut StdRng) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn run_raw(dir: &Path, encoded: &[u8], records: usize, batches: usize, stats: &mut CaseStats) {
-    let path = dir.join("raw.dat");
-    let mut file = File::create(&path).expect("create raw file");
-    for _ in 0..batches {
-        let start = Instant::now();
-        file.write_all(encoded).expect("raw write");
-        file.sync_data().expect("raw fdatasync");
-        stats.record(start.elapsed(), records, encoded.len());
-    }
-    drop(file);
-    fs::remove_file(&path).expect("remove raw file");
+/// Case (a): pre-encoded bytes, `write_all` + `sync_data` per batch.
+struct RawCase {
+    path: PathBuf,
+    file: File,
+    written: u64,
 }
 
-fn run_log(
-    dir: &Path,
-    payloads: &[Vec<u8>],
-    batch_bytes: usize,
-    batches: usize,
-    stats: &mut CaseStats,
-) {
-    let log_dir = dir.join("log");
-    let (mut log, _) = Log::open(&log_dir, LogConfig::default()).expect("open log");
-    for _ in 0..batches {
-        let start = Instant::now();
-        log.append_batch(payloads).expect("append batch");
-        stats.record(start.elapsed(), payloads.len(), batch_bytes);
+impl RawCase {
+    fn new(dir: &Path) -> RawCase {
+        let path = dir.join("raw.dat");
+        let file = File::create(&path).expect("create raw file");
+        RawCase {
+            path,
+            file,
+            written: 0,
+        }
     }
-    drop(log);
-    fs::remove_dir_all(&log_dir).expect("remove log dir");
+
+    fn run(&mut self, encoded: &[u8], records: usize, batches: usize, stats: &mut CaseStats) {
+        for _ in 0..batches {
+            if self.written >= RESET_BYTES {
+                self.file = File::create(&self.path).expect("recreate raw file");
+                self.written = 0;
+            }
+            let start = Instant::now();
+            self.file.write_all(encoded).expect("raw write");
+            self.file.sync_data().expect("raw fdatasync");
+            stats.record(start.elapsed(), records, encoded.len());
+            self.written += encoded.len() as u64;
+        }
+    }
 }
 
-/// Mean time of one raw batch, to size the rounds.
-fn calibrate(dir: &Path, encoded: &[u8], records: usize) -> Duration {
+/// Case (b): `Log::append_batch` with the default config (segment rolls included).
+struct LogCase {
+    dir: PathBuf,
+    log: Option<Log>,
+    written: u64,
+}
+
+impl LogCase {
+    fn new(dir: &Path) -> LogCase {
+        let dir = dir.join("log");
+        let (log, _) = Log::open(&dir, LogConfig::default()).expect("open log");
+        LogCase {
+            dir,
+            log: Some(log),
+            written: 0,
+        }
+    }
+
+    fn run(
+        &mut self,
+        payloads: &[Vec<u8>],
+        batch_bytes: usize,
+        batches: usize,
+        stats: &mut CaseStats,
+    ) {
+        for _ in 0..batches {
+            if self.written >= RESET_BYTES {
+                drop(self.log.take());
+                fs::remove_dir_all(&self.dir).expect("remove log dir");
+                self.log = Some(
+                    Log::open(&self.dir, LogConfig::default())
+                        .expect("reopen log")
+                        .0,
+                );
+                self.written = 0;
+            }
+            let log = self.log.as_mut().expect("log is open");
+            let start = Instant::now();
+            log.append_batch(payloads).expect("append batch");
+            stats.record(start.elapsed(), payloads.len(), batch_bytes);
+            self.written += batch_bytes as u64;
+        }
+    }
+}
+
+/// Mean time of one raw batch, to size the slices.
+fn calibrate(raw: &mut RawCase, encoded: &[u8], records: usize) -> Duration {
     let mut stats = CaseStats::new();
-    run_raw(dir, encoded, records, 3, &mut stats);
-    stats.busy / 3
+    raw.run(encoded, records, 5, &mut stats);
+    stats.busy / 5
 }
 
 /// CPU cost of framing alone (CRC32C + SHA-256 + copies), for explaining any gap.
@@ -171,9 +220,10 @@ fn main() {
     fs::create_dir_all(base).expect("create bench tmp base");
     let tmp = tempfile::tempdir_in(base).expect("bench temp dir");
     println!(
-        "log_append: dir {} ({} rounds per case)",
+        "log_append: dir {}, {:?} per batch size, raw/log alternating every ~{:?}",
         tmp.path().display(),
-        plan.rounds
+        plan.case_time,
+        plan.slice_time
     );
     let mut rng = StdRng::seed_from_u64(0x6b65_796d_6574_6572);
 
@@ -181,28 +231,29 @@ fn main() {
         let payloads = payloads(batch_records, &mut rng);
         let mut encoded = Vec::new();
         encode_batch(GENESIS_HASH, 1, &payloads, &mut encoded);
-        let batch_mb = encoded.len() as f64 / 1e6;
+        let (mut raw_case, mut log_case) = (RawCase::new(tmp.path()), LogCase::new(tmp.path()));
 
-        let per_batch = calibrate(tmp.path(), &encoded, batch_records);
-        let per_round = plan.case_time.as_secs_f64() / plan.rounds as f64;
-        let batches =
-            ((per_round / per_batch.as_secs_f64()) as usize).clamp(2, plan.batches_per_round_max);
-
+        let per_batch = calibrate(&mut raw_case, &encoded, batch_records).as_secs_f64();
+        let batches_per_slice = ((plan.slice_time.as_secs_f64() / per_batch) as usize).max(1);
         let (mut raw, mut log) = (CaseStats::new(), CaseStats::new());
-        for _ in 0..plan.rounds {
-            run_raw(tmp.path(), &encoded, batch_records, batches, &mut raw);
-            run_log(tmp.path(), &payloads, encoded.len(), batches, &mut log);
+        while raw.busy + log.busy < plan.case_time {
+            raw_case.run(&encoded, batch_records, batches_per_slice, &mut raw);
+            log_case.run(&payloads, encoded.len(), batches_per_slice, &mut log);
         }
+        drop((raw_case, log_case));
 
         println!(
-            "batch {batch_records} records ({batch_mb:.2} MB/batch, {} rounds x {batches} batches):",
-            plan.rounds
+            "batch {batch_records} records, {:.2} MB/batch, avg payload {} B:",
+            encoded.len() as f64 / 1e6,
+            payloads.iter().map(Vec::len).sum::<usize>() / batch_records
         );
         raw.print("raw");
         log.print("log");
         println!(
-            "  ratio log/raw {:.3}   (framing alone: {:.0} MB/s)",
+            "  ratio log/raw {:.3} records/s, {:.3} at p50   (framing alone: {:.0} MB/s)",
             log.records_per_s() / raw.records_per_s(),
+            raw.latency_us.value_at_quantile(0.5) as f64
+                / log.latency_us.value_at_quantile(0.5) as f64,
             encode_only_mb_per_s(&payloads, &mut encoded),
         );
     }

@@ -39,6 +39,10 @@ pub struct Config {
     pub writer_queue_max: usize,
     /// Size at which the log rolls to a new segment.
     pub segment_bytes_max: u64,
+    /// Most event identities the dedup index holds (about 60 bytes each);
+    /// at the limit ingest is refused with 503 rather than forgetting
+    /// identities early.
+    pub dedup_keys_max: usize,
 }
 
 impl Default for Config {
@@ -55,6 +59,7 @@ impl Default for Config {
             batch_records_max: 20_000,
             writer_queue_max: 256,
             segment_bytes_max: 64 * 1024 * 1024,
+            dedup_keys_max: 20_000_000,
         }
     }
 }

@@ -27,6 +27,7 @@ pub struct Metrics {
     pub projection_applied_seq: IntGaugeVec,
     pub projection_lag_records: IntGaugeVec,
     pub writer_queue_depth: IntGauge,
+    pub dedup_keys: IntGauge,
     pub http_requests_total: IntCounterVec,
     pub http_request_duration_seconds: HistogramVec,
 }
@@ -128,6 +129,10 @@ impl Metrics {
             writer_queue_depth: gauge(
                 "keymeter_writer_queue_depth",
                 "Requests waiting for the single writer.",
+            ),
+            dedup_keys: gauge(
+                "keymeter_dedup_keys",
+                "Event identities held by the dedup index.",
             ),
             http_requests_total: counter_vec(
                 "keymeter_http_requests_total",

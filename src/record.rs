@@ -20,7 +20,7 @@ pub enum Record {
     /// Input that was refused, kept with its reason.
     Rejected(RejectedRecord),
     MeterCreated {
-        meter: MeterDef,
+        meter: AsJson<MeterDef>,
         audit: Audit,
     },
     MeterDeleted {
@@ -35,6 +35,35 @@ pub enum Record {
         id: String,
         audit: Audit,
     },
+}
+
+/// A value kept as JSON text inside a postcard record. Used for documents
+/// whose serde form skips absent fields (postcard is not self-describing and
+/// cannot decode those), and so new optional fields never break old logs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AsJson<T>(pub T);
+
+impl<T> std::ops::Deref for AsJson<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: Serialize> Serialize for AsJson<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let text = serde_json::to_string(&self.0).map_err(serde::ser::Error::custom)?;
+        s.serialize_str(&text)
+    }
+}
+
+impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for AsJson<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        serde_json::from_str(&text)
+            .map(AsJson)
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// Who did an admin action, and when (the writer's clock, in ms).
@@ -147,6 +176,23 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn meter_records_round_trip_with_absent_optional_fields() {
+        let meter: MeterDef = serde_json::from_value(serde_json::json!({
+            "slug": "calls", "eventType": "call", "aggregation": "COUNT"
+        }))
+        .unwrap();
+        let r = Record::MeterCreated {
+            meter: AsJson(meter),
+            audit: Audit {
+                actor: None,
+                at_ms: 1,
+                request_id: None,
+            },
+        };
+        assert_eq!(Record::decode(&r.encode()).unwrap(), r);
     }
 
     #[test]

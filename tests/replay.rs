@@ -41,7 +41,7 @@ async fn replay_rebuilds_counters_byte_identical_to_the_live_ones() {
                     "e",
                     &format!("cust-{}", i % 7),
                     &t,
-                    json!({"n": i as f64 / 4.0, "user": format!("u{}", i % 11), "region": ["eu", "us"][(i % 2) as usize]}),
+                    json!({"n": i as f64 / 4.0, "user": format!("u{}", i % 11), "region": if i % 2 == 0 { "eu" } else { "us" }}),
                 )
             })
             .collect();

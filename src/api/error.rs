@@ -51,6 +51,9 @@ impl From<EngineError> for ApiError {
             EngineError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "CONFLICT", m),
             EngineError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", m),
             EngineError::Invalid(r) => ApiError::bad_request(r.code, r.message),
+            EngineError::Overloaded(m) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "DEDUP_CAPACITY", m)
+            }
             EngineError::Stopped => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "ENGINE_UNAVAILABLE",

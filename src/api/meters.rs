@@ -175,39 +175,55 @@ fn read_states(
     meter: &CompiledMeter,
     params: &QueryParams,
 ) -> Result<Vec<(CounterKey, AggState)>, ApiError> {
-    let tree = &state.engine.shared.store.counters;
+    let shared = &state.engine.shared;
+    let tree = &shared.store.counters;
     let slug = meter.slug();
-    let mut out = Vec::new();
-    let mut push = |kv: sled::Result<(sled::IVec, sled::IVec)>| -> Result<(), ApiError> {
-        let (k, v) = kv.map_err(ApiError::internal)?;
+    let ranges: Vec<(Vec<u8>, Vec<u8>)> = if params.subjects.is_empty() {
+        let lo = CounterKey::meter_prefix(slug);
+        let mut hi = lo.clone();
+        // The prefix ends in the 0x00 separator; bumping it bounds the meter.
+        *hi.last_mut().expect("non-empty prefix") += 1;
+        vec![(lo, hi)]
+    } else {
+        params
+            .subjects
+            .iter()
+            .filter(|s| !s.contains('\0'))
+            .map(|subject| {
+                CounterKey::window_range_bounds(
+                    slug,
+                    subject,
+                    params.from_ms.unwrap_or(i64::MIN),
+                    params.to_ms.unwrap_or(i64::MAX),
+                )
+            })
+            .collect()
+    };
+    // sled holds what was flushed; the overlay holds newer states, which win.
+    let mut states: std::collections::BTreeMap<Vec<u8>, AggState> = Default::default();
+    for (lo, hi) in &ranges {
+        for kv in tree.range(lo.clone()..hi.clone()) {
+            let (k, v) = kv.map_err(ApiError::internal)?;
+            states.insert(k.to_vec(), AggState::decode(&v).map_err(ApiError::internal)?);
+        }
+    }
+    {
+        let overlay = shared.overlay.read().expect("overlay lock");
+        for (lo, hi) in &ranges {
+            for (k, v) in overlay.range(lo.clone()..hi.clone()) {
+                states.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(states.len());
+    for (k, state) in states {
         let key = CounterKey::decode(&k).map_err(ApiError::internal)?;
         if params.from_ms.is_some_and(|f| key.window_start_ms < f)
             || params.to_ms.is_some_and(|t| key.window_start_ms >= t)
         {
-            return Ok(());
+            continue;
         }
-        out.push((key, AggState::decode(&v).map_err(ApiError::internal)?));
-        Ok(())
-    };
-    if params.subjects.is_empty() {
-        for kv in tree.scan_prefix(CounterKey::meter_prefix(slug)) {
-            push(kv)?;
-        }
-    } else {
-        for subject in &params.subjects {
-            if subject.contains('\0') {
-                continue;
-            }
-            let (lo, hi) = CounterKey::window_range_bounds(
-                slug,
-                subject,
-                params.from_ms.unwrap_or(i64::MIN),
-                params.to_ms.unwrap_or(i64::MAX),
-            );
-            for kv in tree.range(lo..hi) {
-                push(kv)?;
-            }
-        }
+        out.push((key, state));
     }
     Ok(out)
 }

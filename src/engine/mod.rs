@@ -13,7 +13,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot};
@@ -24,9 +24,17 @@ use crate::event::{DedupKey, Decoded, Rejection, TimeWindow};
 use crate::log::{Log, LogConfig, Seq};
 use crate::meter::MeterDef;
 use crate::metrics::metrics;
+use crate::projection::dedup::DedupIndex;
 use crate::projection::{
-    self, Applied, Counters, Dedup, Documents, EventFacts, MeterSet, ProjectionError, Store,
+    self, Applied, Counters, Documents, EventFacts, MeterSet, Overlay, ProjectionError, Store,
 };
+
+/// How often the projector writes its overlay and checkpoints to sled.
+const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// Flush early when this many counter states are waiting.
+const OVERLAY_STATES_MAX: usize = 200_000;
+/// How often the writer saves the dedup snapshot (also on shutdown).
+const DEDUP_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(60);
 use crate::record::{ApiKeyRecord, Audit, EventRecord, Record, RejectedRecord};
 
 /// Where "now" comes from. Only the shell reads the system clock; tests may
@@ -53,6 +61,8 @@ pub enum EngineError {
     Invalid(Rejection),
     #[error("the engine has stopped; the request was not recorded")]
     Stopped,
+    #[error("{0}")]
+    Overloaded(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +145,8 @@ pub struct Shared {
     pub store: Store,
     pub meters: ArcSwap<MeterSet>,
     pub keys: ArcSwap<KeyRing>,
+    /// Counter states not yet flushed to sled; queries read them on top.
+    pub overlay: Overlay,
     pub head_seq: AtomicU64,
     pub applied_seq: AtomicU64,
     pub failed: AtomicBool,
@@ -180,7 +192,17 @@ impl Engine {
         let store = Store::open(&cfg.state_dir())?;
         let mut counters = Counters::open(&store, &cfg.log_dir())?;
         let mut docs = Documents::open(&store)?;
-        let mut dedup = Dedup::open(&store)?;
+        let mut dedup = DedupIndex::open(&cfg.state_dir(), cfg.dedup_keys_max)?;
+        if dedup.applied() > head {
+            tracing::warn!(
+                snapshot_seq = dedup.applied(),
+                head,
+                "dedup snapshot is ahead of the log; rebuilding it from the log"
+            );
+            std::fs::remove_file(cfg.state_dir().join("dedup.snapshot"))
+                .map_err(|e| StartError::Other(format!("cannot remove dedup snapshot: {e}")))?;
+            dedup = DedupIndex::open(&cfg.state_dir(), cfg.dedup_keys_max)?;
+        }
         let from = counters
             .applied()
             .min(docs.min_applied())
@@ -193,8 +215,14 @@ impl Engine {
         projection::replay_log(&cfg.log_dir(), from, head, 10_000, |chunk| {
             counters.apply(chunk)?;
             docs.apply(chunk)?;
-            dedup.apply(chunk)
+            dedup.apply(chunk)?;
+            if counters.overlay_len() > OVERLAY_STATES_MAX {
+                counters.flush()?;
+            }
+            Ok(())
         })?;
+        counters.flush()?;
+        docs.flush()?;
 
         let meters = MeterSet::from_defs(store.meter_defs()?)
             .map_err(|e| StartError::Other(format!("stored meter is invalid: {e}")))?;
@@ -204,6 +232,7 @@ impl Engine {
             store: store.clone(),
             meters: ArcSwap::from_pointee(meters.clone()),
             keys: ArcSwap::from_pointee(keys.clone()),
+            overlay: counters.overlay(),
             head_seq: AtomicU64::new(head),
             applied_seq: AtomicU64::new(head),
             failed: AtomicBool::new(false),
@@ -222,6 +251,7 @@ impl Engine {
             key_ids,
             window: cfg.time_window(),
             batch_records_max: cfg.batch_records_max,
+            dedup_keys_max: cfg.dedup_keys_max,
             clock,
             jobs: jobs_tx,
         };
@@ -328,7 +358,7 @@ impl Engine {
     }
 }
 
-fn publish_progress(head: Seq, counters: &Counters, docs: &Documents, dedup: &Dedup) {
+fn publish_progress(head: Seq, counters: &Counters, docs: &Documents, dedup: &DedupIndex) {
     let m = metrics();
     m.log_head_seq.set(head as i64);
     let mut all = vec![("counters", counters.applied()), ("dedup", dedup.applied())];
@@ -425,11 +455,12 @@ struct Job {
 
 struct Writer {
     log: Log,
-    dedup: Dedup,
+    dedup: DedupIndex,
     meters: MeterSet,
     key_ids: std::collections::HashSet<String>,
     window: TimeWindow,
     batch_records_max: usize,
+    dedup_keys_max: usize,
     clock: Arc<dyn Clock>,
     jobs: std::sync::mpsc::SyncSender<Job>,
 }
@@ -441,7 +472,7 @@ struct Batch {
     facts: Vec<Option<EventFacts>>,
     answers: Vec<Box<dyn FnOnce() + Send>>,
     claims: Vec<(DedupKey, i64)>,
-    claimed: std::collections::HashSet<DedupKey>,
+    claimed: std::collections::HashSet<DedupKey, crate::event::DedupKeyBuildHasher>,
 }
 
 impl Batch {
@@ -459,6 +490,7 @@ impl Batch {
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Command>) -> Result<(), StartError> {
+        let mut snapshot_at = Instant::now();
         while let Some(first) = rx.blocking_recv() {
             let mut records = first.records_max();
             let mut commands = vec![first];
@@ -473,9 +505,27 @@ impl Writer {
             }
             metrics().writer_queue_depth.set(rx.len() as i64);
             self.write_batch(commands)?;
+            if snapshot_at.elapsed() >= DEDUP_SNAPSHOT_INTERVAL {
+                self.save_dedup();
+                snapshot_at = Instant::now();
+            }
         }
+        self.save_dedup();
         tracing::info!(head_seq = self.log.head_seq(), "writer drained its queue");
         Ok(())
+    }
+
+    /// A failed snapshot costs only replay time on the next start.
+    fn save_dedup(&self) {
+        let started = Instant::now();
+        match self.dedup.save_snapshot() {
+            Ok(()) => tracing::debug!(
+                keys = self.dedup.len(),
+                ms = started.elapsed().as_millis() as u64,
+                "dedup snapshot saved"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot save the dedup snapshot"),
+        }
     }
 
     fn write_batch(&mut self, commands: Vec<Command>) -> Result<(), StartError> {
@@ -506,12 +556,12 @@ impl Writer {
             batch.records.len() as u64,
             "the log assigned one sequence number per record"
         );
-        self.dedup.claim(batch.claims, range.end - 1)?;
-        // Prune a slice proportional to what was claimed, so the index's size
-        // tracks the event-time window instead of growing forever.
+        self.dedup.claim(batch.claims, range.end - 1);
+        // Identities older than the window can never meet a duplicate that
+        // would be accepted, so the index tracks the window, not all time.
         let horizon_ms = now_ms - self.window.back_ms - self.window.ahead_ms;
-        self.dedup
-            .prune_step(horizon_ms, 256.max(2 * batch.records.len()))?;
+        self.dedup.prune(horizon_ms);
+        metrics().dedup_keys.set(self.dedup.len() as i64);
         let job = Job {
             first_seq: range.start,
             records: batch.records,
@@ -538,6 +588,19 @@ impl Writer {
                 origin,
                 reply,
             } => {
+                if self.dedup.len() + batch.claims.len() + items.len() > self.dedup_keys_max {
+                    metrics()
+                        .events_rejected_total
+                        .with_label_values(&["DEDUP_CAPACITY"])
+                        .inc_by(items.len() as u64);
+                    let msg = format!(
+                        "the dedup index holds {} identities, its limit is {}; raise dedup_keys_max or shorten event_time_back",
+                        self.dedup.len(),
+                        self.dedup_keys_max
+                    );
+                    batch.answer(reply, Err(EngineError::Overloaded(msg)));
+                    return Ok(());
+                }
                 let outcome = self.prepare_ingest(items, received_ms, origin, batch)?;
                 batch.answer(reply, Ok(outcome));
             }
@@ -582,7 +645,7 @@ impl Writer {
                         let audit = self.audit_record(audit);
                         batch.push(
                             Record::MeterCreated {
-                                meter: def.clone(),
+                                meter: crate::record::AsJson(def.clone()),
                                 audit,
                             },
                             None,
@@ -647,9 +710,9 @@ impl Writer {
                 Decoded::Invalid { rejection, raw } => (rejection, raw),
                 Decoded::Valid(event) => match self.check_meters(&event) {
                     Err(rejection) => (rejection, event.raw),
-                    Ok(()) => {
+                    Ok(observations) => {
                         let key = event.dedup_key();
-                        if batch.claimed.contains(&key) || self.dedup.contains(&key)? {
+                        if batch.claimed.contains(&key) || self.dedup.contains(&key) {
                             outcome.duplicates += 1;
                             m.events_duplicate_total.inc();
                             continue;
@@ -660,7 +723,8 @@ impl Writer {
                             ty: event.ty,
                             subject: event.subject,
                             time_ms: event.time_ms,
-                            data: event.data,
+                            data: None,
+                            observations: Some(observations),
                         };
                         batch.push(
                             Record::Event(EventRecord {
@@ -701,17 +765,25 @@ impl Writer {
         Ok(outcome)
     }
 
-    /// Every meter of the event's type must be able to read it.
-    fn check_meters(&self, event: &crate::event::UsageEvent) -> Result<(), Rejection> {
+    /// Every meter of the event's type must be able to read it; what they
+    /// read is handed to the projector so it is not extracted twice.
+    fn check_meters(
+        &self,
+        event: &crate::event::UsageEvent,
+    ) -> Result<Vec<crate::meter::Observation>, Rejection> {
+        let mut observations = Vec::new();
         for meter in self.meters.for_type(&event.ty) {
-            if let Err(e) = meter.extract(event.data.as_ref()) {
-                return Err(Rejection::new(
-                    e.code(),
-                    format!("meter `{}`: {e}", meter.def().slug),
-                ));
+            match meter.extract(event.data.as_ref()) {
+                Ok(obs) => observations.push(obs),
+                Err(e) => {
+                    return Err(Rejection::new(
+                        e.code(),
+                        format!("meter `{}`: {e}", meter.def().slug),
+                    ))
+                }
             }
         }
-        Ok(())
+        Ok(observations)
     }
 }
 
@@ -723,42 +795,71 @@ struct Projector {
 
 impl Projector {
     fn run(mut self, jobs: std::sync::mpsc::Receiver<Job>) -> Result<(), StartError> {
-        while let Ok(job) = jobs.recv() {
-            let applied: Vec<Applied<'_>> = job
-                .records
-                .iter()
-                .zip(&job.facts)
-                .enumerate()
-                .map(|(i, (record, facts))| Applied {
-                    seq: job.first_seq + i as u64,
-                    record,
-                    facts: facts.as_ref(),
-                })
-                .collect();
-            let last = job.first_seq + job.records.len() as u64 - 1;
-            self.counters.apply(&applied)?;
-            let (meters_changed, keys_changed) = self.docs.apply(&applied)?;
-            if meters_changed {
-                self.shared
-                    .meters
-                    .store(Arc::new(self.counters.meters().clone()));
+        let mut flushed_at = Instant::now();
+        loop {
+            let wait = FLUSH_INTERVAL.saturating_sub(flushed_at.elapsed());
+            match jobs.recv_timeout(wait) {
+                Ok(job) => self.apply(job)?,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
             }
-            if keys_changed {
-                let keys = KeyRing::from_records(self.shared.store.api_keys()?);
-                self.shared.keys.store(Arc::new(keys));
+            if flushed_at.elapsed() >= FLUSH_INTERVAL
+                || self.counters.overlay_len() > OVERLAY_STATES_MAX
+            {
+                self.flush()?;
+                flushed_at = Instant::now();
             }
-            self.shared.head_seq.store(last, Ordering::SeqCst);
-            self.shared.applied_seq.store(last, Ordering::SeqCst);
-            let m = metrics();
-            for name in ["counters", "meters", "api_keys", "quarantine", "dedup"] {
-                m.projection_applied_seq
-                    .with_label_values(&[name])
-                    .set(last as i64);
-                m.projection_lag_records.with_label_values(&[name]).set(0);
-            }
-            for answer in job.answers {
-                answer();
-            }
+        }
+        self.flush()?;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), StartError> {
+        self.counters.flush()?;
+        self.docs.flush()?;
+        let m = metrics();
+        let head = self.shared.head_seq.load(Ordering::SeqCst);
+        let mut all = vec![("counters", self.counters.flushed())];
+        all.extend(self.docs.applied());
+        for (name, seq) in all {
+            m.projection_applied_seq
+                .with_label_values(&[name])
+                .set(seq as i64);
+            m.projection_lag_records
+                .with_label_values(&[name])
+                .set(head.saturating_sub(seq) as i64);
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, job: Job) -> Result<(), StartError> {
+        let applied: Vec<Applied<'_>> = job
+            .records
+            .iter()
+            .zip(&job.facts)
+            .enumerate()
+            .map(|(i, (record, facts))| Applied {
+                seq: job.first_seq + i as u64,
+                record,
+                facts: facts.as_ref(),
+            })
+            .collect();
+        let last = job.first_seq + job.records.len() as u64 - 1;
+        self.counters.apply(&applied)?;
+        let (meters_changed, keys_changed) = self.docs.apply(&applied)?;
+        if meters_changed {
+            self.shared
+                .meters
+                .store(Arc::new(self.counters.meters().clone()));
+        }
+        if keys_changed {
+            let keys = KeyRing::from_records(self.shared.store.api_keys()?);
+            self.shared.keys.store(Arc::new(keys));
+        }
+        self.shared.head_seq.store(last, Ordering::SeqCst);
+        self.shared.applied_seq.store(last, Ordering::SeqCst);
+        for answer in job.answers {
+            answer();
         }
         Ok(())
     }
@@ -772,14 +873,28 @@ pub fn rebuild(cfg: &Config, progress: impl Fn(Seq, Seq)) -> Result<Seq, StartEr
     store.clear_all()?;
     let mut counters = Counters::open(&store, &cfg.log_dir())?;
     let mut docs = Documents::open(&store)?;
-    let mut dedup = Dedup::open(&store)?;
+    match std::fs::remove_file(cfg.state_dir().join("dedup.snapshot")) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(StartError::Other(format!("cannot remove dedup snapshot: {e}")))
+        }
+        _ => {}
+    }
+    let mut dedup = DedupIndex::open(&cfg.state_dir(), usize::MAX)?;
     projection::replay_log(&cfg.log_dir(), 1, head, 10_000, |chunk| {
         counters.apply(chunk)?;
         docs.apply(chunk)?;
         dedup.apply(chunk)?;
+        if counters.overlay_len() > OVERLAY_STATES_MAX {
+            counters.flush()?;
+        }
         progress(chunk.last().map(|a| a.seq).unwrap_or(0), head);
         Ok(())
     })?;
+    counters.flush()?;
+    docs.flush()?;
+    dedup
+        .save_snapshot()
+        .map_err(|e| StartError::Other(format!("cannot save dedup snapshot: {e}")))?;
     store.db.flush().map_err(ProjectionError::from)?;
     Ok(head)
 }

@@ -52,8 +52,40 @@ impl UsageEvent {
 
 /// Identity of an event for duplicate detection: the first 16 bytes of
 /// SHA-256(source, 0x00, id). Collisions are negligible below ~10^18 events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct DedupKey(pub [u8; 16]);
+
+impl std::hash::Hash for DedupKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(u64::from_le_bytes(
+            self.0[..8].try_into().expect("8 bytes"),
+        ));
+    }
+}
+
+/// Hashes a [`DedupKey`] by taking its first 8 bytes: they are already
+/// SHA-256 output, so running them through SipHash again buys nothing.
+#[derive(Default, Clone, Copy)]
+pub struct DedupKeyHasher(u64);
+
+impl std::hash::Hasher for DedupKeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached if something other than a DedupKey is hashed.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+pub type DedupKeyBuildHasher = std::hash::BuildHasherDefault<DedupKeyHasher>;
 
 impl DedupKey {
     pub fn new(source: &str, id: &str) -> DedupKey {

@@ -80,26 +80,44 @@ pub fn encode_batch<P: AsRef<[u8]>>(
 ) -> [u8; 32] {
     let mut hash = prev_hash;
     for (i, payload) in payloads.iter().enumerate() {
-        let payload = payload.as_ref();
-        assert!(payload.len() <= PAYLOAD_BYTES_MAX, "payload over limit");
-        let seq = first_seq + i as Seq;
-        let flags = if i + 1 == payloads.len() {
-            FLAG_BATCH_END
-        } else {
-            0
-        };
-        hash = chain_hash(&hash, seq, payload);
-
-        let start = out.len();
-        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        out.extend_from_slice(&[0; 4]); // crc, filled in below
-        out.push(flags);
-        out.extend_from_slice(&seq.to_le_bytes());
-        out.extend_from_slice(&hash);
-        out.extend_from_slice(payload);
-        let crc = crc32c::crc32c(&out[start + 8..]);
-        out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+        let batch_end = i + 1 == payloads.len();
+        hash = encode_frame(
+            &hash,
+            first_seq + i as Seq,
+            payload.as_ref(),
+            batch_end,
+            out,
+        );
     }
+    hash
+}
+
+/// Appends one frame to `out`: record `seq` chained from `prev_hash`, with BATCH_END if
+/// `batch_end`. Returns the record's hash. [`encode_batch`] is this in a loop; the writer
+/// calls it directly to write a batch in chunks as it is encoded.
+///
+/// # Panics
+/// If the payload is longer than [`PAYLOAD_BYTES_MAX`]; callers check lengths first.
+pub fn encode_frame(
+    prev_hash: &[u8; 32],
+    seq: Seq,
+    payload: &[u8],
+    batch_end: bool,
+    out: &mut Vec<u8>,
+) -> [u8; 32] {
+    assert!(payload.len() <= PAYLOAD_BYTES_MAX, "payload over limit");
+    let flags = if batch_end { FLAG_BATCH_END } else { 0 };
+    let hash = chain_hash(prev_hash, seq, payload);
+
+    let start = out.len();
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&[0; 4]); // crc, filled in below
+    out.push(flags);
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&hash);
+    out.extend_from_slice(payload);
+    let crc = crc32c::crc32c(&out[start + 8..]);
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
     hash
 }
 
@@ -137,7 +155,7 @@ pub fn decode_segment_header(header: &[u8; SEGMENT_HEADER_LEN]) -> Result<Seq, S
 /// Used after a bad frame in the last segment: a valid frame behind it proves the damage is
 /// not a torn tail. The seq window keeps random bytes from passing by CRC luck (2^-32 per
 /// offset adds up over megabytes of garbage).
-pub fn find_valid_frame(bytes: &[u8], min_seq: Seq) -> Option<(usize, Seq)> {
+pub(crate) fn find_valid_frame(bytes: &[u8], min_seq: Seq) -> Option<(usize, Seq)> {
     let max_seq = min_seq.saturating_add((bytes.len() / FRAME_HEADER_LEN) as Seq);
     let last_start = bytes.len().checked_sub(FRAME_HEADER_LEN)?;
     (0..=last_start).find_map(|at| {

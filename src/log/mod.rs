@@ -16,19 +16,36 @@
 //! - `{first_seq:020}.seg.tmp` — a segment being created; removed by [`Log::open`].
 //! - `torn-{segment_first_seq:020}-{offset}.bin` — bytes cut from a torn tail, kept for
 //!   inspection (a `.N` is added before `.bin` if a different cut already used the name).
+//! - `LOCK` — empty; the writer holds an exclusive lock on it (see below). Not a segment.
 //!
 //! # Durability
 //!
-//! [`Log::append_batch`] encodes the whole batch into one reused buffer, issues one `write`
-//! and one `fdatasync`; the batch's last frame carries BATCH_END. Only after the sync
-//! returns do `head_seq`/`head_hash` move. A failed write or sync poisons the `Log` (further
-//! appends return [`LogError::Poisoned`]): after a failed fsync the page cache state is
-//! unknown, and only a reopen (which re-runs recovery) may decide what is on disk.
+//! [`Log::append_batch`] encodes the batch frame by frame into one reused buffer and
+//! `write`s it out in chunks of about [`APPEND_CHUNK_BYTES`] as they fill. After each chunk
+//! but the last it asks the kernel to start writeback of that chunk (on Linux,
+//! `sync_file_range(SYNC_FILE_RANGE_WRITE)`), so the device writes while the next chunk is
+//! hashed; the batch then ends with one `fdatasync`. That `fdatasync` is the batch's only
+//! durability point: the writeback hint neither waits for nor flushes anything (see
+//! [`Log::start_writeback`]). The batch's last frame carries BATCH_END, so a crash before
+//! the sync returns leaves at most a prefix of the batch without BATCH_END (whole chunks,
+//! perhaps a torn frame), which recovery cuts as an incomplete batch. Only after the sync
+//! returns do `head_seq`/`head_hash` move. A failed write, writeback hint or sync poisons
+//! the `Log` (further appends return [`LogError::Poisoned`]): after a failed fsync the page
+//! cache state is unknown, and only a reopen (which re-runs recovery) may decide what is on
+//! disk.
 //! A segment is rolled only between batches, once it holds at least one record and is
 //! `>= segment_bytes_max` bytes; so a batch never spans segments and a sealed segment ends
 //! with BATCH_END. New segments are created under a tmp name, header fsynced, renamed and
 //! the directory fsynced, so every `*.seg` has a complete header. A sealed segment is never
-//! written again. There is one writer per directory; nothing locks against a second one.
+//! written again.
+//!
+//! There is one writer per directory: [`Log`] holds an exclusive lock on `LOCK`
+//! ([`File::try_lock`]: `flock` on Unix, `LockFileEx` on Windows) for its lifetime, and a
+//! second [`Log::open`] of the directory, from any process, fails with
+//! [`LogError::Locked`]. The lock goes with the open file, so it is released when the `Log`
+//! is dropped or its process dies. [`verify`] and [`read_range`] only read, take no lock
+//! and may run while a writer is appending (a `verify` then may report the batch in flight
+//! as an incomplete batch at the tail).
 //!
 //! # Recovery rules ([`Log::open`])
 //!
@@ -56,6 +73,9 @@
 //! frame followed by an intact one of the same batch) is indistinguishable from damage to an
 //! acknowledged batch, and is therefore refused, not cut: refusing never loses an
 //! acknowledged record, cutting could. The error names the record; an operator decides.
+//! The converse is also indistinguishable: damage (say, a bit flip) in the very last frame,
+//! with nothing valid behind it, looks like a torn final write and is cut with its batch;
+//! the bytes survive in the `torn-*.bin` file and the warning says so.
 //!
 //! [`verify`] runs the same checks read-only: damage is an `Err(Corrupt)` naming the first
 //! bad position; a torn tail is not an error but is reported in [`VerifyReport::torn_tail`]
@@ -74,7 +94,7 @@ mod scan;
 mod segment;
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -82,9 +102,9 @@ use std::path::{Path, PathBuf};
 pub use frame::{FRAME_HEADER_LEN, PAYLOAD_BYTES_MAX, SEGMENT_HEADER_LEN};
 pub use reader::{read_range, LogReader};
 
-use frame::encode_batch;
+use frame::encode_frame;
 use scan::{scan_log, ChainPos, LastSegment};
-use segment::{create_segment, fsync_dir, read_bytes, remove_stale_tmp_files};
+use segment::{create_segment, fsync_dir, read_bytes, remove_stale_tmp_files, LOCK_FILE_NAME};
 
 /// A record's position in the log; 1 is the first record, 0 means "none".
 pub type Seq = u64;
@@ -93,6 +113,9 @@ pub type Seq = u64;
 pub const BATCH_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// The append buffer is shrunk back to this after an unusually large batch.
 pub const APPEND_BUFFER_RETAINED_BYTES: usize = 16 * 1024 * 1024;
+/// A batch is written in chunks of at least this many bytes (whole frames; the last chunk
+/// may be shorter), each handed to writeback while the next one is encoded.
+pub const APPEND_CHUNK_BYTES: usize = 1024 * 1024;
 pub const SEGMENT_BYTES_MAX_DEFAULT: u64 = 64 * 1024 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,6 +202,13 @@ pub enum LogError {
     BatchTooLarge { bytes: usize },
     #[error("log refuses appends after a failed write or fsync; reopen it to recover")]
     Poisoned,
+    /// Another [`Log`] (in this or another process) holds the directory's `LOCK`.
+    #[error(
+        "log directory {} is in use by another process (its LOCK file is locked); \
+         stop that process first",
+        .dir.display()
+    )]
+    Locked { dir: PathBuf },
     #[error("requested records up to seq {up_to}, but the log on disk ends at seq {last_on_disk}")]
     BeyondHead { up_to: Seq, last_on_disk: Seq },
 }
@@ -208,9 +238,16 @@ pub struct Log {
     segment_path: PathBuf,
     segment_len: u64,
     head: ChainPos,
-    /// Reused batch encoding buffer.
+    /// Reused chunk encoding buffer.
     buf: Vec<u8>,
+    /// Whether to issue writeback hints; cleared if the kernel says it cannot take them.
+    writeback_hint: bool,
     poisoned: bool,
+    /// `LOCK`, exclusively locked for as long as this `Log` lives. Declared after `file` so
+    /// the segment is closed before the lock is released.
+    _lock: File,
+    #[cfg(test)]
+    faults: tests::Faults,
 }
 
 impl fmt::Debug for Log {
@@ -225,10 +262,13 @@ impl fmt::Debug for Log {
 }
 
 impl Log {
-    /// Opens (creating the directory if missing) and recovers; see the module doc for the
-    /// rules. Verifies every frame of every segment.
+    /// Opens (creating the directory if missing), takes the directory's lock and recovers;
+    /// see the module doc for the rules. Verifies every frame of every segment. Fails with
+    /// [`LogError::Locked`] if another `Log` has the directory open.
     pub fn open(dir: &Path, cfg: LogConfig) -> Result<(Log, Recovery), LogError> {
         create_dir_durably(dir)?;
+        // Before anything that writes: recovery must not race a live writer.
+        let lock = lock_dir(dir)?;
         remove_stale_tmp_files(dir)?;
         let scan = scan_log(dir)?;
         let mut recovery = Recovery {
@@ -267,13 +307,18 @@ impl Log {
             segment_len,
             head: scan.head,
             buf: Vec::new(),
+            writeback_hint: true,
             poisoned: false,
+            _lock: lock,
+            #[cfg(test)]
+            faults: tests::Faults::default(),
         };
         Ok((log, recovery))
     }
 
-    /// Appends `payloads` as one batch (all-or-nothing across a crash) with one write and one
-    /// `fdatasync`, and returns the seqs assigned. An empty batch does no I/O.
+    /// Appends `payloads` as one batch (all-or-nothing across a crash), written in chunks as
+    /// it is encoded and made durable by one `fdatasync`, and returns the seqs assigned. An
+    /// empty batch does no I/O.
     pub fn append_batch<P: AsRef<[u8]>>(&mut self, payloads: &[P]) -> Result<Range<Seq>, LogError> {
         if self.poisoned {
             return Err(LogError::Poisoned);
@@ -282,16 +327,14 @@ impl Log {
         if payloads.is_empty() {
             return Ok(first_seq..first_seq);
         }
-        let batch_bytes = encoded_batch_len(payloads)?;
-        self.buf.clear();
-        self.buf.reserve(batch_bytes);
-        let last_hash = encode_batch(self.head.prev_hash, first_seq, payloads, &mut self.buf);
-        assert_eq!(self.buf.len(), batch_bytes, "encoded batch length");
-
-        if let Err(err) = self.write_buffered_batch() {
-            self.poisoned = true;
-            return Err(err);
-        }
+        let sizes = batch_sizes(payloads)?;
+        let last_hash = match self.write_batch(first_seq, payloads, sizes) {
+            Ok(hash) => hash,
+            Err(err) => {
+                self.poisoned = true;
+                return Err(err);
+            }
+        };
         let end_seq = first_seq + payloads.len() as Seq;
         self.head = ChainPos {
             next_seq: end_seq,
@@ -317,20 +360,108 @@ impl Log {
         &self.dir
     }
 
-    fn write_buffered_batch(&mut self) -> Result<(), LogError> {
+    /// Rolls the segment if due, writes the batch chunk by chunk as it is encoded (handing
+    /// each full chunk to writeback), then `fdatasync`s. Returns the last record's hash.
+    /// After an error an unknown prefix of the batch may be in the file: the caller poisons.
+    fn write_batch<P: AsRef<[u8]>>(
+        &mut self,
+        first_seq: Seq,
+        payloads: &[P],
+        sizes: BatchSizes,
+    ) -> Result<[u8; 32], LogError> {
         let has_records = self.segment_len > SEGMENT_HEADER_LEN as u64;
         if has_records && self.segment_len >= self.cfg.segment_bytes_max {
             self.roll_segment()?;
         }
+        // A chunk is written as soon as it reaches APPEND_CHUNK_BYTES, so it never holds more
+        // than that plus one frame: reserving this once keeps allocation out of the loop.
+        self.buf.clear();
+        self.buf.reserve(
+            sizes
+                .total
+                .min(APPEND_CHUNK_BYTES - 1 + sizes.largest_frame),
+        );
+        let mut hash = self.head.prev_hash;
+        let mut chunk_offset = self.segment_len;
+        for (i, payload) in payloads.iter().enumerate() {
+            let batch_end = i + 1 == payloads.len();
+            let seq = first_seq + i as Seq;
+            hash = encode_frame(&hash, seq, payload.as_ref(), batch_end, &mut self.buf);
+            if self.buf.len() >= tmp_chunk() || batch_end {
+                self.write_chunk()?;
+                let chunk_len = self.buf.len() as u64;
+                if !batch_end {
+                    self.start_writeback(chunk_offset, chunk_len)?;
+                }
+                chunk_offset += chunk_len;
+                self.buf.clear();
+            }
+        }
+        self.sync_batch()?;
+        debug_assert_eq!(
+            chunk_offset - self.segment_len,
+            sizes.total as u64,
+            "encoded batch length"
+        );
+        self.segment_len = chunk_offset;
+        Ok(hash)
+    }
+
+    fn write_chunk(&mut self) -> Result<(), LogError> {
         let path = &self.segment_path;
+        #[cfg(test)]
+        if self.faults.take_write_fault() {
+            // A short write, then the error: half the chunk reaches the file.
+            let half = self.buf.len() / 2;
+            self.file
+                .write_all(&self.buf[..half])
+                .map_err(io_err("write batch", path))?;
+            return Err(io_err("write batch", path)(tests::injected_error()));
+        }
         self.file
             .write_all(&self.buf)
-            .map_err(io_err("write batch", path))?;
+            .map_err(io_err("write batch", path))
+    }
+
+    /// Asks the kernel to start writing the chunk at `offset..offset + len` to the device now
+    /// (Linux: `sync_file_range(SYNC_FILE_RANGE_WRITE)`), so the device works on it while the
+    /// next chunk is hashed instead of receiving the whole batch at the final `fdatasync`.
+    ///
+    /// This is a writeback hint and never a durability point. `sync_file_range` does not
+    /// flush the device's volatile write cache and does not write the file size or any other
+    /// metadata, so data it "synced" can still vanish in a power loss; sled's log relies on
+    /// it as if it were a sync, which is why the log does not live in sled. Here only the
+    /// `fdatasync` at the end of the batch makes the batch durable. `SYNC_FILE_RANGE_WRITE`
+    /// alone does not wait on writeback either, so it cannot consume a writeback error that
+    /// the final `fdatasync` must report; an error it does return still fails (and poisons)
+    /// the append, except the ones saying the hint is unavailable, which turn it off.
+    fn start_writeback(&mut self, offset: u64, len: u64) -> Result<(), LogError> {
+        if !self.writeback_hint {
+            return Ok(());
+        }
+        match start_writeback(&self.file, offset, len) {
+            Ok(()) => Ok(()),
+            Err(err) if writeback_hint_unavailable(&err) => {
+                tracing::debug!(error = %err, "writeback hints unavailable; plain writes only");
+                self.writeback_hint = false;
+                Ok(())
+            }
+            Err(err) => Err(io_err(
+                "start writeback (sync_file_range)",
+                &self.segment_path,
+            )(err)),
+        }
+    }
+
+    fn sync_batch(&mut self) -> Result<(), LogError> {
+        let path = &self.segment_path;
+        #[cfg(test)]
+        if std::mem::take(&mut self.faults.fail_sync) {
+            return Err(io_err("fdatasync batch", path)(tests::injected_error()));
+        }
         self.file
             .sync_data()
-            .map_err(io_err("fdatasync batch", path))?;
-        self.segment_len += self.buf.len() as u64;
-        Ok(())
+            .map_err(io_err("fdatasync batch", path))
     }
 
     fn roll_segment(&mut self) -> Result<(), LogError> {
@@ -365,32 +496,110 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, LogError> {
     })
 }
 
-fn encoded_batch_len<P: AsRef<[u8]>>(payloads: &[P]) -> Result<usize, LogError> {
+/// Encoded sizes of a batch, checked against the limits.
+#[derive(Debug, Clone, Copy)]
+struct BatchSizes {
+    total: usize,
+    largest_frame: usize,
+}
+
+fn batch_sizes<P: AsRef<[u8]>>(payloads: &[P]) -> Result<BatchSizes, LogError> {
     let mut bytes = 0usize;
+    let mut largest_payload = 0;
     for (index, payload) in payloads.iter().enumerate() {
         let len = payload.as_ref().len();
         if len > PAYLOAD_BYTES_MAX {
             return Err(LogError::PayloadTooLarge { index, len });
         }
+        largest_payload = largest_payload.max(len);
         bytes = bytes.saturating_add(FRAME_HEADER_LEN + len);
     }
     if bytes > BATCH_BYTES_MAX {
         return Err(LogError::BatchTooLarge { bytes });
     }
-    Ok(bytes)
+    Ok(BatchSizes {
+        total: bytes,
+        largest_frame: FRAME_HEADER_LEN + largest_payload,
+    })
+}
+
+/// Opens (creating) `dir/LOCK` and locks it exclusively without waiting.
+fn lock_dir(dir: &Path) -> Result<File, LogError> {
+    let path = dir.join(LOCK_FILE_NAME);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io_err("open lock file", &path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(LogError::Locked {
+            dir: dir.to_path_buf(),
+        }),
+        Err(TryLockError::Error(err)) => Err(io_err("lock log directory", &path)(err)),
+    }
+}
+
+/// `sync_file_range(fd, offset, len, SYNC_FILE_RANGE_WRITE)`: queue the range for writeback
+/// and return without waiting. See [`Log::start_writeback`] for what it does not do.
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (offset.try_into(), len.try_into()) else {
+        return Ok(()); // beyond off_t: skip the hint, the final fdatasync does the work
+    };
+    // SAFETY: a plain syscall on a file descriptor owned by `file`; no memory is passed.
+    let rc = unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Elsewhere there is no writeback hint: chunks are plain writes and the final `fdatasync`
+/// writes them all.
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &File, _offset: u64, _len: u64) -> io::Result<()> {
+    Ok(())
+}
+
+/// Errors meaning the kernel (or a sandbox) does not offer `sync_file_range` for this file,
+/// as opposed to an I/O failure.
+fn writeback_hint_unavailable(err: &io::Error) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        matches!(
+            err.raw_os_error(),
+            Some(libc::ENOSYS | libc::EINVAL | libc::ESPIPE | libc::EOPNOTSUPP)
+        )
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = err;
+        false
+    }
 }
 
 /// Creates `dir` and any missing parents, fsyncing each new directory's parent so the
 /// directory entries survive a crash.
 fn create_dir_durably(dir: &Path) -> Result<(), LogError> {
-    let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
     fs::create_dir_all(dir).map_err(io_err("create log directory", dir))?;
     for created in missing.iter().rev() {
-        if let Some(parent) = created.parent().filter(|p| !p.as_os_str().is_empty()) {
-            fsync_dir(parent)?;
+        match created.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => fsync_dir(parent)?,
+            _ => fsync_dir(Path::new("."))?,
         }
     }
     Ok(())
@@ -480,6 +689,48 @@ fn save_torn_bytes(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Test-only fault injection on the append path.
+    #[derive(Debug, Default)]
+    pub(super) struct Faults {
+        /// Fail the chunk write after this many more succeed; the failing one writes half
+        /// its bytes first, like a write cut short by a full disk.
+        pub fail_write_after: Option<usize>,
+        /// Fail the next batch `fdatasync` (without syncing).
+        pub fail_sync: bool,
+    }
+
+    impl Faults {
+        pub(super) fn take_write_fault(&mut self) -> bool {
+            match self.fail_write_after {
+                Some(0) => {
+                    self.fail_write_after = None;
+                    true
+                }
+                Some(n) => {
+                    self.fail_write_after = Some(n - 1);
+                    false
+                }
+                None => false,
+            }
+        }
+    }
+
+    pub(super) fn injected_error() -> io::Error {
+        io::Error::other("injected fault")
+    }
+
+    /// `count` payloads of `len` bytes, each filled with its index.
+    fn big_payloads(count: usize, len: usize) -> Vec<Vec<u8>> {
+        (0..count).map(|i| vec![i as u8; len]).collect()
+    }
+
+    fn expect_io(err: LogError, expected_op: &str) {
+        match err {
+            LogError::Io { op, .. } => assert_eq!(op, expected_op),
+            other => panic!("expected an i/o error from {expected_op}, got {other}"),
+        }
+    }
 
     fn payloads(range: Range<u32>) -> Vec<Vec<u8>> {
         range.map(|i| format!("event-{i}").into_bytes()).collect()
@@ -623,4 +874,152 @@ mod tests {
         assert_eq!(log.head_seq(), 2);
         assert!(!stale.exists());
     }
+
+    #[test]
+    fn batch_spanning_several_chunks_with_a_frame_larger_than_a_chunk_reads_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, _) = Log::open(tmp.path(), LogConfig::default()).unwrap();
+        let mut batch = big_payloads(6, APPEND_CHUNK_BYTES / 3);
+        batch.insert(2, vec![0xEE; APPEND_CHUNK_BYTES + APPEND_CHUNK_BYTES / 2]);
+        batch.push(b"tail".to_vec());
+        assert_eq!(log.append_batch(&batch).unwrap(), 1..9);
+        assert_eq!(log.append_batch(&payloads(0..2)).unwrap(), 9..11);
+        let head_hash = log.head_hash();
+        drop(log);
+
+        let mut expected_hash = GENESIS;
+        let entries = read_all(tmp.path(), 10);
+        for (entry, payload) in entries.iter().zip(batch.iter().chain(&payloads(0..2))) {
+            assert_eq!(&entry.payload, payload, "seq {}", entry.seq);
+            expected_hash = frame::chain_hash(&expected_hash, entry.seq, payload);
+            assert_eq!(entry.hash, expected_hash);
+        }
+        let report = verify(tmp.path()).unwrap();
+        assert_eq!((report.records, report.head_hash), (10, head_hash));
+        assert_eq!(report.torn_tail, None);
+        let (_, recovery) = Log::open(tmp.path(), LogConfig::default()).unwrap();
+        assert_eq!((recovery.head_seq, recovery.torn_tail_bytes), (10, 0));
+    }
+
+    const GENESIS: [u8; 32] = frame::GENESIS_HASH;
+
+    #[test]
+    fn second_open_of_a_locked_directory_fails_until_the_writer_is_gone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, _) = Log::open(tmp.path(), LogConfig::default()).unwrap();
+        log.append_batch(&payloads(0..3)).unwrap();
+
+        let err = Log::open(tmp.path(), LogConfig::default()).unwrap_err();
+        assert!(
+            matches!(&err, LogError::Locked { dir } if dir == tmp.path()),
+            "{err:?}"
+        );
+        let message = err.to_string();
+        assert!(
+            message.contains("is in use by another process"),
+            "{message}"
+        );
+        assert!(
+            message.contains(&tmp.path().display().to_string()),
+            "{message}"
+        );
+
+        // Readers take no lock, and the LOCK file is no segment.
+        assert!(tmp.path().join(LOCK_FILE_NAME).exists());
+        let report = verify(tmp.path()).unwrap();
+        assert_eq!((report.records, report.segments), (3, 1));
+        assert_eq!(read_all(tmp.path(), 3).len(), 3);
+        // The refused open changed nothing: the writer carries on.
+        assert_eq!(log.append_batch(&payloads(3..4)).unwrap(), 4..5);
+
+        drop(log);
+        let (log, recovery) = Log::open(tmp.path(), LogConfig::default()).unwrap();
+        assert_eq!((recovery.head_seq, recovery.segments), (4, 1));
+        assert!(matches!(
+            Log::open(tmp.path(), LogConfig::default()),
+            Err(LogError::Locked { .. })
+        ));
+        drop(log);
+    }
+
+    #[test]
+    fn failed_fsync_poisons_the_log_and_reopen_decides_what_is_on_disk() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, _) = Log::open(tmp.path(), LogConfig::default()).unwrap();
+        log.append_batch(&payloads(0..2)).unwrap();
+        let (head_seq, head_hash) = (log.head_seq(), log.head_hash());
+
+        log.faults.fail_sync = true;
+        expect_io(
+            log.append_batch(&payloads(2..5)).unwrap_err(),
+            "fdatasync batch",
+        );
+        assert_eq!((log.head_seq(), log.head_hash()), (head_seq, head_hash));
+        assert!(matches!(
+            log.append_batch(&payloads(5..6)),
+            Err(LogError::Poisoned)
+        ));
+        assert!(matches!(
+            log.append_batch(&payloads(5..5)),
+            Err(LogError::Poisoned)
+        ));
+        assert_eq!(log.head_seq(), head_seq);
+        drop(log);
+
+        // The write itself succeeded, so the page cache (which the reopen reads) holds the
+        // whole batch: recovery keeps it. What matters is that the reopen, not the poisoned
+        // writer, decided.
+        let (mut log, recovery) = Log::open(tmp.path(), LogConfig::default()).unwrap();
+        assert_eq!((recovery.head_seq, recovery.torn_tail_bytes), (5, 0));
+        assert_eq!(log.append_batch(&payloads(5..6)).unwrap(), 6..7);
+        assert_eq!(verify(tmp.path()).unwrap().head_seq, 6);
+    }
+
+    #[test]
+    fn failed_write_mid_batch_poisons_and_reopen_cuts_the_partial_batch() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, _) = Log::open(tmp.path(), LogConfig::default()).unwrap();
+        log.append_batch(&payloads(0..2)).unwrap();
+        let (head_seq, head_hash) = (log.head_seq(), log.head_hash());
+        let segment = log.segment_path.clone();
+        let committed_len = fs::metadata(&segment).unwrap().len();
+
+        // 3 frames fill the first chunk; the second (frames 4 to 6) is cut inside frame 5.
+        let batch = big_payloads(6, APPEND_CHUNK_BYTES * 2 / 5);
+        let frame_len = (FRAME_HEADER_LEN + batch[0].len()) as u64;
+        log.faults.fail_write_after = Some(1);
+        expect_io(log.append_batch(&batch).unwrap_err(), "write batch");
+        assert_eq!((log.head_seq(), log.head_hash()), (head_seq, head_hash));
+        assert!(matches!(
+            log.append_batch(&payloads(2..3)),
+            Err(LogError::Poisoned)
+        ));
+        drop(log);
+
+        let written = 3 * frame_len + 3 * frame_len / 2; // chunk one, then half of chunk two
+        assert_eq!(
+            fs::metadata(&segment).unwrap().len(),
+            committed_len + written
+        );
+        let torn = verify(tmp.path())
+            .unwrap()
+            .torn_tail
+            .expect("torn tail reported");
+        assert_eq!((torn.offset, torn.bytes), (committed_len, written));
+        assert!(torn.reason.contains("incomplete batch"), "{}", torn.reason);
+
+        let (mut log, recovery) = Log::open(tmp.path(), LogConfig::default()).unwrap();
+        assert_eq!((log.head_seq(), log.head_hash()), (head_seq, head_hash));
+        assert_eq!(recovery.torn_tail_bytes, written);
+        assert_eq!(fs::metadata(&segment).unwrap().len(), committed_len);
+        assert_eq!(log.append_batch(&payloads(2..4)).unwrap(), 3..5);
+        drop(log);
+        let report = verify(tmp.path()).unwrap();
+        assert_eq!((report.head_seq, report.torn_tail), (4, None));
+    }
+}
+
+fn tmp_chunk() -> usize {
+    static C: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *C.get_or_init(|| std::env::var("KM_CHUNK").ok().and_then(|v| v.parse().ok()).unwrap_or(APPEND_CHUNK_BYTES))
 }

@@ -12,6 +12,9 @@ use super::{io_err, LogError, Seq};
 
 const SEGMENT_SUFFIX: &str = ".seg";
 const TMP_SUFFIX: &str = ".seg.tmp";
+/// The writer's lock file (see `Log::open`). Outside the segment namespace: it does not end
+/// in [`SEGMENT_SUFFIX`] or [`TMP_SUFFIX`], so listing and tmp cleanup never see it.
+pub(crate) const LOCK_FILE_NAME: &str = "LOCK";
 /// Read-ahead for sequential scans: large enough to amortise syscalls, small enough to not matter.
 const READ_BUFFER_BYTES: usize = 1024 * 1024;
 
@@ -258,5 +261,6 @@ mod tests {
         assert_eq!(parse_segment_name("17.seg"), None);
         assert_eq!(parse_segment_name("0000000000000000001x.seg"), None);
         assert_eq!(parse_segment_name("00000000000000000017.seg.tmp"), None);
+        assert!(!LOCK_FILE_NAME.ends_with(SEGMENT_SUFFIX) && !LOCK_FILE_NAME.ends_with(TMP_SUFFIX));
     }
 }

@@ -42,7 +42,7 @@ pub const EVENT_TYPE_CHARS_MAX: usize = 256;
 
 /// A meter as configured or sent over the API (JSON in camelCase, like OpenMeter).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MeterDef {
     pub slug: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -23,7 +23,10 @@
 //!   boolean its JSON text, an object or array its compact JSON text; missing or
 //!   `null` yields `None` (its own group, distinct from `""`).
 //! - **Windows** are UTC tumbling windows over event time; see [`WindowSize`].
-//! - **Queries** include stored windows whose start is in `[from, to)`; see [`query`].
+//! - **Queries** include stored windows whose start is in `[from, to)`; `from`/`to`
+//!   must be aligned to the meter's window size. With a query window size, rows are
+//!   that window clipped to `[from, to)`; without one, a row spans the whole range.
+//!   See [`query`].
 
 mod amount;
 mod def;

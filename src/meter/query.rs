@@ -98,8 +98,8 @@ pub fn query(
             continue;
         }
         check_stored(meter, &key, &state)?;
-        let in_range = p.from_ms.map_or(true, |from| key.window_start_ms >= from)
-            && p.to_ms.map_or(true, |to| key.window_start_ms < to);
+        let in_range = p.from_ms.is_none_or(|from| key.window_start_ms >= from)
+            && p.to_ms.is_none_or(|to| key.window_start_ms < to);
         if !in_range || !(subjects.is_empty() || subjects.contains(key.subject.as_str())) {
             continue;
         }

@@ -599,7 +599,7 @@ mod tests {
             let mut input = bytes;
             if input.len() > 1 {
                 input[0] = STATE_ENCODING_VERSION;
-                input[1] = input[1] % 8;
+                input[1] %= 8;
             }
             if let Ok(state) = AggState::decode(&input) {
                 prop_assert_eq!(state.encode(), input);

@@ -11,10 +11,19 @@
 //! - `meters`: meter definitions for the API.
 //! - `api_keys`: live API keys (digests only).
 //! - `quarantine`: every rejected input, keyed by its log sequence number.
-//! - `dedup`: claimed event identities; written by the engine's writer.
+//! - the dedup index lives in memory with a snapshot file: see [`dedup`].
+//!
+//! Counters are written back, not written through: the projector merges each
+//! batch into an in-memory overlay that queries read on top of sled, and
+//! flushes the overlay to sled with its checkpoint about once a second. sled
+//! then sees one write per distinct counter per interval instead of one per
+//! event; a crash loses only overlay state, which replay restores.
+
+pub mod dedup;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 
 use serde_json::Value;
 
@@ -27,7 +36,8 @@ use crate::record::{ApiKeyRecord, Record, RejectedRecord};
 pub const CHECKPOINT_KEY: &[u8] = b"";
 const METER_DEF_PREFIX: u8 = 0x01;
 
-pub const PROJECTIONS: [&str; 5] = ["counters", "meters", "api_keys", "quarantine", "dedup"];
+/// The sled-backed projections.
+pub const PROJECTIONS: [&str; 4] = ["counters", "meters", "api_keys", "quarantine"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectionError {
@@ -56,7 +66,6 @@ pub struct Store {
     pub meters: sled::Tree,
     pub api_keys: sled::Tree,
     pub quarantine: sled::Tree,
-    pub dedup: sled::Tree,
 }
 
 impl Store {
@@ -70,7 +79,6 @@ impl Store {
             meters: db.open_tree("meters")?,
             api_keys: db.open_tree("api_keys")?,
             quarantine: db.open_tree("quarantine")?,
-            dedup: db.open_tree("dedup")?,
             db,
         })
     }
@@ -81,7 +89,6 @@ impl Store {
             "meters" => Some(&self.meters),
             "api_keys" => Some(&self.api_keys),
             "quarantine" => Some(&self.quarantine),
-            "dedup" => Some(&self.dedup),
             _ => None,
         }
     }
@@ -189,6 +196,11 @@ pub struct EventFacts {
     pub subject: String,
     pub time_ms: i64,
     pub data: Option<Value>,
+    /// On the live path: what each meter of `ty` read from `data`, in
+    /// [`MeterSet::for_type`] order, already extracted by the writer when it
+    /// checked the event (the writer's meter set at that seq is the same as
+    /// the projector's, since both change only through logged records).
+    pub observations: Option<Vec<crate::meter::Observation>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -207,6 +219,7 @@ impl EventFacts {
             subject: e.subject,
             time_ms,
             data: e.data,
+            observations: None,
         })
     }
 }
@@ -282,6 +295,15 @@ impl MeterSet {
 /// cannot read are counted and skipped (they were checked against the meters
 /// that existed when they arrived; a later meter may want other fields).
 fn fold_event(meters: &MeterSet, facts: &EventFacts, fold: &mut Fold) {
+    if let Some(observations) = &facts.observations {
+        let mut n = 0;
+        for (meter, obs) in meters.for_type(&facts.ty).zip(observations) {
+            fold.apply(meter, &facts.subject, facts.time_ms, obs);
+            n += 1;
+        }
+        assert_eq!(n, observations.len(), "writer and projector disagree on the meters of {:?}", facts.ty);
+        return;
+    }
     for meter in meters.for_type(&facts.ty) {
         fold_one(meter, facts, fold);
     }
@@ -297,12 +319,19 @@ fn fold_one(meter: &CompiledMeter, facts: &EventFacts, fold: &mut Fold) {
     }
 }
 
+/// Counter states changed since the last flush, shared with queries.
+pub type Overlay = Arc<RwLock<BTreeMap<Vec<u8>, AggState>>>;
+
 /// The counters projection.
 pub struct Counters {
     tree: sled::Tree,
     log_dir: std::path::PathBuf,
+    /// Checkpoint in sled: everything up to here is flushed.
+    flushed: Seq,
+    /// Everything up to here is in sled plus the overlay.
     applied: Seq,
     meters: MeterSet,
+    overlay: Overlay,
 }
 
 impl Counters {
@@ -319,11 +348,14 @@ impl Counters {
             })?;
             meters.insert(compiled);
         }
+        let flushed = checkpoint(&tree)?;
         Ok(Counters {
-            applied: checkpoint(&tree)?,
+            flushed,
+            applied: flushed,
             tree,
             log_dir: log_dir.to_owned(),
             meters,
+            overlay: Overlay::default(),
         })
     }
 
@@ -331,9 +363,23 @@ impl Counters {
         self.applied
     }
 
+    pub fn flushed(&self) -> Seq {
+        self.flushed
+    }
+
     /// The meters as of the checkpoint.
     pub fn meters(&self) -> &MeterSet {
         &self.meters
+    }
+
+    /// The unflushed states, for queries to read on top of sled.
+    pub fn overlay(&self) -> Overlay {
+        self.overlay.clone()
+    }
+
+    /// Counter states not yet flushed.
+    pub fn overlay_len(&self) -> usize {
+        self.overlay.read().expect("overlay lock").len()
     }
 
     /// Applies records in log order. Records at or below the checkpoint are
@@ -365,46 +411,77 @@ impl Counters {
                     fold_event(&self.meters, facts, &mut fold);
                 }
                 Record::MeterCreated { meter, .. } => {
-                    self.flush(std::mem::take(&mut fold), last)?;
+                    self.merge(std::mem::take(&mut fold), last)?;
+                    self.flush()?;
                     self.create_meter(a.seq, meter)?;
                 }
                 Record::MeterDeleted { slug, .. } => {
-                    self.flush(std::mem::take(&mut fold), last)?;
+                    self.merge(std::mem::take(&mut fold), last)?;
+                    self.flush()?;
                     self.delete_meter(a.seq, slug)?;
                 }
                 _ => {}
             }
             last = a.seq;
         }
-        self.flush(fold, last)
+        self.merge(fold, last)
     }
 
-    /// Merges a batch's fold into the stored states, with the checkpoint, in
-    /// one atomic sled batch.
-    fn flush(&mut self, fold: Fold, seq: Seq) -> Result<(), ProjectionError> {
+    /// Merges a batch's fold into the overlay (reading a state from sled the
+    /// first time the overlay meets it).
+    fn merge(&mut self, fold: Fold, seq: Seq) -> Result<(), ProjectionError> {
         if seq <= self.applied {
             return Ok(());
         }
-        let mut batch = sled::Batch::default();
-        for (key, delta) in fold.into_sorted() {
-            let k = key.encode();
-            let state = match self.tree.get(&k)? {
-                Some(old) => {
-                    let mut s = AggState::decode(&old).map_err(|e| ProjectionError::Value {
-                        tree: "counters",
-                        key: hex::encode(&k),
-                        reason: e.to_string(),
-                    })?;
-                    s.merge(&delta);
-                    s
-                }
-                None => delta,
-            };
-            batch.insert(k, state.encode());
+        let deltas = fold.into_sorted();
+        let mut merged = Vec::with_capacity(deltas.len());
+        {
+            let overlay = self.overlay.read().expect("overlay lock");
+            for (key, delta) in deltas {
+                let k = key.encode();
+                let state = match overlay.get(&k) {
+                    Some(s) => Some(s.clone()),
+                    None => match self.tree.get(&k)? {
+                        Some(old) => Some(AggState::decode(&old).map_err(|e| {
+                            ProjectionError::Value {
+                                tree: "counters",
+                                key: hex::encode(&k),
+                                reason: e.to_string(),
+                            }
+                        })?),
+                        None => None,
+                    },
+                };
+                let state = match state {
+                    Some(mut s) => {
+                        s.merge(&delta);
+                        s
+                    }
+                    None => delta,
+                };
+                merged.push((k, state));
+            }
         }
-        put_checkpoint(&mut batch, seq);
-        self.tree.apply_batch(batch)?;
+        self.overlay.write().expect("overlay lock").extend(merged);
         self.applied = seq;
+        Ok(())
+    }
+
+    /// Writes the overlay to sled with the checkpoint in one atomic batch,
+    /// then empties it. Queries see the same states throughout: the overlay
+    /// is cleared only after sled holds them.
+    pub fn flush(&mut self) -> Result<(), ProjectionError> {
+        if self.applied <= self.flushed {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for (k, state) in self.overlay.read().expect("overlay lock").iter() {
+            batch.insert(k.as_slice(), state.encode());
+        }
+        put_checkpoint(&mut batch, self.applied);
+        self.tree.apply_batch(batch)?;
+        self.overlay.write().expect("overlay lock").clear();
+        self.flushed = self.applied;
         Ok(())
     }
 
@@ -443,6 +520,7 @@ impl Counters {
         self.tree.apply_batch(batch)?;
         self.meters.insert(compiled);
         self.applied = seq;
+        self.flushed = seq;
         Ok(())
     }
 
@@ -459,33 +537,42 @@ impl Counters {
         self.tree.apply_batch(batch)?;
         self.meters.remove(slug);
         self.applied = seq;
+        self.flushed = seq;
         Ok(())
     }
 }
 
 /// The meters, API keys and quarantine projections: small, keyed documents.
+/// A tree is written when a record changes it; the checkpoints of untouched
+/// trees move forward at [`Documents::flush`].
 pub struct Documents {
     store: Store,
     meters_applied: Seq,
     keys_applied: Seq,
     quarantine_applied: Seq,
+    /// Highest seq seen; trees are logically at least here.
+    seen: Seq,
 }
 
 impl Documents {
     pub fn open(store: &Store) -> Result<Documents, ProjectionError> {
+        let meters_applied = checkpoint(&store.meters)?;
+        let keys_applied = checkpoint(&store.api_keys)?;
+        let quarantine_applied = checkpoint(&store.quarantine)?;
         Ok(Documents {
-            meters_applied: checkpoint(&store.meters)?,
-            keys_applied: checkpoint(&store.api_keys)?,
-            quarantine_applied: checkpoint(&store.quarantine)?,
+            seen: meters_applied.min(keys_applied).min(quarantine_applied),
+            meters_applied,
+            keys_applied,
+            quarantine_applied,
             store: store.clone(),
         })
     }
 
     pub fn applied(&self) -> [(&'static str, Seq); 3] {
         [
-            ("meters", self.meters_applied),
-            ("api_keys", self.keys_applied),
-            ("quarantine", self.quarantine_applied),
+            ("meters", self.meters_applied.max(self.seen)),
+            ("api_keys", self.keys_applied.max(self.seen)),
+            ("quarantine", self.quarantine_applied.max(self.seen)),
         ]
     }
 
@@ -493,6 +580,7 @@ impl Documents {
         self.meters_applied
             .min(self.keys_applied)
             .min(self.quarantine_applied)
+            .max(self.seen)
     }
 
     /// Applies records in log order; each tree skips what it already has.
@@ -505,19 +593,20 @@ impl Documents {
         let mut meters = sled::Batch::default();
         let mut keys = sled::Batch::default();
         let mut quarantine = sled::Batch::default();
-        let (mut meters_changed, mut keys_changed) = (false, false);
-        for a in records {
+        let (mut meters_changed, mut keys_changed, mut quarantine_changed) = (false, false, false);
+        for a in records.iter().filter(|a| a.seq > self.seen) {
             match a.record {
                 Record::Rejected(r) if a.seq > self.quarantine_applied => {
                     quarantine.insert(
                         &a.seq.to_be_bytes(),
                         serde_json::to_vec(r).expect("record serializes"),
                     );
+                    quarantine_changed = true;
                 }
                 Record::MeterCreated { meter, .. } if a.seq > self.meters_applied => {
                     meters.insert(
                         meter.slug.as_bytes(),
-                        serde_json::to_vec(meter).expect("meter serializes"),
+                        serde_json::to_vec(&**meter).expect("meter serializes"),
                     );
                     meters_changed = true;
                 }
@@ -539,22 +628,39 @@ impl Documents {
                 _ => {}
             }
         }
-        if last > self.meters_applied {
+        if meters_changed {
             put_checkpoint(&mut meters, last);
             self.store.meters.apply_batch(meters)?;
             self.meters_applied = last;
         }
-        if last > self.keys_applied {
+        if keys_changed {
             put_checkpoint(&mut keys, last);
             self.store.api_keys.apply_batch(keys)?;
             self.keys_applied = last;
         }
-        if last > self.quarantine_applied {
+        if quarantine_changed {
             put_checkpoint(&mut quarantine, last);
             self.store.quarantine.apply_batch(quarantine)?;
             self.quarantine_applied = last;
         }
+        self.seen = self.seen.max(last);
         Ok((meters_changed, keys_changed))
+    }
+
+    /// Moves every tree's checkpoint up to the last applied record.
+    pub fn flush(&mut self) -> Result<(), ProjectionError> {
+        let seen = self.seen;
+        for (tree, applied) in [
+            (&self.store.meters, &mut self.meters_applied),
+            (&self.store.api_keys, &mut self.keys_applied),
+            (&self.store.quarantine, &mut self.quarantine_applied),
+        ] {
+            if *applied < seen {
+                tree.insert(CHECKPOINT_KEY, &seen.to_be_bytes())?;
+                *applied = seen;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -603,125 +709,3 @@ pub fn replay_log(
     Ok(())
 }
 
-#[derive(serde::Deserialize)]
-struct LoggedIdentity<'a> {
-    #[serde(borrow)]
-    source: std::borrow::Cow<'a, str>,
-    #[serde(borrow)]
-    id: std::borrow::Cow<'a, str>,
-}
-
-/// The dedup index: every claimed (source, id) identity with its event time,
-/// so that a duplicate is recognised for as long as its event time is inside
-/// the accepted window. Older identities are pruned a slice at a time; an
-/// event older than the window is refused anyway, so pruning never lets a
-/// duplicate through.
-pub struct Dedup {
-    tree: sled::Tree,
-    applied: Seq,
-    prune_cursor: Vec<u8>,
-}
-
-impl Dedup {
-    pub fn open(store: &Store) -> Result<Dedup, ProjectionError> {
-        Ok(Dedup {
-            applied: checkpoint(&store.dedup)?,
-            tree: store.dedup.clone(),
-            prune_cursor: Vec::new(),
-        })
-    }
-
-    pub fn applied(&self) -> Seq {
-        self.applied
-    }
-
-    pub fn contains(&self, key: &crate::event::DedupKey) -> Result<bool, ProjectionError> {
-        Ok(self.tree.contains_key(key.0)?)
-    }
-
-    /// Records claimed identities up to and including `seq`, atomically with
-    /// the checkpoint.
-    pub fn claim(
-        &mut self,
-        keys: impl IntoIterator<Item = (crate::event::DedupKey, i64)>,
-        seq: Seq,
-    ) -> Result<(), ProjectionError> {
-        if seq <= self.applied {
-            return Ok(());
-        }
-        let mut batch = sled::Batch::default();
-        for (key, time_ms) in keys {
-            batch.insert(&key.0, &time_ms.to_be_bytes());
-        }
-        put_checkpoint(&mut batch, seq);
-        self.tree.apply_batch(batch)?;
-        self.applied = seq;
-        Ok(())
-    }
-
-    /// Catch-up from logged records.
-    pub fn apply(&mut self, records: &[Applied<'_>]) -> Result<(), ProjectionError> {
-        let Some(last) = records.last().map(|a| a.seq) else {
-            return Ok(());
-        };
-        let mut keys = Vec::new();
-        for a in records.iter().filter(|a| a.seq > self.applied) {
-            if let Record::Event(e) = a.record {
-                let ident: LoggedIdentity<'_> =
-                    serde_json::from_str(&e.raw).map_err(|err| ProjectionError::Value {
-                        tree: "dedup",
-                        key: format!("log seq {}", a.seq),
-                        reason: format!("logged event is not valid JSON: {err}"),
-                    })?;
-                keys.push((
-                    crate::event::DedupKey::new(&ident.source, &ident.id),
-                    e.time_ms,
-                ));
-            }
-        }
-        self.claim(keys, last)
-    }
-
-    /// Removes up to `scan_max` identities whose event time is before
-    /// `horizon_ms`, continuing where the last call stopped. Returns how many
-    /// were removed.
-    pub fn prune_step(&mut self, horizon_ms: i64, scan_max: usize) -> Result<usize, ProjectionError> {
-        let mut scanned = 0;
-        let mut removed = 0;
-        let mut batch = sled::Batch::default();
-        let mut next_cursor = Vec::new();
-        for kv in self.tree.range(self.prune_cursor.clone()..) {
-            let (k, v) = kv?;
-            if k.is_empty() {
-                continue;
-            }
-            scanned += 1;
-            if scanned > scan_max {
-                next_cursor = k.to_vec();
-                break;
-            }
-            let time_ms = v
-                .as_ref()
-                .try_into()
-                .map(i64::from_be_bytes)
-                .unwrap_or(i64::MAX);
-            if time_ms < horizon_ms {
-                batch.remove(k);
-                removed += 1;
-            }
-        }
-        self.prune_cursor = next_cursor;
-        if removed > 0 {
-            self.tree.apply_batch(batch)?;
-        }
-        Ok(removed)
-    }
-
-    pub fn len(&self) -> usize {
-        self.tree.len().saturating_sub(1)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
