@@ -58,6 +58,9 @@ pub enum ProjectionError {
     },
 }
 
+/// One stored key and value.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
 /// The sled database and its trees.
 #[derive(Clone)]
 pub struct Store {
@@ -103,7 +106,7 @@ impl Store {
     }
 
     /// Every key/value of the counters tree, checkpoint excluded, in key order.
-    pub fn counters_dump(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ProjectionError> {
+    pub fn counters_dump(&self) -> Result<Vec<KeyValue>, ProjectionError> {
         let mut out = Vec::new();
         for kv in self.counters.iter() {
             let (k, v) = kv?;
@@ -332,6 +335,8 @@ pub struct Counters {
     applied: Seq,
     meters: MeterSet,
     overlay: Overlay,
+    /// Reused across batches: a warm fold is about twice as fast.
+    fold: Fold,
 }
 
 impl Counters {
@@ -356,6 +361,7 @@ impl Counters {
             log_dir: log_dir.to_owned(),
             meters,
             overlay: Overlay::default(),
+            fold: Fold::default(),
         })
     }
 
@@ -385,7 +391,7 @@ impl Counters {
     /// Applies records in log order. Records at or below the checkpoint are
     /// skipped, so handing over an overlapping range is harmless.
     pub fn apply(&mut self, records: &[Applied<'_>]) -> Result<(), ProjectionError> {
-        let mut fold = Fold::default();
+        let mut fold = std::mem::take(&mut self.fold);
         let start = self.applied;
         let mut last = start;
         for a in records.iter().filter(|a| a.seq > start) {
@@ -411,12 +417,12 @@ impl Counters {
                     fold_event(&self.meters, facts, &mut fold);
                 }
                 Record::MeterCreated { meter, .. } => {
-                    self.merge(std::mem::take(&mut fold), last)?;
+                    self.merge(&mut fold, last)?;
                     self.flush()?;
                     self.create_meter(a.seq, meter)?;
                 }
                 Record::MeterDeleted { slug, .. } => {
-                    self.merge(std::mem::take(&mut fold), last)?;
+                    self.merge(&mut fold, last)?;
                     self.flush()?;
                     self.delete_meter(a.seq, slug)?;
                 }
@@ -424,16 +430,18 @@ impl Counters {
             }
             last = a.seq;
         }
-        self.merge(fold, last)
+        let merged = self.merge(&mut fold, last);
+        self.fold = fold;
+        merged
     }
 
     /// Merges a batch's fold into the overlay (reading a state from sled the
     /// first time the overlay meets it).
-    fn merge(&mut self, fold: Fold, seq: Seq) -> Result<(), ProjectionError> {
+    fn merge(&mut self, fold: &mut Fold, seq: Seq) -> Result<(), ProjectionError> {
+        let deltas = fold.drain_sorted();
         if seq <= self.applied {
             return Ok(());
         }
-        let deltas = fold.into_sorted();
         let mut merged = Vec::with_capacity(deltas.len());
         {
             let overlay = self.overlay.read().expect("overlay lock");
