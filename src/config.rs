@@ -116,6 +116,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_shipped_example_file_states_the_defaults() {
+        let c: Config = toml::from_str(include_str!("../deploy/keymeter.toml")).unwrap();
+        let d = Config::default();
+        assert_eq!(c.data_dir, d.data_dir);
+        assert_eq!(c.listen, d.listen);
+        assert_eq!(c.event_time_back, d.event_time_back);
+        assert_eq!(c.event_time_ahead, d.event_time_ahead);
+        assert_eq!(c.body_bytes_max, d.body_bytes_max);
+        assert_eq!(c.request_events_max, d.request_events_max);
+        assert_eq!(c.batch_records_max, d.batch_records_max);
+        assert_eq!(c.writer_queue_max, d.writer_queue_max);
+        assert_eq!(c.segment_bytes_max, d.segment_bytes_max);
+        assert_eq!(c.dedup_keys_max, d.dedup_keys_max);
+    }
+
+    #[test]
     fn file_overrides_defaults_and_rejects_unknown_keys() {
         let c: Config = toml::from_str(
             "listen = \"0.0.0.0:9000\"\nevent_time_back = \"7days\"\nrequest_events_max = 5\n",

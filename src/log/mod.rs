@@ -383,6 +383,7 @@ impl Log {
         );
         let mut hash = self.head.prev_hash;
         let mut chunk_offset = self.segment_len;
+        let mut hinted_end = self.segment_len;
         for (i, payload) in payloads.iter().enumerate() {
             let batch_end = i + 1 == payloads.len();
             let seq = first_seq + i as Seq;
@@ -390,10 +391,14 @@ impl Log {
             if self.buf.len() >= tmp_chunk() || batch_end {
                 self.write_chunk()?;
                 let chunk_len = self.buf.len() as u64;
-                if !batch_end {
-                    self.start_writeback(chunk_offset, chunk_len)?;
-                }
                 chunk_offset += chunk_len;
+                if !batch_end {
+                    let end = if tmp_align() { chunk_offset & !4095 } else { chunk_offset };
+                    if end > hinted_end {
+                        self.start_writeback(hinted_end, end - hinted_end)?;
+                        hinted_end = end;
+                    }
+                }
                 self.buf.clear();
             }
         }
@@ -1022,4 +1027,8 @@ mod tests {
 fn tmp_chunk() -> usize {
     static C: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *C.get_or_init(|| std::env::var("KM_CHUNK").ok().and_then(|v| v.parse().ok()).unwrap_or(APPEND_CHUNK_BYTES))
+}
+
+fn tmp_align() -> bool {
+    std::env::var("KM_ALIGN").is_ok_and(|v| v == "1")
 }
