@@ -48,7 +48,27 @@ fn bodies(requests: usize, tag: &str) -> Vec<Bytes> {
         .collect()
 }
 
+/// CPU seconds (user + system) this process has used, from /proc.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // Fields 14 and 15 of stat (utime, stime), counted after the `)`.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 struct Run {
+    cores_busy: f64,
     events_per_s: f64,
     latency_us: Histogram<u64>,
     mb_per_s: f64,
@@ -61,6 +81,7 @@ async fn drive(url: String, bodies: Vec<Bytes>, concurrency: usize) -> Run {
         .unwrap();
     let total_bytes: usize = bodies.iter().map(|b| b.len()).sum();
     let queue = Arc::new(std::sync::Mutex::new(bodies));
+    let cpu_started = cpu_seconds();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
@@ -69,7 +90,9 @@ async fn drive(url: String, bodies: Vec<Bytes>, concurrency: usize) -> Run {
             let mut h = Histogram::<u64>::new(3).unwrap();
             let mut events = 0usize;
             loop {
-                let Some(body) = queue.lock().unwrap().pop() else { break };
+                let Some(body) = queue.lock().unwrap().pop() else {
+                    break;
+                };
                 let t = Instant::now();
                 let r = client
                     .post(&url)
@@ -95,6 +118,7 @@ async fn drive(url: String, bodies: Vec<Bytes>, concurrency: usize) -> Run {
     }
     let secs = started.elapsed().as_secs_f64();
     Run {
+        cores_busy: (cpu_seconds() - cpu_started) / secs,
         events_per_s: events as f64 / secs,
         latency_us,
         mb_per_s: total_bytes as f64 / secs / 1e6,
@@ -103,19 +127,23 @@ async fn drive(url: String, bodies: Vec<Bytes>, concurrency: usize) -> Run {
 
 fn print(name: &str, r: &Run) {
     println!(
-        "{name:<28} {:>10.0} events/s {:>7.1} MB/s  p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms",
+        "{name:<28} {:>10.0} events/s {:>7.1} MB/s  p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms  cores busy {:.2}",
         r.events_per_s,
         r.mb_per_s,
         r.latency_us.value_at_quantile(0.50) as f64 / 1000.0,
         r.latency_us.value_at_quantile(0.99) as f64 / 1000.0,
         r.latency_us.max() as f64 / 1000.0,
+        r.cores_busy,
     );
 }
 
 fn main() {
     let quick = std::env::var("KEYMETER_BENCH_QUICK").is_ok();
-    let requests = if quick { 10 } else { 400 };
-    let concurrency = 16;
+    let requests = if quick { 10 } else { 1_000 };
+    let concurrency = std::env::var("KEYMETER_BENCH_CLIENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16);
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let cfg = Config {
         data_dir: dir.path().to_owned(),
@@ -125,7 +153,10 @@ fn main() {
     let started = Engine::open(&cfg, Arc::new(SystemClock)).expect("engine opens");
     let engine = started.engine;
     let handle = engine.handle();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         let state = AppState { engine: handle.clone(), cfg: Arc::new(cfg.clone()) };
         let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

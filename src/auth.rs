@@ -86,10 +86,7 @@ pub struct KeyRing {
 impl KeyRing {
     pub fn from_records(records: impl IntoIterator<Item = ApiKeyRecord>) -> KeyRing {
         KeyRing {
-            by_digest: records
-                .into_iter()
-                .map(|r| (r.key_sha256, r))
-                .collect(),
+            by_digest: records.into_iter().map(|r| (r.key_sha256, r)).collect(),
         }
     }
 

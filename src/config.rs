@@ -89,13 +89,19 @@ impl Config {
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(self.request_events_max >= 1, "request_events_max must be >= 1");
+        anyhow::ensure!(
+            self.request_events_max >= 1,
+            "request_events_max must be >= 1"
+        );
         anyhow::ensure!(
             self.batch_records_max >= self.request_events_max,
             "batch_records_max must be >= request_events_max"
         );
         anyhow::ensure!(self.writer_queue_max >= 1, "writer_queue_max must be >= 1");
-        anyhow::ensure!(self.body_bytes_max >= 1024, "body_bytes_max must be >= 1024");
+        anyhow::ensure!(
+            self.body_bytes_max >= 1024,
+            "body_bytes_max must be >= 1024"
+        );
         anyhow::ensure!(
             self.segment_bytes_max >= 4096,
             "segment_bytes_max must be >= 4096"

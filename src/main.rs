@@ -17,9 +17,12 @@ use keymeter::engine::{self, Engine, SystemClock};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-
 #[derive(Parser)]
-#[command(name = "keymeter", version, about = "Event-sourced usage metering and licensing engine")]
+#[command(
+    name = "keymeter",
+    version,
+    about = "Event-sourced usage metering and licensing engine"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

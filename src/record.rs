@@ -168,7 +168,14 @@ mod tests {
             raw: "{\"id\":\"x\"}".into(),
         });
         assert_eq!(Record::decode(&r.encode()).unwrap(), r);
-        let q = Record::Rejected(RejectedRecord::new(1, "http", Some(3), "C", "m", &[b'x'; 70_000]));
+        let q = Record::Rejected(RejectedRecord::new(
+            1,
+            "http",
+            Some(3),
+            "C",
+            "m",
+            &[b'x'; 70_000],
+        ));
         match Record::decode(&q.encode()).unwrap() {
             Record::Rejected(q) => {
                 assert!(q.truncated);
@@ -197,6 +204,9 @@ mod tests {
 
     #[test]
     fn unknown_version_is_refused() {
-        assert!(matches!(Record::decode(&[9, 0]), Err(RecordError::Version(9))));
+        assert!(matches!(
+            Record::decode(&[9, 0]),
+            Err(RecordError::Version(9))
+        ));
     }
 }

@@ -44,9 +44,19 @@ async fn every_route_needs_a_key_with_the_right_scope() {
     let read = server.create_key(&["read"]).await;
     let both = server.create_key(&["ingest", "read"]).await;
     for &(method, path, scope) in ROUTES {
-        assert_eq!(call(&server, method, path, None).await, 401, "{method} {path} without a key");
         assert_eq!(
-            call(&server, method, path, Some("km_000000000000_not-a-real-key")).await,
+            call(&server, method, path, None).await,
+            401,
+            "{method} {path} without a key"
+        );
+        assert_eq!(
+            call(
+                &server,
+                method,
+                path,
+                Some("km_000000000000_not-a-real-key")
+            )
+            .await,
             401,
             "{method} {path} with an unknown key"
         );
@@ -56,7 +66,11 @@ async fn every_route_needs_a_key_with_the_right_scope() {
             _ => (vec![], vec![&ingest, &read, &both]),
         };
         for key in denied {
-            assert_eq!(call(&server, method, path, Some(key)).await, 403, "{method} {path} lacking {scope}");
+            assert_eq!(
+                call(&server, method, path, Some(key)).await,
+                403,
+                "{method} {path} lacking {scope}"
+            );
         }
         for key in allowed {
             let s = call(&server, method, path, Some(key)).await;
@@ -73,14 +87,26 @@ async fn revoked_keys_stop_working_and_keys_are_never_shown_again() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
     let r = server
-        .post_json(ADMIN_KEY, "/api/v1/api-keys", &json!({"name": "ci", "scopes": ["read"]}))
+        .post_json(
+            ADMIN_KEY,
+            "/api/v1/api-keys",
+            &json!({"name": "ci", "scopes": ["read"]}),
+        )
         .await;
     assert_eq!(r.status(), 201);
     let created: serde_json::Value = r.json().await.unwrap();
     let key = created["key"].as_str().unwrap().to_owned();
     let id = created["id"].as_str().unwrap().to_owned();
-    assert_eq!(call(&server, "GET", "/api/v1/meters", Some(&key)).await, 200);
-    let list = server.get(ADMIN_KEY, "/api/v1/api-keys").await.text().await.unwrap();
+    assert_eq!(
+        call(&server, "GET", "/api/v1/meters", Some(&key)).await,
+        200
+    );
+    let list = server
+        .get(ADMIN_KEY, "/api/v1/api-keys")
+        .await
+        .text()
+        .await
+        .unwrap();
     assert!(list.contains(&id) && !list.contains(&key));
     let r = server
         .client
@@ -90,12 +116,21 @@ async fn revoked_keys_stop_working_and_keys_are_never_shown_again() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
-    assert_eq!(call(&server, "GET", "/api/v1/meters", Some(&key)).await, 401);
+    assert_eq!(
+        call(&server, "GET", "/api/v1/meters", Some(&key)).await,
+        401
+    );
     // Still revoked after a restart; the key is not in the data directory.
     server.stop();
     let server = Server::start(dir.path());
-    assert_eq!(call(&server, "GET", "/api/v1/meters", Some(&key)).await, 401);
-    assert_eq!(call(&server, "GET", "/api/v1/meters", Some(ADMIN_KEY)).await, 200);
+    assert_eq!(
+        call(&server, "GET", "/api/v1/meters", Some(&key)).await,
+        401
+    );
+    assert_eq!(
+        call(&server, "GET", "/api/v1/meters", Some(ADMIN_KEY)).await,
+        200
+    );
     server.stop();
     for entry in walk(dir.path()) {
         let bytes = std::fs::read(&entry).unwrap();

@@ -45,7 +45,9 @@ async fn fill(dir: &Path) -> f64 {
             .collect();
         assert_eq!(server.ingest(ADMIN_KEY, &events).await.status(), 204);
     }
-    let total = server.query("n", "").await["data"][0]["value"].as_f64().unwrap();
+    let total = server.query("n", "").await["data"][0]["value"]
+        .as_f64()
+        .unwrap();
     server.stop();
     total
 }
@@ -55,7 +57,11 @@ async fn a_flipped_byte_in_a_sealed_segment_is_named_by_verify_and_refused_at_st
     let dir = tempfile::tempdir().unwrap();
     assert_eq!(fill(dir.path()).await, 200.0);
     let segs = segments(dir.path());
-    assert!(segs.len() >= 3, "expected several segments, got {}", segs.len());
+    assert!(
+        segs.len() >= 3,
+        "expected several segments, got {}",
+        segs.len()
+    );
     let sealed = &segs[1];
     let (offset, seq, len) = frames(sealed)[2];
     let mut bytes = std::fs::read(sealed).unwrap();
@@ -67,12 +73,18 @@ async fn a_flipped_byte_in_a_sealed_segment_is_named_by_verify_and_refused_at_st
     let out = run(&["log", "verify", "--data-dir", data]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains(name) && err.contains(&format!("record seq {seq}")), "{err}");
+    assert!(
+        err.contains(name) && err.contains(&format!("record seq {seq}")),
+        "{err}"
+    );
 
     let out = run(&["serve", "--data-dir", data, "--listen", "127.0.0.1:0"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "serve must refuse a corrupt log");
-    assert!(err.contains(name) && err.contains(&format!("record seq {seq}")), "{err}");
+    assert!(
+        err.contains(name) && err.contains(&format!("record seq {seq}")),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,8 +106,17 @@ async fn a_torn_tail_is_cut_on_start_and_acknowledged_events_survive() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("torn tail"));
 
     let server = Server::start(dir.path());
-    assert_eq!(server.query("n", "").await["data"][0]["value"].as_f64().unwrap(), 200.0);
-    assert!(server.stderr().contains("torn"), "the cut is logged: {}", server.stderr());
+    assert_eq!(
+        server.query("n", "").await["data"][0]["value"]
+            .as_f64()
+            .unwrap(),
+        200.0
+    );
+    assert!(
+        server.stderr().contains("torn"),
+        "the cut is logged: {}",
+        server.stderr()
+    );
     server.stop();
     assert_eq!(std::fs::metadata(&last).unwrap().len() as usize, clean_len);
     let kept: Vec<_> = std::fs::read_dir(dir.path().join("log"))

@@ -14,10 +14,17 @@ use serde_json::{json, Value};
 const BATCH: usize = 40;
 
 fn batch(n: usize) -> Vec<Value> {
-    let time = chrono::Utc::now()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     (0..BATCH)
-        .map(|i| event(&format!("b{n}-e{i}"), "tick", &format!("batch-{n}"), &time, json!({"v": 1})))
+        .map(|i| {
+            event(
+                &format!("b{n}-e{i}"),
+                "tick",
+                &format!("batch-{n}"),
+                &time,
+                json!({"v": 1}),
+            )
+        })
         .collect()
 }
 
@@ -27,7 +34,12 @@ async fn counts(server: &Server) -> BTreeMap<String, f64> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| (r["subject"].as_str().unwrap().to_owned(), r["value"].as_f64().unwrap()))
+        .map(|r| {
+            (
+                r["subject"].as_str().unwrap().to_owned(),
+                r["value"].as_f64().unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -78,7 +90,11 @@ async fn sigkill_mid_stream_loses_no_acknowledged_event_and_counts_none_twice() 
     let server = Server::start(dir.path());
     let got = counts(&server).await;
     for n in &acked {
-        assert_eq!(got.get(&format!("batch-{n}")), Some(&(BATCH as f64)), "acknowledged batch {n}");
+        assert_eq!(
+            got.get(&format!("batch-{n}")),
+            Some(&(BATCH as f64)),
+            "acknowledged batch {n}"
+        );
     }
     for (subject, v) in &got {
         assert_eq!(*v, BATCH as f64, "{subject} is not all-or-nothing");
@@ -91,5 +107,66 @@ async fn sigkill_mid_stream_loses_no_acknowledged_event_and_counts_none_twice() 
     let got = counts(&server).await;
     assert_eq!(got.len(), sent.len());
     assert!(got.values().all(|v| *v == BATCH as f64));
+    server.stop();
+}
+
+/// The dedup index is claimed before a batch is durable (so the next batch,
+/// built during the sync, sees it) and snapshotted on shutdown. If the log
+/// then loses its last batch — as a torn, unacknowledged tail would — the
+/// snapshot is ahead of the log and must be discarded, or the lost events'
+/// retries would be refused as duplicates and never counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projections_and_dedup_snapshot_ahead_of_the_log_are_rebuilt_from_it() {
+    use keymeter::log::frame::{FrameHeader, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    server
+        .create_meter(json!({"slug": "ticks", "eventType": "tick", "aggregation": "SUM", "valueProperty": "$.v"}))
+        .await;
+    for n in 0..3 {
+        assert_eq!(server.ingest(ADMIN_KEY, &batch(n)).await.status(), 204);
+    }
+    server.stop();
+    assert!(dir.path().join("state/dedup.snapshot").exists());
+
+    // Cut the last batch (batch-2) off the log.
+    let seg = std::fs::read_dir(dir.path().join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .max()
+        .unwrap();
+    let bytes = std::fs::read(&seg).unwrap();
+    let mut ends = Vec::new();
+    let mut at = SEGMENT_HEADER_LEN;
+    while at + FRAME_HEADER_LEN <= bytes.len() {
+        let h = FrameHeader::decode(bytes[at..at + FRAME_HEADER_LEN].try_into().unwrap());
+        at += h.frame_len() as usize;
+        if h.is_batch_end() {
+            ends.push(at);
+        }
+    }
+    let keep = ends[ends.len() - 2];
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(keep as u64)
+        .unwrap();
+
+    let server = Server::start(dir.path());
+    let got = counts(&server).await;
+    assert_eq!(got.get("batch-2"), None, "the cut batch is gone");
+    // The client retries: it must be counted, not refused as a duplicate.
+    let r = server.ingest(ADMIN_KEY, &batch(2)).await;
+    assert_eq!(r.headers()["keymeter-accepted"], BATCH.to_string().as_str());
+    // Earlier batches are still recognised.
+    let r = server.ingest(ADMIN_KEY, &batch(1)).await;
+    assert_eq!(
+        r.headers()["keymeter-duplicates"],
+        BATCH.to_string().as_str()
+    );
+    let got = counts(&server).await;
+    assert_eq!(got.values().sum::<f64>(), 3.0 * BATCH as f64);
     server.stop();
 }

@@ -124,7 +124,12 @@ async fn every_aggregation_and_window_matches_an_independent_computation() {
         }
         server.create_meter(m).await;
     }
-    let list: Value = server.get(ADMIN_KEY, "/api/v1/meters").await.json().await.unwrap();
+    let list: Value = server
+        .get(ADMIN_KEY, "/api/v1/meters")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list.as_array().unwrap().len(), METERS.len());
 
     let evs = events();
@@ -132,7 +137,11 @@ async fn every_aggregation_and_window_matches_an_independent_computation() {
     // Three framings: batch, application/json array, and single events.
     for (n, chunk) in evs.chunks(100).enumerate() {
         let body: Vec<Value> = chunk.iter().map(to_cloudevent).collect();
-        let ct = if n % 2 == 0 { "application/cloudevents-batch+json" } else { "application/json" };
+        let ct = if n % 2 == 0 {
+            "application/cloudevents-batch+json"
+        } else {
+            "application/json"
+        };
         let r = server
             .client
             .post(server.url("/api/v1/events"))
@@ -200,7 +209,10 @@ async fn every_aggregation_and_window_matches_an_independent_computation() {
                 .iter()
                 .filter(|e| e.subject == "cust-b" && e.model == model)
                 .collect();
-            assert!(close(row["value"].as_f64().unwrap(), expected(agg, &group)), "{slug} {model}");
+            assert!(
+                close(row["value"].as_f64().unwrap(), expected(agg, &group)),
+                "{slug} {model}"
+            );
         }
         assert_eq!(got["data"].as_array().unwrap().len(), 2);
     }
@@ -211,7 +223,10 @@ async fn every_aggregation_and_window_matches_an_independent_computation() {
     let got = server
         .query("calls", &format!("from={}&to={}", fmt(t0), fmt(t1)))
         .await;
-    let want = evs.iter().filter(|e| e.time_ms >= t0 && e.time_ms < t1).count();
+    let want = evs
+        .iter()
+        .filter(|e| e.time_ms >= t0 && e.time_ms < t1)
+        .count();
     assert_eq!(got["data"][0]["value"].as_f64().unwrap(), want as f64);
     assert_eq!(got["from"], fmt(t0));
 
@@ -224,7 +239,10 @@ async fn every_aggregation_and_window_matches_an_independent_computation() {
         .send()
         .await
         .unwrap();
-    assert!(csv.headers()["content-type"].to_str().unwrap().starts_with("text/csv"));
+    assert!(csv.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/csv"));
     let text = csv.text().await.unwrap();
     let total: f64 = text
         .lines()
@@ -249,10 +267,16 @@ async fn a_meter_defined_later_counts_events_already_ingested() {
         .create_meter(json!({"slug": "jobs", "eventType": "job", "aggregation": "SUM", "valueProperty": "$.n"}))
         .await;
     let got = server.query("jobs", "").await;
-    assert_eq!(got["data"][0]["value"].as_f64().unwrap(), (0..50).sum::<i64>() as f64);
+    assert_eq!(
+        got["data"][0]["value"].as_f64().unwrap(),
+        (0..50).sum::<i64>() as f64
+    );
     // Restart: the same answer, and no double counting from the backfill.
     server.stop();
     let server = Server::start(dir.path());
     let got = server.query("jobs", "").await;
-    assert_eq!(got["data"][0]["value"].as_f64().unwrap(), (0..50).sum::<i64>() as f64);
+    assert_eq!(
+        got["data"][0]["value"].as_f64().unwrap(),
+        (0..50).sum::<i64>() as f64
+    );
 }

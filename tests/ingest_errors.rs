@@ -45,7 +45,10 @@ fn ev(id: &str, data: Value) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_defect_gets_its_code_and_good_events_survive() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start_with(dir.path(), &["--request-events-max", "50", "--body-bytes-max", "65536"]);
+    let server = Server::start_with(
+        dir.path(),
+        &["--request-events-max", "50", "--body-bytes-max", "65536"],
+    );
     server
         .create_meter(json!({"slug": "units", "eventType": "usage", "aggregation": "SUM", "valueProperty": "$.units"}))
         .await;
@@ -63,21 +66,33 @@ async fn each_defect_gets_its_code_and_good_events_survive() {
     let mut spec = ev("s1", json!({"units": 1}));
     spec["specversion"] = json!("0.3");
     let (s, b) = post_raw(&server, ce, spec.to_string()).await;
-    assert_eq!((s, b["code"].as_str().unwrap()), (400, "UNSUPPORTED_SPECVERSION"));
+    assert_eq!(
+        (s, b["code"].as_str().unwrap()),
+        (400, "UNSUPPORTED_SPECVERSION")
+    );
 
     let (s, b) = post_raw(&server, ce, ev("v1", json!({"other": 1})).to_string()).await;
-    assert_eq!((s, b["code"].as_str().unwrap()), (400, "VALUE_PROPERTY_MISSING"));
+    assert_eq!(
+        (s, b["code"].as_str().unwrap()),
+        (400, "VALUE_PROPERTY_MISSING")
+    );
     let (s, b) = post_raw(&server, ce, ev("v2", json!({"units": "many"})).to_string()).await;
     assert_eq!((s, b["code"].as_str().unwrap()), (400, "VALUE_NOT_NUMERIC"));
 
     let mut old = ev("t1", json!({"units": 1}));
     old["time"] = json!(now_str(-36 * 86_400_000));
     let (s, b) = post_raw(&server, ce, old.to_string()).await;
-    assert_eq!((s, b["code"].as_str().unwrap()), (400, "EVENT_TIME_OUT_OF_RANGE"));
+    assert_eq!(
+        (s, b["code"].as_str().unwrap()),
+        (400, "EVENT_TIME_OUT_OF_RANGE")
+    );
     let mut future = ev("t2", json!({"units": 1}));
     future["time"] = json!(now_str(10 * 60_000));
     let (s, b) = post_raw(&server, ce, future.to_string()).await;
-    assert_eq!((s, b["code"].as_str().unwrap()), (400, "EVENT_TIME_OUT_OF_RANGE"));
+    assert_eq!(
+        (s, b["code"].as_str().unwrap()),
+        (400, "EVENT_TIME_OUT_OF_RANGE")
+    );
 
     // A mixed batch: good events are accepted durably, bad ones reported by index.
     let batch = vec![
@@ -87,7 +102,12 @@ async fn each_defect_gets_its_code_and_good_events_survive() {
         json!({"specversion": "1.0", "id": "b2"}),
         ev("g1", json!({"units": 2.5})),
     ];
-    let (s, b) = post_raw(&server, "application/cloudevents-batch+json", serde_json::to_vec(&batch).unwrap()).await;
+    let (s, b) = post_raw(
+        &server,
+        "application/cloudevents-batch+json",
+        serde_json::to_vec(&batch).unwrap(),
+    )
+    .await;
     assert_eq!(s, 400);
     assert_eq!(b["code"], "INVALID_EVENTS");
     assert_eq!(b["accepted"], 2);
@@ -96,32 +116,60 @@ async fn each_defect_gets_its_code_and_good_events_survive() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| (r["index"].as_u64().unwrap(), r["code"].as_str().unwrap().to_owned()))
+        .map(|r| {
+            (
+                r["index"].as_u64().unwrap(),
+                r["code"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
     assert_eq!(
         rejected,
-        vec![(1, "VALUE_NOT_NUMERIC".to_owned()), (3, "MISSING_FIELD".to_owned())]
+        vec![
+            (1, "VALUE_NOT_NUMERIC".to_owned()),
+            (3, "MISSING_FIELD".to_owned())
+        ]
     );
     assert_eq!(total(&server).await, 6.5);
 
     // Resending the whole batch is safe: nothing is counted twice.
-    let (s, b) = post_raw(&server, "application/cloudevents-batch+json", serde_json::to_vec(&batch).unwrap()).await;
+    let (s, b) = post_raw(
+        &server,
+        "application/cloudevents-batch+json",
+        serde_json::to_vec(&batch).unwrap(),
+    )
+    .await;
     assert_eq!((s, b["accepted"].as_u64()), (400, Some(0)));
     assert_eq!(total(&server).await, 6.5);
 
     // Limits: too many events, too many bytes, wrong media type.
-    let many: Vec<Value> = (0..51).map(|i| ev(&format!("x{i}"), json!({"units": 1}))).collect();
-    let (s, b) = post_raw(&server, "application/cloudevents-batch+json", serde_json::to_vec(&many).unwrap()).await;
+    let many: Vec<Value> = (0..51)
+        .map(|i| ev(&format!("x{i}"), json!({"units": 1})))
+        .collect();
+    let (s, b) = post_raw(
+        &server,
+        "application/cloudevents-batch+json",
+        serde_json::to_vec(&many).unwrap(),
+    )
+    .await;
     assert_eq!((s, b["code"].as_str().unwrap()), (413, "BATCH_TOO_LARGE"));
     let big = ev("big", json!({"units": 1, "pad": "x".repeat(70_000)}));
     let (s, b) = post_raw(&server, ce, big.to_string()).await;
     assert_eq!((s, b["code"].as_str().unwrap()), (413, "PAYLOAD_TOO_LARGE"));
     let (s, b) = post_raw(&server, "text/plain", "hello").await;
-    assert_eq!((s, b["code"].as_str().unwrap()), (415, "UNSUPPORTED_MEDIA_TYPE"));
+    assert_eq!(
+        (s, b["code"].as_str().unwrap()),
+        (415, "UNSUPPORTED_MEDIA_TYPE")
+    );
     assert_eq!(total(&server).await, 6.5);
 
     // Every rejected input is in the quarantine, in order, with its reason and raw text.
-    let q: Value = server.get(ADMIN_KEY, "/api/v1/quarantine").await.json().await.unwrap();
+    let q: Value = server
+        .get(ADMIN_KEY, "/api/v1/quarantine")
+        .await
+        .json()
+        .await
+        .unwrap();
     let codes: Vec<&str> = q["items"]
         .as_array()
         .unwrap()
@@ -149,7 +197,10 @@ async fn each_defect_gets_its_code_and_good_events_survive() {
     // Paging by sequence number.
     let first = q["items"][4]["seq"].as_u64().unwrap();
     let page: Value = server
-        .get(ADMIN_KEY, &format!("/api/v1/quarantine?after={first}&limit=2"))
+        .get(
+            ADMIN_KEY,
+            &format!("/api/v1/quarantine?after={first}&limit=2"),
+        )
         .await
         .json()
         .await
@@ -158,8 +209,16 @@ async fn each_defect_gets_its_code_and_good_events_survive() {
     assert_eq!(page["items"][0]["code"], "EVENT_TIME_OUT_OF_RANGE");
 
     // The rejections are counted by reason.
-    let metrics = server.get(ADMIN_KEY, "/metrics").await.text().await.unwrap();
-    assert!(metrics.contains("keymeter_events_rejected_total{reason=\"VALUE_NOT_NUMERIC\"} 3"), "{metrics}");
+    let metrics = server
+        .get(ADMIN_KEY, "/metrics")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("keymeter_events_rejected_total{reason=\"VALUE_NOT_NUMERIC\"} 3"),
+        "{metrics}"
+    );
     assert!(metrics.contains("keymeter_events_duplicate_total 4"));
 }
 
@@ -180,10 +239,16 @@ async fn invalid_meters_and_queries_are_refused_with_codes() {
         assert_eq!(b["code"], "INVALID_METER", "{m}");
     }
     server
-        .create_meter(json!({"slug": "s", "eventType": "x", "aggregation": "COUNT", "windowSize": "HOUR"}))
+        .create_meter(
+            json!({"slug": "s", "eventType": "x", "aggregation": "COUNT", "windowSize": "HOUR"}),
+        )
         .await;
     let r = server
-        .post_json(ADMIN_KEY, "/api/v1/meters", &json!({"slug": "s", "eventType": "y", "aggregation": "COUNT"}))
+        .post_json(
+            ADMIN_KEY,
+            "/api/v1/meters",
+            &json!({"slug": "s", "eventType": "y", "aggregation": "COUNT"}),
+        )
         .await;
     assert_eq!(r.status(), 409);
     for (q, code) in [
@@ -194,7 +259,9 @@ async fn invalid_meters_and_queries_are_refused_with_codes() {
         ("groupBy=region", "INVALID_GROUP_BY"),
         ("colour=red", "INVALID_QUERY"),
     ] {
-        let r = server.get(ADMIN_KEY, &format!("/api/v1/meters/s/query?{q}")).await;
+        let r = server
+            .get(ADMIN_KEY, &format!("/api/v1/meters/s/query?{q}"))
+            .await;
         assert_eq!(r.status(), 400, "{q}");
         let b: Value = r.json().await.unwrap();
         assert_eq!(b["code"], code, "{q}: {b}");

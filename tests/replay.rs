@@ -49,7 +49,9 @@ async fn replay_rebuilds_counters_byte_identical_to_the_live_ones() {
     }
     // A meter defined after the events, and one deleted: both must replay the same.
     server
-        .create_meter(json!({"slug": "late", "eventType": "e", "aggregation": "MAX", "valueProperty": "$.n"}))
+        .create_meter(
+            json!({"slug": "late", "eventType": "e", "aggregation": "MAX", "valueProperty": "$.n"}),
+        )
         .await;
     let r = server
         .client
@@ -59,22 +61,47 @@ async fn replay_rebuilds_counters_byte_identical_to_the_live_ones() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
-    let before = server.query("sum", "windowSize=HOUR&groupBy=subject&groupBy=region").await;
+    let before = server
+        .query("sum", "windowSize=HOUR&groupBy=subject&groupBy=region")
+        .await;
     server.stop();
 
     let live = dump(dir.path());
-    assert!(live.len() > 100, "expected many counters, got {}", live.len());
+    assert!(
+        live.len() > 100,
+        "expected many counters, got {}",
+        live.len()
+    );
     let out = run(&["replay", "--data-dir", dir.path().to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("rebuilt all projections"));
     let rebuilt = dump(dir.path());
     assert_eq!(live.len(), rebuilt.len());
-    assert!(live == rebuilt, "replayed counters differ from the live ones");
+    assert!(
+        live == rebuilt,
+        "replayed counters differ from the live ones"
+    );
 
     let server = Server::start(dir.path());
-    let after = server.query("sum", "windowSize=HOUR&groupBy=subject&groupBy=region").await;
+    let after = server
+        .query("sum", "windowSize=HOUR&groupBy=subject&groupBy=region")
+        .await;
     assert_eq!(before, after);
-    let meters: serde_json::Value = server.get(ADMIN_KEY, "/api/v1/meters").await.json().await.unwrap();
-    let slugs: Vec<&str> = meters.as_array().unwrap().iter().map(|m| m["slug"].as_str().unwrap()).collect();
+    let meters: serde_json::Value = server
+        .get(ADMIN_KEY, "/api/v1/meters")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let slugs: Vec<&str> = meters
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["slug"].as_str().unwrap())
+        .collect();
     assert_eq!(slugs, vec!["count", "late", "latest", "sum", "uniq"]);
 }

@@ -6,15 +6,22 @@ use keymeter::meter::MeterDef;
 use serde_json::{json, Value};
 
 fn schema(path: &str) -> jsonschema::Validator {
-    let text = std::fs::read_to_string(format!("{}/schemas/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let text =
+        std::fs::read_to_string(format!("{}/schemas/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap();
     let schema: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(schema["$schema"], "https://json-schema.org/draft/2020-12/schema");
+    assert_eq!(
+        schema["$schema"],
+        "https://json-schema.org/draft/2020-12/schema"
+    );
     jsonschema::draft202012::new(&schema).unwrap()
 }
 
 fn decoder_accepts(event: &Value) -> bool {
     // A window wide enough that only the envelope is judged.
-    let window = TimeWindow { back_ms: i64::MAX / 4, ahead_ms: i64::MAX / 4 };
+    let window = TimeWindow {
+        back_ms: i64::MAX / 4,
+        ahead_ms: i64::MAX / 4,
+    };
     match decode_body(event.to_string().as_bytes(), BodyKind::Single, 0, window, 1) {
         Ok(mut v) => matches!(v.pop(), Some(Decoded::Valid(_))),
         Err(_) => false,

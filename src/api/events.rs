@@ -25,7 +25,10 @@ pub async fn ingest(
         } else {
             "INVALID_BODY"
         };
-        metrics().events_rejected_total.with_label_values(&[code]).inc();
+        metrics()
+            .events_rejected_total
+            .with_label_values(&[code])
+            .inc();
         ApiError::new(
             e.status(),
             code,
@@ -56,7 +59,13 @@ pub async fn ingest(
     };
     let shared = &state.engine.shared;
     let now_ms = shared.clock.now_ms();
-    let items = match decode_body(&body, kind, now_ms, shared.window, shared.request_events_max) {
+    let items = match decode_body(
+        &body,
+        kind,
+        now_ms,
+        shared.window,
+        shared.request_events_max,
+    ) {
         Ok(items) => items,
         Err(rejection) if rejection.code == "BATCH_TOO_LARGE" => {
             metrics()
@@ -81,7 +90,8 @@ pub async fn ingest(
             return Err(ApiError::bad_request(code, message).with_details(details));
         }
     };
-    let single = items.len() == 1 && kind != BodyKind::Batch && !body.trim_ascii_start().starts_with(b"[");
+    let single =
+        items.len() == 1 && kind != BodyKind::Batch && !body.trim_ascii_start().starts_with(b"[");
     let outcome = state.engine.ingest(items, now_ms, "http").await?;
     if outcome.rejected.is_empty() {
         let mut response = StatusCode::NO_CONTENT.into_response();

@@ -29,7 +29,10 @@ fn key_json(k: &ApiKeyRecord) -> Value {
     })
 }
 
-pub async fn list(_auth: Auth<Admin>, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub async fn list(
+    _auth: Auth<Admin>,
+    State(state): State<AppState>,
+) -> Result<Json<Value>, ApiError> {
     let keys = state
         .engine
         .shared

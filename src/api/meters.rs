@@ -126,9 +126,13 @@ pub async fn query(
     let p = parse_params(raw.as_deref())?;
     let meters = state.engine.shared.meters.load();
     let meter = meters.get(&slug).ok_or_else(|| no_meter(&slug))?;
-    let split_by_subject =
-        !p.subjects.is_empty() || p.group_by.iter().any(|g| g == "subject");
-    let group_by: Vec<String> = p.group_by.iter().filter(|g| *g != "subject").cloned().collect();
+    let split_by_subject = !p.subjects.is_empty() || p.group_by.iter().any(|g| g == "subject");
+    let group_by: Vec<String> = p
+        .group_by
+        .iter()
+        .filter(|g| *g != "subject")
+        .cloned()
+        .collect();
     let params = QueryParams {
         from_ms: p.from.as_ref().map(|f| f.1),
         to_ms: p.to.as_ref().map(|t| t.1),
@@ -204,7 +208,10 @@ fn read_states(
     for (lo, hi) in &ranges {
         for kv in tree.range(lo.clone()..hi.clone()) {
             let (k, v) = kv.map_err(ApiError::internal)?;
-            states.insert(k.to_vec(), AggState::decode(&v).map_err(ApiError::internal)?);
+            states.insert(
+                k.to_vec(),
+                AggState::decode(&v).map_err(ApiError::internal)?,
+            );
         }
     }
     {

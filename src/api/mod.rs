@@ -39,7 +39,10 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/api/v1/events", post(events::ingest))
         .route("/api/v1/meters", get(meters::list).post(meters::create))
-        .route("/api/v1/meters/{slug}", get(meters::get).delete(meters::delete))
+        .route(
+            "/api/v1/meters/{slug}",
+            get(meters::get).delete(meters::delete),
+        )
         .route("/api/v1/meters/{slug}/query", get(meters::query))
         .route("/api/v1/quarantine", get(events::quarantine))
         .route("/api/v1/api-keys", get(keys::list).post(keys::create))
@@ -86,7 +89,10 @@ async fn metrics_protected(_auth: Auth<Read>) -> Response {
 
 async fn metrics_text() -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         metrics().render(),
     )
         .into_response()

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::{self, KeyRing, Scope};
 use crate::config::Config;
-use crate::event::{DedupKey, Decoded, Rejection, TimeWindow};
+use crate::event::{Decoded, DedupKey, Rejection, TimeWindow};
 use crate::log::{Log, LogConfig, Seq};
 use crate::meter::MeterDef;
 use crate::metrics::metrics;
@@ -165,6 +165,7 @@ pub struct EngineHandle {
 pub struct Engine {
     handle: Option<EngineHandle>,
     writer: Option<JoinHandle<Result<(), StartError>>>,
+    syncer: Option<JoinHandle<Result<(), StartError>>>,
     projector: Option<JoinHandle<Result<(), StartError>>>,
 }
 
@@ -192,6 +193,25 @@ impl Engine {
         let store = Store::open(&cfg.state_dir())?;
         let mut counters = Counters::open(&store, &cfg.log_dir())?;
         let mut docs = Documents::open(&store)?;
+        let ahead = docs
+            .applied()
+            .into_iter()
+            .chain([("counters", counters.applied())])
+            .find(|(_, seq)| *seq > head);
+        if let Some((name, seq)) = ahead {
+            // The projections describe records the log no longer has (a
+            // restored backup, or a lost log tail). The log is the truth:
+            // start them over from it.
+            tracing::warn!(
+                projection = name,
+                applied_seq = seq,
+                log_head_seq = head,
+                "projections are ahead of the log; rebuilding them from the log"
+            );
+            store.clear_all()?;
+            counters = Counters::open(&store, &cfg.log_dir())?;
+            docs = Documents::open(&store)?;
+        }
         let mut dedup = DedupIndex::open(&cfg.state_dir(), cfg.dedup_keys_max)?;
         if dedup.applied() > head {
             tracing::warn!(
@@ -244,8 +264,10 @@ impl Engine {
 
         let (tx, rx) = mpsc::channel(cfg.writer_queue_max);
         let (jobs_tx, jobs_rx) = std::sync::mpsc::sync_channel::<Job>(4);
+        let (pending_tx, pending_rx) = std::sync::mpsc::sync_channel::<Pending>(2);
+        let syncer = Syncer { log, jobs: jobs_tx };
         let writer = Writer {
-            log,
+            next_seq: head + 1,
             dedup,
             meters,
             key_ids,
@@ -253,7 +275,7 @@ impl Engine {
             batch_records_max: cfg.batch_records_max,
             dedup_keys_max: cfg.dedup_keys_max,
             clock,
-            jobs: jobs_tx,
+            syncer: pending_tx,
         };
         let projector = Projector {
             counters,
@@ -272,6 +294,18 @@ impl Engine {
                 r
             })
             .map_err(|e| StartError::Other(format!("cannot start writer thread: {e}")))?;
+        let shared_s = shared.clone();
+        let syncer = std::thread::Builder::new()
+            .name("keymeter-syncer".into())
+            .spawn(move || {
+                let r = syncer.run(pending_rx);
+                if let Err(e) = &r {
+                    shared_s.failed.store(true, Ordering::SeqCst);
+                    tracing::error!(error = %e, "log syncer stopped");
+                }
+                r
+            })
+            .map_err(|e| StartError::Other(format!("cannot start syncer thread: {e}")))?;
         let shared_p = shared.clone();
         let projector = std::thread::Builder::new()
             .name("keymeter-projector".into())
@@ -287,6 +321,7 @@ impl Engine {
         let engine = Engine {
             handle: Some(EngineHandle { tx, shared }),
             writer: Some(writer),
+            syncer: Some(syncer),
             projector: Some(projector),
         };
         let bootstrap_key = engine.bootstrap(cfg)?;
@@ -350,9 +385,11 @@ impl Engine {
         let store = handle.shared.store.clone();
         drop(handle);
         let w = self.writer.take().expect("writer").join();
+        let s = self.syncer.take().expect("syncer").join();
         let p = self.projector.take().expect("projector").join();
         store.db.flush().map_err(ProjectionError::from)?;
         w.map_err(|_| StartError::Other("writer panicked".into()))??;
+        s.map_err(|_| StartError::Other("log syncer panicked".into()))??;
         p.map_err(|_| StartError::Other("projector panicked".into()))??;
         Ok(())
     }
@@ -453,8 +490,50 @@ struct Job {
     answers: Vec<Box<dyn FnOnce() + Send>>,
 }
 
-struct Writer {
+/// A prepared batch on its way to the log.
+struct Pending {
+    payloads: Vec<Vec<u8>>,
+    job: Job,
+}
+
+/// Appends prepared batches to the log (one write + fdatasync each) and
+/// hands them to the projector. Runs beside the writer so that the next
+/// batch is prepared while this one syncs.
+struct Syncer {
     log: Log,
+    jobs: std::sync::mpsc::SyncSender<Job>,
+}
+
+impl Syncer {
+    fn run(mut self, pending: std::sync::mpsc::Receiver<Pending>) -> Result<(), StartError> {
+        while let Ok(Pending { payloads, job }) = pending.recv() {
+            if !payloads.is_empty() {
+                let bytes: usize = payloads.iter().map(Vec::len).sum();
+                let started = Instant::now();
+                let range = self.log.append_batch(&payloads)?;
+                let m = metrics();
+                m.log_fsync_seconds.observe(started.elapsed().as_secs_f64());
+                m.log_batches_total.inc();
+                m.log_records_total.inc_by(payloads.len() as u64);
+                m.log_bytes_total.inc_by(bytes as u64);
+                m.log_batch_records.observe(payloads.len() as f64);
+                m.log_head_seq.set(range.end as i64 - 1);
+                assert_eq!(
+                    (range.start, range.end - range.start),
+                    (job.first_seq, job.records.len() as u64),
+                    "the log must assign the sequence numbers the writer planned"
+                );
+            }
+            self.jobs
+                .send(job)
+                .map_err(|_| StartError::Other("projector stopped".into()))?;
+        }
+        Ok(())
+    }
+}
+
+struct Writer {
+    next_seq: Seq,
     dedup: DedupIndex,
     meters: MeterSet,
     key_ids: std::collections::HashSet<String>,
@@ -462,7 +541,7 @@ struct Writer {
     batch_records_max: usize,
     dedup_keys_max: usize,
     clock: Arc<dyn Clock>,
-    jobs: std::sync::mpsc::SyncSender<Job>,
+    syncer: std::sync::mpsc::SyncSender<Pending>,
 }
 
 /// One batch being assembled by the writer.
@@ -511,7 +590,7 @@ impl Writer {
             }
         }
         self.save_dedup();
-        tracing::info!(head_seq = self.log.head_seq(), "writer drained its queue");
+        tracing::info!(next_seq = self.next_seq, "writer drained its queue");
         Ok(())
     }
 
@@ -534,44 +613,33 @@ impl Writer {
         for command in commands {
             self.prepare(command, &mut batch)?;
         }
-        if batch.records.is_empty() {
-            for answer in batch.answers {
-                answer();
-            }
-            return Ok(());
-        }
-        let payloads: Vec<Vec<u8>> = batch.records.iter().map(Record::encode).collect();
-        let bytes: usize = payloads.iter().map(Vec::len).sum();
-        let started = Instant::now();
-        let range = self.log.append_batch(&payloads)?;
-        let m = metrics();
-        m.log_fsync_seconds.observe(started.elapsed().as_secs_f64());
-        m.log_batches_total.inc();
-        m.log_records_total.inc_by(payloads.len() as u64);
-        m.log_bytes_total.inc_by(bytes as u64);
-        m.log_batch_records.observe(payloads.len() as f64);
-        m.log_head_seq.set(range.end as i64 - 1);
-        assert_eq!(
-            range.end - range.start,
-            batch.records.len() as u64,
-            "the log assigned one sequence number per record"
-        );
-        self.dedup.claim(batch.claims, range.end - 1);
+        let first_seq = self.next_seq;
+        self.next_seq += batch.records.len() as u64;
+        // Claimed before the batch is durable, so the next batch (built while
+        // this one syncs) sees it. Safe because nothing is answered before
+        // the sync, a failed sync stops the engine, and a dedup snapshot that
+        // is ahead of the log is discarded on start.
+        self.dedup.claim(batch.claims, self.next_seq - 1);
         // Identities older than the window can never meet a duplicate that
         // would be accepted, so the index tracks the window, not all time.
         let horizon_ms = now_ms - self.window.back_ms - self.window.ahead_ms;
         self.dedup.prune(horizon_ms);
         metrics().dedup_keys.set(self.dedup.len() as i64);
-        let job = Job {
-            first_seq: range.start,
-            records: batch.records,
-            facts: batch.facts,
-            answers: batch.answers,
+        let payloads: Vec<Vec<u8>> = batch.records.iter().map(Record::encode).collect();
+        // Even a batch without records goes down the pipeline, so that its
+        // answers (say, "all duplicates") wait for every earlier batch.
+        let pending = Pending {
+            payloads,
+            job: Job {
+                first_seq,
+                records: batch.records,
+                facts: batch.facts,
+                answers: batch.answers,
+            },
         };
-        self.jobs
-            .send(job)
-            .map_err(|_| StartError::Other("projector stopped".into()))?;
-        Ok(())
+        self.syncer
+            .send(pending)
+            .map_err(|_| StartError::Other("log syncer stopped".into()))
     }
 
     fn audit_record(&self, mut audit: Audit) -> Audit {
@@ -626,7 +694,7 @@ impl Writer {
                     )),
                     None,
                 );
-                let seq = self.log.head_seq() + batch.records.len() as u64;
+                let seq = self.next_seq + batch.records.len() as u64 - 1;
                 batch.answer(reply, Ok(seq));
             }
             Command::CreateMeter { def, audit, reply } => {
@@ -638,7 +706,10 @@ impl Writer {
                 match def.validate() {
                     Err(e) => batch.answer(
                         reply,
-                        Err(EngineError::Invalid(Rejection::new(e.code(), e.to_string()))),
+                        Err(EngineError::Invalid(Rejection::new(
+                            e.code(),
+                            e.to_string(),
+                        ))),
                     ),
                     Ok(compiled) => {
                         self.meters.insert(compiled);
@@ -703,7 +774,7 @@ impl Writer {
     ) -> Result<IngestOutcome, StartError> {
         let m = metrics();
         let mut outcome = IngestOutcome::default();
-        let base_seq = self.log.head_seq() + 1;
+        let base_seq = self.next_seq;
         for (index, item) in items.into_iter().enumerate() {
             let index = index as u32;
             let (rejection, raw) = match item {
@@ -833,6 +904,12 @@ impl Projector {
     }
 
     fn apply(&mut self, job: Job) -> Result<(), StartError> {
+        if job.records.is_empty() {
+            for answer in job.answers {
+                answer();
+            }
+            return Ok(());
+        }
         let applied: Vec<Applied<'_>> = job
             .records
             .iter()
@@ -875,7 +952,9 @@ pub fn rebuild(cfg: &Config, progress: impl Fn(Seq, Seq)) -> Result<Seq, StartEr
     let mut docs = Documents::open(&store)?;
     match std::fs::remove_file(cfg.state_dir().join("dedup.snapshot")) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(StartError::Other(format!("cannot remove dedup snapshot: {e}")))
+            return Err(StartError::Other(format!(
+                "cannot remove dedup snapshot: {e}"
+            )))
         }
         _ => {}
     }

@@ -57,9 +57,7 @@ pub struct DedupKey(pub [u8; 16]);
 
 impl std::hash::Hash for DedupKey {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        state.write_u64(u64::from_le_bytes(
-            self.0[..8].try_into().expect("8 bytes"),
-        ));
+        state.write_u64(u64::from_le_bytes(self.0[..8].try_into().expect("8 bytes")));
     }
 }
 
@@ -247,8 +245,9 @@ fn check_event(raw: &RawValue, now_ms: i64, window: TimeWindow) -> Result<UsageE
             "an event must be a JSON object",
         ));
     }
-    let env: Envelope = serde_json::from_str(raw.get())
-        .map_err(|e| Rejection::new("INVALID_EVENT", format!("event is not a valid object: {e}")))?;
+    let env: Envelope = serde_json::from_str(raw.get()).map_err(|e| {
+        Rejection::new("INVALID_EVENT", format!("event is not a valid object: {e}"))
+    })?;
     let specversion = required_string(env.specversion, "specversion")?;
     if specversion != "1.0" {
         return Err(Rejection::new(
@@ -343,7 +342,9 @@ fn check_time_window(time_ms: i64, now_ms: i64, window: TimeWindow) -> Result<()
             format!(
                 "event time {} is more than {} after the receive time {}",
                 fmt_ms(time_ms),
-                humantime::format_duration(std::time::Duration::from_millis(window.ahead_ms as u64)),
+                humantime::format_duration(std::time::Duration::from_millis(
+                    window.ahead_ms as u64
+                )),
                 fmt_ms(now_ms)
             ),
         ));
@@ -366,8 +367,14 @@ mod tests {
     const NOW: i64 = 1_780_000_000_000;
 
     fn one(body: &str) -> Decoded {
-        let mut v = decode_body(body.as_bytes(), BodyKind::Either, NOW, TimeWindow::default(), 10)
-            .expect("body decodes");
+        let mut v = decode_body(
+            body.as_bytes(),
+            BodyKind::Either,
+            NOW,
+            TimeWindow::default(),
+            10,
+        )
+        .expect("body decodes");
         assert_eq!(v.len(), 1);
         v.pop().unwrap()
     }
@@ -414,7 +421,10 @@ mod tests {
         };
         assert_eq!(code(one(&with("id", Value::Null))), "MISSING_FIELD");
         assert_eq!(code(one(&with("subject", Value::Null))), "MISSING_FIELD");
-        assert_eq!(code(one(&with("specversion", "0.3".into()))), "UNSUPPORTED_SPECVERSION");
+        assert_eq!(
+            code(one(&with("specversion", "0.3".into()))),
+            "UNSUPPORTED_SPECVERSION"
+        );
         assert_eq!(code(one(&with("id", 7.into()))), "INVALID_FIELD");
         assert_eq!(code(one(&with("time", "yesterday".into()))), "INVALID_TIME");
         assert_eq!(

@@ -393,7 +393,11 @@ impl Log {
                 let chunk_len = self.buf.len() as u64;
                 chunk_offset += chunk_len;
                 if !batch_end {
-                    let end = if tmp_align() { chunk_offset & !4095 } else { chunk_offset };
+                    let end = if tmp_align() {
+                        chunk_offset & !4095
+                    } else {
+                        chunk_offset
+                    };
                     if end > hinted_end {
                         self.start_writeback(hinted_end, end - hinted_end)?;
                         hinted_end = end;
@@ -1024,11 +1028,14 @@ mod tests {
     }
 }
 
+#[doc(hidden)]
+pub static TMP_CHUNK: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(APPEND_CHUNK_BYTES);
+#[doc(hidden)]
+pub static TMP_ALIGN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 fn tmp_chunk() -> usize {
-    static C: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *C.get_or_init(|| std::env::var("KM_CHUNK").ok().and_then(|v| v.parse().ok()).unwrap_or(APPEND_CHUNK_BYTES))
+    TMP_CHUNK.load(std::sync::atomic::Ordering::Relaxed)
 }
-
 fn tmp_align() -> bool {
-    std::env::var("KM_ALIGN").is_ok_and(|v| v == "1")
+    TMP_ALIGN.load(std::sync::atomic::Ordering::Relaxed)
 }

@@ -222,7 +222,9 @@ mod tests {
     fn snapshot_round_trips_and_damage_falls_back_to_replay() {
         let dir = tempfile::tempdir().unwrap();
         let mut d = DedupIndex::open(dir.path(), 100).unwrap();
-        let keys: Vec<_> = (0..50).map(|i| (DedupKey::new("s", &i.to_string()), i)).collect();
+        let keys: Vec<_> = (0..50)
+            .map(|i| (DedupKey::new("s", &i.to_string()), i))
+            .collect();
         d.claim(keys.clone(), 77);
         d.save_snapshot().unwrap();
         let loaded = DedupIndex::open(dir.path(), 100).unwrap();

@@ -155,13 +155,12 @@ impl Store {
             if out.len() >= limit {
                 break;
             }
-            let seq = Seq::from_be_bytes(k.as_ref().try_into().map_err(|_| {
-                ProjectionError::Value {
+            let seq =
+                Seq::from_be_bytes(k.as_ref().try_into().map_err(|_| ProjectionError::Value {
                     tree: "quarantine",
                     key: hex::encode(&k),
                     reason: "key is not a sequence number".into(),
-                }
-            })?);
+                })?);
             out.push((seq, decode_json("quarantine", &k, &v)?));
         }
         Ok(out)
@@ -304,7 +303,12 @@ fn fold_event(meters: &MeterSet, facts: &EventFacts, fold: &mut Fold) {
             fold.apply(meter, &facts.subject, facts.time_ms, obs);
             n += 1;
         }
-        assert_eq!(n, observations.len(), "writer and projector disagree on the meters of {:?}", facts.ty);
+        assert_eq!(
+            n,
+            observations.len(),
+            "writer and projector disagree on the meters of {:?}",
+            facts.ty
+        );
         return;
     }
     for meter in meters.for_type(&facts.ty) {
@@ -450,13 +454,13 @@ impl Counters {
                 let state = match overlay.get(&k) {
                     Some(s) => Some(s.clone()),
                     None => match self.tree.get(&k)? {
-                        Some(old) => Some(AggState::decode(&old).map_err(|e| {
-                            ProjectionError::Value {
+                        Some(old) => {
+                            Some(AggState::decode(&old).map_err(|e| ProjectionError::Value {
                                 tree: "counters",
                                 key: hex::encode(&k),
                                 reason: e.to_string(),
-                            }
-                        })?),
+                            })?)
+                        }
                         None => None,
                     },
                 };
@@ -504,10 +508,11 @@ impl Counters {
         let mut fold = Fold::default();
         for entry in log::read_range(&self.log_dir, 1, seq.saturating_sub(1))? {
             let entry = entry?;
-            let record = Record::decode(&entry.payload).map_err(|source| ProjectionError::Record {
-                seq: entry.seq,
-                source,
-            })?;
+            let record =
+                Record::decode(&entry.payload).map_err(|source| ProjectionError::Record {
+                    seq: entry.seq,
+                    source,
+                })?;
             if let Record::Event(e) = record {
                 let Ok(facts) = EventFacts::from_logged(&e.raw, e.time_ms) else {
                     continue;
@@ -716,4 +721,3 @@ pub fn replay_log(
     }
     Ok(())
 }
-

@@ -49,7 +49,9 @@ impl Server {
                 if n == 0 {
                     break;
                 }
-                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -62,10 +64,7 @@ impl Server {
                         break url.trim().to_owned();
                     }
                 }
-                _ => panic!(
-                    "server exited before listening: {}",
-                    stderr.lock().unwrap()
-                ),
+                _ => panic!("server exited before listening: {}", stderr.lock().unwrap()),
             }
         };
         std::thread::spawn(move || for _ in lines {});
@@ -183,5 +182,8 @@ pub fn event(id: &str, ty: &str, subject: &str, time: &str, data: Value) -> Valu
 
 /// Runs `keymeter <args>` to completion.
 pub fn run(args: &[&str]) -> std::process::Output {
-    Command::new(bin()).args(args).output().expect("run keymeter")
+    Command::new(bin())
+        .args(args)
+        .output()
+        .expect("run keymeter")
 }
