@@ -35,6 +35,27 @@ pub enum Record {
         id: String,
         audit: Audit,
     },
+    /// Messages `from..to` of a source partition were consumed, and their
+    /// effects are the other records of the same batch.
+    SourceOffsets(OffsetDelta),
+}
+
+/// Where a message came from in a partitioned source (Kafka).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SourcePosition {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// A contiguous range of consumed offsets of one partition: `from` is the
+/// first offset consumed, `to` the next offset to consume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffsetDelta {
+    pub topic: String,
+    pub partition: i32,
+    pub from: i64,
+    pub to: i64,
 }
 
 /// A value kept as JSON text inside a postcard record. Used for documents
@@ -90,9 +111,12 @@ pub struct RejectedRecord {
     pub origin: String,
     /// Position in its batch, when it was one element of a batch.
     pub index: Option<u32>,
+    /// Topic, partition and offset, when it came from Kafka.
+    pub position: Option<SourcePosition>,
     pub code: String,
     pub message: String,
-    pub raw: String,
+    /// The input's bytes (the first `QUARANTINE_RAW_BYTES_MAX` of them).
+    pub raw: Vec<u8>,
     pub truncated: bool,
 }
 
@@ -111,9 +135,10 @@ impl RejectedRecord {
             received_ms,
             origin: origin.to_owned(),
             index,
+            position: None,
             code: code.to_owned(),
             message: message.to_owned(),
-            raw: String::from_utf8_lossy(kept).into_owned(),
+            raw: kept.to_vec(),
             truncated,
         }
     }

@@ -164,14 +164,26 @@ pub async fn quarantine(
     let items: Vec<Value> = page
         .into_iter()
         .map(|(seq, r)| {
+            use base64::Engine as _;
+            let (raw, encoding) = match std::str::from_utf8(&r.raw) {
+                Ok(text) => (text.to_owned(), "utf8"),
+                Err(_) => (
+                    base64::engine::general_purpose::STANDARD.encode(&r.raw),
+                    "base64",
+                ),
+            };
             json!({
                 "seq": seq,
                 "receivedAt": fmt_ms(r.received_ms),
                 "origin": r.origin,
                 "index": r.index,
+                "topic": r.position.as_ref().map(|p| &p.topic),
+                "partition": r.position.as_ref().map(|p| p.partition),
+                "offset": r.position.as_ref().map(|p| p.offset),
                 "code": r.code,
                 "message": r.message,
-                "raw": r.raw,
+                "raw": raw,
+                "rawEncoding": encoding,
                 "truncated": r.truncated,
             })
         })

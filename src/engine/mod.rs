@@ -35,7 +35,11 @@ const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 const OVERLAY_STATES_MAX: usize = 200_000;
 /// How often the writer saves the dedup snapshot (also on shutdown).
 const DEDUP_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(60);
-use crate::record::{ApiKeyRecord, Audit, EventRecord, Record, RejectedRecord};
+use std::collections::HashMap;
+
+use crate::record::{
+    ApiKeyRecord, Audit, EventRecord, OffsetDelta, Record, RejectedRecord, SourcePosition,
+};
 
 /// Where "now" comes from. Only the shell reads the system clock; tests may
 /// pass their own.
@@ -129,12 +133,26 @@ enum Command {
         audit: Audit,
         reply: Reply<()>,
     },
+    /// Messages from one source partition, with the offset range they cover.
+    SourceBatch {
+        items: Vec<Decoded>,
+        /// Per item: where it came from (for the quarantine).
+        positions: Vec<SourcePosition>,
+        delta: OffsetDelta,
+        received_ms: i64,
+        reply: Reply<IngestOutcome>,
+    },
+    /// The next offset of every source partition, after every command
+    /// queued before this one.
+    SourcePositions {
+        reply: Reply<HashMap<(String, i32), i64>>,
+    },
 }
 
 impl Command {
     fn records_max(&self) -> usize {
         match self {
-            Command::Ingest { items, .. } => items.len(),
+            Command::Ingest { items, .. } | Command::SourceBatch { items, .. } => items.len() + 1,
             _ => 1,
         }
     }
@@ -268,6 +286,7 @@ impl Engine {
         let syncer = Syncer { log, jobs: jobs_tx };
         let writer = Writer {
             next_seq: head + 1,
+            positions: store.source_positions()?,
             dedup,
             meters,
             key_ids,
@@ -474,6 +493,34 @@ impl EngineHandle {
             .await
     }
 
+    /// Ingests messages of one source partition together with the offset
+    /// range they cover, in one log batch. Refused (`Conflict`) unless
+    /// `delta.from` is where the stored position of that partition ends (or
+    /// the partition has no stored position yet).
+    pub async fn ingest_source(
+        &self,
+        items: Vec<Decoded>,
+        positions: Vec<SourcePosition>,
+        delta: OffsetDelta,
+        received_ms: i64,
+    ) -> Result<IngestOutcome, EngineError> {
+        assert_eq!(items.len(), positions.len(), "one position per item");
+        self.call(|reply| Command::SourceBatch {
+            items,
+            positions,
+            delta,
+            received_ms,
+            reply,
+        })
+        .await
+    }
+
+    /// The next offset to consume for every source partition keymeter has
+    /// seen, including every batch queued before this call.
+    pub async fn source_positions(&self) -> Result<HashMap<(String, i32), i64>, EngineError> {
+        self.call(|reply| Command::SourcePositions { reply }).await
+    }
+
     pub async fn revoke_api_key(&self, id: String, audit: Audit) -> Result<(), EngineError> {
         self.call(|reply| Command::RevokeApiKey { id, audit, reply })
             .await
@@ -534,6 +581,8 @@ impl Syncer {
 
 struct Writer {
     next_seq: Seq,
+    /// Next offset per source partition, as of `next_seq`.
+    positions: HashMap<(String, i32), i64>,
     dedup: DedupIndex,
     meters: MeterSet,
     key_ids: std::collections::HashSet<String>,
@@ -671,6 +720,49 @@ impl Writer {
                 }
                 let outcome = self.prepare_ingest(items, received_ms, origin, batch)?;
                 batch.answer(reply, Ok(outcome));
+            }
+            Command::SourceBatch {
+                items,
+                positions,
+                delta,
+                received_ms,
+                reply,
+            } => {
+                let key = (delta.topic.clone(), delta.partition);
+                let stored = self.positions.get(&key).copied();
+                if delta.to < delta.from || stored.is_some_and(|next| next != delta.from) {
+                    let msg = format!(
+                        "offsets {}..{} of {}/{} do not continue the stored position {:?}",
+                        delta.from, delta.to, delta.topic, delta.partition, stored
+                    );
+                    batch.answer(reply, Err(EngineError::Conflict(msg)));
+                    return Ok(());
+                }
+                if self.dedup.len() + batch.claims.len() + items.len() > self.dedup_keys_max {
+                    let msg = format!(
+                        "the dedup index holds {} identities, its limit is {}",
+                        self.dedup.len(),
+                        self.dedup_keys_max
+                    );
+                    batch.answer(reply, Err(EngineError::Overloaded(msg)));
+                    return Ok(());
+                }
+                let first = batch.records.len();
+                let outcome = self.prepare_ingest(items, received_ms, "kafka", batch)?;
+                // Attach each quarantined message's topic/partition/offset.
+                for record in &mut batch.records[first..] {
+                    if let Record::Rejected(r) = record {
+                        if let Some(i) = r.index {
+                            r.position = positions.get(i as usize).cloned();
+                        }
+                    }
+                }
+                self.positions.insert(key, delta.to);
+                batch.push(Record::SourceOffsets(delta), None);
+                batch.answer(reply, Ok(outcome));
+            }
+            Command::SourcePositions { reply } => {
+                batch.answer(reply, Ok(self.positions.clone()));
             }
             Command::RejectBody {
                 rejection,

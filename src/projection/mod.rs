@@ -37,7 +37,7 @@ pub const CHECKPOINT_KEY: &[u8] = b"";
 const METER_DEF_PREFIX: u8 = 0x01;
 
 /// The sled-backed projections.
-pub const PROJECTIONS: [&str; 4] = ["counters", "meters", "api_keys", "quarantine"];
+pub const PROJECTIONS: [&str; 5] = ["counters", "meters", "api_keys", "quarantine", "sources"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectionError {
@@ -69,6 +69,8 @@ pub struct Store {
     pub meters: sled::Tree,
     pub api_keys: sled::Tree,
     pub quarantine: sled::Tree,
+    /// Next offset to consume per source partition (`topic 0x00 partition`).
+    pub sources: sled::Tree,
 }
 
 impl Store {
@@ -82,6 +84,7 @@ impl Store {
             meters: db.open_tree("meters")?,
             api_keys: db.open_tree("api_keys")?,
             quarantine: db.open_tree("quarantine")?,
+            sources: db.open_tree("sources")?,
             db,
         })
     }
@@ -92,6 +95,7 @@ impl Store {
             "meters" => Some(&self.meters),
             "api_keys" => Some(&self.api_keys),
             "quarantine" => Some(&self.quarantine),
+            "sources" => Some(&self.sources),
             _ => None,
         }
     }
@@ -142,6 +146,28 @@ impl Store {
         Ok(out)
     }
 
+    /// The stored next offset of every source partition.
+    pub fn source_positions(
+        &self,
+    ) -> Result<std::collections::HashMap<(String, i32), i64>, ProjectionError> {
+        let mut out = std::collections::HashMap::new();
+        for kv in self.sources.iter() {
+            let (k, v) = kv?;
+            if k.is_empty() {
+                continue;
+            }
+            let bad = || ProjectionError::Value {
+                tree: "sources",
+                key: String::from_utf8_lossy(&k).into_owned(),
+                reason: "malformed source position".into(),
+            };
+            let (topic, partition) = decode_source_key(&k).ok_or_else(bad)?;
+            let next: [u8; 8] = v.as_ref().try_into().map_err(|_| bad())?;
+            out.insert((topic, partition), i64::from_be_bytes(next));
+        }
+        Ok(out)
+    }
+
     /// Quarantined inputs with seq > `after`, oldest first.
     pub fn quarantine_page(
         &self,
@@ -161,10 +187,30 @@ impl Store {
                     key: hex::encode(&k),
                     reason: "key is not a sequence number".into(),
                 })?);
-            out.push((seq, decode_json("quarantine", &k, &v)?));
+            let record = postcard::from_bytes(&v).map_err(|e| ProjectionError::Value {
+                tree: "quarantine",
+                key: seq.to_string(),
+                reason: e.to_string(),
+            })?;
+            out.push((seq, record));
         }
         Ok(out)
     }
+}
+
+pub fn source_key(topic: &str, partition: i32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(topic.len() + 5);
+    k.extend_from_slice(topic.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&partition.to_be_bytes());
+    k
+}
+
+fn decode_source_key(k: &[u8]) -> Option<(String, i32)> {
+    let split = k.iter().position(|&b| b == 0)?;
+    let topic = std::str::from_utf8(&k[..split]).ok()?.to_owned();
+    let partition = i32::from_be_bytes(k[split + 1..].try_into().ok()?);
+    Some((topic, partition))
 }
 
 fn decode_json<T: serde::de::DeserializeOwned>(
@@ -563,6 +609,7 @@ pub struct Documents {
     meters_applied: Seq,
     keys_applied: Seq,
     quarantine_applied: Seq,
+    sources_applied: Seq,
     /// Highest seq seen; trees are logically at least here.
     seen: Seq,
 }
@@ -572,8 +619,13 @@ impl Documents {
         let meters_applied = checkpoint(&store.meters)?;
         let keys_applied = checkpoint(&store.api_keys)?;
         let quarantine_applied = checkpoint(&store.quarantine)?;
+        let sources_applied = checkpoint(&store.sources)?;
         Ok(Documents {
-            seen: meters_applied.min(keys_applied).min(quarantine_applied),
+            seen: meters_applied
+                .min(keys_applied)
+                .min(quarantine_applied)
+                .min(sources_applied),
+            sources_applied,
             meters_applied,
             keys_applied,
             quarantine_applied,
@@ -581,11 +633,12 @@ impl Documents {
         })
     }
 
-    pub fn applied(&self) -> [(&'static str, Seq); 3] {
+    pub fn applied(&self) -> [(&'static str, Seq); 4] {
         [
             ("meters", self.meters_applied.max(self.seen)),
             ("api_keys", self.keys_applied.max(self.seen)),
             ("quarantine", self.quarantine_applied.max(self.seen)),
+            ("sources", self.sources_applied.max(self.seen)),
         ]
     }
 
@@ -593,6 +646,7 @@ impl Documents {
         self.meters_applied
             .min(self.keys_applied)
             .min(self.quarantine_applied)
+            .min(self.sources_applied)
             .max(self.seen)
     }
 
@@ -606,15 +660,21 @@ impl Documents {
         let mut meters = sled::Batch::default();
         let mut keys = sled::Batch::default();
         let mut quarantine = sled::Batch::default();
+        let mut sources = sled::Batch::default();
         let (mut meters_changed, mut keys_changed, mut quarantine_changed) = (false, false, false);
+        let mut sources_changed = false;
         for a in records.iter().filter(|a| a.seq > self.seen) {
             match a.record {
                 Record::Rejected(r) if a.seq > self.quarantine_applied => {
                     quarantine.insert(
                         &a.seq.to_be_bytes(),
-                        serde_json::to_vec(r).expect("record serializes"),
+                        postcard::to_allocvec(r).expect("record serializes"),
                     );
                     quarantine_changed = true;
+                }
+                Record::SourceOffsets(d) if a.seq > self.sources_applied => {
+                    sources.insert(source_key(&d.topic, d.partition), &d.to.to_be_bytes());
+                    sources_changed = true;
                 }
                 Record::MeterCreated { meter, .. } if a.seq > self.meters_applied => {
                     meters.insert(
@@ -656,6 +716,11 @@ impl Documents {
             self.store.quarantine.apply_batch(quarantine)?;
             self.quarantine_applied = last;
         }
+        if sources_changed {
+            put_checkpoint(&mut sources, last);
+            self.store.sources.apply_batch(sources)?;
+            self.sources_applied = last;
+        }
         self.seen = self.seen.max(last);
         Ok((meters_changed, keys_changed))
     }
@@ -667,6 +732,7 @@ impl Documents {
             (&self.store.meters, &mut self.meters_applied),
             (&self.store.api_keys, &mut self.keys_applied),
             (&self.store.quarantine, &mut self.quarantine_applied),
+            (&self.store.sources, &mut self.sources_applied),
         ] {
             if *applied < seen {
                 tree.insert(CHECKPOINT_KEY, &seen.to_be_bytes())?;
