@@ -1,1 +1,217 @@
-fn main() {}
+//! Kafka ingest end to end: a topic on librdkafka's mock cluster, pre-filled
+//! with 1,000,000 CloudEvents over 4 partitions, consumed by keymeter until
+//! the log's stored positions reach the end offsets (durable counters), next
+//! to a bare rdkafka consumer that only receives the same messages, in the
+//! same run. Prints events/s for both, the ratio, and peak RSS.
+//!
+//! `KEYMETER_BENCH_QUICK=1` shrinks it to a ~20k-event smoke run.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keymeter::config::{Config, KafkaConfig};
+use keymeter::engine::{Engine, SystemClock};
+use keymeter::meter::MeterDef;
+use keymeter::record::Audit;
+use keymeter::source::kafka::{readiness, KafkaSource};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
+
+/// The engine allocates many small, short-lived values per event (parsed
+/// JSON, records); mimalloc handles that pattern markedly better than glibc.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const TOPIC: &str = "usage-events";
+const PARTITIONS: i32 = 4;
+
+/// Peak resident set size of this process, in MiB (`VmHWM`).
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Produces `events` structured-mode CloudEvents, keyed by subject, spread
+/// over the partitions; returns the end offset of each partition.
+fn fill(bootstrap: &str, events: usize) -> HashMap<i32, i64> {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "500000")
+        .set("compression.type", "none")
+        .create()
+        .unwrap();
+    let now = chrono::Utc::now();
+    let mut ends = HashMap::new();
+    for i in 0..events {
+        let subject = format!("customer-{}", (i * 7) % 500);
+        let partition = (i % 500 % PARTITIONS as usize) as i32;
+        let t = now - chrono::Duration::milliseconds(i as i64 % 3_600_000);
+        let value = serde_json::to_vec(&serde_json::json!({
+            "specversion": "1.0",
+            "id": format!("evt-{i}"),
+            "source": "bench/loadgen",
+            "type": "api_call",
+            "subject": subject,
+            "time": t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "data": {"tokens": (i % 977) as f64 + 0.25, "model": if i % 2 == 0 { "small" } else { "large" }}
+        }))
+        .unwrap();
+        let mut record = BaseRecord::to(TOPIC)
+            .partition(partition)
+            .key(&subject)
+            .payload(&value);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    record = r;
+                    producer.poll(Duration::from_millis(5));
+                }
+            }
+        }
+        *ends.entry(partition).or_insert(0i64) += 1;
+    }
+    producer.flush(Duration::from_secs(120)).unwrap();
+    ends
+}
+
+/// Receives every message with a plain consumer (assigned, no group join)
+/// and only touches the payload. Returns events/s.
+fn bare(bootstrap: &str, ends: &HashMap<i32, i64>) -> f64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "bare")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(TOPIC, p, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let total: i64 = ends.values().sum();
+    let (mut received, mut bytes) = (0i64, 0usize);
+    let started = Instant::now();
+    while received < total {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            bytes += m.payload().map_or(0, <[u8]>::len);
+            received += 1;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    assert!(bytes > 0);
+    total as f64 / secs
+}
+
+/// Consumes the topic with keymeter until the log holds every position.
+/// The clock starts when the group has assigned the partitions.
+fn keymeter(bootstrap: &str, ends: &HashMap<i32, i64>) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = KafkaConfig {
+        brokers: bootstrap.to_owned(),
+        topics: vec![TOPIC.to_owned()],
+        group: "keymeter-bench".into(),
+        ..KafkaConfig::default()
+    };
+    let cfg = Config {
+        data_dir: dir.path().to_owned(),
+        bootstrap_admin_key: Some("km_bench_admin_key_0123456789abcdef".into()),
+        kafka: Some(kafka.clone()),
+        ..Config::default()
+    };
+    let started = Engine::open(&cfg, Arc::new(SystemClock)).unwrap();
+    let engine = started.engine;
+    let handle = engine.handle();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for meter in [
+        serde_json::json!({"slug": "tokens", "eventType": "api_call", "aggregation": "SUM",
+                           "valueProperty": "$.tokens", "groupBy": {"model": "$.model"}}),
+        serde_json::json!({"slug": "calls", "eventType": "api_call", "aggregation": "COUNT"}),
+    ] {
+        let def: MeterDef = serde_json::from_value(meter).unwrap();
+        let audit = Audit {
+            actor: None,
+            at_ms: 0,
+            request_id: None,
+        };
+        rt.block_on(handle.create_meter(def, audit)).unwrap();
+    }
+    let source = KafkaSource::start(&kafka, handle.clone()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while readiness()["assignedPartitions"]
+        .as_array()
+        .is_none_or(|a| a.len() < PARTITIONS as usize)
+    {
+        assert!(Instant::now() < deadline, "no assignment: {}", readiness());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let clock = Instant::now();
+    let total: i64 = ends.values().sum();
+    loop {
+        let positions = rt.block_on(handle.source_positions()).unwrap();
+        if ends
+            .iter()
+            .all(|(p, end)| positions.get(&(TOPIC.to_owned(), *p)) == Some(end))
+        {
+            break;
+        }
+        assert!(
+            clock.elapsed() < Duration::from_secs(600),
+            "keymeter did not finish: {positions:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let secs = clock.elapsed().as_secs_f64();
+    source.stop();
+    let accepted = keymeter::metrics::metrics()
+        .kafka_messages_total
+        .with_label_values(&["accepted"])
+        .get();
+    assert_eq!(accepted as i64, total, "every event counted once");
+    drop(handle);
+    engine.shutdown().unwrap();
+    total as f64 / secs
+}
+
+fn main() {
+    let quick = std::env::var_os("KEYMETER_BENCH_QUICK").is_some();
+    let events = if quick { 20_000 } else { 1_000_000 };
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic(TOPIC, PARTITIONS, 1).unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    let filled = Instant::now();
+    let ends = fill(&bootstrap, events);
+    let rss_filled = peak_rss_mib();
+    println!(
+        "kafka_ingest: {events} events over {PARTITIONS} partitions produced in {:.1} s (peak RSS {rss_filled:.0} MiB with the mock broker's copy)",
+        filled.elapsed().as_secs_f64()
+    );
+    let bare = bare(&bootstrap, &ends);
+    println!("bare rdkafka consumer         {bare:>10.0} events/s  (receive only)");
+    let km = keymeter(&bootstrap, &ends);
+    println!("keymeter, durable counters    {km:>10.0} events/s  (decode, dedup, log fsync, fold)");
+    println!(
+        "ratio keymeter / bare          {:>9.1} %   target >= 50 % and >= 500000 events/s",
+        km / bare * 100.0
+    );
+    println!(
+        "peak RSS                       {:>9.0} MiB (process: mock broker + producer + consumers + engine; {:.0} MiB after filling)",
+        peak_rss_mib(),
+        rss_filled
+    );
+}

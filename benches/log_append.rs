@@ -3,7 +3,8 @@
 //! For each batch size, alternates short slices of (a) raw: the same pre-encoded frame bytes
 //! with `write_all` + `sync_data` per batch, and (b) `Log::append_batch`, into a file and a
 //! log directory on the disk that holds `target/`. Prints records/s, MB/s, batches/s and
-//! p50/p99 batch latency for both, and the log/raw ratio (issue target: >= 0.70).
+//! p50/p99 batch latency for both, and the log/raw ratio (issue target: >= 0.70), and the
+//! load average before and after.
 //!
 //! `KEYMETER_BENCH_QUICK=1` shrinks it to a sub-second smoke run.
 
@@ -215,16 +216,16 @@ fn encode_only_mb_per_s(payloads: &[Vec<u8>], buf: &mut Vec<u8>) -> f64 {
 }
 
 fn main() {
-    if std::env::var("KM_EXP").is_ok() { return exp(); }
     let plan = Plan::from_env();
     let base = option_env!("CARGO_TARGET_TMPDIR").unwrap_or("target");
     fs::create_dir_all(base).expect("create bench tmp base");
     let tmp = tempfile::tempdir_in(base).expect("bench temp dir");
     println!(
-        "log_append: dir {}, {:?} per batch size, raw/log alternating every ~{:?}",
+        "log_append: dir {}, {:?} per batch size, raw/log alternating every ~{:?}{}",
         tmp.path().display(),
         plan.case_time,
-        plan.slice_time
+        plan.slice_time,
+        load_average()
     );
     let mut rng = StdRng::seed_from_u64(0x6b65_796d_6574_6572);
 
@@ -258,51 +259,17 @@ fn main() {
             encode_only_mb_per_s(&payloads, &mut encoded),
         );
     }
+    println!("done{}", load_average());
 }
 
-fn exp() {
-    use std::sync::atomic::Ordering;
-    let variants: Vec<(usize, bool)> = std::env::var("KM_EXP").unwrap().split(',').map(|v| {
-        let (c, a) = v.split_once(':').unwrap();
-        (if c == "max" { usize::MAX } else { c.parse().unwrap() }, a == "1")
-    }).collect();
-    let secs: f64 = std::env::var("KM_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(30.0);
-    let base = option_env!("CARGO_TARGET_TMPDIR").unwrap_or("target");
-    fs::create_dir_all(base).unwrap();
-    let tmp = tempfile::tempdir_in(base).unwrap();
-    let mut rng = StdRng::seed_from_u64(0x6b65_796d_6574_6572);
-    println!("load {}", fs::read_to_string("/proc/loadavg").unwrap().trim());
-    for batch_records in BATCH_SIZES {
-        let payloads = payloads(batch_records, &mut rng);
-        let mut encoded = Vec::new();
-        encode_batch(GENESIS_HASH, 1, &payloads, &mut encoded);
-        let mut raw_case = RawCase::new(tmp.path());
-        let mut cases: Vec<LogCase> = (0..variants.len()).map(|i| {
-            let d = tmp.path().join(format!("v{i}"));
-            fs::create_dir_all(&d).unwrap();
-            LogCase::new(&d)
-        }).collect();
-        let per_batch = calibrate(&mut raw_case, &encoded, batch_records).as_secs_f64();
-        let n = ((0.1 / per_batch) as usize).max(1);
-        let mut raw = CaseStats::new();
-        let mut stats: Vec<CaseStats> = variants.iter().map(|_| CaseStats::new()).collect();
-        let start = Instant::now();
-        while start.elapsed().as_secs_f64() < secs {
-            raw_case.run(&encoded, batch_records, n, &mut raw);
-            for (i, (c, a)) in variants.iter().enumerate() {
-                keymeter::log::TMP_CHUNK.store(*c, Ordering::Relaxed);
-                keymeter::log::TMP_ALIGN.store(*a, Ordering::Relaxed);
-                cases[i].run(&payloads, encoded.len(), n, &mut stats[i]);
-            }
-        }
-        println!("batch {batch_records}: raw p50 {:.2} ms", raw.latency_us.value_at_quantile(0.5) as f64 / 1e3);
-        for (i, v) in variants.iter().enumerate() {
-            println!("  {:>8}:{} ratio {:.3} rec/s  {:.3} p50   p50 {:.2} ms p99 {:.2} ms", if v.0 == usize::MAX { "max".to_string() } else { v.0.to_string() }, v.1 as u8,
-                stats[i].records_per_s() / raw.records_per_s(),
-                raw.latency_us.value_at_quantile(0.5) as f64 / stats[i].latency_us.value_at_quantile(0.5) as f64,
-                stats[i].latency_us.value_at_quantile(0.5) as f64 / 1e3,
-                stats[i].latency_us.value_at_quantile(0.99) as f64 / 1e3);
-        }
-    }
-    println!("load {}", fs::read_to_string("/proc/loadavg").unwrap().trim());
+/// `", load average 1.23 0.98 0.75"` where `/proc/loadavg` exists: the CPUs and disk are
+/// shared, so a ratio means little without the load it was measured under.
+fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| {
+            let fields: Vec<&str> = l.split_whitespace().take(3).collect();
+            (fields.len() == 3).then(|| format!(", load average {}", fields.join(" ")))
+        })
+        .unwrap_or_default()
 }

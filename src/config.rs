@@ -43,6 +43,88 @@ pub struct Config {
     /// at the limit ingest is refused with 503 rather than forgetting
     /// identities early.
     pub dedup_keys_max: usize,
+    /// File holding the master key (base64 text or 32 raw bytes) that seals
+    /// license keys and derives the signing key. Default:
+    /// `<data_dir>.master-key`, generated on first start. Never inside the
+    /// data directory.
+    pub master_key_file: Option<PathBuf>,
+    /// The master key itself (base64), from `KEYMETER_MASTER_KEY` only (never
+    /// from the file or a flag); wins over `master_key_file`.
+    #[serde(skip)]
+    pub master_key: Option<crate::crypto::SecretString>,
+    /// Lifetime of a signed validation verdict (`exp - iat` of the token).
+    #[serde(with = "humantime_serde")]
+    pub token_ttl: Duration,
+    /// TTL of an offline license file when the request names none.
+    #[serde(with = "humantime_serde")]
+    pub license_file_ttl: Duration,
+    /// Longest TTL a license file may be issued with.
+    #[serde(with = "humantime_serde")]
+    pub license_file_ttl_max: Duration,
+    /// Consume usage events from Kafka as well (off when absent).
+    pub kafka: Option<KafkaConfig>,
+}
+
+/// The `[kafka]` section: where to consume CloudEvents from.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`, e.g. `"broker1:9092,broker2:9092"`.
+    pub brokers: String,
+    pub topics: Vec<String>,
+    /// Consumer group id.
+    pub group: String,
+    /// Where messages that are quarantined are also produced (same key and
+    /// value, plus `keymeter-*` headers). None: quarantine only.
+    pub dead_letter_topic: Option<String>,
+    /// Any librdkafka property (`security.protocol`, `sasl.mechanisms`, …),
+    /// passed through to the consumer and the dead-letter producer.
+    pub properties: std::collections::BTreeMap<String, String>,
+    /// Most messages of one partition written in one log batch.
+    pub batch_messages_max: usize,
+    /// Longest a consumed message waits for its partition's batch to fill.
+    #[serde(with = "humantime_serde")]
+    pub batch_wait: Duration,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: String::new(),
+            topics: Vec::new(),
+            group: "keymeter".into(),
+            dead_letter_topic: None,
+            properties: Default::default(),
+            batch_messages_max: 5_000,
+            batch_wait: Duration::from_millis(20),
+        }
+    }
+}
+
+impl KafkaConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(!self.brokers.trim().is_empty(), "kafka.brokers is empty");
+        anyhow::ensure!(!self.topics.is_empty(), "kafka.topics is empty");
+        anyhow::ensure!(
+            self.topics.iter().all(|t| !t.is_empty()),
+            "kafka.topics has an empty name"
+        );
+        anyhow::ensure!(!self.group.is_empty(), "kafka.group is empty");
+        anyhow::ensure!(
+            self.batch_messages_max >= 1,
+            "kafka.batch_messages_max must be >= 1"
+        );
+        // Offsets live in the event log; Kafka must not move them on its own.
+        for key in ["enable.auto.commit", "enable.auto.offset.store"] {
+            if let Some(v) = self.properties.get(key) {
+                anyhow::ensure!(
+                    v == "false",
+                    "kafka.properties.\"{key}\" must stay false: keymeter stores offsets in its log"
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for Config {
@@ -60,6 +142,12 @@ impl Default for Config {
             writer_queue_max: 256,
             segment_bytes_max: 64 * 1024 * 1024,
             dedup_keys_max: 20_000_000,
+            master_key_file: None,
+            master_key: None,
+            token_ttl: Duration::from_secs(5 * 60),
+            license_file_ttl: Duration::from_secs(30 * 24 * 3600),
+            license_file_ttl_max: Duration::from_secs(366 * 24 * 3600),
+            kafka: None,
         }
     }
 }
@@ -106,6 +194,18 @@ impl Config {
             self.segment_bytes_max >= 4096,
             "segment_bytes_max must be >= 4096"
         );
+        if let Some(kafka) = &self.kafka {
+            kafka.validate()?;
+        }
+        anyhow::ensure!(
+            self.token_ttl >= Duration::from_secs(1),
+            "token_ttl must be at least 1s"
+        );
+        anyhow::ensure!(
+            Duration::from_secs(60) <= self.license_file_ttl
+                && self.license_file_ttl <= self.license_file_ttl_max,
+            "license_file_ttl must be between 1m and license_file_ttl_max"
+        );
         if let Some(key) = &self.bootstrap_admin_key {
             anyhow::ensure!(
                 key.len() >= crate::auth::SUPPLIED_KEY_CHARS_MIN,
@@ -148,5 +248,23 @@ mod tests {
         assert_eq!(c.request_events_max, 5);
         assert_eq!(c.data_dir, PathBuf::from("keymeter-data"));
         assert!(toml::from_str::<Config>("lissten = \"x\"").is_err());
+    }
+
+    #[test]
+    fn kafka_section_passes_librdkafka_properties_through() {
+        let c: Config = toml::from_str(
+            "[kafka]\nbrokers = \"b:9092\"\ntopics = [\"usage-events\"]\n\
+             [kafka.properties]\n\"security.protocol\" = \"SASL_SSL\"\n",
+        )
+        .unwrap();
+        let k = c.kafka.as_ref().unwrap();
+        assert_eq!(k.group, "keymeter");
+        assert_eq!(k.properties["security.protocol"], "SASL_SSL");
+        c.validate().unwrap();
+        assert!(Config::default().kafka.is_none());
+        let mut bad = k.clone();
+        bad.properties
+            .insert("enable.auto.commit".into(), "true".into());
+        assert!(bad.validate().is_err());
     }
 }

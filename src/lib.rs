@@ -7,10 +7,13 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod crypto;
 pub mod engine;
 pub mod event;
+pub mod license;
 pub mod log;
 pub mod meter;
 pub mod metrics;
 pub mod projection;
 pub mod record;
+pub mod source;

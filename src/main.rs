@@ -12,6 +12,8 @@ use clap::{Args, Parser, Subcommand};
 use keymeter::config::Config;
 use keymeter::engine::{self, Engine, SystemClock};
 
+mod cli_license;
+
 /// The engine allocates many small, short-lived values per event (parsed
 /// JSON, records); mimalloc handles that pattern markedly better than glibc.
 #[global_allocator]
@@ -39,6 +41,8 @@ enum Command {
         #[command(subcommand)]
         command: LogCommand,
     },
+    /// Manage licenses on a running server (HTTP client; needs an admin key).
+    License(cli_license::LicenseArgs),
 }
 
 #[derive(Subcommand)]
@@ -85,9 +89,53 @@ struct ConfigArgs {
     /// Log segment size at which a new segment starts [default: 67108864].
     #[arg(long, env = "KEYMETER_SEGMENT_BYTES_MAX")]
     segment_bytes_max: Option<u64>,
+    /// Master key file (base64, 32 bytes); never inside the data directory
+    /// [default: <data-dir>.master-key, created on first start]. The key
+    /// itself may come from KEYMETER_MASTER_KEY (base64) instead.
+    #[arg(long, env = "KEYMETER_MASTER_KEY_FILE")]
+    master_key_file: Option<PathBuf>,
+    /// Lifetime of signed validation verdicts (e.g. "5m") [default: 5m].
+    #[arg(long, env = "KEYMETER_TOKEN_TTL", value_parser = humantime::parse_duration)]
+    token_ttl: Option<Duration>,
+    /// Kafka bootstrap servers (HOST:PORT[,HOST:PORT…]); enables the Kafka source.
+    #[arg(long, env = "KEYMETER_KAFKA_BROKERS")]
+    kafka_brokers: Option<String>,
+    /// Kafka topic to consume (repeat the flag, or comma-separate in the variable).
+    #[arg(long = "kafka-topic", env = "KEYMETER_KAFKA_TOPICS", value_delimiter = ',')]
+    kafka_topics: Vec<String>,
+    /// Kafka consumer group [default: keymeter].
+    #[arg(long, env = "KEYMETER_KAFKA_GROUP")]
+    kafka_group: Option<String>,
+    /// Topic that receives a copy of every quarantined Kafka message.
+    #[arg(long, env = "KEYMETER_KAFKA_DEAD_LETTER_TOPIC")]
+    kafka_dead_letter_topic: Option<String>,
 }
 
 impl ConfigArgs {
+    /// Kafka flags create the `[kafka]` section when the file has none.
+    fn apply_kafka(&self, cfg: &mut Config) {
+        let any = self.kafka_brokers.is_some()
+            || !self.kafka_topics.is_empty()
+            || self.kafka_group.is_some()
+            || self.kafka_dead_letter_topic.is_some();
+        if !any {
+            return;
+        }
+        let kafka = cfg.kafka.get_or_insert_with(Default::default);
+        if let Some(brokers) = &self.kafka_brokers {
+            kafka.brokers = brokers.clone();
+        }
+        if !self.kafka_topics.is_empty() {
+            kafka.topics = self.kafka_topics.clone();
+        }
+        if let Some(group) = &self.kafka_group {
+            kafka.group = group.clone();
+        }
+        if let Some(topic) = &self.kafka_dead_letter_topic {
+            kafka.dead_letter_topic = Some(topic.clone());
+        }
+    }
+
     fn load(&self) -> anyhow::Result<Config> {
         let mut cfg = match &self.config {
             Some(path) => Config::from_file(path)?,
@@ -116,6 +164,16 @@ impl ConfigArgs {
         if self.bootstrap_admin_key.is_some() {
             cfg.bootstrap_admin_key = self.bootstrap_admin_key.clone();
         }
+        if self.master_key_file.is_some() {
+            cfg.master_key_file = self.master_key_file.clone();
+        }
+        if let Some(ttl) = self.token_ttl {
+            cfg.token_ttl = ttl;
+        }
+        if let Ok(key) = std::env::var("KEYMETER_MASTER_KEY") {
+            cfg.master_key = Some(keymeter::crypto::SecretString::new(key));
+        }
+        self.apply_kafka(&mut cfg);
         cfg.validate()?;
         Ok(cfg)
     }
@@ -136,6 +194,7 @@ fn main() -> std::process::ExitCode {
         Command::Log {
             command: LogCommand::Verify(args),
         } => args.load().and_then(verify),
+        Command::License(args) => cli_license::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -164,6 +223,10 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
     );
     let engine = started.engine;
     let handle = engine.handle();
+    let kafka = match &cfg.kafka {
+        None => None,
+        Some(k) => Some(keymeter::source::kafka::KafkaSource::start(k, handle.clone())?),
+    };
     let cfg = Arc::new(cfg);
     let state = keymeter::api::AppState {
         engine: handle.clone(),
@@ -203,6 +266,12 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
             .await?;
         anyhow::Ok(())
     })?;
+    if let Some(kafka) = kafka {
+        // Before the engine drains: batches in the engine are awaited, the
+        // rest is consumed again from the stored positions on the next start.
+        tracing::info!("stopping the Kafka source");
+        kafka.stop();
+    }
     drop(handle);
     runtime.shutdown_timeout(Duration::from_secs(5));
     tracing::info!("HTTP server stopped; draining the writer");

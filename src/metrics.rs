@@ -30,6 +30,17 @@ pub struct Metrics {
     pub dedup_keys: IntGauge,
     pub http_requests_total: IntCounterVec,
     pub http_request_duration_seconds: HistogramVec,
+    pub kafka_messages_total: IntCounterVec,
+    pub kafka_batches_total: IntCounterVec,
+    pub kafka_dead_letters_total: IntCounterVec,
+    pub kafka_lag_records: IntGaugeVec,
+    pub kafka_connected: IntGauge,
+    pub kafka_assigned_partitions: IntGauge,
+    pub kafka_errors_total: IntCounter,
+    pub kafka_pauses_total: IntCounter,
+    pub license_validations_total: IntCounterVec,
+    pub seat_operations_total: IntCounterVec,
+    pub license_admin_total: IntCounterVec,
 }
 
 fn exp_buckets(start: f64, factor: f64, n: usize) -> Vec<f64> {
@@ -150,6 +161,57 @@ impl Metrics {
                 &["route", "method", "status"],
             ),
             http_request_duration_seconds,
+            kafka_messages_total: counter_vec(
+                "keymeter_kafka_messages_total",
+                "Kafka messages written to the log, by result (accepted, duplicate, rejected).",
+                &["result"],
+            ),
+            kafka_batches_total: counter_vec(
+                "keymeter_kafka_batches_total",
+                "Partition batches handed to the engine, by result (written, conflict, refused).",
+                &["result"],
+            ),
+            kafka_dead_letters_total: counter_vec(
+                "keymeter_kafka_dead_letters_total",
+                "Dead-letter produces, by result (delivered, retried, late).",
+                &["result"],
+            ),
+            kafka_lag_records: gauge_vec(
+                "keymeter_kafka_lag_records",
+                "High watermark minus the position stored in the log, by topic and partition.",
+                &["topic", "partition"],
+            ),
+            kafka_connected: gauge(
+                "keymeter_kafka_connected",
+                "1 while the Kafka consumer reaches its brokers, 0 otherwise.",
+            ),
+            kafka_assigned_partitions: gauge(
+                "keymeter_kafka_assigned_partitions",
+                "Kafka partitions assigned to this instance.",
+            ),
+            kafka_errors_total: counter(
+                "keymeter_kafka_errors_total",
+                "Errors reported by the Kafka client (broker down, transport, fetch).",
+            ),
+            kafka_pauses_total: counter(
+                "keymeter_kafka_pauses_total",
+                "Times a partition was paused because the engine was behind (backpressure).",
+            ),
+            license_validations_total: counter_vec(
+                "keymeter_license_validations_total",
+                "License validations answered, by verdict code.",
+                &["code"],
+            ),
+            seat_operations_total: counter_vec(
+                "keymeter_seat_operations_total",
+                "Seat checkouts, heartbeats, releases and reclaimed leases, by result (ok or refusal code).",
+                &["operation", "result"],
+            ),
+            license_admin_total: counter_vec(
+                "keymeter_license_admin_total",
+                "License admin operations (create, update, suspend, …), by result (ok or refusal code).",
+                &["operation", "result"],
+            ),
             registry,
         }
     }

@@ -38,6 +38,78 @@ pub enum Record {
     /// Messages `from..to` of a source partition were consumed, and their
     /// effects are the other records of the same batch.
     SourceOffsets(OffsetDelta),
+    /// A license and its key, sealed (never the key in plaintext).
+    LicenseCreated {
+        license: AsJson<crate::license::License>,
+        secret: LicenseSecret,
+        audit: Audit,
+    },
+    /// The whole license document after an update.
+    LicenseChanged {
+        license: AsJson<crate::license::License>,
+        audit: Audit,
+    },
+    LicenseSuspended {
+        id: String,
+        reason: Option<String>,
+        audit: Audit,
+    },
+    LicenseReinstated {
+        id: String,
+        audit: Audit,
+    },
+    LicenseRevoked {
+        id: String,
+        reason: Option<String>,
+        audit: Audit,
+    },
+    /// New `expires_at` (ms; `None`: perpetual).
+    LicenseRenewed {
+        id: String,
+        expires_at_ms: Option<i64>,
+        audit: Audit,
+    },
+    SeatCheckedOut {
+        license_id: String,
+        seat: SeatRecord,
+        audit: Audit,
+    },
+    SeatHeartbeat {
+        license_id: String,
+        seat_id: String,
+        at_ms: i64,
+        expires_ms: Option<i64>,
+    },
+    SeatReleased {
+        license_id: String,
+        seat_id: String,
+        audit: Audit,
+    },
+    /// The writer found the lease lapsed at `at_ms` and reclaimed the seat.
+    SeatLeaseExpired {
+        license_id: String,
+        seat_id: String,
+        at_ms: i64,
+    },
+}
+
+/// How a license key is kept: an HMAC-SHA256 lookup digest (server-side
+/// pepper) and the key sealed with AES-256-GCM under the master key (random
+/// nonce, the license id as associated data). See [`crate::crypto`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LicenseSecret {
+    pub lookup: [u8; 32],
+    /// `nonce ‖ ciphertext ‖ tag`.
+    pub sealed_key: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeatRecord {
+    pub seat_id: String,
+    pub fingerprint: String,
+    pub at_ms: i64,
+    /// Lease end; `None` for a node-locked seat.
+    pub expires_ms: Option<i64>,
 }
 
 /// Where a message came from in a partitioned source (Kafka).

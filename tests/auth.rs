@@ -19,6 +19,20 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("POST", "/api/v1/api-keys", "admin"),
     ("DELETE", "/api/v1/api-keys/0123456789ab", "admin"),
     ("GET", "/metrics", "read"),
+    ("GET", "/api/v1/licenses", "admin"),
+    ("POST", "/api/v1/licenses", "admin"),
+    ("GET", "/api/v1/licenses/lic_x", "admin"),
+    ("PATCH", "/api/v1/licenses/lic_x", "admin"),
+    ("POST", "/api/v1/licenses/lic_x/suspend", "admin"),
+    ("POST", "/api/v1/licenses/lic_x/reinstate", "admin"),
+    ("POST", "/api/v1/licenses/lic_x/revoke", "admin"),
+    ("POST", "/api/v1/licenses/lic_x/renew", "admin"),
+    ("POST", "/api/v1/licenses/lic_x/license-file", "admin"),
+    ("GET", "/api/v1/licenses/lic_x/seats", "admin"),
+    ("POST", "/api/v1/licenses/lic_x/seats", "ingest"),
+    ("POST", "/api/v1/licenses/lic_x/seats/s/heartbeat", "ingest"),
+    ("DELETE", "/api/v1/licenses/lic_x/seats/s", "ingest"),
+    ("POST", "/api/v1/licenses/validate", "ingest"),
 ];
 
 async fn call(server: &Server, method: &str, path: &str, key: Option<&str>) -> u16 {
@@ -77,7 +91,7 @@ async fn every_route_needs_a_key_with_the_right_scope() {
             assert!(s != 401 && s != 403, "{method} {path} with {scope}: {s}");
         }
     }
-    for path in ["/healthz", "/readyz"] {
+    for path in ["/healthz", "/readyz", "/.well-known/jwks.json"] {
         assert_eq!(call(&server, "GET", path, None).await, 200, "{path}");
     }
 }

@@ -1,8 +1,10 @@
 //! What the log does with damaged files: damage stops the engine with the exact record named,
-//! a torn tail is cut (and kept aside), and nothing else is ever cut.
+//! a torn tail is cut (and kept aside), and nothing else is ever cut. Also: a second process
+//! cannot open a log directory that is in use (which would interleave two writers' frames).
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use keymeter::log::frame::{encode_batch, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
 use keymeter::log::{read_range, verify, Log, LogConfig, LogError, Seq};
@@ -415,4 +417,43 @@ fn read_range_does_not_read_earlier_segments() {
         .unwrap()
         .unwrap();
     assert_eq!((first.seq, first.payload), (from, payload_for(from)));
+}
+
+/// Set only in the child process the lock test starts: the log directory its parent holds open.
+const LOCKED_LOG_DIR_ENV: &str = "KEYMETER_TEST_LOCKED_LOG_DIR";
+
+#[test]
+fn a_second_process_cannot_open_a_log_in_use_but_can_verify_and_read_it() {
+    if let Some(dir) = std::env::var_os(LOCKED_LOG_DIR_ENV) {
+        // The child process: its parent holds the log open.
+        let dir = PathBuf::from(dir);
+        match Log::open(&dir, CFG) {
+            Err(LogError::Locked { dir: locked }) => assert_eq!(locked, dir),
+            other => panic!("expected Locked, got {other:?}"),
+        }
+        assert_eq!(verify(&dir).unwrap().head_seq, 6);
+        assert_eq!(read_range(&dir, 1, 6).unwrap().count(), 6);
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let log = build_log(tmp.path(), 2);
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_second_process_cannot_open_a_log_in_use_but_can_verify_and_read_it",
+            "--test-threads=1",
+        ])
+        .env(LOCKED_LOG_DIR_ENV, tmp.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "child process: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    drop(log);
+    let (_, recovery) = Log::open(tmp.path(), CFG).unwrap();
+    assert_eq!(recovery.head_seq, 6);
 }

@@ -5,6 +5,7 @@ mod auth;
 mod error;
 mod events;
 mod keys;
+mod licenses;
 mod meters;
 
 use std::sync::atomic::Ordering;
@@ -20,6 +21,7 @@ use axum::Router;
 
 pub use self::auth::{Admin, Auth, Ingest, Read};
 pub use self::error::ApiError;
+pub use self::licenses::{validate_with, Validation};
 use crate::config::Config;
 use crate::engine::EngineHandle;
 use crate::metrics::metrics;
@@ -46,7 +48,37 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/meters/{slug}/query", get(meters::query))
         .route("/api/v1/quarantine", get(events::quarantine))
         .route("/api/v1/api-keys", get(keys::list).post(keys::create))
-        .route("/api/v1/api-keys/{id}", delete(keys::revoke));
+        .route("/api/v1/api-keys/{id}", delete(keys::revoke))
+        .route("/.well-known/jwks.json", get(licenses::jwks))
+        .route(
+            "/api/v1/licenses",
+            get(licenses::list).post(licenses::create),
+        )
+        .route("/api/v1/licenses/validate", post(licenses::validate))
+        .route(
+            "/api/v1/licenses/{id}",
+            get(licenses::get).patch(licenses::update),
+        )
+        .route("/api/v1/licenses/{id}/suspend", post(licenses::suspend))
+        .route("/api/v1/licenses/{id}/reinstate", post(licenses::reinstate))
+        .route("/api/v1/licenses/{id}/revoke", post(licenses::revoke))
+        .route("/api/v1/licenses/{id}/renew", post(licenses::renew))
+        .route(
+            "/api/v1/licenses/{id}/license-file",
+            post(licenses::license_file),
+        )
+        .route(
+            "/api/v1/licenses/{id}/seats",
+            get(licenses::seats).post(licenses::checkout),
+        )
+        .route(
+            "/api/v1/licenses/{id}/seats/{seat_id}",
+            delete(licenses::release),
+        )
+        .route(
+            "/api/v1/licenses/{id}/seats/{seat_id}/heartbeat",
+            post(licenses::heartbeat),
+        );
     if state.cfg.metrics_listen.is_none() {
         api = api.route("/metrics", get(metrics_protected));
     }
@@ -79,6 +111,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
         "status": "ready",
         "logHeadSeq": shared.head_seq.load(Ordering::SeqCst),
         "appliedSeq": shared.applied_seq.load(Ordering::SeqCst),
+        "kafka": crate::source::kafka::readiness(),
     }))
     .into_response()
 }

@@ -41,6 +41,17 @@ use crate::record::{
     ApiKeyRecord, Audit, EventRecord, OffsetDelta, Record, RejectedRecord, SourcePosition,
 };
 
+use crate::license::model::{LicenseUpdate, StatusAction};
+use crate::license::seats::CheckoutPlan;
+use crate::license::{License, LicenseBook, Refusal};
+use crate::projection::licenses::{Licenses, PublishedLicenses, UsageCache};
+use crate::record::{LicenseSecret, SeatRecord};
+
+/// How often the writer looks for lapsed seat leases to reclaim.
+const LEASE_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// Most lapsed leases reclaimed by one sweep (the next sweep takes the rest).
+const LEASE_SWEEP_RECORDS_MAX: usize = 1_000;
+
 /// Where "now" comes from. Only the shell reads the system clock; tests may
 /// pass their own.
 pub trait Clock: Send + Sync + 'static {
@@ -147,6 +158,70 @@ enum Command {
     SourcePositions {
         reply: Reply<HashMap<(String, i32), i64>>,
     },
+    CreateLicense {
+        license: Box<License>,
+        secret: LicenseSecret,
+        audit: Audit,
+        reply: Reply<Result<License, Refusal>>,
+    },
+    UpdateLicense {
+        id: String,
+        update: Box<LicenseUpdate>,
+        audit: Audit,
+        reply: Reply<Result<License, Refusal>>,
+    },
+    ChangeLicenseStatus {
+        id: String,
+        action: StatusAction,
+        reason: Option<String>,
+        audit: Audit,
+        reply: Reply<Result<License, Refusal>>,
+    },
+    RenewLicense {
+        id: String,
+        renewal: Renewal,
+        audit: Audit,
+        reply: Reply<Result<License, Refusal>>,
+    },
+    CheckoutSeat {
+        license_id: String,
+        fingerprint: String,
+        audit: Audit,
+        reply: Reply<Result<SeatLease, Refusal>>,
+    },
+    HeartbeatSeat {
+        license_id: String,
+        seat_id: String,
+        reply: Reply<Result<SeatLease, Refusal>>,
+    },
+    ReleaseSeat {
+        license_id: String,
+        seat_id: String,
+        audit: Audit,
+        reply: Reply<Result<(), Refusal>>,
+    },
+    /// Reclaim lapsed seat leases (sent periodically by the sweeper).
+    SweepLeases,
+}
+
+/// How a renewal sets the new expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// This expiry (`None`: perpetual).
+    Until(Option<chrono::DateTime<chrono::Utc>>),
+    /// The later of the current expiry and now, plus this many seconds.
+    Extend(u64),
+}
+
+/// A seat as a checkout or heartbeat leaves it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeatLease {
+    pub seat_id: String,
+    pub fingerprint: String,
+    /// Lease end; `None` for a node-locked seat.
+    pub expires_ms: Option<i64>,
+    /// A seat was taken by this checkout (not an existing one returned).
+    pub new: bool,
 }
 
 impl Command {
@@ -171,6 +246,12 @@ pub struct Shared {
     pub clock: Arc<dyn Clock>,
     pub window: TimeWindow,
     pub request_events_max: usize,
+    /// Licenses and seats as of `applied_seq`, by id and by key digest.
+    pub licenses: PublishedLicenses,
+    /// Quota usage per license, kept current by the projector.
+    pub usage: UsageCache,
+    /// Keys derived from the master key (lookup digests, sealing, signing).
+    pub crypto: Arc<crate::crypto::Keys>,
 }
 
 /// A cheap, cloneable way in: commands to the writer, reads from `shared`.
@@ -211,10 +292,14 @@ impl Engine {
         let store = Store::open(&cfg.state_dir())?;
         let mut counters = Counters::open(&store, &cfg.log_dir())?;
         let mut docs = Documents::open(&store)?;
+        let mut licenses = Licenses::open(&store)?;
         let ahead = docs
             .applied()
             .into_iter()
-            .chain([("counters", counters.applied())])
+            .chain([
+                ("counters", counters.applied()),
+                ("licenses", licenses.applied()),
+            ])
             .find(|(_, seq)| *seq > head);
         if let Some((name, seq)) = ahead {
             // The projections describe records the log no longer has (a
@@ -229,6 +314,7 @@ impl Engine {
             store.clear_all()?;
             counters = Counters::open(&store, &cfg.log_dir())?;
             docs = Documents::open(&store)?;
+            licenses = Licenses::open(&store)?;
         }
         let mut dedup = DedupIndex::open(&cfg.state_dir(), cfg.dedup_keys_max)?;
         if dedup.applied() > head {
@@ -245,6 +331,7 @@ impl Engine {
             .applied()
             .min(docs.min_applied())
             .min(dedup.applied())
+            .min(licenses.applied())
             + 1;
         let replayed_records = head.saturating_sub(from - 1);
         if replayed_records > 0 {
@@ -254,6 +341,7 @@ impl Engine {
             counters.apply(chunk)?;
             docs.apply(chunk)?;
             dedup.apply(chunk)?;
+            licenses.apply(chunk)?;
             if counters.overlay_len() > OVERLAY_STATES_MAX {
                 counters.flush()?;
             }
@@ -261,6 +349,8 @@ impl Engine {
         })?;
         counters.flush()?;
         docs.flush()?;
+        licenses.flush()?;
+        let crypto = Arc::new(load_keys(cfg)?);
 
         let meters = MeterSet::from_defs(store.meter_defs()?)
             .map_err(|e| StartError::Other(format!("stored meter is invalid: {e}")))?;
@@ -277,6 +367,9 @@ impl Engine {
             clock: clock.clone(),
             window: cfg.time_window(),
             request_events_max: cfg.request_events_max,
+            licenses: PublishedLicenses::from_book(licenses.book()),
+            usage: UsageCache::default(),
+            crypto,
         });
         publish_progress(head, &counters, &docs, &dedup);
 
@@ -290,6 +383,7 @@ impl Engine {
             dedup,
             meters,
             key_ids,
+            licenses: licenses.book().clone(),
             window: cfg.time_window(),
             batch_records_max: cfg.batch_records_max,
             dedup_keys_max: cfg.dedup_keys_max,
@@ -299,8 +393,10 @@ impl Engine {
         let projector = Projector {
             counters,
             docs,
+            licenses,
             shared: shared.clone(),
         };
+        spawn_lease_sweeper(tx.downgrade())?;
         let shared_w = shared.clone();
         let writer = std::thread::Builder::new()
             .name("keymeter-writer".into())
@@ -429,6 +525,55 @@ fn publish_progress(head: Seq, counters: &Counters, docs: &Documents, dedup: &De
     }
 }
 
+/// Loads (or, by default, creates beside the data directory) the master key
+/// and derives the licensing keys from it.
+fn load_keys(cfg: &Config) -> Result<crate::crypto::Keys, StartError> {
+    use crate::crypto::{load_master_key, Keys, MasterKeySource};
+    let (master, source) = load_master_key(
+        cfg.master_key.as_ref().map(|s| s.expose()),
+        cfg.master_key_file.as_deref(),
+        &cfg.data_dir,
+    )
+    .map_err(StartError::Other)?;
+    let keys = Keys::derive(&master);
+    match source {
+        MasterKeySource::Generated(path) => tracing::warn!(
+            path = %path.display(),
+            kid = keys.kid(),
+            "generated a new master key (mode 0600) beside the data directory; back it up \
+             separately: without it license keys cannot be recovered and signatures change"
+        ),
+        MasterKeySource::File(path) => {
+            tracing::info!(path = %path.display(), kid = keys.kid(), "master key loaded")
+        }
+        MasterKeySource::Environment => {
+            tracing::info!(
+                kid = keys.kid(),
+                "master key loaded from KEYMETER_MASTER_KEY"
+            )
+        }
+    }
+    Ok(keys)
+}
+
+/// Asks the writer to reclaim lapsed leases every [`LEASE_SWEEP_INTERVAL`].
+/// Holds only a weak sender, so it never keeps the writer alive: it ends at
+/// the first tick after the engine stops.
+fn spawn_lease_sweeper(tx: mpsc::WeakSender<Command>) -> Result<(), StartError> {
+    std::thread::Builder::new()
+        .name("keymeter-lease-sweeper".into())
+        .spawn(move || loop {
+            std::thread::sleep(LEASE_SWEEP_INTERVAL);
+            let Some(tx) = tx.upgrade() else {
+                return;
+            };
+            // A full queue means the writer is busy; the next tick will do.
+            let _ = tx.try_send(Command::SweepLeases);
+        })
+        .map(|_| ())
+        .map_err(|e| StartError::Other(format!("cannot start lease sweeper thread: {e}")))
+}
+
 impl EngineHandle {
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, EngineError> {
         let (reply, rx) = oneshot::channel();
@@ -525,6 +670,113 @@ impl EngineHandle {
         self.call(|reply| Command::RevokeApiKey { id, audit, reply })
             .await
     }
+
+    pub async fn create_license(
+        &self,
+        license: License,
+        secret: LicenseSecret,
+        audit: Audit,
+    ) -> Result<Result<License, Refusal>, EngineError> {
+        self.call(|reply| Command::CreateLicense {
+            license: Box::new(license),
+            secret,
+            audit,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn update_license(
+        &self,
+        id: String,
+        update: LicenseUpdate,
+        audit: Audit,
+    ) -> Result<Result<License, Refusal>, EngineError> {
+        self.call(|reply| Command::UpdateLicense {
+            id,
+            update: Box::new(update),
+            audit,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn change_license_status(
+        &self,
+        id: String,
+        action: StatusAction,
+        reason: Option<String>,
+        audit: Audit,
+    ) -> Result<Result<License, Refusal>, EngineError> {
+        self.call(|reply| Command::ChangeLicenseStatus {
+            id,
+            action,
+            reason,
+            audit,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn renew_license(
+        &self,
+        id: String,
+        renewal: Renewal,
+        audit: Audit,
+    ) -> Result<Result<License, Refusal>, EngineError> {
+        self.call(|reply| Command::RenewLicense {
+            id,
+            renewal,
+            audit,
+            reply,
+        })
+        .await
+    }
+
+    /// Takes a seat for `fingerprint`, or returns (and renews) the one it
+    /// holds. Linearizable: only the writer allocates seats.
+    pub async fn checkout_seat(
+        &self,
+        license_id: String,
+        fingerprint: String,
+        audit: Audit,
+    ) -> Result<Result<SeatLease, Refusal>, EngineError> {
+        self.call(|reply| Command::CheckoutSeat {
+            license_id,
+            fingerprint,
+            audit,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn heartbeat_seat(
+        &self,
+        license_id: String,
+        seat_id: String,
+    ) -> Result<Result<SeatLease, Refusal>, EngineError> {
+        self.call(|reply| Command::HeartbeatSeat {
+            license_id,
+            seat_id,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn release_seat(
+        &self,
+        license_id: String,
+        seat_id: String,
+        audit: Audit,
+    ) -> Result<Result<(), Refusal>, EngineError> {
+        self.call(|reply| Command::ReleaseSeat {
+            license_id,
+            seat_id,
+            audit,
+            reply,
+        })
+        .await
+    }
 }
 
 /// Work handed from the writer to the projector: a durable batch, the parsed
@@ -586,6 +838,8 @@ struct Writer {
     dedup: DedupIndex,
     meters: MeterSet,
     key_ids: std::collections::HashSet<String>,
+    /// Authoritative license and seat state as of `next_seq`.
+    licenses: LicenseBook,
     window: TimeWindow,
     batch_records_max: usize,
     dedup_keys_max: usize,
@@ -853,7 +1107,386 @@ impl Writer {
                 batch.push(Record::ApiKeyRevoked { id, audit }, None);
                 batch.answer(reply, Ok(()));
             }
+            Command::CreateLicense {
+                license,
+                secret,
+                audit,
+                reply,
+            } => {
+                let outcome = self.create_license(*license, secret, audit, batch);
+                batch.answer(reply, Ok(outcome));
+            }
+            Command::UpdateLicense {
+                id,
+                update,
+                audit,
+                reply,
+            } => {
+                let outcome = self.update_license(&id, *update, audit, batch);
+                batch.answer(reply, Ok(outcome));
+            }
+            Command::ChangeLicenseStatus {
+                id,
+                action,
+                reason,
+                audit,
+                reply,
+            } => {
+                let outcome = self.change_license_status(&id, action, reason, audit, batch);
+                batch.answer(reply, Ok(outcome));
+            }
+            Command::RenewLicense {
+                id,
+                renewal,
+                audit,
+                reply,
+            } => {
+                let outcome = self.renew_license(&id, renewal, audit, batch);
+                batch.answer(reply, Ok(outcome));
+            }
+            Command::CheckoutSeat {
+                license_id,
+                fingerprint,
+                audit,
+                reply,
+            } => {
+                let outcome = self.checkout_seat(&license_id, fingerprint, audit, batch);
+                seat_metric("checkout", &outcome);
+                batch.answer(reply, Ok(outcome));
+            }
+            Command::HeartbeatSeat {
+                license_id,
+                seat_id,
+                reply,
+            } => {
+                let outcome = self.heartbeat_seat(&license_id, &seat_id, batch);
+                seat_metric("heartbeat", &outcome);
+                batch.answer(reply, Ok(outcome));
+            }
+            Command::ReleaseSeat {
+                license_id,
+                seat_id,
+                audit,
+                reply,
+            } => {
+                let outcome = self.release_seat(&license_id, &seat_id, audit, batch);
+                seat_metric("release", &outcome);
+                batch.answer(reply, Ok(outcome));
+            }
+            Command::SweepLeases => {
+                let now_ms = self.clock.now_ms();
+                let lapsed = self.licenses.lapsed_leases(now_ms);
+                for (license_id, seat_id) in lapsed.into_iter().take(LEASE_SWEEP_RECORDS_MAX) {
+                    self.push_license_record(
+                        Record::SeatLeaseExpired {
+                            license_id,
+                            seat_id,
+                            at_ms: now_ms,
+                        },
+                        batch,
+                    );
+                }
+            }
         }
+        Ok(())
+    }
+
+    /// Logs a license or seat record and applies it to the writer's book, so
+    /// later commands of the same batch see it.
+    fn push_license_record(&mut self, record: Record, batch: &mut Batch) {
+        if let Record::SeatLeaseExpired { .. } = record {
+            metrics()
+                .seat_operations_total
+                .with_label_values(&["lease_expired", "ok"])
+                .inc();
+        }
+        self.licenses.apply(&record);
+        batch.push(record, None);
+    }
+
+    fn create_license(
+        &mut self,
+        license: License,
+        secret: LicenseSecret,
+        audit: Audit,
+        batch: &mut Batch,
+    ) -> Result<License, Refusal> {
+        license.validate()?;
+        if self.licenses.get(&license.id).is_some() || self.licenses.contains_digest(&secret.lookup)
+        {
+            return Err(Refusal::new(
+                "CONFLICT",
+                format!("license `{}` already exists", license.id),
+            ));
+        }
+        let audit = self.audit_record(audit);
+        let record = Record::LicenseCreated {
+            license: crate::record::AsJson(license.clone()),
+            secret,
+            audit,
+        };
+        self.push_license_record(record, batch);
+        Ok(license)
+    }
+
+    fn license(&self, id: &str) -> Result<&License, Refusal> {
+        self.licenses
+            .get(id)
+            .map(|s| &s.license)
+            .ok_or_else(|| Refusal::new("NOT_FOUND", format!("license `{id}` does not exist")))
+    }
+
+    fn updated_license(&self, id: &str) -> License {
+        self.licenses.get(id).expect("just changed").license.clone()
+    }
+
+    fn update_license(
+        &mut self,
+        id: &str,
+        update: LicenseUpdate,
+        audit: Audit,
+        batch: &mut Batch,
+    ) -> Result<License, Refusal> {
+        let now = crate::license::utc_ms(self.clock.now_ms());
+        let license = self.license(id)?.updated(update, now)?;
+        let audit = self.audit_record(audit);
+        let record = Record::LicenseChanged {
+            license: crate::record::AsJson(license.clone()),
+            audit,
+        };
+        self.push_license_record(record, batch);
+        Ok(license)
+    }
+
+    fn change_license_status(
+        &mut self,
+        id: &str,
+        action: StatusAction,
+        reason: Option<String>,
+        audit: Audit,
+        batch: &mut Batch,
+    ) -> Result<License, Refusal> {
+        crate::license::model::transition(self.license(id)?.status, action)?;
+        let audit = self.audit_record(audit);
+        let id = id.to_owned();
+        let record = match action {
+            StatusAction::Suspend => Record::LicenseSuspended {
+                id: id.clone(),
+                reason,
+                audit,
+            },
+            StatusAction::Reinstate => Record::LicenseReinstated {
+                id: id.clone(),
+                audit,
+            },
+            StatusAction::Revoke => Record::LicenseRevoked {
+                id: id.clone(),
+                reason,
+                audit,
+            },
+        };
+        self.push_license_record(record, batch);
+        Ok(self.updated_license(&id))
+    }
+
+    fn renew_license(
+        &mut self,
+        id: &str,
+        renewal: Renewal,
+        audit: Audit,
+        batch: &mut Batch,
+    ) -> Result<License, Refusal> {
+        let now_ms = self.clock.now_ms();
+        let license = self.license(id)?;
+        if license.status == crate::license::Status::Revoked {
+            return Err(Refusal::new(
+                "REVOKED",
+                "a revoked license cannot be renewed",
+            ));
+        }
+        let expires_at_ms = match renewal {
+            Renewal::Until(t) => t.map(|t| t.timestamp_millis()),
+            Renewal::Extend(s) => {
+                let base = license
+                    .expires_at
+                    .map_or(now_ms, |e| e.timestamp_millis().max(now_ms));
+                Some(base.saturating_add((s as i64).saturating_mul(1000)))
+            }
+        };
+        if expires_at_ms.is_some_and(|e| e <= license.starts_at.timestamp_millis()) {
+            return Err(Refusal::new(
+                "INVALID_LICENSE",
+                "the new expiry must be after starts_at",
+            ));
+        }
+        let audit = self.audit_record(audit);
+        let record = Record::LicenseRenewed {
+            id: id.to_owned(),
+            expires_at_ms,
+            audit,
+        };
+        self.push_license_record(record, batch);
+        Ok(self.updated_license(id))
+    }
+
+    /// The license must be usable now for seat operations.
+    fn seat_license(&self, id: &str, now_ms: i64) -> Result<crate::license::SeatPolicy, Refusal> {
+        let license = self.license(id)?;
+        if let Err((code, detail)) =
+            crate::license::decide::availability(license, crate::license::utc_ms(now_ms))
+        {
+            return Err(Refusal::new(code.as_str(), detail));
+        }
+        license.policy.seats.clone().ok_or_else(|| {
+            Refusal::new(
+                "NO_SEAT_POLICY",
+                format!("license `{id}` has no seat policy"),
+            )
+        })
+    }
+
+    fn reclaim_lapsed(&mut self, license_id: &str, now_ms: i64, batch: &mut Batch) {
+        let lapsed = self
+            .licenses
+            .get(license_id)
+            .map(|s| s.seats.lapsed(now_ms))
+            .unwrap_or_default();
+        for seat_id in lapsed {
+            let record = Record::SeatLeaseExpired {
+                license_id: license_id.to_owned(),
+                seat_id,
+                at_ms: now_ms,
+            };
+            self.push_license_record(record, batch);
+        }
+    }
+
+    fn checkout_seat(
+        &mut self,
+        license_id: &str,
+        fingerprint: String,
+        audit: Audit,
+        batch: &mut Batch,
+    ) -> Result<SeatLease, Refusal> {
+        let now_ms = self.clock.now_ms();
+        let policy = self.seat_license(license_id, now_ms)?;
+        self.reclaim_lapsed(license_id, now_ms, batch);
+        let seats = &self.licenses.get(license_id).expect("checked").seats;
+        match seats.plan_checkout(&policy, &fingerprint, now_ms) {
+            CheckoutPlan::Full => Err(Refusal::new(
+                "SEAT_LIMIT_EXCEEDED",
+                format!("all {} seats are taken", policy.max),
+            )),
+            CheckoutPlan::Existing { seat_id, renew_to } => {
+                if renew_to.is_some() {
+                    let record = Record::SeatHeartbeat {
+                        license_id: license_id.to_owned(),
+                        seat_id: seat_id.clone(),
+                        at_ms: now_ms,
+                        expires_ms: renew_to,
+                    };
+                    self.push_license_record(record, batch);
+                }
+                let seat = self
+                    .licenses
+                    .get(license_id)
+                    .expect("checked")
+                    .seats
+                    .get(&seat_id);
+                Ok(SeatLease {
+                    seat_id,
+                    fingerprint,
+                    expires_ms: seat.and_then(|s| s.expires_ms),
+                    new: false,
+                })
+            }
+            CheckoutPlan::New { expires_ms } => {
+                let seat_id = format!("seat_{}", crate::auth::generate_id());
+                let audit = self.audit_record(audit);
+                let record = Record::SeatCheckedOut {
+                    license_id: license_id.to_owned(),
+                    seat: SeatRecord {
+                        seat_id: seat_id.clone(),
+                        fingerprint: fingerprint.clone(),
+                        at_ms: now_ms,
+                        expires_ms,
+                    },
+                    audit,
+                };
+                self.push_license_record(record, batch);
+                Ok(SeatLease {
+                    seat_id,
+                    fingerprint,
+                    expires_ms,
+                    new: true,
+                })
+            }
+        }
+    }
+
+    fn heartbeat_seat(
+        &mut self,
+        license_id: &str,
+        seat_id: &str,
+        batch: &mut Batch,
+    ) -> Result<SeatLease, Refusal> {
+        let now_ms = self.clock.now_ms();
+        let policy = self.seat_license(license_id, now_ms)?;
+        let seat = self
+            .licenses
+            .get(license_id)
+            .and_then(|s| s.seats.get(seat_id))
+            .cloned()
+            .ok_or_else(|| Refusal::new("NO_SEAT", format!("seat `{seat_id}` does not exist")))?;
+        if !seat.is_live(now_ms) {
+            self.reclaim_lapsed(license_id, now_ms, batch);
+            return Err(Refusal::new(
+                "NO_SEAT",
+                format!("the lease of seat `{seat_id}` lapsed; check out again"),
+            ));
+        }
+        let expires_ms = crate::license::SeatTable::renewal(&policy, now_ms);
+        let record = Record::SeatHeartbeat {
+            license_id: license_id.to_owned(),
+            seat_id: seat_id.to_owned(),
+            at_ms: now_ms,
+            expires_ms,
+        };
+        self.push_license_record(record, batch);
+        Ok(SeatLease {
+            seat_id: seat.seat_id,
+            fingerprint: seat.fingerprint,
+            expires_ms,
+            new: false,
+        })
+    }
+
+    fn release_seat(
+        &mut self,
+        license_id: &str,
+        seat_id: &str,
+        audit: Audit,
+        batch: &mut Batch,
+    ) -> Result<(), Refusal> {
+        self.license(license_id)?;
+        if self
+            .licenses
+            .get(license_id)
+            .and_then(|s| s.seats.get(seat_id))
+            .is_none()
+        {
+            return Err(Refusal::new(
+                "NO_SEAT",
+                format!("seat `{seat_id}` does not exist"),
+            ));
+        }
+        let audit = self.audit_record(audit);
+        let record = Record::SeatReleased {
+            license_id: license_id.to_owned(),
+            seat_id: seat_id.to_owned(),
+            audit,
+        };
+        self.push_license_record(record, batch);
         Ok(())
     }
 
@@ -953,7 +1586,19 @@ impl Writer {
 struct Projector {
     counters: Counters,
     docs: Documents,
+    licenses: Licenses,
     shared: Arc<Shared>,
+}
+
+fn seat_metric<T>(op: &str, outcome: &Result<T, Refusal>) {
+    let result = match outcome {
+        Ok(_) => "ok",
+        Err(r) => r.code,
+    };
+    metrics()
+        .seat_operations_total
+        .with_label_values(&[op, result])
+        .inc();
 }
 
 impl Projector {
@@ -978,11 +1623,19 @@ impl Projector {
     }
 
     fn flush(&mut self) -> Result<(), StartError> {
-        self.counters.flush()?;
+        {
+            // Usage cache entries read sled + overlay under this lock.
+            let _usage = self.shared.usage.lock();
+            self.counters.flush()?;
+        }
         self.docs.flush()?;
+        self.licenses.flush()?;
         let m = metrics();
         let head = self.shared.head_seq.load(Ordering::SeqCst);
-        let mut all = vec![("counters", self.counters.flushed())];
+        let mut all = vec![
+            ("counters", self.counters.flushed()),
+            ("licenses", self.licenses.applied()),
+        ];
         all.extend(self.docs.applied());
         for (name, seq) in all {
             m.projection_applied_seq
@@ -1014,7 +1667,15 @@ impl Projector {
             })
             .collect();
         let last = job.first_seq + job.records.len() as u64 - 1;
-        self.counters.apply(&applied)?;
+        {
+            let mut usage = self.shared.usage.lock();
+            self.counters.apply(&applied)?;
+            usage.observe(&applied, self.counters.meters());
+        }
+        let changed = self.licenses.apply(&applied)?;
+        if !changed.is_empty() {
+            self.shared.licenses.publish(self.licenses.book(), &changed);
+        }
         let (meters_changed, keys_changed) = self.docs.apply(&applied)?;
         if meters_changed {
             self.shared
@@ -1051,10 +1712,12 @@ pub fn rebuild(cfg: &Config, progress: impl Fn(Seq, Seq)) -> Result<Seq, StartEr
         _ => {}
     }
     let mut dedup = DedupIndex::open(&cfg.state_dir(), usize::MAX)?;
+    let mut licenses = Licenses::open(&store)?;
     projection::replay_log(&cfg.log_dir(), 1, head, 10_000, |chunk| {
         counters.apply(chunk)?;
         docs.apply(chunk)?;
         dedup.apply(chunk)?;
+        licenses.apply(chunk)?;
         if counters.overlay_len() > OVERLAY_STATES_MAX {
             counters.flush()?;
         }
@@ -1063,6 +1726,7 @@ pub fn rebuild(cfg: &Config, progress: impl Fn(Seq, Seq)) -> Result<Seq, StartEr
     })?;
     counters.flush()?;
     docs.flush()?;
+    licenses.flush()?;
     dedup
         .save_snapshot()
         .map_err(|e| StartError::Other(format!("cannot save dedup snapshot: {e}")))?;

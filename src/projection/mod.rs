@@ -11,6 +11,7 @@
 //! - `meters`: meter definitions for the API.
 //! - `api_keys`: live API keys (digests only).
 //! - `quarantine`: every rejected input, keyed by its log sequence number.
+//! - `licenses`: licenses with their sealed keys and seats: see [`licenses`].
 //! - the dedup index lives in memory with a snapshot file: see [`dedup`].
 //!
 //! Counters are written back, not written through: the projector merges each
@@ -20,6 +21,7 @@
 //! event; a crash loses only overlay state, which replay restores.
 
 pub mod dedup;
+pub mod licenses;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -37,7 +39,14 @@ pub const CHECKPOINT_KEY: &[u8] = b"";
 const METER_DEF_PREFIX: u8 = 0x01;
 
 /// The sled-backed projections.
-pub const PROJECTIONS: [&str; 5] = ["counters", "meters", "api_keys", "quarantine", "sources"];
+pub const PROJECTIONS: [&str; 6] = [
+    "counters",
+    "meters",
+    "api_keys",
+    "quarantine",
+    "sources",
+    "licenses",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectionError {
@@ -71,6 +80,8 @@ pub struct Store {
     pub quarantine: sled::Tree,
     /// Next offset to consume per source partition (`topic 0x00 partition`).
     pub sources: sled::Tree,
+    /// Licenses with their sealed keys and seats: see [`licenses`].
+    pub licenses: sled::Tree,
 }
 
 impl Store {
@@ -85,6 +96,7 @@ impl Store {
             api_keys: db.open_tree("api_keys")?,
             quarantine: db.open_tree("quarantine")?,
             sources: db.open_tree("sources")?,
+            licenses: db.open_tree("licenses")?,
             db,
         })
     }
@@ -96,6 +108,7 @@ impl Store {
             "api_keys" => Some(&self.api_keys),
             "quarantine" => Some(&self.quarantine),
             "sources" => Some(&self.sources),
+            "licenses" => Some(&self.licenses),
             _ => None,
         }
     }

@@ -1,0 +1,219 @@
+//! License validation.
+//!
+//! 1. In process: the whole decision as the HTTP handler runs it — key digest
+//!    lookup, quota usage (memory), seats, the pure decision and the Ed25519
+//!    signed JWT — per call, p50/p99 (hdrhistogram), with the signature alone
+//!    beside it as the floor.
+//! 2. HTTP on loopback, 64 concurrent clients: validations/s and latency
+//!    p50/p99/p999 of `POST /api/v1/licenses/validate`, next to a trivial
+//!    handler on the same server stack (axum, JSON body in, JSON out) in the
+//!    same run; the ratio is the figure.
+//!
+//! `KEYMETER_BENCH_QUICK=1` shrinks it to a smoke run.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::routing::post;
+use axum::Json;
+use hdrhistogram::Histogram;
+use keymeter::api::{router, validate_with, AppState};
+use keymeter::config::Config;
+use keymeter::engine::{Engine, SystemClock};
+use keymeter::license::Request;
+use serde_json::{json, Value};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const ADMIN_KEY: &str = "km_bench_admin_key_0123456789abcdef";
+const CONCURRENCY: usize = 64;
+
+fn us(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+struct Run {
+    per_s: f64,
+    latency_ns: Histogram<u64>,
+}
+
+async fn drive(url: String, key: &'static str, body: Value, requests: usize) -> Run {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(CONCURRENCY)
+        .build()
+        .unwrap();
+    let body = Arc::new(serde_json::to_vec(&body).unwrap());
+    let per_task = requests / CONCURRENCY;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let (client, url, body) = (client.clone(), url.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new(3).unwrap();
+            for _ in 0..per_task {
+                let t = Instant::now();
+                let r = client
+                    .post(&url)
+                    .bearer_auth(key)
+                    .header("content-type", "application/json")
+                    .body(body.as_ref().clone())
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                let b = r.bytes().await.unwrap();
+                std::hint::black_box(b);
+                h.record(t.elapsed().as_nanos() as u64).unwrap();
+            }
+            h
+        }));
+    }
+    let mut latency_ns = Histogram::<u64>::new(3).unwrap();
+    for t in tasks {
+        latency_ns.add(t.await.unwrap()).unwrap();
+    }
+    Run {
+        per_s: (per_task * CONCURRENCY) as f64 / started.elapsed().as_secs_f64(),
+        latency_ns,
+    }
+}
+
+fn print(name: &str, r: &Run) {
+    println!(
+        "{name:<30} {:>9.0} req/s  p50 {:>7.1} µs  p99 {:>7.1} µs  p999 {:>7.1} µs",
+        r.per_s,
+        us(&r.latency_ns, 0.50),
+        us(&r.latency_ns, 0.99),
+        us(&r.latency_ns, 0.999),
+    );
+}
+
+fn main() {
+    let quick = std::env::var("KEYMETER_BENCH_QUICK").is_ok();
+    let (calls, requests) = if quick {
+        (2_000, 2_048)
+    } else {
+        (200_000, 200_000)
+    };
+    let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let cfg = Config {
+        data_dir: root.path().join("data"),
+        bootstrap_admin_key: Some(ADMIN_KEY.into()),
+        ..Config::default()
+    };
+    let engine = Engine::open(&cfg, Arc::new(SystemClock))
+        .expect("engine opens")
+        .engine;
+    let handle = engine.handle();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let state = AppState {
+            engine: handle.clone(),
+            cfg: Arc::new(cfg.clone()),
+        };
+        let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let api_addr = api.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(api, router(state)).await.unwrap() });
+        let trivial = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let trivial_addr = trivial.local_addr().unwrap();
+        let trivial_router = axum::Router::new().route(
+            "/trivial",
+            post(|Json(v): Json<Value>| async move {
+                Json(json!({"valid": true, "code": "VALID", "echo": v["nonce"]}))
+            }),
+        );
+        tokio::spawn(async move { axum::serve(trivial, trivial_router).await.unwrap() });
+
+        // A hybrid license: a floating seat held by this machine and a quota
+        // on a meter with usage, so every part of the decision runs.
+        let client = reqwest::Client::new();
+        let base = format!("http://{api_addr}");
+        let post_json = |path: &str, body: Value| {
+            let (client, url) = (client.clone(), format!("{base}{path}"));
+            async move {
+                let r = client.post(url).bearer_auth(ADMIN_KEY).json(&body).send().await.unwrap();
+                assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+                r.json::<Value>().await.unwrap_or(Value::Null)
+            }
+        };
+        post_json("/api/v1/meters", json!({"slug": "calls", "eventType": "api_call", "aggregation": "COUNT"})).await;
+        let lic = post_json("/api/v1/licenses", json!({"product": "bench", "customer": "acme",
+            "entitlements": ["pro", "sso"], "expires_at": "2099-01-01T00:00:00Z",
+            "policy": {"type": "hybrid", "seats": {"max": 10, "mode": "floating", "lease_ttl_s": 86400},
+                       "usage": {"quotas": [{"meter": "calls", "limit": 1000000, "period": "month", "overage": "block"}]}}})).await;
+        let id = lic["id"].as_str().unwrap().to_owned();
+        let key: &'static str = Box::leak(lic["key"].as_str().unwrap().to_owned().into_boxed_str());
+        post_json(&format!("/api/v1/licenses/{id}/seats"), json!({"fingerprint": "bench-host"})).await;
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let events: Vec<Value> = (0..100)
+            .map(|i| json!({"specversion": "1.0", "id": format!("e{i}"), "source": "bench", "type": "api_call",
+                            "subject": id, "time": now}))
+            .collect();
+        let r = client
+            .post(format!("{base}/api/v1/events"))
+            .bearer_auth(ADMIN_KEY)
+            .header("content-type", "application/cloudevents-batch+json")
+            .body(serde_json::to_vec(&events).unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+
+        // 1. In process.
+        let shared = handle.shared.clone();
+        let entitlements = vec!["pro".to_owned()];
+        let request = Request { fingerprint: Some("bench-host"), entitlements: &entitlements, meter: Some("calls") };
+        let mut decision = Histogram::<u64>::new(3).unwrap();
+        let mut sign_only = Histogram::<u64>::new(3).unwrap();
+        let claims = br#"{"iss":"keymeter","sub":"lic_0123456789abcdef","iat":1,"exp":2,"nonce":"n","valid":true,"code":"VALID","entitlements":["pro","sso"],"quota":{"meter":"calls","used":100,"limit":1000000,"period_end":"2026-12-01T00:00:00Z"},"seats":{"used":1,"max":10},"expires_at":"2099-01-01T00:00:00Z"}"#;
+        for i in 0..calls + calls / 10 {
+            let t = Instant::now();
+            let v = validate_with(&shared, key, &request, Some("nonce-1"), chrono::Utc::now(), 300).unwrap();
+            let ns = t.elapsed().as_nanos() as u64;
+            assert_eq!(v.verdict.code.as_str(), "VALID");
+            std::hint::black_box(v);
+            let t = Instant::now();
+            std::hint::black_box(shared.crypto.sign_jwt(claims));
+            let sign_ns = t.elapsed().as_nanos() as u64;
+            if i >= calls / 10 {
+                decision.record(ns).unwrap();
+                sign_only.record(sign_ns).unwrap();
+            }
+        }
+        println!("License validation, in process ({calls} calls, one thread)");
+        println!(
+            "decision incl. signing        p50 {:>6.1} µs  p99 {:>6.1} µs  max {:>7.1} µs   target p99 <= 50 µs ({})",
+            us(&decision, 0.5), us(&decision, 0.99), decision.max() as f64 / 1000.0,
+            if us(&decision, 0.99) <= 50.0 { "met" } else { "NOT met" }
+        );
+        println!(
+            "Ed25519 JWT signature alone   p50 {:>6.1} µs  p99 {:>6.1} µs",
+            us(&sign_only, 0.5), us(&sign_only, 0.99)
+        );
+
+        // 2. HTTP.
+        println!("\nHTTP validation on loopback, {CONCURRENCY} concurrent clients, {requests} requests per run");
+        let body = json!({"key": key, "fingerprint": "bench-host", "entitlements": ["pro"], "meter": "calls", "nonce": "n-1"});
+        let api_url = format!("{base}/api/v1/licenses/validate");
+        let trivial_url = format!("http://{trivial_addr}/trivial");
+        drive(trivial_url.clone(), ADMIN_KEY, body.clone(), CONCURRENCY * 20).await;
+        drive(api_url.clone(), ADMIN_KEY, body.clone(), CONCURRENCY * 20).await;
+        let base_run = drive(trivial_url, ADMIN_KEY, body.clone(), requests).await;
+        print("trivial handler (baseline)", &base_run);
+        let full = drive(api_url, ADMIN_KEY, body, requests).await;
+        print("keymeter validate", &full);
+        println!(
+            "ratio validate/baseline: {:.1} %   target: >= 30000 validations/s ({})",
+            100.0 * full.per_s / base_run.per_s,
+            if full.per_s >= 30_000.0 { "met" } else { "NOT met" }
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    });
+    drop(handle);
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    engine.shutdown().unwrap();
+}

@@ -1,0 +1,8 @@
+//! Sources: where usage events come from besides HTTP ingest.
+//!
+//! [`kafka`] consumes topics and feeds the engine one partition batch at a
+//! time, with the batch's offset range in the same log write;
+//! [`binding`] turns one Kafka message into a decoded CloudEvent (pure).
+
+pub mod binding;
+pub mod kafka;
