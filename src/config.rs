@@ -235,6 +235,9 @@ mod tests {
         assert_eq!(c.writer_queue_max, d.writer_queue_max);
         assert_eq!(c.segment_bytes_max, d.segment_bytes_max);
         assert_eq!(c.dedup_keys_max, d.dedup_keys_max);
+        assert_eq!(c.token_ttl, d.token_ttl);
+        assert_eq!(c.license_file_ttl, d.license_file_ttl);
+        assert_eq!(c.license_file_ttl_max, d.license_file_ttl_max);
     }
 
     #[test]
