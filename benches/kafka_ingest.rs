@@ -98,7 +98,8 @@ fn bare(bootstrap: &str, ends: &HashMap<i32, i64>) -> f64 {
         .unwrap();
     let mut tpl = TopicPartitionList::new();
     for p in 0..PARTITIONS {
-        tpl.add_partition_offset(TOPIC, p, Offset::Beginning).unwrap();
+        tpl.add_partition_offset(TOPIC, p, Offset::Beginning)
+            .unwrap();
     }
     consumer.assign(&tpl).unwrap();
     let total: i64 = ends.values().sum();

@@ -101,7 +101,11 @@ struct ConfigArgs {
     #[arg(long, env = "KEYMETER_KAFKA_BROKERS")]
     kafka_brokers: Option<String>,
     /// Kafka topic to consume (repeat the flag, or comma-separate in the variable).
-    #[arg(long = "kafka-topic", env = "KEYMETER_KAFKA_TOPICS", value_delimiter = ',')]
+    #[arg(
+        long = "kafka-topic",
+        env = "KEYMETER_KAFKA_TOPICS",
+        value_delimiter = ','
+    )]
     kafka_topics: Vec<String>,
     /// Kafka consumer group [default: keymeter].
     #[arg(long, env = "KEYMETER_KAFKA_GROUP")]
@@ -225,7 +229,10 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
     let handle = engine.handle();
     let kafka = match &cfg.kafka {
         None => None,
-        Some(k) => Some(keymeter::source::kafka::KafkaSource::start(k, handle.clone())?),
+        Some(k) => Some(keymeter::source::kafka::KafkaSource::start(
+            k,
+            handle.clone(),
+        )?),
     };
     let cfg = Arc::new(cfg);
     let state = keymeter::api::AppState {

@@ -153,8 +153,10 @@ fn workload(
             let value: Vec<u8> = match malformed % 3 {
                 0 => vec![0xff, 0xfe, b'x', (i % 250) as u8],
                 1 => format!("{{\"specversion\":\"1.0\",\"id\":\"broken-{tag}-{i}\"").into_bytes(),
-                _ => serde_json::to_vec(&json!({"specversion": "1.0", "id": format!("nosubj-{tag}-{i}"),
-                    "source": "kafka-test", "type": "api_call", "data": {"tokens": 1}}))
+                _ => serde_json::to_vec(
+                    &json!({"specversion": "1.0", "id": format!("nosubj-{tag}-{i}"),
+                    "source": "kafka-test", "type": "api_call", "data": {"tokens": 1}}),
+                )
                 .unwrap(),
             };
             malformed += 1;
@@ -487,13 +489,13 @@ async fn broker_outage_is_reported_and_consumption_resumes_exactly() {
     loop {
         let ready = readyz(&server).await;
         if ready["kafka"]["state"] == "disconnected" {
-            assert!(ready["kafka"]["lastError"]["message"].is_string(), "{ready}");
+            assert!(
+                ready["kafka"]["lastError"]["message"].is_string(),
+                "{ready}"
+            );
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "outage not reported: {ready}"
-        );
+        assert!(Instant::now() < deadline, "outage not reported: {ready}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Queries keep working while the brokers are gone.

@@ -397,42 +397,9 @@ impl Engine {
             shared: shared.clone(),
         };
         spawn_lease_sweeper(tx.downgrade())?;
-        let shared_w = shared.clone();
-        let writer = std::thread::Builder::new()
-            .name("keymeter-writer".into())
-            .spawn(move || {
-                let r = writer.run(rx);
-                if let Err(e) = &r {
-                    shared_w.failed.store(true, Ordering::SeqCst);
-                    tracing::error!(error = %e, "writer stopped");
-                }
-                r
-            })
-            .map_err(|e| StartError::Other(format!("cannot start writer thread: {e}")))?;
-        let shared_s = shared.clone();
-        let syncer = std::thread::Builder::new()
-            .name("keymeter-syncer".into())
-            .spawn(move || {
-                let r = syncer.run(pending_rx);
-                if let Err(e) = &r {
-                    shared_s.failed.store(true, Ordering::SeqCst);
-                    tracing::error!(error = %e, "log syncer stopped");
-                }
-                r
-            })
-            .map_err(|e| StartError::Other(format!("cannot start syncer thread: {e}")))?;
-        let shared_p = shared.clone();
-        let projector = std::thread::Builder::new()
-            .name("keymeter-projector".into())
-            .spawn(move || {
-                let r = projector.run(jobs_rx);
-                if let Err(e) = &r {
-                    shared_p.failed.store(true, Ordering::SeqCst);
-                    tracing::error!(error = %e, "projector stopped");
-                }
-                r
-            })
-            .map_err(|e| StartError::Other(format!("cannot start projector thread: {e}")))?;
+        let writer = spawn_stage("writer", &shared, move || writer.run(rx))?;
+        let syncer = spawn_stage("syncer", &shared, move || syncer.run(pending_rx))?;
+        let projector = spawn_stage("projector", &shared, move || projector.run(jobs_rx))?;
         let engine = Engine {
             handle: Some(EngineHandle { tx, shared }),
             writer: Some(writer),
@@ -508,6 +475,27 @@ impl Engine {
         p.map_err(|_| StartError::Other("projector panicked".into()))??;
         Ok(())
     }
+}
+
+/// Runs one pipeline stage on its own thread. A stage that fails marks the
+/// engine failed (`/readyz` reports it and `serve` shuts down).
+fn spawn_stage(
+    name: &'static str,
+    shared: &Arc<Shared>,
+    run: impl FnOnce() -> Result<(), StartError> + Send + 'static,
+) -> Result<JoinHandle<Result<(), StartError>>, StartError> {
+    let shared = shared.clone();
+    std::thread::Builder::new()
+        .name(format!("keymeter-{name}"))
+        .spawn(move || {
+            let r = run();
+            if let Err(e) = &r {
+                shared.failed.store(true, Ordering::SeqCst);
+                tracing::error!(error = %e, stage = name, "engine stage stopped");
+            }
+            r
+        })
+        .map_err(|e| StartError::Other(format!("cannot start the {name} thread: {e}")))
 }
 
 fn publish_progress(head: Seq, counters: &Counters, docs: &Documents, dedup: &DedupIndex) {

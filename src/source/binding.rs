@@ -250,13 +250,20 @@ mod tests {
 
     #[test]
     fn undecodable_values_are_malformed_json() {
-        assert_eq!(rejection(decode(Some(b"\xff\xfe"), &[])).0.code, "MALFORMED_JSON");
-        assert_eq!(rejection(decode(Some(b"{nope"), &[])).0.code, "MALFORMED_JSON");
+        assert_eq!(
+            rejection(decode(Some(b"\xff\xfe"), &[])).0.code,
+            "MALFORMED_JSON"
+        );
+        assert_eq!(
+            rejection(decode(Some(b"{nope"), &[])).0.code,
+            "MALFORMED_JSON"
+        );
         assert_eq!(rejection(decode(None, &[])).0.code, "MALFORMED_JSON");
         let (r, raw) = rejection(decode(Some(b"{nope"), &[]));
         assert!(r.message.contains("not valid JSON"));
         assert_eq!(raw, "{nope");
-        let headers: Vec<Header<'_>> = vec![("ce_id", Some(b"1")), ("ce_specversion", Some(b"1.0"))];
+        let headers: Vec<Header<'_>> =
+            vec![("ce_id", Some(b"1")), ("ce_specversion", Some(b"1.0"))];
         assert_eq!(
             rejection(decode(Some(b"not json"), &headers)).0.code,
             "MALFORMED_JSON"

@@ -450,9 +450,7 @@ impl Ctx {
         let gone: Vec<Lane> = {
             let mut lanes = self.lanes();
             let revoked = |l: &Lane| {
-                tpl.is_none_or(|tpl| {
-                    tpl.find_partition(&l.topic, l.partition).is_some()
-                })
+                tpl.is_none_or(|tpl| tpl.find_partition(&l.topic, l.partition).is_some())
             };
             let (gone, kept) = std::mem::take(&mut *lanes).into_iter().partition(revoked);
             *lanes = kept;
@@ -471,7 +469,9 @@ impl ClientContext for Ctx {
             RDKafkaLogLevel::Emerg
             | RDKafkaLogLevel::Alert
             | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => tracing::error!(facility = fac, "librdkafka: {log_message}"),
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(facility = fac, "librdkafka: {log_message}")
+            }
             RDKafkaLogLevel::Warning => tracing::warn!(facility = fac, "librdkafka: {log_message}"),
             _ => tracing::debug!(facility = fac, "librdkafka: {log_message}"),
         }
@@ -493,7 +493,10 @@ impl ConsumerContext for Ctx {
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
-        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.on_assign(tpl);
@@ -520,7 +523,8 @@ impl ConsumerContext for Ctx {
         };
         if let Err(e) = result {
             tracing::error!(error = %e, "cannot apply the partition assignment");
-            self.status.error(format!("cannot apply the partition assignment: {e}"));
+            self.status
+                .error(format!("cannot apply the partition assignment: {e}"));
         }
     }
 }
@@ -620,7 +624,12 @@ impl Runner {
             .iter_mut()
             .find(|l| l.partition == partition && l.topic == topic)
         else {
-            tracing::debug!(topic, partition, offset, "message of an unassigned partition ignored");
+            tracing::debug!(
+                topic,
+                partition,
+                offset,
+                "message of an unassigned partition ignored"
+            );
             return;
         };
         if lane.next.is_some_and(|next| offset < next) {
@@ -633,15 +642,25 @@ impl Runner {
             lane.opened_at = Instant::now();
             lane.opened_ms = now_ms;
             if offset > lane.from {
-                tracing::info!(topic, partition, from = lane.from, to = offset, "offsets skipped by Kafka (compaction, transaction markers or retention)");
+                tracing::info!(
+                    topic,
+                    partition,
+                    from = lane.from,
+                    to = offset,
+                    "offsets skipped by Kafka (compaction, transaction markers or retention)"
+                );
             }
         }
         let headers: Vec<binding::Header<'_>> = message
             .headers()
             .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
             .unwrap_or_default();
-        let decoded =
-            binding::decode_message(message.payload(), &headers, now_ms, ctx.engine.shared.window);
+        let decoded = binding::decode_message(
+            message.payload(),
+            &headers,
+            now_ms,
+            ctx.engine.shared.window,
+        );
         let index = lane.items.len() as u32;
         if ctx.sink.is_some() {
             let rejection = match &decoded {
@@ -688,11 +707,10 @@ impl Runner {
             Ok(outcome) => {
                 count(outcome, &done);
                 self.commit_hint(&done.delta);
-                self.ctx()
-                    .status
-                    .lock()
-                    .positions
-                    .insert((done.delta.topic.clone(), done.delta.partition), Some(done.delta.to));
+                self.ctx().status.lock().positions.insert(
+                    (done.delta.topic.clone(), done.delta.partition),
+                    Some(done.delta.to),
+                );
                 let lane = &mut lanes[i];
                 if lane.items.len() >= self.batch_messages_max
                     || (!lane.items.is_empty() && lane.opened_at.elapsed() >= self.batch_wait)
@@ -794,7 +812,9 @@ fn submit(consumer: &BaseConsumer<Ctx>, lane: &mut Lane) {
         }
         return;
     }
-    let to = lane.next.expect("a lane with buffered messages has a position");
+    let to = lane
+        .next
+        .expect("a lane with buffered messages has a position");
     let job = Job {
         lane: lane.id,
         items: std::mem::take(&mut lane.items),
@@ -829,7 +849,9 @@ fn set_paused(consumer: &BaseConsumer<Ctx>, lane: &mut Lane, paused: bool) {
     };
     match result {
         Ok(()) => lane.paused = paused,
-        Err(e) => tracing::warn!(topic = %lane.topic, partition = lane.partition, error = %e, paused, "cannot pause/resume"),
+        Err(e) => {
+            tracing::warn!(topic = %lane.topic, partition = lane.partition, error = %e, paused, "cannot pause/resume")
+        }
     }
 }
 
@@ -869,9 +891,10 @@ fn count(outcome: &IngestOutcome, done: &Done) {
 fn meter_rejection(engine: &EngineHandle, event: &UsageEvent) -> Option<Rejection> {
     let meters = engine.shared.meters.load();
     let rejection = meters.for_type(&event.ty).find_map(|meter| {
-        meter.extract(event.data.as_ref()).err().map(|e| {
-            Rejection::new(e.code(), format!("meter `{}`: {e}", meter.def().slug))
-        })
+        meter
+            .extract(event.data.as_ref())
+            .err()
+            .map(|e| Rejection::new(e.code(), format!("meter `{}`: {e}", meter.def().slug)))
     });
     rejection
 }
