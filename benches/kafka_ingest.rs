@@ -47,7 +47,7 @@ fn fill(bootstrap: &str, events: usize) -> HashMap<i32, i64> {
         .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "20")
         .set("batch.num.messages", "10000")
-        .set("queue.buffering.max.messages", "500000")
+        .set("queue.buffering.max.messages", "100000")
         .set("compression.type", "none")
         .create()
         .unwrap();
@@ -80,6 +80,7 @@ fn fill(bootstrap: &str, events: usize) -> HashMap<i32, i64> {
                 }
             }
         }
+        producer.poll(Duration::ZERO);
         *ends.entry(partition).or_insert(0i64) += 1;
     }
     producer.flush(Duration::from_secs(120)).unwrap();
@@ -191,7 +192,11 @@ fn keymeter(bootstrap: &str, ends: &HashMap<i32, i64>) -> f64 {
 
 fn main() {
     let quick = std::env::var_os("KEYMETER_BENCH_QUICK").is_some();
-    let events = if quick { 20_000 } else { 1_000_000 };
+    let events = match std::env::var("KEYMETER_BENCH_EVENTS") {
+        Ok(n) => n.parse().expect("KEYMETER_BENCH_EVENTS is a number"),
+        Err(_) if quick => 20_000,
+        Err(_) => 1_000_000,
+    };
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic(TOPIC, PARTITIONS, 1).unwrap();
     let bootstrap = cluster.bootstrap_servers();

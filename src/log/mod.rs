@@ -898,7 +898,7 @@ mod tests {
         let head_hash = log.head_hash();
         drop(log);
 
-        let mut expected_hash = GENESIS;
+        let mut expected_hash = frame::GENESIS_HASH;
         let entries = read_all(tmp.path(), 10);
         for (entry, payload) in entries.iter().zip(batch.iter().chain(&payloads(0..2))) {
             assert_eq!(&entry.payload, payload, "seq {}", entry.seq);
@@ -911,8 +911,6 @@ mod tests {
         let (_, recovery) = Log::open(tmp.path(), LogConfig::default()).unwrap();
         assert_eq!((recovery.head_seq, recovery.torn_tail_bytes), (10, 0));
     }
-
-    const GENESIS: [u8; 32] = frame::GENESIS_HASH;
 
     #[test]
     fn second_open_of_a_locked_directory_fails_until_the_writer_is_gone() {
