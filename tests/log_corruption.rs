@@ -329,6 +329,33 @@ fn half_written_batch_without_batch_end_is_cut_on_open() {
 }
 
 #[test]
+fn unfinished_batch_whose_pages_landed_out_of_order_is_cut_not_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = build_log(tmp.path(), 5);
+    let (head_seq, head_hash) = (log.head_seq(), log.head_hash());
+    drop(log);
+    let last = segments(tmp.path()).pop().unwrap();
+    // Four frames of a five-frame batch reached the disk, but a page in the middle of the
+    // first one did not (zeros), while the next three did; the BATCH_END frame never did.
+    let batch: Vec<Vec<u8>> = (head_seq + 1..head_seq + 6).map(payload_for).collect();
+    let mut encoded = Vec::new();
+    encode_batch(head_hash, head_seq + 1, &batch, &mut encoded);
+    let frame_len = |i: usize| FRAME_HEADER_LEN + batch[i].len();
+    let four_frames: usize = (0..4).map(frame_len).sum();
+    let mut landed = encoded[..four_frames].to_vec();
+    for b in &mut landed[FRAME_HEADER_LEN..FRAME_HEADER_LEN + 8] {
+        *b = 0;
+    }
+    let len_before = fs::metadata(&last).unwrap().len();
+    modify(&last, |b| b.extend_from_slice(&landed));
+
+    let (log, recovery) = Log::open(tmp.path(), CFG).unwrap();
+    assert_eq!((log.head_seq(), log.head_hash()), (head_seq, head_hash));
+    assert_eq!(recovery.torn_tail_bytes, four_frames as u64);
+    assert_eq!(fs::metadata(&last).unwrap().len(), len_before);
+}
+
+#[test]
 fn crc_failure_in_the_final_frame_with_nothing_after_it_is_a_torn_tail() {
     let tmp = tempfile::tempdir().unwrap();
     drop(build_log(tmp.path(), 6));

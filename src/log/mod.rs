@@ -57,10 +57,13 @@
 //!   is [`LogError::Corrupt`]. A sealed segment is never truncated.
 //! - Last segment: a frame that is truncated (header shorter than 49 bytes, or declared
 //!   length running past end of file), declares a length over [`PAYLOAD_BYTES_MAX`], or
-//!   fails its CRC is a *torn tail* only if no valid frame exists anywhere after it (every
-//!   later byte offset is tried; a candidate must fit, have a plausible seq and a valid
-//!   CRC). If one exists, it is [`LogError::Corrupt`]: a crash loses the end of a file,
-//!   it does not leave intact records behind a damaged one.
+//!   fails its CRC is a *torn tail* only if no complete batch follows it: no valid frame
+//!   carrying BATCH_END exists anywhere after it (every later byte offset is tried; a
+//!   candidate must fit, have a plausible seq and a valid CRC). If one exists, it is
+//!   [`LogError::Corrupt`]: a crash loses (parts of) the batch being written, it does not
+//!   leave a finished batch behind a damaged one. Valid frames after the damage without a
+//!   BATCH_END are pages of that same unfinished batch that reached the disk out of order,
+//!   and are cut with it.
 //! - A frame whose CRC is valid but whose seq, flags or chain hash are wrong is always
 //!   Corrupt, wherever it is (a rewritten record with a recomputed CRC fails the chain).
 //! - Frames after the last BATCH_END of the last segment are an incomplete batch: batches
@@ -69,10 +72,10 @@
 //!   directory), then the segment is truncated to the end of its last complete batch and
 //!   fsynced, and a `tracing::warn!` names the segment, offset, byte count and copy.
 //!
-//! A torn write of the last, unsynced batch that persisted pages out of order (a damaged
-//! frame followed by an intact one of the same batch) is indistinguishable from damage to an
-//! acknowledged batch, and is therefore refused, not cut: refusing never loses an
-//! acknowledged record, cutting could. The error names the record; an operator decides.
+//! A torn write of the last, unsynced batch whose BATCH_END frame did reach the disk while
+//! an earlier page of it did not is indistinguishable from damage to an acknowledged batch,
+//! and is therefore refused, not cut: refusing never loses an acknowledged record, cutting
+//! could. The error names the record; an operator decides.
 //! The converse is also indistinguishable: damage (say, a bit flip) in the very last frame,
 //! with nothing valid behind it, looks like a torn final write and is cut with its batch;
 //! the bytes survive in the `torn-*.bin` file and the warning says so.

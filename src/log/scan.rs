@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::frame::{
-    chain_hash, find_valid_frame, frame_crc, FrameHeader, FLAGS_KNOWN, GENESIS_HASH,
+    chain_hash, find_valid_frame, frame_crc, FrameHeader, FLAGS_KNOWN, FRAME_HEADER_LEN, GENESIS_HASH,
     SEGMENT_HEADER_LEN,
 };
 use super::segment::{list_segments, SegmentCursor, SegmentFile, Step};
@@ -218,8 +218,11 @@ fn scan_segment(
     })
 }
 
-/// A bad frame in the last segment is a torn tail only if nothing valid follows it: a crash
-/// loses the end of the file, it does not leave intact records behind a damaged one.
+/// A bad frame in the last segment is a torn tail only if no complete batch follows it: a
+/// crash loses (parts of) the batch being written, it does not leave an intact, finished
+/// batch behind a damaged one. Valid frames after the damage that never reach a BATCH_END
+/// belong to that same unfinished batch — its pages reached the disk out of order — and are
+/// cut with it.
 fn refuse_if_valid_frame_follows(
     cursor: &SegmentCursor,
     frame_at: u64,
@@ -231,17 +234,25 @@ fn refuse_if_valid_frame_follows(
         return Ok(());
     }
     let rest = cursor.read_tail(search_from)?;
-    match find_valid_frame(&rest, expected_seq) {
-        None => Ok(()),
-        Some((at, seq)) => Err(LogError::Corrupt {
-            segment: cursor.path.clone(),
-            offset: frame_at,
-            seq: Some(expected_seq),
-            reason: format!(
-                "{reason}, and a valid frame (seq {seq}) follows at offset {}: damage inside \
-                 the log, not a torn tail",
-                search_from + at as u64
-            ),
-        }),
+    let mut from = 0;
+    while let Some((at, seq)) = find_valid_frame(&rest[from..], expected_seq) {
+        let found = from + at;
+        let header: &[u8; FRAME_HEADER_LEN] = rest[found..found + FRAME_HEADER_LEN]
+            .try_into()
+            .expect("a found frame has a whole header");
+        if FrameHeader::decode(header).is_batch_end() {
+            return Err(LogError::Corrupt {
+                segment: cursor.path.clone(),
+                offset: frame_at,
+                seq: Some(expected_seq),
+                reason: format!(
+                    "{reason}, and a complete batch (ending at seq {seq}) follows at offset {}: \
+                     damage inside the log, not a torn tail",
+                    search_from + found as u64
+                ),
+            });
+        }
+        from = found + 1;
     }
+    Ok(())
 }
