@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 pub const ADMIN_KEY: &str = "km_test_admin_key_0123456789abcdef";
+/// 32 bytes, base64.
+pub const TEST_MASTER_KEY: &str = "dGVzdC1tYXN0ZXIta2V5LTAxMjM0NTY3ODlhYmNkZWY=";
 
 pub struct Server {
     pub child: Child,
@@ -28,7 +30,13 @@ impl Server {
     }
 
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(bin())
+        let mut cmd = Command::new(bin());
+        // A data dir directly in the system temp dir would leave its generated
+        // `<data>.master-key` behind there: give those a fixed test key.
+        if data_dir.parent() == Some(std::env::temp_dir().as_path()) {
+            cmd.env("KEYMETER_MASTER_KEY", TEST_MASTER_KEY);
+        }
+        let mut child = cmd
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
