@@ -9,7 +9,9 @@
 //! the same decompression.
 //!
 //! `KEYMETER_BENCH_QUICK=1` shrinks it to a ~20k-event smoke run;
-//! `KEYMETER_BENCH_EVENTS=N` sets the count.
+//! `KEYMETER_BENCH_EVENTS=N` sets the count; `KEYMETER_BENCH_KAFKA="k=v;k=v"`
+//! adds librdkafka properties to keymeter's consumer (e.g.
+//! `fetch.queue.backoff.ms=1000` to compare with librdkafka's default).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -145,12 +147,18 @@ fn bare(bootstrap: &str, ends: &HashMap<i32, i64>) -> f64 {
 /// The clock starts when the group has assigned the partitions.
 fn keymeter(bootstrap: &str, ends: &HashMap<i32, i64>) -> f64 {
     let dir = tempfile::tempdir().unwrap();
-    let kafka = KafkaConfig {
+    let mut kafka = KafkaConfig {
         brokers: bootstrap.to_owned(),
         topics: vec![TOPIC.to_owned()],
         group: "keymeter-bench".into(),
         ..KafkaConfig::default()
     };
+    if let Ok(props) = std::env::var("KEYMETER_BENCH_KAFKA") {
+        for kv in props.split(';').filter(|kv| !kv.is_empty()) {
+            let (k, v) = kv.split_once('=').expect("k=v");
+            kafka.properties.insert(k.to_owned(), v.to_owned());
+        }
+    }
     let cfg = Config {
         data_dir: dir.path().to_owned(),
         bootstrap_admin_key: Some("km_bench_admin_key_0123456789abcdef".into()),
@@ -209,6 +217,13 @@ fn keymeter(bootstrap: &str, ends: &HashMap<i32, i64>) -> f64 {
         .with_label_values(&["accepted"])
         .get();
     assert_eq!(accepted as i64, total, "every event counted once");
+    println!(
+        "keymeter: {} partition batches written",
+        keymeter::metrics::metrics()
+            .kafka_batches_total
+            .with_label_values(&["written"])
+            .get()
+    );
     drop(handle);
     engine.shutdown().unwrap();
     total as f64 / secs

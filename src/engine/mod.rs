@@ -147,8 +147,8 @@ enum Command {
     /// Messages from one source partition, with the offset range they cover.
     SourceBatch {
         items: Vec<Decoded>,
-        /// Per item: where it came from (for the quarantine).
-        positions: Vec<SourcePosition>,
+        /// Per item: its offset in `delta`'s partition (for the quarantine).
+        offsets: Vec<i64>,
         delta: OffsetDelta,
         received_ms: i64,
         reply: Reply<IngestOutcome>,
@@ -633,19 +633,48 @@ impl EngineHandle {
     pub async fn ingest_source(
         &self,
         items: Vec<Decoded>,
-        positions: Vec<SourcePosition>,
+        offsets: Vec<i64>,
         delta: OffsetDelta,
         received_ms: i64,
     ) -> Result<IngestOutcome, EngineError> {
-        assert_eq!(items.len(), positions.len(), "one position per item");
+        assert_eq!(items.len(), offsets.len(), "one offset per item");
         self.call(|reply| Command::SourceBatch {
             items,
-            positions,
+            offsets,
             delta,
             received_ms,
             reply,
         })
         .await
+    }
+
+    /// Queues a source batch like [`EngineHandle::ingest_source`] and returns
+    /// once it is in the writer's queue, with the receiver of its answer.
+    /// The queue is FIFO, so batches of one partition queued in offset order
+    /// from one task are written in that order, and several can be in flight.
+    pub async fn submit_source(
+        &self,
+        items: Vec<Decoded>,
+        offsets: Vec<i64>,
+        delta: OffsetDelta,
+        received_ms: i64,
+    ) -> Result<oneshot::Receiver<Result<IngestOutcome, EngineError>>, EngineError> {
+        assert_eq!(items.len(), offsets.len(), "one offset per item");
+        let (reply, rx) = oneshot::channel();
+        metrics()
+            .writer_queue_depth
+            .set((self.tx.max_capacity() - self.tx.capacity()) as i64);
+        self.tx
+            .send(Command::SourceBatch {
+                items,
+                offsets,
+                delta,
+                received_ms,
+                reply,
+            })
+            .await
+            .map_err(|_| EngineError::Stopped)?;
+        Ok(rx)
     }
 
     /// The next offset to consume for every source partition keymeter has
@@ -965,7 +994,7 @@ impl Writer {
             }
             Command::SourceBatch {
                 items,
-                positions,
+                offsets,
                 delta,
                 received_ms,
                 reply,
@@ -995,7 +1024,11 @@ impl Writer {
                 for record in &mut batch.records[first..] {
                     if let Record::Rejected(r) = record {
                         if let Some(i) = r.index {
-                            r.position = positions.get(i as usize).cloned();
+                            r.position = offsets.get(i as usize).map(|&offset| SourcePosition {
+                                topic: delta.topic.clone(),
+                                partition: delta.partition,
+                                offset,
+                            });
                         }
                     }
                 }
@@ -1493,7 +1526,7 @@ impl Writer {
             let (rejection, raw) = match item {
                 Decoded::Invalid { rejection, raw } => (rejection, raw),
                 Decoded::Valid(event) => match self.check_meters(&event) {
-                    Err(rejection) => (rejection, event.raw),
+                    Err(rejection) => (rejection, event.raw.into_bytes()),
                     Ok(observations) => {
                         let key = event.dedup_key();
                         if batch.claimed.contains(&key) || self.dedup.contains(&key) {
@@ -1535,7 +1568,7 @@ impl Writer {
                     Some(index),
                     rejection.code,
                     &rejection.message,
-                    raw.as_bytes(),
+                    &raw,
                 )),
                 None,
             );

@@ -126,7 +126,12 @@ impl Rejection {
 #[derive(Debug)]
 pub enum Decoded {
     Valid(UsageEvent),
-    Invalid { rejection: Rejection, raw: String },
+    /// `raw` holds the input exactly as received (it need not be UTF-8, e.g.
+    /// a Kafka message value), so the quarantine keeps its exact bytes.
+    Invalid {
+        rejection: Rejection,
+        raw: Vec<u8>,
+    },
 }
 
 /// How the body is framed, from its content type.
@@ -233,7 +238,7 @@ pub fn decode_event(raw: &RawValue, now_ms: i64, window: TimeWindow) -> Decoded 
         Ok(event) => Decoded::Valid(event),
         Err(rejection) => Decoded::Invalid {
             rejection,
-            raw: raw.get().to_owned(),
+            raw: raw.get().as_bytes().to_vec(),
         },
     }
 }

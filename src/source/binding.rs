@@ -116,7 +116,7 @@ fn decode_binary(
     if let Some(rejection) = defect {
         return Decoded::Invalid {
             rejection,
-            raw: text,
+            raw: text.into_bytes(),
         };
     }
     match RawValue::from_string(text) {
@@ -128,8 +128,8 @@ fn decode_binary(
 fn malformed(value: &[u8], message: String) -> Decoded {
     Decoded::Invalid {
         rejection: Rejection::new("MALFORMED_JSON", message),
-        // The quarantine keeps text; the dead-letter topic keeps the exact bytes.
-        raw: String::from_utf8_lossy(value).into_owned(),
+        // The quarantine and the dead-letter topic keep the exact bytes.
+        raw: value.to_vec(),
     }
 }
 
@@ -188,7 +188,10 @@ mod tests {
 
     fn rejection(d: Decoded) -> (Rejection, String) {
         match d {
-            Decoded::Invalid { rejection, raw } => (rejection, raw),
+            Decoded::Invalid { rejection, raw } => (
+                rejection,
+                String::from_utf8(raw).expect("UTF-8 in these tests"),
+            ),
             Decoded::Valid(e) => panic!("expected a rejection, got {e:?}"),
         }
     }
@@ -250,10 +253,13 @@ mod tests {
 
     #[test]
     fn undecodable_values_are_malformed_json() {
-        assert_eq!(
-            rejection(decode(Some(b"\xff\xfe"), &[])).0.code,
-            "MALFORMED_JSON"
-        );
+        match decode(Some(b"\xff\xfe"), &[]) {
+            Decoded::Invalid { rejection, raw } => {
+                assert_eq!(rejection.code, "MALFORMED_JSON");
+                assert_eq!(raw, b"\xff\xfe", "the exact bytes are kept");
+            }
+            other => panic!("{other:?}"),
+        }
         assert_eq!(
             rejection(decode(Some(b"{nope"), &[])).0.code,
             "MALFORMED_JSON"
