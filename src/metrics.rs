@@ -37,7 +37,7 @@ pub struct Metrics {
     pub kafka_connected: IntGauge,
     pub kafka_assigned_partitions: IntGauge,
     pub kafka_errors_total: IntCounter,
-    pub kafka_pauses_total: IntCounter,
+    pub kafka_backpressure_waits_total: IntCounter,
     pub license_validations_total: IntCounterVec,
     pub seat_operations_total: IntCounterVec,
     pub license_admin_total: IntCounterVec,
@@ -193,9 +193,9 @@ impl Metrics {
                 "keymeter_kafka_errors_total",
                 "Errors reported by the Kafka client (broker down, transport, fetch).",
             ),
-            kafka_pauses_total: counter(
-                "keymeter_kafka_pauses_total",
-                "Times a partition was paused because the engine was behind (backpressure).",
+            kafka_backpressure_waits_total: counter(
+                "keymeter_kafka_backpressure_waits_total",
+                "Times the consumer stopped polling because a partition's buffer hit its bound while the engine was behind.",
             ),
             license_validations_total: counter_vec(
                 "keymeter_license_validations_total",

@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use super::frame::{
-    chain_hash, find_valid_frame, frame_crc, FrameHeader, FLAGS_KNOWN, FRAME_HEADER_LEN, GENESIS_HASH,
-    SEGMENT_HEADER_LEN,
+    chain_hash, find_valid_frame, frame_crc, FrameHeader, FLAGS_KNOWN, FRAME_HEADER_LEN,
+    GENESIS_HASH, SEGMENT_HEADER_LEN,
 };
 use super::segment::{list_segments, SegmentCursor, SegmentFile, Step};
 use super::{LogError, Seq};

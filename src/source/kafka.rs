@@ -703,6 +703,9 @@ impl Runner {
         if lane.items.len() >= self.batch_messages_max {
             submit(lane);
             if lane.items.len() >= self.batch_messages_max * BUFFER_HARD_FACTOR {
+                if !self.blocked {
+                    metrics().kafka_backpressure_waits_total.inc();
+                }
                 self.blocked = true;
             }
         }
