@@ -469,19 +469,6 @@ async fn license_files_open_with_the_key_and_fail_when_tampered() {
     assert!(keymeter_client::open_license_file(&bound, key, None, &keys, now_s()).is_err());
 }
 
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_license_key_is_shown_once_and_never_stored_or_logged() {
     let fx = Fixture::new();
@@ -592,16 +579,7 @@ async fn the_license_key_is_shown_once_and_never_stored_or_logged() {
         stderr.contains("master key"),
         "the log says where the master key came from"
     );
-    for file in walk(&fx.data()) {
-        let bytes = std::fs::read(&file).unwrap();
-        for needle in [key.as_bytes(), secret_part.as_bytes()] {
-            assert!(
-                !bytes.windows(needle.len()).any(|w| w == needle),
-                "{} holds the license key",
-                file.display()
-            );
-        }
-    }
+    assert_no_file_holds(&fx.data(), &[key.as_bytes(), secret_part.as_bytes()]);
     // The master key sits beside the data directory, not inside it.
     assert!(fx.root.path().join("data.master-key").exists());
     assert!(walk(&fx.data())

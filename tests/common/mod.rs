@@ -195,3 +195,32 @@ pub fn run(args: &[&str]) -> std::process::Output {
         .output()
         .expect("run keymeter")
 }
+
+/// Every file below `dir`, recursively.
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Fails if any byte sequence in `secrets` occurs in any file below `dir`.
+pub fn assert_no_file_holds(dir: &Path, secrets: &[&[u8]]) {
+    for file in walk(dir) {
+        let bytes = std::fs::read(&file).unwrap();
+        for secret in secrets {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == *secret),
+                "{} holds a secret ({} bytes)",
+                file.display(),
+                secret.len()
+            );
+        }
+    }
+}
