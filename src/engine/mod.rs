@@ -354,8 +354,9 @@ impl Engine {
 
         let meters = MeterSet::from_defs(store.meter_defs()?)
             .map_err(|e| StartError::Other(format!("stored meter is invalid: {e}")))?;
-        let keys = KeyRing::from_records(store.api_keys()?);
-        let key_ids = store.api_keys()?.into_iter().map(|k| k.id).collect();
+        let api_keys = store.api_keys()?;
+        let key_ids = api_keys.iter().map(|k| k.id.clone()).collect();
+        let keys = KeyRing::from_records(api_keys);
         let shared = Arc::new(Shared {
             store: store.clone(),
             meters: ArcSwap::from_pointee(meters.clone()),
@@ -371,7 +372,13 @@ impl Engine {
             usage: UsageCache::default(),
             crypto,
         });
-        publish_progress(head, &counters, &docs, &dedup);
+        let mut progress = vec![
+            ("counters", counters.applied()),
+            ("dedup", dedup.applied()),
+            ("licenses", licenses.applied()),
+        ];
+        progress.extend(docs.applied());
+        report_progress(head, &progress);
 
         let (tx, rx) = mpsc::channel(cfg.writer_queue_max);
         let (jobs_tx, jobs_rx) = std::sync::mpsc::sync_channel::<Job>(4);
@@ -498,12 +505,12 @@ fn spawn_stage(
         .map_err(|e| StartError::Other(format!("cannot start the {name} thread: {e}")))
 }
 
-fn publish_progress(head: Seq, counters: &Counters, docs: &Documents, dedup: &DedupIndex) {
+/// Exports each projection's applied sequence number and its lag behind the
+/// log head.
+fn report_progress(head: Seq, projections: &[(&str, Seq)]) {
     let m = metrics();
     m.log_head_seq.set(head as i64);
-    let mut all = vec![("counters", counters.applied()), ("dedup", dedup.applied())];
-    all.extend(docs.applied());
-    for (name, seq) in all {
+    for &(name, seq) in projections {
         m.projection_applied_seq
             .with_label_values(&[name])
             .set(seq as i64);
@@ -967,6 +974,23 @@ impl Writer {
         audit
     }
 
+    /// Refuses `incoming` events (HTTP or Kafka alike) when claiming them
+    /// could take the dedup index past its bound.
+    fn dedup_room(&self, batch: &Batch, incoming: usize) -> Result<(), EngineError> {
+        if self.dedup.len() + batch.claims.len() + incoming <= self.dedup_keys_max {
+            return Ok(());
+        }
+        metrics()
+            .events_rejected_total
+            .with_label_values(&["DEDUP_CAPACITY"])
+            .inc_by(incoming as u64);
+        Err(EngineError::Overloaded(format!(
+            "the dedup index holds {} identities, its limit is {}; raise dedup_keys_max or shorten event_time_back",
+            self.dedup.len(),
+            self.dedup_keys_max
+        )))
+    }
+
     /// Turns one command into records of `batch`, with its answer.
     fn prepare(&mut self, command: Command, batch: &mut Batch) -> Result<(), StartError> {
         match command {
@@ -976,17 +1000,8 @@ impl Writer {
                 origin,
                 reply,
             } => {
-                if self.dedup.len() + batch.claims.len() + items.len() > self.dedup_keys_max {
-                    metrics()
-                        .events_rejected_total
-                        .with_label_values(&["DEDUP_CAPACITY"])
-                        .inc_by(items.len() as u64);
-                    let msg = format!(
-                        "the dedup index holds {} identities, its limit is {}; raise dedup_keys_max or shorten event_time_back",
-                        self.dedup.len(),
-                        self.dedup_keys_max
-                    );
-                    batch.answer(reply, Err(EngineError::Overloaded(msg)));
+                if let Err(full) = self.dedup_room(batch, items.len()) {
+                    batch.answer(reply, Err(full));
                     return Ok(());
                 }
                 let outcome = self.prepare_ingest(items, received_ms, origin, batch)?;
@@ -1009,13 +1024,8 @@ impl Writer {
                     batch.answer(reply, Err(EngineError::Conflict(msg)));
                     return Ok(());
                 }
-                if self.dedup.len() + batch.claims.len() + items.len() > self.dedup_keys_max {
-                    let msg = format!(
-                        "the dedup index holds {} identities, its limit is {}",
-                        self.dedup.len(),
-                        self.dedup_keys_max
-                    );
-                    batch.answer(reply, Err(EngineError::Overloaded(msg)));
+                if let Err(full) = self.dedup_room(batch, items.len()) {
+                    batch.answer(reply, Err(full));
                     return Ok(());
                 }
                 let first = batch.records.len();
@@ -1651,21 +1661,13 @@ impl Projector {
         }
         self.docs.flush()?;
         self.licenses.flush()?;
-        let m = metrics();
         let head = self.shared.head_seq.load(Ordering::SeqCst);
-        let mut all = vec![
+        let mut progress = vec![
             ("counters", self.counters.flushed()),
             ("licenses", self.licenses.applied()),
         ];
-        all.extend(self.docs.applied());
-        for (name, seq) in all {
-            m.projection_applied_seq
-                .with_label_values(&[name])
-                .set(seq as i64);
-            m.projection_lag_records
-                .with_label_values(&[name])
-                .set(head.saturating_sub(seq) as i64);
-        }
+        progress.extend(self.docs.applied());
+        report_progress(head, &progress);
         Ok(())
     }
 
