@@ -16,4 +16,5 @@ pub mod meter;
 pub mod metrics;
 pub mod projection;
 pub mod record;
+pub mod signing;
 pub mod source;
