@@ -18,7 +18,7 @@ use axum::routing::post;
 use axum::Json;
 use hdrhistogram::Histogram;
 use keymeter::api::{router, validate_with, AppState};
-use keymeter::config::Config;
+use keymeter::config::{Config, RateLimit, RateLimits};
 use keymeter::engine::{Engine, SystemClock};
 use keymeter::license::Request;
 use serde_json::{json, Value};
@@ -100,6 +100,13 @@ fn main() {
     let cfg = Config {
         data_dir: root.path().join("data"),
         bootstrap_admin_key: Some(ADMIN_KEY.into()),
+        // The limiters run on every call but never refuse: the bench
+        // measures their cost, not their refusals.
+        rate_limits: RateLimits {
+            validate_per_api_key: RateLimit::new(u32::MAX, u32::MAX),
+            validate_per_license: RateLimit::new(u32::MAX, u32::MAX),
+            ..RateLimits::default()
+        },
         ..Config::default()
     };
     let engine = Engine::open(&cfg, Arc::new(SystemClock))
@@ -111,10 +118,7 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let state = AppState {
-            engine: handle.clone(),
-            cfg: Arc::new(cfg.clone()),
-        };
+        let state = AppState::new(handle.clone(), Arc::new(cfg.clone()));
         let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let api_addr = api.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(api, router(state)).await.unwrap() });

@@ -61,8 +61,83 @@ pub struct Config {
     /// Longest TTL a license file may be issued with.
     #[serde(with = "humantime_serde")]
     pub license_file_ttl_max: Duration,
+    /// How far a signed call's timestamp may be from the server clock.
+    #[serde(with = "humantime_serde")]
+    pub signature_tolerance: Duration,
+    /// Most nonces of signed calls remembered within one tolerance window;
+    /// beyond it signed calls get 503 rather than an unchecked pass.
+    pub signature_nonces_max: usize,
+    /// Per-API-key and per-license request rates for validation and seat
+    /// checkout.
+    pub rate_limits: RateLimits,
     /// Consume usage events from Kafka as well (off when absent).
     pub kafka: Option<KafkaConfig>,
+}
+
+/// A token bucket: `per_second` sustained, up to `burst` at once.
+/// `per_second = 0` turns the limit off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+impl RateLimit {
+    pub const fn new(per_second: u32, burst: u32) -> RateLimit {
+        RateLimit { per_second, burst }
+    }
+
+    pub const OFF: RateLimit = RateLimit::new(0, 0);
+}
+
+/// The `[rate_limits]` section. Refusals are `429` with `Retry-After`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimits {
+    /// `POST /api/v1/licenses/validate`, per API key.
+    pub validate_per_api_key: RateLimit,
+    /// `POST /api/v1/licenses/validate`, per license key presented.
+    pub validate_per_license: RateLimit,
+    /// Seat checkout and heartbeat, per API key.
+    pub checkout_per_api_key: RateLimit,
+    /// Seat checkout and heartbeat, per license.
+    pub checkout_per_license: RateLimit,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            validate_per_api_key: RateLimit::new(5_000, 20_000),
+            validate_per_license: RateLimit::new(200, 1_000),
+            checkout_per_api_key: RateLimit::new(1_000, 5_000),
+            checkout_per_license: RateLimit::new(50, 2_000),
+        }
+    }
+}
+
+impl RateLimits {
+    pub const OFF: RateLimits = RateLimits {
+        validate_per_api_key: RateLimit::OFF,
+        validate_per_license: RateLimit::OFF,
+        checkout_per_api_key: RateLimit::OFF,
+        checkout_per_license: RateLimit::OFF,
+    };
+
+    fn validate(&self) -> anyhow::Result<()> {
+        for (name, l) in [
+            ("validate_per_api_key", self.validate_per_api_key),
+            ("validate_per_license", self.validate_per_license),
+            ("checkout_per_api_key", self.checkout_per_api_key),
+            ("checkout_per_license", self.checkout_per_license),
+        ] {
+            anyhow::ensure!(
+                l.per_second == 0 || l.burst >= 1,
+                "rate_limits.{name}.burst must be >= 1 when per_second is set"
+            );
+        }
+        Ok(())
+    }
 }
 
 /// The `[kafka]` section: where to consume CloudEvents from.
@@ -147,6 +222,9 @@ impl Default for Config {
             token_ttl: Duration::from_secs(5 * 60),
             license_file_ttl: Duration::from_secs(30 * 24 * 3600),
             license_file_ttl_max: Duration::from_secs(366 * 24 * 3600),
+            signature_tolerance: Duration::from_secs(5 * 60),
+            signature_nonces_max: 1_000_000,
+            rate_limits: RateLimits::default(),
             kafka: None,
         }
     }
@@ -206,6 +284,16 @@ impl Config {
                 && self.license_file_ttl <= self.license_file_ttl_max,
             "license_file_ttl must be between 1m and license_file_ttl_max"
         );
+        anyhow::ensure!(
+            Duration::from_secs(1) <= self.signature_tolerance
+                && self.signature_tolerance <= Duration::from_secs(24 * 3600),
+            "signature_tolerance must be between 1s and 24h"
+        );
+        anyhow::ensure!(
+            self.signature_nonces_max >= 1000,
+            "signature_nonces_max must be >= 1000"
+        );
+        self.rate_limits.validate()?;
         if let Some(key) = &self.bootstrap_admin_key {
             anyhow::ensure!(
                 key.len() >= crate::auth::SUPPLIED_KEY_CHARS_MIN,
@@ -238,6 +326,9 @@ mod tests {
         assert_eq!(c.token_ttl, d.token_ttl);
         assert_eq!(c.license_file_ttl, d.license_file_ttl);
         assert_eq!(c.license_file_ttl_max, d.license_file_ttl_max);
+        assert_eq!(c.signature_tolerance, d.signature_tolerance);
+        assert_eq!(c.signature_nonces_max, d.signature_nonces_max);
+        assert_eq!(c.rate_limits, d.rate_limits);
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod license;
 pub mod log;
 pub mod meter;
 pub mod metrics;
+pub mod product;
 pub mod projection;
 pub mod record;
 pub mod signing;

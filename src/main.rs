@@ -97,6 +97,9 @@ struct ConfigArgs {
     /// Lifetime of signed validation verdicts (e.g. "5m") [default: 5m].
     #[arg(long, env = "KEYMETER_TOKEN_TTL", value_parser = humantime::parse_duration)]
     token_ttl: Option<Duration>,
+    /// Accepted clock difference of signed calls (e.g. "5m") [default: 5m].
+    #[arg(long, env = "KEYMETER_SIGNATURE_TOLERANCE", value_parser = humantime::parse_duration)]
+    signature_tolerance: Option<Duration>,
     /// Kafka bootstrap servers (HOST:PORT[,HOST:PORT…]); enables the Kafka source.
     #[arg(long, env = "KEYMETER_KAFKA_BROKERS")]
     kafka_brokers: Option<String>,
@@ -160,7 +163,8 @@ impl ConfigArgs {
             body_bytes_max,
             request_events_max,
             batch_records_max,
-            segment_bytes_max
+            segment_bytes_max,
+            signature_tolerance
         );
         if self.metrics_listen.is_some() {
             cfg.metrics_listen = self.metrics_listen;
@@ -235,10 +239,7 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         )?),
     };
     let cfg = Arc::new(cfg);
-    let state = keymeter::api::AppState {
-        engine: handle.clone(),
-        cfg: cfg.clone(),
-    };
+    let state = keymeter::api::AppState::new(handle.clone(), cfg.clone());
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await

@@ -39,6 +39,9 @@ pub struct Metrics {
     pub kafka_errors_total: IntCounter,
     pub kafka_backpressure_waits_total: IntCounter,
     pub license_validations_total: IntCounterVec,
+    pub signature_refusals_total: IntCounterVec,
+    pub signed_requests_total: IntCounterVec,
+    pub rate_limited_total: IntCounterVec,
     pub seat_operations_total: IntCounterVec,
     pub license_admin_total: IntCounterVec,
 }
@@ -196,6 +199,21 @@ impl Metrics {
             kafka_backpressure_waits_total: counter(
                 "keymeter_kafka_backpressure_waits_total",
                 "Times the consumer stopped polling because a partition's buffer hit its bound while the engine was behind.",
+            ),
+            signature_refusals_total: counter_vec(
+                "keymeter_signature_refusals_total",
+                "Calls refused for their request signature, by product (\"none\" for keys without one) and reason (missing, malformed, unknown_key, expired, invalid, replayed, nonce_capacity).",
+                &["product", "reason"],
+            ),
+            signed_requests_total: counter_vec(
+                "keymeter_signed_requests_total",
+                "Calls with a valid request signature, by product.",
+                &["product"],
+            ),
+            rate_limited_total: counter_vec(
+                "keymeter_rate_limited_total",
+                "Calls refused with 429, by call (validate, checkout) and limit (api_key, license).",
+                &["call", "limit"],
             ),
             license_validations_total: counter_vec(
                 "keymeter_license_validations_total",

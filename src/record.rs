@@ -91,6 +91,11 @@ pub enum Record {
         seat_id: String,
         at_ms: i64,
     },
+    /// A product document after a change (creation included).
+    ProductSaved {
+        product: AsJson<crate::product::Product>,
+        audit: Audit,
+    },
 }
 
 /// How a license key is kept: an HMAC-SHA256 lookup digest (server-side

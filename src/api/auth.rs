@@ -29,6 +29,14 @@ impl RequiredScope for Admin {
     const SCOPE: Scope = Scope::Admin;
 }
 
+/// The key of `Authorization: Bearer <key>`, if the header has that form.
+pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    v.strip_prefix("Bearer ")
+        .or_else(|| v.strip_prefix("bearer "))
+        .map(str::trim)
+}
+
 /// The authenticated caller.
 pub struct Auth<S> {
     pub key_id: String,
@@ -40,22 +48,13 @@ impl<S: RequiredScope> FromRequestParts<AppState> for Auth<S> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let presented = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "UNAUTHENTICATED",
-                    "send an API key as `Authorization: Bearer <key>`",
-                )
-            })?;
+        let presented = bearer_token(&parts.headers).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHENTICATED",
+                "send an API key as `Authorization: Bearer <key>`",
+            )
+        })?;
         let keys = state.engine.shared.keys.load();
         let key = keys.lookup(presented).ok_or_else(|| {
             ApiError::new(

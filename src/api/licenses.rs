@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
-use super::{Admin, ApiError, AppState, Auth, Ingest};
+use super::{Admin, ApiError, AppState, Auth, Ingest, Limited};
 use crate::engine::{Renewal, SeatLease};
 use crate::license::decide::{quota_periods, rfc3339, Claims, QuotaReport, Verdict};
 use crate::license::model::{LicenseUpdate, NewLicense, StatusAction};
@@ -410,12 +410,21 @@ pub struct CheckoutBody {
 }
 
 /// `201` with a new seat, `200` with the one this fingerprint already holds.
+/// The per-license limit counts only licenses that exist.
+fn known_license(state: &AppState, id: &str) -> Option<String> {
+    state.engine.shared.licenses.get(id).map(|_| id.to_owned())
+}
+
 pub async fn checkout(
     auth: Auth<Ingest>,
     State(state): State<AppState>,
     Path(id): Path<String>,
     req: Result<Json<CheckoutBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
+    let known = known_license(&state, &id);
+    state
+        .guards
+        .limit(Limited::Checkout, &auth.key_id, known.as_deref())?;
     let req = body(req)?;
     check_fingerprint(&req.fingerprint).map_err(|m| ApiError::bad_request("INVALID_SEAT", m))?;
     let lease = state
@@ -432,10 +441,14 @@ pub async fn checkout(
 }
 
 pub async fn heartbeat(
-    _auth: Auth<Ingest>,
+    auth: Auth<Ingest>,
     State(state): State<AppState>,
     Path((id, seat_id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
+    let known = known_license(&state, &id);
+    state
+        .guards
+        .limit(Limited::Checkout, &auth.key_id, known.as_deref())?;
     let lease = state
         .engine
         .heartbeat_seat(id.clone(), seat_id)
@@ -613,7 +626,7 @@ struct Answer<'a> {
 }
 
 pub async fn validate(
-    _auth: Auth<Ingest>,
+    auth: Auth<Ingest>,
     State(state): State<AppState>,
     req: Result<Json<ValidateBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
@@ -639,6 +652,17 @@ pub async fn validate(
         meter: req.meter.as_deref(),
     };
     let shared = &state.engine.shared;
+    let license_id = if key.len() <= FIELD_CHARS_MAX {
+        shared
+            .licenses
+            .by_key_digest(&shared.crypto.lookup_digest(&key))
+            .map(|e| e.license.id.clone())
+    } else {
+        None
+    };
+    state
+        .guards
+        .limit(Limited::Validate, &auth.key_id, license_id.as_deref())?;
     let v = validate_with(
         shared,
         &key,

@@ -202,6 +202,13 @@ enum Command {
     },
     /// Reclaim lapsed seat leases (sent periodically by the sweeper).
     SweepLeases,
+    /// Create (`version` 1) or change a product; refused unless `version`
+    /// is one more than the stored one.
+    SaveProduct {
+        product: Box<crate::product::Product>,
+        audit: Audit,
+        reply: Reply<crate::product::Product>,
+    },
 }
 
 /// How a renewal sets the new expiry.
@@ -252,6 +259,8 @@ pub struct Shared {
     pub usage: UsageCache,
     /// Keys derived from the master key (lookup digests, sealing, signing).
     pub crypto: Arc<crate::crypto::Keys>,
+    /// Products' signing secrets and API-key bindings, for request signatures.
+    pub products: crate::product::SharedProducts,
 }
 
 /// A cheap, cloneable way in: commands to the writer, reads from `shared`.
@@ -357,6 +366,10 @@ impl Engine {
         let api_keys = store.api_keys()?;
         let key_ids = api_keys.iter().map(|k| k.id.clone()).collect();
         let keys = KeyRing::from_records(api_keys);
+        let products = store.products()?;
+        let product_versions = products.iter().map(|p| (p.id.clone(), p.version)).collect();
+        let product_ring =
+            crate::product::ProductRing::build(&products, &crypto).map_err(StartError::Other)?;
         let shared = Arc::new(Shared {
             store: store.clone(),
             meters: ArcSwap::from_pointee(meters.clone()),
@@ -371,6 +384,7 @@ impl Engine {
             licenses: PublishedLicenses::from_book(licenses.book()),
             usage: UsageCache::default(),
             crypto,
+            products: ArcSwap::from_pointee(product_ring),
         });
         let mut progress = vec![
             ("counters", counters.applied()),
@@ -390,6 +404,7 @@ impl Engine {
             dedup,
             meters,
             key_ids,
+            product_versions,
             licenses: licenses.book().clone(),
             window: cfg.time_window(),
             batch_records_max: cfg.batch_records_max,
@@ -690,6 +705,21 @@ impl EngineHandle {
         self.call(|reply| Command::SourcePositions { reply }).await
     }
 
+    /// Stores a product document; `product.version` must be one more than
+    /// the stored version (1 to create).
+    pub async fn save_product(
+        &self,
+        product: crate::product::Product,
+        audit: Audit,
+    ) -> Result<crate::product::Product, EngineError> {
+        self.call(|reply| Command::SaveProduct {
+            product: Box::new(product),
+            audit,
+            reply,
+        })
+        .await
+    }
+
     pub async fn revoke_api_key(&self, id: String, audit: Audit) -> Result<(), EngineError> {
         self.call(|reply| Command::RevokeApiKey { id, audit, reply })
             .await
@@ -862,6 +892,8 @@ struct Writer {
     dedup: DedupIndex,
     meters: MeterSet,
     key_ids: std::collections::HashSet<String>,
+    /// Stored version of every product.
+    product_versions: HashMap<String, u64>,
     /// Authoritative license and seat state as of `next_seq`.
     licenses: LicenseBook,
     window: TimeWindow,
@@ -1127,6 +1159,48 @@ impl Writer {
                     None,
                 );
                 batch.answer(reply, Ok(key));
+            }
+            Command::SaveProduct {
+                mut product,
+                audit,
+                reply,
+            } => {
+                let stored = self.product_versions.get(&product.id).copied();
+                let expected = stored.unwrap_or(0) + 1;
+                if product.version != expected {
+                    let msg = match stored {
+                        None => format!("product `{}` does not exist", product.id),
+                        Some(_) if product.version == 1 => {
+                            format!("product `{}` already exists", product.id)
+                        }
+                        Some(v) => format!(
+                            "product `{}` changed meanwhile (version {v}); read it and retry",
+                            product.id
+                        ),
+                    };
+                    let err = if stored.is_none() {
+                        EngineError::NotFound(msg)
+                    } else {
+                        EngineError::Conflict(msg)
+                    };
+                    batch.answer(reply, Err(err));
+                    return Ok(());
+                }
+                let audit = self.audit_record(audit);
+                product.updated_ms = audit.at_ms;
+                if product.version == 1 {
+                    product.created_ms = audit.at_ms;
+                }
+                self.product_versions
+                    .insert(product.id.clone(), product.version);
+                batch.push(
+                    Record::ProductSaved {
+                        product: crate::record::AsJson((*product).clone()),
+                        audit,
+                    },
+                    None,
+                );
+                batch.answer(reply, Ok(*product));
             }
             Command::RevokeApiKey { id, audit, reply } => {
                 if !self.key_ids.remove(&id) {
@@ -1699,13 +1773,21 @@ impl Projector {
         if !changed.is_empty() {
             self.shared.licenses.publish(self.licenses.book(), &changed);
         }
-        let (meters_changed, keys_changed) = self.docs.apply(&applied)?;
-        if meters_changed {
+        let changed_docs = self.docs.apply(&applied)?;
+        if changed_docs.products {
+            let ring = crate::product::ProductRing::build(
+                &self.shared.store.products()?,
+                &self.shared.crypto,
+            )
+            .map_err(StartError::Other)?;
+            crate::product::publish(&self.shared.products, ring);
+        }
+        if changed_docs.meters {
             self.shared
                 .meters
                 .store(Arc::new(self.counters.meters().clone()));
         }
-        if keys_changed {
+        if changed_docs.keys {
             let keys = KeyRing::from_records(self.shared.store.api_keys()?);
             self.shared.keys.store(Arc::new(keys));
         }
