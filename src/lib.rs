@@ -17,3 +17,4 @@ pub mod metrics;
 pub mod projection;
 pub mod record;
 pub mod source;
+pub mod tls;
