@@ -17,6 +17,14 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// HTTP API address.
     pub listen: SocketAddr,
+    /// PEM certificate chain (leaf first) for HTTPS on `listen`. Set together
+    /// with `tls_key`; without both the API is plain HTTP.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s): client certificates signed by them are
+    /// verified in the handshake, and ingest then requires one.
+    pub tls_client_ca: Option<PathBuf>,
     /// When set, `/metrics` is served here without authentication and removed
     /// from the API listener. Otherwise it is on the API listener and needs
     /// the `read` scope.
@@ -207,6 +215,9 @@ impl Default for Config {
         Config {
             data_dir: PathBuf::from("keymeter-data"),
             listen: "127.0.0.1:8080".parse().expect("valid address"),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
             metrics_listen: None,
             bootstrap_admin_key: None,
             event_time_back: Duration::from_secs(35 * 24 * 3600),
@@ -294,6 +305,7 @@ impl Config {
             "signature_nonces_max must be >= 1000"
         );
         self.rate_limits.validate()?;
+        self.validate_tls()?;
         if let Some(key) = &self.bootstrap_admin_key {
             anyhow::ensure!(
                 key.len() >= crate::auth::SUPPLIED_KEY_CHARS_MIN,
@@ -301,6 +313,28 @@ impl Config {
                 crate::auth::SUPPLIED_KEY_CHARS_MIN
             );
         }
+        Ok(())
+    }
+
+    /// True when the API is served over HTTPS.
+    pub fn tls_enabled(&self) -> bool {
+        self.tls_cert.is_some() && self.tls_key.is_some()
+    }
+
+    /// Certificate and key come as a pair; client authentication needs both.
+    fn validate_tls(&self) -> anyhow::Result<()> {
+        const HOW: &str = "set both tls_cert and tls_key (--tls-cert/--tls-key, \
+                           KEYMETER_TLS_CERT/KEYMETER_TLS_KEY), or neither for plain HTTP";
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => anyhow::bail!("tls_cert is set but tls_key is missing: {HOW}"),
+            (None, Some(_)) => anyhow::bail!("tls_key is set but tls_cert is missing: {HOW}"),
+            _ => {}
+        }
+        anyhow::ensure!(
+            self.tls_client_ca.is_none() || self.tls_enabled(),
+            "tls_client_ca is set but tls_cert and tls_key are missing: client \
+             certificates need HTTPS"
+        );
         Ok(())
     }
 }
@@ -329,6 +363,35 @@ mod tests {
         assert_eq!(c.signature_tolerance, d.signature_tolerance);
         assert_eq!(c.signature_nonces_max, d.signature_nonces_max);
         assert_eq!(c.rate_limits, d.rate_limits);
+        assert_eq!(c.tls_cert, d.tls_cert);
+        assert_eq!(c.tls_key, d.tls_key);
+        assert_eq!(c.tls_client_ca, d.tls_client_ca);
+    }
+
+    #[test]
+    fn tls_certificate_and_key_come_as_a_pair() {
+        let c: Config = toml::from_str(
+            "tls_cert = \"/etc/keymeter/tls/server.crt\"\n\
+             tls_key = \"/etc/keymeter/tls/server.key\"\n\
+             tls_client_ca = \"/etc/keymeter/tls/clients-ca.crt\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert!(c.tls_enabled());
+        assert!(!Config::default().tls_enabled());
+
+        let error = |c: &Config| c.validate().unwrap_err().to_string();
+        let mut only_cert = c.clone();
+        only_cert.tls_key = None;
+        assert!(error(&only_cert).contains("tls_key is missing"));
+        let mut only_key = c.clone();
+        only_key.tls_cert = None;
+        assert!(error(&only_key).contains("tls_cert is missing"));
+        let ca_without_tls = Config {
+            tls_client_ca: c.tls_client_ca.clone(),
+            ..Config::default()
+        };
+        assert!(error(&ca_without_tls).contains("tls_client_ca"));
     }
 
     #[test]

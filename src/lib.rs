@@ -19,3 +19,4 @@ pub mod projection;
 pub mod record;
 pub mod signing;
 pub mod source;
+pub mod tls;

@@ -11,6 +11,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use keymeter::config::Config;
 use keymeter::engine::{self, Engine, SystemClock};
+use keymeter::tls::{TlsFiles, TlsListener, TlsPeer};
 
 mod cli_license;
 
@@ -65,6 +66,16 @@ struct ConfigArgs {
     /// HTTP listen address [default: 127.0.0.1:8080].
     #[arg(long, env = "KEYMETER_LISTEN")]
     listen: Option<SocketAddr>,
+    /// Serve the API over HTTPS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, env = "KEYMETER_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "KEYMETER_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s): verify client certificates against it and
+    /// require one for ingest (needs --tls-cert and --tls-key).
+    #[arg(long, env = "KEYMETER_TLS_CLIENT_CA")]
+    tls_client_ca: Option<PathBuf>,
     /// Serve /metrics on this address without authentication (and not on the API listener).
     #[arg(long, env = "KEYMETER_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
@@ -169,6 +180,15 @@ impl ConfigArgs {
         if self.metrics_listen.is_some() {
             cfg.metrics_listen = self.metrics_listen;
         }
+        if self.tls_cert.is_some() {
+            cfg.tls_cert = self.tls_cert.clone();
+        }
+        if self.tls_key.is_some() {
+            cfg.tls_key = self.tls_key.clone();
+        }
+        if self.tls_client_ca.is_some() {
+            cfg.tls_client_ca = self.tls_client_ca.clone();
+        }
         if self.bootstrap_admin_key.is_some() {
             cfg.bootstrap_admin_key = self.bootstrap_admin_key.clone();
         }
@@ -218,6 +238,15 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         .enable_all()
         .thread_name("keymeter-http")
         .build()?;
+    // Before the engine opens: a bad certificate stops the start at once.
+    let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(cert), Some(key)) => Some(keymeter::tls::server_config(&TlsFiles {
+            cert,
+            key,
+            client_ca: cfg.tls_client_ca.as_deref(),
+        })?),
+        _ => None,
+    };
     tracing::info!(data_dir = %cfg.data_dir.display(), "starting keymeter");
     let started = Engine::open(&cfg, Arc::new(SystemClock))
         .with_context(|| format!("cannot open data directory {}", cfg.data_dir.display()))?;
@@ -245,13 +274,14 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", cfg.listen))?;
         let addr = listener.local_addr()?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "keymeter listening on http://{addr}")?;
+        writeln!(stdout, "keymeter listening on {scheme}://{addr}")?;
         if let Some(key) = &started.bootstrap_key {
             writeln!(
                 stdout,
                 "\nCreated the first admin API key. It is shown only this once; store it now:\n\n  {key}\n\n\
-                 Try it:\n  curl -H 'Authorization: Bearer {key}' http://{addr}/api/v1/meters\n"
+                 Try it:\n  curl -H 'Authorization: Bearer {key}' {scheme}://{addr}/api/v1/meters\n"
             )?;
         }
         stdout.flush()?;
@@ -267,11 +297,25 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
                 }
             });
         }
-        tracing::info!(%addr, "HTTP API listening");
-        let shared = handle.shared.clone();
-        axum::serve(listener, keymeter::api::router(state))
-            .with_graceful_shutdown(shutdown_signal(shared))
-            .await?;
+        let client_certs = cfg.tls_client_ca.is_some();
+        tracing::info!(%addr, tls = tls.is_some(), client_certs, "HTTP API listening");
+        let shutdown = shutdown_signal(handle.shared.clone());
+        let router = keymeter::api::router(state);
+        match tls {
+            None => {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(shutdown)
+                    .await?
+            }
+            Some(config) => {
+                axum::serve(
+                    TlsListener::new(listener, config),
+                    router.into_make_service_with_connect_info::<TlsPeer>(),
+                )
+                .with_graceful_shutdown(shutdown)
+                .await?
+            }
+        }
         anyhow::Ok(())
     })?;
     if let Some(kafka) = kafka {

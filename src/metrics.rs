@@ -30,6 +30,7 @@ pub struct Metrics {
     pub dedup_keys: IntGauge,
     pub http_requests_total: IntCounterVec,
     pub http_request_duration_seconds: HistogramVec,
+    pub tls_handshake_failures_total: IntCounter,
     pub kafka_messages_total: IntCounterVec,
     pub kafka_batches_total: IntCounterVec,
     pub kafka_dead_letters_total: IntCounterVec,
@@ -164,6 +165,10 @@ impl Metrics {
                 &["route", "method", "status"],
             ),
             http_request_duration_seconds,
+            tls_handshake_failures_total: counter(
+                "keymeter_tls_handshake_failures_total",
+                "TLS handshakes on the API listener that failed or timed out (plain HTTP, unknown client CA, no common version).",
+            ),
             kafka_messages_total: counter_vec(
                 "keymeter_kafka_messages_total",
                 "Kafka messages written to the log, by result (accepted, duplicate, rejected).",

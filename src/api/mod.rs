@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
 
-pub use self::auth::{Admin, Auth, Ingest, Read};
+pub use self::auth::{Admin, Auth, ClientCert, Ingest, Read};
 pub use self::error::ApiError;
 pub use self::guard::{Guards, Limited};
 pub use self::licenses::{validate_with, Validation};

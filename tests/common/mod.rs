@@ -30,6 +30,11 @@ impl Server {
     }
 
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> Server {
+        Server::start_with_env(data_dir, extra, &[])
+    }
+
+    /// Like `start_with`, with extra `KEYMETER_*` environment variables.
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(bin());
         // A data dir directly in the system temp dir would leave its generated
         // `<data>.master-key` behind there: give those a fixed test key.
@@ -43,6 +48,7 @@ impl Server {
             .args(["--listen", "127.0.0.1:0"])
             .args(["--bootstrap-admin-key", ADMIN_KEY])
             .args(extra)
+            .envs(env.iter().copied())
             .env("KEYMETER_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
