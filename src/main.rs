@@ -13,6 +13,7 @@ use keymeter::config::Config;
 use keymeter::engine::{self, Engine, SystemClock};
 use keymeter::tls::{TlsFiles, TlsListener, TlsPeer};
 
+mod cli_keys;
 mod cli_license;
 
 /// The engine allocates many small, short-lived values per event (parsed
@@ -44,6 +45,24 @@ enum Command {
     },
     /// Manage licenses on a running server (HTTP client; needs an admin key).
     License(cli_license::LicenseArgs),
+    /// Rotate the master key or the signing key (server stopped).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Re-wrap the keyring under a new master key (--master), or start
+    /// signing with a new key (--signing). Resumable: run it again after an
+    /// interruption.
+    Rotate {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        rotate: cli_keys::RotateArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -223,6 +242,9 @@ fn main() -> std::process::ExitCode {
             command: LogCommand::Verify(args),
         } => args.load().and_then(verify),
         Command::License(args) => cli_license::run(args),
+        Command::Keys {
+            command: KeysCommand::Rotate { config, rotate },
+        } => config.load().and_then(|cfg| cli_keys::rotate(cfg, rotate)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

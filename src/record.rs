@@ -96,6 +96,14 @@ pub enum Record {
         product: AsJson<crate::product::Product>,
         audit: Audit,
     },
+    /// `keymeter keys rotate`: the master key (`kind` "master", kek ids)
+    /// or the signing key ("signing", key ids) changed from `from` to `to`.
+    KeysRotated {
+        kind: String,
+        from: String,
+        to: String,
+        audit: Audit,
+    },
 }
 
 /// How a license key is kept: an HMAC-SHA256 lookup digest (server-side

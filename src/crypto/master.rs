@@ -87,7 +87,7 @@ pub fn default_key_path(data_dir: &Path) -> PathBuf {
     absolute.with_file_name(name)
 }
 
-fn is_inside(path: &Path, dir: &Path) -> bool {
+pub fn is_inside(path: &Path, dir: &Path) -> bool {
     let norm = |p: &Path| {
         std::fs::canonicalize(p)
             .or_else(|_| std::path::absolute(p))
@@ -159,7 +159,8 @@ fn warn_if_readable_by_others(path: &Path) {
     }
 }
 
-fn generate_key_file(path: &Path) -> Result<MasterKey, String> {
+/// Creates a new random master key file (mode 0600); fails if it exists.
+pub fn generate_key_file(path: &Path) -> Result<MasterKey, String> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut bytes = Zeroizing::new([0u8; 32]);
     rand::thread_rng().fill_bytes(bytes.as_mut());

@@ -359,7 +359,7 @@ impl Engine {
         counters.flush()?;
         docs.flush()?;
         licenses.flush()?;
-        let crypto = Arc::new(load_keys(cfg)?);
+        let crypto = Arc::new(load_keys(cfg, head == 0)?);
 
         let meters = MeterSet::from_defs(store.meter_defs()?)
             .map_err(|e| StartError::Other(format!("stored meter is invalid: {e}")))?;
@@ -536,16 +536,26 @@ fn report_progress(head: Seq, projections: &[(&str, Seq)]) {
 }
 
 /// Loads (or, by default, creates beside the data directory) the master key
-/// and derives the licensing keys from it.
-fn load_keys(cfg: &Config) -> Result<crate::crypto::Keys, StartError> {
-    use crate::crypto::{load_master_key, Keys, MasterKeySource};
+/// and opens the keyring with it (see [`crate::crypto::keyring`]).
+pub fn load_keys(cfg: &Config, log_is_empty: bool) -> Result<crate::crypto::Keys, StartError> {
+    use crate::crypto::{load_master_key, open_keys, KeyringOrigin, MasterKeySource};
     let (master, source) = load_master_key(
         cfg.master_key.as_ref().map(|s| s.expose()),
         cfg.master_key_file.as_deref(),
         &cfg.data_dir,
     )
     .map_err(StartError::Other)?;
-    let keys = Keys::derive(&master);
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let (keys, origin) = open_keys(&cfg.data_dir, &master, log_is_empty, now_ms)
+        .map_err(|e| StartError::Other(e.to_string()))?;
+    match origin {
+        KeyringOrigin::Loaded => {}
+        KeyringOrigin::Generated => tracing::info!(kid = keys.kid(), "created the keyring"),
+        KeyringOrigin::Adopted => tracing::info!(
+            kid = keys.kid(),
+            "created the keyring with the keys this master key derived so far"
+        ),
+    }
     match source {
         MasterKeySource::Generated(path) => tracing::warn!(
             path = %path.display(),
