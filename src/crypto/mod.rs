@@ -86,7 +86,7 @@ impl Keys {
     /// The keys a master key derived before keys were kept in a keyring
     /// (data directories created then keep them, wrapped, in their keyring).
     pub fn derive(master: &MasterKey) -> Keys {
-        let (pepper, data, seed) = legacy_material(master);
+        let [pepper, data, seed] = legacy_material(master);
         Keys::from_material(&pepper, &data, &seed, Vec::new())
     }
 
@@ -227,18 +227,12 @@ impl Keys {
 
 /// Pepper, data key and signing seed as HKDF derived them from the master
 /// key before the keyring existed.
-fn legacy_material(
-    master: &MasterKey,
-) -> (
-    Zeroizing<[u8; 32]>,
-    Zeroizing<[u8; 32]>,
-    Zeroizing<[u8; 32]>,
-) {
-    (
+fn legacy_material(master: &MasterKey) -> [Zeroizing<[u8; 32]>; 3] {
+    [
         derive(master, PEPPER_INFO),
         derive(master, ENVELOPE_INFO),
         derive(master, SIGNING_INFO),
-    )
+    ]
 }
 
 /// How the keyring was found at start.
@@ -270,7 +264,7 @@ pub fn open_keys(
             let ring = if log_is_empty {
                 keyring::Keyring::generate(&kek, now_ms)
             } else {
-                let (pepper, data, seed) = legacy_material(master);
+                let [pepper, data, seed] = legacy_material(master);
                 keyring::Keyring::create(&kek, &pepper, &data, &seed, now_ms)
             };
             ring.save(&path)?;
