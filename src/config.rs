@@ -63,6 +63,15 @@ pub struct Config {
     pub license_file_ttl_max: Duration,
     /// Consume usage events from Kafka as well (off when absent).
     pub kafka: Option<KafkaConfig>,
+    /// A signed checkpoint is appended to the log once this many records
+    /// are not covered by one (see [`crate::audit`]).
+    pub audit_checkpoint_records: u64,
+    /// ... or once the oldest uncovered record is this old.
+    #[serde(with = "humantime_serde")]
+    pub audit_checkpoint_interval: Duration,
+    /// Every checkpoint is also appended here as a JSON line (fsynced).
+    /// Never inside the data directory.
+    pub audit_anchor_file: Option<PathBuf>,
 }
 
 /// The `[kafka]` section: where to consume CloudEvents from.
@@ -148,6 +157,9 @@ impl Default for Config {
             license_file_ttl: Duration::from_secs(30 * 24 * 3600),
             license_file_ttl_max: Duration::from_secs(366 * 24 * 3600),
             kafka: None,
+            audit_checkpoint_records: 10_000,
+            audit_checkpoint_interval: Duration::from_secs(60),
+            audit_anchor_file: None,
         }
     }
 }
@@ -206,6 +218,23 @@ impl Config {
                 && self.license_file_ttl <= self.license_file_ttl_max,
             "license_file_ttl must be between 1m and license_file_ttl_max"
         );
+        anyhow::ensure!(
+            self.audit_checkpoint_records >= 1,
+            "audit_checkpoint_records must be >= 1"
+        );
+        anyhow::ensure!(
+            self.audit_checkpoint_interval >= Duration::from_millis(100),
+            "audit_checkpoint_interval must be at least 100ms"
+        );
+        if let Some(path) = &self.audit_anchor_file {
+            // A copy or rewrite of the data directory must not carry its own evidence.
+            anyhow::ensure!(
+                !crate::audit::is_inside(path, &self.data_dir),
+                "the audit anchor file {} is inside the data directory {}; keep it elsewhere",
+                path.display(),
+                self.data_dir.display()
+            );
+        }
         if let Some(key) = &self.bootstrap_admin_key {
             anyhow::ensure!(
                 key.len() >= crate::auth::SUPPLIED_KEY_CHARS_MIN,
@@ -238,6 +267,26 @@ mod tests {
         assert_eq!(c.token_ttl, d.token_ttl);
         assert_eq!(c.license_file_ttl, d.license_file_ttl);
         assert_eq!(c.license_file_ttl_max, d.license_file_ttl_max);
+        assert_eq!(c.audit_checkpoint_records, d.audit_checkpoint_records);
+        assert_eq!(c.audit_checkpoint_interval, d.audit_checkpoint_interval);
+        assert_eq!(c.audit_anchor_file, d.audit_anchor_file);
+    }
+
+    #[test]
+    fn an_anchor_file_inside_the_data_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let inside = Config {
+            data_dir: dir.path().join("data"),
+            audit_anchor_file: Some(dir.path().join("data/log/anchors.jsonl")),
+            ..Config::default()
+        };
+        let err = inside.validate().unwrap_err().to_string();
+        assert!(err.contains("inside the data directory"), "{err}");
+        let beside = Config {
+            audit_anchor_file: Some(dir.path().join("anchors.jsonl")),
+            ..inside
+        };
+        beside.validate().unwrap();
     }
 
     #[test]
