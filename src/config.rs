@@ -80,6 +80,15 @@ pub struct Config {
     pub rate_limits: RateLimits,
     /// Consume usage events from Kafka as well (off when absent).
     pub kafka: Option<KafkaConfig>,
+    /// A signed checkpoint is appended to the log once this many records
+    /// are not covered by one (see [`crate::audit`]).
+    pub audit_checkpoint_records: u64,
+    /// ... or once the oldest uncovered record is this old.
+    #[serde(with = "humantime_serde")]
+    pub audit_checkpoint_interval: Duration,
+    /// Every checkpoint is also appended here as a JSON line (fsynced).
+    /// Never inside the data directory.
+    pub audit_anchor_file: Option<PathBuf>,
 }
 
 /// A token bucket: `per_second` sustained, up to `burst` at once.
@@ -237,6 +246,9 @@ impl Default for Config {
             signature_nonces_max: 1_000_000,
             rate_limits: RateLimits::default(),
             kafka: None,
+            audit_checkpoint_records: 10_000,
+            audit_checkpoint_interval: Duration::from_secs(60),
+            audit_anchor_file: None,
         }
     }
 }
@@ -306,6 +318,23 @@ impl Config {
         );
         self.rate_limits.validate()?;
         self.validate_tls()?;
+        anyhow::ensure!(
+            self.audit_checkpoint_records >= 1,
+            "audit_checkpoint_records must be >= 1"
+        );
+        anyhow::ensure!(
+            self.audit_checkpoint_interval >= Duration::from_millis(100),
+            "audit_checkpoint_interval must be at least 100ms"
+        );
+        if let Some(path) = &self.audit_anchor_file {
+            // A copy or rewrite of the data directory must not carry its own evidence.
+            anyhow::ensure!(
+                !crate::audit::is_inside(path, &self.data_dir),
+                "the audit anchor file {} is inside the data directory {}; keep it elsewhere",
+                path.display(),
+                self.data_dir.display()
+            );
+        }
         if let Some(key) = &self.bootstrap_admin_key {
             anyhow::ensure!(
                 key.len() >= crate::auth::SUPPLIED_KEY_CHARS_MIN,
@@ -366,6 +395,9 @@ mod tests {
         assert_eq!(c.tls_cert, d.tls_cert);
         assert_eq!(c.tls_key, d.tls_key);
         assert_eq!(c.tls_client_ca, d.tls_client_ca);
+        assert_eq!(c.audit_checkpoint_records, d.audit_checkpoint_records);
+        assert_eq!(c.audit_checkpoint_interval, d.audit_checkpoint_interval);
+        assert_eq!(c.audit_anchor_file, d.audit_anchor_file);
     }
 
     #[test]
@@ -392,6 +424,23 @@ mod tests {
             ..Config::default()
         };
         assert!(error(&ca_without_tls).contains("tls_client_ca"));
+    }
+
+    #[test]
+    fn an_anchor_file_inside_the_data_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let inside = Config {
+            data_dir: dir.path().join("data"),
+            audit_anchor_file: Some(dir.path().join("data/log/anchors.jsonl")),
+            ..Config::default()
+        };
+        let err = inside.validate().unwrap_err().to_string();
+        assert!(err.contains("inside the data directory"), "{err}");
+        let beside = Config {
+            audit_anchor_file: Some(dir.path().join("anchors.jsonl")),
+            ..inside
+        };
+        beside.validate().unwrap();
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! can be rebuilt at any time, and [`meter`] holds the pure fold itself.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod crypto;

@@ -45,6 +45,8 @@ pub struct Metrics {
     pub rate_limited_total: IntCounterVec,
     pub seat_operations_total: IntCounterVec,
     pub license_admin_total: IntCounterVec,
+    pub audit_checkpoints_total: IntCounter,
+    pub audit_anchor_errors_total: IntCounter,
 }
 
 fn exp_buckets(start: f64, factor: f64, n: usize) -> Vec<f64> {
@@ -234,6 +236,14 @@ impl Metrics {
                 "keymeter_license_admin_total",
                 "License admin operations (create, update, suspend, …), by result (ok or refusal code).",
                 &["operation", "result"],
+            ),
+            audit_checkpoints_total: counter(
+                "keymeter_audit_checkpoints_total",
+                "Signed checkpoints appended to the log.",
+            ),
+            audit_anchor_errors_total: counter(
+                "keymeter_audit_anchor_errors_total",
+                "Checkpoints that could not be written to the audit anchor file (they are in the log).",
             ),
             registry,
         }

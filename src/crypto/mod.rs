@@ -279,6 +279,26 @@ pub fn open_keys(
     Ok((Keys::from_keyring(&ring, &kek, now_ms)?, origin))
 }
 
+/// The public key of every signing key the keyring has ever held, current
+/// and retired, for checking old signatures (audit checkpoints). Reads the
+/// keyring; never creates one.
+pub fn all_signing_keys(
+    data_dir: &std::path::Path,
+    master: &MasterKey,
+) -> Result<Vec<(String, VerifyingKey)>, keyring::KeyringError> {
+    let path = keyring::keyring_path(data_dir);
+    let ring = keyring::Keyring::load(&path)?.ok_or_else(|| {
+        keyring::KeyringError::Incomplete(format!("no keyring at {}", path.display()))
+    })?;
+    let kek = keyring::Kek::new(master);
+    ring.signing_keys()
+        .map(|e| {
+            let seed = kek.unwrap(e)?;
+            Ok((e.id.clone(), SigningKey::from_bytes(&seed).verifying_key()))
+        })
+        .collect()
+}
+
 /// A new license key: `lk_` + base64url of 32 random bytes.
 pub fn generate_license_key() -> Zeroizing<String> {
     let mut secret = Zeroizing::new([0u8; 32]);

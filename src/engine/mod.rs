@@ -9,6 +9,10 @@
 //! snapshots and only then answers the requests: a 2xx means durable *and*
 //! visible to queries. Writer and projector overlap, so the next batch's
 //! fsync runs while the previous one is being folded.
+//!
+//! The writer also decides when a signed checkpoint is due
+//! ([`crate::audit`]); the syncer, which knows the chain hash after every
+//! append, signs it and appends it as a batch of its own.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,6 +22,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::audit::{self, AnchorFile, CheckpointSchedule};
 use crate::auth::{self, KeyRing, Scope};
 use crate::config::Config;
 use crate::event::{Decoded, DedupKey, Rejection, TimeWindow};
@@ -209,6 +214,9 @@ enum Command {
         audit: Audit,
         reply: Reply<crate::product::Product>,
     },
+    /// Look at the clock: a checkpoint may be due (sent periodically; no
+    /// records of its own).
+    CheckpointTick,
 }
 
 /// How a renewal sets the new expiry.
@@ -394,10 +402,34 @@ impl Engine {
         progress.extend(docs.applied());
         report_progress(head, &progress);
 
+        let mut checkpoints =
+            CheckpointSchedule::new(cfg.audit_checkpoint_records, cfg.audit_checkpoint_interval);
+        if !log_ends_with_checkpoint(&cfg.log_dir(), head)? {
+            // Records of an earlier run (a crash, or a log from before
+            // checkpoints) wait no longer than new ones.
+            checkpoints.appended(1, Instant::now());
+        }
+        let anchor = match &cfg.audit_anchor_file {
+            None => None,
+            Some(path) => Some(AnchorFile::open(path).map_err(|e| {
+                StartError::Other(format!(
+                    "cannot open the audit anchor file {}: {e}",
+                    path.display()
+                ))
+            })?),
+        };
+
         let (tx, rx) = mpsc::channel(cfg.writer_queue_max);
         let (jobs_tx, jobs_rx) = std::sync::mpsc::sync_channel::<Job>(4);
         let (pending_tx, pending_rx) = std::sync::mpsc::sync_channel::<Pending>(2);
-        let syncer = Syncer { log, jobs: jobs_tx };
+        let syncer = Syncer {
+            log,
+            jobs: jobs_tx,
+            keys: shared.crypto.clone(),
+            clock: clock.clone(),
+            anchor,
+        };
+        let checkpoint_tick = checkpoints.tick();
         let writer = Writer {
             next_seq: head + 1,
             positions: store.source_positions()?,
@@ -410,6 +442,7 @@ impl Engine {
             batch_records_max: cfg.batch_records_max,
             dedup_keys_max: cfg.dedup_keys_max,
             clock,
+            checkpoints,
             syncer: pending_tx,
         };
         let projector = Projector {
@@ -419,6 +452,7 @@ impl Engine {
             shared: shared.clone(),
         };
         spawn_lease_sweeper(tx.downgrade())?;
+        spawn_checkpoint_ticker(tx.downgrade(), checkpoint_tick)?;
         let writer = spawn_stage("writer", &shared, move || writer.run(rx))?;
         let syncer = spawn_stage("syncer", &shared, move || syncer.run(pending_rx))?;
         let projector = spawn_stage("projector", &shared, move || projector.run(jobs_rx))?;
@@ -592,6 +626,42 @@ fn spawn_lease_sweeper(tx: mpsc::WeakSender<Command>) -> Result<(), StartError> 
         })
         .map(|_| ())
         .map_err(|e| StartError::Other(format!("cannot start lease sweeper thread: {e}")))
+}
+
+/// Wakes the writer every `tick` so that a checkpoint due by time is written
+/// while no request arrives. Like the lease sweeper, it holds only a weak
+/// sender.
+fn spawn_checkpoint_ticker(
+    tx: mpsc::WeakSender<Command>,
+    tick: Duration,
+) -> Result<(), StartError> {
+    std::thread::Builder::new()
+        .name("keymeter-checkpoint-ticker".into())
+        .spawn(move || loop {
+            std::thread::sleep(tick);
+            let Some(tx) = tx.upgrade() else {
+                return;
+            };
+            // A full queue wakes the writer anyway.
+            let _ = tx.try_send(Command::CheckpointTick);
+        })
+        .map(|_| ())
+        .map_err(|e| StartError::Other(format!("cannot start checkpoint ticker thread: {e}")))
+}
+
+/// Whether the last record of the log is a checkpoint (an empty log needs none).
+fn log_ends_with_checkpoint(log_dir: &std::path::Path, head: Seq) -> Result<bool, StartError> {
+    if head == 0 {
+        return Ok(true);
+    }
+    let Some(last) = crate::log::read_range(log_dir, head, head)?.next() else {
+        return Ok(false);
+    };
+    let last = last?;
+    Ok(matches!(
+        Record::decode(&last.payload),
+        Ok(Record::Checkpoint(_))
+    ))
 }
 
 impl EngineHandle {
@@ -853,45 +923,101 @@ struct Job {
     answers: Vec<Box<dyn FnOnce() + Send>>,
 }
 
-/// A prepared batch on its way to the log.
-struct Pending {
-    payloads: Vec<Vec<u8>>,
-    job: Job,
+/// Work on its way to the log, in log order.
+enum Pending {
+    /// A prepared batch.
+    Batch { payloads: Vec<Vec<u8>>, job: Job },
+    /// Sign the chain through the current head and append that checkpoint
+    /// as a batch of its own, at `seq` (reserved by the writer).
+    Checkpoint { seq: Seq },
 }
 
 /// Appends prepared batches to the log (one write + fdatasync each) and
 /// hands them to the projector. Runs beside the writer so that the next
-/// batch is prepared while this one syncs.
+/// batch is prepared while this one syncs. Signs checkpoints, since it holds
+/// the chain hash after every append.
 struct Syncer {
     log: Log,
     jobs: std::sync::mpsc::SyncSender<Job>,
+    keys: Arc<crate::crypto::Keys>,
+    clock: Arc<dyn Clock>,
+    anchor: Option<AnchorFile>,
 }
 
 impl Syncer {
     fn run(mut self, pending: std::sync::mpsc::Receiver<Pending>) -> Result<(), StartError> {
-        while let Ok(Pending { payloads, job }) = pending.recv() {
-            if !payloads.is_empty() {
-                let bytes: usize = payloads.iter().map(Vec::len).sum();
-                let started = Instant::now();
-                let range = self.log.append_batch(&payloads)?;
-                let m = metrics();
-                m.log_fsync_seconds.observe(started.elapsed().as_secs_f64());
-                m.log_batches_total.inc();
-                m.log_records_total.inc_by(payloads.len() as u64);
-                m.log_bytes_total.inc_by(bytes as u64);
-                m.log_batch_records.observe(payloads.len() as f64);
-                m.log_head_seq.set(range.end as i64 - 1);
-                assert_eq!(
-                    (range.start, range.end - range.start),
-                    (job.first_seq, job.records.len() as u64),
-                    "the log must assign the sequence numbers the writer planned"
-                );
-            }
+        while let Ok(next) = pending.recv() {
+            let job = match next {
+                Pending::Batch { payloads, job } => {
+                    self.append(&payloads, &job)?;
+                    job
+                }
+                Pending::Checkpoint { seq } => self.checkpoint(seq)?,
+            };
             self.jobs
                 .send(job)
                 .map_err(|_| StartError::Other("projector stopped".into()))?;
         }
         Ok(())
+    }
+
+    fn append(&mut self, payloads: &[Vec<u8>], job: &Job) -> Result<(), StartError> {
+        if payloads.is_empty() {
+            return Ok(());
+        }
+        let bytes: usize = payloads.iter().map(Vec::len).sum();
+        let started = Instant::now();
+        let range = self.log.append_batch(payloads)?;
+        let m = metrics();
+        m.log_fsync_seconds.observe(started.elapsed().as_secs_f64());
+        m.log_batches_total.inc();
+        m.log_records_total.inc_by(payloads.len() as u64);
+        m.log_bytes_total.inc_by(bytes as u64);
+        m.log_batch_records.observe(payloads.len() as f64);
+        m.log_head_seq.set(range.end as i64 - 1);
+        assert_eq!(
+            (range.start, range.end - range.start),
+            (job.first_seq, job.records.len() as u64),
+            "the log must assign the sequence numbers the writer planned"
+        );
+        Ok(())
+    }
+
+    /// Signs the chain through the head, appends the checkpoint at `seq`,
+    /// copies it to the anchor file, and returns its job for the projector.
+    fn checkpoint(&mut self, seq: Seq) -> Result<Job, StartError> {
+        let covered = self.log.head_seq();
+        assert_eq!(covered + 1, seq, "a checkpoint follows what it covers");
+        let checkpoint = audit::sign_checkpoint(
+            &self.keys,
+            covered,
+            self.log.head_hash(),
+            self.clock.now_ms(),
+        );
+        let record = Record::Checkpoint(checkpoint.clone());
+        let job = Job {
+            first_seq: seq,
+            records: vec![record.clone()],
+            facts: vec![None],
+            answers: Vec::new(),
+        };
+        self.append(&[record.encode()], &job)?;
+        metrics().audit_checkpoints_total.inc();
+        if let Some(anchor) = &mut self.anchor {
+            // The checkpoint is durable in the log; a missing anchor weakens
+            // the evidence but loses nothing, so ingest goes on.
+            if let Err(e) = anchor.append(&checkpoint) {
+                metrics().audit_anchor_errors_total.inc();
+                tracing::error!(
+                    error = %e,
+                    path = %anchor.path().display(),
+                    seq = covered,
+                    "cannot append the checkpoint to the audit anchor file"
+                );
+            }
+        }
+        tracing::debug!(seq, covered, "checkpoint appended");
+        Ok(job)
     }
 }
 
@@ -910,6 +1036,8 @@ struct Writer {
     batch_records_max: usize,
     dedup_keys_max: usize,
     clock: Arc<dyn Clock>,
+    /// Records not yet covered by a checkpoint, and when one is due.
+    checkpoints: CheckpointSchedule,
     syncer: std::sync::mpsc::SyncSender<Pending>,
 }
 
@@ -952,15 +1080,34 @@ impl Writer {
                 }
             }
             metrics().writer_queue_depth.set(rx.len() as i64);
-            self.write_batch(commands)?;
+            commands.retain(|c| !matches!(c, Command::CheckpointTick));
+            if !commands.is_empty() {
+                self.write_batch(commands)?;
+            }
+            self.checkpoint_if_due(false)?;
             if snapshot_at.elapsed() >= DEDUP_SNAPSHOT_INTERVAL {
                 self.save_dedup();
                 snapshot_at = Instant::now();
             }
         }
+        self.checkpoint_if_due(true)?;
         self.save_dedup();
         tracing::info!(next_seq = self.next_seq, "writer drained its queue");
         Ok(())
+    }
+
+    /// Asks the syncer for a checkpoint after everything sent so far, if
+    /// one is due (`shutting_down`: if any record is uncovered).
+    fn checkpoint_if_due(&mut self, shutting_down: bool) -> Result<(), StartError> {
+        if !self.checkpoints.due(Instant::now(), shutting_down) {
+            return Ok(());
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.checkpoints.covered();
+        self.syncer
+            .send(Pending::Checkpoint { seq })
+            .map_err(|_| StartError::Other("log syncer stopped".into()))
     }
 
     /// A failed snapshot costs only replay time on the next start.
@@ -984,6 +1131,8 @@ impl Writer {
         }
         let first_seq = self.next_seq;
         self.next_seq += batch.records.len() as u64;
+        self.checkpoints
+            .appended(batch.records.len() as u64, Instant::now());
         // Claimed before the batch is durable, so the next batch (built while
         // this one syncs) sees it. Safe because nothing is answered before
         // the sync, a failed sync stops the engine, and a dedup snapshot that
@@ -997,7 +1146,7 @@ impl Writer {
         let payloads: Vec<Vec<u8>> = batch.records.iter().map(Record::encode).collect();
         // Even a batch without records goes down the pipeline, so that its
         // answers (say, "all duplicates") wait for every earlier batch.
-        let pending = Pending {
+        let pending = Pending::Batch {
             payloads,
             job: Job {
                 first_seq,
@@ -1302,6 +1451,8 @@ impl Writer {
                     );
                 }
             }
+            // Handled in `run`, between batches.
+            Command::CheckpointTick => {}
         }
         Ok(())
     }
