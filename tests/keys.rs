@@ -255,6 +255,17 @@ async fn master_and_signing_keys_rotate_without_losing_anything() {
     assert_eq!(validate(&server, &pk, &license_key).await["code"], "VALID");
     server.stop();
 
+    // Checkpoints signed before the signing-key rotation still verify.
+    let audit = run(&[
+        "audit",
+        "verify",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--master-key-file",
+        third.to_str().unwrap(),
+    ]);
+    assert!(audit.status.success(), "{}", String::from_utf8_lossy(&audit.stderr));
+
     let kinds: Vec<String> = rotations(&data).into_iter().map(|(k, _, _)| k).collect();
     assert_eq!(kinds, ["master", "signing", "master"]);
     assert_no_file_holds(
