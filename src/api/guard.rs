@@ -218,7 +218,7 @@ pub async fn verify_signature(State(state): State<AppState>, req: Request, next:
         Err(_) => {
             return ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                "BODY_TOO_LARGE",
+                "PAYLOAD_TOO_LARGE",
                 format!(
                     "request body exceeds {} bytes (or could not be read)",
                     state.cfg.body_bytes_max
