@@ -107,6 +107,20 @@ pub enum Record {
     /// A signed statement of the log's hash chain at an earlier seq (see
     /// [`crate::audit`]). Affects no projection.
     Checkpoint(CheckpointRecord),
+    /// An offline license file was issued (the file itself is not kept).
+    LicenseFileIssued {
+        issue: LicenseFileIssue,
+        audit: Audit,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LicenseFileIssue {
+    pub license_id: String,
+    pub fingerprint_bound: bool,
+    pub expires_at_ms: i64,
+    /// The signing key's id.
+    pub kid: String,
 }
 
 /// "At seq `seq` the chain hash was `chain`", signed at `time_ms` by the key

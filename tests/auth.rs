@@ -38,7 +38,11 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("GET", "/api/v1/products/acme", "admin"),
     ("PATCH", "/api/v1/products/acme", "admin"),
     ("POST", "/api/v1/products/acme/signing-secrets", "admin"),
-    ("DELETE", "/api/v1/products/acme/signing-secrets/0123456789ab", "admin"),
+    (
+        "DELETE",
+        "/api/v1/products/acme/signing-secrets/0123456789ab",
+        "admin",
+    ),
 ];
 
 async fn call(server: &Server, method: &str, path: &str, key: Option<&str>) -> u16 {

@@ -264,7 +264,11 @@ async fn master_and_signing_keys_rotate_without_losing_anything() {
         "--master-key-file",
         third.to_str().unwrap(),
     ]);
-    assert!(audit.status.success(), "{}", String::from_utf8_lossy(&audit.stderr));
+    assert!(
+        audit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&audit.stderr)
+    );
 
     let kinds: Vec<String> = rotations(&data).into_iter().map(|(k, _, _)| k).collect();
     assert_eq!(kinds, ["master", "signing", "master"]);

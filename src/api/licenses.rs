@@ -339,7 +339,7 @@ pub struct FileBody {
 /// An offline license file: encrypted under a key derived from the license
 /// key (and the fingerprint, when bound) and signed. See README.
 pub async fn license_file(
-    _auth: Auth<Admin>,
+    auth: Auth<Admin>,
     State(state): State<AppState>,
     Path(id): Path<String>,
     req: Result<Json<FileBody>, JsonRejection>,
@@ -385,13 +385,27 @@ pub async fn license_file(
         }))
         .expect("license file serializes"),
     );
-    Ok(Json(crate::crypto::seal_license_file(
+    let file = crate::crypto::seal_license_file(
         &shared.crypto,
         &license.id,
         key,
         req.fingerprint.as_deref(),
         &plaintext,
-    )))
+    );
+    // No file leaves without its record in the log.
+    state
+        .engine
+        .record_license_file(
+            crate::record::LicenseFileIssue {
+                license_id: license.id.clone(),
+                fingerprint_bound: req.fingerprint.is_some(),
+                expires_at_ms: (issued_at + ttl.as_secs() as i64) * 1000,
+                kid: shared.crypto.kid().to_owned(),
+            },
+            auth.audit(),
+        )
+        .await?;
+    Ok(Json(file))
 }
 
 fn seat_json(license_id: &str, lease: &SeatLease) -> Value {
@@ -409,12 +423,12 @@ pub struct CheckoutBody {
     fingerprint: String,
 }
 
-/// `201` with a new seat, `200` with the one this fingerprint already holds.
 /// The per-license limit counts only licenses that exist.
 fn known_license(state: &AppState, id: &str) -> Option<String> {
     state.engine.shared.licenses.get(id).map(|_| id.to_owned())
 }
 
+/// `201` with a new seat, `200` with the one this fingerprint already holds.
 pub async fn checkout(
     auth: Auth<Ingest>,
     State(state): State<AppState>,

@@ -207,6 +207,12 @@ enum Command {
     },
     /// Reclaim lapsed seat leases (sent periodically by the sweeper).
     SweepLeases,
+    /// Record that a license file was issued.
+    LicenseFileIssued {
+        issue: crate::record::LicenseFileIssue,
+        audit: Audit,
+        reply: Reply<()>,
+    },
     /// Create (`version` 1) or change a product; refused unless `version`
     /// is one more than the stored one.
     SaveProduct {
@@ -785,6 +791,20 @@ impl EngineHandle {
         self.call(|reply| Command::SourcePositions { reply }).await
     }
 
+    /// Appends the record of an issued license file.
+    pub async fn record_license_file(
+        &self,
+        issue: crate::record::LicenseFileIssue,
+        audit: Audit,
+    ) -> Result<(), EngineError> {
+        self.call(|reply| Command::LicenseFileIssued {
+            issue,
+            audit,
+            reply,
+        })
+        .await
+    }
+
     /// Stores a product document; `product.version` must be one more than
     /// the stored version (1 to create).
     pub async fn save_product(
@@ -1318,6 +1338,15 @@ impl Writer {
                     None,
                 );
                 batch.answer(reply, Ok(key));
+            }
+            Command::LicenseFileIssued {
+                issue,
+                audit,
+                reply,
+            } => {
+                let audit = self.audit_record(audit);
+                batch.push(Record::LicenseFileIssued { issue, audit }, None);
+                batch.answer(reply, Ok(()));
             }
             Command::SaveProduct {
                 mut product,
