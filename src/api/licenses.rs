@@ -532,6 +532,16 @@ pub struct Validation {
     pub token: String,
 }
 
+/// The published license a presented key opens, if any.
+pub fn find_license(shared: &crate::engine::Shared, key: &str) -> Option<Arc<PublishedLicense>> {
+    if key.len() > FIELD_CHARS_MAX {
+        return None;
+    }
+    shared
+        .licenses
+        .by_key_digest(&shared.crypto.lookup_digest(key))
+}
+
 /// Validates `key` at `now` and signs the verdict.
 pub fn validate_with(
     shared: &crate::engine::Shared,
@@ -541,13 +551,25 @@ pub fn validate_with(
     now: DateTime<Utc>,
     token_ttl_s: i64,
 ) -> Result<Validation, ApiError> {
-    let entry = if key.len() <= FIELD_CHARS_MAX {
-        shared
-            .licenses
-            .by_key_digest(&shared.crypto.lookup_digest(key))
-    } else {
-        None
-    };
+    validate_found(
+        shared,
+        find_license(shared, key),
+        request,
+        nonce,
+        now,
+        token_ttl_s,
+    )
+}
+
+/// [`validate_with`] for a license already looked up.
+pub fn validate_found(
+    shared: &crate::engine::Shared,
+    entry: Option<Arc<PublishedLicense>>,
+    request: &Request<'_>,
+    nonce: Option<&str>,
+    now: DateTime<Utc>,
+    token_ttl_s: i64,
+) -> Result<Validation, ApiError> {
     let verdict = match &entry {
         None => Verdict::not_found(),
         Some(state) => {
@@ -666,20 +688,15 @@ pub async fn validate(
         meter: req.meter.as_deref(),
     };
     let shared = &state.engine.shared;
-    let license_id = if key.len() <= FIELD_CHARS_MAX {
-        shared
-            .licenses
-            .by_key_digest(&shared.crypto.lookup_digest(&key))
-            .map(|e| e.license.id.clone())
-    } else {
-        None
-    };
-    state
-        .guards
-        .limit(Limited::Validate, &auth.key_id, license_id.as_deref())?;
-    let v = validate_with(
+    let entry = find_license(shared, &key);
+    state.guards.limit(
+        Limited::Validate,
+        &auth.key_id,
+        entry.as_ref().map(|e| e.license.id.as_str()),
+    )?;
+    let v = validate_found(
         shared,
-        &key,
+        entry,
         &request,
         req.nonce.as_deref(),
         now(&state),
