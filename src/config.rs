@@ -329,7 +329,7 @@ impl Config {
         if let Some(path) = &self.audit_anchor_file {
             // A copy or rewrite of the data directory must not carry its own evidence.
             anyhow::ensure!(
-                !crate::audit::is_inside(path, &self.data_dir),
+                !crate::crypto::is_inside(path, &self.data_dir),
                 "the audit anchor file {} is inside the data directory {}; keep it elsewhere",
                 path.display(),
                 self.data_dir.display()

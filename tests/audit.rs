@@ -131,15 +131,7 @@ async fn build_fixture(root: &Path) -> Fixture {
             .collect();
         assert_eq!(server.ingest(ADMIN_KEY, &events).await.status(), 204);
     }
-    let jwks = server
-        .client
-        .get(server.url("/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let jwks = server.jwks_text().await;
     server.stop();
     Fixture {
         data: walk(&data)

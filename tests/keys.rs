@@ -44,15 +44,7 @@ async fn validate(server: &Server, pk: &str, key: &str) -> Value {
 }
 
 async fn jwks(server: &Server) -> (String, keymeter_client::Keys) {
-    let text = server
-        .client
-        .get(server.url("/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server.jwks_text().await;
     let keys = keymeter_client::Keys::from_jwks(&text).unwrap();
     (text, keys)
 }

@@ -51,27 +51,19 @@ async fn expect_refusal(r: reqwest::Response, status: u16, code: &str) {
 }
 
 async fn count(server: &Server) -> f64 {
-    let q = server.query("calls", "").await;
-    q["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["value"].as_f64().unwrap())
-        .sum()
+    server.total("calls", "").await
 }
 
-async fn metric(server: &Server, needle: &str) -> f64 {
-    let text = server
-        .get(ADMIN_KEY, "/metrics")
-        .await
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(needle))
-        .and_then(|l| l.rsplit(' ').next())
-        .map(|v| v.parse().unwrap())
-        .unwrap_or(0.0)
+/// Sends an event body signed with `secret` (id `sid`).
+async fn send_signed(
+    server: &Server,
+    key: &str,
+    body: &[u8],
+    secret: &str,
+    sid: &str,
+) -> reqwest::Response {
+    let signature = sign_request(secret, sid, "POST", EVENTS, body);
+    send(server, key, EVENTS, body, Some(&signature)).await
 }
 
 /// Creates a product; returns (secret id, secret).
@@ -228,14 +220,7 @@ async fn signed_calls_are_verified_and_replays_refused() {
         .enumerate()
     {
         let b = event_body(&format!("rot{i}"));
-        let r = send(
-            &server,
-            &key,
-            EVENTS,
-            &b,
-            Some(&sign_request(s, k, "POST", EVENTS, &b)),
-        )
-        .await;
+        let r = send_signed(&server, &key, &b, s, k).await;
         assert_eq!(r.status(), 204);
     }
     let r = server
@@ -247,23 +232,9 @@ async fn signed_calls_are_verified_and_replays_refused() {
         .unwrap();
     assert_eq!(r.status(), 204);
     let b = event_body("rot2");
-    let r = send(
-        &server,
-        &key,
-        EVENTS,
-        &b,
-        Some(&sign_request(&secret, &sid, "POST", EVENTS, &b)),
-    )
-    .await;
+    let r = send_signed(&server, &key, &b, &secret, &sid).await;
     expect_refusal(r, 401, "SIGNATURE_KEY_UNKNOWN").await;
-    let r = send(
-        &server,
-        &key,
-        EVENTS,
-        &b,
-        Some(&sign_request(secret2, sid2, "POST", EVENTS, &b)),
-    )
-    .await;
+    let r = send_signed(&server, &key, &b, secret2, sid2).await;
     assert_eq!(r.status(), 204);
     assert_eq!(count(&server).await, 5.0);
 
@@ -278,7 +249,7 @@ async fn signed_calls_are_verified_and_replays_refused() {
     ] {
         let needle =
             format!("keymeter_signature_refusals_total{{product=\"acme\",reason=\"{reason}\"}}");
-        assert_eq!(metric(&server, &needle).await, n, "{reason}");
+        assert_eq!(server.metric(&needle).await, n, "{reason}");
     }
 
     // A call signed before a restart cannot be replayed after it, although
@@ -293,14 +264,7 @@ async fn signed_calls_are_verified_and_replays_refused() {
     expect_refusal(r, 401, "SIGNATURE_EXPIRED").await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let b = event_body("after-restart");
-    let r = send(
-        &server,
-        &key,
-        EVENTS,
-        &b,
-        Some(&sign_request(secret2, sid2, "POST", EVENTS, &b)),
-    )
-    .await;
+    let r = send_signed(&server, &key, &b, secret2, sid2).await;
     assert_eq!(r.status(), 204, "the secret survives the restart, sealed");
     assert_eq!(count(&server).await, 7.0);
     server.stop();
@@ -415,19 +379,15 @@ async fn rate_limits_answer_429_with_retry_after() {
         .unwrap();
     assert_eq!(seats["seats"].as_array().unwrap().len(), 1, "{seats}");
     assert_eq!(
-        metric(
-            &server,
-            "keymeter_rate_limited_total{call=\"validate\",limit=\"license\"}"
-        )
-        .await,
+        server
+            .metric("keymeter_rate_limited_total{call=\"validate\",limit=\"license\"}")
+            .await,
         1.0
     );
     assert_eq!(
-        metric(
-            &server,
-            "keymeter_rate_limited_total{call=\"checkout\",limit=\"api_key\"}"
-        )
-        .await,
+        server
+            .metric("keymeter_rate_limited_total{call=\"checkout\",limit=\"api_key\"}")
+            .await,
         1.0
     );
 }

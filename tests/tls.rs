@@ -137,12 +137,7 @@ async fn tokens_of_customer_1(server: &Server) -> f64 {
 }
 
 async fn handshake_failures(server: &Server) -> u64 {
-    let text = server
-        .get(ADMIN_KEY, "/metrics")
-        .await
-        .text()
-        .await
-        .unwrap();
+    let text = server.metrics_text().await;
     text.lines()
         .find_map(|l| l.strip_prefix("keymeter_tls_handshake_failures_total "))
         .expect("the handshake failure counter is exported")

@@ -227,4 +227,15 @@ mod tests {
         assert!(load_master_key(Some("c2hvcnQ="), None, dir.path()).is_err());
         assert!(load_master_key(Some("!!"), None, dir.path()).is_err());
     }
+
+    #[test]
+    fn a_path_inside_the_data_directory_is_recognised_through_dot_dot() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        assert!(is_inside(&data.join("anchors.jsonl"), &data));
+        assert!(is_inside(&data.join("x/../anchors.jsonl"), &data));
+        assert!(!is_inside(&dir.path().join("anchors.jsonl"), &data));
+        assert!(!is_inside(&dir.path().join("data-anchors.jsonl"), &data));
+    }
 }

@@ -166,6 +166,48 @@ impl Server {
             .to_owned()
     }
 
+    /// The `/metrics` text (read scope).
+    pub async fn metrics_text(&self) -> String {
+        self.get(ADMIN_KEY, "/metrics").await.text().await.unwrap()
+    }
+
+    /// The value of the metric line starting with `series` (name and
+    /// labels), 0 when absent (counters not yet incremented).
+    pub async fn metric(&self, series: &str) -> f64 {
+        self.metrics_text()
+            .await
+            .lines()
+            .find(|l| {
+                l.strip_prefix(series)
+                    .is_some_and(|rest| rest.starts_with(' '))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .map(|v| v.parse().unwrap())
+            .unwrap_or(0.0)
+    }
+
+    /// The published `/.well-known/jwks.json` document.
+    pub async fn jwks_text(&self) -> String {
+        self.client
+            .get(self.url("/.well-known/jwks.json"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The sum of every row of a meter query.
+    pub async fn total(&self, slug: &str, params: &str) -> f64 {
+        self.query(slug, params).await["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["value"].as_f64().unwrap())
+            .sum()
+    }
+
     pub async fn query(&self, slug: &str, params: &str) -> Value {
         let r = self
             .get(ADMIN_KEY, &format!("/api/v1/meters/{slug}/query?{params}"))
