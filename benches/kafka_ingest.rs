@@ -47,6 +47,31 @@ fn peak_rss_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// CPU seconds (user + system) used so far by each thread of this process,
+/// summed by thread name (`/proc/self/task/*/stat`).
+fn cpu_by_thread() -> std::collections::BTreeMap<String, f64> {
+    let tick = 100.0; // USER_HZ on Linux
+    let mut out = std::collections::BTreeMap::new();
+    for task in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].to_owned();
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        let ticks: f64 =
+            fields[11].parse::<f64>().unwrap_or(0.0) + fields[12].parse::<f64>().unwrap_or(0.0);
+        *out.entry(name).or_insert(0.0) += ticks / tick;
+    }
+    out
+}
+
 /// Produces `events` structured-mode CloudEvents, keyed by subject, spread
 /// over the partitions; returns the end offset of each partition.
 fn fill(bootstrap: &str, events: usize) -> HashMap<i32, i64> {
@@ -194,6 +219,7 @@ fn keymeter(bootstrap: &str, ends: &HashMap<i32, i64>) -> f64 {
         assert!(Instant::now() < deadline, "no assignment: {}", readiness());
         std::thread::sleep(Duration::from_millis(2));
     }
+    let cpu_before = cpu_by_thread();
     let clock = Instant::now();
     let total: i64 = ends.values().sum();
     loop {
@@ -211,7 +237,32 @@ fn keymeter(bootstrap: &str, ends: &HashMap<i32, i64>) -> f64 {
         std::thread::sleep(Duration::from_millis(5));
     }
     let secs = clock.elapsed().as_secs_f64();
+    let cpu_after = cpu_by_thread();
     source.stop();
+    let mut spent: Vec<(String, f64)> = cpu_after
+        .iter()
+        .map(|(name, t)| {
+            (
+                name.clone(),
+                t - cpu_before.get(name).copied().unwrap_or(0.0),
+            )
+        })
+        .filter(|(_, t)| *t >= 0.05)
+        .collect();
+    spent.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let per_event_us = |t: f64| t * 1e6 / total as f64;
+    println!(
+        "keymeter CPU while consuming: {:.2} s on {:.2} s of wall time ({:.2} µs per event)",
+        spent.iter().map(|(_, t)| t).sum::<f64>(),
+        secs,
+        per_event_us(spent.iter().map(|(_, t)| t).sum::<f64>())
+    );
+    for (name, t) in &spent {
+        println!(
+            "  {name:<20} {t:>6.2} s  {:>5.2} µs/event",
+            per_event_us(*t)
+        );
+    }
     let accepted = keymeter::metrics::metrics()
         .kafka_messages_total
         .with_label_values(&["accepted"])
