@@ -220,16 +220,81 @@ fn malformed(e: serde_json::Error) -> Rejection {
 
 /// The envelope as sent: every attribute optional so that each missing or
 /// mistyped one gets its own precise rejection instead of a serde message.
+/// String attributes are borrowed from the input when they have no escapes.
 #[derive(Deserialize)]
-struct Envelope {
-    id: Option<Value>,
-    source: Option<Value>,
-    specversion: Option<Value>,
-    #[serde(rename = "type")]
-    ty: Option<Value>,
-    subject: Option<Value>,
-    time: Option<Value>,
+struct Envelope<'a> {
+    #[serde(borrow)]
+    id: Option<Attr<'a>>,
+    #[serde(borrow)]
+    source: Option<Attr<'a>>,
+    #[serde(borrow)]
+    specversion: Option<Attr<'a>>,
+    #[serde(rename = "type", borrow)]
+    ty: Option<Attr<'a>>,
+    #[serde(borrow)]
+    subject: Option<Attr<'a>>,
+    #[serde(borrow)]
+    time: Option<Attr<'a>>,
     data: Option<Value>,
+}
+
+/// An attribute's value: a string, or anything else (which is an error for
+/// every attribute read here). JSON `null` arrives as `None` around it.
+enum Attr<'a> {
+    Str(std::borrow::Cow<'a, str>),
+    NotString,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Attr<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Attr<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Attr<'de>, E> {
+                Ok(Attr::Str(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Attr<'de>, E> {
+                Ok(Attr::Str(std::borrow::Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Attr<'de>, E> {
+                Ok(Attr::Str(std::borrow::Cow::Owned(v)))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Attr<'de>, E> {
+                Ok(Attr::NotString)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Attr<'de>, E> {
+                Ok(Attr::NotString)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Attr<'de>, E> {
+                Ok(Attr::NotString)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Attr<'de>, E> {
+                Ok(Attr::NotString)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Attr<'de>, A::Error> {
+                while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Attr::NotString)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Attr<'de>, A::Error> {
+                while a
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(Attr::NotString)
+            }
+        }
+        d.deserialize_any(Visit)
+    }
 }
 
 /// Decodes and checks one event given as raw JSON text.
@@ -271,9 +336,9 @@ fn check_event(raw: &RawValue, now_ms: i64, window: TimeWindow) -> Result<UsageE
         ));
     }
     let time_ms = match env.time {
-        None | Some(Value::Null) => now_ms,
-        Some(Value::String(s)) => parse_time_ms(&s)?,
-        Some(_) => {
+        None => now_ms,
+        Some(Attr::Str(s)) => parse_time_ms(&s)?,
+        Some(Attr::NotString) => {
             return Err(Rejection::new(
                 "INVALID_TIME",
                 "time must be an RFC 3339 string",
@@ -282,35 +347,38 @@ fn check_event(raw: &RawValue, now_ms: i64, window: TimeWindow) -> Result<UsageE
     };
     check_time_window(time_ms, now_ms, window)?;
     Ok(UsageEvent {
-        id,
-        source,
-        ty,
-        subject,
+        id: id.into_owned(),
+        source: source.into_owned(),
+        ty: ty.into_owned(),
+        subject: subject.into_owned(),
         time_ms,
         data: env.data,
         raw: raw.get().to_owned(),
     })
 }
 
-fn required_string(value: Option<Value>, field: &'static str) -> Result<String, Rejection> {
+fn required_string<'a>(
+    value: Option<Attr<'a>>,
+    field: &'static str,
+) -> Result<std::borrow::Cow<'a, str>, Rejection> {
     match value {
-        None | Some(Value::Null) => Err(Rejection::new(
+        None => Err(Rejection::new(
             "MISSING_FIELD",
             format!("required attribute `{field}` is missing"),
         )),
-        Some(Value::String(s)) if s.is_empty() => Err(Rejection::new(
+        Some(Attr::Str(s)) if s.is_empty() => Err(Rejection::new(
             "INVALID_FIELD",
             format!("attribute `{field}` must not be empty"),
         )),
-        Some(Value::String(s)) if s.len() > ATTRIBUTE_BYTES_MAX => Err(Rejection::new(
+        Some(Attr::Str(s)) if s.len() > ATTRIBUTE_BYTES_MAX => Err(Rejection::new(
             "INVALID_FIELD",
             format!(
                 "attribute `{field}` is {} bytes; the limit is {ATTRIBUTE_BYTES_MAX}",
                 s.len()
             ),
         )),
-        Some(Value::String(s)) => Ok(s),
-        Some(_) => Err(Rejection::new(
+        Some(Attr::Str(s)) => Ok(s),
+        Some(Attr::NotString) => Err(Rejection::new(
             "INVALID_FIELD",
             format!("attribute `{field}` must be a string"),
         )),
@@ -453,6 +521,28 @@ mod tests {
         assert_eq!(err("{}", BodyKind::Batch), "INVALID_BODY");
         assert_eq!(err("[{}]", BodyKind::Single), "INVALID_BODY");
         assert_eq!(err("[{},{},{}]", BodyKind::Batch), "BATCH_TOO_LARGE");
+    }
+
+    #[test]
+    fn escaped_attributes_decode_and_non_strings_are_refused() {
+        match one(
+            r#"{"specversion":"1.0","id":"a\"b\u00e9","source":"s\/x","type":"t","subject":"c"}"#,
+        ) {
+            Decoded::Valid(e) => {
+                assert_eq!(e.id, "a\"b\u{e9}");
+                assert_eq!(e.source, "s/x");
+            }
+            other => panic!("{other:?}"),
+        }
+        for bad in [r#"[1,{"a":2}]"#, r#"{"x":[1]}"#, "true", "1.5", "-3"] {
+            let body = format!(
+                r#"{{"specversion":"1.0","id":{bad},"source":"s","type":"t","subject":"c"}}"#
+            );
+            assert_eq!(code(one(&body)), "INVALID_FIELD", "{body}");
+        }
+        let null_time =
+            r#"{"specversion":"1.0","id":"1","source":"s","type":"t","subject":"c","time":null}"#;
+        assert!(matches!(one(null_time), Decoded::Valid(e) if e.time_ms == NOW));
     }
 
     #[test]
