@@ -158,7 +158,7 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let state = AppState { engine: handle.clone(), cfg: Arc::new(cfg.clone()) };
+        let state = AppState::new(handle.clone(), Arc::new(cfg.clone()));
         let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let api_addr = api.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(api, router(state)).await.unwrap() });

@@ -7,7 +7,9 @@
 //! 2. HTTP on loopback, 64 concurrent clients: validations/s and latency
 //!    p50/p99/p999 of `POST /api/v1/licenses/validate`, next to a trivial
 //!    handler on the same server stack (axum, JSON body in, JSON out) in the
-//!    same run; the ratio is the figure.
+//!    same run; the ratio is the figure. The same calls signed
+//!    (`Keymeter-Signature`, a fresh nonce each) by a product that requires
+//!    signatures show what request signing costs.
 //!
 //! `KEYMETER_BENCH_QUICK=1` shrinks it to a smoke run.
 
@@ -18,7 +20,7 @@ use axum::routing::post;
 use axum::Json;
 use hdrhistogram::Histogram;
 use keymeter::api::{router, validate_with, AppState};
-use keymeter::config::Config;
+use keymeter::config::{Config, RateLimit, RateLimits};
 use keymeter::engine::{Engine, SystemClock};
 use keymeter::license::Request;
 use serde_json::{json, Value};
@@ -38,7 +40,16 @@ struct Run {
     latency_ns: Histogram<u64>,
 }
 
-async fn drive(url: String, key: &'static str, body: Value, requests: usize) -> Run {
+/// A signing secret id and secret: sign every request with a fresh nonce.
+type Signer = Option<(&'static str, &'static str)>;
+
+async fn drive(
+    url: String,
+    key: &'static str,
+    body: Value,
+    requests: usize,
+    signer: Signer,
+) -> Run {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(CONCURRENCY)
         .build()
@@ -53,14 +64,21 @@ async fn drive(url: String, key: &'static str, body: Value, requests: usize) -> 
             let mut h = Histogram::<u64>::new(3).unwrap();
             for _ in 0..per_task {
                 let t = Instant::now();
-                let r = client
+                let mut req = client
                     .post(&url)
                     .bearer_auth(key)
-                    .header("content-type", "application/json")
-                    .body(body.as_ref().clone())
-                    .send()
-                    .await
-                    .unwrap();
+                    .header("content-type", "application/json");
+                if let Some((sid, secret)) = signer {
+                    let sig = keymeter_client::signing::sign_request(
+                        secret,
+                        sid,
+                        "POST",
+                        "/api/v1/licenses/validate",
+                        &body,
+                    );
+                    req = req.header("keymeter-signature", sig);
+                }
+                let r = req.body(body.as_ref().clone()).send().await.unwrap();
                 assert_eq!(r.status(), 200);
                 let b = r.bytes().await.unwrap();
                 std::hint::black_box(b);
@@ -100,6 +118,13 @@ fn main() {
     let cfg = Config {
         data_dir: root.path().join("data"),
         bootstrap_admin_key: Some(ADMIN_KEY.into()),
+        // The limiters run on every call but never refuse: the bench
+        // measures their cost, not their refusals.
+        rate_limits: RateLimits {
+            validate_per_api_key: RateLimit::new(u32::MAX, u32::MAX),
+            validate_per_license: RateLimit::new(u32::MAX, u32::MAX),
+            ..RateLimits::default()
+        },
         ..Config::default()
     };
     let engine = Engine::open(&cfg, Arc::new(SystemClock))
@@ -111,10 +136,7 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let state = AppState {
-            engine: handle.clone(),
-            cfg: Arc::new(cfg.clone()),
-        };
+        let state = AppState::new(handle.clone(), Arc::new(cfg.clone()));
         let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let api_addr = api.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(api, router(state)).await.unwrap() });
@@ -200,12 +222,26 @@ fn main() {
         let body = json!({"key": key, "fingerprint": "bench-host", "entitlements": ["pro"], "meter": "calls", "nonce": "n-1"});
         let api_url = format!("{base}/api/v1/licenses/validate");
         let trivial_url = format!("http://{trivial_addr}/trivial");
-        drive(trivial_url.clone(), ADMIN_KEY, body.clone(), CONCURRENCY * 20).await;
-        drive(api_url.clone(), ADMIN_KEY, body.clone(), CONCURRENCY * 20).await;
-        let base_run = drive(trivial_url, ADMIN_KEY, body.clone(), requests).await;
+        // A product that requires signed calls, and an ingest key of it.
+        let product = post_json("/api/v1/products", json!({"id": "bench", "requireSignatures": true})).await;
+        let leak = |v: &Value| -> &'static str { Box::leak(v.as_str().unwrap().to_owned().into_boxed_str()) };
+        let signer = Some((leak(&product["signingSecret"]["id"]), leak(&product["signingSecret"]["secret"])));
+        let product_key = leak(&post_json("/api/v1/api-keys",
+            json!({"name": "bench", "scopes": ["ingest"], "product": "bench"})).await["key"]);
+        // Signatures dated in the server's start second are refused.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        drive(trivial_url.clone(), ADMIN_KEY, body.clone(), CONCURRENCY * 20, None).await;
+        drive(api_url.clone(), ADMIN_KEY, body.clone(), CONCURRENCY * 20, None).await;
+        let base_run = drive(trivial_url, ADMIN_KEY, body.clone(), requests, None).await;
         print("trivial handler (baseline)", &base_run);
-        let full = drive(api_url, ADMIN_KEY, body, requests).await;
+        let full = drive(api_url.clone(), ADMIN_KEY, body.clone(), requests, None).await;
         print("keymeter validate", &full);
+        let signed = drive(api_url, product_key, body, requests, signer).await;
+        print("keymeter validate, signed", &signed);
+        println!(
+            "signed/unsigned: {:.1} %",
+            100.0 * signed.per_s / full.per_s
+        );
         println!(
             "ratio validate/baseline: {:.1} %   target: >= 30000 validations/s ({})",
             100.0 * full.per_s / base_run.per_s,

@@ -17,6 +17,14 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// HTTP API address.
     pub listen: SocketAddr,
+    /// PEM certificate chain (leaf first) for HTTPS on `listen`. Set together
+    /// with `tls_key`; without both the API is plain HTTP.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s): client certificates signed by them are
+    /// verified in the handshake, and ingest then requires one.
+    pub tls_client_ca: Option<PathBuf>,
     /// When set, `/metrics` is served here without authentication and removed
     /// from the API listener. Otherwise it is on the API listener and needs
     /// the `read` scope.
@@ -61,8 +69,92 @@ pub struct Config {
     /// Longest TTL a license file may be issued with.
     #[serde(with = "humantime_serde")]
     pub license_file_ttl_max: Duration,
+    /// How far a signed call's timestamp may be from the server clock.
+    #[serde(with = "humantime_serde")]
+    pub signature_tolerance: Duration,
+    /// Most nonces of signed calls remembered within one tolerance window;
+    /// beyond it signed calls get 503 rather than an unchecked pass.
+    pub signature_nonces_max: usize,
+    /// Per-API-key and per-license request rates for validation and seat
+    /// checkout.
+    pub rate_limits: RateLimits,
     /// Consume usage events from Kafka as well (off when absent).
     pub kafka: Option<KafkaConfig>,
+    /// A signed checkpoint is appended to the log once this many records
+    /// are not covered by one (see [`crate::audit`]).
+    pub audit_checkpoint_records: u64,
+    /// ... or once the oldest uncovered record is this old.
+    #[serde(with = "humantime_serde")]
+    pub audit_checkpoint_interval: Duration,
+    /// Every checkpoint is also appended here as a JSON line (fsynced).
+    /// Never inside the data directory.
+    pub audit_anchor_file: Option<PathBuf>,
+}
+
+/// A token bucket: `per_second` sustained, up to `burst` at once.
+/// `per_second = 0` turns the limit off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+impl RateLimit {
+    pub const fn new(per_second: u32, burst: u32) -> RateLimit {
+        RateLimit { per_second, burst }
+    }
+
+    pub const OFF: RateLimit = RateLimit::new(0, 0);
+}
+
+/// The `[rate_limits]` section. Refusals are `429` with `Retry-After`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimits {
+    /// `POST /api/v1/licenses/validate`, per API key.
+    pub validate_per_api_key: RateLimit,
+    /// `POST /api/v1/licenses/validate`, per license key presented.
+    pub validate_per_license: RateLimit,
+    /// Seat checkout and heartbeat, per API key.
+    pub checkout_per_api_key: RateLimit,
+    /// Seat checkout and heartbeat, per license.
+    pub checkout_per_license: RateLimit,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            validate_per_api_key: RateLimit::new(5_000, 20_000),
+            validate_per_license: RateLimit::new(200, 1_000),
+            checkout_per_api_key: RateLimit::new(1_000, 5_000),
+            checkout_per_license: RateLimit::new(50, 2_000),
+        }
+    }
+}
+
+impl RateLimits {
+    pub const OFF: RateLimits = RateLimits {
+        validate_per_api_key: RateLimit::OFF,
+        validate_per_license: RateLimit::OFF,
+        checkout_per_api_key: RateLimit::OFF,
+        checkout_per_license: RateLimit::OFF,
+    };
+
+    fn validate(&self) -> anyhow::Result<()> {
+        for (name, l) in [
+            ("validate_per_api_key", self.validate_per_api_key),
+            ("validate_per_license", self.validate_per_license),
+            ("checkout_per_api_key", self.checkout_per_api_key),
+            ("checkout_per_license", self.checkout_per_license),
+        ] {
+            anyhow::ensure!(
+                l.per_second == 0 || l.burst >= 1,
+                "rate_limits.{name}.burst must be >= 1 when per_second is set"
+            );
+        }
+        Ok(())
+    }
 }
 
 /// The `[kafka]` section: where to consume CloudEvents from.
@@ -132,6 +224,9 @@ impl Default for Config {
         Config {
             data_dir: PathBuf::from("keymeter-data"),
             listen: "127.0.0.1:8080".parse().expect("valid address"),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
             metrics_listen: None,
             bootstrap_admin_key: None,
             event_time_back: Duration::from_secs(35 * 24 * 3600),
@@ -147,7 +242,13 @@ impl Default for Config {
             token_ttl: Duration::from_secs(5 * 60),
             license_file_ttl: Duration::from_secs(30 * 24 * 3600),
             license_file_ttl_max: Duration::from_secs(366 * 24 * 3600),
+            signature_tolerance: Duration::from_secs(5 * 60),
+            signature_nonces_max: 1_000_000,
+            rate_limits: RateLimits::default(),
             kafka: None,
+            audit_checkpoint_records: 10_000,
+            audit_checkpoint_interval: Duration::from_secs(60),
+            audit_anchor_file: None,
         }
     }
 }
@@ -206,6 +307,34 @@ impl Config {
                 && self.license_file_ttl <= self.license_file_ttl_max,
             "license_file_ttl must be between 1m and license_file_ttl_max"
         );
+        anyhow::ensure!(
+            Duration::from_secs(1) <= self.signature_tolerance
+                && self.signature_tolerance <= Duration::from_secs(24 * 3600),
+            "signature_tolerance must be between 1s and 24h"
+        );
+        anyhow::ensure!(
+            self.signature_nonces_max >= 1000,
+            "signature_nonces_max must be >= 1000"
+        );
+        self.rate_limits.validate()?;
+        self.validate_tls()?;
+        anyhow::ensure!(
+            self.audit_checkpoint_records >= 1,
+            "audit_checkpoint_records must be >= 1"
+        );
+        anyhow::ensure!(
+            self.audit_checkpoint_interval >= Duration::from_millis(100),
+            "audit_checkpoint_interval must be at least 100ms"
+        );
+        if let Some(path) = &self.audit_anchor_file {
+            // A copy or rewrite of the data directory must not carry its own evidence.
+            anyhow::ensure!(
+                !crate::crypto::is_inside(path, &self.data_dir),
+                "the audit anchor file {} is inside the data directory {}; keep it elsewhere",
+                path.display(),
+                self.data_dir.display()
+            );
+        }
         if let Some(key) = &self.bootstrap_admin_key {
             anyhow::ensure!(
                 key.len() >= crate::auth::SUPPLIED_KEY_CHARS_MIN,
@@ -213,6 +342,28 @@ impl Config {
                 crate::auth::SUPPLIED_KEY_CHARS_MIN
             );
         }
+        Ok(())
+    }
+
+    /// True when the API is served over HTTPS.
+    pub fn tls_enabled(&self) -> bool {
+        self.tls_cert.is_some() && self.tls_key.is_some()
+    }
+
+    /// Certificate and key come as a pair; client authentication needs both.
+    fn validate_tls(&self) -> anyhow::Result<()> {
+        const HOW: &str = "set both tls_cert and tls_key (--tls-cert/--tls-key, \
+                           KEYMETER_TLS_CERT/KEYMETER_TLS_KEY), or neither for plain HTTP";
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => anyhow::bail!("tls_cert is set but tls_key is missing: {HOW}"),
+            (None, Some(_)) => anyhow::bail!("tls_key is set but tls_cert is missing: {HOW}"),
+            _ => {}
+        }
+        anyhow::ensure!(
+            self.tls_client_ca.is_none() || self.tls_enabled(),
+            "tls_client_ca is set but tls_cert and tls_key are missing: client \
+             certificates need HTTPS"
+        );
         Ok(())
     }
 }
@@ -238,6 +389,58 @@ mod tests {
         assert_eq!(c.token_ttl, d.token_ttl);
         assert_eq!(c.license_file_ttl, d.license_file_ttl);
         assert_eq!(c.license_file_ttl_max, d.license_file_ttl_max);
+        assert_eq!(c.signature_tolerance, d.signature_tolerance);
+        assert_eq!(c.signature_nonces_max, d.signature_nonces_max);
+        assert_eq!(c.rate_limits, d.rate_limits);
+        assert_eq!(c.tls_cert, d.tls_cert);
+        assert_eq!(c.tls_key, d.tls_key);
+        assert_eq!(c.tls_client_ca, d.tls_client_ca);
+        assert_eq!(c.audit_checkpoint_records, d.audit_checkpoint_records);
+        assert_eq!(c.audit_checkpoint_interval, d.audit_checkpoint_interval);
+        assert_eq!(c.audit_anchor_file, d.audit_anchor_file);
+    }
+
+    #[test]
+    fn tls_certificate_and_key_come_as_a_pair() {
+        let c: Config = toml::from_str(
+            "tls_cert = \"/etc/keymeter/tls/server.crt\"\n\
+             tls_key = \"/etc/keymeter/tls/server.key\"\n\
+             tls_client_ca = \"/etc/keymeter/tls/clients-ca.crt\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert!(c.tls_enabled());
+        assert!(!Config::default().tls_enabled());
+
+        let error = |c: &Config| c.validate().unwrap_err().to_string();
+        let mut only_cert = c.clone();
+        only_cert.tls_key = None;
+        assert!(error(&only_cert).contains("tls_key is missing"));
+        let mut only_key = c.clone();
+        only_key.tls_cert = None;
+        assert!(error(&only_key).contains("tls_cert is missing"));
+        let ca_without_tls = Config {
+            tls_client_ca: c.tls_client_ca.clone(),
+            ..Config::default()
+        };
+        assert!(error(&ca_without_tls).contains("tls_client_ca"));
+    }
+
+    #[test]
+    fn an_anchor_file_inside_the_data_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let inside = Config {
+            data_dir: dir.path().join("data"),
+            audit_anchor_file: Some(dir.path().join("data/log/anchors.jsonl")),
+            ..Config::default()
+        };
+        let err = inside.validate().unwrap_err().to_string();
+        assert!(err.contains("inside the data directory"), "{err}");
+        let beside = Config {
+            audit_anchor_file: Some(dir.path().join("anchors.jsonl")),
+            ..inside
+        };
+        beside.validate().unwrap();
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! can be rebuilt at any time, and [`meter`] holds the pure fold itself.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod crypto;
@@ -14,6 +15,9 @@ pub mod license;
 pub mod log;
 pub mod meter;
 pub mod metrics;
+pub mod product;
 pub mod projection;
 pub mod record;
+pub mod signing;
 pub mod source;
+pub mod tls;

@@ -30,6 +30,7 @@ pub struct Metrics {
     pub dedup_keys: IntGauge,
     pub http_requests_total: IntCounterVec,
     pub http_request_duration_seconds: HistogramVec,
+    pub tls_handshake_failures_total: IntCounter,
     pub kafka_messages_total: IntCounterVec,
     pub kafka_batches_total: IntCounterVec,
     pub kafka_dead_letters_total: IntCounterVec,
@@ -39,8 +40,13 @@ pub struct Metrics {
     pub kafka_errors_total: IntCounter,
     pub kafka_backpressure_waits_total: IntCounter,
     pub license_validations_total: IntCounterVec,
+    pub signature_refusals_total: IntCounterVec,
+    pub signed_requests_total: IntCounterVec,
+    pub rate_limited_total: IntCounterVec,
     pub seat_operations_total: IntCounterVec,
     pub license_admin_total: IntCounterVec,
+    pub audit_checkpoints_total: IntCounter,
+    pub audit_anchor_errors_total: IntCounter,
 }
 
 fn exp_buckets(start: f64, factor: f64, n: usize) -> Vec<f64> {
@@ -161,6 +167,10 @@ impl Metrics {
                 &["route", "method", "status"],
             ),
             http_request_duration_seconds,
+            tls_handshake_failures_total: counter(
+                "keymeter_tls_handshake_failures_total",
+                "TLS handshakes on the API listener that failed or timed out (plain HTTP, unknown client CA, no common version).",
+            ),
             kafka_messages_total: counter_vec(
                 "keymeter_kafka_messages_total",
                 "Kafka messages written to the log, by result (accepted, duplicate, rejected).",
@@ -197,6 +207,21 @@ impl Metrics {
                 "keymeter_kafka_backpressure_waits_total",
                 "Times the consumer stopped polling because a partition's buffer hit its bound while the engine was behind.",
             ),
+            signature_refusals_total: counter_vec(
+                "keymeter_signature_refusals_total",
+                "Calls refused for their request signature, by product (\"none\" for keys without one) and reason (missing, malformed, unknown_key, expired, invalid, replayed, nonce_capacity).",
+                &["product", "reason"],
+            ),
+            signed_requests_total: counter_vec(
+                "keymeter_signed_requests_total",
+                "Calls with a valid request signature, by product.",
+                &["product"],
+            ),
+            rate_limited_total: counter_vec(
+                "keymeter_rate_limited_total",
+                "Calls refused with 429, by call (validate, checkout) and limit (api_key, license).",
+                &["call", "limit"],
+            ),
             license_validations_total: counter_vec(
                 "keymeter_license_validations_total",
                 "License validations answered, by verdict code.",
@@ -211,6 +236,14 @@ impl Metrics {
                 "keymeter_license_admin_total",
                 "License admin operations (create, update, suspend, …), by result (ok or refusal code).",
                 &["operation", "result"],
+            ),
+            audit_checkpoints_total: counter(
+                "keymeter_audit_checkpoints_total",
+                "Signed checkpoints appended to the log.",
+            ),
+            audit_anchor_errors_total: counter(
+                "keymeter_audit_anchor_errors_total",
+                "Checkpoints that could not be written to the audit anchor file (they are in the log).",
             ),
             registry,
         }

@@ -91,6 +91,50 @@ pub enum Record {
         seat_id: String,
         at_ms: i64,
     },
+    /// A product document after a change (creation included).
+    ProductSaved {
+        product: AsJson<crate::product::Product>,
+        audit: Audit,
+    },
+    /// `keymeter keys rotate`: the master key (`kind` "master", kek ids)
+    /// or the signing key ("signing", key ids) changed from `from` to `to`.
+    KeysRotated {
+        kind: String,
+        from: String,
+        to: String,
+        audit: Audit,
+    },
+    /// A signed statement of the log's hash chain at an earlier seq (see
+    /// [`crate::audit`]). Affects no projection.
+    Checkpoint(CheckpointRecord),
+    /// An offline license file was issued (the file itself is not kept).
+    LicenseFileIssued {
+        issue: LicenseFileIssue,
+        audit: Audit,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LicenseFileIssue {
+    pub license_id: String,
+    pub fingerprint_bound: bool,
+    pub expires_at_ms: i64,
+    /// The signing key's id.
+    pub kid: String,
+}
+
+/// "At seq `seq` the chain hash was `chain`", signed at `time_ms` by the key
+/// `kid`. The signature covers [`crate::audit::checkpoint_message`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointRecord {
+    /// The last record covered: the one just before this checkpoint.
+    pub seq: u64,
+    /// The chain hash after `seq` (the hash stored in its frame).
+    pub chain: [u8; 32],
+    pub time_ms: i64,
+    pub kid: String,
+    /// Ed25519, 64 bytes (serde has no 64-byte arrays).
+    pub signature: Vec<u8>,
 }
 
 /// How a license key is kept: an HMAC-SHA256 lookup digest (server-side
@@ -297,6 +341,28 @@ mod tests {
             },
         };
         assert_eq!(Record::decode(&r.encode()).unwrap(), r);
+    }
+
+    #[test]
+    fn checkpoint_records_round_trip_and_earlier_variants_keep_their_encoding() {
+        let r = Record::Checkpoint(CheckpointRecord {
+            seq: 7,
+            chain: [3; 32],
+            time_ms: 1_800_000_000_000,
+            kid: "0123456789abcdef".into(),
+            signature: vec![9; 64],
+        });
+        let bytes = r.encode();
+        assert_eq!(Record::decode(&bytes).unwrap(), r);
+        // Appended after the product and key-rotation records: variant index
+        // 19, so every older record decodes as before.
+        assert_eq!(bytes[..2], [RECORD_VERSION, 19]);
+        let expired = Record::SeatLeaseExpired {
+            license_id: "l".into(),
+            seat_id: "s".into(),
+            at_ms: 1,
+        };
+        assert_eq!(expired.encode()[1], 16);
     }
 
     #[test]

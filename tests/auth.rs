@@ -33,6 +33,16 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("POST", "/api/v1/licenses/lic_x/seats/s/heartbeat", "ingest"),
     ("DELETE", "/api/v1/licenses/lic_x/seats/s", "ingest"),
     ("POST", "/api/v1/licenses/validate", "ingest"),
+    ("GET", "/api/v1/products", "admin"),
+    ("POST", "/api/v1/products", "admin"),
+    ("GET", "/api/v1/products/acme", "admin"),
+    ("PATCH", "/api/v1/products/acme", "admin"),
+    ("POST", "/api/v1/products/acme/signing-secrets", "admin"),
+    (
+        "DELETE",
+        "/api/v1/products/acme/signing-secrets/0123456789ab",
+        "admin",
+    ),
 ];
 
 async fn call(server: &Server, method: &str, path: &str, key: Option<&str>) -> u16 {

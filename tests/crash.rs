@@ -129,7 +129,8 @@ async fn projections_and_dedup_snapshot_ahead_of_the_log_are_rebuilt_from_it() {
     server.stop();
     assert!(dir.path().join("state/dedup.snapshot").exists());
 
-    // Cut the last batch (batch-2) off the log.
+    // Cut the last batch of events (batch-2) off the log, with the signed
+    // checkpoint that shutdown appended after it.
     let seg = std::fs::read_dir(dir.path().join("log"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -146,7 +147,7 @@ async fn projections_and_dedup_snapshot_ahead_of_the_log_are_rebuilt_from_it() {
             ends.push(at);
         }
     }
-    let keep = ends[ends.len() - 2];
+    let keep = ends[ends.len() - 3];
     std::fs::OpenOptions::new()
         .write(true)
         .open(&seg)

@@ -29,13 +29,7 @@ async fn post_raw(server: &Server, ct: &str, body: impl Into<reqwest::Body>) -> 
 }
 
 async fn total(server: &Server) -> f64 {
-    let q = server.query("units", "").await;
-    q["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["value"].as_f64().unwrap())
-        .sum()
+    server.total("units", "").await
 }
 
 fn ev(id: &str, data: Value) -> Value {
@@ -209,12 +203,7 @@ async fn each_defect_gets_its_code_and_good_events_survive() {
     assert_eq!(page["items"][0]["code"], "EVENT_TIME_OUT_OF_RANGE");
 
     // The rejections are counted by reason.
-    let metrics = server
-        .get(ADMIN_KEY, "/metrics")
-        .await
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics_text().await;
     assert!(
         metrics.contains("keymeter_events_rejected_total{reason=\"VALUE_NOT_NUMERIC\"} 3"),
         "{metrics}"

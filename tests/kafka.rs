@@ -445,12 +445,7 @@ async fn hundred_thousand_events_with_duplicates_and_malformed_count_exactly() {
         assert_eq!(value, &expected.rejected[key], "exact bytes for {key:?}");
         assert_eq!(code, quarantined[key]["code"].as_str().unwrap());
     }
-    let metrics = server
-        .get(ADMIN_KEY, "/metrics")
-        .await
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics_text().await;
     assert!(metrics.contains(&format!(
         "keymeter_kafka_messages_total{{result=\"rejected\"}} {}",
         expected.rejected.len()

@@ -433,6 +433,24 @@ async fn license_files_open_with_the_key_and_fail_when_tampered() {
         }
     };
     let file = issue(json!({"ttl": "7d"})).await;
+    // Issuing is an audited fact in the log, without the file itself.
+    let log = fx.data().join("log");
+    let head = keymeter::log::verify(&log).unwrap().head_seq;
+    let issued: Vec<_> = keymeter::log::read_range(&log, 1, head)
+        .unwrap()
+        .filter_map(
+            |e| match keymeter::record::Record::decode(&e.unwrap().payload).unwrap() {
+                keymeter::record::Record::LicenseFileIssued { issue, audit } => {
+                    Some((issue, audit))
+                }
+                _ => None,
+            },
+        )
+        .collect();
+    assert_eq!(issued.len(), 1);
+    assert_eq!(issued[0].0.license_id, id);
+    assert!(!issued[0].0.fingerprint_bound);
+    assert!(issued[0].1.actor.is_some() && issued[0].1.request_id.is_some());
     let opened = keymeter_client::open_license_file(&file, key, None, &keys, now_s()).unwrap();
     assert_eq!(opened.license["id"], id);
     assert_eq!(opened.license["entitlements"], json!(["pro"]));

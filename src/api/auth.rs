@@ -1,15 +1,17 @@
 //! Bearer API-key authentication as an extractor: a handler that takes
 //! `Auth<Admin>` cannot run without a key holding that scope. It runs before
 //! the body is read, so unauthenticated callers cost no parsing.
+//! `ClientCert` adds the TLS client-certificate requirement of ingest.
 
 use std::marker::PhantomData;
 
-use axum::extract::FromRequestParts;
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 
 use super::{ApiError, AppState};
 use crate::auth::{allows, Scope};
+use crate::tls::TlsPeer;
 
 pub trait RequiredScope: Send + Sync + 'static {
     const SCOPE: Scope;
@@ -29,6 +31,14 @@ impl RequiredScope for Admin {
     const SCOPE: Scope = Scope::Admin;
 }
 
+/// The key of `Authorization: Bearer <key>`, if the header has that form.
+pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    v.strip_prefix("Bearer ")
+        .or_else(|| v.strip_prefix("bearer "))
+        .map(str::trim)
+}
+
 /// The authenticated caller.
 pub struct Auth<S> {
     pub key_id: String,
@@ -40,22 +50,13 @@ impl<S: RequiredScope> FromRequestParts<AppState> for Auth<S> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let presented = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "UNAUTHENTICATED",
-                    "send an API key as `Authorization: Bearer <key>`",
-                )
-            })?;
+        let presented = bearer_token(&parts.headers).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHENTICATED",
+                "send an API key as `Authorization: Bearer <key>`",
+            )
+        })?;
         let keys = state.engine.shared.keys.load();
         let key = keys.lookup(presented).ok_or_else(|| {
             ApiError::new(
@@ -87,6 +88,36 @@ impl<S: RequiredScope> FromRequestParts<AppState> for Auth<S> {
             request_id,
             _scope: PhantomData,
         })
+    }
+}
+
+/// A route that takes `ClientCert` needs a verified TLS client certificate
+/// when `tls_client_ca` is configured (the handshake has already checked it
+/// against that CA), in addition to the API key. Without `tls_client_ca` it
+/// lets every request through.
+pub struct ClientCert;
+
+impl FromRequestParts<AppState> for ClientCert {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if state.cfg.tls_client_ca.is_none() {
+            return Ok(ClientCert);
+        }
+        let verified = parts
+            .extensions
+            .get::<ConnectInfo<TlsPeer>>()
+            .is_some_and(|ConnectInfo(peer)| peer.client_cert.is_some());
+        if verified {
+            Ok(ClientCert)
+        } else {
+            Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "CLIENT_CERT_REQUIRED",
+                "this route requires a TLS client certificate issued by the server's client CA \
+                 (tls_client_ca); connect with one, and send the API key as well",
+            ))
+        }
     }
 }
 

@@ -14,6 +14,8 @@ pub struct ApiError {
     pub code: String,
     pub message: String,
     pub details: Option<serde_json::Map<String, Value>>,
+    /// Sent as `Retry-After` (seconds).
+    pub retry_after_s: Option<u64>,
 }
 
 impl ApiError {
@@ -27,6 +29,7 @@ impl ApiError {
             code: code.into(),
             message: message.into(),
             details: None,
+            retry_after_s: None,
         }
     }
 
@@ -36,6 +39,11 @@ impl ApiError {
 
     pub fn with_details(mut self, details: serde_json::Map<String, Value>) -> ApiError {
         self.details = Some(details);
+        self
+    }
+
+    pub fn with_retry_after(mut self, seconds: u64) -> ApiError {
+        self.retry_after_s = Some(seconds);
         self
     }
 
@@ -73,6 +81,11 @@ impl IntoResponse for ApiError {
         body.insert("code".into(), json!(self.code));
         body.insert("message".into(), json!(self.message));
         let mut response = (self.status, Json(Value::Object(body))).into_response();
+        if let Some(s) = self.retry_after_s {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, s.into());
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

@@ -9,11 +9,12 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{Admin, ApiError, AppState, Auth, Ingest};
+use super::{Admin, ApiError, AppState, Auth, ClientCert, Ingest};
 use crate::event::{decode_body, fmt_ms, BodyKind};
 use crate::metrics::metrics;
 
 pub async fn ingest(
+    _client: ClientCert,
     _auth: Auth<Ingest>,
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -18,6 +18,10 @@ use crate::record::ApiKeyRecord;
 pub struct NewKey {
     name: String,
     scopes: Vec<String>,
+    /// The product this key belongs to; its calls then follow the
+    /// product's signature rule.
+    #[serde(default)]
+    product: Option<String>,
 }
 
 fn key_json(k: &ApiKeyRecord) -> Value {
@@ -39,7 +43,15 @@ pub async fn list(
         .store
         .api_keys()
         .map_err(ApiError::internal)?;
-    Ok(Json(Value::Array(keys.iter().map(key_json).collect())))
+    let products = state.engine.shared.products.load();
+    let listed = keys.iter().map(|k| {
+        let mut v = key_json(k);
+        if let Some((product, _)) = products.product_of_key(&k.id) {
+            v["product"] = json!(product);
+        }
+        v
+    });
+    Ok(Json(Value::Array(listed.collect())))
 }
 
 pub async fn create(
@@ -73,6 +85,19 @@ pub async fn create(
         ));
     }
     let (id, key) = generate_key();
+    // Bind first: a key must never exist unbound while its product expects
+    // it to be bound (a failed binding leaves no key behind).
+    if let Some(product_id) = &new.product {
+        let mut product = super::products::stored(&state, product_id).map_err(|_| {
+            ApiError::bad_request(
+                "INVALID_API_KEY",
+                format!("product `{product_id}` does not exist"),
+            )
+        })?;
+        product.api_keys.push(id.clone());
+        product.version += 1;
+        state.engine.save_product(product, auth.audit()).await?;
+    }
     let record = ApiKeyRecord {
         id,
         name: new.name,
@@ -83,6 +108,9 @@ pub async fn create(
     let record = state.engine.create_api_key(record, auth.audit()).await?;
     let mut body = key_json(&record);
     body["key"] = json!(key);
+    if let Some(product) = new.product {
+        body["product"] = json!(product);
+    }
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
-use super::{Admin, ApiError, AppState, Auth, Ingest};
+use super::{Admin, ApiError, AppState, Auth, Ingest, Limited};
 use crate::engine::{Renewal, SeatLease};
 use crate::license::decide::{quota_periods, rfc3339, Claims, QuotaReport, Verdict};
 use crate::license::model::{LicenseUpdate, NewLicense, StatusAction};
@@ -339,7 +339,7 @@ pub struct FileBody {
 /// An offline license file: encrypted under a key derived from the license
 /// key (and the fingerprint, when bound) and signed. See README.
 pub async fn license_file(
-    _auth: Auth<Admin>,
+    auth: Auth<Admin>,
     State(state): State<AppState>,
     Path(id): Path<String>,
     req: Result<Json<FileBody>, JsonRejection>,
@@ -385,13 +385,27 @@ pub async fn license_file(
         }))
         .expect("license file serializes"),
     );
-    Ok(Json(crate::crypto::seal_license_file(
+    let file = crate::crypto::seal_license_file(
         &shared.crypto,
         &license.id,
         key,
         req.fingerprint.as_deref(),
         &plaintext,
-    )))
+    );
+    // No file leaves without its record in the log.
+    state
+        .engine
+        .record_license_file(
+            crate::record::LicenseFileIssue {
+                license_id: license.id.clone(),
+                fingerprint_bound: req.fingerprint.is_some(),
+                expires_at_ms: (issued_at + ttl.as_secs() as i64) * 1000,
+                kid: shared.crypto.kid().to_owned(),
+            },
+            auth.audit(),
+        )
+        .await?;
+    Ok(Json(file))
 }
 
 fn seat_json(license_id: &str, lease: &SeatLease) -> Value {
@@ -409,6 +423,11 @@ pub struct CheckoutBody {
     fingerprint: String,
 }
 
+/// The per-license limit counts only licenses that exist.
+fn known_license(state: &AppState, id: &str) -> Option<String> {
+    state.engine.shared.licenses.get(id).map(|_| id.to_owned())
+}
+
 /// `201` with a new seat, `200` with the one this fingerprint already holds.
 pub async fn checkout(
     auth: Auth<Ingest>,
@@ -416,6 +435,10 @@ pub async fn checkout(
     Path(id): Path<String>,
     req: Result<Json<CheckoutBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
+    let known = known_license(&state, &id);
+    state
+        .guards
+        .limit(Limited::Checkout, &auth.key_id, known.as_deref())?;
     let req = body(req)?;
     check_fingerprint(&req.fingerprint).map_err(|m| ApiError::bad_request("INVALID_SEAT", m))?;
     let lease = state
@@ -432,10 +455,14 @@ pub async fn checkout(
 }
 
 pub async fn heartbeat(
-    _auth: Auth<Ingest>,
+    auth: Auth<Ingest>,
     State(state): State<AppState>,
     Path((id, seat_id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
+    let known = known_license(&state, &id);
+    state
+        .guards
+        .limit(Limited::Checkout, &auth.key_id, known.as_deref())?;
     let lease = state
         .engine
         .heartbeat_seat(id.clone(), seat_id)
@@ -505,6 +532,16 @@ pub struct Validation {
     pub token: String,
 }
 
+/// The published license a presented key opens, if any.
+pub fn find_license(shared: &crate::engine::Shared, key: &str) -> Option<Arc<PublishedLicense>> {
+    if key.len() > FIELD_CHARS_MAX {
+        return None;
+    }
+    shared
+        .licenses
+        .by_key_digest(&shared.crypto.lookup_digest(key))
+}
+
 /// Validates `key` at `now` and signs the verdict.
 pub fn validate_with(
     shared: &crate::engine::Shared,
@@ -514,13 +551,25 @@ pub fn validate_with(
     now: DateTime<Utc>,
     token_ttl_s: i64,
 ) -> Result<Validation, ApiError> {
-    let entry = if key.len() <= FIELD_CHARS_MAX {
-        shared
-            .licenses
-            .by_key_digest(&shared.crypto.lookup_digest(key))
-    } else {
-        None
-    };
+    validate_found(
+        shared,
+        find_license(shared, key),
+        request,
+        nonce,
+        now,
+        token_ttl_s,
+    )
+}
+
+/// [`validate_with`] for a license already looked up.
+pub fn validate_found(
+    shared: &crate::engine::Shared,
+    entry: Option<Arc<PublishedLicense>>,
+    request: &Request<'_>,
+    nonce: Option<&str>,
+    now: DateTime<Utc>,
+    token_ttl_s: i64,
+) -> Result<Validation, ApiError> {
     let verdict = match &entry {
         None => Verdict::not_found(),
         Some(state) => {
@@ -613,7 +662,7 @@ struct Answer<'a> {
 }
 
 pub async fn validate(
-    _auth: Auth<Ingest>,
+    auth: Auth<Ingest>,
     State(state): State<AppState>,
     req: Result<Json<ValidateBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
@@ -639,9 +688,15 @@ pub async fn validate(
         meter: req.meter.as_deref(),
     };
     let shared = &state.engine.shared;
-    let v = validate_with(
+    let entry = find_license(shared, &key);
+    state.guards.limit(
+        Limited::Validate,
+        &auth.key_id,
+        entry.as_ref().map(|e| e.license.id.as_str()),
+    )?;
+    let v = validate_found(
         shared,
-        &key,
+        entry,
         &request,
         req.nonce.as_deref(),
         now(&state),

@@ -4,9 +4,11 @@
 mod auth;
 mod error;
 mod events;
+mod guard;
 mod keys;
 mod licenses;
 mod meters;
+mod products;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -19,8 +21,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
 
-pub use self::auth::{Admin, Auth, Ingest, Read};
+pub use self::auth::{Admin, Auth, ClientCert, Ingest, Read};
 pub use self::error::ApiError;
+pub use self::guard::{Guards, Limited};
 pub use self::licenses::{validate_with, Validation};
 use crate::config::Config;
 use crate::engine::EngineHandle;
@@ -30,6 +33,18 @@ use crate::metrics::metrics;
 pub struct AppState {
     pub engine: EngineHandle,
     pub cfg: Arc<Config>,
+    pub guards: Arc<Guards>,
+}
+
+impl AppState {
+    pub fn new(engine: EngineHandle, cfg: Arc<Config>) -> AppState {
+        let guards = guard::guards(&cfg, engine.shared.clock.now_ms());
+        AppState {
+            engine,
+            cfg,
+            guards,
+        }
+    }
 }
 
 /// The API router. `/metrics` is included (behind the `read` scope) unless
@@ -49,6 +64,22 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/quarantine", get(events::quarantine))
         .route("/api/v1/api-keys", get(keys::list).post(keys::create))
         .route("/api/v1/api-keys/{id}", delete(keys::revoke))
+        .route(
+            "/api/v1/products",
+            get(products::list).post(products::create),
+        )
+        .route(
+            "/api/v1/products/{id}",
+            get(products::get).patch(products::update),
+        )
+        .route(
+            "/api/v1/products/{id}/signing-secrets",
+            post(products::create_secret),
+        )
+        .route(
+            "/api/v1/products/{id}/signing-secrets/{secret_id}",
+            delete(products::revoke_secret),
+        )
         .route("/.well-known/jwks.json", get(licenses::jwks))
         .route(
             "/api/v1/licenses",
@@ -84,6 +115,10 @@ pub fn router(state: AppState) -> Router {
     }
     api.fallback(not_found)
         .layer(DefaultBodyLimit::max(body_max))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::verify_signature,
+        ))
         .layer(axum::middleware::from_fn(observe))
         .with_state(state)
 }

@@ -87,7 +87,7 @@ pub fn default_key_path(data_dir: &Path) -> PathBuf {
     absolute.with_file_name(name)
 }
 
-fn is_inside(path: &Path, dir: &Path) -> bool {
+pub fn is_inside(path: &Path, dir: &Path) -> bool {
     let norm = |p: &Path| {
         std::fs::canonicalize(p)
             .or_else(|_| std::path::absolute(p))
@@ -159,7 +159,8 @@ fn warn_if_readable_by_others(path: &Path) {
     }
 }
 
-fn generate_key_file(path: &Path) -> Result<MasterKey, String> {
+/// Creates a new random master key file (mode 0600); fails if it exists.
+pub fn generate_key_file(path: &Path) -> Result<MasterKey, String> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut bytes = Zeroizing::new([0u8; 32]);
     rand::thread_rng().fill_bytes(bytes.as_mut());
@@ -225,5 +226,16 @@ mod tests {
         assert_eq!(src, MasterKeySource::Environment);
         assert!(load_master_key(Some("c2hvcnQ="), None, dir.path()).is_err());
         assert!(load_master_key(Some("!!"), None, dir.path()).is_err());
+    }
+
+    #[test]
+    fn a_path_inside_the_data_directory_is_recognised_through_dot_dot() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        assert!(is_inside(&data.join("anchors.jsonl"), &data));
+        assert!(is_inside(&data.join("x/../anchors.jsonl"), &data));
+        assert!(!is_inside(&dir.path().join("anchors.jsonl"), &data));
+        assert!(!is_inside(&dir.path().join("data-anchors.jsonl"), &data));
     }
 }

@@ -2,9 +2,11 @@
 //! keys at rest (HMAC lookup digest + AES-256-GCM envelope), and Ed25519
 //! signing of verdict tokens (JWT, RFC 8037) and license files.
 //!
-//! Everything is derived from one 32-byte **master key** with HKDF-SHA256,
-//! each purpose under its own `info` string, so a restart with the same
-//! master key gives the same pepper, envelope key and signing key:
+//! The working keys (pepper, data key, signing keys) live wrapped in the
+//! keyring (see [`keyring`]), which the **master key** opens. Data
+//! directories created before the keyring existed adopt the keys that
+//! HKDF-SHA256 derived from the master key, each purpose under its own
+//! `info` string:
 //!
 //! | info | use |
 //! |---|---|
@@ -15,6 +17,7 @@
 //! The key id (`kid`) is the first 16 hex characters of SHA-256 of the public
 //! key, so a rotated key gets a new kid and verifiers pick the key by kid.
 
+pub mod keyring;
 mod master;
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
@@ -27,7 +30,10 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-pub use master::{default_key_path, load_master_key, MasterKey, MasterKeySource, SecretString};
+pub use master::{
+    default_key_path, generate_key_file, is_inside, load_master_key, MasterKey, MasterKeySource,
+    SecretString,
+};
 
 /// `format` of a license file, and the first field of what its signature covers.
 pub const LICENSE_FILE_FORMAT: &str = "keymeter-license-file/v1";
@@ -49,7 +55,7 @@ pub enum CryptoError {
     Unseal,
 }
 
-/// The keys derived from the master key. Cheap to share behind an `Arc`.
+/// The working keys, unwrapped from the keyring. Cheap to share behind an `Arc`.
 pub struct Keys {
     /// HMAC keyed with the pepper, cloned per digest (saves re-keying).
     pepper: HmacSha256,
@@ -58,6 +64,9 @@ pub struct Keys {
     kid: String,
     /// `b64url(header)` of every token this key signs.
     jwt_header_b64: String,
+    /// Retired signing keys still published for verification, with the
+    /// time (ms) until which they are.
+    retired: Vec<(String, VerifyingKey, i64)>,
 }
 
 fn derive(master: &MasterKey, info: &[u8]) -> Zeroizing<[u8; 32]> {
@@ -74,21 +83,53 @@ pub fn key_id(public: &VerifyingKey) -> String {
 }
 
 impl Keys {
+    /// The keys a master key derived before keys were kept in a keyring
+    /// (data directories created then keep them, wrapped, in their keyring).
     pub fn derive(master: &MasterKey) -> Keys {
-        let pepper = derive(master, PEPPER_INFO);
-        let envelope = derive(master, ENVELOPE_INFO);
-        let seed = derive(master, SIGNING_INFO);
-        let signing = SigningKey::from_bytes(&seed);
+        let [pepper, data, seed] = legacy_material(master);
+        Keys::from_material(&pepper, &data, &seed, Vec::new())
+    }
+
+    fn from_material(
+        pepper: &[u8; 32],
+        data: &[u8; 32],
+        seed: &[u8; 32],
+        retired: Vec<(String, VerifyingKey, i64)>,
+    ) -> Keys {
+        let signing = SigningKey::from_bytes(seed);
         let kid = key_id(&signing.verifying_key());
         let header = format!(r#"{{"alg":"EdDSA","typ":"JWT","kid":"{kid}"}}"#);
         Keys {
-            pepper: <HmacSha256 as Mac>::new_from_slice(pepper.as_ref())
-                .expect("HMAC takes any key length"),
-            envelope: Aes256Gcm::new(envelope.as_ref().into()),
+            pepper: <HmacSha256 as Mac>::new_from_slice(pepper).expect("HMAC takes any key length"),
+            envelope: Aes256Gcm::new(data.into()),
             signing,
             jwt_header_b64: B64.encode(header),
             kid,
+            retired,
         }
+    }
+
+    /// Unwraps the keyring's current keys with `kek`. Retired signing keys
+    /// published until after `now_ms` are kept for the JWKS.
+    pub fn from_keyring(
+        ring: &keyring::Keyring,
+        kek: &keyring::Kek,
+        now_ms: i64,
+    ) -> Result<Keys, keyring::KeyringError> {
+        let pepper = kek.unwrap(ring.pepper()?)?;
+        let data = kek.unwrap(ring.data()?)?;
+        let seed = kek.unwrap(ring.current_signing()?)?;
+        let mut retired = Vec::new();
+        for e in ring.signing_keys() {
+            match e.publish_until_ms {
+                Some(until) if e.retired_ms.is_some() && until > now_ms => {
+                    let old = SigningKey::from_bytes(&*kek.unwrap(e)?);
+                    retired.push((e.id.clone(), old.verifying_key(), until));
+                }
+                _ => {}
+            }
+        }
+        Ok(Keys::from_material(&pepper, &data, &seed, retired))
     }
 
     pub fn kid(&self) -> &str {
@@ -138,16 +179,31 @@ impl Keys {
             .map_err(|_| CryptoError::Unseal)
     }
 
+    /// Every published public key: the current one first, then retired
+    /// ones whose tokens and files may still be valid.
+    pub fn published_keys(&self) -> Vec<(String, VerifyingKey)> {
+        std::iter::once((self.kid.clone(), self.verifying_key()))
+            .chain(self.retired.iter().map(|(kid, k, _)| (kid.clone(), *k)))
+            .collect()
+    }
+
     /// The public keys as a JWK Set (RFC 7517, OKP keys per RFC 8037).
     pub fn jwks(&self) -> serde_json::Value {
-        serde_json::json!({"keys": [{
-            "kty": "OKP",
-            "crv": "Ed25519",
-            "alg": "EdDSA",
-            "use": "sig",
-            "kid": self.kid,
-            "x": B64.encode(self.verifying_key().as_bytes()),
-        }]})
+        let keys: Vec<_> = self
+            .published_keys()
+            .into_iter()
+            .map(|(kid, k)| {
+                serde_json::json!({
+                    "kty": "OKP",
+                    "crv": "Ed25519",
+                    "alg": "EdDSA",
+                    "use": "sig",
+                    "kid": kid,
+                    "x": B64.encode(k.as_bytes()),
+                })
+            })
+            .collect();
+        serde_json::json!({ "keys": keys })
     }
 
     /// A compact JWS: `b64url(header).b64url(claims).b64url(Ed25519 signature)`.
@@ -167,6 +223,80 @@ impl Keys {
     pub fn sign(&self, message: &[u8]) -> [u8; 64] {
         self.signing.sign(message).to_bytes()
     }
+}
+
+/// Pepper, data key and signing seed as HKDF derived them from the master
+/// key before the keyring existed.
+fn legacy_material(master: &MasterKey) -> [Zeroizing<[u8; 32]>; 3] {
+    [
+        derive(master, PEPPER_INFO),
+        derive(master, ENVELOPE_INFO),
+        derive(master, SIGNING_INFO),
+    ]
+}
+
+/// How the keyring was found at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyringOrigin {
+    Loaded,
+    /// Created with fresh random keys (new data directory).
+    Generated,
+    /// Created from the keys the master key derived before keyrings
+    /// existed (a data directory whose log already seals secrets with them).
+    Adopted,
+}
+
+/// Opens `DATA/keys/keyring.json` with the master key, creating it when
+/// missing: with random keys for a new data directory (`log_is_empty`), or
+/// with the formerly derived keys for an existing one, so its sealed
+/// records and published signatures stay valid.
+pub fn open_keys(
+    data_dir: &std::path::Path,
+    master: &MasterKey,
+    log_is_empty: bool,
+    now_ms: i64,
+) -> Result<(Keys, KeyringOrigin), keyring::KeyringError> {
+    let path = keyring::keyring_path(data_dir);
+    let kek = keyring::Kek::new(master);
+    let (ring, origin) = match keyring::Keyring::load(&path)? {
+        Some(ring) => (ring, KeyringOrigin::Loaded),
+        None => {
+            let ring = if log_is_empty {
+                keyring::Keyring::generate(&kek, now_ms)
+            } else {
+                let [pepper, data, seed] = legacy_material(master);
+                keyring::Keyring::create(&kek, &pepper, &data, &seed, now_ms)
+            };
+            ring.save(&path)?;
+            let origin = if log_is_empty {
+                KeyringOrigin::Generated
+            } else {
+                KeyringOrigin::Adopted
+            };
+            (ring, origin)
+        }
+    };
+    Ok((Keys::from_keyring(&ring, &kek, now_ms)?, origin))
+}
+
+/// The public key of every signing key the keyring has ever held, current
+/// and retired, for checking old signatures (audit checkpoints). Reads the
+/// keyring; never creates one.
+pub fn all_signing_keys(
+    data_dir: &std::path::Path,
+    master: &MasterKey,
+) -> Result<Vec<(String, VerifyingKey)>, keyring::KeyringError> {
+    let path = keyring::keyring_path(data_dir);
+    let ring = keyring::Keyring::load(&path)?.ok_or_else(|| {
+        keyring::KeyringError::Incomplete(format!("no keyring at {}", path.display()))
+    })?;
+    let kek = keyring::Kek::new(master);
+    ring.signing_keys()
+        .map(|e| {
+            let seed = kek.unwrap(e)?;
+            Ok((e.id.clone(), SigningKey::from_bytes(&seed).verifying_key()))
+        })
+        .collect()
 }
 
 /// A new license key: `lk_` + base64url of 32 random bytes.
@@ -283,6 +413,52 @@ mod tests {
         assert!(k.verifying_key().verify(input.as_bytes(), &sig).is_ok());
         let x = k.jwks()["keys"][0]["x"].as_str().unwrap().to_owned();
         assert_eq!(B64.decode(x).unwrap(), k.verifying_key().as_bytes());
+    }
+
+    #[test]
+    fn a_keyring_adopted_from_a_master_key_gives_the_derived_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let master = MasterKey::from_bytes([5; 32]);
+        let (adopted, origin) = open_keys(dir.path(), &master, false, 0).unwrap();
+        assert_eq!(origin, KeyringOrigin::Adopted);
+        let derived = Keys::derive(&master);
+        assert_eq!(adopted.kid(), derived.kid());
+        assert_eq!(adopted.lookup_digest("lk_x"), derived.lookup_digest("lk_x"));
+        let sealed = derived.seal(b"secret", b"id");
+        assert_eq!(&adopted.unseal(&sealed, b"id").unwrap()[..], b"secret");
+        let (again, origin) = open_keys(dir.path(), &master, true, 0).unwrap();
+        assert_eq!(origin, KeyringOrigin::Loaded);
+        assert_eq!(again.kid(), derived.kid());
+        // A new data directory gets random keys, not derivable from the master.
+        let fresh_dir = tempfile::tempdir().unwrap();
+        let (fresh, origin) = open_keys(fresh_dir.path(), &master, true, 0).unwrap();
+        assert_eq!(origin, KeyringOrigin::Generated);
+        assert_ne!(fresh.kid(), derived.kid());
+        assert_ne!(fresh.lookup_digest("lk_x"), derived.lookup_digest("lk_x"));
+        // Another master key cannot open it.
+        assert!(open_keys(fresh_dir.path(), &MasterKey::from_bytes([6; 32]), true, 0).is_err());
+    }
+
+    #[test]
+    fn retired_signing_keys_stay_published_until_their_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let master = MasterKey::from_bytes([7; 32]);
+        let (first, _) = open_keys(dir.path(), &master, true, 0).unwrap();
+        let path = keyring::keyring_path(dir.path());
+        let kek = keyring::Kek::new(&master);
+        let mut ring = keyring::Keyring::load(&path).unwrap().unwrap();
+        ring.rotate_signing(&kek, 1_000, 500).unwrap();
+        let during = Keys::from_keyring(&ring, &kek, 1_200).unwrap();
+        assert_ne!(during.kid(), first.kid());
+        let kids: Vec<String> = during
+            .published_keys()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(kids, vec![during.kid().to_owned(), first.kid().to_owned()]);
+        assert_eq!(during.jwks()["keys"].as_array().unwrap().len(), 2);
+        let after = Keys::from_keyring(&ring, &kek, 1_500).unwrap();
+        assert_eq!(after.published_keys().len(), 1);
     }
 
     #[test]

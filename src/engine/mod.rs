@@ -9,6 +9,10 @@
 //! snapshots and only then answers the requests: a 2xx means durable *and*
 //! visible to queries. Writer and projector overlap, so the next batch's
 //! fsync runs while the previous one is being folded.
+//!
+//! The writer also decides when a signed checkpoint is due
+//! ([`crate::audit`]); the syncer, which knows the chain hash after every
+//! append, signs it and appends it as a batch of its own.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,6 +22,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::audit::{self, AnchorFile, CheckpointSchedule};
 use crate::auth::{self, KeyRing, Scope};
 use crate::config::Config;
 use crate::event::{Decoded, DedupKey, Rejection, TimeWindow};
@@ -202,6 +207,22 @@ enum Command {
     },
     /// Reclaim lapsed seat leases (sent periodically by the sweeper).
     SweepLeases,
+    /// Record that a license file was issued.
+    LicenseFileIssued {
+        issue: crate::record::LicenseFileIssue,
+        audit: Audit,
+        reply: Reply<()>,
+    },
+    /// Create (`version` 1) or change a product; refused unless `version`
+    /// is one more than the stored one.
+    SaveProduct {
+        product: Box<crate::product::Product>,
+        audit: Audit,
+        reply: Reply<crate::product::Product>,
+    },
+    /// Look at the clock: a checkpoint may be due (sent periodically; no
+    /// records of its own).
+    CheckpointTick,
 }
 
 /// How a renewal sets the new expiry.
@@ -252,6 +273,8 @@ pub struct Shared {
     pub usage: UsageCache,
     /// Keys derived from the master key (lookup digests, sealing, signing).
     pub crypto: Arc<crate::crypto::Keys>,
+    /// Products' signing secrets and API-key bindings, for request signatures.
+    pub products: crate::product::SharedProducts,
 }
 
 /// A cheap, cloneable way in: commands to the writer, reads from `shared`.
@@ -350,13 +373,17 @@ impl Engine {
         counters.flush()?;
         docs.flush()?;
         licenses.flush()?;
-        let crypto = Arc::new(load_keys(cfg)?);
+        let crypto = Arc::new(load_keys(cfg, head == 0)?);
 
         let meters = MeterSet::from_defs(store.meter_defs()?)
             .map_err(|e| StartError::Other(format!("stored meter is invalid: {e}")))?;
         let api_keys = store.api_keys()?;
         let key_ids = api_keys.iter().map(|k| k.id.clone()).collect();
         let keys = KeyRing::from_records(api_keys);
+        let products = store.products()?;
+        let product_versions = products.iter().map(|p| (p.id.clone(), p.version)).collect();
+        let product_ring =
+            crate::product::ProductRing::build(&products, &crypto).map_err(StartError::Other)?;
         let shared = Arc::new(Shared {
             store: store.clone(),
             meters: ArcSwap::from_pointee(meters.clone()),
@@ -371,6 +398,7 @@ impl Engine {
             licenses: PublishedLicenses::from_book(licenses.book()),
             usage: UsageCache::default(),
             crypto,
+            products: ArcSwap::from_pointee(product_ring),
         });
         let mut progress = vec![
             ("counters", counters.applied()),
@@ -380,21 +408,47 @@ impl Engine {
         progress.extend(docs.applied());
         report_progress(head, &progress);
 
+        let mut checkpoints =
+            CheckpointSchedule::new(cfg.audit_checkpoint_records, cfg.audit_checkpoint_interval);
+        if !log_ends_with_checkpoint(&cfg.log_dir(), head)? {
+            // Records of an earlier run (a crash, or a log from before
+            // checkpoints) wait no longer than new ones.
+            checkpoints.appended(1, Instant::now());
+        }
+        let anchor = match &cfg.audit_anchor_file {
+            None => None,
+            Some(path) => Some(AnchorFile::open(path).map_err(|e| {
+                StartError::Other(format!(
+                    "cannot open the audit anchor file {}: {e}",
+                    path.display()
+                ))
+            })?),
+        };
+
         let (tx, rx) = mpsc::channel(cfg.writer_queue_max);
         let (jobs_tx, jobs_rx) = std::sync::mpsc::sync_channel::<Job>(4);
         let (pending_tx, pending_rx) = std::sync::mpsc::sync_channel::<Pending>(2);
-        let syncer = Syncer { log, jobs: jobs_tx };
+        let syncer = Syncer {
+            log,
+            jobs: jobs_tx,
+            keys: shared.crypto.clone(),
+            clock: clock.clone(),
+            anchor,
+        };
+        let checkpoint_tick = checkpoints.tick();
         let writer = Writer {
             next_seq: head + 1,
             positions: store.source_positions()?,
             dedup,
             meters,
             key_ids,
+            product_versions,
             licenses: licenses.book().clone(),
             window: cfg.time_window(),
             batch_records_max: cfg.batch_records_max,
             dedup_keys_max: cfg.dedup_keys_max,
             clock,
+            checkpoints,
             syncer: pending_tx,
         };
         let projector = Projector {
@@ -404,6 +458,7 @@ impl Engine {
             shared: shared.clone(),
         };
         spawn_lease_sweeper(tx.downgrade())?;
+        spawn_checkpoint_ticker(tx.downgrade(), checkpoint_tick)?;
         let writer = spawn_stage("writer", &shared, move || writer.run(rx))?;
         let syncer = spawn_stage("syncer", &shared, move || syncer.run(pending_rx))?;
         let projector = spawn_stage("projector", &shared, move || projector.run(jobs_rx))?;
@@ -521,16 +576,26 @@ fn report_progress(head: Seq, projections: &[(&str, Seq)]) {
 }
 
 /// Loads (or, by default, creates beside the data directory) the master key
-/// and derives the licensing keys from it.
-fn load_keys(cfg: &Config) -> Result<crate::crypto::Keys, StartError> {
-    use crate::crypto::{load_master_key, Keys, MasterKeySource};
+/// and opens the keyring with it (see [`crate::crypto::keyring`]).
+pub fn load_keys(cfg: &Config, log_is_empty: bool) -> Result<crate::crypto::Keys, StartError> {
+    use crate::crypto::{load_master_key, open_keys, KeyringOrigin, MasterKeySource};
     let (master, source) = load_master_key(
         cfg.master_key.as_ref().map(|s| s.expose()),
         cfg.master_key_file.as_deref(),
         &cfg.data_dir,
     )
     .map_err(StartError::Other)?;
-    let keys = Keys::derive(&master);
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let (keys, origin) = open_keys(&cfg.data_dir, &master, log_is_empty, now_ms)
+        .map_err(|e| StartError::Other(e.to_string()))?;
+    match origin {
+        KeyringOrigin::Loaded => {}
+        KeyringOrigin::Generated => tracing::info!(kid = keys.kid(), "created the keyring"),
+        KeyringOrigin::Adopted => tracing::info!(
+            kid = keys.kid(),
+            "created the keyring with the keys this master key derived so far"
+        ),
+    }
     match source {
         MasterKeySource::Generated(path) => tracing::warn!(
             path = %path.display(),
@@ -567,6 +632,42 @@ fn spawn_lease_sweeper(tx: mpsc::WeakSender<Command>) -> Result<(), StartError> 
         })
         .map(|_| ())
         .map_err(|e| StartError::Other(format!("cannot start lease sweeper thread: {e}")))
+}
+
+/// Wakes the writer every `tick` so that a checkpoint due by time is written
+/// while no request arrives. Like the lease sweeper, it holds only a weak
+/// sender.
+fn spawn_checkpoint_ticker(
+    tx: mpsc::WeakSender<Command>,
+    tick: Duration,
+) -> Result<(), StartError> {
+    std::thread::Builder::new()
+        .name("keymeter-checkpoint-ticker".into())
+        .spawn(move || loop {
+            std::thread::sleep(tick);
+            let Some(tx) = tx.upgrade() else {
+                return;
+            };
+            // A full queue wakes the writer anyway.
+            let _ = tx.try_send(Command::CheckpointTick);
+        })
+        .map(|_| ())
+        .map_err(|e| StartError::Other(format!("cannot start checkpoint ticker thread: {e}")))
+}
+
+/// Whether the last record of the log is a checkpoint (an empty log needs none).
+fn log_ends_with_checkpoint(log_dir: &std::path::Path, head: Seq) -> Result<bool, StartError> {
+    if head == 0 {
+        return Ok(true);
+    }
+    let Some(last) = crate::log::read_range(log_dir, head, head)?.next() else {
+        return Ok(false);
+    };
+    let last = last?;
+    Ok(matches!(
+        Record::decode(&last.payload),
+        Ok(Record::Checkpoint(_))
+    ))
 }
 
 impl EngineHandle {
@@ -688,6 +789,35 @@ impl EngineHandle {
     /// seen, including every batch queued before this call.
     pub async fn source_positions(&self) -> Result<HashMap<(String, i32), i64>, EngineError> {
         self.call(|reply| Command::SourcePositions { reply }).await
+    }
+
+    /// Appends the record of an issued license file.
+    pub async fn record_license_file(
+        &self,
+        issue: crate::record::LicenseFileIssue,
+        audit: Audit,
+    ) -> Result<(), EngineError> {
+        self.call(|reply| Command::LicenseFileIssued {
+            issue,
+            audit,
+            reply,
+        })
+        .await
+    }
+
+    /// Stores a product document; `product.version` must be one more than
+    /// the stored version (1 to create).
+    pub async fn save_product(
+        &self,
+        product: crate::product::Product,
+        audit: Audit,
+    ) -> Result<crate::product::Product, EngineError> {
+        self.call(|reply| Command::SaveProduct {
+            product: Box::new(product),
+            audit,
+            reply,
+        })
+        .await
     }
 
     pub async fn revoke_api_key(&self, id: String, audit: Audit) -> Result<(), EngineError> {
@@ -813,45 +943,101 @@ struct Job {
     answers: Vec<Box<dyn FnOnce() + Send>>,
 }
 
-/// A prepared batch on its way to the log.
-struct Pending {
-    payloads: Vec<Vec<u8>>,
-    job: Job,
+/// Work on its way to the log, in log order.
+enum Pending {
+    /// A prepared batch.
+    Batch { payloads: Vec<Vec<u8>>, job: Job },
+    /// Sign the chain through the current head and append that checkpoint
+    /// as a batch of its own, at `seq` (reserved by the writer).
+    Checkpoint { seq: Seq },
 }
 
 /// Appends prepared batches to the log (one write + fdatasync each) and
 /// hands them to the projector. Runs beside the writer so that the next
-/// batch is prepared while this one syncs.
+/// batch is prepared while this one syncs. Signs checkpoints, since it holds
+/// the chain hash after every append.
 struct Syncer {
     log: Log,
     jobs: std::sync::mpsc::SyncSender<Job>,
+    keys: Arc<crate::crypto::Keys>,
+    clock: Arc<dyn Clock>,
+    anchor: Option<AnchorFile>,
 }
 
 impl Syncer {
     fn run(mut self, pending: std::sync::mpsc::Receiver<Pending>) -> Result<(), StartError> {
-        while let Ok(Pending { payloads, job }) = pending.recv() {
-            if !payloads.is_empty() {
-                let bytes: usize = payloads.iter().map(Vec::len).sum();
-                let started = Instant::now();
-                let range = self.log.append_batch(&payloads)?;
-                let m = metrics();
-                m.log_fsync_seconds.observe(started.elapsed().as_secs_f64());
-                m.log_batches_total.inc();
-                m.log_records_total.inc_by(payloads.len() as u64);
-                m.log_bytes_total.inc_by(bytes as u64);
-                m.log_batch_records.observe(payloads.len() as f64);
-                m.log_head_seq.set(range.end as i64 - 1);
-                assert_eq!(
-                    (range.start, range.end - range.start),
-                    (job.first_seq, job.records.len() as u64),
-                    "the log must assign the sequence numbers the writer planned"
-                );
-            }
+        while let Ok(next) = pending.recv() {
+            let job = match next {
+                Pending::Batch { payloads, job } => {
+                    self.append(&payloads, &job)?;
+                    job
+                }
+                Pending::Checkpoint { seq } => self.checkpoint(seq)?,
+            };
             self.jobs
                 .send(job)
                 .map_err(|_| StartError::Other("projector stopped".into()))?;
         }
         Ok(())
+    }
+
+    fn append(&mut self, payloads: &[Vec<u8>], job: &Job) -> Result<(), StartError> {
+        if payloads.is_empty() {
+            return Ok(());
+        }
+        let bytes: usize = payloads.iter().map(Vec::len).sum();
+        let started = Instant::now();
+        let range = self.log.append_batch(payloads)?;
+        let m = metrics();
+        m.log_fsync_seconds.observe(started.elapsed().as_secs_f64());
+        m.log_batches_total.inc();
+        m.log_records_total.inc_by(payloads.len() as u64);
+        m.log_bytes_total.inc_by(bytes as u64);
+        m.log_batch_records.observe(payloads.len() as f64);
+        m.log_head_seq.set(range.end as i64 - 1);
+        assert_eq!(
+            (range.start, range.end - range.start),
+            (job.first_seq, job.records.len() as u64),
+            "the log must assign the sequence numbers the writer planned"
+        );
+        Ok(())
+    }
+
+    /// Signs the chain through the head, appends the checkpoint at `seq`,
+    /// copies it to the anchor file, and returns its job for the projector.
+    fn checkpoint(&mut self, seq: Seq) -> Result<Job, StartError> {
+        let covered = self.log.head_seq();
+        assert_eq!(covered + 1, seq, "a checkpoint follows what it covers");
+        let checkpoint = audit::sign_checkpoint(
+            &self.keys,
+            covered,
+            self.log.head_hash(),
+            self.clock.now_ms(),
+        );
+        let record = Record::Checkpoint(checkpoint.clone());
+        let job = Job {
+            first_seq: seq,
+            records: vec![record.clone()],
+            facts: vec![None],
+            answers: Vec::new(),
+        };
+        self.append(&[record.encode()], &job)?;
+        metrics().audit_checkpoints_total.inc();
+        if let Some(anchor) = &mut self.anchor {
+            // The checkpoint is durable in the log; a missing anchor weakens
+            // the evidence but loses nothing, so ingest goes on.
+            if let Err(e) = anchor.append(&checkpoint) {
+                metrics().audit_anchor_errors_total.inc();
+                tracing::error!(
+                    error = %e,
+                    path = %anchor.path().display(),
+                    seq = covered,
+                    "cannot append the checkpoint to the audit anchor file"
+                );
+            }
+        }
+        tracing::debug!(seq, covered, "checkpoint appended");
+        Ok(job)
     }
 }
 
@@ -862,12 +1048,16 @@ struct Writer {
     dedup: DedupIndex,
     meters: MeterSet,
     key_ids: std::collections::HashSet<String>,
+    /// Stored version of every product.
+    product_versions: HashMap<String, u64>,
     /// Authoritative license and seat state as of `next_seq`.
     licenses: LicenseBook,
     window: TimeWindow,
     batch_records_max: usize,
     dedup_keys_max: usize,
     clock: Arc<dyn Clock>,
+    /// Records not yet covered by a checkpoint, and when one is due.
+    checkpoints: CheckpointSchedule,
     syncer: std::sync::mpsc::SyncSender<Pending>,
 }
 
@@ -910,15 +1100,34 @@ impl Writer {
                 }
             }
             metrics().writer_queue_depth.set(rx.len() as i64);
-            self.write_batch(commands)?;
+            commands.retain(|c| !matches!(c, Command::CheckpointTick));
+            if !commands.is_empty() {
+                self.write_batch(commands)?;
+            }
+            self.checkpoint_if_due(false)?;
             if snapshot_at.elapsed() >= DEDUP_SNAPSHOT_INTERVAL {
                 self.save_dedup();
                 snapshot_at = Instant::now();
             }
         }
+        self.checkpoint_if_due(true)?;
         self.save_dedup();
         tracing::info!(next_seq = self.next_seq, "writer drained its queue");
         Ok(())
+    }
+
+    /// Asks the syncer for a checkpoint after everything sent so far, if
+    /// one is due (`shutting_down`: if any record is uncovered).
+    fn checkpoint_if_due(&mut self, shutting_down: bool) -> Result<(), StartError> {
+        if !self.checkpoints.due(Instant::now(), shutting_down) {
+            return Ok(());
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.checkpoints.covered();
+        self.syncer
+            .send(Pending::Checkpoint { seq })
+            .map_err(|_| StartError::Other("log syncer stopped".into()))
     }
 
     /// A failed snapshot costs only replay time on the next start.
@@ -942,6 +1151,8 @@ impl Writer {
         }
         let first_seq = self.next_seq;
         self.next_seq += batch.records.len() as u64;
+        self.checkpoints
+            .appended(batch.records.len() as u64, Instant::now());
         // Claimed before the batch is durable, so the next batch (built while
         // this one syncs) sees it. Safe because nothing is answered before
         // the sync, a failed sync stops the engine, and a dedup snapshot that
@@ -955,7 +1166,7 @@ impl Writer {
         let payloads: Vec<Vec<u8>> = batch.records.iter().map(Record::encode).collect();
         // Even a batch without records goes down the pipeline, so that its
         // answers (say, "all duplicates") wait for every earlier batch.
-        let pending = Pending {
+        let pending = Pending::Batch {
             payloads,
             job: Job {
                 first_seq,
@@ -1128,6 +1339,57 @@ impl Writer {
                 );
                 batch.answer(reply, Ok(key));
             }
+            Command::LicenseFileIssued {
+                issue,
+                audit,
+                reply,
+            } => {
+                let audit = self.audit_record(audit);
+                batch.push(Record::LicenseFileIssued { issue, audit }, None);
+                batch.answer(reply, Ok(()));
+            }
+            Command::SaveProduct {
+                mut product,
+                audit,
+                reply,
+            } => {
+                let stored = self.product_versions.get(&product.id).copied();
+                let expected = stored.unwrap_or(0) + 1;
+                if product.version != expected {
+                    let msg = match stored {
+                        None => format!("product `{}` does not exist", product.id),
+                        Some(_) if product.version == 1 => {
+                            format!("product `{}` already exists", product.id)
+                        }
+                        Some(v) => format!(
+                            "product `{}` changed meanwhile (version {v}); read it and retry",
+                            product.id
+                        ),
+                    };
+                    let err = if stored.is_none() {
+                        EngineError::NotFound(msg)
+                    } else {
+                        EngineError::Conflict(msg)
+                    };
+                    batch.answer(reply, Err(err));
+                    return Ok(());
+                }
+                let audit = self.audit_record(audit);
+                product.updated_ms = audit.at_ms;
+                if product.version == 1 {
+                    product.created_ms = audit.at_ms;
+                }
+                self.product_versions
+                    .insert(product.id.clone(), product.version);
+                batch.push(
+                    Record::ProductSaved {
+                        product: crate::record::AsJson((*product).clone()),
+                        audit,
+                    },
+                    None,
+                );
+                batch.answer(reply, Ok(*product));
+            }
             Command::RevokeApiKey { id, audit, reply } => {
                 if !self.key_ids.remove(&id) {
                     let msg = format!("API key `{id}` does not exist");
@@ -1218,6 +1480,8 @@ impl Writer {
                     );
                 }
             }
+            // Handled in `run`, between batches.
+            Command::CheckpointTick => {}
         }
         Ok(())
     }
@@ -1699,13 +1963,21 @@ impl Projector {
         if !changed.is_empty() {
             self.shared.licenses.publish(self.licenses.book(), &changed);
         }
-        let (meters_changed, keys_changed) = self.docs.apply(&applied)?;
-        if meters_changed {
+        let changed_docs = self.docs.apply(&applied)?;
+        if changed_docs.products {
+            let ring = crate::product::ProductRing::build(
+                &self.shared.store.products()?,
+                &self.shared.crypto,
+            )
+            .map_err(StartError::Other)?;
+            crate::product::publish(&self.shared.products, ring);
+        }
+        if changed_docs.meters {
             self.shared
                 .meters
                 .store(Arc::new(self.counters.meters().clone()));
         }
-        if keys_changed {
+        if changed_docs.keys {
             let keys = KeyRing::from_records(self.shared.store.api_keys()?);
             self.shared.keys.store(Arc::new(keys));
         }

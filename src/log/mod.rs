@@ -510,6 +510,14 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, LogError> {
     })
 }
 
+/// The segment files of a log directory in seq order, as (first seq, path). Read-only.
+pub fn segment_files(dir: &Path) -> Result<Vec<(Seq, PathBuf)>, LogError> {
+    Ok(segment::list_segments(dir)?
+        .into_iter()
+        .map(|s| (s.first_seq, s.path))
+        .collect())
+}
+
 /// Encoded sizes of a batch, checked against the limits.
 #[derive(Debug, Clone, Copy)]
 struct BatchSizes {

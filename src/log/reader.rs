@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use super::frame::frame_crc;
-use super::scan::check_frame;
+use super::scan::{check_frame, misplaced};
 use super::segment::{list_segments, SegmentCursor, SegmentFile, Step};
 use super::{LogEntry, LogError, Seq};
 
@@ -92,8 +92,8 @@ impl LogReader {
                 Step::Frame { header, raw } => (header, raw),
             };
             if header.seq != self.next_seq {
-                let reason = format!("seq gap: expected seq {}", self.next_seq);
-                return Err(corrupt(cursor, frame_at, header.seq, reason));
+                let reason = misplaced(header.seq, self.next_seq);
+                return Err(corrupt(cursor, frame_at, self.next_seq, reason));
             }
             if header.seq < self.from {
                 cursor.skip_payload(&header)?;

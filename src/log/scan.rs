@@ -43,7 +43,7 @@ pub(crate) fn check_frame(
         ));
     }
     if header.seq != expected_seq {
-        return Err((header.seq, format!("seq gap: expected seq {expected_seq}")));
+        return Err((expected_seq, misplaced(header.seq, expected_seq)));
     }
     if let Some(prev_hash) = prev_hash {
         if chain_hash(prev_hash, header.seq, payload) != header.hash {
@@ -54,6 +54,17 @@ pub(crate) fn check_frame(
         }
     }
     Ok(())
+}
+
+/// Why a frame carrying `found` sits where `expected` belongs. Reported at `expected`: the
+/// position is what is wrong, and the frame's own seq is named in the reason.
+pub(crate) fn misplaced(found: Seq, expected: Seq) -> String {
+    let what = if found > expected {
+        format!("record {expected} is missing or was moved")
+    } else {
+        format!("a copy of record {found}, or a record out of order")
+    };
+    format!("seq gap: expected seq {expected}, found a frame with seq {found}: {what}")
 }
 
 /// The last segment's state after the scan: where its last complete batch ends, and why the

@@ -39,13 +39,14 @@ pub const CHECKPOINT_KEY: &[u8] = b"";
 const METER_DEF_PREFIX: u8 = 0x01;
 
 /// The sled-backed projections.
-pub const PROJECTIONS: [&str; 6] = [
+pub const PROJECTIONS: [&str; 7] = [
     "counters",
     "meters",
     "api_keys",
     "quarantine",
     "sources",
     "licenses",
+    "products",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +83,8 @@ pub struct Store {
     pub sources: sled::Tree,
     /// Licenses with their sealed keys and seats: see [`licenses`].
     pub licenses: sled::Tree,
+    /// Product documents (signing secrets sealed), by id.
+    pub products: sled::Tree,
 }
 
 impl Store {
@@ -97,6 +100,7 @@ impl Store {
             quarantine: db.open_tree("quarantine")?,
             sources: db.open_tree("sources")?,
             licenses: db.open_tree("licenses")?,
+            products: db.open_tree("products")?,
             db,
         })
     }
@@ -109,6 +113,7 @@ impl Store {
             "quarantine" => Some(&self.quarantine),
             "sources" => Some(&self.sources),
             "licenses" => Some(&self.licenses),
+            "products" => Some(&self.products),
             _ => None,
         }
     }
@@ -155,6 +160,18 @@ impl Store {
                 continue;
             }
             out.push(decode_json("api_keys", &k, &v)?);
+        }
+        Ok(out)
+    }
+
+    pub fn products(&self) -> Result<Vec<crate::product::Product>, ProjectionError> {
+        let mut out = Vec::new();
+        for kv in self.products.iter() {
+            let (k, v) = kv?;
+            if k.is_empty() {
+                continue;
+            }
+            out.push(decode_json("products", &k, &v)?);
         }
         Ok(out)
     }
@@ -614,13 +631,22 @@ impl Counters {
     }
 }
 
-/// The meters, API keys and quarantine projections: small, keyed documents.
+/// Which document projections a call to [`Documents::apply`] changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DocChanges {
+    pub meters: bool,
+    pub keys: bool,
+    pub products: bool,
+}
+
+/// The meters, API keys, products and quarantine projections: small, keyed documents.
 /// A tree is written when a record changes it; the checkpoints of untouched
 /// trees move forward at [`Documents::flush`].
 pub struct Documents {
     store: Store,
     meters_applied: Seq,
     keys_applied: Seq,
+    products_applied: Seq,
     quarantine_applied: Seq,
     sources_applied: Seq,
     /// Highest seq seen; trees are logically at least here.
@@ -631,25 +657,29 @@ impl Documents {
     pub fn open(store: &Store) -> Result<Documents, ProjectionError> {
         let meters_applied = checkpoint(&store.meters)?;
         let keys_applied = checkpoint(&store.api_keys)?;
+        let products_applied = checkpoint(&store.products)?;
         let quarantine_applied = checkpoint(&store.quarantine)?;
         let sources_applied = checkpoint(&store.sources)?;
         Ok(Documents {
             seen: meters_applied
                 .min(keys_applied)
+                .min(products_applied)
                 .min(quarantine_applied)
                 .min(sources_applied),
             sources_applied,
             meters_applied,
             keys_applied,
+            products_applied,
             quarantine_applied,
             store: store.clone(),
         })
     }
 
-    pub fn applied(&self) -> [(&'static str, Seq); 4] {
+    pub fn applied(&self) -> [(&'static str, Seq); 5] {
         [
             ("meters", self.meters_applied.max(self.seen)),
             ("api_keys", self.keys_applied.max(self.seen)),
+            ("products", self.products_applied.max(self.seen)),
             ("quarantine", self.quarantine_applied.max(self.seen)),
             ("sources", self.sources_applied.max(self.seen)),
         ]
@@ -658,18 +688,21 @@ impl Documents {
     pub fn min_applied(&self) -> Seq {
         self.meters_applied
             .min(self.keys_applied)
+            .min(self.products_applied)
             .min(self.quarantine_applied)
             .min(self.sources_applied)
             .max(self.seen)
     }
 
     /// Applies records in log order; each tree skips what it already has.
-    /// Returns whether the meters or keys changed (readers' snapshots must be
+    /// Returns which documents changed (readers' snapshots must be
     /// republished).
-    pub fn apply(&mut self, records: &[Applied<'_>]) -> Result<(bool, bool), ProjectionError> {
+    pub fn apply(&mut self, records: &[Applied<'_>]) -> Result<DocChanges, ProjectionError> {
         let Some(last) = records.last().map(|a| a.seq) else {
-            return Ok((false, false));
+            return Ok(DocChanges::default());
         };
+        let mut products = sled::Batch::default();
+        let mut products_changed = false;
         let mut meters = sled::Batch::default();
         let mut keys = sled::Batch::default();
         let mut quarantine = sled::Batch::default();
@@ -711,6 +744,13 @@ impl Documents {
                     keys.remove(id.as_bytes());
                     keys_changed = true;
                 }
+                Record::ProductSaved { product, .. } if a.seq > self.products_applied => {
+                    products.insert(
+                        product.id.as_bytes(),
+                        serde_json::to_vec(&**product).expect("product serializes"),
+                    );
+                    products_changed = true;
+                }
                 _ => {}
             }
         }
@@ -724,6 +764,11 @@ impl Documents {
             self.store.api_keys.apply_batch(keys)?;
             self.keys_applied = last;
         }
+        if products_changed {
+            put_checkpoint(&mut products, last);
+            self.store.products.apply_batch(products)?;
+            self.products_applied = last;
+        }
         if quarantine_changed {
             put_checkpoint(&mut quarantine, last);
             self.store.quarantine.apply_batch(quarantine)?;
@@ -735,7 +780,11 @@ impl Documents {
             self.sources_applied = last;
         }
         self.seen = self.seen.max(last);
-        Ok((meters_changed, keys_changed))
+        Ok(DocChanges {
+            meters: meters_changed,
+            keys: keys_changed,
+            products: products_changed,
+        })
     }
 
     /// Moves every tree's checkpoint up to the last applied record.
@@ -744,6 +793,7 @@ impl Documents {
         for (tree, applied) in [
             (&self.store.meters, &mut self.meters_applied),
             (&self.store.api_keys, &mut self.keys_applied),
+            (&self.store.products, &mut self.products_applied),
             (&self.store.quarantine, &mut self.quarantine_applied),
             (&self.store.sources, &mut self.sources_applied),
         ] {

@@ -30,6 +30,11 @@ impl Server {
     }
 
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> Server {
+        Server::start_with_env(data_dir, extra, &[])
+    }
+
+    /// Like `start_with`, with extra `KEYMETER_*` environment variables.
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(bin());
         // A data dir directly in the system temp dir would leave its generated
         // `<data>.master-key` behind there: give those a fixed test key.
@@ -43,6 +48,7 @@ impl Server {
             .args(["--listen", "127.0.0.1:0"])
             .args(["--bootstrap-admin-key", ADMIN_KEY])
             .args(extra)
+            .envs(env.iter().copied())
             .env("KEYMETER_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -158,6 +164,48 @@ impl Server {
             .as_str()
             .unwrap()
             .to_owned()
+    }
+
+    /// The `/metrics` text (read scope).
+    pub async fn metrics_text(&self) -> String {
+        self.get(ADMIN_KEY, "/metrics").await.text().await.unwrap()
+    }
+
+    /// The value of the metric line starting with `series` (name and
+    /// labels), 0 when absent (counters not yet incremented).
+    pub async fn metric(&self, series: &str) -> f64 {
+        self.metrics_text()
+            .await
+            .lines()
+            .find(|l| {
+                l.strip_prefix(series)
+                    .is_some_and(|rest| rest.starts_with(' '))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .map(|v| v.parse().unwrap())
+            .unwrap_or(0.0)
+    }
+
+    /// The published `/.well-known/jwks.json` document.
+    pub async fn jwks_text(&self) -> String {
+        self.client
+            .get(self.url("/.well-known/jwks.json"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The sum of every row of a meter query.
+    pub async fn total(&self, slug: &str, params: &str) -> f64 {
+        self.query(slug, params).await["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["value"].as_f64().unwrap())
+            .sum()
     }
 
     pub async fn query(&self, slug: &str, params: &str) -> Value {

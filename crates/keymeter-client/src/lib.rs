@@ -18,6 +18,8 @@
 //! which clock they trust. A token or file issued in the future (beyond
 //! [`CLOCK_SKEW_S`]) means the local clock was set back: it is refused.
 
+pub mod signing;
+
 use std::collections::HashMap;
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};

@@ -1,0 +1,259 @@
+//! Request guards that sit in front of the handlers: signed-call checking
+//! (see [`crate::signing`] and docs/signing.md) and abuse limits (token
+//! buckets per API key and per license, `429` with `Retry-After`).
+
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock as _, DefaultClock};
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
+
+use super::auth::bearer_token;
+use super::{ApiError, AppState};
+use crate::config::{Config, RateLimit};
+use crate::metrics::metrics;
+use crate::signing::{
+    check_time, verify_mac, NonceCache, RequestParts, SignatureError, SignatureHeader,
+    SIGNATURE_HEADER,
+};
+
+type Keyed = RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock>;
+
+/// One configured limit, or none.
+struct Limit(Option<Keyed>);
+
+impl Limit {
+    fn new(l: RateLimit) -> Limit {
+        Limit(NonZeroU32::new(l.per_second).map(|rate| {
+            let burst = NonZeroU32::new(l.burst).unwrap_or(rate);
+            RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
+        }))
+    }
+
+    /// `Err(wait)` when `key` is over its rate.
+    fn check(&self, key: &str) -> Result<(), Duration> {
+        let Some(limiter) = &self.0 else {
+            return Ok(());
+        };
+        limiter
+            .check_key(&key.to_owned())
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
+
+    fn forget_idle(&self) {
+        if let Some(l) = &self.0 {
+            l.retain_recent();
+            l.shrink_to_fit();
+        }
+    }
+}
+
+/// What a rate limit applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limited {
+    Validate,
+    Checkout,
+}
+
+impl Limited {
+    fn as_str(self) -> &'static str {
+        match self {
+            Limited::Validate => "validate",
+            Limited::Checkout => "checkout",
+        }
+    }
+}
+
+pub struct Guards {
+    nonces: NonceCache,
+    tolerance_s: i64,
+    /// Unix seconds of this start: older signatures are refused, because
+    /// the nonces seen before it are forgotten.
+    started_s: i64,
+    validate_per_key: Limit,
+    validate_per_license: Limit,
+    checkout_per_key: Limit,
+    checkout_per_license: Limit,
+    checks: AtomicU64,
+}
+
+impl Guards {
+    pub fn new(cfg: &Config, now_s: i64) -> Guards {
+        let r = &cfg.rate_limits;
+        Guards {
+            nonces: NonceCache::new(cfg.signature_nonces_max),
+            tolerance_s: cfg.signature_tolerance.as_secs() as i64,
+            started_s: now_s,
+            validate_per_key: Limit::new(r.validate_per_api_key),
+            validate_per_license: Limit::new(r.validate_per_license),
+            checkout_per_key: Limit::new(r.checkout_per_api_key),
+            checkout_per_license: Limit::new(r.checkout_per_license),
+            checks: AtomicU64::new(0),
+        }
+    }
+
+    /// Refuses with `429 RATE_LIMITED` and `Retry-After` when the API key or
+    /// the license is over its rate for this kind of call. A license is
+    /// only counted once it is known to exist, so made-up keys cannot grow
+    /// the limiter's memory.
+    pub fn limit(
+        &self,
+        kind: Limited,
+        api_key_id: &str,
+        license_id: Option<&str>,
+    ) -> Result<(), ApiError> {
+        // Idle keys are forgotten now and then; their buckets are full anyway.
+        if self.checks.fetch_add(1, Ordering::Relaxed) % 100_000 == 99_999 {
+            for l in [
+                &self.validate_per_key,
+                &self.validate_per_license,
+                &self.checkout_per_key,
+                &self.checkout_per_license,
+            ] {
+                l.forget_idle();
+            }
+        }
+        let (per_key, per_license) = match kind {
+            Limited::Validate => (&self.validate_per_key, &self.validate_per_license),
+            Limited::Checkout => (&self.checkout_per_key, &self.checkout_per_license),
+        };
+        let refused = |scope: &'static str, wait: Duration| {
+            metrics()
+                .rate_limited_total
+                .with_label_values(&[kind.as_str(), scope])
+                .inc();
+            let retry_after_s = wait.as_secs_f64().ceil().max(1.0) as u64;
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "RATE_LIMITED",
+                format!(
+                    "too many {} calls for this {}; retry after {retry_after_s} s",
+                    kind.as_str(),
+                    scope.replace('_', " ")
+                ),
+            )
+            .with_retry_after(retry_after_s)
+        };
+        per_key
+            .check(api_key_id)
+            .map_err(|w| refused("api_key", w))?;
+        if let Some(license) = license_id {
+            per_license
+                .check(license)
+                .map_err(|w| refused("license", w))?;
+        }
+        Ok(())
+    }
+}
+
+fn refuse(product: &str, err: SignatureError) -> Response {
+    metrics()
+        .signature_refusals_total
+        .with_label_values(&[product, err.reason()])
+        .inc();
+    let status = match err {
+        SignatureError::NonceCapacity => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::UNAUTHORIZED,
+    };
+    ApiError::new(status, err.code(), err.to_string()).into_response()
+}
+
+/// Checks `Keymeter-Signature` on every call that carries one, and requires
+/// it on calls made with an API key whose product requires signatures.
+/// Calls without a known API key pass through untouched: the handler's
+/// authentication refuses them, and an unauthenticated caller costs no body
+/// reading here.
+pub async fn verify_signature(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let shared = &state.engine.shared;
+    let key_id = match bearer_token(req.headers())
+        .and_then(|k| shared.keys.load().lookup(k).map(|r| r.id.clone()))
+    {
+        Some(id) => id,
+        None => return next.run(req).await,
+    };
+    let products = shared.products.load();
+    let bound = products.product_of_key(&key_id);
+    let header = match req.headers().get(SIGNATURE_HEADER) {
+        None => {
+            return match bound {
+                Some((product, true)) => refuse(product, SignatureError::Required),
+                _ => next.run(req).await,
+            };
+        }
+        Some(h) => h,
+    };
+    let label = bound.map(|(p, _)| p).unwrap_or("none");
+    let parsed = match header
+        .to_str()
+        .map_err(|_| SignatureError::Malformed("not visible ASCII".into()))
+        .and_then(|v| SignatureHeader::parse(v).map_err(SignatureError::from))
+    {
+        Ok(h) => h,
+        Err(e) => return refuse(label, e),
+    };
+    let (product, secret) = match products.secret(&parsed.key_id) {
+        Some((p, s)) if bound.is_none_or(|(b, _)| b == p) => (p.to_owned(), s.to_vec()),
+        _ => return refuse(label, SignatureError::UnknownKey(parsed.key_id)),
+    };
+    drop(products);
+    let now_s = shared.clock.now_ms().div_euclid(1000);
+    let guards = &state.guards;
+    // Signatures dated in the start second itself are refused too: one
+    // made just before the start carries the same `t`.
+    let not_before = guards.started_s + 1;
+    if let Err(e) = check_time(parsed.timestamp, now_s, guards.tolerance_s, not_before) {
+        return refuse(&product, e);
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = match axum::body::to_bytes(body, state.cfg.body_bytes_max).await {
+        Ok(b) => b,
+        Err(_) => {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "PAYLOAD_TOO_LARGE",
+                format!(
+                    "request body exceeds {} bytes (or could not be read)",
+                    state.cfg.body_bytes_max
+                ),
+            )
+            .into_response()
+        }
+    };
+    let signed = RequestParts {
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        query: parts.uri.query().unwrap_or(""),
+        body: &bytes,
+    };
+    if let Err(e) = verify_mac(&secret, &parsed, &signed) {
+        return refuse(&product, e);
+    }
+    // Only a valid signature may claim a nonce, so forged calls cannot
+    // fill the nonce memory or block a real client's nonce.
+    let forget_after = parsed.timestamp + guards.tolerance_s;
+    if let Err(e) = guards
+        .nonces
+        .claim(&parsed.key_id, &parsed.nonce, now_s, forget_after)
+    {
+        return refuse(&product, e);
+    }
+    metrics()
+        .signed_requests_total
+        .with_label_values(&[&product])
+        .inc();
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
+/// Builds the guards for a router.
+pub fn guards(cfg: &Config, now_ms: i64) -> Arc<Guards> {
+    Arc::new(Guards::new(cfg, now_ms.div_euclid(1000)))
+}

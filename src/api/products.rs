@@ -1,0 +1,204 @@
+//! Products and their signing secrets (admin). A secret is shown once, when
+//! it is created; afterwards only its id and dates are listed.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{Admin, ApiError, AppState, Auth};
+use crate::event::fmt_ms;
+use crate::product::{new_secret, valid_product_id, Product, LIVE_SECRETS_MAX};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NewProduct {
+    id: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    require_signatures: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ProductPatch {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    require_signatures: Option<bool>,
+}
+
+pub fn product_json(p: &Product) -> Value {
+    json!({
+        "id": p.id,
+        "name": p.name,
+        "requireSignatures": p.require_signatures,
+        "apiKeys": p.api_keys,
+        "signingSecrets": p.signing_secrets.iter().map(|s| json!({
+            "id": s.id,
+            "createdAt": fmt_ms(s.created_ms),
+            "revokedAt": s.revoked_ms.map(fmt_ms),
+        })).collect::<Vec<_>>(),
+        "createdAt": fmt_ms(p.created_ms),
+        "updatedAt": fmt_ms(p.updated_ms),
+        "version": p.version,
+    })
+}
+
+fn invalid(msg: impl Into<String>) -> ApiError {
+    ApiError::bad_request("INVALID_PRODUCT", msg)
+}
+
+fn check_name(name: &Option<String>) -> Result<(), ApiError> {
+    match name {
+        Some(n) if n.trim().is_empty() || n.len() > 200 => {
+            Err(invalid("name must be 1 to 200 characters"))
+        }
+        _ => Ok(()),
+    }
+}
+
+pub(super) fn stored(state: &AppState, id: &str) -> Result<Product, ApiError> {
+    state
+        .engine
+        .shared
+        .store
+        .products()
+        .map_err(ApiError::internal)?
+        .into_iter()
+        .find(|p| p.id == id)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                format!("product `{id}` does not exist"),
+            )
+        })
+}
+
+pub async fn list(
+    _auth: Auth<Admin>,
+    State(state): State<AppState>,
+) -> Result<Json<Value>, ApiError> {
+    let products = state
+        .engine
+        .shared
+        .store
+        .products()
+        .map_err(ApiError::internal)?;
+    Ok(Json(Value::Array(
+        products.iter().map(product_json).collect(),
+    )))
+}
+
+pub async fn get(
+    _auth: Auth<Admin>,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(product_json(&stored(&state, &id)?)))
+}
+
+/// Creates a product with its first signing secret.
+pub async fn create(
+    auth: Auth<Admin>,
+    State(state): State<AppState>,
+    body: Result<Json<NewProduct>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(new) = body.map_err(|e| invalid(e.body_text()))?;
+    if !valid_product_id(&new.id) {
+        return Err(invalid("id must be 1 to 64 characters of [A-Za-z0-9._-]"));
+    }
+    check_name(&new.name)?;
+    let now = state.engine.shared.clock.now_ms();
+    let (secret, plaintext) = new_secret(&state.engine.shared.crypto, now);
+    let product = Product {
+        id: new.id,
+        name: new.name,
+        require_signatures: new.require_signatures,
+        api_keys: Vec::new(),
+        signing_secrets: vec![secret.clone()],
+        created_ms: now,
+        updated_ms: now,
+        version: 1,
+    };
+    let product = state.engine.save_product(product, auth.audit()).await?;
+    let mut body = product_json(&product);
+    body["signingSecret"] = json!({ "id": secret.id, "secret": plaintext.as_str() });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+pub async fn update(
+    auth: Auth<Admin>,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<ProductPatch>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(patch) = body.map_err(|e| invalid(e.body_text()))?;
+    check_name(&patch.name)?;
+    let mut product = stored(&state, &id)?;
+    if let Some(name) = patch.name {
+        product.name = Some(name);
+    }
+    if let Some(require) = patch.require_signatures {
+        product.require_signatures = require;
+    }
+    product.version += 1;
+    let product = state.engine.save_product(product, auth.audit()).await?;
+    Ok(Json(product_json(&product)))
+}
+
+/// Adds a signing secret (rotation: the old ones stay valid until revoked).
+pub async fn create_secret(
+    auth: Auth<Admin>,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let mut product = stored(&state, &id)?;
+    if product.live_secrets().count() >= LIVE_SECRETS_MAX {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "TOO_MANY_SECRETS",
+            format!("product `{id}` has {LIVE_SECRETS_MAX} live signing secrets; revoke one first"),
+        ));
+    }
+    let now = state.engine.shared.clock.now_ms();
+    let (secret, plaintext) = new_secret(&state.engine.shared.crypto, now);
+    product.signing_secrets.push(secret.clone());
+    product.version += 1;
+    state.engine.save_product(product, auth.audit()).await?;
+    let body = json!({
+        "id": secret.id,
+        "secret": plaintext.as_str(),
+        "createdAt": fmt_ms(secret.created_ms),
+    });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+pub async fn revoke_secret(
+    auth: Auth<Admin>,
+    State(state): State<AppState>,
+    Path((id, secret_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let mut product = stored(&state, &id)?;
+    let now = state.engine.shared.clock.now_ms();
+    let secret = product
+        .signing_secrets
+        .iter_mut()
+        .find(|s| s.id == secret_id && s.revoked_ms.is_none())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                format!("product `{id}` has no live signing secret `{secret_id}`"),
+            )
+        })?;
+    secret.revoked_ms = Some(now);
+    product.version += 1;
+    state.engine.save_product(product, auth.audit()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

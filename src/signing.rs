@@ -1,0 +1,343 @@
+//! Signed client calls on the server side: the time window and the nonce
+//! memory that refuse replays.
+//!
+//! The scheme itself (`Keymeter-Signature` header, canonical request,
+//! HMAC-SHA256) is specified and implemented once, in
+//! `keymeter_client::signing`, shared with clients and re-exported here;
+//! docs/signing.md is the language-neutral description with a worked
+//! example. The HTTP layer (`api::signature`) decides which calls must be
+//! signed and maps [`SignatureError`]s to responses.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use sha2::{Digest, Sha256};
+
+pub use keymeter_client::signing::{
+    canonical_request, sign, sign_request, HeaderError, RequestParts, SignatureHeader,
+    HEADER_BYTES_MAX, NONCE_CHARS_MAX, NONCE_CHARS_MIN, SCHEME, SECRET_PREFIX, SIGNATURE_HEADER,
+};
+
+/// Why a signed call was refused. Each has its own stable code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    #[error("the Keymeter-Signature header is malformed: {0}")]
+    Malformed(String),
+    #[error("this API key's product requires signed calls; send a Keymeter-Signature header")]
+    Required,
+    #[error("signing secret `{0}` is unknown, revoked, or not this API key's product's")]
+    UnknownKey(String),
+    #[error(
+        "the signature timestamp is {skew_s} s away from the server clock (allowed: ±{allowed_s} s); \
+         check the client clock and sign again"
+    )]
+    Stale { skew_s: i64, allowed_s: i64 },
+    #[error("the signature timestamp is from before the server started; sign the call again")]
+    BeforeStart,
+    #[error("the signature does not match the request")]
+    Mismatch,
+    #[error("this nonce was already used; sign every call, including retries, with a new nonce")]
+    Replayed,
+    #[error("too many signed calls in the replay window to remember their nonces; retry shortly")]
+    NonceCapacity,
+}
+
+impl From<HeaderError> for SignatureError {
+    fn from(e: HeaderError) -> SignatureError {
+        SignatureError::Malformed(e.0)
+    }
+}
+
+impl SignatureError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            SignatureError::Malformed(_) => "SIGNATURE_MALFORMED",
+            SignatureError::Required => "SIGNATURE_REQUIRED",
+            SignatureError::UnknownKey(_) => "SIGNATURE_KEY_UNKNOWN",
+            SignatureError::Stale { .. } | SignatureError::BeforeStart => "SIGNATURE_EXPIRED",
+            SignatureError::Mismatch => "SIGNATURE_INVALID",
+            SignatureError::Replayed => "REQUEST_REPLAYED",
+            SignatureError::NonceCapacity => "NONCE_CAPACITY",
+        }
+    }
+
+    /// The `reason` label of `keymeter_signature_refusals_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SignatureError::Malformed(_) => "malformed",
+            SignatureError::Required => "missing",
+            SignatureError::UnknownKey(_) => "unknown_key",
+            SignatureError::Stale { .. } | SignatureError::BeforeStart => "expired",
+            SignatureError::Mismatch => "invalid",
+            SignatureError::Replayed => "replayed",
+            SignatureError::NonceCapacity => "nonce_capacity",
+        }
+    }
+}
+
+/// Checks the HMAC in constant time.
+pub fn verify_mac(
+    secret: &[u8],
+    header: &SignatureHeader,
+    req: &RequestParts,
+) -> Result<(), SignatureError> {
+    if keymeter_client::signing::verify_mac(secret, header, req) {
+        Ok(())
+    } else {
+        Err(SignatureError::Mismatch)
+    }
+}
+
+/// Is `timestamp` within `±tolerance_s` of `now_s`, and not before
+/// `not_before_s` (the server's start: nonces are not remembered across
+/// restarts, so older signatures could be replays)?
+pub fn check_time(
+    timestamp: i64,
+    now_s: i64,
+    tolerance_s: i64,
+    not_before_s: i64,
+) -> Result<(), SignatureError> {
+    let skew = timestamp.saturating_sub(now_s);
+    if skew.abs() > tolerance_s {
+        return Err(SignatureError::Stale {
+            skew_s: skew,
+            allowed_s: tolerance_s,
+        });
+    }
+    if timestamp < not_before_s {
+        return Err(SignatureError::BeforeStart);
+    }
+    Ok(())
+}
+
+const NONCE_SHARDS: usize = 16;
+
+/// The nonces seen within the tolerance window, per signing secret. A nonce
+/// is remembered until its timestamp leaves the window (`t + tolerance`), so
+/// memory is bounded by the signed-call rate times the window, and by
+/// `capacity`.
+pub struct NonceCache {
+    shards: Vec<Mutex<Shard>>,
+    capacity_per_shard: usize,
+}
+
+#[derive(Default)]
+struct Shard {
+    /// SHA-256(key id ‖ 0 ‖ nonce) → forget after (unix seconds).
+    seen: HashMap<[u8; 32], i64>,
+    /// Smallest forget-after in `seen`, to skip sweeps that find nothing.
+    next_expiry: i64,
+}
+
+impl NonceCache {
+    pub fn new(capacity: usize) -> NonceCache {
+        NonceCache {
+            shards: (0..NONCE_SHARDS)
+                .map(|_| Mutex::new(Shard::default()))
+                .collect(),
+            capacity_per_shard: capacity.div_ceil(NONCE_SHARDS).max(1),
+        }
+    }
+
+    /// Records `nonce` for `key_id` until `forget_after_s`. Fails if it was
+    /// already recorded (a replay) or if the cache is full of live nonces.
+    pub fn claim(
+        &self,
+        key_id: &str,
+        nonce: &str,
+        now_s: i64,
+        forget_after_s: i64,
+    ) -> Result<(), SignatureError> {
+        let mut h = Sha256::new();
+        h.update(key_id.as_bytes());
+        h.update([0]);
+        h.update(nonce.as_bytes());
+        let digest: [u8; 32] = h.finalize().into();
+        let shard = &self.shards[digest[0] as usize % NONCE_SHARDS];
+        let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(&until) = shard.seen.get(&digest) {
+            if until >= now_s {
+                return Err(SignatureError::Replayed);
+            }
+        }
+        if shard.seen.len() >= self.capacity_per_shard && shard.next_expiry < now_s {
+            shard.seen.retain(|_, until| *until >= now_s);
+            shard.next_expiry = shard.seen.values().copied().min().unwrap_or(i64::MAX);
+        }
+        if shard.seen.len() >= self.capacity_per_shard {
+            return Err(SignatureError::NonceCapacity);
+        }
+        shard.seen.insert(digest, forget_after_s);
+        shard.next_expiry = shard.next_expiry.min(forget_after_s);
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).seen.len())
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The worked example of docs/signing.md, byte for byte.
+    #[test]
+    fn worked_example_from_the_docs() {
+        let secret = "kss_7mY3q0d1bX2n9sV4cR8tL5wZ6hJ0kP1a";
+        let req = RequestParts {
+            method: "POST",
+            path: "/api/v1/events",
+            query: "",
+            body: br#"{"specversion":"1.0","id":"evt-1","source":"app","type":"api-call","subject":"customer-1"}"#,
+        };
+        let canonical = canonical_request("a1b2c3d4e5f6", 1767225600, "n-0123456789abcdef", &req);
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/signing.md"))
+            .unwrap();
+        assert!(
+            doc.contains(&format!("```text\n{canonical}\n```")),
+            "docs/signing.md does not show this canonical request:\n{canonical}"
+        );
+        let header = sign(
+            secret,
+            "a1b2c3d4e5f6",
+            1767225600,
+            "n-0123456789abcdef",
+            &req,
+        );
+        let value = header.to_header_value();
+        assert!(
+            doc.contains(&format!("Keymeter-Signature: {value}")),
+            "docs/signing.md does not show this header:\n{value}"
+        );
+        assert_eq!(SignatureHeader::parse(&value).unwrap(), header);
+        assert!(verify_mac(secret.as_bytes(), &header, &req).is_ok());
+    }
+
+    fn req(body: &[u8]) -> RequestParts<'_> {
+        RequestParts {
+            method: "POST",
+            path: "/api/v1/licenses/validate",
+            query: "a=1",
+            body,
+        }
+    }
+
+    #[test]
+    fn any_change_to_a_signed_part_breaks_the_signature() {
+        let secret = "kss_secret";
+        let h = sign(secret, "kid1", 100, "nonce-0123456789ab", &req(b"{}"));
+        assert!(verify_mac(secret.as_bytes(), &h, &req(b"{}")).is_ok());
+        assert_eq!(
+            verify_mac(secret.as_bytes(), &h, &req(b"{} ")),
+            Err(SignatureError::Mismatch)
+        );
+        let mut other = req(b"{}");
+        other.method = "PUT";
+        assert!(verify_mac(secret.as_bytes(), &h, &other).is_err());
+        let mut other = req(b"{}");
+        other.path = "/api/v1/events";
+        assert!(verify_mac(secret.as_bytes(), &h, &other).is_err());
+        let mut other = req(b"{}");
+        other.query = "a=2";
+        assert!(verify_mac(secret.as_bytes(), &h, &other).is_err());
+        let mut moved = h.clone();
+        moved.timestamp += 1;
+        assert!(verify_mac(secret.as_bytes(), &moved, &req(b"{}")).is_err());
+        let mut renonced = h.clone();
+        renonced.nonce = "nonce-0123456789ac".into();
+        assert!(verify_mac(secret.as_bytes(), &renonced, &req(b"{}")).is_err());
+        assert!(verify_mac(b"kss_other", &h, &req(b"{}")).is_err());
+    }
+
+    #[test]
+    fn header_parsing_names_what_is_wrong() {
+        let ok = "k=abc, t=100, n=0123456789abcdef, v1=".to_owned() + &"0f".repeat(32);
+        let h = SignatureHeader::parse(&ok).unwrap();
+        assert_eq!((h.key_id.as_str(), h.timestamp), ("abc", 100));
+        // Order and spacing do not matter; unknown fields are ignored.
+        let shuffled = format!(
+            "v1={},n=0123456789abcdef ,  t=100,k=abc,v2=zz",
+            "0f".repeat(32)
+        );
+        assert_eq!(SignatureHeader::parse(&shuffled).unwrap(), h);
+        for (bad, needle) in [
+            ("k=abc, t=100, n=0123456789abcdef", "`v1`"),
+            (&*ok.replace("t=100", "t=-100"), "`t`"),
+            (&*ok.replace("t=100", "t=1e3"), "`t`"),
+            (&*ok.replace("n=0123456789abcdef", "n=short"), "`n`"),
+            (&*ok.replace("k=abc", "k=a b"), "`k`"),
+            (&*format!("{ok}, k=abc"), "twice"),
+            (&*ok.replace("v1=0f", "v1=zz"), "`v1`"),
+            ("garbage", "name=value"),
+        ] {
+            match SignatureHeader::parse(bad).map_err(SignatureError::from) {
+                Err(SignatureError::Malformed(msg)) => {
+                    assert!(msg.contains(needle), "{bad:?}: {msg}")
+                }
+                other => panic!("{bad:?} parsed as {other:?}"),
+            }
+        }
+        assert!(SignatureHeader::parse(&"k=a,".repeat(400)).is_err());
+    }
+
+    #[test]
+    fn timestamps_outside_the_window_or_before_start_are_refused() {
+        assert!(check_time(1000, 1000, 300, 0).is_ok());
+        assert!(check_time(1300, 1000, 300, 0).is_ok());
+        assert!(check_time(700, 1000, 300, 0).is_ok());
+        assert_eq!(
+            check_time(699, 1000, 300, 0),
+            Err(SignatureError::Stale {
+                skew_s: -301,
+                allowed_s: 300
+            })
+        );
+        assert!(check_time(1301, 1000, 300, 0).is_err());
+        assert_eq!(
+            check_time(990, 1000, 300, 995),
+            Err(SignatureError::BeforeStart)
+        );
+    }
+
+    #[test]
+    fn a_nonce_is_refused_a_second_time_until_it_leaves_the_window() {
+        let cache = NonceCache::new(1000);
+        cache.claim("k1", "nonce-a", 100, 400).unwrap();
+        assert_eq!(
+            cache.claim("k1", "nonce-a", 200, 500),
+            Err(SignatureError::Replayed)
+        );
+        // Another secret may use the same nonce.
+        cache.claim("k2", "nonce-a", 200, 500).unwrap();
+        // After its window the old entry no longer blocks (its timestamp
+        // would be refused as stale anyway).
+        cache.claim("k1", "nonce-a", 401, 701).unwrap();
+    }
+
+    #[test]
+    fn the_nonce_cache_is_bounded_and_frees_expired_entries() {
+        let cache = NonceCache::new(NONCE_SHARDS * 4);
+        let mut refused = 0;
+        for i in 0..(NONCE_SHARDS * 16) {
+            match cache.claim("k", &format!("n{i}"), 10, 20) {
+                Ok(()) => {}
+                Err(SignatureError::NonceCapacity) => refused += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(refused > 0);
+        assert!(cache.len() <= NONCE_SHARDS * 4);
+        // Once those expire, new nonces fit again.
+        for i in 0..NONCE_SHARDS {
+            cache.claim("k", &format!("later{i}"), 21, 31).unwrap();
+        }
+    }
+}
