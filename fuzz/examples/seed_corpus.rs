@@ -555,12 +555,43 @@ fn verdict_token() {
     }
 }
 
+fn signature_header() {
+    let t = "signature_header";
+    let req = keymeter::signing::RequestParts {
+        method: "POST",
+        path: "/api/v1/events",
+        query: "",
+        body: b"{}",
+    };
+    let signed = keymeter::signing::sign(
+        "kss_7mY3q0d1bX2n9sV4cR8tL5wZ6hJ0kP1a",
+        "a1b2c3d4e5f6",
+        1_767_225_600,
+        "n-0123456789abcdef",
+        &req,
+    );
+    let value = signed.to_header_value();
+    write(t, "signed", value.as_bytes());
+    let v1 = value.rsplit_once("v1=").unwrap().1;
+    write(
+        t,
+        "shuffled",
+        format!(
+            "v1={},n=n-0123456789abcdef ,  t=1767225600,k=a1b2c3d4e5f6,v2=zz",
+            v1.to_uppercase()
+        )
+        .as_bytes(),
+    );
+    write(t, "missing_v1", b"k=abc, t=100, n=0123456789abcdef");
+}
+
 fn main() {
     http();
     kafka();
     log_frame();
     log_record();
     verdict_token();
+    signature_header();
     println!(
         "seeds written to {}",
         Path::new(env!("CARGO_MANIFEST_DIR"))
