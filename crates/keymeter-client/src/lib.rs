@@ -164,7 +164,8 @@ fn b64(part: &str, what: &str) -> Result<Vec<u8>, ClientError> {
 }
 
 fn check_times(iat: i64, exp: i64, now: i64) -> Result<(), ClientError> {
-    if iat > now + CLOCK_SKEW_S {
+    // Saturating: `now` is the caller's and `iat` the issuer's; neither may overflow.
+    if iat > now.saturating_add(CLOCK_SKEW_S) {
         return Err(ClientError::IssuedInFuture { iat, now });
     }
     if now >= exp {
@@ -344,7 +345,9 @@ impl VerdictCache {
     /// one, if it was issued within the grace window and not in the future.
     pub fn fallback(&self, now_unix_s: i64) -> Option<&Claims> {
         let c = self.last_good.as_ref()?;
-        if c.iat > now_unix_s + CLOCK_SKEW_S || now_unix_s - c.iat > self.grace_s {
+        if c.iat > now_unix_s.saturating_add(CLOCK_SKEW_S)
+            || now_unix_s.saturating_sub(c.iat) > self.grace_s
+        {
             return None;
         }
         Some(c)

@@ -221,3 +221,33 @@ fn the_cache_falls_back_within_grace_and_forgets_on_a_no() {
         .unwrap();
     assert!(cache.fallback(NOW + 20).is_none());
 }
+
+#[test]
+fn a_verdict_issued_at_the_start_of_time_is_no_fallback() {
+    // Found by the verdict_token fuzz target: a signed verdict with `iat`
+    // near i64::MIN overflowed the grace computation (and, without overflow
+    // checks, wrapped into "within grace").
+    let i = Issuer::new();
+    let keys = i.jwks();
+    let mut cache = VerdictCache::new(0);
+    let t = i.token(&claims(-9_223_372_036_837_998_593, NOW + 11_777, true));
+    assert!(cache.accept(&t, &keys, NOW).unwrap().valid);
+    assert!(cache.fallback(NOW).is_none());
+    assert!(cache.fallback(i64::MIN).is_none());
+}
+
+#[test]
+fn extreme_clocks_are_refused_not_overflowed() {
+    // The same overflow with the caller's clock at the ends of the range.
+    let i = Issuer::new();
+    let keys = i.jwks();
+    let t = i.token(&claims(NOW, NOW + 300, true));
+    assert!(matches!(
+        verify_token(&t, &keys, i64::MAX),
+        Err(ClientError::Expired { .. })
+    ));
+    let mut cache = VerdictCache::new(3600);
+    cache.accept(&t, &keys, NOW).unwrap();
+    assert!(cache.fallback(i64::MAX).is_none());
+    assert!(cache.fallback(i64::MIN).is_none());
+}
