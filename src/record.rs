@@ -283,14 +283,9 @@ pub enum RecordError {
 impl Record {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(256);
-        self.encode_into(&mut out);
-        out
-    }
-
-    /// Appends the encoding to `out` (many records into one buffer).
-    pub fn encode_into(&self, out: &mut Vec<u8>) {
         out.push(RECORD_VERSION);
-        postcard::to_io(self, out).expect("encoding into a Vec cannot fail");
+        postcard::to_io(self, &mut out).expect("encoding into a Vec cannot fail");
+        out
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {

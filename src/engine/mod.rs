@@ -428,7 +428,6 @@ impl Engine {
         let (tx, rx) = mpsc::channel(cfg.writer_queue_max);
         let (jobs_tx, jobs_rx) = std::sync::mpsc::sync_channel::<Job>(4);
         let (pending_tx, pending_rx) = std::sync::mpsc::sync_channel::<Pending>(2);
-        let (spare_tx, spare_rx) = std::sync::mpsc::sync_channel::<Spare>(4);
         let syncer = Syncer {
             log,
             jobs: jobs_tx,
@@ -444,8 +443,6 @@ impl Engine {
             meters,
             key_ids,
             product_versions,
-            spares: spare_rx,
-            claimed: Default::default(),
             licenses: licenses.book().clone(),
             window: cfg.time_window(),
             batch_records_max: cfg.batch_records_max,
@@ -459,7 +456,6 @@ impl Engine {
             docs,
             licenses,
             shared: shared.clone(),
-            spares: spare_tx,
         };
         spawn_lease_sweeper(tx.downgrade())?;
         spawn_checkpoint_ticker(tx.downgrade(), checkpoint_tick)?;
@@ -945,50 +941,12 @@ struct Job {
     records: Vec<Record>,
     facts: Vec<Option<EventFacts>>,
     answers: Vec<Box<dyn FnOnce() + Send>>,
-    /// The records' encodings, back to back.
-    encoded: Encoded,
-}
-
-/// Records encoded into one buffer: record `i` is `bytes[ends[i-1]..ends[i]]`.
-#[derive(Default)]
-struct Encoded {
-    bytes: Vec<u8>,
-    ends: Vec<usize>,
-}
-
-impl Encoded {
-    fn push(&mut self, record: &Record) {
-        record.encode_into(&mut self.bytes);
-        self.ends.push(self.bytes.len());
-    }
-
-    fn payloads(&self) -> Vec<&[u8]> {
-        let mut start = 0;
-        self.ends
-            .iter()
-            .map(|&end| {
-                let p = &self.bytes[start..end];
-                start = end;
-                p
-            })
-            .collect()
-    }
-}
-
-/// A finished batch's buffers, emptied and sent back from the projector to
-/// the writer, so that batches reuse memory instead of each taking fresh
-/// pages (allocated on one thread and freed on another, they would not be
-/// reused soon).
-struct Spare {
-    records: Vec<Record>,
-    facts: Vec<Option<EventFacts>>,
-    encoded: Encoded,
 }
 
 /// Work on its way to the log, in log order.
 enum Pending {
     /// A prepared batch.
-    Batch { job: Job },
+    Batch { payloads: Vec<Vec<u8>>, job: Job },
     /// Sign the chain through the current head and append that checkpoint
     /// as a batch of its own, at `seq` (reserved by the writer).
     Checkpoint { seq: Seq },
@@ -1010,8 +968,8 @@ impl Syncer {
     fn run(mut self, pending: std::sync::mpsc::Receiver<Pending>) -> Result<(), StartError> {
         while let Ok(next) = pending.recv() {
             let job = match next {
-                Pending::Batch { job } => {
-                    self.append(&job.encoded.payloads(), &job)?;
+                Pending::Batch { payloads, job } => {
+                    self.append(&payloads, &job)?;
                     job
                 }
                 Pending::Checkpoint { seq } => self.checkpoint(seq)?,
@@ -1023,11 +981,11 @@ impl Syncer {
         Ok(())
     }
 
-    fn append(&mut self, payloads: &[&[u8]], job: &Job) -> Result<(), StartError> {
+    fn append(&mut self, payloads: &[Vec<u8>], job: &Job) -> Result<(), StartError> {
         if payloads.is_empty() {
             return Ok(());
         }
-        let bytes: usize = payloads.iter().map(|p| p.len()).sum();
+        let bytes: usize = payloads.iter().map(Vec::len).sum();
         let started = Instant::now();
         let range = self.log.append_batch(payloads)?;
         let m = metrics();
@@ -1057,15 +1015,13 @@ impl Syncer {
             self.clock.now_ms(),
         );
         let record = Record::Checkpoint(checkpoint.clone());
-        let encoded = record.encode();
         let job = Job {
             first_seq: seq,
-            records: vec![record],
+            records: vec![record.clone()],
             facts: vec![None],
             answers: Vec::new(),
-            encoded: Encoded::default(),
         };
-        self.append(&[&encoded], &job)?;
+        self.append(&[record.encode()], &job)?;
         metrics().audit_checkpoints_total.inc();
         if let Some(anchor) = &mut self.anchor {
             // The checkpoint is durable in the log; a missing anchor weakens
@@ -1094,10 +1050,6 @@ struct Writer {
     key_ids: std::collections::HashSet<String>,
     /// Stored version of every product.
     product_versions: HashMap<String, u64>,
-    /// Buffers of finished batches, back from the projector.
-    spares: std::sync::mpsc::Receiver<Spare>,
-    /// The in-batch duplicate set, kept between batches for its memory.
-    claimed: std::collections::HashSet<DedupKey, crate::event::DedupKeyBuildHasher>,
     /// Authoritative license and seat state as of `next_seq`.
     licenses: LicenseBook,
     window: TimeWindow,
@@ -1193,17 +1145,7 @@ impl Writer {
 
     fn write_batch(&mut self, commands: Vec<Command>) -> Result<(), StartError> {
         let now_ms = self.clock.now_ms();
-        let spare = self.spares.try_recv().ok();
-        let (records, facts, mut encoded) = match spare {
-            Some(s) => (s.records, s.facts, s.encoded),
-            None => Default::default(),
-        };
-        let mut batch = Batch {
-            records,
-            facts,
-            claimed: std::mem::take(&mut self.claimed),
-            ..Batch::default()
-        };
+        let mut batch = Batch::default();
         for command in commands {
             self.prepare(command, &mut batch)?;
         }
@@ -1221,20 +1163,16 @@ impl Writer {
         let horizon_ms = now_ms - self.window.back_ms - self.window.ahead_ms;
         self.dedup.prune(horizon_ms);
         metrics().dedup_keys.set(self.dedup.len() as i64);
-        for record in &batch.records {
-            encoded.push(record);
-        }
-        batch.claimed.clear();
-        self.claimed = batch.claimed;
+        let payloads: Vec<Vec<u8>> = batch.records.iter().map(Record::encode).collect();
         // Even a batch without records goes down the pipeline, so that its
         // answers (say, "all duplicates") wait for every earlier batch.
         let pending = Pending::Batch {
+            payloads,
             job: Job {
                 first_seq,
                 records: batch.records,
                 facts: batch.facts,
                 answers: batch.answers,
-                encoded,
             },
         };
         self.syncer
@@ -1945,7 +1883,6 @@ struct Projector {
     docs: Documents,
     licenses: Licenses,
     shared: Arc<Shared>,
-    spares: std::sync::mpsc::SyncSender<Spare>,
 }
 
 fn seat_metric<T>(op: &str, outcome: &Result<T, Refusal>) {
@@ -2044,29 +1981,11 @@ impl Projector {
             let keys = KeyRing::from_records(self.shared.store.api_keys()?);
             self.shared.keys.store(Arc::new(keys));
         }
-        drop(applied);
         self.shared.head_seq.store(last, Ordering::SeqCst);
         self.shared.applied_seq.store(last, Ordering::SeqCst);
-        let Job {
-            mut records,
-            mut facts,
-            answers,
-            mut encoded,
-            ..
-        } = job;
-        for answer in answers {
+        for answer in job.answers {
             answer();
         }
-        // Emptied after answering, so callers do not wait for the frees.
-        records.clear();
-        facts.clear();
-        encoded.bytes.clear();
-        encoded.ends.clear();
-        let _ = self.spares.try_send(Spare {
-            records,
-            facts,
-            encoded,
-        });
         Ok(())
     }
 }
