@@ -264,6 +264,28 @@ async fn master_and_signing_keys_rotate_without_losing_anything() {
 
     let kinds: Vec<String> = rotations(&data).into_iter().map(|(k, _, _)| k).collect();
     assert_eq!(kinds, ["master", "signing", "master"]);
+    // A data directory whose keyring was lost refuses to start rather than
+    // answer NOT_FOUND for every license.
+    let copy = root.path().join("copy");
+    for file in common::walk(&data) {
+        let to = copy.join(file.strip_prefix(&data).unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&file, &to).unwrap();
+    }
+    std::fs::remove_file(keyring_path(&copy)).unwrap();
+    let lost = run(&[
+        "serve",
+        "--data-dir",
+        copy.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--master-key-file",
+        third.to_str().unwrap(),
+    ]);
+    assert!(!lost.status.success());
+    let err = String::from_utf8_lossy(&lost.stderr);
+    assert!(err.contains("keyring does not open"), "{err}");
+
     assert_no_file_holds(
         &data,
         &[

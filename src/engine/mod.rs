@@ -374,6 +374,7 @@ impl Engine {
         docs.flush()?;
         licenses.flush()?;
         let crypto = Arc::new(load_keys(cfg, head == 0)?);
+        check_keys_open_secrets(&crypto, licenses.book())?;
 
         let meters = MeterSet::from_defs(store.meter_defs()?)
             .map_err(|e| StartError::Other(format!("stored meter is invalid: {e}")))?;
@@ -614,6 +615,35 @@ pub fn load_keys(cfg: &Config, log_is_empty: bool) -> Result<crate::crypto::Keys
         }
     }
     Ok(keys)
+}
+
+/// The keys must open what the log sealed with them: a license key that no
+/// longer unseals, or whose lookup digest no longer matches, means the
+/// keyring was lost or replaced, and serving would answer NOT_FOUND for every
+/// existing license instead of failing loudly.
+fn check_keys_open_secrets(
+    crypto: &crate::crypto::Keys,
+    book: &crate::license::book::LicenseBook,
+) -> Result<(), StartError> {
+    let Some(state) = book.iter().next() else {
+        return Ok(());
+    };
+    let id = &state.license.id;
+    let opens = crypto
+        .unseal(&state.secret.sealed_key, id.as_bytes())
+        .ok()
+        .and_then(|key| {
+            std::str::from_utf8(&key)
+                .ok()
+                .map(|k| crypto.lookup_digest(k) == state.secret.lookup)
+        });
+    if opens == Some(true) {
+        return Ok(());
+    }
+    Err(StartError::Other(format!(
+        "the keyring does not open license {id}'s sealed key: DATA/keys/keyring.json was lost \
+         or replaced; restore it from the backup that matches this log"
+    )))
 }
 
 /// Asks the writer to reclaim lapsed leases every [`LEASE_SWEEP_INTERVAL`].
