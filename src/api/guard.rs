@@ -200,7 +200,9 @@ pub async fn verify_signature(State(state): State<AppState>, req: Request, next:
         Err(e) => return refuse(label, e),
     };
     let (product, secret) = match products.secret(&parsed.key_id) {
-        Some((p, s)) if bound.is_none_or(|(b, _)| b == p) => (p.to_owned(), s.to_vec()),
+        Some((p, s)) if bound.is_none_or(|(b, _)| b == p) => {
+            (p.to_owned(), zeroize::Zeroizing::new(s.to_vec()))
+        }
         _ => return refuse(label, SignatureError::UnknownKey(parsed.key_id)),
     };
     drop(products);
