@@ -27,6 +27,21 @@ fn rotate(data: &Path, master: &Path, extra: &[&str]) -> std::process::Output {
     run(&args)
 }
 
+/// `serve` must refuse to start with this master key; returns its stderr.
+fn refused(data: &Path, master: &Path) -> String {
+    let out = run(&[
+        "serve",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--master-key-file",
+        master.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success(), "serve started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 fn start(data: &Path, master: &Path) -> Server {
     Server::start_with(data, &["--master-key-file", master.to_str().unwrap()])
 }
@@ -139,17 +154,7 @@ async fn master_and_signing_keys_rotate_without_losing_anything() {
     );
     assert!(new.exists());
     // The old master key no longer opens the data directory...
-    let refused = run(&[
-        "serve",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--master-key-file",
-        old.to_str().unwrap(),
-    ]);
-    assert!(!refused.status.success());
-    let err = String::from_utf8_lossy(&refused.stderr);
+    let err = refused(&data, &old);
     assert!(err.contains("keys rotate"), "{err}");
     // ...the new one does, and everything sealed before still works.
     let server = start(&data, &new);
@@ -223,16 +228,9 @@ async fn master_and_signing_keys_rotate_without_losing_anything() {
     let third_kek = Kek::new(&third_key);
     ring.rewrap(0, &new_kek, &third_kek).unwrap();
     ring.save(&path).unwrap();
-    let half = run(&[
-        "serve",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--master-key-file",
-        new.to_str().unwrap(),
-    ]);
-    assert!(!half.status.success(), "a half-rotated keyring is not used");
+    // A half-rotated keyring is not used.
+    let err = refused(&data, &new);
+    assert!(err.contains("keys rotate"), "{err}");
     let out = rotate(
         &data,
         &new,
@@ -273,17 +271,7 @@ async fn master_and_signing_keys_rotate_without_losing_anything() {
         std::fs::copy(&file, &to).unwrap();
     }
     std::fs::remove_file(keyring_path(&copy)).unwrap();
-    let lost = run(&[
-        "serve",
-        "--data-dir",
-        copy.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--master-key-file",
-        third.to_str().unwrap(),
-    ]);
-    assert!(!lost.status.success());
-    let err = String::from_utf8_lossy(&lost.stderr);
+    let err = refused(&copy, &third);
     assert!(err.contains("keyring does not open"), "{err}");
 
     assert_no_file_holds(
