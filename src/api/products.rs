@@ -67,10 +67,8 @@ pub(super) fn stored(state: &AppState, id: &str) -> Result<Product, ApiError> {
         .engine
         .shared
         .store
-        .products()
+        .product(id)
         .map_err(ApiError::internal)?
-        .into_iter()
-        .find(|p| p.id == id)
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,

@@ -176,6 +176,14 @@ impl Store {
         Ok(out)
     }
 
+    /// One product document, by id.
+    pub fn product(&self, id: &str) -> Result<Option<crate::product::Product>, ProjectionError> {
+        match self.products.get(id.as_bytes())? {
+            Some(v) if !id.is_empty() => Ok(Some(decode_json("products", id.as_bytes(), &v)?)),
+            _ => Ok(None),
+        }
+    }
+
     /// The stored next offset of every source partition.
     pub fn source_positions(
         &self,
