@@ -1092,7 +1092,6 @@ struct Writer {
 }
 
 /// One batch being assembled by the writer.
-#[derive(Default)]
 struct Batch {
     records: Vec<Record>,
     facts: Vec<Option<EventFacts>>,
@@ -1102,6 +1101,21 @@ struct Batch {
 }
 
 impl Batch {
+    /// Room for `records` records and as many event identities, so that
+    /// assembling a batch does not grow (and copy) its vectors.
+    fn with_capacity(records: usize) -> Batch {
+        Batch {
+            records: Vec::with_capacity(records),
+            facts: Vec::with_capacity(records),
+            answers: Vec::new(),
+            claims: Vec::with_capacity(records),
+            claimed: std::collections::HashSet::with_capacity_and_hasher(
+                records,
+                Default::default(),
+            ),
+        }
+    }
+
     fn push(&mut self, record: Record, facts: Option<EventFacts>) {
         self.records.push(record);
         self.facts.push(facts);
@@ -1175,7 +1189,8 @@ impl Writer {
 
     fn write_batch(&mut self, commands: Vec<Command>) -> Result<(), StartError> {
         let now_ms = self.clock.now_ms();
-        let mut batch = Batch::default();
+        let records: usize = commands.iter().map(Command::records_max).sum();
+        let mut batch = Batch::with_capacity(records);
         for command in commands {
             self.prepare(command, &mut batch)?;
         }
@@ -1832,7 +1847,7 @@ impl Writer {
                 Decoded::Valid(event) => match self.check_meters(&event) {
                     Err(rejection) => (rejection, event.raw.into_bytes()),
                     Ok(observations) => {
-                        let key = event.dedup_key();
+                        let key = event.key;
                         if batch.claimed.contains(&key) || self.dedup.contains(&key) {
                             outcome.duplicates += 1;
                             m.events_duplicate_total.inc();

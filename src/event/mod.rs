@@ -32,8 +32,9 @@ impl Default for TimeWindow {
 /// A usage event that passed envelope validation.
 #[derive(Debug, Clone)]
 pub struct UsageEvent {
-    pub id: String,
-    pub source: String,
+    /// Identity for duplicate detection, from `source` and `id` (which stay
+    /// in `raw`).
+    pub key: DedupKey,
     pub ty: String,
     pub subject: String,
     /// Event time in ms since the epoch: `time` truncated to the millisecond,
@@ -42,12 +43,6 @@ pub struct UsageEvent {
     pub data: Option<Value>,
     /// The event exactly as received (one JSON object).
     pub raw: String,
-}
-
-impl UsageEvent {
-    pub fn dedup_key(&self) -> DedupKey {
-        DedupKey::new(&self.source, &self.id)
-    }
 }
 
 /// Identity of an event for duplicate detection: the first 16 bytes of
@@ -308,6 +303,32 @@ pub fn decode_event(raw: &RawValue, now_ms: i64, window: TimeWindow) -> Decoded 
     }
 }
 
+/// Decodes and checks one event that is a whole text (a Kafka message
+/// value), surrounding JSON whitespace aside. A valid event is parsed once;
+/// the error is the text's JSON syntax error, if it has one.
+pub fn decode_event_text(
+    text: &str,
+    now_ms: i64,
+    window: TimeWindow,
+) -> Result<Decoded, serde_json::Error> {
+    let trimmed = text.trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\r'));
+    if trimmed.starts_with('{') {
+        if let Ok(env) = serde_json::from_str::<Envelope>(trimmed) {
+            return Ok(match check_envelope(env, trimmed, now_ms, window) {
+                Ok(event) => Decoded::Valid(event),
+                Err(rejection) => Decoded::Invalid {
+                    rejection,
+                    raw: trimmed.as_bytes().to_vec(),
+                },
+            });
+        }
+    }
+    // Not an object, not JSON, or a malformed envelope: the slow path tells
+    // which, exactly as for an element of an HTTP body.
+    let raw: &RawValue = serde_json::from_str(text)?;
+    Ok(decode_event(raw, now_ms, window))
+}
+
 fn check_event(raw: &RawValue, now_ms: i64, window: TimeWindow) -> Result<UsageEvent, Rejection> {
     if !raw.get().starts_with('{') {
         return Err(Rejection::new(
@@ -318,6 +339,16 @@ fn check_event(raw: &RawValue, now_ms: i64, window: TimeWindow) -> Result<UsageE
     let env: Envelope = serde_json::from_str(raw.get()).map_err(|e| {
         Rejection::new("INVALID_EVENT", format!("event is not a valid object: {e}"))
     })?;
+    check_envelope(env, raw.get(), now_ms, window)
+}
+
+/// Checks a parsed envelope; `raw` is its text.
+fn check_envelope(
+    env: Envelope<'_>,
+    raw: &str,
+    now_ms: i64,
+    window: TimeWindow,
+) -> Result<UsageEvent, Rejection> {
     let specversion = required_string(env.specversion, "specversion")?;
     if specversion != "1.0" {
         return Err(Rejection::new(
@@ -347,13 +378,12 @@ fn check_event(raw: &RawValue, now_ms: i64, window: TimeWindow) -> Result<UsageE
     };
     check_time_window(time_ms, now_ms, window)?;
     Ok(UsageEvent {
-        id: id.into_owned(),
-        source: source.into_owned(),
+        key: DedupKey::new(&source, &id),
         ty: ty.into_owned(),
         subject: subject.into_owned(),
         time_ms,
         data: env.data,
-        raw: raw.get().to_owned(),
+        raw: raw.to_owned(),
     })
 }
 
@@ -529,8 +559,7 @@ mod tests {
             r#"{"specversion":"1.0","id":"a\"b\u00e9","source":"s\/x","type":"t","subject":"c"}"#,
         ) {
             Decoded::Valid(e) => {
-                assert_eq!(e.id, "a\"b\u{e9}");
-                assert_eq!(e.source, "s/x");
+                assert_eq!(e.key, DedupKey::new("s/x", "a\"b\u{e9}"));
             }
             other => panic!("{other:?}"),
         }

@@ -14,7 +14,7 @@ use base64::Engine as _;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::event::{decode_event, Decoded, Rejection, TimeWindow};
+use crate::event::{decode_event, decode_event_text, Decoded, Rejection, TimeWindow};
 
 /// Attributes every event must have, in the order they are checked.
 const REQUIRED: [&str; 5] = ["specversion", "id", "source", "type", "subject"];
@@ -47,8 +47,8 @@ fn decode_structured(value: &[u8], now_ms: i64, window: TimeWindow) -> Decoded {
     if text.trim().is_empty() {
         return malformed(value, "message value is empty".into());
     }
-    match serde_json::from_str::<&RawValue>(text) {
-        Ok(raw) => decode_event(raw, now_ms, window),
+    match decode_event_text(text, now_ms, window) {
+        Ok(decoded) => decoded,
         Err(e) => malformed(value, format!("message value is not valid JSON: {e}")),
     }
 }
@@ -207,10 +207,60 @@ mod tests {
         ] {
             match decode(Some(EVENT.as_bytes()), &headers) {
                 Decoded::Valid(e) => {
-                    assert_eq!((e.id.as_str(), e.subject.as_str()), ("1", "c"));
+                    assert_eq!(e.key, crate::event::DedupKey::new("s", "1"));
+                    assert_eq!(e.subject, "c");
                     assert_eq!(e.raw, EVENT);
                 }
                 other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    /// The one-pass structured decode judges every value as parsing it as
+    /// one JSON value and then checking it as an event does.
+    #[test]
+    fn structured_mode_agrees_with_the_two_pass_decode() {
+        let values = [
+            format!(" \n{EVENT}\t\r "),
+            EVENT.replace(r#""id":"1","#, r#""id":"1","id":"2","#),
+            EVENT.replace(r#""subject":"c","#, ""),
+            EVENT.replace("1.0", "0.3"),
+            format!("  {} ", EVENT.replace("1.0", "0.3")),
+            r#"[1,2]"#.to_owned(),
+            r#""text""#.to_owned(),
+            r#"{"specversion":"1.0""#.to_owned(),
+            format!("{EVENT} {{}}"),
+            format!("{EVENT}x"),
+        ];
+        for value in &values {
+            let two_pass = match serde_json::from_str::<&RawValue>(value) {
+                Ok(raw) => crate::event::decode_event(raw, NOW, TimeWindow::default()),
+                Err(e) => malformed(
+                    value.as_bytes(),
+                    format!("message value is not valid JSON: {e}"),
+                ),
+            };
+            let one_pass = decode(Some(value.as_bytes()), &[]);
+            match (&one_pass, &two_pass) {
+                (Decoded::Valid(a), Decoded::Valid(b)) => {
+                    assert_eq!(
+                        (a.key, &a.raw, &a.data),
+                        (b.key, &b.raw, &b.data),
+                        "{value}"
+                    );
+                    assert_eq!(a.raw, EVENT);
+                }
+                (
+                    Decoded::Invalid {
+                        rejection: a,
+                        raw: ra,
+                    },
+                    Decoded::Invalid {
+                        rejection: b,
+                        raw: rb,
+                    },
+                ) => assert_eq!((a, ra), (b, rb), "{value}"),
+                _ => panic!("{value}: {one_pass:?} vs {two_pass:?}"),
             }
         }
     }

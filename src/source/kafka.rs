@@ -107,7 +107,10 @@ impl Status {
     }
 
     fn set_connected(&self, connected: bool) {
-        if self.connected.swap(connected, Ordering::SeqCst) != connected {
+        // Called for every message: a plain load settles the usual case.
+        if self.connected.load(Ordering::Relaxed) != connected
+            && self.connected.swap(connected, Ordering::SeqCst) != connected
+        {
             metrics().kafka_connected.set(i64::from(connected));
             let mut s = self.lock();
             if s.state != "stopped" {
@@ -835,10 +838,13 @@ fn submit(lane: &mut Lane) {
     let to = lane
         .next
         .expect("a lane with buffered messages has a position");
+    // The next batch likely matches this one's size: room for that many
+    // messages spares the buffer's growth and copies.
+    let room = lane.items.len();
     let job = Job {
         lane: lane.id,
-        items: std::mem::take(&mut lane.items),
-        offsets: std::mem::take(&mut lane.offsets),
+        items: std::mem::replace(&mut lane.items, Vec::with_capacity(room)),
+        offsets: std::mem::replace(&mut lane.offsets, Vec::with_capacity(room)),
         dead: std::mem::take(&mut lane.dead),
         delta: OffsetDelta {
             topic: lane.topic.clone(),
