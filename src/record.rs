@@ -177,8 +177,18 @@ pub struct OffsetDelta {
 /// A value kept as JSON text inside a postcard record. Used for documents
 /// whose serde form skips absent fields (postcard is not self-describing and
 /// cannot decode those), and so new optional fields never break old logs.
+///
+/// Boxed: these documents are large and rare, while events are small and
+/// many; inline, they would make every record (and every batch vector of
+/// records) several times larger than an event needs.
 #[derive(Debug, Clone, PartialEq)]
-pub struct AsJson<T>(pub T);
+pub struct AsJson<T>(pub Box<T>);
+
+impl<T> AsJson<T> {
+    pub fn new(value: T) -> AsJson<T> {
+        AsJson(Box::new(value))
+    }
+}
 
 impl<T> std::ops::Deref for AsJson<T> {
     type Target = T;
@@ -198,7 +208,7 @@ impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for AsJson<T> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
         serde_json::from_str(&text)
-            .map(AsJson)
+            .map(AsJson::new)
             .map_err(serde::de::Error::custom)
     }
 }
@@ -289,9 +299,14 @@ impl Record {
             _ => 256,
         };
         let mut out = Vec::with_capacity(size);
-        out.push(RECORD_VERSION);
-        postcard::to_io(self, &mut out).expect("encoding into a Vec cannot fail");
+        self.encode_into(&mut out);
         out
+    }
+
+    /// Appends the encoding to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.push(RECORD_VERSION);
+        postcard::to_io(self, out).expect("encoding into a Vec cannot fail");
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
@@ -339,7 +354,7 @@ mod tests {
         }))
         .unwrap();
         let r = Record::MeterCreated {
-            meter: AsJson(meter),
+            meter: AsJson::new(meter),
             audit: Audit {
                 actor: None,
                 at_ms: 1,

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::audit::{self, AnchorFile, CheckpointSchedule};
 use crate::auth::{self, KeyRing, Scope};
 use crate::config::Config;
-use crate::event::{Decoded, DedupKey, Rejection, TimeWindow};
+use crate::event::{Decoded, Rejection, TimeWindow};
 use crate::log::{Log, LogConfig, Seq};
 use crate::meter::MeterDef;
 use crate::metrics::metrics;
@@ -40,6 +40,8 @@ const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 const OVERLAY_STATES_MAX: usize = 200_000;
 /// How often the writer saves the dedup snapshot (also on shutdown).
 const DEDUP_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(60);
+/// The syncer keeps its encoding buffer between batches up to this size.
+const ENCODED_RETAINED_BYTES: usize = 32 << 20;
 use std::collections::HashMap;
 
 use crate::record::{
@@ -435,6 +437,8 @@ impl Engine {
             keys: shared.crypto.clone(),
             clock: clock.clone(),
             anchor,
+            encoded: Vec::new(),
+            ends: Vec::new(),
         };
         let checkpoint_tick = checkpoints.tick();
         let writer = Writer {
@@ -976,7 +980,7 @@ struct Job {
 /// Work on its way to the log, in log order.
 enum Pending {
     /// A prepared batch.
-    Batch { payloads: Vec<Vec<u8>>, job: Job },
+    Batch { job: Job },
     /// Sign the chain through the current head and append that checkpoint
     /// as a batch of its own, at `seq` (reserved by the writer).
     Checkpoint { seq: Seq },
@@ -992,14 +996,18 @@ struct Syncer {
     keys: Arc<crate::crypto::Keys>,
     clock: Arc<dyn Clock>,
     anchor: Option<AnchorFile>,
+    /// The current batch's records, encoded back to back, and where each
+    /// ends; reused from batch to batch.
+    encoded: Vec<u8>,
+    ends: Vec<usize>,
 }
 
 impl Syncer {
     fn run(mut self, pending: std::sync::mpsc::Receiver<Pending>) -> Result<(), StartError> {
         while let Ok(next) = pending.recv() {
             let job = match next {
-                Pending::Batch { payloads, job } => {
-                    self.append(&payloads, &job)?;
+                Pending::Batch { job } => {
+                    self.append(&job)?;
                     job
                 }
                 Pending::Checkpoint { seq } => self.checkpoint(seq)?,
@@ -1011,19 +1019,42 @@ impl Syncer {
         Ok(())
     }
 
-    fn append(&mut self, payloads: &[Vec<u8>], job: &Job) -> Result<(), StartError> {
-        if payloads.is_empty() {
+    /// Encodes the job's records into the syncer's own buffer (no
+    /// allocation per record) and appends them as one batch.
+    fn append(&mut self, job: &Job) -> Result<(), StartError> {
+        if job.records.is_empty() {
             return Ok(());
         }
-        let bytes: usize = payloads.iter().map(Vec::len).sum();
+        self.encoded.clear();
+        self.ends.clear();
+        for record in &job.records {
+            record.encode_into(&mut self.encoded);
+            self.ends.push(self.encoded.len());
+        }
+        let mut start = 0;
+        let payloads: Vec<&[u8]> = self
+            .ends
+            .iter()
+            .map(|&end| {
+                let payload = &self.encoded[start..end];
+                start = end;
+                payload
+            })
+            .collect();
+        let bytes = self.encoded.len();
         let started = Instant::now();
-        let range = self.log.append_batch(payloads)?;
+        let range = self.log.append_batch(&payloads)?;
+        drop(payloads);
+        if self.encoded.capacity() > ENCODED_RETAINED_BYTES {
+            self.encoded = Vec::new();
+        }
+        let records = job.records.len();
         let m = metrics();
         m.log_fsync_seconds.observe(started.elapsed().as_secs_f64());
         m.log_batches_total.inc();
-        m.log_records_total.inc_by(payloads.len() as u64);
+        m.log_records_total.inc_by(records as u64);
         m.log_bytes_total.inc_by(bytes as u64);
-        m.log_batch_records.observe(payloads.len() as f64);
+        m.log_batch_records.observe(records as f64);
         m.log_head_seq.set(range.end as i64 - 1);
         assert_eq!(
             (range.start, range.end - range.start),
@@ -1051,7 +1082,7 @@ impl Syncer {
             facts: vec![None],
             answers: Vec::new(),
         };
-        self.append(&[record.encode()], &job)?;
+        self.append(&job)?;
         metrics().audit_checkpoints_total.inc();
         if let Some(anchor) = &mut self.anchor {
             // The checkpoint is durable in the log; a missing anchor weakens
@@ -1096,23 +1127,16 @@ struct Batch {
     records: Vec<Record>,
     facts: Vec<Option<EventFacts>>,
     answers: Vec<Box<dyn FnOnce() + Send>>,
-    claims: Vec<(DedupKey, i64)>,
-    claimed: std::collections::HashSet<DedupKey, crate::event::DedupKeyBuildHasher>,
 }
 
 impl Batch {
-    /// Room for `records` records and as many event identities, so that
-    /// assembling a batch does not grow (and copy) its vectors.
+    /// Room for `records` records, so that assembling a batch does not
+    /// grow (and copy) its vectors.
     fn with_capacity(records: usize) -> Batch {
         Batch {
             records: Vec::with_capacity(records),
             facts: Vec::with_capacity(records),
             answers: Vec::new(),
-            claims: Vec::with_capacity(records),
-            claimed: std::collections::HashSet::with_capacity_and_hasher(
-                records,
-                Default::default(),
-            ),
         }
     }
 
@@ -1198,21 +1222,20 @@ impl Writer {
         self.next_seq += batch.records.len() as u64;
         self.checkpoints
             .appended(batch.records.len() as u64, Instant::now());
-        // Claimed before the batch is durable, so the next batch (built while
-        // this one syncs) sees it. Safe because nothing is answered before
-        // the sync, a failed sync stops the engine, and a dedup snapshot that
-        // is ahead of the log is discarded on start.
-        self.dedup.claim(batch.claims, self.next_seq - 1);
+        // The batch's identities were claimed as it was assembled, before it
+        // is durable, so the next batch (built while this one syncs) sees
+        // them. Safe because nothing is answered before the sync, a failed
+        // sync stops the engine, and a dedup snapshot that is ahead of the
+        // log is discarded on start.
+        self.dedup.covered(self.next_seq - 1);
         // Identities older than the window can never meet a duplicate that
         // would be accepted, so the index tracks the window, not all time.
         let horizon_ms = now_ms - self.window.back_ms - self.window.ahead_ms;
         self.dedup.prune(horizon_ms);
         metrics().dedup_keys.set(self.dedup.len() as i64);
-        let payloads: Vec<Vec<u8>> = batch.records.iter().map(Record::encode).collect();
         // Even a batch without records goes down the pipeline, so that its
         // answers (say, "all duplicates") wait for every earlier batch.
         let pending = Pending::Batch {
-            payloads,
             job: Job {
                 first_seq,
                 records: batch.records,
@@ -1232,8 +1255,8 @@ impl Writer {
 
     /// Refuses `incoming` events (HTTP or Kafka alike) when claiming them
     /// could take the dedup index past its bound.
-    fn dedup_room(&self, batch: &Batch, incoming: usize) -> Result<(), EngineError> {
-        if self.dedup.len() + batch.claims.len() + incoming <= self.dedup_keys_max {
+    fn dedup_room(&self, incoming: usize) -> Result<(), EngineError> {
+        if self.dedup.len() + incoming <= self.dedup_keys_max {
             return Ok(());
         }
         metrics()
@@ -1256,7 +1279,7 @@ impl Writer {
                 origin,
                 reply,
             } => {
-                if let Err(full) = self.dedup_room(batch, items.len()) {
+                if let Err(full) = self.dedup_room(items.len()) {
                     batch.answer(reply, Err(full));
                     return Ok(());
                 }
@@ -1280,7 +1303,7 @@ impl Writer {
                     batch.answer(reply, Err(EngineError::Conflict(msg)));
                     return Ok(());
                 }
-                if let Err(full) = self.dedup_room(batch, items.len()) {
+                if let Err(full) = self.dedup_room(items.len()) {
                     batch.answer(reply, Err(full));
                     return Ok(());
                 }
@@ -1349,7 +1372,7 @@ impl Writer {
                         let audit = self.audit_record(audit);
                         batch.push(
                             Record::MeterCreated {
-                                meter: crate::record::AsJson(def.clone()),
+                                meter: crate::record::AsJson::new(def.clone()),
                                 audit,
                             },
                             None,
@@ -1428,7 +1451,7 @@ impl Writer {
                     .insert(product.id.clone(), product.version);
                 batch.push(
                     Record::ProductSaved {
-                        product: crate::record::AsJson((*product).clone()),
+                        product: crate::record::AsJson::new((*product).clone()),
                         audit,
                     },
                     None,
@@ -1561,7 +1584,7 @@ impl Writer {
         }
         let audit = self.audit_record(audit);
         let record = Record::LicenseCreated {
-            license: crate::record::AsJson(license.clone()),
+            license: crate::record::AsJson::new(license.clone()),
             secret,
             audit,
         };
@@ -1591,7 +1614,7 @@ impl Writer {
         let license = self.license(id)?.updated(update, now)?;
         let audit = self.audit_record(audit);
         let record = Record::LicenseChanged {
-            license: crate::record::AsJson(license.clone()),
+            license: crate::record::AsJson::new(license.clone()),
             audit,
         };
         self.push_license_record(record, batch);
@@ -1848,13 +1871,11 @@ impl Writer {
                     Err(rejection) => (rejection, event.raw.into_bytes()),
                     Ok(observations) => {
                         let key = event.key;
-                        if batch.claimed.contains(&key) || self.dedup.contains(&key) {
+                        if !self.dedup.claim_one(key, event.time_ms) {
                             outcome.duplicates += 1;
                             m.events_duplicate_total.inc();
                             continue;
                         }
-                        batch.claimed.insert(key);
-                        batch.claims.push((key, event.time_ms));
                         let facts = EventFacts {
                             ty: event.ty,
                             subject: event.subject,

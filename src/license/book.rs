@@ -68,7 +68,7 @@ impl LicenseBook {
                 license, secret, ..
             } => {
                 self.insert(LicenseState {
-                    license: license.0.clone(),
+                    license: (*license.0).clone(),
                     secret: secret.clone(),
                     seats: SeatTable::default(),
                 });
@@ -76,7 +76,7 @@ impl LicenseBook {
             }
             Record::LicenseChanged { license, .. } => {
                 let state = self.by_id.get_mut(&license.id)?;
-                state.license = license.0.clone();
+                state.license = (*license.0).clone();
                 Some(license.id.clone())
             }
             Record::LicenseSuspended { id, reason, audit } => {

@@ -96,14 +96,31 @@ impl DedupIndex {
             return;
         }
         for (key, time_ms) in keys {
-            if self.keys.insert(key, time_ms).is_none() {
+            self.claim_one(key, time_ms);
+        }
+        self.applied = seq;
+    }
+
+    /// Claims one identity unless it is already held; true if it was new.
+    /// One hash-map probe: the writer's duplicate check and claim in one.
+    /// The caller reports the seq the claims reach with [`Self::covered`].
+    pub fn claim_one(&mut self, key: DedupKey, time_ms: i64) -> bool {
+        match self.keys.entry(key) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(time_ms);
                 self.buckets
                     .entry(time_ms.div_euclid(BUCKET_MS))
                     .or_default()
                     .push(key);
+                true
             }
         }
-        self.applied = seq;
+    }
+
+    /// Every identity of the log up to `seq` is claimed.
+    pub fn covered(&mut self, seq: Seq) {
+        self.applied = self.applied.max(seq);
     }
 
     /// Catch-up from logged records.
