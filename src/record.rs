@@ -292,13 +292,7 @@ pub enum RecordError {
 
 impl Record {
     pub fn encode(&self) -> Vec<u8> {
-        // Events are most records: room for the raw text and its header
-        // (version, variant, two varint times, length) avoids regrowing.
-        let size = match self {
-            Record::Event(e) => e.raw.len() + 32,
-            _ => 256,
-        };
-        let mut out = Vec::with_capacity(size);
+        let mut out = Vec::with_capacity(256);
         self.encode_into(&mut out);
         out
     }

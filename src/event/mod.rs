@@ -294,11 +294,16 @@ impl<'de: 'a, 'a> Deserialize<'de> for Attr<'a> {
 
 /// Decodes and checks one event given as raw JSON text.
 pub fn decode_event(raw: &RawValue, now_ms: i64, window: TimeWindow) -> Decoded {
-    match check_event(raw, now_ms, window) {
+    judged(check_event(raw, now_ms, window), raw.get())
+}
+
+/// A checked event, or its rejection with the text it was judged on.
+fn judged(checked: Result<UsageEvent, Rejection>, raw: &str) -> Decoded {
+    match checked {
         Ok(event) => Decoded::Valid(event),
         Err(rejection) => Decoded::Invalid {
             rejection,
-            raw: raw.get().as_bytes().to_vec(),
+            raw: raw.as_bytes().to_vec(),
         },
     }
 }
@@ -314,13 +319,10 @@ pub fn decode_event_text(
     let trimmed = text.trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\r'));
     if trimmed.starts_with('{') {
         if let Ok(env) = serde_json::from_str::<Envelope>(trimmed) {
-            return Ok(match check_envelope(env, trimmed, now_ms, window) {
-                Ok(event) => Decoded::Valid(event),
-                Err(rejection) => Decoded::Invalid {
-                    rejection,
-                    raw: trimmed.as_bytes().to_vec(),
-                },
-            });
+            return Ok(judged(
+                check_envelope(env, trimmed, now_ms, window),
+                trimmed,
+            ));
         }
     }
     // Not an object, not JSON, or a malformed envelope: the slow path tells
