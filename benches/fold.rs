@@ -20,7 +20,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use keymeter::meter::{CompiledMeter, Fold, MeterDef, Observation};
-use serde_json::{json, Value};
+use serde_json::json;
 
 const SUBJECTS: usize = 1_000;
 const MODELS: [&str; 4] = ["gpt-4o", "gpt-4o-mini", "claude-sonnet", "llama-3-70b"];
@@ -64,7 +64,8 @@ struct Event {
 struct Input {
     subjects: Vec<String>,
     /// Event `data` objects, and the same extracted by the meter.
-    payloads: Vec<Value>,
+    /// Event `data` as JSON text, as events carry it.
+    payloads: Vec<String>,
     observations: Vec<Observation>,
     tokens: Vec<i128>,
     events: Vec<Event>,
@@ -106,7 +107,7 @@ fn input(meter: &CompiledMeter, count: usize) -> Input {
     let subjects: Vec<String> = (0..SUBJECTS).map(|i| format!("customer-{i:05}")).collect();
     let mut groups = Vec::with_capacity(PAYLOADS);
     let mut tokens = Vec::with_capacity(PAYLOADS);
-    let payloads: Vec<Value> = (0..PAYLOADS)
+    let payloads: Vec<String> = (0..PAYLOADS)
         .map(|i| {
             let model = rng.below(MODELS.len() as u64) as usize;
             let region = rng.below(REGIONS.len() as u64) as usize;
@@ -119,6 +120,7 @@ fn input(meter: &CompiledMeter, count: usize) -> Input {
                 "region": REGIONS[region],
                 "prompt_id": format!("p-{i}"),
             })
+            .to_string()
         })
         .collect();
     let observations = payloads

@@ -1930,7 +1930,7 @@ impl Writer {
     ) -> Result<Vec<crate::meter::Observation>, Rejection> {
         let mut observations = Vec::new();
         for meter in self.meters.for_type(&event.ty) {
-            match meter.extract(event.data.as_ref()) {
+            match meter.extract(event.data()) {
                 Ok(obs) => observations.push(obs),
                 Err(e) => {
                     return Err(Rejection::new(

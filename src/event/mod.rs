@@ -7,7 +7,6 @@
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 /// Longest accepted `id`, `source`, `type` or `subject`, in bytes.
@@ -40,10 +39,22 @@ pub struct UsageEvent {
     /// Event time in ms since the epoch: `time` truncated to the millisecond,
     /// or the receive time when `time` is absent.
     pub time_ms: i64,
-    pub data: Option<Value>,
+    /// Where `data` is in `raw`, if the event has it.
+    data: Option<std::ops::Range<usize>>,
     /// The event exactly as received (one JSON object).
     pub raw: String,
 }
+
+impl UsageEvent {
+    /// The event's `data` as JSON text (a part of `raw`), if it has any.
+    pub fn data(&self) -> Option<&str> {
+        self.data.clone().map(|span| &self.raw[span])
+    }
+}
+
+/// Deepest nesting of arrays and objects accepted in `data`: what a parse of
+/// the whole event into a tree allows (the event object is one level).
+pub const DATA_DEPTH_MAX: usize = 126;
 
 /// Identity of an event for duplicate detection: the first 16 bytes of
 /// SHA-256(source, 0x00, id). Collisions are negligible below ~10^18 events.
@@ -230,7 +241,9 @@ struct Envelope<'a> {
     subject: Option<Attr<'a>>,
     #[serde(borrow)]
     time: Option<Attr<'a>>,
-    data: Option<Value>,
+    /// Kept as text: only the parts meters read are ever parsed.
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
 }
 
 /// An attribute's value: a string, or anything else (which is an error for
@@ -379,14 +392,63 @@ fn check_envelope(
         }
     };
     check_time_window(time_ms, now_ms, window)?;
+    let data = env
+        .data
+        .map(|data| data_span(data.get(), raw))
+        .transpose()?;
     Ok(UsageEvent {
         key: DedupKey::new(&source, &id),
         ty: ty.into_owned(),
         subject: subject.into_owned(),
         time_ms,
-        data: env.data,
+        data,
         raw: raw.to_owned(),
     })
+}
+
+/// Where `data` (borrowed from `raw`) lies in `raw`, once it is known to
+/// nest no deeper than [`DATA_DEPTH_MAX`].
+fn data_span(data: &str, raw: &str) -> Result<std::ops::Range<usize>, Rejection> {
+    // Nesting N levels takes at least 2N bytes, so short data needs no scan.
+    if data.len() > 2 * DATA_DEPTH_MAX && nesting_depth(data) > DATA_DEPTH_MAX {
+        return Err(Rejection::new(
+            "INVALID_EVENT",
+            format!("data nests arrays and objects more than {DATA_DEPTH_MAX} levels deep"),
+        ));
+    }
+    let start = (data.as_ptr() as usize)
+        .checked_sub(raw.as_ptr() as usize)
+        .filter(|start| start + data.len() <= raw.len())
+        .expect("data is borrowed from the event text");
+    Ok(start..start + data.len())
+}
+
+/// How deeply valid JSON text nests arrays and objects.
+fn nesting_depth(json: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in json.as_bytes() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 fn required_string<'a>(
@@ -468,6 +530,7 @@ pub fn fmt_ms(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     const NOW: i64 = 1_780_000_000_000;
 
@@ -498,7 +561,7 @@ mod tests {
             Decoded::Valid(e) => {
                 assert_eq!(e.time_ms, 1_780_000_000_123);
                 assert_eq!(e.raw, body);
-                assert_eq!(e.data.unwrap()["n"], 1);
+                assert_eq!(e.data(), Some(r#"{"n":1}"#));
             }
             other => panic!("{other:?}"),
         }
@@ -574,6 +637,29 @@ mod tests {
         let null_time =
             r#"{"specversion":"1.0","id":"1","source":"s","type":"t","subject":"c","time":null}"#;
         assert!(matches!(one(null_time), Decoded::Valid(e) if e.time_ms == NOW));
+    }
+
+    #[test]
+    fn data_nests_as_deep_as_a_tree_parse_allows() {
+        for depth in [1, 2, 60, 125, 126, 127, 128, 200] {
+            let data = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+            let body = format!(
+                r#"{{"specversion":"1.0","id":"1","source":"s","type":"t","subject":"c","data":{data}}}"#
+            );
+            let tree_parses = serde_json::from_str::<Value>(&body).is_ok();
+            match one(&body) {
+                Decoded::Valid(e) => {
+                    assert!(tree_parses, "depth {depth} accepted");
+                    assert_eq!(e.data(), Some(data.as_str()));
+                }
+                Decoded::Invalid { rejection, .. } => {
+                    assert!(!tree_parses, "depth {depth} refused: {rejection}");
+                    assert_eq!(rejection.code, "INVALID_EVENT");
+                }
+            }
+        }
+        let strings = format!(r#"{{"a":"{}","b":["\"{{"]}}"#, "[".repeat(300));
+        assert_eq!(nesting_depth(&strings), 2);
     }
 
     #[test]

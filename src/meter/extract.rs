@@ -54,30 +54,48 @@ impl ExtractError {
 }
 
 impl CompiledMeter {
-    /// Measures one event's `data` (absent `data` behaves like an empty object).
-    pub fn extract(&self, data: Option<&Value>) -> Result<Observation, ExtractError> {
+    /// Measures one event's `data`, given as its JSON text (absent `data`
+    /// behaves like an empty object). Only the nodes the meter's paths
+    /// select are parsed.
+    pub fn extract(&self, data: Option<&str>) -> Result<Observation, ExtractError> {
         let value = match &self.value_path {
             None => ObservedValue::None,
-            Some(path) => {
-                let node = data.and_then(|d| path.select(d)).ok_or_else(|| {
-                    ExtractError::ValueMissing {
+            Some(path) => match select(path, data) {
+                None => {
+                    return Err(ExtractError::ValueMissing {
                         path: path.as_str().to_owned(),
-                    }
-                })?;
-                if self.aggregation() == Aggregation::UniqueCount {
-                    ObservedValue::Unique(unique_value_hash(node, path)?)
-                } else {
-                    ObservedValue::Amount(amount_of(node, path)?)
+                    })
                 }
-            }
+                Some(Err(_)) => {
+                    return Err(ExtractError::ValueOutOfRange {
+                        path: path.as_str().to_owned(),
+                    })
+                }
+                Some(Ok(node)) if self.aggregation() == Aggregation::UniqueCount => {
+                    ObservedValue::Unique(unique_value_hash(&node, path)?)
+                }
+                Some(Ok(node)) => ObservedValue::Amount(amount_of(&node, path)?),
+            },
         };
         let group = self
             .group_paths
             .iter()
-            .map(|path| data.and_then(|d| path.select(d)).and_then(group_text))
+            .map(|path| match select(path, data)? {
+                Ok(node) => group_text(&node),
+                Err(text) => Some(text.to_owned()),
+            })
             .collect();
         Ok(Observation { value, group })
     }
+}
+
+/// The node `path` selects in `data`, parsed. The text was checked as JSON,
+/// nested no deeper than a parse allows, when the event was decoded; the one
+/// thing that still fails to parse is a number beyond f64's range (`1e400`),
+/// which comes back as its text.
+fn select<'d>(path: &SingularPath, data: Option<&'d str>) -> Option<Result<Value, &'d str>> {
+    let node = path.select(data?)?;
+    Some(serde_json::from_str(node).map_err(|_| node))
 }
 
 fn json_kind(value: &Value) -> &'static str {
@@ -259,7 +277,7 @@ mod tests {
 
     fn amount_of_data(data: Value) -> Result<ObservedValue, ExtractError> {
         meter("SUM", Some("$.v"))
-            .extract(Some(&data))
+            .extract(Some(&data.to_string()))
             .map(|o| o.value)
     }
 
@@ -335,10 +353,22 @@ mod tests {
     }
 
     #[test]
+    fn numbers_beyond_f64_are_out_of_range_values_and_verbatim_groups() {
+        let data = r#"{"v": 1e400, "model": -2E+999, "tier": "t"}"#;
+        let err = meter("SUM", Some("$.v")).extract(Some(data)).unwrap_err();
+        assert_eq!(err, ExtractError::ValueOutOfRange { path: "$.v".into() });
+        let obs = meter("COUNT", None).extract(Some(data)).unwrap();
+        assert_eq!(
+            obs.group,
+            vec![Some("-2E+999".to_owned()), Some("t".to_owned())]
+        );
+    }
+
+    #[test]
     fn count_needs_no_value_and_groups_follow_key_order() {
         let m = meter("COUNT", None);
         let obs = m
-            .extract(Some(&json!({"tier": 3, "model": "gpt"})))
+            .extract(Some(&json!({"tier": 3, "model": "gpt"}).to_string()))
             .unwrap();
         assert_eq!(obs.value, ObservedValue::None);
         assert_eq!(
@@ -352,7 +382,7 @@ mod tests {
     #[test]
     fn group_values_render_scalars_as_json_text_and_null_as_none() {
         let m = meter("COUNT", None);
-        let group = |data: Value| m.extract(Some(&data)).unwrap().group;
+        let group = |data: Value| m.extract(Some(&data.to_string())).unwrap().group;
         assert_eq!(
             group(json!({"model": true, "tier": null})),
             vec![Some("true".to_owned()), None]
@@ -370,7 +400,7 @@ mod tests {
     #[test]
     fn unique_count_hashes_canonical_text_stably() {
         let m = meter("UNIQUE_COUNT", Some("$.user"));
-        let hash = |data: Value| m.extract(Some(&data)).map(|o| o.value);
+        let hash = |data: Value| m.extract(Some(&data.to_string())).map(|o| o.value);
         // FNV-1a 64 reference vectors.
         assert_eq!(unique_hash(""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(unique_hash("a"), 0xaf63_dc4c_8601_ec8c);

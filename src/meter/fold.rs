@@ -15,8 +15,6 @@ use std::collections::hash_map::{Entry, RandomState};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 
-use serde_json::Value;
-
 use super::amount::Amount;
 use super::def::{Aggregation, CompiledMeter};
 use super::extract::{ExtractError, Observation};
@@ -246,7 +244,7 @@ pub fn fold_event(
     meter: &CompiledMeter,
     subject: &str,
     event_time_ms: i64,
-    data: Option<&Value>,
+    data: Option<&str>,
 ) -> Result<(CounterKey, AggState), ExtractError> {
     let obs = meter.extract(data)?;
     let state = AggState::from_observation(meter.aggregation(), &obs.value, event_time_ms);

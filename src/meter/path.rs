@@ -7,7 +7,10 @@
 //! valid path this parser cannot read uses wildcards, slices, filters, unions or
 //! descendant segments) and lets extraction walk `data` without allocating.
 
-use serde_json::Value;
+use std::borrow::Cow;
+
+use serde::de::IgnoredAny;
+use serde_json::value::RawValue;
 
 /// One step of a singular query.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,27 +54,114 @@ impl SingularPath {
         &self.text
     }
 
-    /// The node the path selects, if any.
-    #[inline]
-    pub(crate) fn select<'v>(&self, root: &'v Value) -> Option<&'v Value> {
-        let mut node = root;
+    /// The node the path selects in `data` (JSON text), as JSON text, if any.
+    ///
+    /// Walks the text without building a tree: each step scans one object
+    /// or array, borrowing keys and skipping the values it does not want.
+    /// A repeated member name selects its last value, as a parsed tree
+    /// would keep it.
+    pub(crate) fn select<'v>(&self, data: &'v str) -> Option<&'v str> {
+        let mut node = data;
         for step in &self.steps {
-            node = match step {
-                Step::Name(name) => node.as_object()?.get(name.as_str())?,
-                Step::Index(index) => {
-                    let items = node.as_array()?;
-                    let position = if *index < 0 {
-                        items
-                            .len()
-                            .checked_sub(usize::try_from(index.unsigned_abs()).ok()?)?
-                    } else {
-                        usize::try_from(*index).ok()?
-                    };
-                    items.get(position)?
-                }
-            };
+            let mut de = serde_json::Deserializer::from_str(node);
+            let found = serde::Deserializer::deserialize_any(&mut de, StepVisitor(step)).ok()?;
+            node = found?.get();
         }
         Some(node)
+    }
+}
+
+/// Takes one step into an object or array; anything else selects nothing.
+struct StepVisitor<'s>(&'s Step);
+
+impl<'de> serde::de::Visitor<'de> for StepVisitor<'_> {
+    type Value = Option<&'de RawValue>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an object or an array")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(key) = map.next_key::<MemberName<'de>>()? {
+            if matches!(self.0, Step::Name(name) if *name == *key.0) {
+                found = Some(map.next_value::<&'de RawValue>()?);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        match *self.0 {
+            Step::Index(index) if index >= 0 => {
+                for _ in 0..index {
+                    if seq.next_element::<IgnoredAny>()?.is_none() {
+                        return Ok(None);
+                    }
+                }
+                let found = seq.next_element::<&'de RawValue>()?;
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(found)
+            }
+            Step::Index(index) => {
+                let mut items: Vec<&'de RawValue> = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                let back = usize::try_from(index.unsigned_abs()).ok();
+                Ok(back
+                    .and_then(|back| items.len().checked_sub(back))
+                    .map(|position| items[position]))
+            }
+            Step::Name(_) => {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(None)
+            }
+        }
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+}
+
+/// An object member's name, borrowed from the text unless it has escapes.
+struct MemberName<'de>(Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for MemberName<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = MemberName<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<MemberName<'de>, E> {
+                Ok(MemberName(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<MemberName<'de>, E> {
+                Ok(MemberName(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(Visit)
     }
 }
 
@@ -218,7 +308,7 @@ impl<'a> Parser<'a> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn steps(text: &str) -> Vec<Step> {
         SingularPath::compile(text).unwrap().steps
@@ -275,17 +365,46 @@ mod tests {
         }
     }
 
+    /// Selects in `data` and parses what was selected.
+    fn select_in(path: &str, data: &str) -> Option<Value> {
+        let node = SingularPath::compile(path).unwrap().select(data)?;
+        Some(serde_json::from_str(node).expect("a selected node is JSON"))
+    }
+
     #[test]
     fn select_walks_objects_and_arrays() {
-        let data = json!({"a": {"b": [10, 20, {"c": "x"}]}, "a b": 1});
-        let select = |p: &str| SingularPath::compile(p).unwrap().select(&data).cloned();
+        let data = json!({"a": {"b": [10, 20, {"c": "x"}]}, "a b": 1}).to_string();
+        let select = |p: &str| select_in(p, &data);
+        assert_eq!(select("$"), Some(serde_json::from_str(&data).unwrap()));
         assert_eq!(select("$.a.b[1]"), Some(json!(20)));
         assert_eq!(select("$.a.b[-1].c"), Some(json!("x")));
+        assert_eq!(select("$.a.b[-3]"), Some(json!(10)));
         assert_eq!(select("$.a.b[-4]"), None);
         assert_eq!(select("$.a.b[3]"), None);
         assert_eq!(select("$['a b']"), Some(json!(1)));
         assert_eq!(select("$.a.b.c"), None);
+        assert_eq!(select("$.a.b[0][0]"), None);
         assert_eq!(select("$.missing"), None);
+    }
+
+    #[test]
+    fn select_reads_text_as_a_parsed_tree_would() {
+        // Escaped member names match their unescaped form; whitespace is
+        // allowed anywhere; a repeated name selects its last value.
+        let data = r#" { "t\u006fkens" : 5 , "x" : {"y": 1}, "x": {"y": 2, "z": [ 1 , 2 ]} } "#;
+        assert_eq!(select_in("$.tokens", data), Some(json!(5)));
+        assert_eq!(select_in("$.x.y", data), Some(json!(2)));
+        assert_eq!(select_in("$.x.z[-1]", data), Some(json!(2)));
+        let tree: Value = serde_json::from_str(data).unwrap();
+        assert_eq!(
+            tree["x"]["y"],
+            json!(2),
+            "the tree keeps the last value too"
+        );
+        for scalar in ["1", "\"s\"", "true", "null"] {
+            assert_eq!(select_in("$.a", scalar), None, "{scalar}");
+            assert_eq!(select_in("$[0]", scalar), None, "{scalar}");
+        }
     }
 
     fn json_value() -> impl Strategy<Value = Value> {
@@ -322,7 +441,12 @@ mod tests {
             let ours = SingularPath::compile(&path).unwrap();
             let reference = serde_json_path::JsonPath::parse(&path).unwrap();
             let expected = reference.query(&data).at_most_one().unwrap();
-            prop_assert_eq!(ours.select(&data), expected);
+            for text in [data.to_string(), serde_json::to_string_pretty(&data).unwrap()] {
+                let selected = ours
+                    .select(&text)
+                    .map(|node| serde_json::from_str::<Value>(node).unwrap());
+                prop_assert_eq!(selected.as_ref(), expected);
+            }
         }
     }
 }

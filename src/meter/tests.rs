@@ -148,7 +148,7 @@ fn meter_for(aggregation: Aggregation, window_size: WindowSize) -> CompiledMeter
 fn fold_all<'a>(meter: &CompiledMeter, events: impl IntoIterator<Item = &'a RawEvent>) -> Fold {
     let mut fold = Fold::new();
     for e in events {
-        let obs = meter.extract(Some(&e.data)).unwrap();
+        let obs = meter.extract(Some(&e.data.to_string())).unwrap();
         fold.apply(meter, &e.subject, e.time_ms, &obs);
     }
     fold
@@ -340,7 +340,7 @@ proptest! {
         prop_assert_eq!(&in_order, &encoded(merged));
         let mut one_by_one = Fold::new();
         for e in shuffled.iter().rev() {
-            let (key, state) = fold_event(&meter, &e.subject, e.time_ms, Some(&e.data)).unwrap();
+            let (key, state) = fold_event(&meter, &e.subject, e.time_ms, Some(&e.data.to_string())).unwrap();
             one_by_one.merge_state(&key, &state).unwrap();
         }
         prop_assert_eq!(&in_order, &encoded(one_by_one));
@@ -378,7 +378,7 @@ fn fold_counts_minute_windows_per_subject_and_group() {
             &meter,
             subject,
             time_ms,
-            &meter.extract(Some(&data)).unwrap(),
+            &meter.extract(Some(&data.to_string())).unwrap(),
         );
     }
     assert_eq!(fold.len(), 4);
@@ -415,7 +415,12 @@ fn a_drained_fold_is_empty_and_folds_the_next_batch_alike() {
     let mut fold = Fold::new();
     let mut batches = Vec::new();
     for subject in ["s1", "s2"] {
-        fold.apply(&meter, subject, 0, &meter.extract(Some(&data)).unwrap());
+        fold.apply(
+            &meter,
+            subject,
+            0,
+            &meter.extract(Some(&data.to_string())).unwrap(),
+        );
         batches.push(fold.drain_sorted());
         assert!(fold.is_empty());
     }

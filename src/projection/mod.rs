@@ -27,8 +27,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
-use serde_json::Value;
-
 use crate::log::{self, Seq};
 use crate::meter::{AggState, CompiledMeter, CounterKey, Fold, MeterDef};
 use crate::metrics::metrics;
@@ -281,7 +279,8 @@ pub struct EventFacts {
     pub ty: String,
     pub subject: String,
     pub time_ms: i64,
-    pub data: Option<Value>,
+    /// `data` as JSON text (replay only; the live path has `observations`).
+    pub data: Option<String>,
     /// On the live path: what each meter of `ty` read from `data`, in
     /// [`MeterSet::for_type`] order, already extracted by the writer when it
     /// checked the event (the writer's meter set at that seq is the same as
@@ -290,11 +289,12 @@ pub struct EventFacts {
 }
 
 #[derive(serde::Deserialize)]
-struct LoggedEvent {
+struct LoggedEvent<'a> {
     #[serde(rename = "type")]
     ty: String,
     subject: String,
-    data: Option<Value>,
+    #[serde(borrow)]
+    data: Option<&'a serde_json::value::RawValue>,
 }
 
 impl EventFacts {
@@ -304,7 +304,7 @@ impl EventFacts {
             ty: e.ty,
             subject: e.subject,
             time_ms,
-            data: e.data,
+            data: e.data.map(|d| d.get().to_owned()),
             observations: None,
         })
     }
@@ -401,7 +401,7 @@ fn fold_event(meters: &MeterSet, facts: &EventFacts, fold: &mut Fold) {
 }
 
 fn fold_one(meter: &CompiledMeter, facts: &EventFacts, fold: &mut Fold) {
-    match meter.extract(facts.data.as_ref()) {
+    match meter.extract(facts.data.as_deref()) {
         Ok(obs) => fold.apply(meter, &facts.subject, facts.time_ms, &obs),
         Err(e) => metrics()
             .fold_skipped_total

@@ -244,8 +244,8 @@ mod tests {
             match (&one_pass, &two_pass) {
                 (Decoded::Valid(a), Decoded::Valid(b)) => {
                     assert_eq!(
-                        (a.key, &a.raw, &a.data),
-                        (b.key, &b.raw, &b.data),
+                        (a.key, &a.raw, a.data()),
+                        (b.key, &b.raw, b.data()),
                         "{value}"
                     );
                     assert_eq!(a.raw, EVENT);
@@ -279,7 +279,7 @@ mod tests {
         match decode(Some(br#"{"n":2}"#), &headers) {
             Decoded::Valid(e) => {
                 assert_eq!(e.time_ms, 1_780_000_000_123);
-                assert_eq!(e.data.unwrap()["n"], 2);
+                assert_eq!(e.data(), Some(r#"{"n":2}"#));
                 let raw: Value = serde_json::from_str(&e.raw).unwrap();
                 assert_eq!(raw["datacontenttype"], "application/json");
             }

@@ -901,7 +901,7 @@ fn meter_rejection(engine: &EngineHandle, event: &UsageEvent) -> Option<Rejectio
     let meters = engine.shared.meters.load();
     let rejection = meters.for_type(&event.ty).find_map(|meter| {
         meter
-            .extract(event.data.as_ref())
+            .extract(event.data())
             .err()
             .map(|e| Rejection::new(e.code(), format!("meter `{}`: {e}", meter.def().slug)))
     });
