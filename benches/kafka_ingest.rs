@@ -151,6 +151,7 @@ fn bare(bootstrap: &str, ends: &HashMap<i32, i64>) -> f64 {
     consumer.assign(&tpl).unwrap();
     let total: i64 = ends.values().sum();
     let (mut received, mut bytes) = (0i64, 0usize);
+    let cpu_before = cpu_by_thread();
     let started = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(300);
     while received < total {
@@ -164,8 +165,38 @@ fn bare(bootstrap: &str, ends: &HashMap<i32, i64>) -> f64 {
         }
     }
     let secs = started.elapsed().as_secs_f64();
+    print_cpu("bare consumer", &cpu_before, &cpu_by_thread(), secs, total);
     assert!(bytes > 0);
     total as f64 / secs
+}
+
+/// Prints the CPU time each thread spent between two [`cpu_by_thread`]
+/// readings, in total and per event.
+fn print_cpu(
+    who: &str,
+    before: &std::collections::BTreeMap<String, f64>,
+    after: &std::collections::BTreeMap<String, f64>,
+    secs: f64,
+    events: i64,
+) {
+    let mut spent: Vec<(String, f64)> = after
+        .iter()
+        .map(|(name, t)| (name.clone(), t - before.get(name).copied().unwrap_or(0.0)))
+        .filter(|(_, t)| *t >= 0.05)
+        .collect();
+    spent.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let per_event_us = |t: f64| t * 1e6 / events as f64;
+    let sum: f64 = spent.iter().map(|(_, t)| t).sum();
+    println!(
+        "{who} CPU: {sum:.2} s on {secs:.2} s of wall time ({:.2} µs per event)",
+        per_event_us(sum)
+    );
+    for (name, t) in &spent {
+        println!(
+            "  {name:<20} {t:>6.2} s  {:>5.2} µs/event",
+            per_event_us(*t)
+        );
+    }
 }
 
 /// Consumes the topic with keymeter until the log holds every position.
@@ -239,30 +270,13 @@ fn keymeter(bootstrap: &str, ends: &HashMap<i32, i64>) -> f64 {
     let secs = clock.elapsed().as_secs_f64();
     let cpu_after = cpu_by_thread();
     source.stop();
-    let mut spent: Vec<(String, f64)> = cpu_after
-        .iter()
-        .map(|(name, t)| {
-            (
-                name.clone(),
-                t - cpu_before.get(name).copied().unwrap_or(0.0),
-            )
-        })
-        .filter(|(_, t)| *t >= 0.05)
-        .collect();
-    spent.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let per_event_us = |t: f64| t * 1e6 / total as f64;
-    println!(
-        "keymeter CPU while consuming: {:.2} s on {:.2} s of wall time ({:.2} µs per event)",
-        spent.iter().map(|(_, t)| t).sum::<f64>(),
+    print_cpu(
+        "keymeter while consuming",
+        &cpu_before,
+        &cpu_after,
         secs,
-        per_event_us(spent.iter().map(|(_, t)| t).sum::<f64>())
+        total,
     );
-    for (name, t) in &spent {
-        println!(
-            "  {name:<20} {t:>6.2} s  {:>5.2} µs/event",
-            per_event_us(*t)
-        );
-    }
     let accepted = keymeter::metrics::metrics()
         .kafka_messages_total
         .with_label_values(&["accepted"])

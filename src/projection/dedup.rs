@@ -12,7 +12,7 @@
 //! are refused with a clear error instead of growing without limit.
 //!
 //! Durable: the index is a projection of the log. It is saved to a snapshot
-//! file (sorted entries, CRC32C, written to a temporary file, fsynced and
+//! file (entries, CRC32C, written to a temporary file, fsynced and
 //! renamed) together with the sequence number it covers; on start the
 //! snapshot is loaded and the log after it replayed.
 
@@ -165,12 +165,12 @@ impl DedupIndex {
     /// of the directory.
     pub fn save_snapshot(&self) -> std::io::Result<()> {
         let tmp = self.snapshot_path.with_extension("snapshot.tmp");
-        let mut entries: Vec<(&DedupKey, &i64)> = self.keys.iter().collect();
-        entries.sort_unstable();
-        let mut body = Vec::with_capacity(16 + entries.len() * 24);
+        // Entries in the map's order: loading inserts them into a map again,
+        // so sorting millions of them would only stall the writer.
+        let mut body = Vec::with_capacity(16 + self.keys.len() * 24);
         body.extend_from_slice(&self.applied.to_le_bytes());
-        body.extend_from_slice(&(entries.len() as u64).to_le_bytes());
-        for (k, t) in entries {
+        body.extend_from_slice(&(self.keys.len() as u64).to_le_bytes());
+        for (k, t) in &self.keys {
             body.extend_from_slice(&k.0);
             body.extend_from_slice(&t.to_le_bytes());
         }

@@ -320,8 +320,10 @@ pub struct Applied<'a> {
 /// The meters known to a fold, by slug and by event type.
 #[derive(Default, Clone)]
 pub struct MeterSet {
-    by_slug: BTreeMap<String, CompiledMeter>,
-    by_type: HashMap<String, Vec<String>>,
+    by_slug: BTreeMap<String, Arc<CompiledMeter>>,
+    /// The same meters, in insertion order per event type: looked up for
+    /// every event, so a type's meters are one probe away.
+    by_type: HashMap<String, Vec<Arc<CompiledMeter>>>,
 }
 
 impl MeterSet {
@@ -337,35 +339,33 @@ impl MeterSet {
         let slug = meter.def().slug.clone();
         let ty = meter.def().event_type.clone();
         self.remove(&slug);
-        self.by_type.entry(ty).or_default().push(slug.clone());
+        let meter = Arc::new(meter);
+        self.by_type.entry(ty).or_default().push(meter.clone());
         self.by_slug.insert(slug, meter);
     }
 
     pub fn remove(&mut self, slug: &str) -> Option<CompiledMeter> {
         let old = self.by_slug.remove(slug)?;
-        if let Some(v) = self.by_type.get_mut(&old.def().event_type) {
-            v.retain(|s| s != slug);
+        let ty = &old.def().event_type;
+        if let Some(v) = self.by_type.get_mut(ty) {
+            v.retain(|m| m.def().slug != slug);
             if v.is_empty() {
-                self.by_type.remove(&old.def().event_type);
+                self.by_type.remove(ty);
             }
         }
-        Some(old)
+        Some(Arc::unwrap_or_clone(old))
     }
 
     pub fn get(&self, slug: &str) -> Option<&CompiledMeter> {
-        self.by_slug.get(slug)
+        self.by_slug.get(slug).map(|m| &**m)
     }
 
     pub fn for_type<'s>(&'s self, ty: &str) -> impl Iterator<Item = &'s CompiledMeter> + 's {
-        self.by_type
-            .get(ty)
-            .into_iter()
-            .flatten()
-            .filter_map(|slug| self.by_slug.get(slug))
+        self.by_type.get(ty).into_iter().flatten().map(|m| &**m)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &CompiledMeter> {
-        self.by_slug.values()
+        self.by_slug.values().map(|m| &**m)
     }
 
     pub fn len(&self) -> usize {
