@@ -138,6 +138,8 @@ fn print(name: &str, r: &Run) {
 }
 
 fn main() {
+    // As `keymeter serve` runs.
+    keymeter::memory::disable_transparent_huge_pages();
     let quick = std::env::var("KEYMETER_BENCH_QUICK").is_ok();
     let requests = if quick { 10 } else { 1_000 };
     let concurrency = std::env::var("KEYMETER_BENCH_CLIENTS")

@@ -13,6 +13,7 @@ pub mod engine;
 pub mod event;
 pub mod license;
 pub mod log;
+pub mod memory;
 pub mod meter;
 pub mod metrics;
 pub mod product;

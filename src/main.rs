@@ -275,6 +275,7 @@ impl ConfigArgs {
 }
 
 fn main() -> std::process::ExitCode {
+    let thp_off = keymeter::memory::disable_transparent_huge_pages();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KEYMETER_LOG")
@@ -282,6 +283,7 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    tracing::debug!(thp_off, "transparent huge pages");
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => args.load().and_then(serve),
