@@ -596,3 +596,76 @@ async fn binary_and_structured_modes_count_and_binary_without_ce_id_is_quarantin
     assert_eq!(dlq[&(1, 2)].0, msgs[2].value);
     server.stop();
 }
+
+/// Number of partitions an instance holds.
+fn assigned(ready: &Value) -> usize {
+    ready["kafka"]["assignedPartitions"]
+        .as_array()
+        .map_or(0, Vec::len)
+}
+
+/// A second instance joins the group, takes partitions away mid-stream,
+/// commits its own offsets to Kafka, and dies. The first instance must give
+/// the revoked partitions up cleanly, get them back, and resume each from
+/// the position in its own log (not from the offsets the other committed),
+/// so that its counters end exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalance_to_a_second_member_and_back_resumes_from_the_log_exactly() {
+    let cluster = mock_cluster();
+    let bootstrap = cluster.bootstrap_servers();
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let a = start_with_file(dir_a.path(), &bootstrap).await;
+    create_meters(&a).await;
+    let mut expected = Expected::default();
+    let msgs = workload("r", 60_000, 5, 4, &mut expected);
+    let (first, second) = msgs.split_at(20_000);
+    let producer = producer(&bootstrap);
+    produce(&producer, first);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while consumed(&readyz(&a).await) == 0 {
+        assert!(Instant::now() < deadline, "nothing consumed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let b = start_with_file(dir_b.path(), &bootstrap).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (ra, rb) = (readyz(&a).await, readyz(&b).await);
+        if assigned(&ra) < PARTITIONS as usize && consumed(&rb) > 0 {
+            assert_eq!(
+                assigned(&ra) + assigned(&rb),
+                PARTITIONS as usize,
+                "{ra}\n{rb}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no rebalance to the second member: {ra}\n{rb}\n{}",
+            b.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    produce(&producer, second);
+    // Let the second member take some of the new messages too, then kill it:
+    // its session times out and the first member is given everything back.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    b.kill();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while assigned(&readyz(&a).await) < PARTITIONS as usize {
+        assert!(
+            Instant::now() < deadline,
+            "partitions not given back: {}",
+            readyz(&a).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_consumed(&a, &expected.ends, Duration::from_secs(120)).await;
+    assert_counters(&a, &expected).await;
+    assert_eq!(
+        quarantine(&a).await.keys().collect::<Vec<_>>(),
+        expected.rejected.keys().collect::<Vec<_>>()
+    );
+    a.stop();
+}
