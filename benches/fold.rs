@@ -10,7 +10,7 @@
 //!   of growing fresh memory); into one reused `Fold` cleared every 4,096 events; the
 //!   same plus `drain_sorted` per batch (the flush's key materialisation and sort);
 //!   and with every event owning its observation (input cold in cache);
-//! - (b) `CompiledMeter::extract` + `Fold::apply` from pre-parsed `serde_json::Value`s.
+//! - (b) `CompiledMeter::extract` + `Fold::apply` from each event's `data` JSON text.
 //!
 //! Prints the median events/s of each case and the fold/baseline ratios.
 //! `KEYMETER_BENCH_QUICK=1` shrinks it to a sub-second smoke run.
@@ -267,7 +267,7 @@ fn main() {
     let mut batched = Case::new("(a) fold observations, 4096/batch");
     let mut drained = Case::new("(a) fold + drain_sorted, 4096/batch");
     let mut cold = Case::new("(a) fold owned (cold) observations");
-    let mut extracted = Case::new("(b) extract + fold from Value");
+    let mut extracted = Case::new("(b) extract + fold from data text");
     for _ in 0..plan.rounds {
         base.run(|| baseline(&input));
         whole.run(|| fold_observations(&meter, &input));

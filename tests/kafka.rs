@@ -254,6 +254,19 @@ fn consumed(ready: &Value) -> i64 {
         .unwrap_or(0)
 }
 
+/// Waits until the log holds a position past some message; returns the sum.
+async fn wait_some_consumed(server: &Server) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let done = consumed(&readyz(server).await);
+        if done > 0 {
+            return done;
+        }
+        assert!(Instant::now() < deadline, "nothing consumed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits until the log's position of every partition is its end offset.
 async fn wait_consumed(server: &Server, ends: &HashMap<i32, i64>, limit: Duration) {
     let deadline = Instant::now() + limit;
@@ -464,16 +477,8 @@ async fn killed_mid_stream_restarts_from_the_log_and_counts_exactly() {
     let msgs = workload("b", 40_000, 5, 2, &mut expected);
     let total: i64 = expected.ends.values().sum();
     produce(&producer(&bootstrap), &msgs);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let done = consumed(&readyz(&server).await);
-        if done > 0 {
-            assert!(done < total, "consumed everything before the kill");
-            break;
-        }
-        assert!(Instant::now() < deadline, "nothing consumed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let done = wait_some_consumed(&server).await;
+    assert!(done < total, "consumed everything before the kill");
     server.kill(); // SIGKILL: nothing flushed, no offsets committed to Kafka
 
     let server = start_with_file(dir.path(), &bootstrap).await;
@@ -495,11 +500,7 @@ async fn broker_outage_is_reported_and_consumption_resumes_exactly() {
     let (first, second) = msgs.split_at(15_000);
     let producer = producer(&bootstrap);
     produce(&producer, first);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while consumed(&readyz(&server).await) == 0 {
-        assert!(Instant::now() < deadline, "nothing consumed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_some_consumed(&server).await;
     cluster.broker_down(1).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -622,11 +623,7 @@ async fn rebalance_to_a_second_member_and_back_resumes_from_the_log_exactly() {
     let (first, second) = msgs.split_at(20_000);
     let producer = producer(&bootstrap);
     produce(&producer, first);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while consumed(&readyz(&a).await) == 0 {
-        assert!(Instant::now() < deadline, "nothing consumed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_some_consumed(&a).await;
 
     let b = start_with_file(dir_b.path(), &bootstrap).await;
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -1873,7 +1873,6 @@ impl Writer {
                         let key = event.key;
                         if !self.dedup.claim_one(key, event.time_ms) {
                             outcome.duplicates += 1;
-                            m.events_duplicate_total.inc();
                             continue;
                         }
                         let facts = EventFacts {
@@ -1893,7 +1892,6 @@ impl Writer {
                         );
                         outcome.accepted += 1;
                         outcome.last_seq = base_seq + batch.records.len() as u64 - 1;
-                        m.events_accepted_total.inc();
                         continue;
                     }
                 },
@@ -1919,6 +1917,9 @@ impl Writer {
                 message: rejection.message,
             });
         }
+        m.events_accepted_total.inc_by(u64::from(outcome.accepted));
+        m.events_duplicate_total
+            .inc_by(u64::from(outcome.duplicates));
         Ok(outcome)
     }
 
