@@ -66,11 +66,7 @@ impl CompiledMeter {
                         path: path.as_str().to_owned(),
                     })
                 }
-                Some(Err(_)) => {
-                    return Err(ExtractError::ValueOutOfRange {
-                        path: path.as_str().to_owned(),
-                    })
-                }
+                Some(Err(text)) => return Err(unparsed_value(text, path, self.aggregation())),
                 Some(Ok(node)) if self.aggregation() == Aggregation::UniqueCount => {
                     ObservedValue::Unique(unique_value_hash(&node, path)?)
                 }
@@ -90,12 +86,33 @@ impl CompiledMeter {
 }
 
 /// The node `path` selects in `data`, parsed. The text was checked as JSON,
-/// nested no deeper than a parse allows, when the event was decoded; the one
-/// thing that still fails to parse is a number beyond f64's range (`1e400`),
-/// which comes back as its text.
+/// nested no deeper than a parse allows, when the event was decoded; what
+/// still fails to parse is a node that is or holds a number beyond f64's
+/// range (`1e400`), which comes back as its text.
 fn select<'d>(path: &SingularPath, data: Option<&'d str>) -> Option<Result<Value, &'d str>> {
     let node = path.select(data?)?;
     Some(serde_json::from_str(node).map_err(|_| node))
+}
+
+/// Why a selected value that does not parse cannot be measured: the number
+/// itself is out of range; an array or object holding one is the wrong kind,
+/// as it would be with any numbers inside.
+fn unparsed_value(text: &str, path: &SingularPath, aggregation: Aggregation) -> ExtractError {
+    let found = match text.as_bytes().first() {
+        Some(b'{') => "object",
+        Some(b'[') => "array",
+        _ => {
+            return ExtractError::ValueOutOfRange {
+                path: path.as_str().to_owned(),
+            }
+        }
+    };
+    let path = path.as_str().to_owned();
+    if aggregation == Aggregation::UniqueCount {
+        ExtractError::NotScalar { path, found }
+    } else {
+        ExtractError::NotNumeric { path, found }
+    }
 }
 
 fn json_kind(value: &Value) -> &'static str {
@@ -357,6 +374,18 @@ mod tests {
         let data = r#"{"v": 1e400, "model": -2E+999, "tier": "t"}"#;
         let err = meter("SUM", Some("$.v")).extract(Some(data)).unwrap_err();
         assert_eq!(err, ExtractError::ValueOutOfRange { path: "$.v".into() });
+        let holding =
+            |agg: &str, data: &str| meter(agg, Some("$.v")).extract(Some(data)).unwrap_err();
+        let (path, found) = ("$.v".to_owned(), "object");
+        assert_eq!(
+            holding("SUM", r#"{"v": {"w": 1e400}}"#),
+            ExtractError::NotNumeric { path, found }
+        );
+        let (path, found) = ("$.v".to_owned(), "array");
+        assert_eq!(
+            holding("UNIQUE_COUNT", r#"{"v": [1e400]}"#),
+            ExtractError::NotScalar { path, found }
+        );
         let obs = meter("COUNT", None).extract(Some(data)).unwrap();
         assert_eq!(
             obs.group,
