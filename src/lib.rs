@@ -1,12 +1,14 @@
 //! keymeter: an event-sourced usage-metering and licensing engine.
 //!
 //! The append-only, hash-chained [`log`] is the single source of truth. The
-//! [`engine`] is its only writer; [`projection`]s in sled are folds of it that
-//! can be rebuilt at any time, and [`meter`] holds the pure fold itself.
+//! [`engine`] appends to it while serving (`keys rotate` appends while the
+//! server is stopped); [`projection`]s in sled are folds of it that can be
+//! rebuilt at any time, and [`meter`] holds the pure fold itself.
 
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod engine;

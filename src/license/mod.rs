@@ -15,12 +15,14 @@ pub mod book;
 pub mod decide;
 pub mod model;
 pub mod period;
+pub mod renewal;
 pub mod seats;
 
 pub use book::{LicenseBook, LicenseState};
 pub use decide::{decide, Code, Request, Verdict};
 pub use model::{License, Policy, Quota, SeatMode, SeatPolicy, Status, UsagePolicy};
 pub use period::{current_period, Period, PeriodBounds};
+pub use renewal::Renewal;
 pub use seats::{Seat, SeatTable};
 
 /// Why an admin or seat operation was refused: a stable code and a message.

@@ -35,6 +35,7 @@ mod fold;
 mod key;
 mod path;
 mod query;
+mod set;
 mod state;
 mod window;
 
@@ -48,6 +49,7 @@ pub use extract::{unique_hash, ExtractError, Observation, ObservedValue};
 pub use fold::{fold_event, Fold};
 pub use key::{CounterKey, KeyError};
 pub use query::{query, QueryError, QueryParams, QueryRow};
+pub use set::{MeterCheckError, MeterSet};
 pub use state::{AggState, DecodeError, MergeError, STATE_ENCODING_VERSION};
 pub use window::WindowSize;
 

@@ -23,11 +23,12 @@
 pub mod dedup;
 pub mod licenses;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use crate::log::{self, Seq};
+pub use crate::meter::MeterSet;
 use crate::meter::{AggState, CompiledMeter, CounterKey, Fold, MeterDef};
 use crate::metrics::metrics;
 use crate::record::{ApiKeyRecord, Record, RejectedRecord};
@@ -315,66 +316,6 @@ pub struct Applied<'a> {
     pub seq: Seq,
     pub record: &'a Record,
     pub facts: Option<&'a EventFacts>,
-}
-
-/// The meters known to a fold, by slug and by event type.
-#[derive(Default, Clone)]
-pub struct MeterSet {
-    by_slug: BTreeMap<String, Arc<CompiledMeter>>,
-    /// The same meters, in insertion order per event type: looked up for
-    /// every event, so a type's meters are one probe away.
-    by_type: HashMap<String, Vec<Arc<CompiledMeter>>>,
-}
-
-impl MeterSet {
-    pub fn from_defs(defs: Vec<MeterDef>) -> Result<MeterSet, crate::meter::MeterError> {
-        let mut set = MeterSet::default();
-        for def in defs {
-            set.insert(def.validate()?);
-        }
-        Ok(set)
-    }
-
-    pub fn insert(&mut self, meter: CompiledMeter) {
-        let slug = meter.def().slug.clone();
-        let ty = meter.def().event_type.clone();
-        self.remove(&slug);
-        let meter = Arc::new(meter);
-        self.by_type.entry(ty).or_default().push(meter.clone());
-        self.by_slug.insert(slug, meter);
-    }
-
-    pub fn remove(&mut self, slug: &str) -> Option<CompiledMeter> {
-        let old = self.by_slug.remove(slug)?;
-        let ty = &old.def().event_type;
-        if let Some(v) = self.by_type.get_mut(ty) {
-            v.retain(|m| m.def().slug != slug);
-            if v.is_empty() {
-                self.by_type.remove(ty);
-            }
-        }
-        Some(Arc::unwrap_or_clone(old))
-    }
-
-    pub fn get(&self, slug: &str) -> Option<&CompiledMeter> {
-        self.by_slug.get(slug).map(|m| &**m)
-    }
-
-    pub fn for_type<'s>(&'s self, ty: &str) -> impl Iterator<Item = &'s CompiledMeter> + 's {
-        self.by_type.get(ty).into_iter().flatten().map(|m| &**m)
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &CompiledMeter> {
-        self.by_slug.values().map(|m| &**m)
-    }
-
-    pub fn len(&self) -> usize {
-        self.by_slug.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_slug.is_empty()
-    }
 }
 
 /// Folds one event into `fold` for every meter of its type; events a meter

@@ -2,7 +2,9 @@
 //!
 //! [`kafka`] consumes topics and feeds the engine one partition batch at a
 //! time, with the batch's offset range in the same log write;
+//! [`checkpoint`] is where each partition stands (pure);
 //! [`binding`] turns one Kafka message into a decoded CloudEvent (pure).
 
 pub mod binding;
+pub mod checkpoint;
 pub mod kafka;

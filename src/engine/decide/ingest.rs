@@ -1,0 +1,204 @@
+//! Ingest decisions: the meter check, dedup, a Kafka batch's offset delta,
+//! and the quarantine records of what was refused.
+
+use std::collections::HashMap;
+
+use super::{Request, WriterState};
+use crate::engine::batch::Batch;
+use crate::engine::protocol::{
+    EngineError, Ingest, IngestOutcome, Origin, RejectBody, RejectedItem, SourcePositions,
+};
+use crate::event::{Decoded, Rejection};
+use crate::log::Seq;
+use crate::metrics::metrics;
+use crate::projection::EventFacts;
+use crate::record::{EventRecord, Record, RejectedRecord, SourcePosition};
+use crate::source::checkpoint::PartitionId;
+
+impl Request for Ingest {
+    type Output = IngestOutcome;
+
+    fn records_max(&self) -> usize {
+        self.items.len() + 1
+    }
+
+    fn decide(
+        self,
+        state: &mut WriterState,
+        _now_ms: i64,
+        batch: &mut Batch,
+    ) -> Result<IngestOutcome, EngineError> {
+        let Ingest {
+            items,
+            received_ms,
+            origin,
+        } = self;
+        if let Origin::Kafka { delta, .. } = &origin {
+            // Both checks come first: a refused delta, or a full dedup
+            // index, leaves the position where it was.
+            let refused =
+                |r: crate::source::checkpoint::DeltaRefused| EngineError::Conflict(r.to_string());
+            state.sources.check_delta(delta).map_err(refused)?;
+            state.dedup_room(items.len())?;
+            state.sources.try_apply_delta(delta).map_err(refused)?;
+        } else {
+            state.dedup_room(items.len())?;
+        }
+        let outcome = state.ingest_items(items, received_ms, &origin, batch);
+        if let Origin::Kafka { delta, .. } = origin {
+            batch.push(Record::SourceOffsets(delta), None);
+        }
+        Ok(outcome)
+    }
+}
+
+impl Request for RejectBody {
+    type Output = Seq;
+
+    fn decide(
+        self,
+        state: &mut WriterState,
+        _now_ms: i64,
+        batch: &mut Batch,
+    ) -> Result<Seq, EngineError> {
+        metrics()
+            .events_rejected_total
+            .with_label_values(&[self.rejection.code])
+            .inc();
+        let record = RejectedRecord::new(
+            self.received_ms,
+            self.origin,
+            None,
+            self.rejection.code,
+            &self.rejection.message,
+            &self.raw,
+        );
+        batch.push(Record::Rejected(record), None);
+        Ok(state.last_seq(batch))
+    }
+}
+
+impl Request for SourcePositions {
+    type Output = HashMap<PartitionId, i64>;
+
+    fn records_max(&self) -> usize {
+        0
+    }
+
+    fn decide(
+        self,
+        state: &mut WriterState,
+        _now_ms: i64,
+        _batch: &mut Batch,
+    ) -> Result<Self::Output, EngineError> {
+        Ok(state.sources.positions().clone())
+    }
+}
+
+impl WriterState {
+    /// Refuses `incoming` events (HTTP or Kafka alike) when claiming them
+    /// could take the dedup index past its bound.
+    fn dedup_room(&self, incoming: usize) -> Result<(), EngineError> {
+        if self.dedup.len() + incoming <= self.dedup_keys_max {
+            return Ok(());
+        }
+        metrics()
+            .events_rejected_total
+            .with_label_values(&["DEDUP_CAPACITY"])
+            .inc_by(incoming as u64);
+        Err(EngineError::Overloaded(format!(
+            "the dedup index holds {} identities, its limit is {}; raise dedup_keys_max or shorten event_time_back",
+            self.dedup.len(),
+            self.dedup_keys_max
+        )))
+    }
+
+    /// Every valid event that all meters of its type can read, and whose
+    /// identity is new, becomes an event record; the rest become quarantine
+    /// records (duplicates are only counted).
+    fn ingest_items(
+        &mut self,
+        items: Vec<Decoded>,
+        received_ms: i64,
+        origin: &Origin,
+        batch: &mut Batch,
+    ) -> IngestOutcome {
+        let mut outcome = IngestOutcome::default();
+        for (index, item) in items.into_iter().enumerate() {
+            let index = index as u32;
+            let (rejection, raw) = match item {
+                Decoded::Invalid { rejection, raw } => (rejection, raw),
+                Decoded::Valid(event) => match self.meters.check(&event.ty, event.data()) {
+                    Err(e) => (
+                        Rejection::new(e.code(), e.to_string()),
+                        event.raw.into_bytes(),
+                    ),
+                    Ok(observations) => {
+                        if !self.dedup.claim_one(event.key, event.time_ms) {
+                            outcome.duplicates += 1;
+                            continue;
+                        }
+                        let facts = EventFacts {
+                            ty: event.ty,
+                            subject: event.subject,
+                            time_ms: event.time_ms,
+                            data: None,
+                            observations: Some(observations),
+                        };
+                        let record = EventRecord {
+                            received_ms,
+                            time_ms: event.time_ms,
+                            raw: event.raw,
+                        };
+                        batch.push(Record::Event(record), Some(facts));
+                        outcome.accepted += 1;
+                        outcome.last_seq = self.last_seq(batch);
+                        continue;
+                    }
+                },
+            };
+            let record = quarantined(received_ms, origin, index, &rejection, &raw);
+            batch.push(Record::Rejected(record), None);
+            outcome.last_seq = self.last_seq(batch);
+            outcome.rejected.push(RejectedItem {
+                index,
+                code: rejection.code.to_owned(),
+                message: rejection.message,
+            });
+        }
+        let m = metrics();
+        for r in &outcome.rejected {
+            m.events_rejected_total.with_label_values(&[&r.code]).inc();
+        }
+        m.events_accepted_total.inc_by(u64::from(outcome.accepted));
+        m.events_duplicate_total
+            .inc_by(u64::from(outcome.duplicates));
+        outcome
+    }
+}
+
+/// The quarantine record of item `index`, with its Kafka position if any.
+fn quarantined(
+    received_ms: i64,
+    origin: &Origin,
+    index: u32,
+    rejection: &Rejection,
+    raw: &[u8],
+) -> RejectedRecord {
+    let mut record = RejectedRecord::new(
+        received_ms,
+        origin.label(),
+        Some(index),
+        rejection.code,
+        &rejection.message,
+        raw,
+    );
+    if let Origin::Kafka { delta, offsets } = origin {
+        record.position = offsets.get(index as usize).map(|&offset| SourcePosition {
+            topic: delta.topic.clone(),
+            partition: delta.partition,
+            offset,
+        });
+    }
+    record
+}

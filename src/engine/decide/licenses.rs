@@ -1,0 +1,509 @@
+//! Admin decisions: licenses and their seats, products, API keys, meters.
+//! Each checks the request against the writer's state, turns it into one or
+//! more records, and applies them to the state before the next request.
+
+use super::{stamped, Request, WriterState, LEASE_SWEEP_RECORDS_MAX};
+use crate::engine::batch::Batch;
+use crate::engine::protocol::{
+    ChangeLicenseStatus, CheckoutSeat, CreateApiKey, CreateLicense, CreateMeter, DeleteMeter,
+    EngineError, HeartbeatSeat, RecordLicenseFile, ReleaseSeat, RenewLicense, RevokeApiKey,
+    SaveProduct, SeatLease, SweepLeases, UpdateLicense,
+};
+use crate::event::Rejection;
+use crate::license::model::StatusAction;
+use crate::license::seats::CheckoutPlan;
+use crate::license::{License, Refusal, SeatPolicy, SeatTable};
+use crate::meter::MeterDef;
+use crate::metrics::metrics;
+use crate::product::Product;
+use crate::record::{ApiKeyRecord, AsJson, Record, SeatRecord};
+
+/// The answer of a license or seat request: refusals are answers too.
+type Decided<T> = Result<Result<T, Refusal>, EngineError>;
+
+impl Request for CreateLicense {
+    type Output = Result<License, Refusal>;
+
+    fn decide(self, state: &mut WriterState, now_ms: i64, batch: &mut Batch) -> Decided<License> {
+        let license = *self.license;
+        if let Err(r) = license.validate() {
+            return Ok(Err(r));
+        }
+        let exists = state.licenses.get(&license.id).is_some()
+            || state.licenses.contains_digest(&self.secret.lookup);
+        if exists {
+            let msg = format!("license `{}` already exists", license.id);
+            return Ok(Err(Refusal::new("CONFLICT", msg)));
+        }
+        let record = Record::LicenseCreated {
+            license: AsJson::new(license.clone()),
+            secret: self.secret,
+            audit: stamped(self.audit, now_ms),
+        };
+        state.push_license_record(record, batch);
+        Ok(Ok(license))
+    }
+}
+
+impl Request for UpdateLicense {
+    type Output = Result<License, Refusal>;
+
+    fn decide(self, state: &mut WriterState, now_ms: i64, batch: &mut Batch) -> Decided<License> {
+        let now = crate::license::utc_ms(now_ms);
+        let license = match state
+            .license(&self.id)
+            .and_then(|l| l.updated(*self.update, now))
+        {
+            Ok(l) => l,
+            Err(r) => return Ok(Err(r)),
+        };
+        let record = Record::LicenseChanged {
+            license: AsJson::new(license.clone()),
+            audit: stamped(self.audit, now_ms),
+        };
+        state.push_license_record(record, batch);
+        Ok(Ok(license))
+    }
+}
+
+impl Request for ChangeLicenseStatus {
+    type Output = Result<License, Refusal>;
+
+    fn decide(self, state: &mut WriterState, now_ms: i64, batch: &mut Batch) -> Decided<License> {
+        let allowed = state
+            .license(&self.id)
+            .and_then(|l| crate::license::model::transition(l.status, self.action));
+        if let Err(r) = allowed {
+            return Ok(Err(r));
+        }
+        let audit = stamped(self.audit, now_ms);
+        let id = self.id;
+        let record = match self.action {
+            StatusAction::Suspend => Record::LicenseSuspended {
+                id: id.clone(),
+                reason: self.reason,
+                audit,
+            },
+            StatusAction::Reinstate => Record::LicenseReinstated {
+                id: id.clone(),
+                audit,
+            },
+            StatusAction::Revoke => Record::LicenseRevoked {
+                id: id.clone(),
+                reason: self.reason,
+                audit,
+            },
+        };
+        state.push_license_record(record, batch);
+        Ok(Ok(state.current(&id)))
+    }
+}
+
+impl Request for RenewLicense {
+    type Output = Result<License, Refusal>;
+
+    fn decide(self, state: &mut WriterState, now_ms: i64, batch: &mut Batch) -> Decided<License> {
+        let expires_at_ms = match state.license(&self.id) {
+            Ok(license) => license.renewed_expiry(self.renewal, now_ms),
+            Err(r) => Err(r),
+        };
+        let expires_at_ms = match expires_at_ms {
+            Ok(e) => e,
+            Err(r) => return Ok(Err(r)),
+        };
+        let record = Record::LicenseRenewed {
+            id: self.id.clone(),
+            expires_at_ms,
+            audit: stamped(self.audit, now_ms),
+        };
+        state.push_license_record(record, batch);
+        Ok(Ok(state.current(&self.id)))
+    }
+}
+
+impl Request for CheckoutSeat {
+    type Output = Result<SeatLease, Refusal>;
+
+    fn decide(self, state: &mut WriterState, now_ms: i64, batch: &mut Batch) -> Decided<SeatLease> {
+        let outcome = state.checkout_seat(self, now_ms, batch);
+        seat_metric("checkout", &outcome);
+        Ok(outcome)
+    }
+}
+
+impl Request for HeartbeatSeat {
+    type Output = Result<SeatLease, Refusal>;
+
+    fn decide(self, state: &mut WriterState, now_ms: i64, batch: &mut Batch) -> Decided<SeatLease> {
+        let outcome = state.heartbeat_seat(&self.license_id, &self.seat_id, now_ms, batch);
+        seat_metric("heartbeat", &outcome);
+        Ok(outcome)
+    }
+}
+
+impl Request for ReleaseSeat {
+    type Output = Result<(), Refusal>;
+
+    fn decide(self, state: &mut WriterState, now_ms: i64, batch: &mut Batch) -> Decided<()> {
+        let held = state
+            .license(&self.license_id)
+            .and_then(|_| state.seat(&self.license_id, &self.seat_id).map(|_| ()));
+        let outcome = held.map(|()| {
+            let record = Record::SeatReleased {
+                license_id: self.license_id,
+                seat_id: self.seat_id,
+                audit: stamped(self.audit, now_ms),
+            };
+            state.push_license_record(record, batch);
+        });
+        seat_metric("release", &outcome);
+        Ok(outcome)
+    }
+}
+
+impl Request for SweepLeases {
+    type Output = usize;
+
+    fn records_max(&self) -> usize {
+        LEASE_SWEEP_RECORDS_MAX
+    }
+
+    fn decide(
+        self,
+        state: &mut WriterState,
+        now_ms: i64,
+        batch: &mut Batch,
+    ) -> Result<usize, EngineError> {
+        let lapsed = state.licenses.lapsed_leases(now_ms);
+        let n = lapsed.len().min(LEASE_SWEEP_RECORDS_MAX);
+        for (license_id, seat_id) in lapsed.into_iter().take(LEASE_SWEEP_RECORDS_MAX) {
+            let record = Record::SeatLeaseExpired {
+                license_id,
+                seat_id,
+                at_ms: now_ms,
+            };
+            state.push_license_record(record, batch);
+        }
+        Ok(n)
+    }
+}
+
+impl Request for RecordLicenseFile {
+    type Output = ();
+
+    fn decide(
+        self,
+        _: &mut WriterState,
+        now_ms: i64,
+        batch: &mut Batch,
+    ) -> Result<(), EngineError> {
+        let audit = stamped(self.audit, now_ms);
+        batch.push(
+            Record::LicenseFileIssued {
+                issue: self.issue,
+                audit,
+            },
+            None,
+        );
+        Ok(())
+    }
+}
+
+impl Request for SaveProduct {
+    type Output = Product;
+
+    fn decide(
+        self,
+        state: &mut WriterState,
+        now_ms: i64,
+        batch: &mut Batch,
+    ) -> Result<Product, EngineError> {
+        let mut product = *self.product;
+        let stored = state.product_versions.get(&product.id).copied();
+        if product.version != stored.unwrap_or(0) + 1 {
+            return Err(match stored {
+                None => EngineError::NotFound(format!("product `{}` does not exist", product.id)),
+                Some(_) if product.version == 1 => {
+                    EngineError::Conflict(format!("product `{}` already exists", product.id))
+                }
+                Some(v) => EngineError::Conflict(format!(
+                    "product `{}` changed meanwhile (version {v}); read it and retry",
+                    product.id
+                )),
+            });
+        }
+        let audit = stamped(self.audit, now_ms);
+        product.updated_ms = audit.at_ms;
+        if product.version == 1 {
+            product.created_ms = audit.at_ms;
+        }
+        state
+            .product_versions
+            .insert(product.id.clone(), product.version);
+        let record = Record::ProductSaved {
+            product: AsJson::new(product.clone()),
+            audit,
+        };
+        batch.push(record, None);
+        Ok(product)
+    }
+}
+
+impl Request for CreateApiKey {
+    type Output = ApiKeyRecord;
+
+    fn decide(
+        self,
+        state: &mut WriterState,
+        now_ms: i64,
+        batch: &mut Batch,
+    ) -> Result<ApiKeyRecord, EngineError> {
+        if !state.key_ids.insert(self.key.id.clone()) {
+            let msg = format!("API key id `{}` already exists", self.key.id);
+            return Err(EngineError::Conflict(msg));
+        }
+        let record = Record::ApiKeyCreated {
+            key: self.key.clone(),
+            audit: stamped(self.audit, now_ms),
+        };
+        batch.push(record, None);
+        Ok(self.key)
+    }
+}
+
+impl Request for RevokeApiKey {
+    type Output = ();
+
+    fn decide(
+        self,
+        state: &mut WriterState,
+        now_ms: i64,
+        batch: &mut Batch,
+    ) -> Result<(), EngineError> {
+        if !state.key_ids.remove(&self.id) {
+            let msg = format!("API key `{}` does not exist", self.id);
+            return Err(EngineError::NotFound(msg));
+        }
+        let audit = stamped(self.audit, now_ms);
+        batch.push(Record::ApiKeyRevoked { id: self.id, audit }, None);
+        Ok(())
+    }
+}
+
+impl Request for CreateMeter {
+    type Output = MeterDef;
+
+    fn decide(
+        self,
+        state: &mut WriterState,
+        now_ms: i64,
+        batch: &mut Batch,
+    ) -> Result<MeterDef, EngineError> {
+        let def = self.def;
+        if state.meters.get(&def.slug).is_some() {
+            let msg = format!("meter `{}` already exists", def.slug);
+            return Err(EngineError::Conflict(msg));
+        }
+        let compiled = def
+            .validate()
+            .map_err(|e| EngineError::Invalid(Rejection::new(e.code(), e.to_string())))?;
+        state.meters.insert(compiled);
+        let record = Record::MeterCreated {
+            meter: AsJson::new(def.clone()),
+            audit: stamped(self.audit, now_ms),
+        };
+        batch.push(record, None);
+        Ok(def)
+    }
+}
+
+impl Request for DeleteMeter {
+    type Output = ();
+
+    fn decide(
+        self,
+        state: &mut WriterState,
+        now_ms: i64,
+        batch: &mut Batch,
+    ) -> Result<(), EngineError> {
+        if state.meters.remove(&self.slug).is_none() {
+            let msg = format!("meter `{}` does not exist", self.slug);
+            return Err(EngineError::NotFound(msg));
+        }
+        let audit = stamped(self.audit, now_ms);
+        batch.push(
+            Record::MeterDeleted {
+                slug: self.slug,
+                audit,
+            },
+            None,
+        );
+        Ok(())
+    }
+}
+
+impl WriterState {
+    /// Logs a license or seat record and applies it to the writer's book, so
+    /// later requests of the same batch see it.
+    fn push_license_record(&mut self, record: Record, batch: &mut Batch) {
+        if let Record::SeatLeaseExpired { .. } = record {
+            metrics()
+                .seat_operations_total
+                .with_label_values(&["lease_expired", "ok"])
+                .inc();
+        }
+        self.licenses.apply(&record);
+        batch.push(record, None);
+    }
+
+    fn license(&self, id: &str) -> Result<&License, Refusal> {
+        self.licenses
+            .get(id)
+            .map(|s| &s.license)
+            .ok_or_else(|| Refusal::new("NOT_FOUND", format!("license `{id}` does not exist")))
+    }
+
+    /// A license as the records just pushed left it.
+    fn current(&self, id: &str) -> License {
+        self.licenses.get(id).expect("just changed").license.clone()
+    }
+
+    fn seat(&self, license_id: &str, seat_id: &str) -> Result<&crate::license::Seat, Refusal> {
+        self.licenses
+            .get(license_id)
+            .and_then(|s| s.seats.get(seat_id))
+            .ok_or_else(|| Refusal::new("NO_SEAT", format!("seat `{seat_id}` does not exist")))
+    }
+
+    /// The license must be usable now for seat operations.
+    fn seat_policy(&self, id: &str, now_ms: i64) -> Result<SeatPolicy, Refusal> {
+        let license = self.license(id)?;
+        let now = crate::license::utc_ms(now_ms);
+        if let Err((code, detail)) = crate::license::decide::availability(license, now) {
+            return Err(Refusal::new(code.as_str(), detail));
+        }
+        license.policy.seats.clone().ok_or_else(|| {
+            Refusal::new(
+                "NO_SEAT_POLICY",
+                format!("license `{id}` has no seat policy"),
+            )
+        })
+    }
+
+    fn reclaim_lapsed(&mut self, license_id: &str, now_ms: i64, batch: &mut Batch) {
+        let lapsed = self
+            .licenses
+            .get(license_id)
+            .map(|s| s.seats.lapsed(now_ms))
+            .unwrap_or_default();
+        for seat_id in lapsed {
+            let record = Record::SeatLeaseExpired {
+                license_id: license_id.to_owned(),
+                seat_id,
+                at_ms: now_ms,
+            };
+            self.push_license_record(record, batch);
+        }
+    }
+
+    fn checkout_seat(
+        &mut self,
+        req: CheckoutSeat,
+        now_ms: i64,
+        batch: &mut Batch,
+    ) -> Result<SeatLease, Refusal> {
+        let license_id = req.license_id.as_str();
+        let policy = self.seat_policy(license_id, now_ms)?;
+        self.reclaim_lapsed(license_id, now_ms, batch);
+        let seats = &self.licenses.get(license_id).expect("checked").seats;
+        match seats.plan_checkout(&policy, &req.fingerprint, now_ms) {
+            CheckoutPlan::Full => Err(Refusal::new(
+                "SEAT_LIMIT_EXCEEDED",
+                format!("all {} seats are taken", policy.max),
+            )),
+            CheckoutPlan::Existing { seat_id, renew_to } => {
+                if renew_to.is_some() {
+                    let record = Record::SeatHeartbeat {
+                        license_id: license_id.to_owned(),
+                        seat_id: seat_id.clone(),
+                        at_ms: now_ms,
+                        expires_ms: renew_to,
+                    };
+                    self.push_license_record(record, batch);
+                }
+                let expires_ms = self
+                    .seat(license_id, &seat_id)
+                    .ok()
+                    .and_then(|s| s.expires_ms);
+                Ok(SeatLease {
+                    seat_id,
+                    fingerprint: req.fingerprint,
+                    expires_ms,
+                    new: false,
+                })
+            }
+            CheckoutPlan::New { expires_ms } => {
+                let record = Record::SeatCheckedOut {
+                    license_id: license_id.to_owned(),
+                    seat: SeatRecord {
+                        seat_id: req.new_seat_id.clone(),
+                        fingerprint: req.fingerprint.clone(),
+                        at_ms: now_ms,
+                        expires_ms,
+                    },
+                    audit: stamped(req.audit, now_ms),
+                };
+                self.push_license_record(record, batch);
+                Ok(SeatLease {
+                    seat_id: req.new_seat_id,
+                    fingerprint: req.fingerprint,
+                    expires_ms,
+                    new: true,
+                })
+            }
+        }
+    }
+
+    fn heartbeat_seat(
+        &mut self,
+        license_id: &str,
+        seat_id: &str,
+        now_ms: i64,
+        batch: &mut Batch,
+    ) -> Result<SeatLease, Refusal> {
+        let policy = self.seat_policy(license_id, now_ms)?;
+        let seat = self.seat(license_id, seat_id)?.clone();
+        if !seat.is_live(now_ms) {
+            self.reclaim_lapsed(license_id, now_ms, batch);
+            return Err(Refusal::new(
+                "NO_SEAT",
+                format!("the lease of seat `{seat_id}` lapsed; check out again"),
+            ));
+        }
+        let expires_ms = SeatTable::renewal(&policy, now_ms);
+        let record = Record::SeatHeartbeat {
+            license_id: license_id.to_owned(),
+            seat_id: seat_id.to_owned(),
+            at_ms: now_ms,
+            expires_ms,
+        };
+        self.push_license_record(record, batch);
+        Ok(SeatLease {
+            seat_id: seat.seat_id,
+            fingerprint: seat.fingerprint,
+            expires_ms,
+            new: false,
+        })
+    }
+}
+
+fn seat_metric<T>(op: &str, outcome: &Result<T, Refusal>) {
+    let result = match outcome {
+        Ok(_) => "ok",
+        Err(r) => r.code,
+    };
+    metrics()
+        .seat_operations_total
+        .with_label_values(&[op, result])
+        .inc();
+}

@@ -1,0 +1,114 @@
+//! The writer's state and decisions: `(state, request, now_ms) → records +
+//! answer`. No threads, channels, files or clock here: the writer shell
+//! ([`super::writer`]) reads the clock, hands each request in, and sends what
+//! comes out down the pipeline, so every rule below is unit-testable.
+//!
+//! - [`ingest`]: the meter check, dedup, offset deltas, the quarantine.
+//! - [`licenses`]: licenses, seats, products, API keys, meters — every admin
+//!   decision.
+//!
+//! Decisions apply what they decide to the state at once, so later requests
+//! of the same batch see it (a seat taken, an identity claimed). Metrics are
+//! counted here: they are observations, never inputs.
+
+mod ingest;
+mod licenses;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, HashSet};
+
+use super::batch::Batch;
+use super::protocol::EngineError;
+use crate::event::TimeWindow;
+use crate::license::LicenseBook;
+use crate::log::Seq;
+use crate::meter::MeterSet;
+use crate::metrics::metrics;
+use crate::projection::dedup::DedupIndex;
+use crate::record::Audit;
+use crate::source::checkpoint::SourceCheckpoint;
+
+/// Most lapsed leases reclaimed by one sweep (the next sweep takes the rest).
+pub const LEASE_SWEEP_RECORDS_MAX: usize = 1_000;
+
+/// A request the writer decides. Implemented by every request type of
+/// [`super::protocol`].
+pub trait Request: Send + 'static {
+    type Output: Send + 'static;
+
+    /// The most records deciding this request can add (for group commit).
+    fn records_max(&self) -> usize {
+        1
+    }
+
+    /// Decides the request against `state` at `now_ms`, adding its records
+    /// to `batch` and applying them to `state`.
+    fn decide(
+        self,
+        state: &mut WriterState,
+        now_ms: i64,
+        batch: &mut Batch,
+    ) -> Result<Self::Output, EngineError>;
+}
+
+/// Everything the writer decides with, as of `next_seq`: the log's records
+/// before it, folded.
+pub struct WriterState {
+    /// The sequence number the next batch starts at.
+    pub next_seq: Seq,
+    pub sources: SourceCheckpoint,
+    pub dedup: DedupIndex,
+    pub meters: MeterSet,
+    pub key_ids: HashSet<String>,
+    /// Stored version of every product.
+    pub product_versions: HashMap<String, u64>,
+    /// Authoritative license and seat state.
+    pub licenses: LicenseBook,
+    pub window: TimeWindow,
+    pub dedup_keys_max: usize,
+}
+
+impl WriterState {
+    /// Decides one request (the writer shell does the same through the
+    /// queue; tests call this directly).
+    pub fn decide<R: Request>(
+        &mut self,
+        request: R,
+        now_ms: i64,
+        batch: &mut Batch,
+    ) -> Result<R::Output, EngineError> {
+        request.decide(self, now_ms, batch)
+    }
+
+    /// Closes an assembled batch: its records take the next sequence numbers
+    /// (returned: the first), and the dedup index forgets identities that
+    /// left the accepted window.
+    pub fn seal(&mut self, batch: &Batch, now_ms: i64) -> Seq {
+        let first_seq = self.next_seq;
+        self.next_seq += batch.len() as u64;
+        // The batch's identities were claimed as it was assembled, before it
+        // is durable, so the next batch (built while this one syncs) sees
+        // them. Safe because nothing is answered before the sync, a failed
+        // sync stops the engine, and a dedup snapshot that is ahead of the
+        // log is discarded on start.
+        self.dedup.covered(self.next_seq - 1);
+        // Identities older than the window can never meet a duplicate that
+        // would be accepted, so the index tracks the window, not all time.
+        let horizon_ms = now_ms - self.window.back_ms - self.window.ahead_ms;
+        self.dedup.prune(horizon_ms);
+        metrics().dedup_keys.set(self.dedup.len() as i64);
+        first_seq
+    }
+
+    /// The sequence number the last record pushed to `batch` will get.
+    fn last_seq(&self, batch: &Batch) -> Seq {
+        self.next_seq + batch.len() as u64 - 1
+    }
+}
+
+/// An admin record's audit, stamped with the writer's time.
+fn stamped(mut audit: Audit, now_ms: i64) -> Audit {
+    audit.at_ms = now_ms;
+    audit
+}

@@ -1,0 +1,372 @@
+//! Starting the engine: recovery of the log, catch-up of every projection,
+//! the key checks, the stages' wiring and the first admin key; and
+//! `keymeter replay`, which rebuilds every projection from the log.
+
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use tokio::sync::mpsc;
+
+use super::batch::{Job, Pending};
+use super::decide::WriterState;
+use super::projector::{Projector, OVERLAY_STATES_MAX};
+use super::protocol::{Command, CreateApiKey, EngineHandle, StartError};
+use super::syncer::Syncer;
+use super::writer::{self, Writer, LEASE_SWEEP_INTERVAL};
+use super::{report_progress, spawn_stage, Engine, Shared, Started};
+use crate::audit::{AnchorFile, CheckpointSchedule};
+use crate::auth::{self, KeyRing, Scope};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::log::{Log, LogConfig, Seq};
+use crate::meter::MeterSet;
+use crate::projection::dedup::DedupIndex;
+use crate::projection::licenses::{Licenses, PublishedLicenses, UsageCache};
+use crate::projection::{self, Counters, Documents, ProjectionError, Store};
+use crate::record::{ApiKeyRecord, Audit, Record};
+use crate::source::checkpoint::SourceCheckpoint;
+
+/// Records per chunk when replaying the log into the projections.
+const REPLAY_CHUNK_RECORDS: usize = 10_000;
+
+/// The projections, opened from their stores.
+struct Projections {
+    store: Store,
+    counters: Counters,
+    docs: Documents,
+    licenses: Licenses,
+    dedup: DedupIndex,
+}
+
+impl Projections {
+    fn open(cfg: &Config, dedup_keys_max: usize) -> Result<Projections, StartError> {
+        Projections::open_in(Store::open(&cfg.state_dir())?, cfg, dedup_keys_max)
+    }
+
+    fn open_in(
+        store: Store,
+        cfg: &Config,
+        dedup_keys_max: usize,
+    ) -> Result<Projections, StartError> {
+        Ok(Projections {
+            counters: Counters::open(&store, &cfg.log_dir())?,
+            docs: Documents::open(&store)?,
+            licenses: Licenses::open(&store)?,
+            dedup: DedupIndex::open(&cfg.state_dir(), dedup_keys_max)?,
+            store,
+        })
+    }
+
+    /// Each projection's name and applied sequence number.
+    fn applied(&self) -> Vec<(&'static str, Seq)> {
+        let mut out = vec![
+            ("counters", self.counters.applied()),
+            ("dedup", self.dedup.applied()),
+            ("licenses", self.licenses.applied()),
+        ];
+        out.extend(self.docs.applied());
+        out
+    }
+
+    /// Deletes every projection's state.
+    fn clear(self, cfg: &Config, dedup_keys_max: usize) -> Result<Projections, StartError> {
+        let store = self.store.clone();
+        drop(self);
+        store.clear_all()?;
+        remove_dedup_snapshot(cfg)?;
+        Projections::open_in(store, cfg, dedup_keys_max)
+    }
+
+    /// Replays the log from the lowest checkpoint through `head` (each
+    /// projection skips what it has) and flushes.
+    fn catch_up(
+        &mut self,
+        cfg: &Config,
+        head: Seq,
+        progress: impl Fn(Seq, Seq),
+    ) -> Result<(), StartError> {
+        let from = self.applied().iter().map(|(_, s)| *s).min().unwrap_or(0) + 1;
+        projection::replay_log(&cfg.log_dir(), from, head, REPLAY_CHUNK_RECORDS, |chunk| {
+            self.counters.apply(chunk)?;
+            self.docs.apply(chunk)?;
+            self.dedup.apply(chunk)?;
+            self.licenses.apply(chunk)?;
+            if self.counters.overlay_len() > OVERLAY_STATES_MAX {
+                self.counters.flush()?;
+            }
+            progress(chunk.last().map(|a| a.seq).unwrap_or(0), head);
+            Ok(())
+        })?;
+        self.counters.flush()?;
+        self.docs.flush()?;
+        self.licenses.flush()?;
+        Ok(())
+    }
+}
+
+fn remove_dedup_snapshot(cfg: &Config) -> Result<(), StartError> {
+    match std::fs::remove_file(cfg.state_dir().join("dedup.snapshot")) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StartError::Other(format!(
+            "cannot remove dedup snapshot: {e}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Opens the projections and brings them to the log head. Projections that
+/// describe records the log no longer has (a restored backup, a lost log
+/// tail) start over from the log, which is the truth.
+fn open_projections(cfg: &Config, head: Seq) -> Result<(Projections, u64), StartError> {
+    let mut p = Projections::open(cfg, cfg.dedup_keys_max)?;
+    if let Some((name, seq)) = p.applied().into_iter().find(|(_, seq)| *seq > head) {
+        tracing::warn!(
+            projection = name,
+            applied_seq = seq,
+            log_head_seq = head,
+            "projections are ahead of the log; rebuilding them from the log"
+        );
+        p = p.clear(cfg, cfg.dedup_keys_max)?;
+    }
+    let from = p.applied().iter().map(|(_, s)| *s).min().unwrap_or(0) + 1;
+    let replayed = head.saturating_sub(from - 1);
+    if replayed > 0 {
+        tracing::info!(from, to = head, "catching projections up with the log");
+    }
+    p.catch_up(cfg, head, |_, _| {})?;
+    Ok((p, replayed))
+}
+
+impl Engine {
+    /// Opens the log (recovering a torn tail), catches every projection up
+    /// with the log, starts the writer, syncer and projector, and creates
+    /// the first admin key if there is none.
+    pub fn open(cfg: &Config, clock: Arc<dyn Clock>) -> Result<Started, StartError> {
+        let (log, recovery) = Log::open(
+            &cfg.log_dir(),
+            LogConfig {
+                segment_bytes_max: cfg.segment_bytes_max,
+            },
+        )?;
+        let head = log.head_seq();
+        let (projections, replayed_records) = open_projections(cfg, head)?;
+        let crypto = Arc::new(super::load_keys(cfg, head == 0)?);
+        super::check_keys_open_secrets(&crypto, projections.licenses.book())?;
+        let shared = publish(cfg, &projections, crypto, clock.clone(), head)?;
+        report_progress(head, &projections.applied());
+        let engine = start_stages(cfg, log, projections, shared, clock)?;
+        let bootstrap_key = engine.bootstrap(cfg)?;
+        Ok(Started {
+            engine,
+            bootstrap_key,
+            recovery,
+            replayed_records,
+        })
+    }
+
+    fn bootstrap(&self, cfg: &Config) -> Result<Option<String>, StartError> {
+        let handle = self.handle();
+        let keys = handle.shared.keys.load();
+        if !keys.is_empty() {
+            if let Some(k) = &cfg.bootstrap_admin_key {
+                if keys.lookup(k).is_none() {
+                    tracing::warn!(
+                        "bootstrap admin key ignored: API keys already exist; manage keys through /api/v1/api-keys"
+                    );
+                }
+            }
+            return Ok(None);
+        }
+        let (id, key, generated) = match &cfg.bootstrap_admin_key {
+            Some(k) => (auth::generate_id(), k.clone(), false),
+            None => {
+                let (id, key) = auth::generate_key();
+                (id, key, true)
+            }
+        };
+        let now = handle.shared.clock.now_ms();
+        let key_record = ApiKeyRecord {
+            id,
+            name: "bootstrap-admin".into(),
+            scopes: vec![Scope::Admin],
+            key_sha256: auth::key_digest(&key),
+            created_ms: now,
+        };
+        let audit = Audit {
+            actor: None,
+            at_ms: now,
+            request_id: Some("bootstrap".into()),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .map_err(|e| StartError::Other(e.to_string()))?;
+        let request = CreateApiKey {
+            key: key_record,
+            audit,
+        };
+        rt.block_on(handle.send(request))
+            .map_err(|e| StartError::Other(format!("cannot create the bootstrap key: {e}")))?;
+        Ok(generated.then_some(key))
+    }
+}
+
+/// The state readers use, as of the log head.
+fn publish(
+    cfg: &Config,
+    p: &Projections,
+    crypto: Arc<crate::crypto::Keys>,
+    clock: Arc<dyn Clock>,
+    head: Seq,
+) -> Result<Arc<Shared>, StartError> {
+    let store = &p.store;
+    let meters = MeterSet::from_defs(store.meter_defs()?)
+        .map_err(|e| StartError::Other(format!("stored meter is invalid: {e}")))?;
+    let keys = KeyRing::from_records(store.api_keys()?);
+    let product_ring = crate::product::ProductRing::build(&store.products()?, &crypto)
+        .map_err(StartError::Other)?;
+    Ok(Arc::new(Shared {
+        store: store.clone(),
+        meters: ArcSwap::from_pointee(meters),
+        keys: ArcSwap::from_pointee(keys),
+        overlay: p.counters.overlay(),
+        head_seq: AtomicU64::new(head),
+        applied_seq: AtomicU64::new(head),
+        failed: AtomicBool::new(false),
+        clock,
+        window: cfg.time_window(),
+        request_events_max: cfg.request_events_max,
+        licenses: PublishedLicenses::from_book(p.licenses.book()),
+        usage: UsageCache::default(),
+        crypto,
+        products: ArcSwap::from_pointee(product_ring),
+    }))
+}
+
+/// The writer's state as of the log head.
+fn writer_state(
+    cfg: &Config,
+    store: &Store,
+    licenses: &Licenses,
+    dedup: DedupIndex,
+    head: Seq,
+) -> Result<WriterState, StartError> {
+    let meters = MeterSet::from_defs(store.meter_defs()?)
+        .map_err(|e| StartError::Other(format!("stored meter is invalid: {e}")))?;
+    Ok(WriterState {
+        next_seq: head + 1,
+        sources: SourceCheckpoint::from_positions(store.source_positions()?),
+        dedup,
+        meters,
+        key_ids: store.api_keys()?.into_iter().map(|k| k.id).collect(),
+        product_versions: store
+            .products()?
+            .into_iter()
+            .map(|p| (p.id, p.version))
+            .collect(),
+        licenses: licenses.book().clone(),
+        window: cfg.time_window(),
+        dedup_keys_max: cfg.dedup_keys_max,
+    })
+}
+
+/// Wires writer → syncer → projector with bounded queues and starts them,
+/// with the tickers that wake the writer.
+fn start_stages(
+    cfg: &Config,
+    log: Log,
+    p: Projections,
+    shared: Arc<Shared>,
+    clock: Arc<dyn Clock>,
+) -> Result<Engine, StartError> {
+    let head = log.head_seq();
+    let mut checkpoints =
+        CheckpointSchedule::new(cfg.audit_checkpoint_records, cfg.audit_checkpoint_interval);
+    if !log_ends_with_checkpoint(&cfg.log_dir(), head)? {
+        // Records of an earlier run (a crash, or a log from before
+        // checkpoints) wait no longer than new ones.
+        checkpoints.appended(1, Instant::now());
+    }
+    let anchor = match &cfg.audit_anchor_file {
+        None => None,
+        Some(path) => Some(AnchorFile::open(path).map_err(|e| {
+            StartError::Other(format!(
+                "cannot open the audit anchor file {}: {e}",
+                path.display()
+            ))
+        })?),
+    };
+    let (tx, rx) = mpsc::channel(cfg.writer_queue_max);
+    let (jobs_tx, jobs_rx) = std::sync::mpsc::sync_channel::<Job>(4);
+    let (pending_tx, pending_rx) = std::sync::mpsc::sync_channel::<Pending>(2);
+    let syncer = Syncer {
+        log,
+        jobs: jobs_tx,
+        keys: shared.crypto.clone(),
+        clock: clock.clone(),
+        anchor,
+        encoded: Vec::new(),
+        ends: Vec::new(),
+    };
+    let checkpoint_tick = checkpoints.tick();
+    let writer = Writer {
+        state: writer_state(cfg, &p.store, &p.licenses, p.dedup, head)?,
+        batch_records_max: cfg.batch_records_max,
+        clock,
+        checkpoints,
+        syncer: pending_tx,
+    };
+    let projector = Projector {
+        counters: p.counters,
+        docs: p.docs,
+        licenses: p.licenses,
+        shared: shared.clone(),
+    };
+    writer::spawn_ticker(
+        "lease-sweeper",
+        tx.downgrade(),
+        LEASE_SWEEP_INTERVAL,
+        writer::sweep_leases,
+    )?;
+    writer::spawn_ticker("checkpoint-ticker", tx.downgrade(), checkpoint_tick, || {
+        Command::CheckpointTick
+    })?;
+    let writer = spawn_stage("writer", &shared, move || writer.run(rx))?;
+    let syncer = spawn_stage("syncer", &shared, move || syncer.run(pending_rx))?;
+    let projector = spawn_stage("projector", &shared, move || projector.run(jobs_rx))?;
+    Ok(Engine {
+        handle: Some(EngineHandle { tx, shared }),
+        writer: Some(writer),
+        syncer: Some(syncer),
+        projector: Some(projector),
+    })
+}
+
+/// Whether the last record of the log is a checkpoint (an empty log needs none).
+fn log_ends_with_checkpoint(log_dir: &std::path::Path, head: Seq) -> Result<bool, StartError> {
+    if head == 0 {
+        return Ok(true);
+    }
+    let Some(last) = crate::log::read_range(log_dir, head, head)?.next() else {
+        return Ok(false);
+    };
+    let last = last?;
+    Ok(matches!(
+        Record::decode(&last.payload),
+        Ok(Record::Checkpoint(_))
+    ))
+}
+
+/// Drops every projection and rebuilds it from the log, reporting progress.
+pub fn rebuild(cfg: &Config, progress: impl Fn(Seq, Seq)) -> Result<Seq, StartError> {
+    let report = crate::log::verify(&cfg.log_dir())?;
+    let head = report.head_seq;
+    let p = Projections::open(cfg, usize::MAX)?;
+    let mut p = p.clear(cfg, usize::MAX)?;
+    p.catch_up(cfg, head, progress)?;
+    p.dedup
+        .save_snapshot()
+        .map_err(|e| StartError::Other(format!("cannot save dedup snapshot: {e}")))?;
+    p.store.db.flush().map_err(ProjectionError::from)?;
+    Ok(head)
+}

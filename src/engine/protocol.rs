@@ -1,0 +1,296 @@
+//! What callers send the writer and what comes back: one request type per
+//! command, each answered through one generic [`EngineHandle::send`].
+//! How the writer decides each request lives in [`super::decide`].
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::batch::Batch;
+use super::decide::{Request, WriterState};
+use super::Shared;
+use crate::event::{Decoded, Rejection};
+use crate::license::model::{LicenseUpdate, StatusAction};
+use crate::license::License;
+pub use crate::license::Renewal;
+use crate::log::Seq;
+use crate::meter::MeterDef;
+use crate::metrics::metrics;
+use crate::projection::ProjectionError;
+use crate::record::{ApiKeyRecord, Audit, LicenseFileIssue, LicenseSecret, OffsetDelta};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(Rejection),
+    #[error("the engine has stopped; the request was not recorded")]
+    Stopped,
+    #[error("{0}")]
+    Overloaded(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("event log: {0}")]
+    Log(#[from] crate::log::LogError),
+    #[error("projections: {0}")]
+    Projection(#[from] ProjectionError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What became of each event of one ingest request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IngestOutcome {
+    pub accepted: u32,
+    pub duplicates: u32,
+    pub rejected: Vec<RejectedItem>,
+    /// Highest log sequence number written for this request (0 if none).
+    pub last_seq: Seq,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedItem {
+    pub index: u32,
+    pub code: String,
+    pub message: String,
+}
+
+/// Where ingested events came from; a Kafka batch carries the offset range
+/// it covers (written in the same log batch) and each message's offset (for
+/// the quarantine).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    Http,
+    Kafka {
+        delta: OffsetDelta,
+        /// Per item: its offset in `delta`'s partition.
+        offsets: Vec<i64>,
+    },
+}
+
+impl Origin {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Origin::Http => "http",
+            Origin::Kafka { .. } => "kafka",
+        }
+    }
+}
+
+/// Events to count. A Kafka batch is refused (`Conflict`) unless
+/// `delta.from` is where the partition's stored position ends (or the
+/// partition has none yet).
+pub struct Ingest {
+    pub items: Vec<Decoded>,
+    pub received_ms: i64,
+    pub origin: Origin,
+}
+
+/// A whole body that could not be read as events; it is quarantined.
+pub struct RejectBody {
+    pub rejection: Rejection,
+    pub raw: Vec<u8>,
+    pub received_ms: i64,
+    pub origin: &'static str,
+}
+
+pub struct CreateMeter {
+    pub def: MeterDef,
+    pub audit: Audit,
+}
+
+pub struct DeleteMeter {
+    pub slug: String,
+    pub audit: Audit,
+}
+
+pub struct CreateApiKey {
+    pub key: ApiKeyRecord,
+    pub audit: Audit,
+}
+
+pub struct RevokeApiKey {
+    pub id: String,
+    pub audit: Audit,
+}
+
+/// The next offset of every source partition, after every request queued
+/// before this one.
+pub struct SourcePositions;
+
+pub struct CreateLicense {
+    pub license: Box<License>,
+    pub secret: LicenseSecret,
+    pub audit: Audit,
+}
+
+pub struct UpdateLicense {
+    pub id: String,
+    pub update: Box<LicenseUpdate>,
+    pub audit: Audit,
+}
+
+pub struct ChangeLicenseStatus {
+    pub id: String,
+    pub action: StatusAction,
+    pub reason: Option<String>,
+    pub audit: Audit,
+}
+
+pub struct RenewLicense {
+    pub id: String,
+    pub renewal: Renewal,
+    pub audit: Audit,
+}
+
+/// Takes a seat for `fingerprint`, or returns (and renews) the one it
+/// holds. Linearizable: only the writer allocates seats. `new_seat_id` names
+/// the seat if one is taken (chosen by the caller, so deciding stays pure).
+pub struct CheckoutSeat {
+    pub license_id: String,
+    pub fingerprint: String,
+    pub new_seat_id: String,
+    pub audit: Audit,
+}
+
+pub struct HeartbeatSeat {
+    pub license_id: String,
+    pub seat_id: String,
+}
+
+pub struct ReleaseSeat {
+    pub license_id: String,
+    pub seat_id: String,
+    pub audit: Audit,
+}
+
+/// Reclaim lapsed seat leases (sent periodically by a ticker).
+pub struct SweepLeases;
+
+/// Record that a license file was issued.
+pub struct RecordLicenseFile {
+    pub issue: LicenseFileIssue,
+    pub audit: Audit,
+}
+
+/// Create (`version` 1) or change a product; refused unless `version` is one
+/// more than the stored one.
+pub struct SaveProduct {
+    pub product: Box<crate::product::Product>,
+    pub audit: Audit,
+}
+
+/// A seat as a checkout or heartbeat leaves it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeatLease {
+    pub seat_id: String,
+    pub fingerprint: String,
+    /// Lease end; `None` for a node-locked seat.
+    pub expires_ms: Option<i64>,
+    /// A seat was taken by this checkout (not an existing one returned).
+    pub new: bool,
+}
+
+pub type Reply<T> = oneshot::Sender<Result<T, EngineError>>;
+
+/// Sends an answer once its batch is durable and applied.
+pub type Answer = Box<dyn FnOnce() + Send>;
+
+/// A request with its reply, its type erased so one queue carries them all.
+pub(crate) trait Call: Send {
+    fn records_max(&self) -> usize;
+    /// Decides the request into `batch` and returns the answer to send once
+    /// the batch is durable.
+    fn run(self: Box<Self>, state: &mut WriterState, now_ms: i64, batch: &mut Batch) -> Answer;
+}
+
+struct Queued<R: Request> {
+    request: R,
+    reply: Option<Reply<R::Output>>,
+}
+
+impl<R: Request> Call for Queued<R> {
+    fn records_max(&self) -> usize {
+        self.request.records_max()
+    }
+
+    fn run(self: Box<Self>, state: &mut WriterState, now_ms: i64, batch: &mut Batch) -> Answer {
+        let Queued { request, reply } = *self;
+        let value = request.decide(state, now_ms, batch);
+        Box::new(move || {
+            if let Some(reply) = reply {
+                let _ = reply.send(value);
+            }
+        })
+    }
+}
+
+/// What travels through the writer's queue.
+pub(crate) enum Command {
+    Call(Box<dyn Call>),
+    /// Look at the clock: a checkpoint may be due (sent periodically; no
+    /// records of its own).
+    CheckpointTick,
+}
+
+impl Command {
+    pub(crate) fn unanswered<R: Request>(request: R) -> Command {
+        Command::Call(Box::new(Queued {
+            request,
+            reply: None,
+        }))
+    }
+
+    pub(crate) fn records_max(&self) -> usize {
+        match self {
+            Command::Call(call) => call.records_max(),
+            Command::CheckpointTick => 0,
+        }
+    }
+}
+
+/// A cheap, cloneable way in: requests to the writer, reads from `shared`.
+#[derive(Clone)]
+pub struct EngineHandle {
+    pub(crate) tx: mpsc::Sender<Command>,
+    pub shared: Arc<Shared>,
+}
+
+impl EngineHandle {
+    /// Queues `request` and waits for its answer, which comes once the
+    /// records it produced are durable and applied.
+    pub async fn send<R: Request>(&self, request: R) -> Result<R::Output, EngineError> {
+        self.submit(request)
+            .await?
+            .await
+            .map_err(|_| EngineError::Stopped)?
+    }
+
+    /// Queues `request` and returns once it is in the writer's queue, with
+    /// the receiver of its answer. The queue is FIFO, so requests queued in
+    /// order from one task are decided in that order, and several can be in
+    /// flight (the Kafka source keeps a partition's batches in order so).
+    pub async fn submit<R: Request>(
+        &self,
+        request: R,
+    ) -> Result<oneshot::Receiver<Result<R::Output, EngineError>>, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        metrics()
+            .writer_queue_depth
+            .set((self.tx.max_capacity() - self.tx.capacity()) as i64);
+        let command = Command::Call(Box::new(Queued {
+            request,
+            reply: Some(reply),
+        }));
+        self.tx
+            .send(command)
+            .await
+            .map_err(|_| EngineError::Stopped)?;
+        Ok(rx)
+    }
+}

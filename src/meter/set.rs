@@ -1,0 +1,98 @@
+//! The meters in force at one log position, by slug and by event type, and
+//! the one check every ingest path runs against them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use super::def::{CompiledMeter, MeterDef};
+use super::extract::{ExtractError, Observation};
+use super::MeterError;
+
+/// The meters known to a fold or a check, by slug and by event type.
+#[derive(Default, Clone)]
+pub struct MeterSet {
+    by_slug: BTreeMap<String, Arc<CompiledMeter>>,
+    /// The same meters, in insertion order per event type: looked up for
+    /// every event, so a type's meters are one probe away.
+    by_type: HashMap<String, Vec<Arc<CompiledMeter>>>,
+}
+
+/// A meter of the event's type could not read the event.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("meter `{slug}`: {error}")]
+pub struct MeterCheckError {
+    pub slug: String,
+    pub error: ExtractError,
+}
+
+impl MeterCheckError {
+    pub fn code(&self) -> &'static str {
+        self.error.code()
+    }
+}
+
+impl MeterSet {
+    pub fn from_defs(defs: Vec<MeterDef>) -> Result<MeterSet, MeterError> {
+        let mut set = MeterSet::default();
+        for def in defs {
+            set.insert(def.validate()?);
+        }
+        Ok(set)
+    }
+
+    pub fn insert(&mut self, meter: CompiledMeter) {
+        let slug = meter.def().slug.clone();
+        let ty = meter.def().event_type.clone();
+        self.remove(&slug);
+        let meter = Arc::new(meter);
+        self.by_type.entry(ty).or_default().push(meter.clone());
+        self.by_slug.insert(slug, meter);
+    }
+
+    pub fn remove(&mut self, slug: &str) -> Option<CompiledMeter> {
+        let old = self.by_slug.remove(slug)?;
+        let ty = &old.def().event_type;
+        if let Some(v) = self.by_type.get_mut(ty) {
+            v.retain(|m| m.def().slug != slug);
+            if v.is_empty() {
+                self.by_type.remove(ty);
+            }
+        }
+        Some(Arc::unwrap_or_clone(old))
+    }
+
+    pub fn get(&self, slug: &str) -> Option<&CompiledMeter> {
+        self.by_slug.get(slug).map(|m| &**m)
+    }
+
+    pub fn for_type<'s>(&'s self, ty: &str) -> impl Iterator<Item = &'s CompiledMeter> + 's {
+        self.by_type.get(ty).into_iter().flatten().map(|m| &**m)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &CompiledMeter> {
+        self.by_slug.values().map(|m| &**m)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_slug.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_slug.is_empty()
+    }
+
+    /// Every meter of event type `ty` must be able to read `data`; what they
+    /// read comes back in [`MeterSet::for_type`] order, so the fold does not
+    /// extract it again. The writer and the Kafka source's dead-letter
+    /// pre-check both call this, so they cannot disagree on what is refused.
+    pub fn check(&self, ty: &str, data: Option<&str>) -> Result<Vec<Observation>, MeterCheckError> {
+        self.for_type(ty)
+            .map(|meter| {
+                meter.extract(data).map_err(|error| MeterCheckError {
+                    slug: meter.def().slug.clone(),
+                    error,
+                })
+            })
+            .collect()
+    }
+}
