@@ -5,11 +5,16 @@
 //! `http://` only (put TLS in front of keymeter, and use curl, for remote
 //! servers).
 
-use std::io::{Read, Write};
+use std::future::Future;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::header::{ACCEPT, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
 #[derive(Args)]
@@ -37,32 +42,7 @@ pub struct LicenseArgs {
 #[derive(Subcommand)]
 enum LicenseCommand {
     /// Create a license; prints it with its key (shown only this once).
-    Create {
-        #[arg(long)]
-        product: String,
-        #[arg(long)]
-        customer: String,
-        /// RFC 3339 start [default: now].
-        #[arg(long)]
-        starts_at: Option<String>,
-        /// RFC 3339 expiry [default: perpetual].
-        #[arg(long)]
-        expires_at: Option<String>,
-        /// Grace period after expiry, e.g. "7d".
-        #[arg(long, value_parser = humantime::parse_duration)]
-        grace: Option<Duration>,
-        #[arg(long)]
-        trial: bool,
-        /// Feature code (repeat).
-        #[arg(long = "entitlement")]
-        entitlements: Vec<String>,
-        /// Policy as JSON, e.g. '{"type":"seat","seats":{"max":5,"mode":"floating"}}'.
-        #[arg(long)]
-        policy: Option<String>,
-        /// Metadata as a JSON object.
-        #[arg(long)]
-        metadata: Option<String>,
-    },
+    Create(CreateArgs),
     /// Show one license.
     Show { id: String },
     /// List licenses, optionally filtered.
@@ -114,6 +94,34 @@ enum LicenseCommand {
     },
 }
 
+#[derive(Args)]
+struct CreateArgs {
+    #[arg(long)]
+    product: String,
+    #[arg(long)]
+    customer: String,
+    /// RFC 3339 start [default: now].
+    #[arg(long)]
+    starts_at: Option<String>,
+    /// RFC 3339 expiry [default: perpetual].
+    #[arg(long)]
+    expires_at: Option<String>,
+    /// Grace period after expiry, e.g. "7d".
+    #[arg(long, value_parser = humantime::parse_duration)]
+    grace: Option<Duration>,
+    #[arg(long)]
+    trial: bool,
+    /// Feature code (repeat).
+    #[arg(long = "entitlement")]
+    entitlements: Vec<String>,
+    /// Policy as JSON, e.g. '{"type":"seat","seats":{"max":5,"mode":"floating"}}'.
+    #[arg(long)]
+    policy: Option<String>,
+    /// Metadata as a JSON object.
+    #[arg(long)]
+    metadata: Option<String>,
+}
+
 fn query(pairs: &[(&str, &Option<String>)]) -> String {
     let mut q = form_urlencoded::Serializer::new(String::new());
     for (k, v) in pairs {
@@ -138,38 +146,33 @@ pub fn run(args: LicenseArgs) -> anyhow::Result<()> {
         .admin_key
         .clone()
         .context("an admin key is required: --admin-key or KEYMETER_ADMIN_KEY")?;
-    let (method, path, body) = match args.command {
-        LicenseCommand::Create {
-            product,
-            customer,
-            starts_at,
-            expires_at,
-            grace,
-            trial,
-            entitlements,
-            policy,
-            metadata,
-        } => {
-            let mut b = json!({"product": product, "customer": customer, "trial": trial,
-                "entitlements": entitlements});
-            if let Some(v) = starts_at {
-                b["starts_at"] = json!(v);
-            }
-            if let Some(v) = expires_at {
-                b["expires_at"] = json!(v);
-            }
-            if let Some(g) = grace {
-                b["grace_period_s"] = json!(g.as_secs());
-            }
-            if let Some(p) = policy {
-                b["policy"] = serde_json::from_str(&p).context("--policy is not JSON")?;
-            }
-            if let Some(m) = metadata {
-                b["metadata"] = serde_json::from_str(&m).context("--metadata is not JSON")?;
-            }
-            ("POST", "/api/v1/licenses".to_owned(), Some(b))
+    let (method, path, body) = route(args.command)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (status, text) = runtime.block_on(request(&args.url, method, &path, &key, body))?;
+    let pretty = serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or(text);
+    if !(200..300).contains(&status) {
+        bail!("server answered {status}: {pretty}");
+    }
+    println!("{pretty}");
+    Ok(())
+}
+
+/// The method, path and JSON body of the admin API call for `command`.
+fn route(command: LicenseCommand) -> anyhow::Result<(Method, String, Option<Value>)> {
+    Ok(match command {
+        LicenseCommand::Create(create) => (
+            Method::POST,
+            "/api/v1/licenses".to_owned(),
+            Some(create_body(create)?),
+        ),
+        LicenseCommand::Show { id } => {
+            (Method::GET, format!("/api/v1/licenses/{}", seg(&id)), None)
         }
-        LicenseCommand::Show { id } => ("GET", format!("/api/v1/licenses/{}", seg(&id)), None),
         LicenseCommand::List {
             product,
             customer,
@@ -185,20 +188,20 @@ pub fn run(args: LicenseArgs) -> anyhow::Result<()> {
                 ("limit", &limit),
                 ("after", &after),
             ]);
-            ("GET", format!("/api/v1/licenses{q}"), None)
+            (Method::GET, format!("/api/v1/licenses{q}"), None)
         }
         LicenseCommand::Suspend { id, reason } => (
-            "POST",
+            Method::POST,
             format!("/api/v1/licenses/{}/suspend", seg(&id)),
             Some(json!({"reason": reason})),
         ),
         LicenseCommand::Reinstate { id } => (
-            "POST",
+            Method::POST,
             format!("/api/v1/licenses/{}/reinstate", seg(&id)),
             None,
         ),
         LicenseCommand::Revoke { id, reason } => (
-            "POST",
+            Method::POST,
             format!("/api/v1/licenses/{}/revoke", seg(&id)),
             Some(json!({"reason": reason})),
         ),
@@ -214,7 +217,7 @@ pub fn run(args: LicenseArgs) -> anyhow::Result<()> {
                 (None, None) => bail!("give --expires-at or --extend"),
             };
             (
-                "POST",
+                Method::POST,
                 format!("/api/v1/licenses/{}/renew", seg(&id)),
                 Some(body),
             )
@@ -224,30 +227,52 @@ pub fn run(args: LicenseArgs) -> anyhow::Result<()> {
             fingerprint,
             ttl,
         } => (
-            "POST",
+            Method::POST,
             format!("/api/v1/licenses/{}/license-file", seg(&id)),
             Some(json!({"fingerprint": fingerprint, "ttl": ttl})),
         ),
-    };
-    let (status, text) = request(&args.url, method, &path, &key, body.as_ref())?;
-    let pretty = serde_json::from_str::<Value>(&text)
-        .ok()
-        .and_then(|v| serde_json::to_string_pretty(&v).ok())
-        .unwrap_or(text);
-    if !(200..300).contains(&status) {
-        bail!("server answered {status}: {pretty}");
+    })
+}
+
+fn create_body(a: CreateArgs) -> anyhow::Result<Value> {
+    let mut b = json!({"product": a.product, "customer": a.customer, "trial": a.trial,
+        "entitlements": a.entitlements});
+    if let Some(v) = a.starts_at {
+        b["starts_at"] = json!(v);
     }
-    println!("{pretty}");
-    Ok(())
+    if let Some(v) = a.expires_at {
+        b["expires_at"] = json!(v);
+    }
+    if let Some(g) = a.grace {
+        b["grace_period_s"] = json!(g.as_secs());
+    }
+    if let Some(p) = a.policy {
+        b["policy"] = serde_json::from_str(&p).context("--policy is not JSON")?;
+    }
+    if let Some(m) = a.metadata {
+        b["metadata"] = serde_json::from_str(&m).context("--metadata is not JSON")?;
+    }
+    Ok(b)
+}
+
+/// How long the server may stay silent: while waiting for the answer's head
+/// and between two pieces of its body. A slow answer that keeps arriving is
+/// not cut off, so a large license list on a busy server still comes through.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+async fn within_idle_timeout<F: Future>(step: F) -> anyhow::Result<F::Output> {
+    tokio::time::timeout(IDLE_TIMEOUT, step)
+        .await
+        .map_err(|_| anyhow!("no answer from the server for {} s", IDLE_TIMEOUT.as_secs()))
 }
 
 /// One HTTP/1.1 request over a fresh connection; returns status and body.
-fn request(
+async fn request(
     base: &str,
-    method: &str,
+    method: Method,
     path: &str,
     key: &str,
-    body: Option<&Value>,
+    body: Option<Value>,
 ) -> anyhow::Result<(u16, String)> {
     let rest = base
         .strip_prefix("http://")
@@ -261,55 +286,46 @@ fn request(
     } else {
         format!("{authority}:80")
     };
-    let mut stream =
-        std::net::TcpStream::connect(&addr).with_context(|| format!("cannot connect to {addr}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let payload = body.map(|b| b.to_string()).unwrap_or_default();
-    let mut head = format!(
-        "{method} {prefix}{path} HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {key}\r\n\
-         Connection: close\r\nAccept: application/json\r\nContent-Length: {}\r\n",
-        payload.len()
-    );
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("{prefix}{path}"))
+        .header(HOST, authority)
+        .header(AUTHORIZATION, format!("Bearer {key}"))
+        .header(ACCEPT, "application/json")
+        .header(CONNECTION, "close");
     if body.is_some() {
-        head.push_str("Content-Type: application/json\r\n");
+        req = req.header(CONTENT_TYPE, "application/json");
     }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(payload.as_bytes())?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw);
-    let (headers, body) = text
-        .split_once("\r\n\r\n")
-        .context("malformed HTTP response")?;
-    let status: u16 = headers
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("malformed HTTP status line")?;
-    let chunked = headers.lines().any(|l| {
-        l.to_ascii_lowercase()
-            .starts_with("transfer-encoding: chunked")
-    });
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    Ok((status, body))
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
+    let payload = body.map(|b| b.to_string()).unwrap_or_default();
+    // Sent even when zero: some proxies refuse a POST without a length.
+    let req = req
+        .header(CONTENT_LENGTH, payload.len())
+        .body(Full::<Bytes>::from(payload))
+        .context("cannot build the request from --url and the admin key")?;
+    let stream = tokio::net::TcpStream::connect(&addr)
+        .await
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
+        // Header names as most clients write them, for servers and proxies
+        // that still compare them case-sensitively.
+        .title_case_headers(true)
+        .handshake(TokioIo::new(stream))
+        .await
+        .with_context(|| format!("request to {addr} failed"))?;
+    // Errors of the connection itself also fail the request or the body
+    // read below, which is where they are reported.
+    tokio::spawn(connection);
+    let response = within_idle_timeout(sender.send_request(req))
+        .await?
+        .with_context(|| format!("request to {addr} failed"))?;
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    let mut bytes = Vec::new();
+    while let Some(frame) = within_idle_timeout(body.frame()).await? {
+        let frame = frame.with_context(|| format!("reading the answer from {addr} failed"))?;
+        if let Ok(data) = frame.into_data() {
+            bytes.extend_from_slice(&data);
         }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
     }
-    out
+    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
 }
