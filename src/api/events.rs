@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{Admin, ApiError, AppState, Auth, ClientCert, Ingest};
+use crate::engine::protocol::{self as rq, Origin, RejectBody};
 use crate::event::{decode_body, fmt_ms, BodyKind};
 use crate::metrics::metrics;
 
@@ -83,7 +84,12 @@ pub async fn ingest(
             let (code, message) = (rejection.code, rejection.message.clone());
             let seq = state
                 .engine
-                .reject_body(rejection, body.to_vec(), now_ms, "http")
+                .send(RejectBody {
+                    rejection,
+                    raw: body.to_vec(),
+                    received_ms: now_ms,
+                    origin: "http",
+                })
                 .await?;
             let mut details = serde_json::Map::new();
             details.insert("accepted".into(), json!(0));
@@ -93,7 +99,14 @@ pub async fn ingest(
     };
     let single =
         items.len() == 1 && kind != BodyKind::Batch && !body.trim_ascii_start().starts_with(b"[");
-    let outcome = state.engine.ingest(items, now_ms, "http").await?;
+    let outcome = state
+        .engine
+        .send(rq::Ingest {
+            items,
+            received_ms: now_ms,
+            origin: Origin::Http,
+        })
+        .await?;
     if outcome.rejected.is_empty() {
         let mut response = StatusCode::NO_CONTENT.into_response();
         let h = response.headers_mut();

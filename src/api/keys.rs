@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use super::{Admin, ApiError, AppState, Auth};
 use crate::auth::{generate_key, key_digest, Scope};
+use crate::engine::protocol::{CreateApiKey, RevokeApiKey, SaveProduct};
 use crate::event::fmt_ms;
 use crate::record::ApiKeyRecord;
 
@@ -96,7 +97,13 @@ pub async fn create(
         })?;
         product.api_keys.push(id.clone());
         product.version += 1;
-        state.engine.save_product(product, auth.audit()).await?;
+        state
+            .engine
+            .send(SaveProduct {
+                product: Box::new(product),
+                audit: auth.audit(),
+            })
+            .await?;
     }
     let record = ApiKeyRecord {
         id,
@@ -105,7 +112,13 @@ pub async fn create(
         key_sha256: key_digest(&key),
         created_ms: state.engine.shared.clock.now_ms(),
     };
-    let record = state.engine.create_api_key(record, auth.audit()).await?;
+    let record = state
+        .engine
+        .send(CreateApiKey {
+            key: record,
+            audit: auth.audit(),
+        })
+        .await?;
     let mut body = key_json(&record);
     body["key"] = json!(key);
     if let Some(product) = new.product {
@@ -119,6 +132,12 @@ pub async fn revoke(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.engine.revoke_api_key(id, auth.audit()).await?;
+    state
+        .engine
+        .send(RevokeApiKey {
+            id,
+            audit: auth.audit(),
+        })
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

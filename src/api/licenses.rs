@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
 use super::{Admin, ApiError, AppState, Auth, Ingest, Limited};
+use crate::engine::protocol as rq;
 use crate::engine::{Renewal, SeatLease};
 use crate::license::decide::{quota_periods, rfc3339, Claims, QuotaReport, Verdict};
 use crate::license::model::{LicenseUpdate, NewLicense, StatusAction};
@@ -104,7 +105,11 @@ pub async fn create(
     };
     let outcome = state
         .engine
-        .create_license(license, secret, auth.audit())
+        .send(rq::CreateLicense {
+            license: Box::new(license),
+            secret,
+            audit: auth.audit(),
+        })
         .await?;
     admin_metric("create", &outcome);
     let license = outcome.map_err(refusal)?;
@@ -201,7 +206,11 @@ pub async fn update(
     }
     let outcome = state
         .engine
-        .update_license(id, change, auth.audit())
+        .send(rq::UpdateLicense {
+            id,
+            update: Box::new(change),
+            audit: auth.audit(),
+        })
         .await?;
     admin_metric("update", &outcome);
     Ok(Json(license_json(&outcome.map_err(refusal)?)))
@@ -229,7 +238,12 @@ async fn change_status(
     }
     let outcome = state
         .engine
-        .change_license_status(id, action, reason, auth.audit())
+        .send(rq::ChangeLicenseStatus {
+            id,
+            action,
+            reason,
+            audit: auth.audit(),
+        })
         .await?;
     let op = match action {
         StatusAction::Suspend => "suspend",
@@ -322,7 +336,11 @@ pub async fn renew(
     };
     let outcome = state
         .engine
-        .renew_license(id, renewal, auth.audit())
+        .send(rq::RenewLicense {
+            id,
+            renewal,
+            audit: auth.audit(),
+        })
         .await?;
     admin_metric("renew", &outcome);
     Ok(Json(license_json(&outcome.map_err(refusal)?)))
@@ -395,15 +413,15 @@ pub async fn license_file(
     // No file leaves without its record in the log.
     state
         .engine
-        .record_license_file(
-            crate::record::LicenseFileIssue {
+        .send(rq::RecordLicenseFile {
+            issue: crate::record::LicenseFileIssue {
                 license_id: license.id.clone(),
                 fingerprint_bound: req.fingerprint.is_some(),
                 expires_at_ms: (issued_at + ttl.as_secs() as i64) * 1000,
                 kid: shared.crypto.kid().to_owned(),
             },
-            auth.audit(),
-        )
+            audit: auth.audit(),
+        })
         .await?;
     Ok(Json(file))
 }
@@ -443,7 +461,12 @@ pub async fn checkout(
     check_fingerprint(&req.fingerprint).map_err(|m| ApiError::bad_request("INVALID_SEAT", m))?;
     let lease = state
         .engine
-        .checkout_seat(id.clone(), req.fingerprint, auth.audit())
+        .send(rq::CheckoutSeat {
+            license_id: id.clone(),
+            fingerprint: req.fingerprint,
+            new_seat_id: format!("seat_{}", crate::auth::generate_id()),
+            audit: auth.audit(),
+        })
         .await?
         .map_err(refusal)?;
     let status = if lease.new {
@@ -465,7 +488,10 @@ pub async fn heartbeat(
         .limit(Limited::Checkout, &auth.key_id, known.as_deref())?;
     let lease = state
         .engine
-        .heartbeat_seat(id.clone(), seat_id)
+        .send(rq::HeartbeatSeat {
+            license_id: id.clone(),
+            seat_id,
+        })
         .await?
         .map_err(refusal)?;
     Ok(Json(seat_json(&id, &lease)))
@@ -478,7 +504,11 @@ pub async fn release(
 ) -> Result<StatusCode, ApiError> {
     state
         .engine
-        .release_seat(id, seat_id, auth.audit())
+        .send(rq::ReleaseSeat {
+            license_id: id,
+            seat_id,
+            audit: auth.audit(),
+        })
         .await?
         .map_err(refusal)?;
     Ok(StatusCode::NO_CONTENT)

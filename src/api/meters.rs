@@ -8,6 +8,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::{Admin, ApiError, AppState, Auth, Read};
+use crate::engine::protocol::{CreateMeter, DeleteMeter};
 use crate::event::{fmt_ms, parse_time_ms};
 use crate::meter::{self, AggState, CompiledMeter, CounterKey, MeterDef, QueryParams, WindowSize};
 
@@ -36,7 +37,13 @@ pub async fn create(
     let Json(def) = body.map_err(|e| ApiError::bad_request("INVALID_METER", e.body_text()))?;
     def.validate()
         .map_err(|e| ApiError::bad_request(e.code(), e.to_string()))?;
-    let def = state.engine.create_meter(def, auth.audit()).await?;
+    let def = state
+        .engine
+        .send(CreateMeter {
+            def,
+            audit: auth.audit(),
+        })
+        .await?;
     Ok((StatusCode::CREATED, Json(meter_json(&def))).into_response())
 }
 
@@ -45,7 +52,13 @@ pub async fn delete(
     State(state): State<AppState>,
     Path(slug): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.engine.delete_meter(slug, auth.audit()).await?;
+    state
+        .engine
+        .send(DeleteMeter {
+            slug,
+            audit: auth.audit(),
+        })
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{Admin, ApiError, AppState, Auth};
+use crate::engine::protocol::SaveProduct;
 use crate::event::fmt_ms;
 use crate::product::{new_secret, valid_product_id, Product, LIVE_SECRETS_MAX};
 
@@ -124,7 +125,13 @@ pub async fn create(
         updated_ms: now,
         version: 1,
     };
-    let product = state.engine.save_product(product, auth.audit()).await?;
+    let product = state
+        .engine
+        .send(SaveProduct {
+            product: Box::new(product),
+            audit: auth.audit(),
+        })
+        .await?;
     let mut body = product_json(&product);
     body["signingSecret"] = json!({ "id": secret.id, "secret": plaintext.as_str() });
     Ok((StatusCode::CREATED, Json(body)).into_response())
@@ -146,7 +153,13 @@ pub async fn update(
         product.require_signatures = require;
     }
     product.version += 1;
-    let product = state.engine.save_product(product, auth.audit()).await?;
+    let product = state
+        .engine
+        .send(SaveProduct {
+            product: Box::new(product),
+            audit: auth.audit(),
+        })
+        .await?;
     Ok(Json(product_json(&product)))
 }
 
@@ -168,7 +181,13 @@ pub async fn create_secret(
     let (secret, plaintext) = new_secret(&state.engine.shared.crypto, now);
     product.signing_secrets.push(secret.clone());
     product.version += 1;
-    state.engine.save_product(product, auth.audit()).await?;
+    state
+        .engine
+        .send(SaveProduct {
+            product: Box::new(product),
+            audit: auth.audit(),
+        })
+        .await?;
     let body = json!({
         "id": secret.id,
         "secret": plaintext.as_str(),
@@ -197,6 +216,12 @@ pub async fn revoke_secret(
         })?;
     secret.revoked_ms = Some(now);
     product.version += 1;
-    state.engine.save_product(product, auth.audit()).await?;
+    state
+        .engine
+        .send(SaveProduct {
+            product: Box::new(product),
+            audit: auth.audit(),
+        })
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

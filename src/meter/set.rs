@@ -31,6 +31,12 @@ impl MeterCheckError {
     }
 }
 
+impl From<MeterCheckError> for crate::event::Rejection {
+    fn from(e: MeterCheckError) -> Self {
+        crate::event::Rejection::new(e.code(), e.to_string())
+    }
+}
+
 impl MeterSet {
     pub fn from_defs(defs: Vec<MeterDef>) -> Result<MeterSet, MeterError> {
         let mut set = MeterSet::default();

@@ -46,8 +46,9 @@ use tokio::sync::mpsc;
 
 use super::binding;
 use crate::config::KafkaConfig;
+use crate::engine::protocol::{Ingest, Origin, SourcePositions};
 use crate::engine::{EngineError, EngineHandle, IngestOutcome};
-use crate::event::{Decoded, Rejection, UsageEvent};
+use crate::event::{Decoded, Rejection};
 use crate::metrics::metrics;
 use crate::record::OffsetDelta;
 
@@ -427,7 +428,7 @@ impl Ctx {
     /// Where each newly assigned partition starts: its stored position, or
     /// the reset policy when the log has none.
     fn on_assign(&self, tpl: &mut TopicPartitionList) {
-        let stored = match self.rt.block_on(self.engine.source_positions()) {
+        let stored = match self.rt.block_on(self.engine.send(SourcePositions)) {
             Ok(p) => p,
             Err(e) => {
                 // Without positions nothing may be consumed: assign no lanes,
@@ -693,7 +694,10 @@ impl Runner {
         if ctx.sink.is_some() {
             let rejection = match &decoded {
                 Decoded::Invalid { rejection, .. } => Some(rejection.clone()),
-                Decoded::Valid(event) => meter_rejection(&ctx.engine, event),
+                Decoded::Valid(event) => (ctx.engine.shared.meters.load())
+                    .check(&event.ty, event.data())
+                    .err()
+                    .map(Rejection::from),
             };
             if let Some(rejection) = rejection {
                 lane.dead
@@ -781,7 +785,7 @@ impl Runner {
         let ctx = self.ctx();
         let (topic, partition) = (old.topic.clone(), old.partition);
         ctx.close_lanes(vec![old]);
-        let stored = match ctx.rt.block_on(ctx.engine.source_positions()) {
+        let stored = match ctx.rt.block_on(ctx.engine.send(SourcePositions)) {
             Ok(p) => p.get(&(topic.clone(), partition)).copied(),
             Err(e) => {
                 tracing::error!(error = %e, "cannot read source positions; stopping");
@@ -893,19 +897,6 @@ fn count(outcome: &IngestOutcome, done: &Done) {
             .with_label_values(&["late"])
             .inc_by(missed.len() as u64);
     }
-}
-
-/// The rejection the engine will give a valid envelope for the current
-/// meters, so it can be dead-lettered before the batch is written.
-fn meter_rejection(engine: &EngineHandle, event: &UsageEvent) -> Option<Rejection> {
-    let meters = engine.shared.meters.load();
-    let rejection = meters.for_type(&event.ty).find_map(|meter| {
-        meter
-            .extract(event.data())
-            .err()
-            .map(|e| Rejection::new(e.code(), format!("meter `{}`: {e}", meter.def().slug)))
-    });
-    rejection
 }
 
 /// Refreshes `keymeter_kafka_lag_records` from the brokers' high watermarks,
@@ -1025,7 +1016,14 @@ async fn process(
         return Err(Failure::Abandoned);
     }
     engine
-        .submit_source(job.items, job.offsets, job.delta, job.received_ms)
+        .submit(Ingest {
+            items: job.items,
+            received_ms: job.received_ms,
+            origin: Origin::Kafka {
+                delta: job.delta,
+                offsets: job.offsets,
+            },
+        })
         .await
         .map_err(Failure::Engine)
 }

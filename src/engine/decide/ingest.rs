@@ -129,10 +129,7 @@ impl WriterState {
             let (rejection, raw) = match item {
                 Decoded::Invalid { rejection, raw } => (rejection, raw),
                 Decoded::Valid(event) => match self.meters.check(&event.ty, event.data()) {
-                    Err(e) => (
-                        Rejection::new(e.code(), e.to_string()),
-                        event.raw.into_bytes(),
-                    ),
+                    Err(e) => (Rejection::from(e), event.raw.into_bytes()),
                     Ok(observations) => {
                         if !self.dedup.claim_one(event.key, event.time_ms) {
                             outcome.duplicates += 1;
