@@ -193,48 +193,32 @@ fn read_states(
     params: &QueryParams,
 ) -> Result<Vec<(CounterKey, AggState)>, ApiError> {
     let shared = &state.engine.shared;
-    let tree = &shared.store.counters;
     let slug = meter.slug();
-    let ranges: Vec<(Vec<u8>, Vec<u8>)> = if params.subjects.is_empty() {
+    let ranges: Vec<std::ops::Range<Vec<u8>>> = if params.subjects.is_empty() {
         let lo = CounterKey::meter_prefix(slug);
         let mut hi = lo.clone();
         // The prefix ends in the 0x00 separator; bumping it bounds the meter.
         *hi.last_mut().expect("non-empty prefix") += 1;
-        vec![(lo, hi)]
+        vec![lo..hi]
     } else {
         params
             .subjects
             .iter()
             .filter(|s| !s.contains('\0'))
             .map(|subject| {
-                CounterKey::window_range_bounds(
+                let (lo, hi) = CounterKey::window_range_bounds(
                     slug,
                     subject,
                     params.from_ms.unwrap_or(i64::MIN),
                     params.to_ms.unwrap_or(i64::MAX),
-                )
+                );
+                lo..hi
             })
             .collect()
     };
-    // sled holds what was flushed; the overlay holds newer states, which win.
-    let mut states: std::collections::BTreeMap<Vec<u8>, AggState> = Default::default();
-    for (lo, hi) in &ranges {
-        for kv in tree.range(lo.clone()..hi.clone()) {
-            let (k, v) = kv.map_err(ApiError::internal)?;
-            states.insert(
-                k.to_vec(),
-                AggState::decode(&v).map_err(ApiError::internal)?,
-            );
-        }
-    }
-    {
-        let overlay = shared.overlay.read().expect("overlay lock");
-        for (lo, hi) in &ranges {
-            for (k, v) in overlay.range(lo.clone()..hi.clone()) {
-                states.insert(k.clone(), v.clone());
-            }
-        }
-    }
+    let states =
+        crate::projection::counters::read_states(&shared.store.counters, &shared.overlay, &ranges)
+            .map_err(ApiError::internal)?;
     let mut out = Vec::with_capacity(states.len());
     for (k, state) in states {
         let key = CounterKey::decode(&k).map_err(ApiError::internal)?;

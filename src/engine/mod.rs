@@ -48,11 +48,12 @@ use crate::metrics::metrics;
 use crate::projection::licenses::{PublishedLicenses, UsageCache};
 use crate::projection::{Overlay, ProjectionError, Store};
 
-/// State readers use without waiting on the writer.
+/// State readers use without waiting on the writer. The projections
+/// publish into the handles (see [`crate::projection::Readers`]).
 pub struct Shared {
     pub store: Store,
-    pub meters: ArcSwap<MeterSet>,
-    pub keys: ArcSwap<KeyRing>,
+    pub meters: Arc<ArcSwap<MeterSet>>,
+    pub keys: Arc<ArcSwap<KeyRing>>,
     /// Counter states not yet flushed to sled; queries read them on top.
     pub overlay: Overlay,
     pub head_seq: AtomicU64,
@@ -62,13 +63,13 @@ pub struct Shared {
     pub window: TimeWindow,
     pub request_events_max: usize,
     /// Licenses and seats as of `applied_seq`, by id and by key digest.
-    pub licenses: PublishedLicenses,
+    pub licenses: Arc<PublishedLicenses>,
     /// Quota usage per license, kept current by the projector.
-    pub usage: UsageCache,
+    pub usage: Arc<UsageCache>,
     /// Keys derived from the master key (lookup digests, sealing, signing).
     pub crypto: Arc<crate::crypto::Keys>,
     /// Products' signing secrets and API-key bindings, for request signatures.
-    pub products: crate::product::SharedProducts,
+    pub products: Arc<crate::product::SharedProducts>,
 }
 
 pub struct Engine {

@@ -6,81 +6,95 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::Instant;
 
-use arc_swap::ArcSwap;
 use tokio::sync::mpsc;
 
 use super::batch::{Job, Pending};
 use super::decide::WriterState;
-use super::projector::{Projector, OVERLAY_STATES_MAX};
+use super::projector::Projector;
 use super::protocol::{Command, CreateApiKey, EngineHandle, StartError};
 use super::syncer::Syncer;
 use super::writer::{self, Writer, LEASE_SWEEP_INTERVAL};
 use super::{report_progress, spawn_stage, Engine, Shared, Started};
 use crate::audit::{AnchorFile, CheckpointSchedule};
-use crate::auth::{self, KeyRing, Scope};
+use crate::auth::{self, Scope};
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::license::LicenseBook;
 use crate::log::{Log, LogConfig, Seq};
 use crate::meter::MeterSet;
 use crate::projection::dedup::DedupIndex;
-use crate::projection::licenses::{Licenses, PublishedLicenses, UsageCache};
-use crate::projection::{self, Counters, Documents, ProjectionError, Store};
+use crate::projection::{self, OpenContext, Projection, ProjectionError, Readers, Registry, Store};
 use crate::record::{ApiKeyRecord, Audit, Record};
 use crate::source::checkpoint::SourceCheckpoint;
 
 /// Records per chunk when replaying the log into the projections.
 const REPLAY_CHUNK_RECORDS: usize = 10_000;
 
-/// The projections, opened from their stores.
+/// The projections of a registry, opened from their stores, and the
+/// writer's dedup index, which catch-up feeds from the same log.
 struct Projections {
     store: Store,
-    counters: Counters,
-    docs: Documents,
-    licenses: Licenses,
+    registry: Registry,
+    readers: Readers,
+    list: Vec<Box<dyn Projection>>,
     dedup: DedupIndex,
 }
 
 impl Projections {
-    fn open(cfg: &Config, dedup_keys_max: usize) -> Result<Projections, StartError> {
-        Projections::open_in(Store::open(&cfg.state_dir())?, cfg, dedup_keys_max)
+    fn open(
+        cfg: &Config,
+        registry: &Registry,
+        readers: Readers,
+        dedup_keys_max: usize,
+    ) -> Result<Projections, StartError> {
+        let store = Store::open(&cfg.state_dir())?;
+        Projections::open_in(store, cfg, registry.clone(), readers, dedup_keys_max)
     }
 
     fn open_in(
         store: Store,
         cfg: &Config,
+        registry: Registry,
+        readers: Readers,
         dedup_keys_max: usize,
     ) -> Result<Projections, StartError> {
+        let ctx = OpenContext {
+            store: &store,
+            log_dir: &cfg.log_dir(),
+            readers: &readers,
+        };
+        let list = registry.open(&ctx)?;
         Ok(Projections {
-            counters: Counters::open(&store, &cfg.log_dir())?,
-            docs: Documents::open(&store)?,
-            licenses: Licenses::open(&store)?,
+            list,
             dedup: DedupIndex::open(&cfg.state_dir(), dedup_keys_max)?,
             store,
+            registry,
+            readers,
         })
     }
 
     /// Each projection's name and applied sequence number.
     fn applied(&self) -> Vec<(&'static str, Seq)> {
-        let mut out = vec![
-            ("counters", self.counters.applied()),
-            ("dedup", self.dedup.applied()),
-            ("licenses", self.licenses.applied()),
-        ];
-        out.extend(self.docs.applied());
+        let mut out: Vec<_> = self.list.iter().map(|p| (p.name(), p.applied())).collect();
+        out.push(("dedup", self.dedup.applied()));
         out
     }
 
     /// Deletes every projection's state.
     fn clear(self, cfg: &Config, dedup_keys_max: usize) -> Result<Projections, StartError> {
-        let store = self.store.clone();
-        drop(self);
-        store.clear_all()?;
+        let Projections {
+            store,
+            registry,
+            readers,
+            ..
+        } = self;
+        registry.clear(&store)?;
         remove_dedup_snapshot(cfg)?;
-        Projections::open_in(store, cfg, dedup_keys_max)
+        Projections::open_in(store, cfg, registry, readers, dedup_keys_max)
     }
 
     /// Replays the log from the lowest checkpoint through `head` (each
-    /// projection skips what it has) and flushes.
+    /// projection skips what it has) and flushes. Nothing is published.
     fn catch_up(
         &mut self,
         cfg: &Config,
@@ -89,19 +103,27 @@ impl Projections {
     ) -> Result<(), StartError> {
         let from = self.applied().iter().map(|(_, s)| *s).min().unwrap_or(0) + 1;
         projection::replay_log(&cfg.log_dir(), from, head, REPLAY_CHUNK_RECORDS, |chunk| {
-            self.counters.apply(chunk)?;
-            self.docs.apply(chunk)?;
-            self.dedup.apply(chunk)?;
-            self.licenses.apply(chunk)?;
-            if self.counters.overlay_len() > OVERLAY_STATES_MAX {
-                self.counters.flush()?;
+            for p in &mut self.list {
+                p.apply(chunk)?;
+                if p.wants_flush() {
+                    p.flush()?;
+                }
             }
+            self.dedup.apply(chunk)?;
             progress(chunk.last().map(|a| a.seq).unwrap_or(0), head);
             Ok(())
         })?;
-        self.counters.flush()?;
-        self.docs.flush()?;
-        self.licenses.flush()?;
+        for p in &mut self.list {
+            p.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Every projection hands readers its state.
+    fn publish(&mut self) -> Result<(), StartError> {
+        for p in &mut self.list {
+            p.publish()?;
+        }
         Ok(())
     }
 }
@@ -118,8 +140,13 @@ fn remove_dedup_snapshot(cfg: &Config) -> Result<(), StartError> {
 /// Opens the projections and brings them to the log head. Projections that
 /// describe records the log no longer has (a restored backup, a lost log
 /// tail) start over from the log, which is the truth.
-fn open_projections(cfg: &Config, head: Seq) -> Result<(Projections, u64), StartError> {
-    let mut p = Projections::open(cfg, cfg.dedup_keys_max)?;
+fn open_projections(
+    cfg: &Config,
+    registry: &Registry,
+    readers: Readers,
+    head: Seq,
+) -> Result<(Projections, u64), StartError> {
+    let mut p = Projections::open(cfg, registry, readers, cfg.dedup_keys_max)?;
     if let Some((name, seq)) = p.applied().into_iter().find(|(_, seq)| *seq > head) {
         tracing::warn!(
             projection = name,
@@ -143,6 +170,15 @@ impl Engine {
     /// with the log, starts the writer, syncer and projector, and creates
     /// the first admin key if there is none.
     pub fn open(cfg: &Config, clock: Arc<dyn Clock>) -> Result<Started, StartError> {
+        Engine::open_with(cfg, clock, &Registry::standard())
+    }
+
+    /// [`Engine::open`] with the projections of `registry`.
+    pub fn open_with(
+        cfg: &Config,
+        clock: Arc<dyn Clock>,
+        registry: &Registry,
+    ) -> Result<Started, StartError> {
         let (log, recovery) = Log::open(
             &cfg.log_dir(),
             LogConfig {
@@ -150,12 +186,15 @@ impl Engine {
             },
         )?;
         let head = log.head_seq();
-        let (projections, replayed_records) = open_projections(cfg, head)?;
         let crypto = Arc::new(super::load_keys(cfg, head == 0)?);
-        super::check_keys_open_secrets(&crypto, projections.licenses.book())?;
-        let shared = publish(cfg, &projections, crypto, clock.clone(), head)?;
+        let readers = Readers::new(Some(crypto.clone()));
+        let (mut projections, replayed_records) = open_projections(cfg, registry, readers, head)?;
+        let licenses = LicenseBook::from_states(projections.store.licenses()?);
+        super::check_keys_open_secrets(&crypto, &licenses)?;
+        projections.publish()?;
+        let shared = shared(cfg, &projections, clock.clone(), head);
         report_progress(head, &projections.applied());
-        let engine = start_stages(cfg, log, projections, shared, clock)?;
+        let engine = start_stages(cfg, log, projections, licenses, shared, clock)?;
         let bootstrap_key = engine.bootstrap(cfg)?;
         Ok(Started {
             engine,
@@ -212,42 +251,31 @@ impl Engine {
 }
 
 /// The state readers use, as of the log head.
-fn publish(
-    cfg: &Config,
-    p: &Projections,
-    crypto: Arc<crate::crypto::Keys>,
-    clock: Arc<dyn Clock>,
-    head: Seq,
-) -> Result<Arc<Shared>, StartError> {
-    let store = &p.store;
-    let meters = MeterSet::from_defs(store.meter_defs()?)
-        .map_err(|e| StartError::Other(format!("stored meter is invalid: {e}")))?;
-    let keys = KeyRing::from_records(store.api_keys()?);
-    let product_ring = crate::product::ProductRing::build(&store.products()?, &crypto)
-        .map_err(StartError::Other)?;
-    Ok(Arc::new(Shared {
-        store: store.clone(),
-        meters: ArcSwap::from_pointee(meters),
-        keys: ArcSwap::from_pointee(keys),
-        overlay: p.counters.overlay(),
+fn shared(cfg: &Config, p: &Projections, clock: Arc<dyn Clock>, head: Seq) -> Arc<Shared> {
+    let r = p.readers.clone();
+    Arc::new(Shared {
+        store: p.store.clone(),
+        meters: r.meters,
+        keys: r.keys,
+        overlay: r.overlay,
         head_seq: AtomicU64::new(head),
         applied_seq: AtomicU64::new(head),
         failed: AtomicBool::new(false),
         clock,
         window: cfg.time_window(),
         request_events_max: cfg.request_events_max,
-        licenses: PublishedLicenses::from_book(p.licenses.book()),
-        usage: UsageCache::default(),
-        crypto,
-        products: ArcSwap::from_pointee(product_ring),
-    }))
+        licenses: r.licenses,
+        usage: r.usage,
+        crypto: r.crypto.expect("an engine opens with its keys"),
+        products: r.products,
+    })
 }
 
 /// The writer's state as of the log head.
 fn writer_state(
     cfg: &Config,
     store: &Store,
-    licenses: &Licenses,
+    licenses: LicenseBook,
     dedup: DedupIndex,
     head: Seq,
 ) -> Result<WriterState, StartError> {
@@ -264,7 +292,7 @@ fn writer_state(
             .into_iter()
             .map(|p| (p.id, p.version))
             .collect(),
-        licenses: licenses.book().clone(),
+        licenses,
         window: cfg.time_window(),
         dedup_keys_max: cfg.dedup_keys_max,
     })
@@ -276,6 +304,7 @@ fn start_stages(
     cfg: &Config,
     log: Log,
     p: Projections,
+    licenses: LicenseBook,
     shared: Arc<Shared>,
     clock: Arc<dyn Clock>,
 ) -> Result<Engine, StartError> {
@@ -310,16 +339,14 @@ fn start_stages(
     };
     let checkpoint_tick = checkpoints.tick();
     let writer = Writer {
-        state: writer_state(cfg, &p.store, &p.licenses, p.dedup, head)?,
+        state: writer_state(cfg, &p.store, licenses, p.dedup, head)?,
         batch_records_max: cfg.batch_records_max,
         clock,
         checkpoints,
         syncer: pending_tx,
     };
     let projector = Projector {
-        counters: p.counters,
-        docs: p.docs,
-        licenses: p.licenses,
+        projections: p.list,
         shared: shared.clone(),
     };
     writer::spawn_ticker(
@@ -359,9 +386,18 @@ fn log_ends_with_checkpoint(log_dir: &std::path::Path, head: Seq) -> Result<bool
 
 /// Drops every projection and rebuilds it from the log, reporting progress.
 pub fn rebuild(cfg: &Config, progress: impl Fn(Seq, Seq)) -> Result<Seq, StartError> {
+    rebuild_with(cfg, &Registry::standard(), progress)
+}
+
+/// [`rebuild`] for the projections of `registry`.
+pub fn rebuild_with(
+    cfg: &Config,
+    registry: &Registry,
+    progress: impl Fn(Seq, Seq),
+) -> Result<Seq, StartError> {
     let report = crate::log::verify(&cfg.log_dir())?;
     let head = report.head_seq;
-    let p = Projections::open(cfg, usize::MAX)?;
+    let p = Projections::open(cfg, registry, Readers::new(None), usize::MAX)?;
     let mut p = p.clear(cfg, usize::MAX)?;
     p.catch_up(cfg, head, progress)?;
     p.dedup

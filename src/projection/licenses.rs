@@ -11,11 +11,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
 
-use super::{
-    checkpoint, decode_json, put_checkpoint, Applied, MeterSet, Overlay, ProjectionError, Store,
-};
+use super::counters::{read_states, Overlay};
+use super::store::{documents, Store};
+use super::{checkpoint, put_checkpoint, Applied, OpenContext, Projection, ProjectionError};
 use crate::license::{LicenseBook, LicenseState};
 use crate::log::Seq;
+use crate::meter::MeterSet;
 use crate::meter::{AggState, CounterKey};
 use crate::record::Record;
 
@@ -26,41 +27,40 @@ pub struct Licenses {
     applied: Seq,
     /// Highest seq seen; the tree is logically at least here.
     seen: Seq,
+    /// Where readers find the licenses.
+    published: Arc<PublishedLicenses>,
+    /// Licenses changed since they were last published; `None`: all of them.
+    unpublished: Option<Vec<String>>,
 }
 
-impl Licenses {
-    pub fn open(store: &Store) -> Result<Licenses, ProjectionError> {
-        let tree = store.licenses.clone();
-        let mut states = Vec::new();
-        for kv in tree.iter() {
-            let (k, v) = kv?;
-            if k.is_empty() {
-                continue;
-            }
-            states.push(decode_json::<LicenseState>("licenses", &k, &v)?);
-        }
-        let applied = checkpoint(&tree)?;
-        Ok(Licenses {
-            tree,
-            book: LicenseBook::from_states(states),
-            applied,
-            seen: applied,
-        })
+pub fn open(ctx: &OpenContext<'_>) -> Result<Box<dyn Projection>, ProjectionError> {
+    let tree = ctx.store.licenses.clone();
+    let states = documents::<LicenseState>(&tree, "licenses")?;
+    let applied = checkpoint(&tree)?;
+    Ok(Box::new(Licenses {
+        tree,
+        book: LicenseBook::from_states(states),
+        applied,
+        seen: applied,
+        published: ctx.readers.licenses.clone(),
+        unpublished: None,
+    }))
+}
+
+impl Projection for Licenses {
+    fn name(&self) -> &'static str {
+        "licenses"
     }
 
-    pub fn applied(&self) -> Seq {
+    fn applied(&self) -> Seq {
         self.applied.max(self.seen)
     }
 
-    pub fn book(&self) -> &LicenseBook {
-        &self.book
-    }
-
     /// Applies records in log order (skipping what the tree has) and writes
-    /// the changed licenses with the checkpoint. Returns the changed ids.
-    pub fn apply(&mut self, records: &[Applied<'_>]) -> Result<Vec<String>, ProjectionError> {
+    /// the changed licenses with the checkpoint.
+    fn apply(&mut self, records: &[Applied<'_>]) -> Result<bool, ProjectionError> {
         let Some(last) = records.last().map(|a| a.seq) else {
-            return Ok(Vec::new());
+            return Ok(false);
         };
         let mut changed = Vec::new();
         for a in records.iter().filter(|a| a.seq > self.seen) {
@@ -70,7 +70,7 @@ impl Licenses {
         }
         self.seen = self.seen.max(last);
         if changed.is_empty() {
-            return Ok(changed);
+            return Ok(false);
         }
         changed.sort();
         changed.dedup();
@@ -87,11 +87,23 @@ impl Licenses {
         put_checkpoint(&mut batch, self.seen);
         self.tree.apply_batch(batch)?;
         self.applied = self.seen;
-        Ok(changed)
+        if let Some(unpublished) = &mut self.unpublished {
+            unpublished.extend(changed);
+        }
+        Ok(true)
+    }
+
+    fn publish(&mut self) -> Result<(), ProjectionError> {
+        let changed = match self.unpublished.replace(Vec::new()) {
+            Some(changed) => changed,
+            None => self.book.iter().map(|s| s.license.id.clone()).collect(),
+        };
+        self.published.publish(&self.book, &changed);
+        Ok(())
     }
 
     /// Moves the checkpoint up to the last record seen.
-    pub fn flush(&mut self) -> Result<(), ProjectionError> {
+    fn flush(&mut self) -> Result<(), ProjectionError> {
         if self.applied < self.seen {
             self.tree
                 .insert(super::CHECKPOINT_KEY, &self.seen.to_be_bytes())?;
@@ -181,14 +193,11 @@ pub struct PublishedLicenses {
 }
 
 impl PublishedLicenses {
-    pub fn from_book(book: &LicenseBook) -> PublishedLicenses {
-        let p = PublishedLicenses {
+    pub fn new() -> PublishedLicenses {
+        PublishedLicenses {
             by_id: ShardedMap::new(),
             by_digest: ShardedMap::new(),
-        };
-        let ids: Vec<String> = book.iter().map(|s| s.license.id.clone()).collect();
-        p.publish(book, &ids);
-        p
+        }
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<PublishedLicense>> {
@@ -328,27 +337,11 @@ fn read_total(
     to_ms: i64,
 ) -> Result<Option<AggState>, ProjectionError> {
     let (lo, hi) = CounterKey::window_range_bounds(meter, subject, from_ms, to_ms);
-    let mut states: BTreeMap<Vec<u8>, AggState> = BTreeMap::new();
-    for kv in store.counters.range(lo.clone()..hi.clone()) {
-        let (k, v) = kv?;
-        let state = AggState::decode(&v).map_err(|e| ProjectionError::Value {
-            tree: "counters",
-            key: hex::encode(&k),
-            reason: e.to_string(),
-        })?;
-        states.insert(k.to_vec(), state);
-    }
-    for (k, v) in overlay.read().expect("overlay lock").range(lo..hi) {
-        states.insert(k.clone(), v.clone());
-    }
-    let mut total: Option<AggState> = None;
-    for state in states.into_values() {
-        match &mut total {
-            Some(t) => t.merge(&state),
-            None => total = Some(state),
-        }
-    }
-    Ok(total)
+    let states = read_states(&store.counters, overlay, &[lo..hi])?;
+    Ok(states.into_values().reduce(|mut total, state| {
+        total.merge(&state);
+        total
+    }))
 }
 
 impl UsageInner {

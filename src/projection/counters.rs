@@ -1,0 +1,357 @@
+//! The counters projection: aggregation states per meter/subject/window/group,
+//! and the one place that reads them back (sled plus the unflushed overlay).
+//!
+//! It keeps its own copy of the meter definitions (under `0x01 slug`) so its
+//! fold never depends on another tree's progress.
+//!
+//! Counters are written back, not written through: each batch is merged into
+//! an in-memory overlay that queries read on top of sled, and the overlay is
+//! flushed to sled with the checkpoint about once a second. sled then sees
+//! one write per distinct counter per interval instead of one per event; a
+//! crash loses only overlay state, which replay restores.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use arc_swap::ArcSwap;
+
+use super::licenses::UsageCache;
+use super::{
+    checkpoint, decode_json, put_checkpoint, Applied, EventFacts, OpenContext, Projection,
+    ProjectionError,
+};
+use crate::log::{self, Seq};
+use crate::meter::{AggState, CompiledMeter, CounterKey, Fold, MeterDef, MeterSet};
+use crate::metrics::metrics;
+use crate::record::Record;
+
+const METER_DEF_PREFIX: u8 = 0x01;
+/// Flush early when this many counter states are waiting.
+const OVERLAY_STATES_MAX: usize = 200_000;
+
+/// Counter states changed since the last flush, shared with queries.
+pub type Overlay = Arc<RwLock<BTreeMap<Vec<u8>, AggState>>>;
+
+/// The states of the counter keys in `ranges`, newest first: the overlay is
+/// read before sled, so a state flushed (and dropped from the overlay)
+/// between the two reads is still found in sled, and nothing a query could
+/// see before it started is missing from its answer.
+pub fn read_states(
+    tree: &sled::Tree,
+    overlay: &Overlay,
+    ranges: &[Range<Vec<u8>>],
+) -> Result<BTreeMap<Vec<u8>, AggState>, ProjectionError> {
+    let mut states = BTreeMap::new();
+    {
+        let overlay = overlay.read().expect("overlay lock");
+        for r in ranges {
+            for (k, v) in overlay.range(r.clone()) {
+                states.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    for r in ranges {
+        for kv in tree.range(r.clone()) {
+            let (k, v) = kv?;
+            if let std::collections::btree_map::Entry::Vacant(e) = states.entry(k.to_vec()) {
+                e.insert(decode_state(&k, &v)?);
+            }
+        }
+    }
+    Ok(states)
+}
+
+fn decode_state(k: &[u8], v: &[u8]) -> Result<AggState, ProjectionError> {
+    AggState::decode(v).map_err(|e| ProjectionError::Value {
+        tree: "counters",
+        key: hex::encode(k),
+        reason: e.to_string(),
+    })
+}
+
+/// Folds one event into `fold` for every meter of its type; events a meter
+/// cannot read are counted and skipped (they were checked against the meters
+/// that existed when they arrived; a later meter may want other fields).
+fn fold_event(meters: &MeterSet, facts: &EventFacts, fold: &mut Fold) {
+    if let Some(observations) = &facts.observations {
+        let mut n = 0;
+        for (meter, obs) in meters.for_type(&facts.ty).zip(observations) {
+            fold.apply(meter, &facts.subject, facts.time_ms, obs);
+            n += 1;
+        }
+        assert_eq!(
+            n,
+            observations.len(),
+            "writer and projector disagree on the meters of {:?}",
+            facts.ty
+        );
+        return;
+    }
+    for meter in meters.for_type(&facts.ty) {
+        fold_one(meter, facts, fold);
+    }
+}
+
+fn fold_one(meter: &CompiledMeter, facts: &EventFacts, fold: &mut Fold) {
+    match meter.extract(facts.data.as_deref()) {
+        Ok(obs) => fold.apply(meter, &facts.subject, facts.time_ms, &obs),
+        Err(e) => metrics()
+            .fold_skipped_total
+            .with_label_values(&[e.code()])
+            .inc(),
+    }
+}
+
+/// The counters projection.
+pub struct Counters {
+    tree: sled::Tree,
+    log_dir: PathBuf,
+    /// Checkpoint in sled: everything up to here is flushed.
+    flushed: Seq,
+    /// Everything up to here is in sled plus the overlay.
+    applied: Seq,
+    meters: MeterSet,
+    overlay: Overlay,
+    /// Quota usages kept current with each batch, under the same lock as
+    /// every change to the counters (see [`UsageCache`]).
+    usage: Arc<UsageCache>,
+    /// Where readers find the meters.
+    published_meters: Arc<ArcSwap<MeterSet>>,
+    /// Reused across batches: a warm fold is about twice as fast.
+    fold: Fold,
+}
+
+pub fn open(ctx: &OpenContext<'_>) -> Result<Box<dyn Projection>, ProjectionError> {
+    Ok(Box::new(Counters::open(ctx)?))
+}
+
+impl Counters {
+    fn open(ctx: &OpenContext<'_>) -> Result<Counters, ProjectionError> {
+        let tree = ctx.store.counters.clone();
+        let mut meters = MeterSet::default();
+        for kv in tree.scan_prefix([METER_DEF_PREFIX]) {
+            let (k, v) = kv?;
+            let def: MeterDef = decode_json("counters", &k, &v)?;
+            meters.insert(compile("counters", &def)?);
+        }
+        let flushed = checkpoint(&tree)?;
+        Ok(Counters {
+            flushed,
+            applied: flushed,
+            tree,
+            log_dir: ctx.log_dir.to_owned(),
+            meters,
+            overlay: ctx.readers.overlay.clone(),
+            usage: ctx.readers.usage.clone(),
+            published_meters: ctx.readers.meters.clone(),
+            fold: Fold::default(),
+        })
+    }
+
+    /// Folds `records` in log order; returns whether the meters changed.
+    /// Records at or below the checkpoint are skipped, so handing over an
+    /// overlapping range is harmless.
+    fn fold(&mut self, records: &[Applied<'_>]) -> Result<bool, ProjectionError> {
+        let mut fold = std::mem::take(&mut self.fold);
+        let start = self.applied;
+        let mut last = start;
+        let mut meters_changed = false;
+        for a in records.iter().filter(|a| a.seq > start) {
+            match a.record {
+                Record::Event(e) => {
+                    let parsed;
+                    let facts = match a.facts {
+                        Some(f) => f,
+                        None => {
+                            parsed = EventFacts::from_logged(&e.raw, e.time_ms).map_err(|err| {
+                                ProjectionError::Value {
+                                    tree: "counters",
+                                    key: format!("log seq {}", a.seq),
+                                    reason: format!("logged event is not valid JSON: {err}"),
+                                }
+                            })?;
+                            &parsed
+                        }
+                    };
+                    fold_event(&self.meters, facts, &mut fold);
+                }
+                Record::MeterCreated { meter, .. } => {
+                    self.merge(&mut fold, last)?;
+                    self.write_back()?;
+                    self.create_meter(a.seq, meter)?;
+                    meters_changed = true;
+                }
+                Record::MeterDeleted { slug, .. } => {
+                    self.merge(&mut fold, last)?;
+                    self.write_back()?;
+                    self.delete_meter(a.seq, slug)?;
+                    meters_changed = true;
+                }
+                _ => {}
+            }
+            last = a.seq;
+        }
+        let merged = self.merge(&mut fold, last);
+        self.fold = fold;
+        merged.map(|()| meters_changed)
+    }
+
+    /// Merges a batch's fold into the overlay (reading a state from sled the
+    /// first time the overlay meets it).
+    fn merge(&mut self, fold: &mut Fold, seq: Seq) -> Result<(), ProjectionError> {
+        let deltas = fold.drain_sorted();
+        if seq <= self.applied {
+            return Ok(());
+        }
+        let mut merged = Vec::with_capacity(deltas.len());
+        {
+            let overlay = self.overlay.read().expect("overlay lock");
+            for (key, delta) in deltas {
+                let k = key.encode();
+                let state = match overlay.get(&k) {
+                    Some(s) => Some(s.clone()),
+                    None => match self.tree.get(&k)? {
+                        Some(old) => Some(decode_state(&k, &old)?),
+                        None => None,
+                    },
+                };
+                let state = match state {
+                    Some(mut s) => {
+                        s.merge(&delta);
+                        s
+                    }
+                    None => delta,
+                };
+                merged.push((k, state));
+            }
+        }
+        self.overlay.write().expect("overlay lock").extend(merged);
+        self.applied = seq;
+        Ok(())
+    }
+
+    /// Writes the overlay to sled with the checkpoint in one atomic batch,
+    /// then empties it. Queries see the same states throughout: the overlay
+    /// is cleared only after sled holds them.
+    fn write_back(&mut self) -> Result<(), ProjectionError> {
+        if self.applied <= self.flushed {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for (k, state) in self.overlay.read().expect("overlay lock").iter() {
+            batch.insert(k.as_slice(), state.encode());
+        }
+        put_checkpoint(&mut batch, self.applied);
+        self.tree.apply_batch(batch)?;
+        self.overlay.write().expect("overlay lock").clear();
+        self.flushed = self.applied;
+        Ok(())
+    }
+
+    /// A new meter counts every event already in the log (like a query over
+    /// raw events would), so results do not depend on when it was defined.
+    fn create_meter(&mut self, seq: Seq, def: &MeterDef) -> Result<(), ProjectionError> {
+        let compiled = compile("counters", def)?;
+        let mut fold = Fold::default();
+        for entry in log::read_range(&self.log_dir, 1, seq.saturating_sub(1))? {
+            let entry = entry?;
+            let record =
+                Record::decode(&entry.payload).map_err(|source| ProjectionError::Record {
+                    seq: entry.seq,
+                    source,
+                })?;
+            if let Record::Event(e) = record {
+                let Ok(facts) = EventFacts::from_logged(&e.raw, e.time_ms) else {
+                    continue;
+                };
+                if facts.ty == def.event_type {
+                    fold_one(&compiled, &facts, &mut fold);
+                }
+            }
+        }
+        let mut batch = sled::Batch::default();
+        for (key, state) in fold.into_sorted() {
+            batch.insert(key.encode(), state.encode());
+        }
+        batch.insert(
+            def_key(&def.slug),
+            serde_json::to_vec(def).expect("meter serializes"),
+        );
+        put_checkpoint(&mut batch, seq);
+        self.tree.apply_batch(batch)?;
+        self.meters.insert(compiled);
+        self.applied = seq;
+        self.flushed = seq;
+        Ok(())
+    }
+
+    fn delete_meter(&mut self, seq: Seq, slug: &str) -> Result<(), ProjectionError> {
+        let mut batch = sled::Batch::default();
+        for kv in self.tree.scan_prefix(CounterKey::meter_prefix(slug)) {
+            let (k, _) = kv?;
+            batch.remove(k);
+        }
+        batch.remove(def_key(slug));
+        put_checkpoint(&mut batch, seq);
+        self.tree.apply_batch(batch)?;
+        self.meters.remove(slug);
+        self.applied = seq;
+        self.flushed = seq;
+        Ok(())
+    }
+}
+
+impl Projection for Counters {
+    fn name(&self) -> &'static str {
+        "counters"
+    }
+
+    fn applied(&self) -> Seq {
+        self.applied
+    }
+
+    fn flushed(&self) -> Seq {
+        self.flushed
+    }
+
+    fn apply(&mut self, records: &[Applied<'_>]) -> Result<bool, ProjectionError> {
+        let usage = self.usage.clone();
+        let mut usage = usage.lock();
+        let meters_changed = self.fold(records)?;
+        usage.observe(records, &self.meters);
+        Ok(meters_changed)
+    }
+
+    /// Readers get the meters as of the last applied record.
+    fn publish(&mut self) -> Result<(), ProjectionError> {
+        self.published_meters.store(Arc::new(self.meters.clone()));
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), ProjectionError> {
+        // Usage cache entries read sled + overlay under this lock.
+        let usage = self.usage.clone();
+        let _usage = usage.lock();
+        self.write_back()
+    }
+
+    fn wants_flush(&self) -> bool {
+        self.overlay.read().expect("overlay lock").len() > OVERLAY_STATES_MAX
+    }
+}
+
+fn def_key(slug: &str) -> Vec<u8> {
+    let mut k = vec![METER_DEF_PREFIX];
+    k.extend_from_slice(slug.as_bytes());
+    k
+}
+
+fn compile(tree: &'static str, def: &MeterDef) -> Result<CompiledMeter, ProjectionError> {
+    def.validate().map_err(|e| ProjectionError::Value {
+        tree,
+        key: def.slug.clone(),
+        reason: e.to_string(),
+    })
+}

@@ -1,0 +1,106 @@
+//! The list of projections. Opening them, catching them up on start, the
+//! projector's live fold, and `keymeter replay` all walk this one list, so a
+//! new projection is one [`ProjectionSpec`] here and its own module.
+
+use super::{counters, docs, licenses, Applied, OpenContext, Projection, ProjectionError, Store};
+use crate::log::{self, Seq};
+use crate::record::Record;
+
+/// How to open one projection, and which sled trees hold its state.
+#[derive(Clone, Copy)]
+pub struct ProjectionSpec {
+    pub name: &'static str,
+    /// Emptied when the projection is rebuilt from the log.
+    pub trees: &'static [&'static str],
+    pub open: fn(&OpenContext<'_>) -> Result<Box<dyn Projection>, ProjectionError>,
+}
+
+/// The projections an engine runs, in the order each batch is applied.
+#[derive(Clone)]
+pub struct Registry {
+    specs: Vec<ProjectionSpec>,
+}
+
+impl Registry {
+    /// Every projection keymeter has.
+    pub fn standard() -> Registry {
+        let spec = |name, trees, open| ProjectionSpec { name, trees, open };
+        Registry {
+            specs: vec![
+                spec("counters", &["counters"], counters::open),
+                spec("licenses", &["licenses"], licenses::open),
+                spec("meters", &["meters"], docs::open_meters),
+                spec("api_keys", &["api_keys"], docs::open_api_keys),
+                spec("products", &["products"], docs::open_products),
+                spec("quarantine", &["quarantine"], docs::open_quarantine),
+                spec("sources", &["sources"], docs::open_sources),
+            ],
+        }
+    }
+
+    /// This registry and one more projection, applied after the others.
+    pub fn with(mut self, spec: ProjectionSpec) -> Registry {
+        self.specs.push(spec);
+        self
+    }
+
+    pub fn specs(&self) -> &[ProjectionSpec] {
+        &self.specs
+    }
+
+    pub fn open(&self, ctx: &OpenContext<'_>) -> Result<Vec<Box<dyn Projection>>, ProjectionError> {
+        self.specs.iter().map(|s| (s.open)(ctx)).collect()
+    }
+
+    /// Empties every projection's trees (the projections must be closed).
+    pub fn clear(&self, store: &Store) -> Result<(), ProjectionError> {
+        for name in self.specs.iter().flat_map(|s| s.trees) {
+            store.db.open_tree(name)?.clear()?;
+        }
+        store.db.flush()?;
+        Ok(())
+    }
+}
+
+/// Reads the log from `from` through `to` in chunks and hands each chunk to
+/// `apply`. Used for catch-up on start and by `keymeter replay`.
+pub fn replay_log(
+    log_dir: &std::path::Path,
+    from: Seq,
+    to: Seq,
+    chunk_records: usize,
+    mut apply: impl FnMut(&[Applied<'_>]) -> Result<(), ProjectionError>,
+) -> Result<(), ProjectionError> {
+    if from > to {
+        return Ok(());
+    }
+    let mut chunk: Vec<(Seq, Record)> = Vec::with_capacity(chunk_records);
+    let mut run = |chunk: &mut Vec<(Seq, Record)>| -> Result<(), ProjectionError> {
+        let applied: Vec<Applied<'_>> = chunk
+            .iter()
+            .map(|(seq, record)| Applied {
+                seq: *seq,
+                record,
+                facts: None,
+            })
+            .collect();
+        apply(&applied)?;
+        chunk.clear();
+        Ok(())
+    };
+    for entry in log::read_range(log_dir, from, to)? {
+        let entry = entry?;
+        let record = Record::decode(&entry.payload).map_err(|source| ProjectionError::Record {
+            seq: entry.seq,
+            source,
+        })?;
+        chunk.push((entry.seq, record));
+        if chunk.len() >= chunk_records {
+            run(&mut chunk)?;
+        }
+    }
+    if !chunk.is_empty() {
+        run(&mut chunk)?;
+    }
+    Ok(())
+}
