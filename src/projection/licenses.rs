@@ -192,14 +192,16 @@ pub struct PublishedLicenses {
     by_digest: ShardedMap<[u8; 32], Arc<PublishedLicense>>,
 }
 
-impl PublishedLicenses {
-    pub fn new() -> PublishedLicenses {
+impl Default for PublishedLicenses {
+    fn default() -> PublishedLicenses {
         PublishedLicenses {
             by_id: ShardedMap::new(),
             by_digest: ShardedMap::new(),
         }
     }
+}
 
+impl PublishedLicenses {
     pub fn get(&self, id: &str) -> Option<Arc<PublishedLicense>> {
         self.by_id.get(id)
     }

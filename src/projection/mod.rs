@@ -125,7 +125,7 @@ impl Readers {
             meters: Default::default(),
             keys: Default::default(),
             products: Default::default(),
-            licenses: Arc::new(licenses::PublishedLicenses::new()),
+            licenses: Default::default(),
             usage: Default::default(),
             overlay: Default::default(),
             crypto,
