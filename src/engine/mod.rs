@@ -34,7 +34,7 @@ use std::thread::JoinHandle;
 use arc_swap::ArcSwap;
 
 pub use crate::clock::{Clock, SystemClock};
-pub use open::rebuild;
+pub use open::{rebuild, rebuild_with};
 pub use protocol::{
     EngineError, EngineHandle, IngestOutcome, Origin, RejectedItem, Renewal, SeatLease, StartError,
 };
