@@ -1,5 +1,7 @@
 //! Meters: definition (admin), listing and usage queries (read).
 
+use std::time::Duration;
+
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -11,6 +13,10 @@ use super::{Admin, ApiError, AppState, Auth, Read};
 use crate::engine::protocol::{CreateMeter, DeleteMeter};
 use crate::event::{fmt_ms, parse_time_ms};
 use crate::meter::{self, AggState, CompiledMeter, CounterKey, MeterDef, QueryParams, WindowSize};
+
+/// How long creating a meter waits for it to count the log before answering
+/// `202 Accepted` instead of `201 Created`.
+const BACKFILL_WAIT: Duration = Duration::from_secs(10);
 
 pub async fn list(_auth: Auth<Read>, State(state): State<AppState>) -> Json<Value> {
     let meters = state.engine.shared.meters.load();
@@ -44,6 +50,17 @@ pub async fn create(
             audit: auth.audit(),
         })
         .await?;
+    // The meter counts the events logged before it off the ingest path;
+    // answer once that is done, or say it is still running.
+    let deadline = tokio::time::Instant::now() + BACKFILL_WAIT;
+    while state.engine.shared.backfills.load().contains_key(&def.slug) {
+        if tokio::time::Instant::now() >= deadline {
+            let mut body = meter_json(&def);
+            body["backfilling"] = json!(true);
+            return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     Ok((StatusCode::CREATED, Json(meter_json(&def))).into_response())
 }
 
@@ -139,6 +156,17 @@ pub async fn query(
     let p = parse_params(raw.as_deref())?;
     let meters = state.engine.shared.meters.load();
     let meter = meters.get(&slug).ok_or_else(|| no_meter(&slug))?;
+    if let Some(seq) = state.engine.shared.backfills.load().get(&slug) {
+        let message = format!(
+            "meter `{slug}` is still counting the events logged before its creation (log seq {seq})"
+        );
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "METER_BACKFILLING",
+            message,
+        )
+        .with_retry_after(1));
+    }
     let split_by_subject = !p.subjects.is_empty() || p.group_by.iter().any(|g| g == "subject");
     let group_by: Vec<String> = p
         .group_by

@@ -56,6 +56,8 @@ pub struct Shared {
     pub keys: Arc<ArcSwap<KeyRing>>,
     /// Counter states not yet flushed to sled; queries read them on top.
     pub overlay: Overlay,
+    /// Meters whose past is still being counted (queries refuse them).
+    pub backfills: crate::projection::Backfills,
     pub head_seq: AtomicU64,
     pub applied_seq: AtomicU64,
     pub failed: AtomicBool,

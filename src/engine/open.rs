@@ -94,7 +94,7 @@ impl Projections {
     }
 
     /// Replays the log from the lowest checkpoint through `head` (each
-    /// projection skips what it has) and flushes. Nothing is published.
+    /// projection skips what it has) and settles. Nothing is published.
     fn catch_up(
         &mut self,
         cfg: &Config,
@@ -113,8 +113,10 @@ impl Projections {
             progress(chunk.last().map(|a| a.seq).unwrap_or(0), head);
             Ok(())
         })?;
+        // What is caught up is complete: deferred work (a new meter's
+        // backfill) finishes before serving or before replay returns.
         for p in &mut self.list {
-            p.flush()?;
+            p.settle()?;
         }
         Ok(())
     }
@@ -258,6 +260,7 @@ fn shared(cfg: &Config, p: &Projections, clock: Arc<dyn Clock>, head: Seq) -> Ar
         meters: r.meters,
         keys: r.keys,
         overlay: r.overlay,
+        backfills: r.backfills,
         head_seq: AtomicU64::new(head),
         applied_seq: AtomicU64::new(head),
         failed: AtomicBool::new(false),

@@ -12,27 +12,32 @@
 
 use std::collections::BTreeMap;
 use std::ops::Range;
-use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use arc_swap::ArcSwap;
 
-use super::licenses::UsageCache;
+use super::backfill::{self, Job};
+use super::licenses::{UsageCache, UsageInner};
 use super::{
     checkpoint, decode_json, put_checkpoint, Applied, EventFacts, OpenContext, Projection,
     ProjectionError,
 };
-use crate::log::{self, Seq};
+use crate::log::Seq;
 use crate::meter::{AggState, CompiledMeter, CounterKey, Fold, MeterDef, MeterSet};
 use crate::metrics::metrics;
 use crate::record::Record;
 
 const METER_DEF_PREFIX: u8 = 0x01;
+/// `0x02 slug` → the seq of the meter's creation, while its past is counted.
+const BACKFILL_PREFIX: u8 = 0x02;
 /// Flush early when this many counter states are waiting.
 const OVERLAY_STATES_MAX: usize = 200_000;
 
 /// Counter states changed since the last flush, shared with queries.
 pub type Overlay = Arc<RwLock<BTreeMap<Vec<u8>, AggState>>>;
+
+/// Meters whose past is still being counted, with the seq of their creation.
+pub type Backfills = Arc<ArcSwap<BTreeMap<String, Seq>>>;
 
 /// The states of the counter keys in `ranges`, newest first: the overlay is
 /// read before sled, so a state flushed (and dropped from the overlay)
@@ -94,7 +99,7 @@ fn fold_event(meters: &MeterSet, facts: &EventFacts, fold: &mut Fold) {
     }
 }
 
-fn fold_one(meter: &CompiledMeter, facts: &EventFacts, fold: &mut Fold) {
+pub(super) fn fold_one(meter: &CompiledMeter, facts: &EventFacts, fold: &mut Fold) {
     match meter.extract(facts.data.as_deref()) {
         Ok(obs) => fold.apply(meter, &facts.subject, facts.time_ms, &obs),
         Err(e) => metrics()
@@ -107,7 +112,6 @@ fn fold_one(meter: &CompiledMeter, facts: &EventFacts, fold: &mut Fold) {
 /// The counters projection.
 pub struct Counters {
     tree: sled::Tree,
-    log_dir: PathBuf,
     /// Checkpoint in sled: everything up to here is flushed.
     flushed: Seq,
     /// Everything up to here is in sled plus the overlay.
@@ -119,6 +123,13 @@ pub struct Counters {
     usage: Arc<UsageCache>,
     /// Where readers find the meters.
     published_meters: Arc<ArcSwap<MeterSet>>,
+    /// Meters whose past is being counted (see [`backfill`]), by slug.
+    backfills: BTreeMap<String, Seq>,
+    /// Where readers find `backfills`.
+    published_backfills: Backfills,
+    /// Backfills merged into the overlay whose marks go at the next write-back.
+    unmark: Vec<String>,
+    worker: backfill::Worker,
     /// Reused across batches: a warm fold is about twice as fast.
     fold: Fold,
 }
@@ -137,17 +148,85 @@ impl Counters {
             meters.insert(compile("counters", &def)?);
         }
         let flushed = checkpoint(&tree)?;
-        Ok(Counters {
+        let mut counters = Counters {
             flushed,
             applied: flushed,
             tree,
-            log_dir: ctx.log_dir.to_owned(),
             meters,
             overlay: ctx.readers.overlay.clone(),
             usage: ctx.readers.usage.clone(),
             published_meters: ctx.readers.meters.clone(),
+            backfills: BTreeMap::new(),
+            published_backfills: ctx.readers.backfills.clone(),
+            unmark: Vec::new(),
+            worker: backfill::Worker::new(ctx.log_dir),
             fold: Fold::default(),
-        })
+        };
+        // Backfills a stop interrupted start over.
+        for kv in counters.tree.scan_prefix([BACKFILL_PREFIX]) {
+            let (k, v) = kv?;
+            let slug = String::from_utf8_lossy(&k[1..]).into_owned();
+            let before =
+                Seq::from_be_bytes(v.as_ref().try_into().map_err(|_| ProjectionError::Value {
+                    tree: "counters",
+                    key: hex::encode(&k),
+                    reason: "malformed backfill mark".into(),
+                })?);
+            counters.start_backfill(&slug, before)?;
+        }
+        Ok(counters)
+    }
+
+    fn start_backfill(&mut self, slug: &str, before: Seq) -> Result<(), ProjectionError> {
+        let meter = self
+            .meters
+            .get(slug)
+            .cloned()
+            .ok_or_else(|| ProjectionError::Value {
+                tree: "counters",
+                key: slug.to_owned(),
+                reason: "backfill mark of a meter that does not exist".into(),
+            })?;
+        self.worker.start(Job { meter, before })?;
+        self.backfills.insert(slug.to_owned(), before);
+        self.published_backfills
+            .store(Arc::new(self.backfills.clone()));
+        Ok(())
+    }
+
+    /// Merges finished backfills into the overlay; with `wait`, waits for
+    /// every pending one. Returns whether any was merged.
+    fn finish_backfills(
+        &mut self,
+        usage: &mut UsageInner,
+        wait: bool,
+    ) -> Result<bool, ProjectionError> {
+        let mut merged = false;
+        while !self.backfills.is_empty() {
+            let done = if wait {
+                self.worker.wait_done()
+            } else {
+                match self.worker.try_done() {
+                    Some(done) => done,
+                    None => break,
+                }
+            };
+            if self.backfills.get(&done.slug) != Some(&done.before) {
+                continue; // the meter was deleted meanwhile
+            }
+            let mut fold = done.fold?;
+            self.merge_deltas(fold.drain_sorted())?;
+            self.backfills.remove(&done.slug);
+            self.unmark.push(done.slug);
+            merged = true;
+        }
+        if merged {
+            // Cached quota usages of the meter were counted without its past.
+            *usage = UsageInner::default();
+            self.published_backfills
+                .store(Arc::new(self.backfills.clone()));
+        }
+        Ok(merged)
     }
 
     /// Folds `records` in log order; returns whether the meters changed.
@@ -205,6 +284,12 @@ impl Counters {
         if seq <= self.applied {
             return Ok(());
         }
+        self.merge_deltas(deltas)?;
+        self.applied = seq;
+        Ok(())
+    }
+
+    fn merge_deltas(&mut self, deltas: Vec<(CounterKey, AggState)>) -> Result<(), ProjectionError> {
         let mut merged = Vec::with_capacity(deltas.len());
         {
             let overlay = self.overlay.read().expect("overlay lock");
@@ -228,7 +313,6 @@ impl Counters {
             }
         }
         self.overlay.write().expect("overlay lock").extend(merged);
-        self.applied = seq;
         Ok(())
     }
 
@@ -236,12 +320,15 @@ impl Counters {
     /// then empties it. Queries see the same states throughout: the overlay
     /// is cleared only after sled holds them.
     fn write_back(&mut self) -> Result<(), ProjectionError> {
-        if self.applied <= self.flushed {
+        if self.applied <= self.flushed && self.unmark.is_empty() {
             return Ok(());
         }
         let mut batch = sled::Batch::default();
         for (k, state) in self.overlay.read().expect("overlay lock").iter() {
             batch.insert(k.as_slice(), state.encode());
+        }
+        for slug in self.unmark.drain(..) {
+            batch.remove(prefixed(BACKFILL_PREFIX, &slug));
         }
         put_checkpoint(&mut batch, self.applied);
         self.tree.apply_batch(batch)?;
@@ -251,40 +338,23 @@ impl Counters {
     }
 
     /// A new meter counts every event already in the log (like a query over
-    /// raw events would), so results do not depend on when it was defined.
+    /// raw events would), so results do not depend on when it was defined:
+    /// events after `seq` are folded as they come, and those before by a
+    /// backfill off this thread.
     fn create_meter(&mut self, seq: Seq, def: &MeterDef) -> Result<(), ProjectionError> {
         let compiled = compile("counters", def)?;
-        let mut fold = Fold::default();
-        for entry in log::read_range(&self.log_dir, 1, seq.saturating_sub(1))? {
-            let entry = entry?;
-            let record =
-                Record::decode(&entry.payload).map_err(|source| ProjectionError::Record {
-                    seq: entry.seq,
-                    source,
-                })?;
-            if let Record::Event(e) = record {
-                let Ok(facts) = EventFacts::from_logged(&e.raw, e.time_ms) else {
-                    continue;
-                };
-                if facts.ty == def.event_type {
-                    fold_one(&compiled, &facts, &mut fold);
-                }
-            }
-        }
         let mut batch = sled::Batch::default();
-        for (key, state) in fold.into_sorted() {
-            batch.insert(key.encode(), state.encode());
-        }
         batch.insert(
-            def_key(&def.slug),
+            prefixed(METER_DEF_PREFIX, &def.slug),
             serde_json::to_vec(def).expect("meter serializes"),
         );
+        batch.insert(prefixed(BACKFILL_PREFIX, &def.slug), &seq.to_be_bytes());
         put_checkpoint(&mut batch, seq);
         self.tree.apply_batch(batch)?;
         self.meters.insert(compiled);
         self.applied = seq;
         self.flushed = seq;
-        Ok(())
+        self.start_backfill(&def.slug, seq)
     }
 
     fn delete_meter(&mut self, seq: Seq, slug: &str) -> Result<(), ProjectionError> {
@@ -293,10 +363,15 @@ impl Counters {
             let (k, _) = kv?;
             batch.remove(k);
         }
-        batch.remove(def_key(slug));
+        batch.remove(prefixed(METER_DEF_PREFIX, slug));
+        batch.remove(prefixed(BACKFILL_PREFIX, slug));
         put_checkpoint(&mut batch, seq);
         self.tree.apply_batch(batch)?;
         self.meters.remove(slug);
+        if self.backfills.remove(slug).is_some() {
+            self.published_backfills
+                .store(Arc::new(self.backfills.clone()));
+        }
         self.applied = seq;
         self.flushed = seq;
         Ok(())
@@ -319,6 +394,7 @@ impl Projection for Counters {
     fn apply(&mut self, records: &[Applied<'_>]) -> Result<bool, ProjectionError> {
         let usage = self.usage.clone();
         let mut usage = usage.lock();
+        self.finish_backfills(&mut usage, false)?;
         let meters_changed = self.fold(records)?;
         usage.observe(records, &self.meters);
         Ok(meters_changed)
@@ -333,7 +409,15 @@ impl Projection for Counters {
     fn flush(&mut self) -> Result<(), ProjectionError> {
         // Usage cache entries read sled + overlay under this lock.
         let usage = self.usage.clone();
-        let _usage = usage.lock();
+        let mut usage = usage.lock();
+        self.finish_backfills(&mut usage, false)?;
+        self.write_back()
+    }
+
+    fn settle(&mut self) -> Result<(), ProjectionError> {
+        let usage = self.usage.clone();
+        let mut usage = usage.lock();
+        self.finish_backfills(&mut usage, true)?;
         self.write_back()
     }
 
@@ -342,8 +426,8 @@ impl Projection for Counters {
     }
 }
 
-fn def_key(slug: &str) -> Vec<u8> {
-    let mut k = vec![METER_DEF_PREFIX];
+fn prefixed(prefix: u8, slug: &str) -> Vec<u8> {
+    let mut k = vec![prefix];
     k.extend_from_slice(slug.as_bytes());
     k
 }

@@ -18,6 +18,7 @@
 //! - the dedup index is the writer's, not the projector's: it lives in memory
 //!   with a snapshot file (see [`dedup`]) and is fed by the same catch-up.
 
+pub mod backfill;
 pub mod counters;
 pub mod dedup;
 pub mod docs;
@@ -35,7 +36,7 @@ use crate::log::{self, Seq};
 pub use crate::meter::MeterSet;
 use crate::product::ProductRing;
 use crate::record::Record;
-pub use counters::Overlay;
+pub use counters::{Backfills, Overlay};
 pub use registry::{replay_log, ProjectionSpec, Registry};
 pub use store::{source_key, KeyValue, Store};
 
@@ -96,6 +97,12 @@ pub trait Projection: Send {
     /// Makes everything applied durable, with its checkpoint.
     fn flush(&mut self) -> Result<(), ProjectionError>;
 
+    /// Finishes work deferred off the live path and flushes; `keymeter
+    /// replay` calls it so that what it leaves is complete.
+    fn settle(&mut self) -> Result<(), ProjectionError> {
+        self.flush()
+    }
+
     /// Whether it holds enough unflushed state to flush before the interval.
     fn wants_flush(&self) -> bool {
         false
@@ -113,6 +120,8 @@ pub struct Readers {
     pub usage: Arc<licenses::UsageCache>,
     /// Counter states not yet flushed to sled; queries read them on top.
     pub overlay: Overlay,
+    /// Meters whose past is still being counted.
+    pub backfills: counters::Backfills,
     /// Opens sealed secrets (product signing secrets, license keys); absent
     /// when projections are only rebuilt, which publishes nothing.
     pub crypto: Option<Arc<crate::crypto::Keys>>,
@@ -128,6 +137,7 @@ impl Readers {
             licenses: Default::default(),
             usage: Default::default(),
             overlay: Default::default(),
+            backfills: Default::default(),
             crypto,
         }
     }

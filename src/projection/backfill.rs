@@ -1,0 +1,117 @@
+//! Counting a new meter's past: when a meter is created at seq `S`, the
+//! events logged before `S` must be folded into it. That read of the whole
+//! log runs on a worker thread, so creating a meter over a long log does not
+//! stall the projector (and with it every ingest answer).
+//!
+//! Correctness rests on three facts. Aggregation states merge exactly
+//! (integers and fixed-point amounts), in any order, so "live events after
+//! `S`, then the backfill" gives the same bytes as "backfill, then live
+//! events" (what replay does). A pending backfill is marked in the counters
+//! tree in the same batch as the meter's definition and unmarked in the same
+//! batch as its result, so a crash in between restarts it. And a result is
+//! taken only for the (meter, `S`) it was started for, so a meter deleted
+//! (or deleted and created again) meanwhile drops a stale result.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, Sender};
+
+use super::{EventFacts, ProjectionError};
+use crate::log::{self, Seq};
+use crate::meter::{CompiledMeter, Fold};
+use crate::record::Record;
+
+/// A meter to count from the start of the log through `before - 1`.
+pub struct Job {
+    pub meter: CompiledMeter,
+    pub before: Seq,
+}
+
+/// The fold of a job, to merge into the counters.
+pub struct Done {
+    pub slug: String,
+    pub before: Seq,
+    pub fold: Result<Fold, ProjectionError>,
+}
+
+/// One worker thread, started at the first job, taking jobs in order.
+pub struct Worker {
+    log_dir: PathBuf,
+    jobs: Option<Sender<Job>>,
+    done_tx: Sender<Done>,
+    done: Receiver<Done>,
+}
+
+impl Worker {
+    pub fn new(log_dir: &Path) -> Worker {
+        let (done_tx, done) = mpsc::channel();
+        Worker {
+            log_dir: log_dir.to_owned(),
+            jobs: None,
+            done_tx,
+            done,
+        }
+    }
+
+    pub fn start(&mut self, job: Job) -> Result<(), ProjectionError> {
+        if self.jobs.is_none() {
+            let (tx, rx) = mpsc::channel::<Job>();
+            let (log_dir, done) = (self.log_dir.clone(), self.done_tx.clone());
+            std::thread::Builder::new()
+                .name("keymeter-backfill".into())
+                .spawn(move || {
+                    for job in rx {
+                        let fold = fold_before(&log_dir, &job.meter, job.before);
+                        let slug = job.meter.slug().to_owned();
+                        let before = job.before;
+                        if done.send(Done { slug, before, fold }).is_err() {
+                            return;
+                        }
+                    }
+                })
+                .map_err(|e| {
+                    ProjectionError::Publish(format!("cannot start the backfill thread: {e}"))
+                })?;
+            self.jobs = Some(tx);
+        }
+        self.jobs
+            .as_ref()
+            .expect("started")
+            .send(job)
+            .map_err(|_| ProjectionError::Publish("the backfill thread stopped".into()))
+    }
+
+    /// A finished job, if any.
+    pub fn try_done(&self) -> Option<Done> {
+        self.done.try_recv().ok()
+    }
+
+    /// The next finished job, waiting for it.
+    pub fn wait_done(&self) -> Done {
+        self.done.recv().expect("the worker holds a sender")
+    }
+}
+
+/// Folds every event of the meter's type logged before `before`.
+fn fold_before(
+    log_dir: &Path,
+    meter: &CompiledMeter,
+    before: Seq,
+) -> Result<Fold, ProjectionError> {
+    let mut fold = Fold::default();
+    for entry in log::read_range(log_dir, 1, before.saturating_sub(1))? {
+        let entry = entry?;
+        let record = Record::decode(&entry.payload).map_err(|source| ProjectionError::Record {
+            seq: entry.seq,
+            source,
+        })?;
+        if let Record::Event(e) = record {
+            let Ok(facts) = EventFacts::from_logged(&e.raw, e.time_ms) else {
+                continue;
+            };
+            if facts.ty == meter.def().event_type {
+                super::counters::fold_one(meter, &facts, &mut fold);
+            }
+        }
+    }
+    Ok(fold)
+}
