@@ -1,0 +1,168 @@
+//! `keymeter serve`: the HTTP API (and the Kafka source) over one engine.
+
+use std::future::Future;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use keymeter::config::Config;
+use keymeter::engine::{self, Engine, SystemClock};
+use keymeter::tls::{TlsFiles, TlsListener, TlsPeer};
+
+/// Serves until Ctrl-C, SIGTERM or an engine failure, then stops the Kafka
+/// source and drains the writer.
+pub fn serve(cfg: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("keymeter-http")
+        .build()?;
+    // Before the engine opens: a bad certificate stops the start at once.
+    let tls = tls_config(&cfg)?;
+    tracing::info!(data_dir = %cfg.data_dir.display(), "starting keymeter");
+    let started = Engine::open(&cfg, Arc::new(SystemClock))
+        .with_context(|| format!("cannot open data directory {}", cfg.data_dir.display()))?;
+    let r = &started.recovery;
+    tracing::info!(
+        head_seq = r.head_seq,
+        segments = r.segments,
+        torn_tail_bytes = r.torn_tail_bytes,
+        replayed_records = started.replayed_records,
+        "event log open"
+    );
+    let engine = started.engine;
+    let handle = engine.handle();
+    let kafka = match &cfg.kafka {
+        None => None,
+        Some(k) => Some(keymeter::source::kafka::KafkaSource::start(
+            k,
+            handle.clone(),
+        )?),
+    };
+    let cfg = Arc::new(cfg);
+    let state = keymeter::api::AppState::new(handle.clone(), cfg.clone());
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+        let addr = listener.local_addr()?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        announce(scheme, addr, started.bootstrap_key.as_deref())?;
+        if let Some(metrics_addr) = cfg.metrics_listen {
+            spawn_metrics_listener(metrics_addr).await?;
+        }
+        let client_certs = cfg.tls_client_ca.is_some();
+        tracing::info!(%addr, tls = tls.is_some(), client_certs, "HTTP API listening");
+        let shutdown = shutdown_signal(handle.shared.clone());
+        serve_api(listener, keymeter::api::router(state), tls, shutdown).await
+    })?;
+    if let Some(kafka) = kafka {
+        // Before the engine drains: batches in the engine are awaited, the
+        // rest is consumed again from the stored positions on the next start.
+        tracing::info!("stopping the Kafka source");
+        kafka.stop();
+    }
+    drop(handle);
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    tracing::info!("HTTP server stopped; draining the writer");
+    engine.shutdown()?;
+    tracing::info!("keymeter stopped cleanly");
+    Ok(())
+}
+
+/// The HTTPS settings when a certificate and its key are configured.
+fn tls_config(cfg: &Config) -> anyhow::Result<Option<rustls::ServerConfig>> {
+    let (Some(cert), Some(key)) = (&cfg.tls_cert, &cfg.tls_key) else {
+        return Ok(None);
+    };
+    let files = TlsFiles {
+        cert,
+        key,
+        client_ca: cfg.tls_client_ca.as_deref(),
+    };
+    Ok(Some(keymeter::tls::server_config(&files)?))
+}
+
+/// Serves the API until `shutdown` resolves, over HTTPS when `tls` is set.
+async fn serve_api(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    tls: Option<rustls::ServerConfig>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    match tls {
+        None => {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await?
+        }
+        Some(config) => {
+            axum::serve(
+                TlsListener::new(listener, config),
+                router.into_make_service_with_connect_info::<TlsPeer>(),
+            )
+            .with_graceful_shutdown(shutdown)
+            .await?
+        }
+    }
+    Ok(())
+}
+
+/// Tells the caller (and the tests, which read stdout) where to connect,
+/// and shows a bootstrap admin key the only time it exists in clear.
+fn announce(scheme: &str, addr: SocketAddr, bootstrap_key: Option<&str>) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "keymeter listening on {scheme}://{addr}")?;
+    if let Some(key) = bootstrap_key {
+        writeln!(
+            stdout,
+            "\nCreated the first admin API key. It is shown only this once; store it now:\n\n  {key}\n\n\
+             Try it:\n  curl -H 'Authorization: Bearer {key}' {scheme}://{addr}/api/v1/meters\n"
+        )?;
+    }
+    stdout.flush()?;
+    Ok(())
+}
+
+/// `/metrics` without authentication on its own address; a failure there
+/// is logged and leaves the API serving.
+async fn spawn_metrics_listener(addr: SocketAddr) -> anyhow::Result<()> {
+    let l = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    tracing::info!(addr = %l.local_addr()?, "metrics listener");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(l, keymeter::api::metrics_router()).await {
+            tracing::error!(error = %e, "metrics listener failed");
+        }
+    });
+    Ok(())
+}
+
+/// Resolves on Ctrl-C, SIGTERM, or when the engine has failed (so the process
+/// exits instead of answering 503 forever).
+async fn shutdown_signal(shared: Arc<engine::Shared>) {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    let failed = async {
+        while !shared.failed.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("Ctrl-C received; shutting down"),
+        _ = term => tracing::info!("SIGTERM received; shutting down"),
+        _ = failed => tracing::error!("engine failed; shutting down"),
+    }
+}
