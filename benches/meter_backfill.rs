@@ -1,0 +1,157 @@
+//! Ingest latency while a meter is created over a long log.
+//!
+//! Loads a log of `EVENTS` events (10M; 20k with `KEYMETER_BENCH_QUICK=1`),
+//! then runs the same closed ingest loop (batches of 100 events, one at a
+//! time) twice: alone (baseline), and while a new meter over every logged
+//! event is created and counts them. Prints p50/p99/max batch latency of
+//! both, their p99 ratio, and how long the count took.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use keymeter::config::Config;
+use keymeter::engine::protocol::{CreateMeter, Ingest, Origin};
+use keymeter::engine::{Engine, EngineHandle, SystemClock};
+use keymeter::event::{decode_event_text, Decoded, TimeWindow};
+use keymeter::meter::MeterDef;
+use keymeter::record::Audit;
+
+const LOAD_BATCH: usize = 10_000;
+const PROBE_BATCH: usize = 100;
+
+fn quick() -> bool {
+    std::env::var("KEYMETER_BENCH_QUICK").is_ok_and(|v| v == "1")
+}
+
+fn items(prefix: &str, from: usize, n: usize, now_ms: i64) -> Vec<Decoded> {
+    (from..from + n)
+        .map(|i| {
+            let t = chrono::DateTime::from_timestamp_millis(now_ms - (i as i64 % 3_600) * 1_000)
+                .unwrap()
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            let text = format!(
+                r#"{{"specversion":"1.0","id":"{prefix}-{i}","source":"bench","type":"call","subject":"cust-{}","time":"{t}","data":{{"n":{}}}}}"#,
+                i % 1_000,
+                i % 10
+            );
+            decode_event_text(&text, now_ms, TimeWindow::default()).unwrap()
+        })
+        .collect()
+}
+
+async fn ingest(handle: &EngineHandle, items: Vec<Decoded>) {
+    let received_ms = chrono::Utc::now().timestamp_millis();
+    let origin = Origin::Http;
+    let out = handle
+        .send(Ingest {
+            items,
+            received_ms,
+            origin,
+        })
+        .await
+        .unwrap();
+    assert!(out.rejected.is_empty());
+}
+
+/// Ingests probe batches until `until` says stop; returns their latencies.
+async fn probe(handle: &EngineHandle, prefix: &str, until: impl Fn() -> bool) -> Histogram<u64> {
+    let mut h = Histogram::<u64>::new(3).unwrap();
+    let mut n = 0;
+    while !until() {
+        let batch = items(
+            prefix,
+            n,
+            PROBE_BATCH,
+            chrono::Utc::now().timestamp_millis(),
+        );
+        let t = Instant::now();
+        ingest(handle, batch).await;
+        h.record(t.elapsed().as_micros() as u64).unwrap();
+        n += PROBE_BATCH;
+    }
+    h
+}
+
+fn row(name: &str, h: &Histogram<u64>) {
+    println!(
+        "{name:<26} batches {:>6}  p50 {:>8.2} ms  p99 {:>8.2} ms  max {:>8.2} ms",
+        h.len(),
+        h.value_at_quantile(0.50) as f64 / 1e3,
+        h.value_at_quantile(0.99) as f64 / 1e3,
+        h.max() as f64 / 1e3
+    );
+}
+
+fn config(root: &std::path::Path) -> Config {
+    use base64::Engine as _;
+    Config {
+        data_dir: root.join("data"),
+        master_key: Some(keymeter::crypto::SecretString::new(
+            base64::engine::general_purpose::STANDARD.encode([5u8; 32]),
+        )),
+        dedup_keys_max: 20_000_000,
+        ..Config::default()
+    }
+}
+
+fn main() {
+    let events: usize = if quick() { 20_000 } else { 10_000_000 };
+    let probe_time = Duration::from_secs(if quick() { 1 } else { 10 });
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let cfg = config(dir.path());
+    let started = Engine::open(&cfg, Arc::new(SystemClock)).unwrap();
+    let handle = started.engine.handle();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let t = Instant::now();
+    rt.block_on(async {
+        let now = chrono::Utc::now().timestamp_millis();
+        for from in (0..events).step_by(LOAD_BATCH) {
+            ingest(&handle, items("old", from, LOAD_BATCH, now)).await;
+        }
+    });
+    println!(
+        "loaded {events} events in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    let start = Instant::now();
+    let alone = rt.block_on(probe(&handle, "alone", || start.elapsed() >= probe_time));
+
+    let def: MeterDef = serde_json::from_value(serde_json::json!({
+        "slug": "calls", "eventType": "call", "aggregation": "SUM", "valueProperty": "$.n"
+    }))
+    .unwrap();
+    let audit = Audit {
+        actor: None,
+        at_ms: 0,
+        request_id: None,
+    };
+    let start = Instant::now();
+    let (during, counted_in) = rt.block_on(async {
+        let create = handle.send(CreateMeter { def, audit });
+        let created = Instant::now();
+        let shared = handle.shared.clone();
+        let counting = move || shared.backfills.load().contains_key("calls");
+        let probe = probe(&handle, "during", || {
+            created.elapsed() >= Duration::from_millis(50)
+                && !counting()
+                && start.elapsed() >= probe_time
+        });
+        let (created_meter, h) = tokio::join!(create, probe);
+        created_meter.unwrap();
+        (h, created.elapsed())
+    });
+    row("ingest alone", &alone);
+    row("ingest while meter counts", &during);
+    println!(
+        "p99 ratio (during / alone): {:.2}; the meter counted {events} events within {:.1} s",
+        during.value_at_quantile(0.99) as f64 / alone.value_at_quantile(0.99).max(1) as f64,
+        counted_in.as_secs_f64()
+    );
+    drop(handle);
+    started.engine.shutdown().unwrap();
+}
