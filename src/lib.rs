@@ -12,6 +12,7 @@ pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod engine;
+pub mod error_code;
 pub mod event;
 pub mod license;
 pub mod log;
@@ -24,3 +25,5 @@ pub mod record;
 pub mod signing;
 pub mod source;
 pub mod tls;
+
+pub use error_code::ErrorCode;

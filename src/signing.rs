@@ -13,6 +13,8 @@ use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
+use crate::error_code::ErrorCode;
+
 pub use keymeter_client::signing::{
     canonical_request, sign, sign_request, HeaderError, RequestParts, SignatureHeader,
     HEADER_BYTES_MAX, NONCE_CHARS_MAX, NONCE_CHARS_MIN, SCHEME, SECRET_PREFIX, SIGNATURE_HEADER,
@@ -49,15 +51,17 @@ impl From<HeaderError> for SignatureError {
 }
 
 impl SignatureError {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            SignatureError::Malformed(_) => "SIGNATURE_MALFORMED",
-            SignatureError::Required => "SIGNATURE_REQUIRED",
-            SignatureError::UnknownKey(_) => "SIGNATURE_KEY_UNKNOWN",
-            SignatureError::Stale { .. } | SignatureError::BeforeStart => "SIGNATURE_EXPIRED",
-            SignatureError::Mismatch => "SIGNATURE_INVALID",
-            SignatureError::Replayed => "REQUEST_REPLAYED",
-            SignatureError::NonceCapacity => "NONCE_CAPACITY",
+            SignatureError::Malformed(_) => ErrorCode::SignatureMalformed,
+            SignatureError::Required => ErrorCode::SignatureRequired,
+            SignatureError::UnknownKey(_) => ErrorCode::SignatureKeyUnknown,
+            SignatureError::Stale { .. } | SignatureError::BeforeStart => {
+                ErrorCode::SignatureExpired
+            }
+            SignatureError::Mismatch => ErrorCode::SignatureInvalid,
+            SignatureError::Replayed => ErrorCode::RequestReplayed,
+            SignatureError::NonceCapacity => ErrorCode::NonceCapacity,
         }
     }
 

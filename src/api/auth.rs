@@ -6,11 +6,12 @@
 use std::marker::PhantomData;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::header;
 use axum::http::request::Parts;
-use axum::http::{header, StatusCode};
 
 use super::{ApiError, AppState};
 use crate::auth::{allows, Scope};
+use crate::error_code::ErrorCode;
 use crate::tls::TlsPeer;
 
 pub trait RequiredScope: Send + Sync + 'static {
@@ -52,23 +53,20 @@ impl<S: RequiredScope> FromRequestParts<AppState> for Auth<S> {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let presented = bearer_token(&parts.headers).ok_or_else(|| {
             ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "UNAUTHENTICATED",
+                ErrorCode::Unauthenticated,
                 "send an API key as `Authorization: Bearer <key>`",
             )
         })?;
         let keys = state.engine.shared.keys.load();
         let key = keys.lookup(presented).ok_or_else(|| {
             ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "UNAUTHENTICATED",
+                ErrorCode::Unauthenticated,
                 "the API key is unknown or revoked",
             )
         })?;
         if !allows(&key.scopes, S::SCOPE) {
             return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "FORBIDDEN",
+                ErrorCode::Forbidden,
                 format!(
                     "API key `{}` lacks the `{}` scope",
                     key.id,
@@ -112,8 +110,7 @@ impl FromRequestParts<AppState> for ClientCert {
             Ok(ClientCert)
         } else {
             Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "CLIENT_CERT_REQUIRED",
+                ErrorCode::ClientCertRequired,
                 "this route requires a TLS client certificate issued by the server's client CA \
                  (tls_client_ca); connect with one, and send the API key as well",
             ))

@@ -1,5 +1,5 @@
 //! One error shape for every endpoint: `{"code": "...", "message": "..."}`
-//! plus optional details, with the matching HTTP status.
+//! plus optional details, sent with the code's HTTP status.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -7,11 +7,11 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use crate::engine::EngineError;
+use crate::error_code::ErrorCode;
 
 #[derive(Debug)]
 pub struct ApiError {
-    pub status: StatusCode,
-    pub code: String,
+    pub code: ErrorCode,
     pub message: String,
     pub details: Option<serde_json::Map<String, Value>>,
     /// Sent as `Retry-After` (seconds).
@@ -19,22 +19,18 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(
-        status: StatusCode,
-        code: impl Into<String>,
-        message: impl Into<String>,
-    ) -> ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError {
-            status,
-            code: code.into(),
+            code,
             message: message.into(),
             details: None,
             retry_after_s: None,
         }
     }
 
-    pub fn bad_request(code: impl Into<String>, message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    /// The HTTP status: always the code's.
+    pub fn status(&self) -> StatusCode {
+        self.code.status()
     }
 
     pub fn with_details(mut self, details: serde_json::Map<String, Value>) -> ApiError {
@@ -49,44 +45,35 @@ impl ApiError {
 
     pub fn internal(e: impl std::fmt::Display) -> ApiError {
         tracing::error!(error = %e, "internal error");
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "INTERNAL",
-            "internal error; see the server log",
-        )
+        ApiError::new(ErrorCode::Internal, "internal error; see the server log")
     }
 }
 
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> ApiError {
         match e {
-            EngineError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "CONFLICT", m),
-            EngineError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", m),
-            EngineError::Invalid(r) => ApiError::bad_request(r.code, r.message),
-            EngineError::Overloaded(m) => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "DEDUP_CAPACITY", m)
-            }
-            EngineError::Stopped => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ENGINE_UNAVAILABLE",
-                e.to_string(),
-            ),
+            EngineError::Conflict(m) => ApiError::new(ErrorCode::Conflict, m),
+            EngineError::NotFound(m) => ApiError::new(ErrorCode::NotFound, m),
+            EngineError::Invalid(r) => ApiError::new(r.code, r.message),
+            EngineError::Overloaded(m) => ApiError::new(ErrorCode::DedupCapacity, m),
+            EngineError::Stopped => ApiError::new(ErrorCode::EngineUnavailable, e.to_string()),
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let status = self.status();
         let mut body = self.details.unwrap_or_default();
-        body.insert("code".into(), json!(self.code));
+        body.insert("code".into(), json!(self.code.as_str()));
         body.insert("message".into(), json!(self.message));
-        let mut response = (self.status, Json(Value::Object(body))).into_response();
+        let mut response = (status, Json(Value::Object(body))).into_response();
         if let Some(s) = self.retry_after_s {
             response
                 .headers_mut()
                 .insert(axum::http::header::RETRY_AFTER, s.into());
         }
-        if self.status == StatusCode::UNAUTHORIZED {
+        if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
                 axum::http::HeaderValue::from_static("Bearer realm=\"keymeter\""),

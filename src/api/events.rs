@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use super::{Admin, ApiError, AppState, Auth, ClientCert, Ingest};
 use crate::engine::protocol::{self as rq, Origin, RejectBody};
+use crate::error_code::ErrorCode;
 use crate::event::{decode_body, fmt_ms, BodyKind};
 use crate::metrics::metrics;
 
@@ -23,16 +24,15 @@ pub async fn ingest(
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|e| {
         let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            "PAYLOAD_TOO_LARGE"
+            ErrorCode::PayloadTooLarge
         } else {
-            "INVALID_BODY"
+            ErrorCode::InvalidBody
         };
         metrics()
             .events_rejected_total
             .with_label_values(&[code])
             .inc();
         ApiError::new(
-            e.status(),
             code,
             format!(
                 "{}; the body limit is {} bytes",
@@ -48,11 +48,10 @@ pub async fn ingest(
     let Some(kind) = BodyKind::from_content_type(content_type) else {
         metrics()
             .events_rejected_total
-            .with_label_values(&["UNSUPPORTED_MEDIA_TYPE"])
+            .with_label_values(&[ErrorCode::UnsupportedMediaType])
             .inc();
         return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "UNSUPPORTED_MEDIA_TYPE",
+            ErrorCode::UnsupportedMediaType,
             format!(
                 "content type {content_type:?} is not accepted; use application/cloudevents+json, \
                  application/cloudevents-batch+json or application/json"
@@ -69,16 +68,12 @@ pub async fn ingest(
         shared.request_events_max,
     ) {
         Ok(items) => items,
-        Err(rejection) if rejection.code == "BATCH_TOO_LARGE" => {
+        Err(rejection) if rejection.code == ErrorCode::BatchTooLarge => {
             metrics()
                 .events_rejected_total
                 .with_label_values(&[rejection.code])
                 .inc();
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                rejection.code,
-                rejection.message,
-            ));
+            return Err(ApiError::new(rejection.code, rejection.message));
         }
         Err(rejection) => {
             let (code, message) = (rejection.code, rejection.message.clone());
@@ -94,7 +89,7 @@ pub async fn ingest(
             let mut details = serde_json::Map::new();
             details.insert("accepted".into(), json!(0));
             details.insert("quarantineSeq".into(), json!(seq));
-            return Err(ApiError::bad_request(code, message).with_details(details));
+            return Err(ApiError::new(code, message).with_details(details));
         }
     };
     let single =
@@ -122,10 +117,10 @@ pub async fn ingest(
         .collect();
     let (code, message) = if single {
         let r = &outcome.rejected[0];
-        (r.code.clone(), r.message.clone())
+        (r.code, r.message.clone())
     } else {
         (
-            "INVALID_EVENTS".to_owned(),
+            ErrorCode::InvalidEvents,
             format!(
                 "{} of {} events rejected and quarantined; {} accepted, {} duplicates; \
                  accepted events are durable, so resending the whole batch is safe",
@@ -140,7 +135,7 @@ pub async fn ingest(
     details.insert("accepted".into(), json!(outcome.accepted));
     details.insert("duplicates".into(), json!(outcome.duplicates));
     details.insert("rejected".into(), Value::Array(rejected));
-    Err(ApiError::bad_request(code, message).with_details(details))
+    Err(ApiError::new(code, message).with_details(details))
 }
 
 #[derive(Deserialize)]
@@ -156,11 +151,11 @@ pub async fn quarantine(
     State(state): State<AppState>,
     params: Result<Query<QuarantineParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(p) = params.map_err(|e| ApiError::bad_request("INVALID_QUERY", e.body_text()))?;
+    let Query(p) = params.map_err(|e| ApiError::new(ErrorCode::InvalidQuery, e.body_text()))?;
     let limit = p.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "INVALID_QUERY",
+        return Err(ApiError::new(
+            ErrorCode::InvalidQuery,
             "limit must be between 1 and 1000",
         ));
     }

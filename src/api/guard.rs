@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock as _, DefaultClock};
@@ -19,6 +18,7 @@ use governor::{Quota, RateLimiter};
 use super::auth::bearer_token;
 use super::{ApiError, AppState};
 use crate::config::{Config, RateLimit};
+use crate::error_code::ErrorCode;
 use crate::metrics::metrics;
 use crate::signing::{
     check_time, verify_mac, NonceCache, RequestParts, SignatureError, SignatureHeader,
@@ -132,8 +132,7 @@ impl Guards {
                 .inc();
             let retry_after_s = wait.as_secs_f64().ceil().max(1.0) as u64;
             ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "RATE_LIMITED",
+                ErrorCode::RateLimited,
                 format!(
                     "too many {} calls for this {}; retry after {retry_after_s} s",
                     kind.as_str(),
@@ -159,11 +158,7 @@ fn refuse(product: &str, err: SignatureError) -> Response {
         .signature_refusals_total
         .with_label_values(&[product, err.reason()])
         .inc();
-    let status = match err {
-        SignatureError::NonceCapacity => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::UNAUTHORIZED,
-    };
-    ApiError::new(status, err.code(), err.to_string()).into_response()
+    ApiError::new(err.code(), err.to_string()).into_response()
 }
 
 /// Checks `Keymeter-Signature` on every call that carries one, and requires
@@ -219,8 +214,7 @@ pub async fn verify_signature(State(state): State<AppState>, req: Request, next:
         Ok(b) => b,
         Err(_) => {
             return ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "PAYLOAD_TOO_LARGE",
+                ErrorCode::PayloadTooLarge,
                 format!(
                     "request body exceeds {} bytes (or could not be read)",
                     state.cfg.body_bytes_max

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use super::{Admin, ApiError, AppState, Auth};
 use crate::auth::{generate_key, key_digest, Scope};
 use crate::engine::protocol::{CreateApiKey, RevokeApiKey, SaveProduct};
+use crate::error_code::ErrorCode;
 use crate::event::fmt_ms;
 use crate::record::ApiKeyRecord;
 
@@ -60,18 +61,18 @@ pub async fn create(
     State(state): State<AppState>,
     body: Result<Json<NewKey>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(new) = body.map_err(|e| ApiError::bad_request("INVALID_API_KEY", e.body_text()))?;
+    let Json(new) = body.map_err(|e| ApiError::new(ErrorCode::InvalidApiKey, e.body_text()))?;
     if new.name.trim().is_empty() || new.name.len() > 200 {
-        return Err(ApiError::bad_request(
-            "INVALID_API_KEY",
+        return Err(ApiError::new(
+            ErrorCode::InvalidApiKey,
             "name must be 1 to 200 characters",
         ));
     }
     let mut scopes = Vec::new();
     for s in &new.scopes {
         let scope = Scope::parse(s).ok_or_else(|| {
-            ApiError::bad_request(
-                "INVALID_API_KEY",
+            ApiError::new(
+                ErrorCode::InvalidApiKey,
                 format!("unknown scope {s:?}; scopes are ingest, read, admin"),
             )
         })?;
@@ -80,8 +81,8 @@ pub async fn create(
         }
     }
     if scopes.is_empty() {
-        return Err(ApiError::bad_request(
-            "INVALID_API_KEY",
+        return Err(ApiError::new(
+            ErrorCode::InvalidApiKey,
             "at least one scope is required",
         ));
     }
@@ -90,8 +91,8 @@ pub async fn create(
     // it to be bound (a failed binding leaves no key behind).
     if let Some(product_id) = &new.product {
         let mut product = super::products::stored(&state, product_id).map_err(|_| {
-            ApiError::bad_request(
-                "INVALID_API_KEY",
+            ApiError::new(
+                ErrorCode::InvalidApiKey,
                 format!("product `{product_id}` does not exist"),
             )
         })?;

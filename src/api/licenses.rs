@@ -20,6 +20,7 @@ use zeroize::Zeroizing;
 use super::{Admin, ApiError, AppState, Auth, Ingest, Limited};
 use crate::engine::protocol as rq;
 use crate::engine::{Renewal, SeatLease};
+use crate::error_code::ErrorCode;
 use crate::license::decide::{quota_periods, rfc3339, Claims, QuotaReport, Verdict};
 use crate::license::model::{LicenseUpdate, NewLicense, StatusAction};
 use crate::license::seats::check_fingerprint;
@@ -33,22 +34,17 @@ const FIELD_CHARS_MAX: usize = 256;
 const LIST_LIMIT_MAX: usize = 1000;
 
 fn refusal(r: Refusal) -> ApiError {
-    let status = match r.code {
-        "NOT_FOUND" | "NO_SEAT" => StatusCode::NOT_FOUND,
-        "INVALID_LICENSE" => StatusCode::BAD_REQUEST,
-        _ => StatusCode::CONFLICT,
-    };
-    ApiError::new(status, r.code, r.message)
+    ApiError::new(r.code, r.message)
 }
 
 fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::bad_request("INVALID_LICENSE", message)
+    ApiError::new(ErrorCode::InvalidLicense, message)
 }
 
 fn admin_metric<T>(op: &str, outcome: &Result<T, Refusal>) {
     let result = match outcome {
         Ok(_) => "ok",
-        Err(r) => r.code,
+        Err(r) => r.code.as_str(),
     };
     metrics()
         .license_admin_total
@@ -121,8 +117,7 @@ pub async fn create(
 fn found(state: &AppState, id: &str) -> Result<Arc<PublishedLicense>, ApiError> {
     state.engine.shared.licenses.get(id).ok_or_else(|| {
         ApiError::new(
-            StatusCode::NOT_FOUND,
-            "NOT_FOUND",
+            ErrorCode::NotFound,
             format!("license `{id}` does not exist"),
         )
     })
@@ -152,19 +147,19 @@ pub async fn list(
     State(state): State<AppState>,
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(p) = params.map_err(|e| ApiError::bad_request("INVALID_QUERY", e.body_text()))?;
+    let Query(p) = params.map_err(|e| ApiError::new(ErrorCode::InvalidQuery, e.body_text()))?;
     let limit = p.limit.unwrap_or(100);
     if !(1..=LIST_LIMIT_MAX).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "INVALID_QUERY",
+        return Err(ApiError::new(
+            ErrorCode::InvalidQuery,
             format!("limit must be between 1 and {LIST_LIMIT_MAX}"),
         ));
     }
     let status = match p.status.as_deref() {
         None => None,
         Some(s) => Some(Status::parse(s).ok_or_else(|| {
-            ApiError::bad_request(
-                "INVALID_QUERY",
+            ApiError::new(
+                ErrorCode::InvalidQuery,
                 "status must be active, suspended or revoked",
             )
         })?),
@@ -381,9 +376,9 @@ pub async fn license_file(
     if license.status != Status::Active {
         return Err(refusal(Refusal::new(
             if license.status == Status::Revoked {
-                "REVOKED"
+                ErrorCode::Revoked
             } else {
-                "SUSPENDED"
+                ErrorCode::Suspended
             },
             format!("license `{id}` is {}", license.status.as_str()),
         )));
@@ -458,7 +453,7 @@ pub async fn checkout(
         .guards
         .limit(Limited::Checkout, &auth.key_id, known.as_deref())?;
     let req = body(req)?;
-    check_fingerprint(&req.fingerprint).map_err(|m| ApiError::bad_request("INVALID_SEAT", m))?;
+    check_fingerprint(&req.fingerprint).map_err(|m| ApiError::new(ErrorCode::InvalidSeat, m))?;
     let lease = state
         .engine
         .send(rq::CheckoutSeat {
@@ -698,7 +693,7 @@ pub async fn validate(
 ) -> Result<Response, ApiError> {
     let req = req
         .map(|Json(v)| v)
-        .map_err(|e| ApiError::bad_request("INVALID_VALIDATION", e.body_text()))?;
+        .map_err(|e| ApiError::new(ErrorCode::InvalidValidation, e.body_text()))?;
     let key = Zeroizing::new(req.key);
     for (name, v) in [
         ("fingerprint", req.fingerprint.as_deref()),
@@ -706,8 +701,8 @@ pub async fn validate(
         ("meter", req.meter.as_deref()),
     ] {
         if v.is_some_and(|v| v.len() > FIELD_CHARS_MAX) {
-            return Err(ApiError::bad_request(
-                "INVALID_VALIDATION",
+            return Err(ApiError::new(
+                ErrorCode::InvalidValidation,
                 format!("{name} must be at most {FIELD_CHARS_MAX} bytes"),
             ));
         }

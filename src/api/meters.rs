@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use super::{Admin, ApiError, AppState, Auth, Read};
 use crate::engine::protocol::{CreateMeter, DeleteMeter};
+use crate::error_code::ErrorCode;
 use crate::event::{fmt_ms, parse_time_ms};
 use crate::meter::{self, AggState, CompiledMeter, CounterKey, MeterDef, QueryParams, WindowSize};
 
@@ -40,9 +41,9 @@ pub async fn create(
     State(state): State<AppState>,
     body: Result<Json<MeterDef>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(def) = body.map_err(|e| ApiError::bad_request("INVALID_METER", e.body_text()))?;
+    let Json(def) = body.map_err(|e| ApiError::new(ErrorCode::InvalidMeter, e.body_text()))?;
     def.validate()
-        .map_err(|e| ApiError::bad_request(e.code(), e.to_string()))?;
+        .map_err(|e| ApiError::new(e.code(), e.to_string()))?;
     let def = state
         .engine
         .send(CreateMeter {
@@ -85,8 +86,7 @@ fn meter_json(def: &MeterDef) -> Value {
 
 fn no_meter(slug: &str) -> ApiError {
     ApiError::new(
-        StatusCode::NOT_FOUND,
-        "METER_NOT_FOUND",
+        ErrorCode::MeterNotFound,
         format!("meter `{slug}` does not exist"),
     )
 }
@@ -112,7 +112,7 @@ fn parse_params(query: Option<&str>) -> Result<RawParams, ApiError> {
     let time = |name: &str, v: &str| {
         parse_time_ms(v)
             .map(|ms| (v.to_owned(), ms))
-            .map_err(|e| ApiError::bad_request("INVALID_QUERY", format!("{name}: {}", e.message)))
+            .map_err(|e| ApiError::new(ErrorCode::InvalidQuery, format!("{name}: {}", e.message)))
     };
     for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         match k.as_ref() {
@@ -120,24 +120,24 @@ fn parse_params(query: Option<&str>) -> Result<RawParams, ApiError> {
             "to" => p.to = Some(time("to", &v)?),
             "windowSize" => {
                 p.window_size = Some(serde_json::from_value(json!(v)).map_err(|_| {
-                    ApiError::bad_request(
-                        "INVALID_QUERY",
+                    ApiError::new(
+                        ErrorCode::InvalidQuery,
                         format!("windowSize {v:?} is not one of MINUTE, HOUR, DAY, MONTH"),
                     )
                 })?)
             }
             "windowTimeZone" if v == "UTC" || v == "Etc/UTC" => {}
             "windowTimeZone" => {
-                return Err(ApiError::bad_request(
-                    "INVALID_QUERY",
+                return Err(ApiError::new(
+                    ErrorCode::InvalidQuery,
                     "windows are in UTC; windowTimeZone must be UTC",
                 ))
             }
             "subject" => p.subjects.push(v.into_owned()),
             "groupBy" => p.group_by.push(v.into_owned()),
             other => {
-                return Err(ApiError::bad_request(
-                    "INVALID_QUERY",
+                return Err(ApiError::new(
+                    ErrorCode::InvalidQuery,
                     format!("unknown query parameter `{other}`"),
                 ))
             }
@@ -184,7 +184,7 @@ pub async fn query(
     };
     let stored = read_states(&state, meter, &params)?;
     let rows = meter::query(meter, stored.into_iter(), &params)
-        .map_err(|e| ApiError::bad_request(e.code(), e.to_string()))?;
+        .map_err(|e| ApiError::new(e.code(), e.to_string()))?;
     let wants_csv = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())

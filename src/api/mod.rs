@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -27,6 +27,7 @@ pub use self::guard::{Guards, Limited};
 pub use self::licenses::{validate_with, Validation};
 use crate::config::Config;
 use crate::engine::EngineHandle;
+use crate::error_code::ErrorCode;
 use crate::metrics::metrics;
 
 #[derive(Clone)]
@@ -136,8 +137,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     let shared = &state.engine.shared;
     if shared.failed.load(Ordering::SeqCst) {
         return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "ENGINE_FAILED",
+            ErrorCode::EngineFailed,
             "the engine stopped after an error; see the server log",
         )
         .into_response();
@@ -167,7 +167,7 @@ async fn metrics_text() -> Response {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route")
+    ApiError::new(ErrorCode::NotFound, "no such route")
 }
 
 /// Counts every request by route template (never the raw path, which would

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use super::{Admin, ApiError, AppState, Auth};
 use crate::engine::protocol::SaveProduct;
+use crate::error_code::ErrorCode;
 use crate::event::fmt_ms;
 use crate::product::{new_secret, valid_product_id, Product, LIVE_SECRETS_MAX};
 
@@ -51,7 +52,7 @@ pub fn product_json(p: &Product) -> Value {
 }
 
 fn invalid(msg: impl Into<String>) -> ApiError {
-    ApiError::bad_request("INVALID_PRODUCT", msg)
+    ApiError::new(ErrorCode::InvalidProduct, msg)
 }
 
 fn check_name(name: &Option<String>) -> Result<(), ApiError> {
@@ -72,8 +73,7 @@ pub(super) fn stored(state: &AppState, id: &str) -> Result<Product, ApiError> {
         .map_err(ApiError::internal)?
         .ok_or_else(|| {
             ApiError::new(
-                StatusCode::NOT_FOUND,
-                "NOT_FOUND",
+                ErrorCode::NotFound,
                 format!("product `{id}` does not exist"),
             )
         })
@@ -172,8 +172,7 @@ pub async fn create_secret(
     let mut product = stored(&state, &id)?;
     if product.live_secrets().count() >= LIVE_SECRETS_MAX {
         return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "TOO_MANY_SECRETS",
+            ErrorCode::TooManySecrets,
             format!("product `{id}` has {LIVE_SECRETS_MAX} live signing secrets; revoke one first"),
         ));
     }
@@ -209,8 +208,7 @@ pub async fn revoke_secret(
         .find(|s| s.id == secret_id && s.revoked_ms.is_none())
         .ok_or_else(|| {
             ApiError::new(
-                StatusCode::NOT_FOUND,
-                "NOT_FOUND",
+                ErrorCode::NotFound,
                 format!("product `{id}` has no live signing secret `{secret_id}`"),
             )
         })?;

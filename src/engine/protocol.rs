@@ -56,7 +56,7 @@ pub struct IngestOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RejectedItem {
     pub index: u32,
-    pub code: String,
+    pub code: crate::error_code::ErrorCode,
     pub message: String,
 }
 

@@ -9,6 +9,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
+use crate::error_code::ErrorCode;
+
 /// Longest accepted `id`, `source`, `type` or `subject`, in bytes.
 pub const ATTRIBUTE_BYTES_MAX: usize = 1024;
 
@@ -108,7 +110,7 @@ impl DedupKey {
 /// machine-readable; `message` is for humans.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
 }
 
@@ -119,7 +121,7 @@ impl std::fmt::Display for Rejection {
 }
 
 impl Rejection {
-    pub fn new(code: &'static str, message: impl Into<String>) -> Rejection {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Rejection {
         Rejection {
             code,
             message: message.into(),
@@ -179,19 +181,19 @@ pub fn decode_body(
     batch_events_max: usize,
 ) -> Result<Vec<Decoded>, Rejection> {
     let text = std::str::from_utf8(body)
-        .map_err(|e| Rejection::new("MALFORMED_JSON", format!("body is not UTF-8: {e}")))?;
+        .map_err(|e| Rejection::new(ErrorCode::MalformedJson, format!("body is not UTF-8: {e}")))?;
     let first = text.trim_start().as_bytes().first().copied();
     let is_array = match (kind, first) {
-        (_, None) => return Err(Rejection::new("MALFORMED_JSON", "body is empty")),
+        (_, None) => return Err(Rejection::new(ErrorCode::MalformedJson, "body is empty")),
         (BodyKind::Single, Some(b'[')) => {
             return Err(Rejection::new(
-                "INVALID_BODY",
+                ErrorCode::InvalidBody,
                 "application/cloudevents+json carries one event object; send arrays as application/cloudevents-batch+json",
             ))
         }
         (BodyKind::Batch, Some(c)) if c != b'[' => {
             return Err(Rejection::new(
-                "INVALID_BODY",
+                ErrorCode::InvalidBody,
                 "application/cloudevents-batch+json must be a JSON array of events",
             ))
         }
@@ -204,7 +206,7 @@ pub fn decode_body(
     let items: Vec<&RawValue> = serde_json::from_str(text).map_err(malformed)?;
     if items.len() > batch_events_max {
         return Err(Rejection::new(
-            "BATCH_TOO_LARGE",
+            ErrorCode::BatchTooLarge,
             format!(
                 "batch has {} events; the limit is {batch_events_max}",
                 items.len()
@@ -212,7 +214,7 @@ pub fn decode_body(
         ));
     }
     if items.is_empty() {
-        return Err(Rejection::new("INVALID_BODY", "batch is empty"));
+        return Err(Rejection::new(ErrorCode::InvalidBody, "batch is empty"));
     }
     Ok(items
         .into_iter()
@@ -221,7 +223,10 @@ pub fn decode_body(
 }
 
 fn malformed(e: serde_json::Error) -> Rejection {
-    Rejection::new("MALFORMED_JSON", format!("body is not valid JSON: {e}"))
+    Rejection::new(
+        ErrorCode::MalformedJson,
+        format!("body is not valid JSON: {e}"),
+    )
 }
 
 /// The envelope as sent: every attribute optional so that each missing or
@@ -347,12 +352,15 @@ pub fn decode_event_text(
 fn check_event(raw: &RawValue, now_ms: i64, window: TimeWindow) -> Result<UsageEvent, Rejection> {
     if !raw.get().starts_with('{') {
         return Err(Rejection::new(
-            "INVALID_EVENT",
+            ErrorCode::InvalidEvent,
             "an event must be a JSON object",
         ));
     }
     let env: Envelope = serde_json::from_str(raw.get()).map_err(|e| {
-        Rejection::new("INVALID_EVENT", format!("event is not a valid object: {e}"))
+        Rejection::new(
+            ErrorCode::InvalidEvent,
+            format!("event is not a valid object: {e}"),
+        )
     })?;
     check_envelope(env, raw.get(), now_ms, window)
 }
@@ -367,7 +375,7 @@ fn check_envelope(
     let specversion = required_string(env.specversion, "specversion")?;
     if specversion != "1.0" {
         return Err(Rejection::new(
-            "UNSUPPORTED_SPECVERSION",
+            ErrorCode::UnsupportedSpecversion,
             format!("specversion is {specversion:?}; only \"1.0\" is supported"),
         ));
     }
@@ -377,7 +385,7 @@ fn check_envelope(
     let subject = required_string(env.subject, "subject")?;
     if subject.contains('\0') {
         return Err(Rejection::new(
-            "INVALID_FIELD",
+            ErrorCode::InvalidField,
             "subject must not contain NUL characters",
         ));
     }
@@ -386,7 +394,7 @@ fn check_envelope(
         Some(Attr::Str(s)) => parse_time_ms(&s)?,
         Some(Attr::NotString) => {
             return Err(Rejection::new(
-                "INVALID_TIME",
+                ErrorCode::InvalidTime,
                 "time must be an RFC 3339 string",
             ))
         }
@@ -412,7 +420,7 @@ fn data_span(data: &str, raw: &str) -> Result<std::ops::Range<usize>, Rejection>
     // Nesting N levels takes at least 2N bytes, so short data needs no scan.
     if data.len() > 2 * DATA_DEPTH_MAX && nesting_depth(data) > DATA_DEPTH_MAX {
         return Err(Rejection::new(
-            "INVALID_EVENT",
+            ErrorCode::InvalidEvent,
             format!("data nests arrays and objects more than {DATA_DEPTH_MAX} levels deep"),
         ));
     }
@@ -457,15 +465,15 @@ fn required_string<'a>(
 ) -> Result<std::borrow::Cow<'a, str>, Rejection> {
     match value {
         None => Err(Rejection::new(
-            "MISSING_FIELD",
+            ErrorCode::MissingField,
             format!("required attribute `{field}` is missing"),
         )),
         Some(Attr::Str(s)) if s.is_empty() => Err(Rejection::new(
-            "INVALID_FIELD",
+            ErrorCode::InvalidField,
             format!("attribute `{field}` must not be empty"),
         )),
         Some(Attr::Str(s)) if s.len() > ATTRIBUTE_BYTES_MAX => Err(Rejection::new(
-            "INVALID_FIELD",
+            ErrorCode::InvalidField,
             format!(
                 "attribute `{field}` is {} bytes; the limit is {ATTRIBUTE_BYTES_MAX}",
                 s.len()
@@ -473,7 +481,7 @@ fn required_string<'a>(
         )),
         Some(Attr::Str(s)) => Ok(s),
         Some(Attr::NotString) => Err(Rejection::new(
-            "INVALID_FIELD",
+            ErrorCode::InvalidField,
             format!("attribute `{field}` must be a string"),
         )),
     }
@@ -485,7 +493,7 @@ pub fn parse_time_ms(s: &str) -> Result<i64, Rejection> {
         .map(|t| t.timestamp_millis())
         .map_err(|e| {
             Rejection::new(
-                "INVALID_TIME",
+                ErrorCode::InvalidTime,
                 format!("time {s:?} is not an RFC 3339 timestamp: {e}"),
             )
         })
@@ -494,7 +502,7 @@ pub fn parse_time_ms(s: &str) -> Result<i64, Rejection> {
 fn check_time_window(time_ms: i64, now_ms: i64, window: TimeWindow) -> Result<(), Rejection> {
     if time_ms < now_ms.saturating_sub(window.back_ms) {
         return Err(Rejection::new(
-            "EVENT_TIME_OUT_OF_RANGE",
+            ErrorCode::EventTimeOutOfRange,
             format!(
                 "event time {} is more than {} before the receive time {}",
                 fmt_ms(time_ms),
@@ -505,7 +513,7 @@ fn check_time_window(time_ms: i64, now_ms: i64, window: TimeWindow) -> Result<()
     }
     if time_ms > now_ms.saturating_add(window.ahead_ms) {
         return Err(Rejection::new(
-            "EVENT_TIME_OUT_OF_RANGE",
+            ErrorCode::EventTimeOutOfRange,
             format!(
                 "event time {} is more than {} after the receive time {}",
                 fmt_ms(time_ms),
@@ -547,7 +555,7 @@ mod tests {
         v.pop().unwrap()
     }
 
-    fn code(d: Decoded) -> &'static str {
+    fn code(d: Decoded) -> ErrorCode {
         match d {
             Decoded::Invalid { rejection, .. } => rejection.code,
             Decoded::Valid(e) => panic!("expected a rejection, got {e:?}"),

@@ -13,6 +13,7 @@ use serde::{Serialize, Serializer};
 use super::model::{License, Overage, SeatMode, Status};
 use super::period::{current_period, PeriodBounds};
 use super::seats::SeatTable;
+use crate::error_code::ErrorCode;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Code {
@@ -65,6 +66,26 @@ impl Code {
 
     pub fn is_valid(self) -> bool {
         matches!(self, Code::Valid | Code::InGrace)
+    }
+
+    /// The error code, with the same wire string, that refuses a seat or
+    /// admin operation for this reason; `None` for verdicts that only
+    /// validation answers with.
+    pub fn error_code(self) -> Option<ErrorCode> {
+        match self {
+            Code::NotFound => Some(ErrorCode::NotFound),
+            Code::Suspended => Some(ErrorCode::Suspended),
+            Code::Revoked => Some(ErrorCode::Revoked),
+            Code::NotYetValid => Some(ErrorCode::NotYetValid),
+            Code::Expired => Some(ErrorCode::Expired),
+            Code::SeatLimitExceeded => Some(ErrorCode::SeatLimitExceeded),
+            Code::NoSeat => Some(ErrorCode::NoSeat),
+            Code::Valid
+            | Code::InGrace
+            | Code::FingerprintMismatch
+            | Code::QuotaExceeded
+            | Code::EntitlementMissing => None,
+        }
     }
 }
 

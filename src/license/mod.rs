@@ -25,15 +25,17 @@ pub use period::{current_period, Period, PeriodBounds};
 pub use renewal::Renewal;
 pub use seats::{Seat, SeatTable};
 
+use crate::error_code::ErrorCode;
+
 /// Why an admin or seat operation was refused: a stable code and a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
 }
 
 impl Refusal {
-    pub fn new(code: &'static str, message: impl Into<String>) -> Refusal {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Refusal {
         Refusal {
             code,
             message: message.into(),

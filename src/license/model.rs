@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 
 use super::period::Period;
 use super::Refusal;
+use crate::error_code::ErrorCode;
 
 pub const TEXT_CHARS_MAX: usize = 256;
 pub const ENTITLEMENTS_MAX: usize = 256;
@@ -289,7 +290,7 @@ fn normalise_entitlements(mut e: Vec<String>) -> Result<Vec<String>, String> {
 }
 
 fn invalid(message: String) -> Refusal {
-    Refusal::new("INVALID_LICENSE", message)
+    Refusal::new(ErrorCode::InvalidLicense, message)
 }
 
 impl License {
@@ -339,7 +340,10 @@ impl License {
     /// This license with `update` applied. A revoked license cannot change.
     pub fn updated(&self, update: LicenseUpdate, now: DateTime<Utc>) -> Result<License, Refusal> {
         if self.status == Status::Revoked {
-            return Err(Refusal::new("REVOKED", "a revoked license cannot change"));
+            return Err(Refusal::new(
+                ErrorCode::Revoked,
+                "a revoked license cannot change",
+            ));
         }
         let mut l = self.clone();
         if let Some(v) = update.product {
@@ -388,16 +392,18 @@ pub enum StatusAction {
 /// (revocation is final).
 pub fn transition(from: Status, action: StatusAction) -> Result<Status, Refusal> {
     match (from, action) {
-        (Status::Revoked, _) => Err(Refusal::new("REVOKED", "the license is revoked")),
+        (Status::Revoked, _) => Err(Refusal::new(ErrorCode::Revoked, "the license is revoked")),
         (Status::Active, StatusAction::Suspend) => Ok(Status::Suspended),
         (Status::Suspended, StatusAction::Reinstate) => Ok(Status::Active),
         (_, StatusAction::Revoke) => Ok(Status::Revoked),
-        (Status::Suspended, StatusAction::Suspend) => {
-            Err(Refusal::new("CONFLICT", "the license is already suspended"))
-        }
-        (Status::Active, StatusAction::Reinstate) => {
-            Err(Refusal::new("CONFLICT", "the license is not suspended"))
-        }
+        (Status::Suspended, StatusAction::Suspend) => Err(Refusal::new(
+            ErrorCode::Conflict,
+            "the license is already suspended",
+        )),
+        (Status::Active, StatusAction::Reinstate) => Err(Refusal::new(
+            ErrorCode::Conflict,
+            "the license is not suspended",
+        )),
     }
 }
 

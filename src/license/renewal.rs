@@ -2,6 +2,7 @@
 
 use super::model::{License, Status};
 use super::Refusal;
+use crate::error_code::ErrorCode;
 
 /// How a renewal sets the new expiry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,7 +19,7 @@ impl License {
     pub fn renewed_expiry(&self, renewal: Renewal, now_ms: i64) -> Result<Option<i64>, Refusal> {
         if self.status == Status::Revoked {
             return Err(Refusal::new(
-                "REVOKED",
+                ErrorCode::Revoked,
                 "a revoked license cannot be renewed",
             ));
         }
@@ -33,7 +34,7 @@ impl License {
         };
         if expires_at_ms.is_some_and(|e| e <= self.starts_at.timestamp_millis()) {
             return Err(Refusal::new(
-                "INVALID_LICENSE",
+                ErrorCode::InvalidLicense,
                 "the new expiry must be after starts_at",
             ));
         }

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::path::{PathError, SingularPath};
 use super::window::WindowSize;
+use crate::error_code::ErrorCode;
 
 /// How a meter aggregates the events it selects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -91,8 +92,8 @@ pub enum MeterError {
 
 impl MeterError {
     /// Stable machine-readable code for API responses.
-    pub fn code(&self) -> &'static str {
-        "INVALID_METER"
+    pub fn code(&self) -> ErrorCode {
+        ErrorCode::InvalidMeter
     }
 
     /// The definition field at fault, in wire spelling (`slug`, `groupBy.model`, …).

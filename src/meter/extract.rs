@@ -7,6 +7,7 @@ use serde_json::{Number, Value};
 use super::amount::{Amount, AmountParseError};
 use super::def::{Aggregation, CompiledMeter};
 use super::path::SingularPath;
+use crate::error_code::ErrorCode;
 
 /// What one event contributes to a meter, before windowing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,12 +44,12 @@ pub enum ExtractError {
 
 impl ExtractError {
     /// Stable machine-readable code for rejection reasons.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            ExtractError::ValueMissing { .. } => "VALUE_PROPERTY_MISSING",
-            ExtractError::NotNumeric { .. } => "VALUE_NOT_NUMERIC",
-            ExtractError::ValueOutOfRange { .. } => "VALUE_OUT_OF_RANGE",
-            ExtractError::NotScalar { .. } => "VALUE_NOT_SCALAR",
+            ExtractError::ValueMissing { .. } => ErrorCode::ValuePropertyMissing,
+            ExtractError::NotNumeric { .. } => ErrorCode::ValueNotNumeric,
+            ExtractError::ValueOutOfRange { .. } => ErrorCode::ValueOutOfRange,
+            ExtractError::NotScalar { .. } => ErrorCode::ValueNotScalar,
         }
     }
 }

@@ -36,12 +36,6 @@ pub enum KeyError {
     InvalidUtf8 { field: &'static str },
 }
 
-impl KeyError {
-    pub fn code(&self) -> &'static str {
-        "INVALID_KEY"
-    }
-}
-
 impl Ord for CounterKey {
     fn cmp(&self, other: &Self) -> Ordering {
         self.meter

@@ -6,6 +6,7 @@ use super::def::CompiledMeter;
 use super::key::CounterKey;
 use super::state::AggState;
 use super::window::WindowSize;
+use crate::error_code::ErrorCode;
 
 /// A meter query, OpenMeter style. Bounds are event-time milliseconds, `[from, to)`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -62,12 +63,14 @@ pub enum QueryError {
 }
 
 impl QueryError {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            QueryError::WindowSizeTooFine { .. } => "INVALID_WINDOW_SIZE",
-            QueryError::NotAligned { .. } | QueryError::EmptyRange { .. } => "INVALID_QUERY",
-            QueryError::UnknownGroupBy { .. } => "INVALID_GROUP_BY",
-            QueryError::StoredStateMismatch { .. } => "CORRUPT_STATE",
+            QueryError::WindowSizeTooFine { .. } => ErrorCode::InvalidWindowSize,
+            QueryError::NotAligned { .. } | QueryError::EmptyRange { .. } => {
+                ErrorCode::InvalidQuery
+            }
+            QueryError::UnknownGroupBy { .. } => ErrorCode::InvalidGroupBy,
+            QueryError::StoredStateMismatch { .. } => ErrorCode::CorruptState,
         }
     }
 }

@@ -26,7 +26,7 @@ pub struct MeterCheckError {
 }
 
 impl MeterCheckError {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> crate::error_code::ErrorCode {
         self.error.code()
     }
 }

@@ -6,6 +6,7 @@
 use super::amount::Amount;
 use super::def::Aggregation;
 use super::extract::ObservedValue;
+use crate::error_code::ErrorCode;
 
 /// Per-counter aggregation state.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -55,8 +56,8 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
-    pub fn code(&self) -> &'static str {
-        "CORRUPT_STATE"
+    pub fn code(&self) -> ErrorCode {
+        ErrorCode::CorruptState
     }
 }
 

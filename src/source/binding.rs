@@ -14,6 +14,7 @@ use base64::Engine as _;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use crate::error_code::ErrorCode;
 use crate::event::{decode_event, decode_event_text, Decoded, Rejection, TimeWindow};
 
 /// Attributes every event must have, in the order they are checked.
@@ -72,7 +73,10 @@ fn decode_binary(
             }
             Some(Err(_)) => {
                 defect.get_or_insert_with(|| {
-                    Rejection::new("INVALID_FIELD", format!("header `{name}` is not UTF-8"))
+                    Rejection::new(
+                        ErrorCode::InvalidField,
+                        format!("header `{name}` is not UTF-8"),
+                    )
                 });
             }
             None => {}
@@ -90,7 +94,7 @@ fn decode_binary(
                 Err(e) => {
                     defect.get_or_insert_with(|| {
                         Rejection::new(
-                            "MALFORMED_JSON",
+                            ErrorCode::MalformedJson,
                             format!("binary-mode message value (data) is not valid JSON: {e}"),
                         )
                     });
@@ -107,7 +111,7 @@ fn decode_binary(
             .find(|attr| !event.contains_key(**attr))
             .map(|attr| {
                 Rejection::new(
-                    "MISSING_FIELD",
+                    ErrorCode::MissingField,
                     format!("binary-mode message has no `ce_{attr}` header"),
                 )
             });
@@ -127,7 +131,7 @@ fn decode_binary(
 
 fn malformed(value: &[u8], message: String) -> Decoded {
     Decoded::Invalid {
-        rejection: Rejection::new("MALFORMED_JSON", message),
+        rejection: Rejection::new(ErrorCode::MalformedJson, message),
         // The quarantine and the dead-letter topic keep the exact bytes.
         raw: value.to_vec(),
     }

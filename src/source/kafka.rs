@@ -1092,7 +1092,7 @@ impl DeadLetterSink {
                 }
                 for (key, value) in [
                     ("keymeter-reason", letter.rejection.message.as_str()),
-                    ("keymeter-code", letter.rejection.code),
+                    ("keymeter-code", letter.rejection.code.as_str()),
                     ("keymeter-topic", delta.topic.as_str()),
                     ("keymeter-partition", partition.as_str()),
                     ("keymeter-offset", offset.as_str()),

@@ -8,6 +8,7 @@ use crate::engine::batch::Batch;
 use crate::engine::protocol::{
     EngineError, Ingest, IngestOutcome, Origin, RejectBody, RejectedItem, SourcePositions,
 };
+use crate::error_code::ErrorCode;
 use crate::event::{Decoded, Rejection};
 use crate::log::Seq;
 use crate::metrics::metrics;
@@ -69,7 +70,7 @@ impl Request for RejectBody {
             self.received_ms,
             self.origin,
             None,
-            self.rejection.code,
+            self.rejection.code.as_str(),
             &self.rejection.message,
             &self.raw,
         );
@@ -104,7 +105,7 @@ impl WriterState {
         }
         metrics()
             .events_rejected_total
-            .with_label_values(&["DEDUP_CAPACITY"])
+            .with_label_values(&[ErrorCode::DedupCapacity])
             .inc_by(incoming as u64);
         Err(EngineError::Overloaded(format!(
             "the dedup index holds {} identities, its limit is {}; raise dedup_keys_max or shorten event_time_back",
@@ -159,13 +160,13 @@ impl WriterState {
             outcome.last_seq = self.last_seq(batch);
             outcome.rejected.push(RejectedItem {
                 index,
-                code: rejection.code.to_owned(),
+                code: rejection.code,
                 message: rejection.message,
             });
         }
         let m = metrics();
         for r in &outcome.rejected {
-            m.events_rejected_total.with_label_values(&[&r.code]).inc();
+            m.events_rejected_total.with_label_values(&[r.code]).inc();
         }
         m.events_accepted_total.inc_by(u64::from(outcome.accepted));
         m.events_duplicate_total
@@ -186,7 +187,7 @@ fn quarantined(
         received_ms,
         origin.label(),
         Some(index),
-        rejection.code,
+        rejection.code.as_str(),
         &rejection.message,
         raw,
     );

@@ -9,6 +9,7 @@ use crate::engine::protocol::{
     EngineError, HeartbeatSeat, RecordLicenseFile, ReleaseSeat, RenewLicense, RevokeApiKey,
     SaveProduct, SeatLease, SweepLeases, UpdateLicense,
 };
+use crate::error_code::ErrorCode;
 use crate::event::Rejection;
 use crate::license::model::StatusAction;
 use crate::license::seats::CheckoutPlan;
@@ -33,7 +34,7 @@ impl Request for CreateLicense {
             || state.licenses.contains_digest(&self.secret.lookup);
         if exists {
             let msg = format!("license `{}` already exists", license.id);
-            return Ok(Err(Refusal::new("CONFLICT", msg)));
+            return Ok(Err(Refusal::new(ErrorCode::Conflict, msg)));
         }
         let record = Record::LicenseCreated {
             license: AsJson::new(license.clone()),
@@ -357,10 +358,12 @@ impl WriterState {
     }
 
     fn license(&self, id: &str) -> Result<&License, Refusal> {
-        self.licenses
-            .get(id)
-            .map(|s| &s.license)
-            .ok_or_else(|| Refusal::new("NOT_FOUND", format!("license `{id}` does not exist")))
+        self.licenses.get(id).map(|s| &s.license).ok_or_else(|| {
+            Refusal::new(
+                ErrorCode::NotFound,
+                format!("license `{id}` does not exist"),
+            )
+        })
     }
 
     /// A license as the records just pushed left it.
@@ -372,7 +375,12 @@ impl WriterState {
         self.licenses
             .get(license_id)
             .and_then(|s| s.seats.get(seat_id))
-            .ok_or_else(|| Refusal::new("NO_SEAT", format!("seat `{seat_id}` does not exist")))
+            .ok_or_else(|| {
+                Refusal::new(
+                    ErrorCode::NoSeat,
+                    format!("seat `{seat_id}` does not exist"),
+                )
+            })
     }
 
     /// The license must be usable now for seat operations.
@@ -380,11 +388,14 @@ impl WriterState {
         let license = self.license(id)?;
         let now = crate::license::utc_ms(now_ms);
         if let Err((code, detail)) = crate::license::decide::availability(license, now) {
-            return Err(Refusal::new(code.as_str(), detail));
+            // Status and time refusals (REVOKED, SUSPENDED, NOT_YET_VALID,
+            // EXPIRED) are error codes too.
+            let code = code.error_code().unwrap_or(ErrorCode::Conflict);
+            return Err(Refusal::new(code, detail));
         }
         license.policy.seats.clone().ok_or_else(|| {
             Refusal::new(
-                "NO_SEAT_POLICY",
+                ErrorCode::NoSeatPolicy,
                 format!("license `{id}` has no seat policy"),
             )
         })
@@ -418,7 +429,7 @@ impl WriterState {
         let seats = &self.licenses.get(license_id).expect("checked").seats;
         match seats.plan_checkout(&policy, &req.fingerprint, now_ms) {
             CheckoutPlan::Full => Err(Refusal::new(
-                "SEAT_LIMIT_EXCEEDED",
+                ErrorCode::SeatLimitExceeded,
                 format!("all {} seats are taken", policy.max),
             )),
             CheckoutPlan::Existing { seat_id, renew_to } => {
@@ -476,7 +487,7 @@ impl WriterState {
         if !seat.is_live(now_ms) {
             self.reclaim_lapsed(license_id, now_ms, batch);
             return Err(Refusal::new(
-                "NO_SEAT",
+                ErrorCode::NoSeat,
                 format!("the lease of seat `{seat_id}` lapsed; check out again"),
             ));
         }
@@ -500,7 +511,7 @@ impl WriterState {
 fn seat_metric<T>(op: &str, outcome: &Result<T, Refusal>) {
     let result = match outcome {
         Ok(_) => "ok",
-        Err(r) => r.code,
+        Err(r) => r.code.as_str(),
     };
     metrics()
         .seat_operations_total
