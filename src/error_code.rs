@@ -164,6 +164,8 @@ error_codes! {
         "The engine has stopped after an error; nothing was recorded";
     EngineFailed = "ENGINE_FAILED", SERVICE_UNAVAILABLE,
         "`/readyz`: the engine has stopped after an error";
+    MeterBackfilling = "METER_BACKFILLING", SERVICE_UNAVAILABLE,
+        "The meter is still counting the events logged before its creation; `Retry-After` says when to retry";
 }
 
 impl ErrorCode {

@@ -160,12 +160,7 @@ pub async fn query(
         let message = format!(
             "meter `{slug}` is still counting the events logged before its creation (log seq {seq})"
         );
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "METER_BACKFILLING",
-            message,
-        )
-        .with_retry_after(1));
+        return Err(ApiError::new(ErrorCode::MeterBackfilling, message).with_retry_after(1));
     }
     let split_by_subject = !p.subjects.is_empty() || p.group_by.iter().any(|g| g == "subject");
     let group_by: Vec<String> = p
