@@ -15,6 +15,8 @@
 //! Prints the median events/s of each case and the fold/baseline ratios.
 //! `KEYMETER_BENCH_QUICK=1` shrinks it to a sub-second smoke run.
 
+mod common;
+
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -36,7 +38,7 @@ struct Plan {
 
 impl Plan {
     fn from_env() -> Plan {
-        if std::env::var("KEYMETER_BENCH_QUICK").is_ok_and(|v| v == "1") {
+        if common::quick() {
             Plan {
                 events: 20_000,
                 rounds: 3,
@@ -303,7 +305,7 @@ fn main() {
         println!(
             "  target >= {target:.0} events/s, {}: {}",
             case.name,
-            if rate >= target { "met" } else { "NOT met" }
+            common::met(rate >= target)
         );
     }
 }

@@ -17,20 +17,19 @@
 //! adds librdkafka properties to keymeter's consumer (e.g.
 //! `fetch.queue.backoff.ms=1000` to compare with librdkafka's default).
 
+mod common;
+
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::kafka;
 use keymeter::config::{Config, KafkaConfig};
-use keymeter::engine::{Engine, SystemClock};
 use keymeter::meter::MeterDef;
 use keymeter::record::Audit;
 use keymeter::source::kafka::{readiness, KafkaSource};
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientConfig;
 
 /// The engine allocates many small, short-lived values per event (parsed
@@ -54,7 +53,6 @@ fn peak_rss_mib() -> f64 {
 /// CPU seconds (user + system) used so far by each thread of this process,
 /// summed by thread name (`/proc/self/task/*/stat`).
 fn cpu_by_thread() -> std::collections::BTreeMap<String, f64> {
-    let tick = 100.0; // USER_HZ on Linux
     let mut out = std::collections::BTreeMap::new();
     for task in std::fs::read_dir("/proc/self/task")
         .into_iter()
@@ -68,10 +66,7 @@ fn cpu_by_thread() -> std::collections::BTreeMap<String, f64> {
             continue;
         };
         let name = stat[open + 1..close].to_owned();
-        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
-        let ticks: f64 =
-            fields[11].parse::<f64>().unwrap_or(0.0) + fields[12].parse::<f64>().unwrap_or(0.0);
-        *out.entry(name).or_insert(0.0) += ticks / tick;
+        *out.entry(name).or_insert(0.0) += common::stat_cpu_seconds(&stat);
     }
     out
 }
@@ -94,30 +89,13 @@ fn fill(bootstrap: &str, events: usize) -> HashMap<i32, i64> {
         let subject = format!("customer-{}", (i * 7) % 500);
         let partition = (i % 500 % PARTITIONS as usize) as i32;
         let t = now - chrono::Duration::milliseconds(i as i64 % 3_600_000);
-        let value = serde_json::to_vec(&serde_json::json!({
-            "specversion": "1.0",
-            "id": format!("evt-{i}"),
-            "source": "bench/loadgen",
-            "type": "api_call",
-            "subject": subject,
-            "time": t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            "data": {"tokens": (i % 977) as f64 + 0.25, "model": if i % 2 == 0 { "small" } else { "large" }}
-        }))
-        .unwrap();
-        let mut record = BaseRecord::to(TOPIC)
+        let value =
+            serde_json::to_vec(&common::usage_event(format!("evt-{i}"), &subject, t, i)).unwrap();
+        let record = BaseRecord::to(TOPIC)
             .partition(partition)
             .key(&subject)
             .payload(&value);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    record = r;
-                    producer.poll(Duration::from_millis(5));
-                }
-            }
-        }
-        producer.poll(Duration::ZERO);
+        kafka::send_retrying(&producer, record, Duration::from_millis(5));
         *ends.entry(partition).or_insert(0i64) += 1;
     }
     producer.flush(Duration::from_secs(120)).unwrap();
@@ -140,19 +118,7 @@ fn fill(bootstrap: &str, events: usize) -> HashMap<i32, i64> {
 /// Receives every message with a plain consumer (assigned, no group join)
 /// and only touches the payload. Returns events/s.
 fn bare(bootstrap: &str, ends: &HashMap<i32, i64>) -> f64 {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "bare")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition_offset(TOPIC, p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
+    let consumer = kafka::reader(bootstrap, "bare", TOPIC, PARTITIONS);
     let total: i64 = ends.values().sum();
     let (mut received, mut bytes) = (0i64, 0usize);
     let cpu_before = cpu_by_thread();
@@ -220,21 +186,17 @@ fn keymeter(bootstrap: &str, ends: &HashMap<i32, i64>, round: usize) -> f64 {
         }
     }
     let cfg = Config {
-        data_dir: dir.path().to_owned(),
-        bootstrap_admin_key: Some("km_bench_admin_key_0123456789abcdef".into()),
         kafka: Some(kafka.clone()),
-        ..Config::default()
+        ..common::config(dir.path().to_owned())
     };
-    let started = Engine::open(&cfg, Arc::new(SystemClock)).unwrap();
-    let engine = started.engine;
+    let engine = common::open_engine(&cfg);
     let handle = engine.handle();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     for meter in [
-        serde_json::json!({"slug": "tokens", "eventType": "api_call", "aggregation": "SUM",
-                           "valueProperty": "$.tokens", "groupBy": {"model": "$.model"}}),
+        common::tokens_meter(),
         serde_json::json!({"slug": "calls", "eventType": "api_call", "aggregation": "COUNT"}),
     ] {
         let def: MeterDef = serde_json::from_value(meter).unwrap();
@@ -312,7 +274,7 @@ fn keymeter(bootstrap: &str, ends: &HashMap<i32, i64>, round: usize) -> f64 {
 fn main() {
     // As `keymeter serve` runs; it applies to both consumers.
     let thp_off = keymeter::memory::disable_transparent_huge_pages();
-    let quick = std::env::var_os("KEYMETER_BENCH_QUICK").is_some();
+    let quick = common::quick();
     let events = match std::env::var("KEYMETER_BENCH_EVENTS") {
         Ok(n) => n.parse().expect("KEYMETER_BENCH_EVENTS is a number"),
         Err(_) if quick => 20_000,

@@ -13,27 +13,24 @@
 //!
 //! `KEYMETER_BENCH_QUICK=1` shrinks it to a smoke run.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::routing::post;
 use axum::Json;
+use common::{quantile_k as us, ADMIN_KEY};
 use hdrhistogram::Histogram;
-use keymeter::api::{router, validate_with, AppState};
+use keymeter::api::validate_with;
 use keymeter::config::{Config, RateLimit, RateLimits};
-use keymeter::engine::{Engine, SystemClock};
 use keymeter::license::Request;
 use serde_json::{json, Value};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const ADMIN_KEY: &str = "km_bench_admin_key_0123456789abcdef";
 const CONCURRENCY: usize = 64;
-
-fn us(h: &Histogram<u64>, q: f64) -> f64 {
-    h.value_at_quantile(q) as f64 / 1000.0
-}
 
 struct Run {
     per_s: f64,
@@ -50,10 +47,7 @@ async fn drive(
     requests: usize,
     signer: Signer,
 ) -> Run {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(CONCURRENCY)
-        .build()
-        .unwrap();
+    let client = common::pooled_client(CONCURRENCY);
     let body = Arc::new(serde_json::to_vec(&body).unwrap());
     let per_task = requests / CONCURRENCY;
     let started = Instant::now();
@@ -87,10 +81,7 @@ async fn drive(
             h
         }));
     }
-    let mut latency_ns = Histogram::<u64>::new(3).unwrap();
-    for t in tasks {
-        latency_ns.add(t.await.unwrap()).unwrap();
-    }
+    let latency_ns = common::merge_latencies(tasks).await;
     Run {
         per_s: (per_task * CONCURRENCY) as f64 / started.elapsed().as_secs_f64(),
         latency_ns,
@@ -108,16 +99,13 @@ fn print(name: &str, r: &Run) {
 }
 
 fn main() {
-    let quick = std::env::var("KEYMETER_BENCH_QUICK").is_ok();
-    let (calls, requests) = if quick {
+    let (calls, requests) = if common::quick() {
         (2_000, 2_048)
     } else {
         (200_000, 200_000)
     };
-    let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let root = common::temp_dir();
     let cfg = Config {
-        data_dir: root.path().join("data"),
-        bootstrap_admin_key: Some(ADMIN_KEY.into()),
         // The limiters run on every call but never refuse: the bench
         // measures their cost, not their refusals.
         rate_limits: RateLimits {
@@ -125,30 +113,20 @@ fn main() {
             validate_per_license: RateLimit::new(u32::MAX, u32::MAX),
             ..RateLimits::default()
         },
-        ..Config::default()
+        ..common::config(root.path().join("data"))
     };
-    let engine = Engine::open(&cfg, Arc::new(SystemClock))
-        .expect("engine opens")
-        .engine;
+    let engine = common::open_engine(&cfg);
     let handle = engine.handle();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = common::runtime();
     runtime.block_on(async {
-        let state = AppState::new(handle.clone(), Arc::new(cfg.clone()));
-        let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let api_addr = api.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(api, router(state)).await.unwrap() });
-        let trivial = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let trivial_addr = trivial.local_addr().unwrap();
-        let trivial_router = axum::Router::new().route(
+        let api_addr = common::serve_api(&handle, &cfg).await;
+        let trivial_addr = common::serve(axum::Router::new().route(
             "/trivial",
             post(|Json(v): Json<Value>| async move {
                 Json(json!({"valid": true, "code": "VALID", "echo": v["nonce"]}))
             }),
-        );
-        tokio::spawn(async move { axum::serve(trivial, trivial_router).await.unwrap() });
+        ))
+        .await;
 
         // A hybrid license: a floating seat held by this machine and a quota
         // on a meter with usage, so every part of the decision runs.
@@ -209,8 +187,8 @@ fn main() {
         println!("License validation, in process ({calls} calls, one thread)");
         println!(
             "decision incl. signing        p50 {:>6.1} µs  p99 {:>6.1} µs  max {:>7.1} µs   target p99 <= 50 µs ({})",
-            us(&decision, 0.5), us(&decision, 0.99), decision.max() as f64 / 1000.0,
-            if us(&decision, 0.99) <= 50.0 { "met" } else { "NOT met" }
+            us(&decision, 0.5), us(&decision, 0.99), common::max_k(&decision),
+            common::met(us(&decision, 0.99) <= 50.0)
         );
         println!(
             "Ed25519 JWT signature alone   p50 {:>6.1} µs  p99 {:>6.1} µs",
@@ -242,14 +220,13 @@ fn main() {
             "signed/unsigned: {:.1} %",
             100.0 * signed.per_s / full.per_s
         );
-        println!(
-            "ratio validate/baseline: {:.1} %   target: >= 30000 validations/s ({})",
-            100.0 * full.per_s / base_run.per_s,
-            if full.per_s >= 30_000.0 { "met" } else { "NOT met" }
+        common::print_ratio_to_baseline(
+            "validate",
+            full.per_s,
+            base_run.per_s,
+            30_000.0,
+            "validations/s",
         );
-        tokio::time::sleep(Duration::from_millis(10)).await;
     });
-    drop(handle);
-    runtime.shutdown_timeout(Duration::from_secs(1));
-    engine.shutdown().unwrap();
+    common::shut_down(runtime, handle, engine);
 }

@@ -8,6 +8,8 @@
 //!
 //! `KEYMETER_BENCH_QUICK=1` shrinks it to a sub-second smoke run.
 
+mod common;
+
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -31,7 +33,7 @@ struct Plan {
 
 impl Plan {
     fn from_env() -> Plan {
-        if std::env::var("KEYMETER_BENCH_QUICK").is_ok_and(|v| v == "1") {
+        if common::quick() {
             Plan {
                 case_time: Duration::from_millis(100),
                 slice_time: Duration::from_millis(20),
@@ -89,8 +91,8 @@ impl CaseStats {
             self.records_per_s(),
             self.bytes as f64 / secs / 1e6,
             self.batches as f64 / secs,
-            self.latency_us.value_at_quantile(0.50) as f64 / 1e3,
-            self.latency_us.value_at_quantile(0.99) as f64 / 1e3,
+            common::quantile_k(&self.latency_us, 0.50),
+            common::quantile_k(&self.latency_us, 0.99),
             self.batches,
             secs,
         );
@@ -217,9 +219,7 @@ fn encode_only_mb_per_s(payloads: &[Vec<u8>], buf: &mut Vec<u8>) -> f64 {
 
 fn main() {
     let plan = Plan::from_env();
-    let base = option_env!("CARGO_TARGET_TMPDIR").unwrap_or("target");
-    fs::create_dir_all(base).expect("create bench tmp base");
-    let tmp = tempfile::tempdir_in(base).expect("bench temp dir");
+    let tmp = common::temp_dir();
     println!(
         "log_append: dir {}, {:?} per batch size, raw/log alternating every ~{:?}{}",
         tmp.path().display(),

@@ -12,10 +12,14 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
+use common::engine::ManualClock;
+use common::log_files::{
+    log_frames, modify, segments, Frame, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN,
+};
 use common::*;
 use keymeter::record::Record;
 use serde_json::{json, Value};
@@ -23,15 +27,6 @@ use sha2::{Digest, Sha256};
 
 const CHECKPOINT_RECORDS: u64 = 50;
 const EVENTS_PER_REQUEST: usize = 20;
-
-// The frame format, as documented in src/log/mod.rs:
-//   segment header: 24 bytes
-//   frame: u32 LE payload_len | u32 LE crc32c over flags, seq, hash, payload
-//          | u8 flags (bit0 BATCH_END) | u64 LE seq | [u8; 32] hash | payload
-//   hash = SHA-256(prev_hash || seq as u64 LE || payload), prev_hash of seq 1 = 32 zero bytes
-const SEGMENT_HEADER_LEN: usize = 24;
-const FRAME_HEADER_LEN: usize = 49;
-const FLAG_BATCH_END: u8 = 1;
 
 /// What the server left behind, held in memory so that no directory
 /// outlives the test run (statics are never dropped).
@@ -86,16 +81,9 @@ async fn build_fixture(root: &Path) -> Fixture {
         .json()
         .await
         .unwrap();
-    let license: Value = server
-        .post_json(
-            ADMIN_KEY,
-            "/api/v1/licenses",
-            &json!({"product": "cad", "customer": "acme", "policy": {"type": "none"}}),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
+    let license = server
+        .create_license(json!({"product": "cad", "customer": "acme", "policy": {"type": "none"}}))
+        .await;
     let license_id = license["id"].as_str().unwrap();
     for action in ["suspend", "reinstate"] {
         let path = format!("/api/v1/licenses/{license_id}/{action}");
@@ -106,17 +94,11 @@ async fn build_fixture(root: &Path) -> Fixture {
         format!("/api/v1/api-keys/{}", key["id"].as_str().unwrap()),
         "/api/v1/meters/calls".to_string(),
     ] {
-        let r = server
-            .client
-            .delete(server.url(&path))
-            .bearer_auth(ADMIN_KEY)
-            .send()
-            .await
-            .unwrap();
+        let r = server.delete(ADMIN_KEY, &path).await;
         assert_eq!(r.status(), 204, "{path}");
     }
     // Usage: 12 requests of 20 events.
-    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let now = time_from_now(0);
     for b in 0..12 {
         let events: Vec<Value> = (0..EVENTS_PER_REQUEST)
             .map(|i| {
@@ -220,73 +202,12 @@ fn audit(copy: &Copy, with_anchors: bool) -> Audit {
     run_audit(cmd)
 }
 
-#[derive(Debug, Clone)]
-struct Frame {
-    segment: PathBuf,
-    offset: usize,
-    seq: u64,
-    flags: u8,
-    payload_len: usize,
-}
-
-impl Frame {
-    fn payload_start(&self) -> usize {
-        self.offset + FRAME_HEADER_LEN
-    }
-    fn end(&self) -> usize {
-        self.payload_start() + self.payload_len
-    }
-    fn payload(&self) -> Vec<u8> {
-        std::fs::read(&self.segment).unwrap()[self.payload_start()..self.end()].to_vec()
-    }
-    fn bytes(&self) -> Vec<u8> {
-        std::fs::read(&self.segment).unwrap()[self.offset..self.end()].to_vec()
-    }
-}
-
-fn segments(data: &Path) -> Vec<PathBuf> {
-    let mut s: Vec<PathBuf> = std::fs::read_dir(data.join("log"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-        .collect();
-    s.sort();
-    s
-}
-
-/// Every frame of the log, in order, read by the documented format.
-fn frames(data: &Path) -> Vec<Frame> {
-    let mut out = Vec::new();
-    for segment in segments(data) {
-        let bytes = std::fs::read(&segment).unwrap();
-        let mut at = SEGMENT_HEADER_LEN;
-        while at < bytes.len() {
-            let frame = Frame {
-                segment: segment.clone(),
-                offset: at,
-                payload_len: u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize,
-                flags: bytes[at + 8],
-                seq: u64::from_le_bytes(bytes[at + 9..at + 17].try_into().unwrap()),
-            };
-            at = frame.end();
-            out.push(frame);
-        }
-    }
-    out
-}
-
-fn modify(path: &Path, change: impl FnOnce(&mut Vec<u8>)) {
-    let mut bytes = std::fs::read(path).unwrap();
-    change(&mut bytes);
-    std::fs::write(path, bytes).unwrap();
-}
-
 /// What someone who knows the documented format, but not the signing key,
 /// does after editing a payload: recompute the hash and CRC of every frame
 /// from `from_seq` on, across segments, so the chain is valid again.
 fn rechain_from(data: &Path, from_seq: u64) {
     let mut prev = [0u8; 32];
-    for segment in segments(data) {
+    for segment in segments(&data.join("log")) {
         modify(&segment, |bytes| {
             let mut at = SEGMENT_HEADER_LEN;
             while at < bytes.len() {
@@ -366,7 +287,7 @@ fn assert_finding(audit: &Audit, kind: &str, seq: u64, segment: &Path) {
 #[test]
 fn an_untouched_log_passes_with_every_checkpoint_and_anchor_verified() {
     let copy = copy_of_log();
-    let all = frames(&copy.data);
+    let all = log_frames(&copy.data.join("log"));
     let head = all.last().unwrap().seq;
     let anchor_lines = std::fs::read_to_string(&copy.anchors)
         .unwrap()
@@ -421,7 +342,7 @@ fn an_untouched_log_passes_with_every_checkpoint_and_anchor_verified() {
 #[test]
 fn a_flipped_payload_byte_is_named_by_segment_and_seq() {
     let copy = copy_of_log();
-    let all = frames(&copy.data);
+    let all = log_frames(&copy.data.join("log"));
     let target = all[middle_event(&all)].clone();
     modify(&target.segment, |b| {
         b[target.payload_start() + target.payload_len / 2] ^= 0x20
@@ -435,7 +356,7 @@ fn a_flipped_payload_byte_is_named_by_segment_and_seq() {
 #[test]
 fn a_deleted_record_is_named_by_its_seq() {
     let copy = copy_of_log();
-    let all = frames(&copy.data);
+    let all = log_frames(&copy.data.join("log"));
     let target = all[middle_event(&all)].clone();
     modify(&target.segment, |b| {
         b.drain(target.offset..target.end());
@@ -450,7 +371,7 @@ fn a_deleted_record_is_named_by_its_seq() {
 #[test]
 fn an_inserted_copy_of_a_record_is_named_by_the_seq_it_displaces() {
     let copy = copy_of_log();
-    let all = frames(&copy.data);
+    let all = log_frames(&copy.data.join("log"));
     let i = middle_event(&all);
     let (original, next) = (all[i].clone(), all[i + 1].clone());
     // A replayed record: the same frame again, right after itself.
@@ -471,7 +392,7 @@ fn an_inserted_copy_of_a_record_is_named_by_the_seq_it_displaces() {
 #[test]
 fn two_swapped_records_are_named_by_the_first_position() {
     let copy = copy_of_log();
-    let all = frames(&copy.data);
+    let all = log_frames(&copy.data.join("log"));
     let i = middle_event(&all);
     let (a, b) = (all[i].clone(), all[i + 1].clone());
     let (a_bytes, b_bytes) = (a.bytes(), b.bytes());
@@ -486,7 +407,7 @@ fn two_swapped_records_are_named_by_the_first_position() {
 #[test]
 fn an_edit_with_a_recomputed_chain_passes_log_verify_but_not_the_checkpoints() {
     let copy = copy_of_log();
-    let all = frames(&copy.data);
+    let all = log_frames(&copy.data.join("log"));
     let target = all[middle_event(&all)].clone();
     let payload = target.payload();
     let at = payload
@@ -501,11 +422,7 @@ fn an_edit_with_a_recomputed_chain_passes_log_verify_but_not_the_checkpoints() {
 
     // The chain is self-consistent again: the structural check sees nothing.
     let out = run(&["log", "verify", "--data-dir", copy.data.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
 
     let audit = audit(&copy, false);
     assert_eq!(audit.code, 1, "{}", audit.stderr);
@@ -541,7 +458,7 @@ fn an_edit_with_a_recomputed_chain_passes_log_verify_but_not_the_checkpoints() {
 #[test]
 fn a_forged_checkpoint_is_named_by_its_own_seq() {
     let copy = copy_of_log();
-    let all = frames(&copy.data);
+    let all = log_frames(&copy.data.join("log"));
     let i = middle_event(&all);
     let checkpoint = all[i..].iter().find(|f| is_checkpoint(f)).unwrap().clone();
     // The signature is the last 64 bytes of the record; the chain is made
@@ -563,14 +480,11 @@ fn a_forged_checkpoint_is_named_by_its_own_seq() {
 #[test]
 fn a_tail_cut_at_a_batch_boundary_is_caught_only_against_the_anchors() {
     let copy = copy_of_log();
-    let all = frames(&copy.data);
+    let all = log_frames(&copy.data.join("log"));
     // Keep everything up to the end of the third batch from the end.
-    let batch_ends: Vec<&Frame> = all
-        .iter()
-        .filter(|f| f.flags & FLAG_BATCH_END != 0)
-        .collect();
+    let batch_ends: Vec<&Frame> = all.iter().filter(|f| f.is_batch_end()).collect();
     let keep = batch_ends[batch_ends.len() - 4];
-    for segment in segments(&copy.data) {
+    for segment in segments(&copy.data.join("log")) {
         if segment > keep.segment {
             std::fs::remove_file(&segment).unwrap();
         }
@@ -646,24 +560,8 @@ fn an_anchor_file_inside_the_data_directory_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let inside = data.join("anchors.jsonl");
-    let out = run(&[
-        "serve",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--audit-anchor-file",
-        inside.to_str().unwrap(),
-    ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = exits_with_error(serve_command(&data).arg("--audit-anchor-file").arg(&inside));
     assert!(err.contains("inside the data directory"), "{err}");
-}
-
-struct ManualClock(AtomicI64);
-
-impl keymeter::engine::Clock for ManualClock {
-    fn now_ms(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
-    }
 }
 
 /// Checkpoint records in the log, as (own seq, covered seq).
@@ -680,18 +578,12 @@ fn checkpoints_in(log_dir: &Path, head: u64) -> Vec<(u64, u64)> {
 
 #[test]
 fn a_quiet_log_gets_one_checkpoint_after_the_interval_and_no_more_while_idle() {
-    use base64::Engine as _;
     let root = tempfile::tempdir().unwrap();
     let cfg = keymeter::config::Config {
-        data_dir: root.path().join("data"),
-        bootstrap_admin_key: Some(ADMIN_KEY.into()),
-        master_key: Some(keymeter::crypto::SecretString::new(
-            base64::engine::general_purpose::STANDARD.encode([9u8; 32]),
-        )),
         audit_checkpoint_interval: Duration::from_millis(200),
-        ..keymeter::config::Config::default()
+        ..common::engine::config(root.path())
     };
-    let clock = Arc::new(ManualClock(AtomicI64::new(1_800_000_000_000)));
+    let clock = Arc::new(ManualClock::new(1_800_000_000_000));
     let engine = keymeter::engine::Engine::open(&cfg, clock).unwrap().engine;
     let shared = engine.handle().shared.clone();
     // The bootstrap admin key (seq 1) is far below 10,000 records: only the

@@ -133,12 +133,8 @@ async fn revoked_keys_stop_working_and_keys_are_never_shown_again() {
         .unwrap();
     assert!(list.contains(&id) && !list.contains(&key));
     let r = server
-        .client
-        .delete(server.url(&format!("/api/v1/api-keys/{id}")))
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .unwrap();
+        .delete(ADMIN_KEY, &format!("/api/v1/api-keys/{id}"))
+        .await;
     assert_eq!(r.status(), 204);
     assert_eq!(
         call(&server, "GET", "/api/v1/meters", Some(&key)).await,
@@ -165,9 +161,7 @@ fn first_start_prints_a_generated_admin_key_once() {
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
     let start = || {
-        let mut child = std::process::Command::new(bin())
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path())
+        let mut child = serve_command(dir.path())
             .env_remove("KEYMETER_BOOTSTRAP_ADMIN_KEY")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
@@ -191,7 +185,7 @@ fn first_start_prints_a_generated_admin_key_once() {
         }
         let _ = child.kill();
         let _ = child.wait();
-        assert!(out.contains("keymeter listening on"), "{out}");
+        assert!(out.contains(LISTENING), "{out}");
         out
     };
     let first = start();

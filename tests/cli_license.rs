@@ -100,23 +100,6 @@ async fn relay_one(mut conn: TcpStream, upstream: String) {
     conn.shutdown().await.unwrap();
 }
 
-/// Runs `keymeter license <args> --url <url>`: success, stdout, stderr.
-async fn cli(url: &str, args: &[&str]) -> (bool, String, String) {
-    let out = tokio::process::Command::new(bin())
-        .arg("license")
-        .args(args)
-        .args(["--url", url])
-        .env("KEYMETER_ADMIN_KEY", ADMIN_KEY)
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
-}
-
 /// What the CLI prints for a JSON answer.
 fn printed(v: &Value) -> String {
     format!("{}\n", serde_json::to_string_pretty(v).unwrap())
@@ -129,7 +112,7 @@ async fn license_cli_reads_chunked_answers() {
     let relay = chunking_relay(server.base.clone()).await;
     let customer = "Ærøskøbing Værft — 株式会社";
 
-    let (ok, out, err) = cli(
+    let (ok, out, err) = license_cli(
         &relay,
         &[
             "create",
@@ -149,24 +132,21 @@ async fn license_cli_reads_chunked_answers() {
     assert!(created["key"].as_str().unwrap().starts_with("lk_"));
     let id = created["id"].as_str().unwrap();
 
-    let direct: Value = server
-        .get(ADMIN_KEY, &format!("/api/v1/licenses/{id}"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let (ok, out, err) = cli(&relay, &["show", id]).await;
+    let direct = server
+        .get_json(ADMIN_KEY, &format!("/api/v1/licenses/{id}"))
+        .await;
+    let (ok, out, err) = license_cli(&relay, &["show", id]).await;
     assert!(ok, "{err}");
     assert_eq!(out, printed(&direct), "show prints the server's answer");
 
-    let (ok, out, err) = cli(&relay, &["suspend", id, "--reason", "audit"]).await;
+    let (ok, out, err) = license_cli(&relay, &["suspend", id, "--reason", "audit"]).await;
     assert!(ok, "{err}");
     assert_eq!(
         serde_json::from_str::<Value>(&out).unwrap()["status"],
         "suspended"
     );
     // A refusal, chunked too: status and the error body, pretty-printed.
-    let (ok, out, err) = cli(&relay, &["suspend", id]).await;
+    let (ok, out, err) = license_cli(&relay, &["suspend", id]).await;
     assert!(!ok && out.is_empty());
     let refusal = err
         .strip_prefix("error: server answered 409: ")

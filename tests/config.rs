@@ -18,12 +18,9 @@ fn listening_url(cmd: &mut Command) -> (std::process::Child, String) {
     let line = BufReader::new(child.stdout.take().unwrap())
         .lines()
         .map(Result::unwrap)
-        .find(|l| l.starts_with("keymeter listening on "))
+        .find(|l| l.starts_with(LISTENING))
         .expect("server reports its address");
-    (
-        child,
-        line.trim_start_matches("keymeter listening on ").to_owned(),
-    )
+    (child, line.trim_start_matches(LISTENING).to_owned())
 }
 
 fn free_port() -> u16 {

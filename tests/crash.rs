@@ -8,13 +8,14 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::log_files::{frames, segments};
 use common::*;
 use serde_json::{json, Value};
 
 const BATCH: usize = 40;
 
 fn batch(n: usize) -> Vec<Value> {
-    let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let time = time_from_now(0);
     (0..BATCH)
         .map(|i| {
             event(
@@ -117,7 +118,6 @@ async fn sigkill_mid_stream_loses_no_acknowledged_event_and_counts_none_twice() 
 /// retries would be refused as duplicates and never counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn projections_and_dedup_snapshot_ahead_of_the_log_are_rebuilt_from_it() {
-    use keymeter::log::frame::{FrameHeader, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
     server
@@ -131,22 +131,12 @@ async fn projections_and_dedup_snapshot_ahead_of_the_log_are_rebuilt_from_it() {
 
     // Cut the last batch of events (batch-2) off the log, with the signed
     // checkpoint that shutdown appended after it.
-    let seg = std::fs::read_dir(dir.path().join("log"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-        .max()
-        .unwrap();
-    let bytes = std::fs::read(&seg).unwrap();
-    let mut ends = Vec::new();
-    let mut at = SEGMENT_HEADER_LEN;
-    while at + FRAME_HEADER_LEN <= bytes.len() {
-        let h = FrameHeader::decode(bytes[at..at + FRAME_HEADER_LEN].try_into().unwrap());
-        at += h.frame_len() as usize;
-        if h.is_batch_end() {
-            ends.push(at);
-        }
-    }
+    let seg = segments(&dir.path().join("log")).pop().unwrap();
+    let ends: Vec<usize> = frames(&seg)
+        .iter()
+        .filter(|f| f.is_batch_end())
+        .map(|f| f.end())
+        .collect();
     let keep = ends[ends.len() - 3];
     std::fs::OpenOptions::new()
         .write(true)

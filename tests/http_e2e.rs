@@ -21,12 +21,6 @@ struct Ev {
     model: String,
 }
 
-fn fmt(ms: i64) -> String {
-    Utc.timestamp_millis_opt(ms)
-        .unwrap()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
 fn window_start(ms: i64, size: &str) -> i64 {
     let unit = match size {
         "MINUTE" => 60_000,
@@ -73,7 +67,7 @@ fn to_cloudevent(e: &Ev) -> Value {
         &e.id,
         "api_call",
         &e.subject,
-        &fmt(e.time_ms),
+        &rfc3339_ms(e.time_ms),
         json!({"tokens": e.tokens, "ms": e.ms, "user": e.user, "model": e.model}),
     )
 }
@@ -124,12 +118,7 @@ async fn every_aggregation_and_window_matches_an_independent_computation() {
         }
         server.create_meter(m).await;
     }
-    let list: Value = server
-        .get(ADMIN_KEY, "/api/v1/meters")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let list = server.get_json(ADMIN_KEY, "/api/v1/meters").await;
     assert_eq!(list.as_array().unwrap().len(), METERS.len());
 
     let evs = events();
@@ -143,27 +132,19 @@ async fn every_aggregation_and_window_matches_an_independent_computation() {
             "application/json"
         };
         let r = server
-            .client
-            .post(server.url("/api/v1/events"))
-            .bearer_auth(&ingest_key)
-            .header("content-type", ct)
-            .body(serde_json::to_vec(&body).unwrap())
-            .send()
-            .await
-            .unwrap();
+            .post_events(&ingest_key, ct, serde_json::to_vec(&body).unwrap())
+            .await;
         assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
     }
     // Resend some as single events and as a repeated batch: all duplicates.
     for e in &evs[..20] {
         let r = server
-            .client
-            .post(server.url("/api/v1/events"))
-            .bearer_auth(&ingest_key)
-            .header("content-type", "application/cloudevents+json")
-            .body(serde_json::to_vec(&to_cloudevent(e)).unwrap())
-            .send()
-            .await
-            .unwrap();
+            .post_event(
+                &ingest_key,
+                &serde_json::to_vec(&to_cloudevent(e)).unwrap(),
+                None,
+            )
+            .await;
         assert_eq!(r.status(), 204);
         assert_eq!(r.headers()["keymeter-duplicates"], "1");
     }
@@ -221,20 +202,25 @@ async fn every_aggregation_and_window_matches_an_independent_computation() {
     let t0 = window_start(evs[0].time_ms, "HOUR");
     let t1 = t0 + 2 * 3_600_000;
     let got = server
-        .query("calls", &format!("from={}&to={}", fmt(t0), fmt(t1)))
+        .query(
+            "calls",
+            &format!("from={}&to={}", rfc3339_ms(t0), rfc3339_ms(t1)),
+        )
         .await;
     let want = evs
         .iter()
         .filter(|e| e.time_ms >= t0 && e.time_ms < t1)
         .count();
     assert_eq!(got["data"][0]["value"].as_f64().unwrap(), want as f64);
-    assert_eq!(got["from"], fmt(t0));
+    assert_eq!(got["from"], rfc3339_ms(t0));
 
     // CSV carries the same numbers.
     let csv = server
-        .client
-        .get(server.url("/api/v1/meters/calls/query?windowSize=DAY"))
-        .bearer_auth(ADMIN_KEY)
+        .request(
+            reqwest::Method::GET,
+            ADMIN_KEY,
+            "/api/v1/meters/calls/query?windowSize=DAY",
+        )
         .header("accept", "text/csv")
         .send()
         .await
@@ -260,7 +246,15 @@ async fn a_meter_defined_later_counts_events_already_ingested() {
     let server = Server::start(dir.path());
     let now = Utc::now().timestamp_millis() - 60_000;
     let evs: Vec<Value> = (0..50)
-        .map(|i| event(&format!("e{i}"), "job", "acme", &fmt(now), json!({"n": i})))
+        .map(|i| {
+            event(
+                &format!("e{i}"),
+                "job",
+                "acme",
+                &rfc3339_ms(now),
+                json!({"n": i}),
+            )
+        })
         .collect();
     assert_eq!(server.ingest(ADMIN_KEY, &evs).await.status(), 204);
     server

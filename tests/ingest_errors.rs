@@ -3,26 +3,11 @@
 
 mod common;
 
-use chrono::Utc;
 use common::*;
 use serde_json::{json, Value};
 
-fn now_str(offset_ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(Utc::now().timestamp_millis() + offset_ms)
-        .unwrap()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
 async fn post_raw(server: &Server, ct: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
-    let r = server
-        .client
-        .post(server.url("/api/v1/events"))
-        .bearer_auth(ADMIN_KEY)
-        .header("content-type", ct)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let r = server.post_events(ADMIN_KEY, ct, body).await;
     let status = r.status().as_u16();
     let text = r.text().await.unwrap();
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
@@ -33,7 +18,7 @@ async fn total(server: &Server) -> f64 {
 }
 
 fn ev(id: &str, data: Value) -> Value {
-    event(id, "usage", "acme", &now_str(-1000), data)
+    event(id, "usage", "acme", &time_from_now(-1000), data)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,14 +59,14 @@ async fn each_defect_gets_its_code_and_good_events_survive() {
     assert_eq!((s, b["code"].as_str().unwrap()), (400, "VALUE_NOT_NUMERIC"));
 
     let mut old = ev("t1", json!({"units": 1}));
-    old["time"] = json!(now_str(-36 * 86_400_000));
+    old["time"] = json!(time_from_now(-36 * 86_400_000));
     let (s, b) = post_raw(&server, ce, old.to_string()).await;
     assert_eq!(
         (s, b["code"].as_str().unwrap()),
         (400, "EVENT_TIME_OUT_OF_RANGE")
     );
     let mut future = ev("t2", json!({"units": 1}));
-    future["time"] = json!(now_str(10 * 60_000));
+    future["time"] = json!(time_from_now(10 * 60_000));
     let (s, b) = post_raw(&server, ce, future.to_string()).await;
     assert_eq!(
         (s, b["code"].as_str().unwrap()),
@@ -158,12 +143,7 @@ async fn each_defect_gets_its_code_and_good_events_survive() {
     assert_eq!(total(&server).await, 6.5);
 
     // Every rejected input is in the quarantine, in order, with its reason and raw text.
-    let q: Value = server
-        .get(ADMIN_KEY, "/api/v1/quarantine")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let q = server.get_json(ADMIN_KEY, "/api/v1/quarantine").await;
     let codes: Vec<&str> = q["items"]
         .as_array()
         .unwrap()
@@ -190,15 +170,12 @@ async fn each_defect_gets_its_code_and_good_events_survive() {
     assert_eq!(q["items"][7]["index"], 1);
     // Paging by sequence number.
     let first = q["items"][4]["seq"].as_u64().unwrap();
-    let page: Value = server
-        .get(
+    let page = server
+        .get_json(
             ADMIN_KEY,
             &format!("/api/v1/quarantine?after={first}&limit=2"),
         )
-        .await
-        .json()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(page["items"].as_array().unwrap().len(), 2);
     assert_eq!(page["items"][0]["code"], "EVENT_TIME_OUT_OF_RANGE");
 

@@ -7,14 +7,13 @@ mod common;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use common::kafka::{reader, send_retrying};
 use common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientConfig;
 use serde_json::{json, Value};
 
@@ -94,35 +93,20 @@ fn produce(producer: &BaseProducer, msgs: &[Msg]) {
                 value: Some(v),
             });
         }
-        let mut record = BaseRecord::to(TOPIC)
+        let record = BaseRecord::to(TOPIC)
             .partition(m.partition)
             .key(&m.key)
             .payload(&m.value)
             .headers(headers);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    record = r;
-                    producer.poll(Duration::from_millis(10));
-                }
-            }
-        }
-        producer.poll(Duration::ZERO);
+        send_retrying(producer, record, Duration::from_millis(10));
     }
     producer.flush(Duration::from_secs(60)).expect("flush");
-}
-
-fn now_minus(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(chrono::Utc::now().timestamp_millis() - ms)
-        .unwrap()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 fn structured(id: &str, subject: &str, tokens: u64) -> Vec<u8> {
     serde_json::to_vec(&json!({
         "specversion": "1.0", "id": id, "source": "kafka-test", "type": "api_call",
-        "subject": subject, "time": now_minus(tokens as i64 * 1000 % 3_600_000),
+        "subject": subject, "time": time_from_now(-(tokens as i64 * 1000 % 3_600_000)),
         "data": {"tokens": tokens}
     }))
     .unwrap()
@@ -243,7 +227,7 @@ async fn create_meters(server: &Server) {
 }
 
 async fn readyz(server: &Server) -> Value {
-    server.get(ADMIN_KEY, "/readyz").await.json().await.unwrap()
+    server.get_json(ADMIN_KEY, "/readyz").await
 }
 
 /// Sum of the stored positions over the assigned partitions.
@@ -326,15 +310,12 @@ async fn quarantine(server: &Server) -> BTreeMap<(i32, i64), Value> {
     let mut out = BTreeMap::new();
     let mut after = 0u64;
     loop {
-        let page: Value = server
-            .get(
+        let page = server
+            .get_json(
                 ADMIN_KEY,
                 &format!("/api/v1/quarantine?limit=1000&after={after}"),
             )
-            .await
-            .json()
-            .await
-            .unwrap();
+            .await;
         for item in page["items"].as_array().unwrap() {
             assert_eq!(item["topic"], TOPIC);
             let key = (
@@ -355,15 +336,7 @@ async fn quarantine(server: &Server) -> BTreeMap<(i32, i64), Value> {
 
 /// Reads the dead-letter topic: (partition, offset) → (value, code).
 fn dead_letters(bootstrap: &str, expect: usize) -> BTreeMap<(i32, i64), (Vec<u8>, String)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "dlq-reader")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(DLQ, 0, Offset::Beginning).unwrap();
-    consumer.assign(&tpl).unwrap();
+    let consumer = reader(bootstrap, "dlq-reader", DLQ, 1);
     let mut out = BTreeMap::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while out.len() < expect && Instant::now() < deadline {
@@ -546,7 +519,7 @@ async fn binary_and_structured_modes_count_and_binary_without_ce_id_is_quarantin
             ("ce_source", b"kafka-test".to_vec()),
             ("ce_type", b"api_call".to_vec()),
             ("ce_subject", b"cust-bin".to_vec()),
-            ("ce_time", now_minus(1000).into_bytes()),
+            ("ce_time", time_from_now(-1000).into_bytes()),
             ("content-type", b"application/json".to_vec()),
         ];
         if let Some(id) = id {

@@ -8,7 +8,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{assert_no_file_holds, run, Server, ADMIN_KEY};
+use common::{assert_no_file_holds, assert_success, exits_with_error, run, serve_command, Server};
 use keymeter::crypto::keyring::{keyring_path, Kek, Keyring};
 use keymeter::crypto::MasterKey;
 use keymeter::record::Record;
@@ -29,39 +29,18 @@ fn rotate(data: &Path, master: &Path, extra: &[&str]) -> std::process::Output {
 
 /// `serve` must refuse to start with this master key; returns its stderr.
 fn refused(data: &Path, master: &Path) -> String {
-    let out = run(&[
-        "serve",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--master-key-file",
-        master.to_str().unwrap(),
-    ]);
-    assert!(!out.status.success(), "serve started");
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    exits_with_error(serve_command(data).arg("--master-key-file").arg(master))
 }
 
 fn start(data: &Path, master: &Path) -> Server {
     Server::start_with(data, &["--master-key-file", master.to_str().unwrap()])
 }
 
+/// Validates from the machine that holds the license's seat.
 async fn validate(server: &Server, pk: &str, key: &str) -> Value {
-    let r = server
-        .post_json(
-            pk,
-            "/api/v1/licenses/validate",
-            &json!({"key": key, "fingerprint": "m1"}),
-        )
-        .await;
-    assert_eq!(r.status(), 200);
-    r.json().await.unwrap()
-}
-
-async fn jwks(server: &Server) -> (String, keymeter_client::Keys) {
-    let text = server.jwks_text().await;
-    let keys = keymeter_client::Keys::from_jwks(&text).unwrap();
-    (text, keys)
+    server
+        .validate_license(pk, json!({"key": key, "fingerprint": "m1"}))
+        .await
 }
 
 fn master_bytes(path: &Path) -> Vec<u8> {
@@ -99,26 +78,12 @@ async fn master_and_signing_keys_rotate_without_losing_anything() {
     );
     std::fs::write(&old, "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\n").unwrap();
     let server = start(&data, &old);
-    let r = server
-        .post_json(
-            ADMIN_KEY,
-            "/api/v1/licenses",
-            &json!({"product": "ide", "customer": "acme",
-                "policy": {"type": "seat", "seats": {"max": 5, "mode": "floating", "lease_ttl_s": 3600}}}),
-        )
+    let lic = server
+        .create_license(json!({"product": "ide", "customer": "acme",
+            "policy": {"type": "seat", "seats": {"max": 5, "mode": "floating", "lease_ttl_s": 3600}}}))
         .await;
-    assert_eq!(r.status(), 201);
-    let lic: Value = r.json().await.unwrap();
     let license_key = lic["key"].as_str().unwrap().to_owned();
-    let r = server
-        .post_json(ADMIN_KEY, "/api/v1/products", &json!({"id": "ide"}))
-        .await;
-    let product: Value = r.json().await.unwrap();
-    let secret = product["signingSecret"]["secret"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let secret_id = product["signingSecret"]["id"].as_str().unwrap().to_owned();
+    let (secret_id, secret) = server.create_product(json!({"id": "ide"})).await;
     let pk = server.create_key(&["ingest"]).await;
     let r = server
         .post_json(
@@ -130,7 +95,7 @@ async fn master_and_signing_keys_rotate_without_losing_anything() {
     assert_eq!(r.status(), 201);
     let before = validate(&server, &pk, &license_key).await;
     assert_eq!(before["code"], "VALID");
-    let (_, keys_before) = jwks(&server).await;
+    let keys_before = server.jwks_keys().await;
 
     // Not while the server runs.
     let busy = rotate(
@@ -147,11 +112,7 @@ async fn master_and_signing_keys_rotate_without_losing_anything() {
         &old,
         &["--master", "--new-master-key-file", new.to_str().unwrap()],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert!(new.exists());
     // The old master key no longer opens the data directory...
     let err = refused(&data, &old);
@@ -163,20 +124,11 @@ async fn master_and_signing_keys_rotate_without_losing_anything() {
     let body = br#"{"specversion":"1.0","id":"k1","source":"s","type":"t","subject":"c"}"#;
     // (signatures dated in the start second are refused; sign in the next)
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    let sig_late =
-        keymeter_client::signing::sign_request(&secret, &secret_id, "POST", "/api/v1/events", body);
     let r = server
-        .client
-        .post(server.url("/api/v1/events"))
-        .bearer_auth(&pk)
-        .header("content-type", "application/cloudevents+json")
-        .header("keymeter-signature", sig_late)
-        .body(body.to_vec())
-        .send()
-        .await
-        .unwrap();
+        .post_signed_event(&pk, body, &secret, &secret_id)
+        .await;
     assert_eq!(r.status(), 204, "the signing secret unseals after rotation");
-    let (_, keys_mid) = jwks(&server).await;
+    let keys_mid = server.jwks_keys().await;
     let token = after["token"].as_str().unwrap();
     keymeter_client::verify_token(token, &keys_before, chrono::Utc::now().timestamp())
         .expect("a master rotation keeps the signing key");
@@ -184,13 +136,10 @@ async fn master_and_signing_keys_rotate_without_losing_anything() {
 
     // A new signing key: used from now on, the old one still published.
     let out = rotate(&data, &new, &["--signing"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let server = start(&data, &new);
-    let (text, keys_after) = jwks(&server).await;
+    let text = server.jwks_text().await;
+    let keys_after = keymeter_client::Keys::from_jwks(&text).unwrap();
     assert_eq!(
         serde_json::from_str::<Value>(&text).unwrap()["keys"]
             .as_array()
@@ -236,11 +185,7 @@ async fn master_and_signing_keys_rotate_without_losing_anything() {
         &new,
         &["--master", "--new-master-key-file", third.to_str().unwrap()],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let server = start(&data, &third);
     assert_eq!(validate(&server, &pk, &license_key).await["code"], "VALID");
     server.stop();
@@ -254,11 +199,7 @@ async fn master_and_signing_keys_rotate_without_losing_anything() {
         "--master-key-file",
         third.to_str().unwrap(),
     ]);
-    assert!(
-        audit.status.success(),
-        "{}",
-        String::from_utf8_lossy(&audit.stderr)
-    );
+    assert_success(&audit);
 
     let kinds: Vec<String> = rotations(&data).into_iter().map(|(k, _, _)| k).collect();
     assert_eq!(kinds, ["master", "signing", "master"]);

@@ -32,35 +32,6 @@ impl Fixture {
     }
 }
 
-fn now_s() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
-async fn create(server: &Server, body: Value) -> Value {
-    let r = server.post_json(ADMIN_KEY, "/api/v1/licenses", &body).await;
-    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
-    r.json().await.unwrap()
-}
-
-async fn validate(server: &Server, key: &str, body: Value) -> Value {
-    let r = server
-        .post_json(key, "/api/v1/licenses/validate", &body)
-        .await;
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-    r.json().await.unwrap()
-}
-
-async fn jwks(server: &Server) -> keymeter_client::Keys {
-    let r = server
-        .client
-        .get(server.url("/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    keymeter_client::Keys::from_jwks(&r.text().await.unwrap()).unwrap()
-}
-
 async fn seat_ids(server: &Server, id: &str) -> BTreeMap<String, String> {
     let r = server
         .get(ADMIN_KEY, &format!("/api/v1/licenses/{id}/seats"))
@@ -84,9 +55,7 @@ async fn seat_ids(server: &Server, id: &str) -> BTreeMap<String, String> {
 async fn concurrent_checkouts_grant_exactly_the_seat_limit_across_restart_and_replay() {
     let fx = Fixture::new();
     let server = fx.start();
-    let lic = create(
-        &server,
-        json!({"product": "ide", "customer": "acme",
+    let lic = server.create_license(json!({"product": "ide", "customer": "acme",
                "policy": {"type": "seat", "seats": {"max": 10, "mode": "floating", "lease_ttl_s": 3600}}}),
     )
     .await;
@@ -157,11 +126,7 @@ async fn concurrent_checkouts_grant_exactly_the_seat_limit_across_restart_and_re
     server.stop();
 
     let out = run(&["replay", "--data-dir", fx.data().to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let server = fx.start();
     assert_eq!(seat_ids(&server, &id).await, live, "after replay");
     // Same fingerprint again: the seat it holds.
@@ -177,12 +142,8 @@ async fn concurrent_checkouts_grant_exactly_the_seat_limit_across_restart_and_re
     assert_eq!(r.json::<Value>().await.unwrap()["seat_id"], seat.as_str());
     // Release frees a seat for someone else.
     let r = server
-        .client
-        .delete(server.url(&format!("/api/v1/licenses/{id}/seats/{seat}")))
-        .bearer_auth(&product_key)
-        .send()
-        .await
-        .unwrap();
+        .delete(&product_key, &format!("/api/v1/licenses/{id}/seats/{seat}"))
+        .await;
     assert_eq!(r.status(), 204);
     let r = server
         .post_json(
@@ -198,19 +159,21 @@ async fn concurrent_checkouts_grant_exactly_the_seat_limit_across_restart_and_re
 async fn validation_answers_each_code_with_a_verifiable_token() {
     let fx = Fixture::new();
     let server = fx.start();
-    let keys = jwks(&server).await;
-    let lic = create(
-        &server,
-        json!({"product": "cad", "customer": "acme", "entitlements": ["export", "pro"],
+    let keys = server.jwks_keys().await;
+    let lic = server
+        .create_license(
+            json!({"product": "cad", "customer": "acme", "entitlements": ["export", "pro"],
                "expires_at": "2099-01-01T00:00:00Z",
                "policy": {"type": "seat", "seats": {"max": 1, "mode": "node_locked"}}}),
-    )
-    .await;
+        )
+        .await;
     let (id, key) = (lic["id"].as_str().unwrap(), lic["key"].as_str().unwrap());
     let pk = server.create_key(&["ingest"]).await;
     let code = |v: &Value| v["code"].as_str().unwrap().to_owned();
 
-    let v = validate(&server, &pk, json!({"key": "lk_wrong", "nonce": "n0"})).await;
+    let v = server
+        .validate_license(&pk, json!({"key": "lk_wrong", "nonce": "n0"}))
+        .await;
     assert_eq!(
         (code(&v), v["valid"].as_bool()),
         ("NOT_FOUND".into(), Some(false))
@@ -220,7 +183,7 @@ async fn validation_answers_each_code_with_a_verifiable_token() {
         keymeter_client::verify_token(v["token"].as_str().unwrap(), &keys, now_s()).unwrap();
     assert_eq!((claims.code.as_str(), claims.valid), ("NOT_FOUND", false));
 
-    let v = validate(&server, &pk, json!({"key": key})).await;
+    let v = server.validate_license(&pk, json!({"key": key})).await;
     assert_eq!(code(&v), "NO_SEAT");
     let r = server
         .post_json(
@@ -230,12 +193,12 @@ async fn validation_answers_each_code_with_a_verifiable_token() {
         )
         .await;
     assert_eq!(r.status(), 201);
-    let v = validate(
-        &server,
-        &pk,
-        json!({"key": key, "fingerprint": "host-a", "entitlements": ["pro"], "nonce": "n1"}),
-    )
-    .await;
+    let v = server
+        .validate_license(
+            &pk,
+            json!({"key": key, "fingerprint": "host-a", "entitlements": ["pro"], "nonce": "n1"}),
+        )
+        .await;
     assert_eq!(
         (code(&v), v["valid"].as_bool()),
         ("VALID".into(), Some(true))
@@ -263,14 +226,16 @@ async fn validation_answers_each_code_with_a_verifiable_token() {
     let forged_sig = format!("{}.{}.{sig}", parts[0], parts[1]);
     assert!(keymeter_client::verify_token(&forged_sig, &keys, now_s()).is_err());
 
-    let v = validate(&server, &pk, json!({"key": key, "fingerprint": "host-b"})).await;
+    let v = server
+        .validate_license(&pk, json!({"key": key, "fingerprint": "host-b"}))
+        .await;
     assert_eq!(code(&v), "FINGERPRINT_MISMATCH");
-    let v = validate(
-        &server,
-        &pk,
-        json!({"key": key, "fingerprint": "host-a", "entitlements": ["sso"]}),
-    )
-    .await;
+    let v = server
+        .validate_license(
+            &pk,
+            json!({"key": key, "fingerprint": "host-a", "entitlements": ["sso"]}),
+        )
+        .await;
     assert_eq!(code(&v), "ENTITLEMENT_MISSING");
 
     let post = |path: String, body: Value| {
@@ -283,36 +248,48 @@ async fn validation_answers_each_code_with_a_verifiable_token() {
     )
     .await;
     assert_eq!(r.status(), 200);
-    let v = validate(&server, &pk, json!({"key": key, "fingerprint": "host-a"})).await;
+    let v = server
+        .validate_license(&pk, json!({"key": key, "fingerprint": "host-a"}))
+        .await;
     assert_eq!(code(&v), "SUSPENDED");
     let r = post(format!("/api/v1/licenses/{id}/reinstate"), json!({})).await;
     assert_eq!(r.status(), 200);
-    let v = validate(&server, &pk, json!({"key": key, "fingerprint": "host-a"})).await;
+    let v = server
+        .validate_license(&pk, json!({"key": key, "fingerprint": "host-a"}))
+        .await;
     assert_eq!(code(&v), "VALID");
     let r = post(format!("/api/v1/licenses/{id}/revoke"), json!({})).await;
     assert_eq!(r.status(), 200);
-    let v = validate(&server, &pk, json!({"key": key, "fingerprint": "host-a"})).await;
+    let v = server
+        .validate_license(&pk, json!({"key": key, "fingerprint": "host-a"}))
+        .await;
     assert_eq!(code(&v), "REVOKED");
     let r = post(format!("/api/v1/licenses/{id}/reinstate"), json!({})).await;
     assert_eq!(r.status(), 409, "revocation is final");
 
     // Time: not yet valid, expired, in grace.
-    let future = create(
-        &server,
-        json!({"product": "cad", "customer": "acme", "starts_at": "2098-01-01T00:00:00Z"}),
-    )
-    .await;
-    let v = validate(&server, &pk, json!({"key": future["key"]})).await;
+    let future = server
+        .create_license(
+            json!({"product": "cad", "customer": "acme", "starts_at": "2098-01-01T00:00:00Z"}),
+        )
+        .await;
+    let v = server
+        .validate_license(&pk, json!({"key": future["key"]}))
+        .await;
     assert_eq!(code(&v), "NOT_YET_VALID");
     let past = json!({"product": "cad", "customer": "acme",
         "starts_at": "2020-01-01T00:00:00Z", "expires_at": "2021-01-01T00:00:00Z"});
-    let expired = create(&server, past.clone()).await;
-    let v = validate(&server, &pk, json!({"key": expired["key"]})).await;
+    let expired = server.create_license(past.clone()).await;
+    let v = server
+        .validate_license(&pk, json!({"key": expired["key"]}))
+        .await;
     assert_eq!(code(&v), "EXPIRED");
     let mut graced = past;
     graced["grace_period_s"] = json!(300_000_000u64);
-    let graced = create(&server, graced).await;
-    let v = validate(&server, &pk, json!({"key": graced["key"]})).await;
+    let graced = server.create_license(graced).await;
+    let v = server
+        .validate_license(&pk, json!({"key": graced["key"]}))
+        .await;
     assert_eq!(
         (code(&v), v["valid"].as_bool()),
         ("IN_GRACE".into(), Some(true))
@@ -325,7 +302,9 @@ async fn validation_answers_each_code_with_a_verifiable_token() {
     )
     .await;
     assert_eq!(r.status(), 200);
-    let v = validate(&server, &pk, json!({"key": graced["key"]})).await;
+    let v = server
+        .validate_license(&pk, json!({"key": graced["key"]}))
+        .await;
     assert_eq!(code(&v), "VALID");
 }
 
@@ -342,10 +321,10 @@ async fn crossing_a_quota_blocks_or_reports_the_overage() {
                    {"meter": "calls", "limit": 5, "period": "month", "overage": overage,
                     "alert_thresholds_pct": [80, 100]}]}}})
     };
-    let block = create(&server, quota("block")).await;
-    let allow = create(&server, quota("allow")).await;
+    let block = server.create_license(quota("block")).await;
+    let allow = server.create_license(quota("allow")).await;
     let pk = server.create_key(&["ingest"]).await;
-    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let now = time_from_now(0);
     let send = |lic: &Value, from: usize, n: usize| {
         let events: Vec<Value> = (from..from + n)
             .map(|i| {
@@ -364,10 +343,14 @@ async fn crossing_a_quota_blocks_or_reports_the_overage() {
     for lic in [&block, &allow] {
         // Validated once before usage (fills the in-memory usage), then usage
         // arrives: the next validation must see it.
-        let v = validate(&server, &pk, json!({"key": lic["key"], "meter": "calls"})).await;
+        let v = server
+            .validate_license(&pk, json!({"key": lic["key"], "meter": "calls"}))
+            .await;
         assert_eq!(v["quota"]["used"], 0.0);
         send(lic, 0, 4).await;
-        let v = validate(&server, &pk, json!({"key": lic["key"]})).await;
+        let v = server
+            .validate_license(&pk, json!({"key": lic["key"]}))
+            .await;
         assert_eq!(
             (v["code"].as_str(), v["quota"]["used"].as_f64()),
             (Some("VALID"), Some(4.0))
@@ -375,13 +358,17 @@ async fn crossing_a_quota_blocks_or_reports_the_overage() {
         assert_eq!(v["quota"]["thresholds_crossed_pct"], json!([80]));
         send(lic, 4, 2).await;
     }
-    let v = validate(&server, &pk, json!({"key": block["key"]})).await;
+    let v = server
+        .validate_license(&pk, json!({"key": block["key"]}))
+        .await;
     assert_eq!(
         (v["code"].as_str(), v["valid"].as_bool()),
         (Some("QUOTA_EXCEEDED"), Some(false))
     );
     assert_eq!(v["quota"]["used"], 6.0);
-    let v = validate(&server, &pk, json!({"key": allow["key"], "nonce": "q"})).await;
+    let v = server
+        .validate_license(&pk, json!({"key": allow["key"], "nonce": "q"}))
+        .await;
     assert_eq!(
         (v["code"].as_str(), v["valid"].as_bool()),
         (Some("VALID"), Some(true))
@@ -391,16 +378,21 @@ async fn crossing_a_quota_blocks_or_reports_the_overage() {
         (Some(6.0), Some(1.0))
     );
     assert_eq!(v["quota"]["thresholds_crossed_pct"], json!([80, 100]));
-    let claims =
-        keymeter_client::verify_token(v["token"].as_str().unwrap(), &jwks(&server).await, now_s())
-            .unwrap();
+    let claims = keymeter_client::verify_token(
+        v["token"].as_str().unwrap(),
+        &server.jwks_keys().await,
+        now_s(),
+    )
+    .unwrap();
     let q = claims.quota.unwrap();
     assert_eq!((q.meter.as_str(), q.used, q.limit), ("calls", 6.0, 5.0));
     assert!(q.period_end.is_some());
     // Validation is read-only: usage did not move, and the same holds after a restart.
     server.stop();
     let server = fx.start();
-    let v = validate(&server, &pk, json!({"key": block["key"]})).await;
+    let v = server
+        .validate_license(&pk, json!({"key": block["key"]}))
+        .await;
     assert_eq!(
         (v["code"].as_str(), v["quota"]["used"].as_f64()),
         (Some("QUOTA_EXCEEDED"), Some(6.0))
@@ -411,12 +403,10 @@ async fn crossing_a_quota_blocks_or_reports_the_overage() {
 async fn license_files_open_with_the_key_and_fail_when_tampered() {
     let fx = Fixture::new();
     let server = fx.start();
-    let keys = jwks(&server).await;
-    let lic = create(
-        &server,
-        json!({"product": "cad", "customer": "acme", "entitlements": ["pro"]}),
-    )
-    .await;
+    let keys = server.jwks_keys().await;
+    let lic = server
+        .create_license(json!({"product": "cad", "customer": "acme", "entitlements": ["pro"]}))
+        .await;
     let (id, key) = (lic["id"].as_str().unwrap(), lic["key"].as_str().unwrap());
     let issue = |body: Value| {
         let server = &server;
@@ -491,12 +481,10 @@ async fn license_files_open_with_the_key_and_fail_when_tampered() {
 async fn the_license_key_is_shown_once_and_never_stored_or_logged() {
     let fx = Fixture::new();
     let server = fx.start();
-    let lic = create(
-        &server,
-        json!({"product": "cad", "customer": "acme",
-               "policy": {"type": "seat", "seats": {"max": 2, "mode": "floating"}}}),
-    )
-    .await;
+    let lic = server
+        .create_license(json!({"product": "cad", "customer": "acme",
+               "policy": {"type": "seat", "seats": {"max": 2, "mode": "floating"}}}))
+        .await;
     let (id, key) = (
         lic["id"].as_str().unwrap().to_owned(),
         lic["key"].as_str().unwrap().to_owned(),
@@ -569,10 +557,7 @@ async fn the_license_key_is_shown_once_and_never_stored_or_logged() {
         ),
         (ADMIN_KEY, "GET", "/metrics".to_owned(), Value::Null),
     ] {
-        let mut req = server
-            .client
-            .request(method.parse().unwrap(), server.url(&path))
-            .bearer_auth(k);
+        let mut req = server.request(method.parse().unwrap(), k, &path);
         if !body.is_null() {
             req = req.json(&body);
         }
@@ -607,17 +592,7 @@ async fn the_license_key_is_shown_once_and_never_stored_or_logged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn license_answers_conform_to_the_published_schema() {
-    let text = std::fs::read_to_string(format!(
-        "{}/schemas/license/v1.json",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap();
-    let schema: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(
-        schema["$schema"],
-        "https://json-schema.org/draft/2020-12/schema"
-    );
-    let validator = jsonschema::draft202012::new(&schema).unwrap();
+    let validator = schema("license/v1.json");
     let check = |v: &Value| {
         let errors: Vec<String> = validator.iter_errors(v).map(|e| e.to_string()).collect();
         assert!(errors.is_empty(), "{v}: {errors:?}");
@@ -638,10 +613,12 @@ async fn license_answers_conform_to_the_published_schema() {
     ];
     let mut ids = Vec::new();
     for b in bodies {
-        let created = create(&server, b).await;
+        let created = server.create_license(b).await;
         check(&created);
         ids.push(created["id"].as_str().unwrap().to_owned());
-        let v = validate(&server, ADMIN_KEY, json!({"key": created["key"]})).await;
+        let v = server
+            .validate_license(ADMIN_KEY, json!({"key": created["key"]}))
+            .await;
         check(&v["license"]);
     }
     for id in &ids {
@@ -658,12 +635,9 @@ async fn license_answers_conform_to_the_published_schema() {
             .await;
         check(&r.json().await.unwrap());
     }
-    let list: Value = server
-        .get(ADMIN_KEY, "/api/v1/licenses?status=suspended")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let list = server
+        .get_json(ADMIN_KEY, "/api/v1/licenses?status=suspended")
+        .await;
     assert_eq!(list["items"].as_array().unwrap().len(), 3);
     for item in list["items"].as_array().unwrap() {
         check(item);
@@ -683,56 +657,50 @@ async fn license_answers_conform_to_the_published_schema() {
 async fn license_cli_manages_licenses_on_a_running_server() {
     let fx = Fixture::new();
     let server = fx.start();
-    let cli = |args: &[&str]| {
-        let out = std::process::Command::new(bin())
-            .arg("license")
-            .args(args)
-            .args(["--url", &server.base])
-            .env("KEYMETER_ADMIN_KEY", ADMIN_KEY)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
-    let (ok, out, err) = cli(&[
-        "create",
-        "--product",
-        "cad",
-        "--customer",
-        "acme",
-        "--entitlement",
-        "pro",
-        "--policy",
-        r#"{"type":"seat","seats":{"max":2,"mode":"floating"}}"#,
-    ]);
+    let (ok, out, err) = license_cli(
+        &server.base,
+        &[
+            "create",
+            "--product",
+            "cad",
+            "--customer",
+            "acme",
+            "--entitlement",
+            "pro",
+            "--policy",
+            r#"{"type":"seat","seats":{"max":2,"mode":"floating"}}"#,
+        ],
+    )
+    .await;
     assert!(ok, "{err}");
     let created: Value = serde_json::from_str(&out).unwrap();
     let id = created["id"].as_str().unwrap();
     assert!(created["key"].as_str().unwrap().starts_with("lk_"));
-    let (ok, out, _) = cli(&["suspend", id, "--reason", "audit"]);
+    let (ok, out, _) = license_cli(&server.base, &["suspend", id, "--reason", "audit"]).await;
     assert!(ok);
     assert_eq!(
         serde_json::from_str::<Value>(&out).unwrap()["status"],
         "suspended"
     );
-    let (ok, out, _) = cli(&["list", "--status", "suspended"]);
+    let (ok, out, _) = license_cli(&server.base, &["list", "--status", "suspended"]).await;
     assert!(ok);
     assert_eq!(
         serde_json::from_str::<Value>(&out).unwrap()["items"][0]["id"],
         id
     );
-    let (ok, _, err) = cli(&["suspend", id]);
+    let (ok, _, err) = license_cli(&server.base, &["suspend", id]).await;
     assert!(!ok && err.contains("409"), "{err}");
-    let (ok, out, _) = cli(&["renew", id, "--expires-at", "2099-01-01T00:00:00Z"]);
+    let (ok, out, _) = license_cli(
+        &server.base,
+        &["renew", id, "--expires-at", "2099-01-01T00:00:00Z"],
+    )
+    .await;
     assert!(ok);
     assert_eq!(
         serde_json::from_str::<Value>(&out).unwrap()["expires_at"],
         "2099-01-01T00:00:00Z"
     );
-    let (ok, out, _) = cli(&["show", id]);
+    let (ok, out, _) = license_cli(&server.base, &["show", id]).await;
     assert!(ok && !out.contains("lk_"));
     let out = std::process::Command::new(bin())
         .args(["license", "show", id, "--url", &server.base])

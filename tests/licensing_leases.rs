@@ -2,37 +2,18 @@
 //! reclaimed through a logged `SeatLeaseExpired`, so a rebuild from the log
 //! gives the same seats; a heartbeat keeps a lease alive.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+mod common;
+
 use std::sync::Arc;
 
-use keymeter::config::Config;
-use keymeter::engine::{Clock, Engine, EngineHandle};
+use common::engine::{config, ManualClock};
+use keymeter::engine::{Engine, EngineHandle};
 use keymeter::license::model::NewLicense;
 use keymeter::license::License;
 use keymeter::record::{Audit, LicenseSecret, Record};
 use serde_json::json;
 
-struct ManualClock(AtomicI64);
-
-impl Clock for ManualClock {
-    fn now_ms(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
 const T0: i64 = 1_800_000_000_000;
-
-fn config(root: &std::path::Path) -> Config {
-    use base64::Engine as _;
-    Config {
-        data_dir: root.join("data"),
-        bootstrap_admin_key: Some("km_test_admin_key_0123456789abcdef".into()),
-        master_key: Some(keymeter::crypto::SecretString::new(
-            base64::engine::general_purpose::STANDARD.encode([9u8; 32]),
-        )),
-        ..Config::default()
-    }
-}
 
 fn audit() -> Audit {
     Audit {
@@ -75,7 +56,7 @@ fn seats(handle: &EngineHandle, id: &str) -> Vec<(String, String, Option<i64>)> 
 fn a_lapsed_lease_is_reclaimed_through_the_log_and_replays_the_same() {
     let root = tempfile::tempdir().unwrap();
     let cfg = config(root.path());
-    let clock = Arc::new(ManualClock(AtomicI64::new(T0)));
+    let clock = Arc::new(ManualClock::new(T0));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -97,21 +78,21 @@ fn a_lapsed_lease_is_reclaimed_through_the_log_and_replays_the_same() {
             .unwrap_err();
         assert_eq!(refused.code, "SEAT_LIMIT_EXCEEDED");
         // A heartbeat 50 s in moves the lease end to 110 s.
-        clock.0.store(T0 + 50_000, Ordering::SeqCst);
+        clock.set(T0 + 50_000);
         let hb = handle
             .heartbeat_seat(id.clone(), a.seat_id.clone())
             .await
             .unwrap()
             .unwrap();
         assert_eq!(hb.expires_ms, Some(T0 + 110_000));
-        clock.0.store(T0 + 109_999, Ordering::SeqCst);
+        clock.set(T0 + 109_999);
         let still = handle
             .checkout_seat(id.clone(), "b".into(), audit())
             .await
             .unwrap();
         assert!(still.is_err(), "the lease has not lapsed yet");
         // Exactly at the lease end the seat is free again.
-        clock.0.store(T0 + 110_000, Ordering::SeqCst);
+        clock.set(T0 + 110_000);
         let b = handle
             .checkout_seat(id.clone(), "b".into(), audit())
             .await

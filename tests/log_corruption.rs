@@ -2,11 +2,14 @@
 //! a torn tail is cut (and kept aside), and nothing else is ever cut. Also: a second process
 //! cannot open a log directory that is in use (which would interleave two writers' frames).
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use keymeter::log::frame::{encode_batch, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
+use common::log_files::{frames, modify, segments, torn_files, FRAME_HEADER_LEN};
+use keymeter::log::frame::encode_batch;
 use keymeter::log::{read_range, verify, Log, LogConfig, LogError, Seq};
 
 /// Small segments so a handful of batches spans several files (2 batches of 3 per segment).
@@ -32,73 +35,6 @@ fn build_log(dir: &Path, batches: usize) -> Log {
     log
 }
 
-fn segments(dir: &Path) -> Vec<PathBuf> {
-    let mut paths: Vec<PathBuf> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
-        .collect();
-    paths.sort();
-    paths
-}
-
-fn torn_files(dir: &Path) -> Vec<PathBuf> {
-    let mut paths: Vec<PathBuf> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .starts_with("torn-")
-        })
-        .collect();
-    paths.sort();
-    paths
-}
-
-#[derive(Debug, Clone, Copy)]
-struct FrameAt {
-    offset: usize,
-    seq: Seq,
-    payload_len: usize,
-}
-
-impl FrameAt {
-    fn payload_start(&self) -> usize {
-        self.offset + FRAME_HEADER_LEN
-    }
-    fn end(&self) -> usize {
-        self.payload_start() + self.payload_len
-    }
-}
-
-/// Walks a well-formed segment by the documented format.
-fn frames(segment: &Path) -> Vec<FrameAt> {
-    let bytes = fs::read(segment).unwrap();
-    let mut frames = Vec::new();
-    let mut offset = SEGMENT_HEADER_LEN;
-    while offset < bytes.len() {
-        let payload_len = u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap());
-        let seq = u64::from_le_bytes(bytes[offset + 9..offset + 17].try_into().unwrap());
-        let frame = FrameAt {
-            offset,
-            seq,
-            payload_len: payload_len as usize,
-        };
-        offset = frame.end();
-        frames.push(frame);
-    }
-    frames
-}
-
-fn modify(path: &Path, change: impl FnOnce(&mut Vec<u8>)) {
-    let mut bytes = fs::read(path).unwrap();
-    change(&mut bytes);
-    fs::write(path, bytes).unwrap();
-}
-
 fn expect_corrupt(err: LogError) -> (PathBuf, u64, Option<Seq>, String) {
     match err {
         LogError::Corrupt {
@@ -118,7 +54,7 @@ fn flipped_payload_byte_in_sealed_segment_names_segment_and_seq_in_verify_and_op
     let segs = segments(tmp.path());
     assert!(segs.len() >= 3, "need a sealed middle segment: {segs:?}");
     let sealed = &segs[1];
-    let target = frames(sealed)[4];
+    let target = frames(sealed)[4].clone();
     modify(sealed, |b| b[target.payload_start() + 3] ^= 0x01);
     let len_before = fs::metadata(sealed).unwrap().len();
 
@@ -155,7 +91,7 @@ fn damaged_frame_in_last_segment_with_valid_frames_after_it_is_refused_not_cut()
     let tmp = tempfile::tempdir().unwrap();
     drop(build_log(tmp.path(), 6));
     let last = segments(tmp.path()).pop().unwrap();
-    let target = frames(&last)[1];
+    let target = frames(&last)[1].clone();
     modify(&last, |b| b[target.payload_start()] ^= 0x80);
     let len_before = fs::metadata(&last).unwrap().len();
 
@@ -180,7 +116,7 @@ fn damaged_length_field_in_last_segment_with_valid_frames_after_it_is_refused_no
     let tmp = tempfile::tempdir().unwrap();
     drop(build_log(tmp.path(), 6));
     let last = segments(tmp.path()).pop().unwrap();
-    let target = frames(&last)[0];
+    let target = frames(&last)[0].clone();
     // The length now runs past the end of the file, which alone would look like a torn frame.
     modify(&last, |b| b[target.offset + 2] = 0x7f);
     let len_before = fs::metadata(&last).unwrap().len();
@@ -195,7 +131,7 @@ fn rewritten_payload_with_recomputed_crc_is_caught_by_the_hash_chain() {
     let tmp = tempfile::tempdir().unwrap();
     drop(build_log(tmp.path(), 6));
     let last = segments(tmp.path()).pop().unwrap();
-    let target = frames(&last)[2];
+    let target = frames(&last)[2].clone();
     modify(&last, |b| {
         let at = target.payload_start();
         b[at..at + 7].copy_from_slice(b"{\"seq\":");
@@ -227,9 +163,9 @@ fn last_segment_truncated_mid_frame_is_cut_to_last_complete_batch_and_appends_co
     assert_eq!(last_frames.len(), 2 * RECORDS_PER_BATCH);
     let original = fs::read(&last).unwrap();
     // Crash inside the second frame of the segment's second batch.
-    let torn_frame = last_frames[RECORDS_PER_BATCH + 1];
+    let torn_frame = &last_frames[RECORDS_PER_BATCH + 1];
     let torn_len = torn_frame.payload_start() + 5;
-    let batch_end = last_frames[RECORDS_PER_BATCH - 1];
+    let batch_end = &last_frames[RECORDS_PER_BATCH - 1];
     let expected_head = batch_end.seq;
     fs::OpenOptions::new()
         .write(true)
@@ -361,9 +297,9 @@ fn crc_failure_in_the_final_frame_with_nothing_after_it_is_a_torn_tail() {
     drop(build_log(tmp.path(), 6));
     let last = segments(tmp.path()).pop().unwrap();
     let last_frames = frames(&last);
-    let final_frame = *last_frames.last().unwrap();
+    let final_frame = last_frames.last().unwrap();
     modify(&last, |b| b[final_frame.end() - 1] ^= 0x01);
-    let previous_batch_end = last_frames[RECORDS_PER_BATCH - 1];
+    let previous_batch_end = &last_frames[RECORDS_PER_BATCH - 1];
 
     let (log, recovery) = Log::open(tmp.path(), CFG).unwrap();
     assert_eq!(log.head_seq(), previous_batch_end.seq);
@@ -379,7 +315,7 @@ fn truncated_sealed_segment_is_corrupt_and_never_cut() {
     let tmp = tempfile::tempdir().unwrap();
     drop(build_log(tmp.path(), 6));
     let sealed = segments(tmp.path())[0].clone();
-    let target = *frames(&sealed).last().unwrap();
+    let target = frames(&sealed).pop().unwrap();
     let cut_len = (target.payload_start() + 2) as u64;
     fs::OpenOptions::new()
         .write(true)

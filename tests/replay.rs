@@ -34,9 +34,7 @@ async fn replay_rebuilds_counters_byte_identical_to_the_live_ones() {
     for b in 0..20 {
         let events: Vec<_> = (0..50)
             .map(|i| {
-                let t = chrono::DateTime::from_timestamp_millis(now - (b * 50 + i) * 37_013)
-                    .unwrap()
-                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+                let t = rfc3339_ms(now - (b * 50 + i) * 37_013);
                 event(
                     &format!("{b}-{i}"),
                     "e",
@@ -54,13 +52,7 @@ async fn replay_rebuilds_counters_byte_identical_to_the_live_ones() {
             json!({"slug": "late", "eventType": "e", "aggregation": "MAX", "valueProperty": "$.n"}),
         )
         .await;
-    let r = server
-        .client
-        .delete(server.url("/api/v1/meters/avg"))
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .unwrap();
+    let r = server.delete(ADMIN_KEY, "/api/v1/meters/avg").await;
     assert_eq!(r.status(), 204);
     let before = server
         .query("sum", "windowSize=HOUR&groupBy=subject&groupBy=region")
@@ -74,11 +66,7 @@ async fn replay_rebuilds_counters_byte_identical_to_the_live_ones() {
         live.len()
     );
     let out = run(&["replay", "--data-dir", dir.path().to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("rebuilt all projections"));
     let rebuilt = dump(dir.path());
     assert_eq!(live.len(), rebuilt.len());
@@ -92,12 +80,7 @@ async fn replay_rebuilds_counters_byte_identical_to_the_live_ones() {
         .query("sum", "windowSize=HOUR&groupBy=subject&groupBy=region")
         .await;
     assert_eq!(before, after);
-    let meters: serde_json::Value = server
-        .get(ADMIN_KEY, "/api/v1/meters")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let meters = server.get_json(ADMIN_KEY, "/api/v1/meters").await;
     let slugs: Vec<&str> = meters
         .as_array()
         .unwrap()

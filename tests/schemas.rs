@@ -1,20 +1,12 @@
 //! The published JSON Schemas agree with what the server accepts: every
 //! example is accepted by the decoder exactly when the schema validates it.
 
+mod common;
+
+use common::schema;
 use keymeter::event::{decode_body, BodyKind, Decoded, TimeWindow};
 use keymeter::meter::MeterDef;
 use serde_json::{json, Value};
-
-fn schema(path: &str) -> jsonschema::Validator {
-    let text =
-        std::fs::read_to_string(format!("{}/schemas/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap();
-    let schema: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(
-        schema["$schema"],
-        "https://json-schema.org/draft/2020-12/schema"
-    );
-    jsonschema::draft202012::new(&schema).unwrap()
-}
 
 fn decoder_accepts(event: &Value) -> bool {
     // A window wide enough that only the envelope is judged.

@@ -8,39 +8,16 @@ mod common;
 
 use std::time::Duration;
 
-use common::{assert_no_file_holds, Server, ADMIN_KEY};
+use common::{assert_no_file_holds, now_s, Server, ADMIN_KEY};
 use keymeter_client::signing::{sign, sign_request, RequestParts};
 use serde_json::{json, Value};
 
 const EVENTS: &str = "/api/v1/events";
 
-fn now_s() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
 fn event_body(id: &str) -> Vec<u8> {
     serde_json::to_vec(&json!({"specversion": "1.0", "id": id, "source": "app",
         "type": "api_call", "subject": "customer-1"}))
     .unwrap()
-}
-
-async fn send(
-    server: &Server,
-    key: &str,
-    path: &str,
-    body: &[u8],
-    signature: Option<&str>,
-) -> reqwest::Response {
-    let mut req = server
-        .client
-        .post(server.url(path))
-        .bearer_auth(key)
-        .header("content-type", "application/cloudevents+json")
-        .body(body.to_vec());
-    if let Some(s) = signature {
-        req = req.header("Keymeter-Signature", s);
-    }
-    req.send().await.unwrap()
 }
 
 async fn expect_refusal(r: reqwest::Response, status: u16, code: &str) {
@@ -54,48 +31,17 @@ async fn count(server: &Server) -> f64 {
     server.total("calls", "").await
 }
 
-/// Sends an event body signed with `secret` (id `sid`).
-async fn send_signed(
-    server: &Server,
-    key: &str,
-    body: &[u8],
-    secret: &str,
-    sid: &str,
-) -> reqwest::Response {
-    let signature = sign_request(secret, sid, "POST", EVENTS, body);
-    send(server, key, EVENTS, body, Some(&signature)).await
-}
-
 /// Creates a product; returns (secret id, secret).
 async fn product(server: &Server, id: &str, require: bool) -> (String, String) {
-    let r = server
-        .post_json(
-            ADMIN_KEY,
-            "/api/v1/products",
-            &json!({"id": id, "requireSignatures": require}),
-        )
-        .await;
-    assert_eq!(r.status(), 201);
-    let p: Value = r.json().await.unwrap();
-    (
-        p["signingSecret"]["id"].as_str().unwrap().to_owned(),
-        p["signingSecret"]["secret"].as_str().unwrap().to_owned(),
-    )
+    server
+        .create_product(json!({"id": id, "requireSignatures": require}))
+        .await
 }
 
 async fn product_key(server: &Server, product: &str) -> String {
-    let r = server
-        .post_json(
-            ADMIN_KEY,
-            "/api/v1/api-keys",
-            &json!({"name": "app", "scopes": ["ingest"], "product": product}),
-        )
-        .await;
-    assert_eq!(r.status(), 201);
-    r.json::<Value>().await.unwrap()["key"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    server
+        .create_key_with(json!({"name": "app", "scopes": ["ingest"], "product": product}))
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,12 +60,10 @@ async fn signed_calls_are_verified_and_replays_refused() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
 
     // Not required yet: unsigned calls pass, signed ones are checked.
-    let r = send(&server, &key, EVENTS, &event_body("e0"), None).await;
+    let r = server.post_event(&key, &event_body("e0"), None).await;
     assert_eq!(r.status(), 204);
     let r = server
-        .client
-        .patch(server.url("/api/v1/products/acme"))
-        .bearer_auth(ADMIN_KEY)
+        .request(reqwest::Method::PATCH, ADMIN_KEY, "/api/v1/products/acme")
         .json(&json!({"requireSignatures": true}))
         .send()
         .await
@@ -127,30 +71,25 @@ async fn signed_calls_are_verified_and_replays_refused() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["requireSignatures"], true);
 
-    let unsigned = send(&server, &key, EVENTS, &event_body("e1"), None).await;
+    let unsigned = server.post_event(&key, &event_body("e1"), None).await;
     expect_refusal(unsigned, 401, "SIGNATURE_REQUIRED").await;
 
     let body = event_body("e2");
     let header = sign_request(&secret, &sid, "POST", EVENTS, &body);
-    let r = send(&server, &key, EVENTS, &body, Some(&header)).await;
+    let r = server.post_event(&key, &body, Some(&header)).await;
     assert_eq!(r.status(), 204);
     assert_eq!(count(&server).await, 2.0);
 
     // The same call again, byte for byte: refused, not counted.
-    let replay = send(&server, &key, EVENTS, &body, Some(&header)).await;
+    let replay = server.post_event(&key, &body, Some(&header)).await;
     expect_refusal(replay, 401, "REQUEST_REPLAYED").await;
 
     // A signature for another body, an old timestamp, garbage, another
     // product's secret: each refused with its own code, nothing counted.
     let signed_for_other = sign_request(&secret, &sid, "POST", EVENTS, &event_body("e3"));
-    let r = send(
-        &server,
-        &key,
-        EVENTS,
-        &event_body("e4"),
-        Some(&signed_for_other),
-    )
-    .await;
+    let r = server
+        .post_event(&key, &event_body("e4"), Some(&signed_for_other))
+        .await;
     expect_refusal(r, 401, "SIGNATURE_INVALID").await;
     let req = RequestParts {
         method: "POST",
@@ -159,35 +98,25 @@ async fn signed_calls_are_verified_and_replays_refused() {
         body: &body,
     };
     let stale = sign(&secret, &sid, now_s() - 600, "stale-nonce-0123456789", &req);
-    let r = send(&server, &key, EVENTS, &body, Some(&stale.to_header_value())).await;
+    let r = server
+        .post_event(&key, &body, Some(&stale.to_header_value()))
+        .await;
     expect_refusal(r, 401, "SIGNATURE_EXPIRED").await;
-    let r = send(&server, &key, EVENTS, &body, Some("t=1, v1=zz")).await;
+    let r = server.post_event(&key, &body, Some("t=1, v1=zz")).await;
     expect_refusal(r, 401, "SIGNATURE_MALFORMED").await;
     let body5 = event_body("e5");
     let foreign = sign_request(&other_secret, &other_sid, "POST", EVENTS, &body5);
-    let r = send(&server, &key, EVENTS, &body5, Some(&foreign)).await;
+    let r = server.post_event(&key, &body5, Some(&foreign)).await;
     expect_refusal(r, 401, "SIGNATURE_KEY_UNKNOWN").await;
     // The query string is signed too.
     let path = "/api/v1/meters/calls/query";
     let signed_query = sign_request(&secret, &sid, "GET", &format!("{path}?windowSize=DAY"), b"");
-    let read_key = {
-        let r = server
-            .post_json(
-                ADMIN_KEY,
-                "/api/v1/api-keys",
-                &json!({"name": "reader", "scopes": ["read"], "product": "acme"}),
-            )
-            .await;
-        r.json::<Value>().await.unwrap()["key"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    };
+    let read_key = server
+        .create_key_with(json!({"name": "reader", "scopes": ["read"], "product": "acme"}))
+        .await;
     let get = |q: &str, sig: &str| {
         server
-            .client
-            .get(server.url(&format!("{path}?{q}")))
-            .bearer_auth(&read_key)
+            .request(reqwest::Method::GET, &read_key, &format!("{path}?{q}"))
             .header("Keymeter-Signature", sig.to_owned())
             .send()
     };
@@ -220,21 +149,20 @@ async fn signed_calls_are_verified_and_replays_refused() {
         .enumerate()
     {
         let b = event_body(&format!("rot{i}"));
-        let r = send_signed(&server, &key, &b, s, k).await;
+        let r = server.post_signed_event(&key, &b, s, k).await;
         assert_eq!(r.status(), 204);
     }
     let r = server
-        .client
-        .delete(server.url(&format!("/api/v1/products/acme/signing-secrets/{sid}")))
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .unwrap();
+        .delete(
+            ADMIN_KEY,
+            &format!("/api/v1/products/acme/signing-secrets/{sid}"),
+        )
+        .await;
     assert_eq!(r.status(), 204);
     let b = event_body("rot2");
-    let r = send_signed(&server, &key, &b, &secret, &sid).await;
+    let r = server.post_signed_event(&key, &b, &secret, &sid).await;
     expect_refusal(r, 401, "SIGNATURE_KEY_UNKNOWN").await;
-    let r = send_signed(&server, &key, &b, secret2, sid2).await;
+    let r = server.post_signed_event(&key, &b, secret2, sid2).await;
     assert_eq!(r.status(), 204);
     assert_eq!(count(&server).await, 5.0);
 
@@ -256,15 +184,15 @@ async fn signed_calls_are_verified_and_replays_refused() {
     // its timestamp is still within the tolerance.
     let b = event_body("before-restart");
     let captured = sign_request(secret2, sid2, "POST", EVENTS, &b);
-    let r = send(&server, &key, EVENTS, &b, Some(&captured)).await;
+    let r = server.post_event(&key, &b, Some(&captured)).await;
     assert_eq!(r.status(), 204);
     server.stop();
     let server = Server::start(&data);
-    let r = send(&server, &key, EVENTS, &b, Some(&captured)).await;
+    let r = server.post_event(&key, &b, Some(&captured)).await;
     expect_refusal(r, 401, "SIGNATURE_EXPIRED").await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let b = event_body("after-restart");
-    let r = send_signed(&server, &key, &b, secret2, sid2).await;
+    let r = server.post_signed_event(&key, &b, secret2, sid2).await;
     assert_eq!(r.status(), 204, "the secret survives the restart, sealed");
     assert_eq!(count(&server).await, 7.0);
     server.stop();
@@ -301,16 +229,10 @@ async fn rate_limits_answer_429_with_retry_after() {
     );
     let mut licenses = Vec::new();
     for customer in ["a", "b"] {
-        let r = server
-            .post_json(
-                ADMIN_KEY,
-                "/api/v1/licenses",
-                &json!({"product": "p", "customer": customer,
-                    "policy": {"type": "seat", "seats": {"max": 10, "mode": "floating", "lease_ttl_s": 3600}}}),
-            )
+        let v = server
+            .create_license(json!({"product": "p", "customer": customer,
+                "policy": {"type": "seat", "seats": {"max": 10, "mode": "floating", "lease_ttl_s": 3600}}}))
             .await;
-        assert_eq!(r.status(), 201);
-        let v: Value = r.json().await.unwrap();
         licenses.push((
             v["id"].as_str().unwrap().to_owned(),
             v["key"].as_str().unwrap().to_owned(),
@@ -368,15 +290,12 @@ async fn rate_limits_answer_429_with_retry_after() {
     assert_eq!(r.status(), 429);
     assert!(r.headers().contains_key("retry-after"));
     // A refused checkout took no seat.
-    let seats: Value = server
-        .get(
+    let seats = server
+        .get_json(
             ADMIN_KEY,
             &format!("/api/v1/licenses/{}/seats", licenses[1].0),
         )
-        .await
-        .json()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(seats["seats"].as_array().unwrap().len(), 1, "{seats}");
     assert_eq!(
         server

@@ -8,7 +8,6 @@ mod common;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -69,13 +68,14 @@ impl Pki {
         self.dir.path().join("data")
     }
 
-    fn tls_flags(&self) -> Vec<String> {
-        vec![
-            "--tls-cert".into(),
-            self.path("server.pem"),
-            "--tls-key".into(),
-            self.path("server.key"),
-        ]
+    /// Starts the server with the certificate and key as flags, its client
+    /// trusting the test CA.
+    fn start_https(&self) -> Server {
+        let (cert, key) = (self.path("server.pem"), self.path("server.key"));
+        let mut server =
+            Server::start_with(&self.data_dir(), &["--tls-cert", &cert, "--tls-key", &key]);
+        server.client = self.client(None);
+        server
     }
 
     /// An HTTPS client that trusts only the test CA, with an optional client
@@ -120,12 +120,11 @@ fn tokens_meter() -> Value {
 }
 
 fn usage(id: &str, tokens: u64) -> Value {
-    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     event(
         id,
         "api_call",
         "customer-1",
-        &now,
+        &time_from_now(0),
         json!({"tokens": tokens}),
     )
 }
@@ -176,15 +175,12 @@ fn socket_addr(server: &Server) -> SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_api_ingests_and_answers_queries_and_stops_cleanly() {
     let pki = Pki::new();
-    let flags = pki.tls_flags();
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let mut server = Server::start_with(&pki.data_dir(), &flags);
+    let server = pki.start_https();
     assert!(
         server.base.starts_with("https://127.0.0.1:"),
         "{}",
         server.base
     );
-    server.client = pki.client(None);
 
     server.create_meter(tokens_meter()).await;
     let r = server
@@ -211,10 +207,7 @@ async fn https_api_ingests_and_answers_queries_and_stops_cleanly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_http_to_the_tls_port_fails_and_is_counted() {
     let pki = Pki::new();
-    let flags = pki.tls_flags();
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let mut server = Server::start_with(&pki.data_dir(), &flags);
-    server.client = pki.client(None);
+    let server = pki.start_https();
     assert_eq!(handshake_failures(&server).await, 0);
 
     let plain_url = server.base.replace("https://", "http://");
@@ -274,9 +267,7 @@ async fn healthz_with_versions(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_12_and_13_clients_are_served_while_a_handshake_stalls() {
     let pki = Pki::new();
-    let flags = pki.tls_flags();
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let server = Server::start_with(&pki.data_dir(), &flags);
+    let server = pki.start_https();
     let addr = socket_addr(&server);
 
     // A client that connects and never starts its handshake.
@@ -378,40 +369,14 @@ async fn with_a_client_ca_ingest_requires_a_verified_client_certificate() {
 /// Runs `keymeter serve` with `args` and expects it to exit on its own with
 /// an error; returns its stderr.
 fn serve_must_fail(data_dir: &Path, args: &[&str]) -> String {
-    let mut child = Command::new(bin())
-        .arg("serve")
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(["--listen", "127.0.0.1:0"])
-        .args(args)
-        .env("KEYMETER_MASTER_KEY", TEST_MASTER_KEY)
-        .env_remove("KEYMETER_TLS_CERT")
-        .env_remove("KEYMETER_TLS_KEY")
-        .env_remove("KEYMETER_TLS_CLIENT_CA")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("keymeter serve {args:?} kept running");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    assert!(!status.success(), "{args:?} exited 0: {stderr}");
-    stderr
+    exits_with_error(
+        serve_command(data_dir)
+            .args(args)
+            .env("KEYMETER_MASTER_KEY", TEST_MASTER_KEY)
+            .env_remove("KEYMETER_TLS_CERT")
+            .env_remove("KEYMETER_TLS_KEY")
+            .env_remove("KEYMETER_TLS_CLIENT_CA"),
+    )
 }
 
 #[test]

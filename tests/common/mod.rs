@@ -1,6 +1,10 @@
 //! Runs the real `keymeter` binary on an ephemeral port for end-to-end tests.
 #![allow(dead_code)]
 
+pub mod engine;
+pub mod kafka;
+pub mod log_files;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -20,8 +24,56 @@ pub struct Server {
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
+/// What `keymeter serve` prints, followed by its base URL, once it listens.
+pub const LISTENING: &str = "keymeter listening on ";
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_keymeter")
+}
+
+/// `keymeter serve` on `data_dir` and an ephemeral loopback port.
+pub fn serve_command(data_dir: &Path) -> Command {
+    let mut cmd = Command::new(bin());
+    // A data dir directly in the system temp dir would leave its generated
+    // `<data>.master-key` behind there: give those a fixed test key.
+    if data_dir.parent() == Some(std::env::temp_dir().as_path()) {
+        cmd.env("KEYMETER_MASTER_KEY", TEST_MASTER_KEY);
+    }
+    cmd.arg("serve")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--listen", "127.0.0.1:0"]);
+    cmd
+}
+
+/// Runs `cmd`, which must exit on its own, within a minute, with an error;
+/// returns its stderr.
+pub fn exits_with_error(cmd: &mut Command) -> String {
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("{cmd:?} kept running");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(!status.success(), "{cmd:?} exited 0: {stderr}");
+    stderr
 }
 
 impl Server {
@@ -35,17 +87,7 @@ impl Server {
 
     /// Like `start_with`, with extra `KEYMETER_*` environment variables.
     pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut cmd = Command::new(bin());
-        // A data dir directly in the system temp dir would leave its generated
-        // `<data>.master-key` behind there: give those a fixed test key.
-        if data_dir.parent() == Some(std::env::temp_dir().as_path()) {
-            cmd.env("KEYMETER_MASTER_KEY", TEST_MASTER_KEY);
-        }
-        let mut child = cmd
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["--listen", "127.0.0.1:0"])
+        let mut child = serve_command(data_dir)
             .args(["--bootstrap-admin-key", ADMIN_KEY])
             .args(extra)
             .envs(env.iter().copied())
@@ -74,7 +116,7 @@ impl Server {
             assert!(Instant::now() < deadline, "server did not start");
             match lines.next() {
                 Some(Ok(line)) => {
-                    if let Some(url) = line.strip_prefix("keymeter listening on ") {
+                    if let Some(url) = line.strip_prefix(LISTENING) {
                         break url.trim().to_owned();
                     }
                 }
@@ -116,10 +158,18 @@ impl Server {
         assert!(status.success(), "clean exit expected: {}", self.stderr());
     }
 
+    /// A request to `path` with `key`, to be completed and sent.
+    pub fn request(
+        &self,
+        method: reqwest::Method,
+        key: &str,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        self.client.request(method, self.url(path)).bearer_auth(key)
+    }
+
     pub async fn post_json(&self, key: &str, path: &str, body: &Value) -> reqwest::Response {
-        self.client
-            .post(self.url(path))
-            .bearer_auth(key)
+        self.request(reqwest::Method::POST, key, path)
             .json(body)
             .send()
             .await
@@ -127,23 +177,79 @@ impl Server {
     }
 
     pub async fn get(&self, key: &str, path: &str) -> reqwest::Response {
-        self.client
-            .get(self.url(path))
-            .bearer_auth(key)
+        self.request(reqwest::Method::GET, key, path)
             .send()
             .await
             .unwrap()
     }
 
-    pub async fn ingest(&self, key: &str, events: &[Value]) -> reqwest::Response {
-        self.client
-            .post(self.url("/api/v1/events"))
-            .bearer_auth(key)
-            .header("content-type", "application/cloudevents-batch+json")
-            .body(serde_json::to_vec(events).unwrap())
+    pub async fn delete(&self, key: &str, path: &str) -> reqwest::Response {
+        self.request(reqwest::Method::DELETE, key, path)
             .send()
             .await
             .unwrap()
+    }
+
+    /// The JSON body of a GET, whatever its status (`/readyz` answers 503
+    /// with a body worth reading).
+    pub async fn get_json(&self, key: &str, path: &str) -> Value {
+        self.get(key, path).await.json().await.unwrap()
+    }
+
+    /// Posts `body` as it is to the ingest route, under `content_type`.
+    pub async fn post_events(
+        &self,
+        key: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        self.request(reqwest::Method::POST, key, "/api/v1/events")
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Posts one event body (`application/cloudevents+json`), with a
+    /// `Keymeter-Signature` when given.
+    pub async fn post_event(
+        &self,
+        key: &str,
+        body: &[u8],
+        signature: Option<&str>,
+    ) -> reqwest::Response {
+        let mut req = self
+            .request(reqwest::Method::POST, key, "/api/v1/events")
+            .header("content-type", "application/cloudevents+json")
+            .body(body.to_vec());
+        if let Some(s) = signature {
+            req = req.header("Keymeter-Signature", s);
+        }
+        req.send().await.unwrap()
+    }
+
+    /// Posts one event body signed with a product's signing secret `secret`
+    /// (id `sid`).
+    pub async fn post_signed_event(
+        &self,
+        key: &str,
+        body: &[u8],
+        secret: &str,
+        sid: &str,
+    ) -> reqwest::Response {
+        let signature =
+            keymeter_client::signing::sign_request(secret, sid, "POST", "/api/v1/events", body);
+        self.post_event(key, body, Some(&signature)).await
+    }
+
+    pub async fn ingest(&self, key: &str, events: &[Value]) -> reqwest::Response {
+        self.post_events(
+            key,
+            "application/cloudevents-batch+json",
+            serde_json::to_vec(events).unwrap(),
+        )
+        .await
     }
 
     pub async fn create_meter(&self, meter: Value) {
@@ -152,18 +258,44 @@ impl Server {
     }
 
     pub async fn create_key(&self, scopes: &[&str]) -> String {
-        let r = self
-            .post_json(
-                ADMIN_KEY,
-                "/api/v1/api-keys",
-                &json!({"name": format!("{scopes:?}"), "scopes": scopes}),
-            )
-            .await;
+        self.create_key_with(json!({"name": format!("{scopes:?}"), "scopes": scopes}))
+            .await
+    }
+
+    /// Creates an API key from a full request body; returns the key.
+    pub async fn create_key_with(&self, body: Value) -> String {
+        let r = self.post_json(ADMIN_KEY, "/api/v1/api-keys", &body).await;
         assert_eq!(r.status(), 201);
         r.json::<Value>().await.unwrap()["key"]
             .as_str()
             .unwrap()
             .to_owned()
+    }
+
+    /// Creates a license; returns the answer, which alone holds its key.
+    pub async fn create_license(&self, body: Value) -> Value {
+        let r = self.post_json(ADMIN_KEY, "/api/v1/licenses", &body).await;
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+        r.json().await.unwrap()
+    }
+
+    /// Creates a product; returns its first signing secret as (id, secret).
+    pub async fn create_product(&self, body: Value) -> (String, String) {
+        let r = self.post_json(ADMIN_KEY, "/api/v1/products", &body).await;
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+        let p: Value = r.json().await.unwrap();
+        (
+            p["signingSecret"]["id"].as_str().unwrap().to_owned(),
+            p["signingSecret"]["secret"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    pub async fn validate_license(&self, key: &str, body: Value) -> Value {
+        let r = self
+            .post_json(key, "/api/v1/licenses/validate", &body)
+            .await;
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        r.json().await.unwrap()
     }
 
     /// The `/metrics` text (read scope).
@@ -188,14 +320,19 @@ impl Server {
 
     /// The published `/.well-known/jwks.json` document.
     pub async fn jwks_text(&self) -> String {
-        self.client
+        let r = self
+            .client
             .get(self.url("/.well-known/jwks.json"))
             .send()
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.text().await.unwrap()
+    }
+
+    /// The published verifying keys, as a client holds them.
+    pub async fn jwks_keys(&self) -> keymeter_client::Keys {
+        keymeter_client::Keys::from_jwks(&self.jwks_text().await).unwrap()
     }
 
     /// The sum of every row of a meter query.
@@ -224,6 +361,23 @@ impl Drop for Server {
     }
 }
 
+/// Unix milliseconds as an event `time`: RFC 3339 in UTC, to the millisecond.
+pub fn rfc3339_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// An event `time` `offset_ms` from now (negative: in the past).
+pub fn time_from_now(offset_ms: i64) -> String {
+    rfc3339_ms(chrono::Utc::now().timestamp_millis() + offset_ms)
+}
+
+/// Now in Unix seconds, the clock signed tokens and files are checked against.
+pub fn now_s() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
 pub fn event(id: &str, ty: &str, subject: &str, time: &str, data: Value) -> Value {
     json!({
         "specversion": "1.0",
@@ -236,12 +390,51 @@ pub fn event(id: &str, ty: &str, subject: &str, time: &str, data: Value) -> Valu
     })
 }
 
+/// Runs `keymeter license <args> --url <url>` with the test admin key:
+/// success, stdout, stderr.
+pub async fn license_cli(url: &str, args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(bin())
+        .arg("license")
+        .args(args)
+        .args(["--url", url])
+        .env("KEYMETER_ADMIN_KEY", ADMIN_KEY)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// The published JSON Schema at `schemas/<path>`, which must be draft 2020-12.
+pub fn schema(path: &str) -> jsonschema::Validator {
+    let text =
+        std::fs::read_to_string(format!("{}/schemas/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let schema: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        schema["$schema"],
+        "https://json-schema.org/draft/2020-12/schema"
+    );
+    jsonschema::draft202012::new(&schema).unwrap()
+}
+
 /// Runs `keymeter <args>` to completion.
 pub fn run(args: &[&str]) -> std::process::Output {
     Command::new(bin())
         .args(args)
         .output()
         .expect("run keymeter")
+}
+
+/// Fails, showing its stderr, unless a finished command succeeded.
+pub fn assert_success(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Every file below `dir`, recursively.
