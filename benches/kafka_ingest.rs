@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use common::kafka;
 use keymeter::config::{Config, KafkaConfig};
+use keymeter::engine::protocol::{CreateMeter, SourcePositions};
 use keymeter::meter::MeterDef;
 use keymeter::record::Audit;
 use keymeter::source::kafka::{readiness, KafkaSource};
@@ -205,7 +206,8 @@ fn keymeter(bootstrap: &str, ends: &HashMap<i32, i64>, round: usize) -> f64 {
             at_ms: 0,
             request_id: None,
         };
-        rt.block_on(handle.create_meter(def, audit)).unwrap();
+        rt.block_on(handle.send(CreateMeter { def, audit }))
+            .unwrap();
     }
     let source = KafkaSource::start(&kafka, handle.clone()).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -229,7 +231,7 @@ fn keymeter(bootstrap: &str, ends: &HashMap<i32, i64>, round: usize) -> f64 {
     let clock = Instant::now();
     let total: i64 = ends.values().sum();
     loop {
-        let positions = rt.block_on(handle.source_positions()).unwrap();
+        let positions = rt.block_on(handle.send(SourcePositions)).unwrap();
         if ends
             .iter()
             .all(|(p, end)| positions.get(&(TOPIC.to_owned(), *p)) == Some(end))

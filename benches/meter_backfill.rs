@@ -6,6 +6,8 @@
 //! event is created and counts them. Prints p50/p99/max batch latency of
 //! both, their p99 ratio, and how long the count took.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,10 +21,6 @@ use keymeter::record::Audit;
 
 const LOAD_BATCH: usize = 10_000;
 const PROBE_BATCH: usize = 100;
-
-fn quick() -> bool {
-    std::env::var("KEYMETER_BENCH_QUICK").is_ok_and(|v| v == "1")
-}
 
 fn items(prefix: &str, from: usize, n: usize, now_ms: i64) -> Vec<Decoded> {
     (from..from + n)
@@ -83,23 +81,14 @@ fn row(name: &str, h: &Histogram<u64>) {
     );
 }
 
-fn config(root: &std::path::Path) -> Config {
-    use base64::Engine as _;
-    Config {
-        data_dir: root.join("data"),
-        master_key: Some(keymeter::crypto::SecretString::new(
-            base64::engine::general_purpose::STANDARD.encode([5u8; 32]),
-        )),
-        dedup_keys_max: 20_000_000,
-        ..Config::default()
-    }
-}
-
 fn main() {
-    let events: usize = if quick() { 20_000 } else { 10_000_000 };
-    let probe_time = Duration::from_secs(if quick() { 1 } else { 10 });
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let cfg = config(dir.path());
+    let events: usize = if common::quick() { 20_000 } else { 10_000_000 };
+    let probe_time = Duration::from_secs(if common::quick() { 1 } else { 10 });
+    let dir = common::temp_dir();
+    let cfg = Config {
+        dedup_keys_max: 20_000_000,
+        ..common::config(dir.path().join("data"))
+    };
     let started = Engine::open(&cfg, Arc::new(SystemClock)).unwrap();
     let handle = started.engine.handle();
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -7,6 +7,7 @@ mod common;
 use std::sync::Arc;
 
 use common::engine::{config, ManualClock};
+use keymeter::engine::protocol::{CheckoutSeat, CreateLicense, HeartbeatSeat};
 use keymeter::engine::{Engine, EngineHandle};
 use keymeter::license::model::NewLicense;
 use keymeter::license::License;
@@ -36,11 +37,24 @@ async fn create(handle: &EngineHandle, ttl_s: u64) -> String {
         sealed_key: shared.crypto.seal(key.as_bytes(), license.id.as_bytes()),
     };
     handle
-        .create_license(license, secret, audit())
+        .send(CreateLicense {
+            license: Box::new(license),
+            secret,
+            audit: audit(),
+        })
         .await
         .unwrap()
         .unwrap()
         .id
+}
+
+fn checkout(license_id: &str, fingerprint: &str) -> CheckoutSeat {
+    CheckoutSeat {
+        license_id: license_id.to_owned(),
+        fingerprint: fingerprint.to_owned(),
+        new_seat_id: format!("seat_{fingerprint}"),
+        audit: audit(),
+    }
 }
 
 fn seats(handle: &EngineHandle, id: &str) -> Vec<(String, String, Option<i64>)> {
@@ -65,42 +79,33 @@ fn a_lapsed_lease_is_reclaimed_through_the_log_and_replays_the_same() {
     let handle = engine.handle();
     let before = rt.block_on(async {
         let id = create(&handle, 60).await;
-        let a = handle
-            .checkout_seat(id.clone(), "a".into(), audit())
-            .await
-            .unwrap()
-            .unwrap();
+        let a = handle.send(checkout(&id, "a")).await.unwrap().unwrap();
         assert_eq!(a.expires_ms, Some(T0 + 60_000));
-        let refused = handle
-            .checkout_seat(id.clone(), "b".into(), audit())
-            .await
-            .unwrap()
-            .unwrap_err();
+        let refused = handle.send(checkout(&id, "b")).await.unwrap().unwrap_err();
         assert_eq!(refused.code, "SEAT_LIMIT_EXCEEDED");
         // A heartbeat 50 s in moves the lease end to 110 s.
         clock.set(T0 + 50_000);
         let hb = handle
-            .heartbeat_seat(id.clone(), a.seat_id.clone())
+            .send(HeartbeatSeat {
+                license_id: id.clone(),
+                seat_id: a.seat_id.clone(),
+            })
             .await
             .unwrap()
             .unwrap();
         assert_eq!(hb.expires_ms, Some(T0 + 110_000));
         clock.set(T0 + 109_999);
-        let still = handle
-            .checkout_seat(id.clone(), "b".into(), audit())
-            .await
-            .unwrap();
+        let still = handle.send(checkout(&id, "b")).await.unwrap();
         assert!(still.is_err(), "the lease has not lapsed yet");
         // Exactly at the lease end the seat is free again.
         clock.set(T0 + 110_000);
-        let b = handle
-            .checkout_seat(id.clone(), "b".into(), audit())
-            .await
-            .unwrap()
-            .unwrap();
+        let b = handle.send(checkout(&id, "b")).await.unwrap().unwrap();
         assert!(b.new);
         let gone = handle
-            .heartbeat_seat(id.clone(), a.seat_id.clone())
+            .send(HeartbeatSeat {
+                license_id: id.clone(),
+                seat_id: a.seat_id.clone(),
+            })
             .await
             .unwrap()
             .unwrap_err();

@@ -2,6 +2,8 @@
 //! outside the crate, is opened, fed live batches, caught up on start after
 //! its state was lost, and rebuilt by replay, with no other change.
 
+mod common;
+
 use std::sync::Arc;
 
 use keymeter::config::Config;
@@ -72,17 +74,6 @@ fn registry() -> Registry {
     })
 }
 
-fn config(root: &std::path::Path) -> Config {
-    use base64::Engine as _;
-    Config {
-        data_dir: root.join("data"),
-        master_key: Some(keymeter::crypto::SecretString::new(
-            base64::engine::general_purpose::STANDARD.encode([7u8; 32]),
-        )),
-        ..Config::default()
-    }
-}
-
 fn key(name: &str) -> CreateApiKey {
     CreateApiKey {
         key: ApiKeyRecord {
@@ -135,7 +126,7 @@ fn run(cfg: &Config, keys: &[&str]) {
 #[test]
 fn a_registered_projection_is_fed_live_caught_up_and_rebuilt() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path());
+    let cfg = common::engine::config(dir.path());
 
     // Live: the projector hands it every batch (the bootstrap key included).
     run(&cfg, &["alpha", "beta"]);

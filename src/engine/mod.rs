@@ -19,7 +19,6 @@
 //! - [`decide`]: the writer's state and decisions (pure).
 
 pub mod batch;
-mod compat;
 pub mod decide;
 mod open;
 mod projector;
