@@ -26,7 +26,8 @@ use crate::license::model::{LicenseUpdate, NewLicense, StatusAction};
 use crate::license::seats::check_fingerprint;
 use crate::license::{decide, utc_ms, License, Refusal, Request, Status};
 use crate::metrics::metrics;
-use crate::projection::licenses::{PublishedLicense, UsageQuery};
+use crate::projection::licenses::PublishedLicense;
+use crate::projection::usage::UsageQuery;
 use crate::record::LicenseSecret;
 
 /// Longest accepted license key, nonce or fingerprint in a validation.

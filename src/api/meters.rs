@@ -240,7 +240,7 @@ fn read_states(
             .collect()
     };
     let states =
-        crate::projection::counters::read_states(&shared.store.counters, &shared.overlay, &ranges)
+        crate::projection::reads::read_states(&shared.store.counters, &shared.overlay, &ranges)
             .map_err(ApiError::internal)?;
     let mut out = Vec::with_capacity(states.len());
     for (k, state) in states {

@@ -6,7 +6,8 @@ use crate::log::Seq;
 use crate::projection::EventFacts;
 use crate::record::Record;
 
-use super::protocol::Answer;
+/// Sends an answer once its batch is durable and applied.
+pub type Answer = Box<dyn FnOnce() + Send>;
 
 /// The records one batch of requests produced, in log order, with each
 /// accepted event's parsed facts (so the projector does not parse them again).

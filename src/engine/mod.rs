@@ -20,6 +20,7 @@
 
 pub mod batch;
 pub mod decide;
+mod handle;
 mod open;
 mod projector;
 pub mod protocol;
@@ -33,9 +34,10 @@ use std::thread::JoinHandle;
 use arc_swap::ArcSwap;
 
 pub use crate::clock::{Clock, SystemClock};
+pub use handle::EngineHandle;
 pub use open::{rebuild, rebuild_with};
 pub use protocol::{
-    EngineError, EngineHandle, IngestOutcome, Origin, RejectedItem, Renewal, SeatLease, StartError,
+    EngineError, IngestOutcome, Origin, RejectedItem, Renewal, SeatLease, StartError,
 };
 
 use crate::auth::KeyRing;
@@ -44,7 +46,8 @@ use crate::event::TimeWindow;
 use crate::log::Seq;
 use crate::meter::MeterSet;
 use crate::metrics::metrics;
-use crate::projection::licenses::{PublishedLicenses, UsageCache};
+use crate::projection::licenses::PublishedLicenses;
+use crate::projection::usage::UsageCache;
 use crate::projection::{Overlay, ProjectionError, Store};
 
 /// State readers use without waiting on the writer. The projections

@@ -10,8 +10,9 @@ use tokio::sync::mpsc;
 
 use super::batch::{Job, Pending};
 use super::decide::WriterState;
+use super::handle::{Command, EngineHandle};
 use super::projector::Projector;
-use super::protocol::{Command, CreateApiKey, EngineHandle, StartError};
+use super::protocol::{CreateApiKey, StartError};
 use super::syncer::Syncer;
 use super::writer::{self, Writer, LEASE_SWEEP_INTERVAL};
 use super::{report_progress, spawn_stage, Engine, Shared, Started};

@@ -12,7 +12,8 @@ use tokio::sync::mpsc;
 
 use super::batch::{Batch, Job, Pending};
 use super::decide::WriterState;
-use super::protocol::{Command, StartError, SweepLeases};
+use super::handle::Command;
+use super::protocol::{StartError, SweepLeases};
 use crate::audit::CheckpointSchedule;
 use crate::clock::Clock;
 use crate::metrics::metrics;

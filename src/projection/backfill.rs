@@ -18,6 +18,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use super::{EventFacts, ProjectionError};
 use crate::log::{self, Seq};
 use crate::meter::{CompiledMeter, Fold};
+use crate::metrics::metrics;
 use crate::record::Record;
 
 /// A meter to count from the start of the log through `before - 1`.
@@ -109,9 +110,21 @@ fn fold_before(
                 continue;
             };
             if facts.ty == meter.def().event_type {
-                super::counters::fold_one(meter, &facts, &mut fold);
+                fold_one(meter, &facts, &mut fold);
             }
         }
     }
     Ok(fold)
+}
+
+/// Folds one logged event into `fold` for `meter`; an event the meter
+/// cannot read is counted and skipped.
+pub(super) fn fold_one(meter: &CompiledMeter, facts: &EventFacts, fold: &mut Fold) {
+    match meter.extract(facts.data.as_deref()) {
+        Ok(obs) => fold.apply(meter, &facts.subject, facts.time_ms, &obs),
+        Err(e) => metrics()
+            .fold_skipped_total
+            .with_label_values(&[e.code()])
+            .inc(),
+    }
 }

@@ -11,20 +11,19 @@
 //! crash loses only overlay state, which replay restores.
 
 use std::collections::BTreeMap;
-use std::ops::Range;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use super::backfill::{self, Job};
-use super::licenses::{UsageCache, UsageInner};
+use super::backfill::{self, fold_one, Job};
+use super::reads::{decode_state, Overlay};
+use super::usage::{UsageCache, UsageInner};
 use super::{
     checkpoint, decode_json, put_checkpoint, Applied, EventFacts, OpenContext, Projection,
     ProjectionError,
 };
 use crate::log::Seq;
 use crate::meter::{AggState, CompiledMeter, CounterKey, Fold, MeterDef, MeterSet};
-use crate::metrics::metrics;
 use crate::record::Record;
 
 const METER_DEF_PREFIX: u8 = 0x01;
@@ -33,48 +32,8 @@ const BACKFILL_PREFIX: u8 = 0x02;
 /// Flush early when this many counter states are waiting.
 const OVERLAY_STATES_MAX: usize = 200_000;
 
-/// Counter states changed since the last flush, shared with queries.
-pub type Overlay = Arc<RwLock<BTreeMap<Vec<u8>, AggState>>>;
-
 /// Meters whose past is still being counted, with the seq of their creation.
 pub type Backfills = Arc<ArcSwap<BTreeMap<String, Seq>>>;
-
-/// The states of the counter keys in `ranges`, newest first: the overlay is
-/// read before sled, so a state flushed (and dropped from the overlay)
-/// between the two reads is still found in sled, and nothing a query could
-/// see before it started is missing from its answer.
-pub fn read_states(
-    tree: &sled::Tree,
-    overlay: &Overlay,
-    ranges: &[Range<Vec<u8>>],
-) -> Result<BTreeMap<Vec<u8>, AggState>, ProjectionError> {
-    let mut states = BTreeMap::new();
-    {
-        let overlay = overlay.read().expect("overlay lock");
-        for r in ranges {
-            for (k, v) in overlay.range(r.clone()) {
-                states.insert(k.clone(), v.clone());
-            }
-        }
-    }
-    for r in ranges {
-        for kv in tree.range(r.clone()) {
-            let (k, v) = kv?;
-            if let std::collections::btree_map::Entry::Vacant(e) = states.entry(k.to_vec()) {
-                e.insert(decode_state(&k, &v)?);
-            }
-        }
-    }
-    Ok(states)
-}
-
-fn decode_state(k: &[u8], v: &[u8]) -> Result<AggState, ProjectionError> {
-    AggState::decode(v).map_err(|e| ProjectionError::Value {
-        tree: "counters",
-        key: hex::encode(k),
-        reason: e.to_string(),
-    })
-}
 
 /// Folds one event into `fold` for every meter of its type; events a meter
 /// cannot read are counted and skipped (they were checked against the meters
@@ -96,16 +55,6 @@ fn fold_event(meters: &MeterSet, facts: &EventFacts, fold: &mut Fold) {
     }
     for meter in meters.for_type(&facts.ty) {
         fold_one(meter, facts, fold);
-    }
-}
-
-pub(super) fn fold_one(meter: &CompiledMeter, facts: &EventFacts, fold: &mut Fold) {
-    match meter.extract(facts.data.as_deref()) {
-        Ok(obs) => fold.apply(meter, &facts.subject, facts.time_ms, &obs),
-        Err(e) => metrics()
-            .fold_skipped_total
-            .with_label_values(&[e.code()])
-            .inc(),
     }
 }
 

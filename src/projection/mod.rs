@@ -23,8 +23,10 @@ pub mod counters;
 pub mod dedup;
 pub mod docs;
 pub mod licenses;
+pub mod reads;
 pub mod registry;
 pub mod store;
+pub mod usage;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -36,7 +38,8 @@ use crate::log::{self, Seq};
 pub use crate::meter::MeterSet;
 use crate::product::ProductRing;
 use crate::record::Record;
-pub use counters::{Backfills, Overlay};
+pub use counters::Backfills;
+pub use reads::Overlay;
 pub use registry::{replay_log, ProjectionSpec, Registry};
 pub use store::{source_key, KeyValue, Store};
 
@@ -117,7 +120,7 @@ pub struct Readers {
     pub keys: Arc<ArcSwap<KeyRing>>,
     pub products: Arc<ArcSwap<ProductRing>>,
     pub licenses: Arc<licenses::PublishedLicenses>,
-    pub usage: Arc<licenses::UsageCache>,
+    pub usage: Arc<usage::UsageCache>,
     /// Counter states not yet flushed to sled; queries read them on top.
     pub overlay: Overlay,
     /// Meters whose past is still being counted.
