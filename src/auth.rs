@@ -1,4 +1,5 @@
-//! API keys and scopes.
+//! API keys: generation, digests, the live key ring, and what a
+//! [`Scope`] allows.
 //!
 //! A key is 32 random bytes, shown once as `km_<id>_<secret>`. Only its
 //! SHA-256 is stored (in the log and in sled). A fast hash is enough here:
@@ -10,43 +11,13 @@ use std::collections::HashMap;
 
 use base64::Engine as _;
 use rand::RngCore;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::record::ApiKeyRecord;
+use crate::scope::Scope;
 
 /// Shortest operator-supplied key accepted (e.g. `KEYMETER_BOOTSTRAP_ADMIN_KEY`).
 pub const SUPPLIED_KEY_CHARS_MIN: usize = 24;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Scope {
-    /// Send usage events.
-    Ingest,
-    /// Read meters, usage and quarantine.
-    Read,
-    /// Everything, including managing meters and API keys.
-    Admin,
-}
-
-impl Scope {
-    pub fn parse(s: &str) -> Option<Scope> {
-        match s {
-            "ingest" => Some(Scope::Ingest),
-            "read" => Some(Scope::Read),
-            "admin" => Some(Scope::Admin),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::Ingest => "ingest",
-            Scope::Read => "read",
-            Scope::Admin => "admin",
-        }
-    }
-}
 
 /// Does a key holding `held` pass a route that needs `needed`? Admin implies
 /// every other scope.

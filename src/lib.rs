@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod product;
 pub mod projection;
 pub mod record;
+pub mod scope;
 pub mod signing;
 pub mod source;
 pub mod tls;

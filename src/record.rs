@@ -6,12 +6,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::meter::MeterDef;
+use crate::scope::Scope;
 
 pub const RECORD_VERSION: u8 = 1;
-
-/// Longest raw input kept for a quarantined record; longer input is cut and
-/// marked `truncated`.
-pub const QUARANTINE_RAW_BYTES_MAX: usize = 64 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Record {
@@ -241,40 +238,17 @@ pub struct RejectedRecord {
     pub position: Option<SourcePosition>,
     pub code: String,
     pub message: String,
-    /// The input's bytes (the first `QUARANTINE_RAW_BYTES_MAX` of them).
+    /// The input's bytes, cut to a bound that the engine sets.
     pub raw: Vec<u8>,
+    /// The input was longer than `raw`.
     pub truncated: bool,
-}
-
-impl RejectedRecord {
-    pub fn new(
-        received_ms: i64,
-        origin: &str,
-        index: Option<u32>,
-        code: &str,
-        message: &str,
-        raw: &[u8],
-    ) -> RejectedRecord {
-        let truncated = raw.len() > QUARANTINE_RAW_BYTES_MAX;
-        let kept = &raw[..raw.len().min(QUARANTINE_RAW_BYTES_MAX)];
-        RejectedRecord {
-            received_ms,
-            origin: origin.to_owned(),
-            index,
-            position: None,
-            code: code.to_owned(),
-            message: message.to_owned(),
-            raw: kept.to_vec(),
-            truncated,
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiKeyRecord {
     pub id: String,
     pub name: String,
-    pub scopes: Vec<crate::auth::Scope>,
+    pub scopes: Vec<Scope>,
     /// SHA-256 of the full key; the key itself is never stored.
     pub key_sha256: [u8; 32],
     pub created_ms: i64,
@@ -324,21 +298,21 @@ mod tests {
             raw: "{\"id\":\"x\"}".into(),
         });
         assert_eq!(Record::decode(&r.encode()).unwrap(), r);
-        let q = Record::Rejected(RejectedRecord::new(
-            1,
-            "http",
-            Some(3),
-            "C",
-            "m",
-            &[b'x'; 70_000],
-        ));
-        match Record::decode(&q.encode()).unwrap() {
-            Record::Rejected(q) => {
-                assert!(q.truncated);
-                assert_eq!(q.raw.len(), QUARANTINE_RAW_BYTES_MAX);
-            }
-            other => panic!("{other:?}"),
-        }
+        let q = Record::Rejected(RejectedRecord {
+            received_ms: 1,
+            origin: "kafka".into(),
+            index: Some(3),
+            position: Some(SourcePosition {
+                topic: "usage".into(),
+                partition: 2,
+                offset: 40,
+            }),
+            code: "C".into(),
+            message: "m".into(),
+            raw: vec![b'x'; 100],
+            truncated: true,
+        });
+        assert_eq!(Record::decode(&q.encode()).unwrap(), q);
     }
 
     #[test]
@@ -378,6 +352,34 @@ mod tests {
             at_ms: 1,
         };
         assert_eq!(expired.encode()[1], 16);
+    }
+
+    #[test]
+    fn api_key_records_keep_their_encoding() {
+        let r = Record::ApiKeyCreated {
+            key: ApiKeyRecord {
+                id: "ab".into(),
+                name: "k".into(),
+                scopes: vec![Scope::Ingest, Scope::Admin],
+                key_sha256: [7; 32],
+                created_ms: 5,
+            },
+            audit: Audit {
+                actor: Some("op".into()),
+                at_ms: 6,
+                request_id: None,
+            },
+        };
+        let mut expected = vec![RECORD_VERSION, 4, 2, b'a', b'b', 1, b'k', 2, 0, 2];
+        expected.extend([7; 32]);
+        expected.extend([10, 1, 2, b'o', b'p', 12, 0]);
+        assert_eq!(r.encode(), expected);
+        assert_eq!(Record::decode(&expected).unwrap(), r);
+        let Record::ApiKeyCreated { key, .. } = r else {
+            unreachable!()
+        };
+        let json = serde_json::to_value(&key).unwrap();
+        assert_eq!(json["scopes"], serde_json::json!(["ingest", "admin"]));
     }
 
     #[test]

@@ -79,7 +79,7 @@ fn key(name: &str) -> CreateApiKey {
         key: ApiKeyRecord {
             id: format!("id-{name}"),
             name: name.into(),
-            scopes: vec![keymeter::auth::Scope::Ingest],
+            scopes: vec![keymeter::scope::Scope::Ingest],
             key_sha256: keymeter::auth::key_digest(&format!("km_secret_{name}_0123456789")),
             created_ms: 0,
         },

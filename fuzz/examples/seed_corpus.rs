@@ -145,8 +145,17 @@ fn real_segment() -> Vec<u8> {
         raw: EVENT.into(),
     })
     .encode();
-    let rejected =
-        Record::Rejected(RejectedRecord::new(1, "http", Some(2), "C", "m", b"{}")).encode();
+    let rejected = Record::Rejected(RejectedRecord {
+        received_ms: 1,
+        origin: "http".into(),
+        index: Some(2),
+        position: None,
+        code: "C".into(),
+        message: "m".into(),
+        raw: b"{}".to_vec(),
+        truncated: false,
+    })
+    .encode();
     log.append_batch(&[event.as_slice(), rejected.as_slice()])
         .unwrap();
     log.append_batch(&[b"x".as_slice()]).unwrap();
@@ -258,14 +267,16 @@ fn log_record() {
         ),
         (
             "rejected",
-            Record::Rejected(RejectedRecord::new(
-                1_780_000_000_000,
-                "kafka",
-                Some(3),
-                "MALFORMED_JSON",
-                "not JSON",
-                b"\xff{",
-            )),
+            Record::Rejected(RejectedRecord {
+                received_ms: 1_780_000_000_000,
+                origin: "kafka".into(),
+                index: Some(3),
+                position: None,
+                code: "MALFORMED_JSON".into(),
+                message: "not JSON".into(),
+                raw: b"\xff{".to_vec(),
+                truncated: false,
+            }),
         ),
         (
             "meter_created",

@@ -10,8 +10,9 @@ use axum::http::header;
 use axum::http::request::Parts;
 
 use super::{ApiError, AppState};
-use crate::auth::{allows, Scope};
+use crate::auth::allows;
 use crate::error_code::ErrorCode;
+use crate::scope::Scope;
 use crate::tls::TlsPeer;
 
 pub trait RequiredScope: Send + Sync + 'static {

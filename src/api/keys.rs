@@ -9,11 +9,12 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{Admin, ApiError, AppState, Auth};
-use crate::auth::{generate_key, key_digest, Scope};
+use crate::auth::{generate_key, key_digest};
 use crate::engine::protocol::{CreateApiKey, RevokeApiKey, SaveProduct};
 use crate::error_code::ErrorCode;
 use crate::event::fmt_ms;
 use crate::record::ApiKeyRecord;
+use crate::scope::Scope;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

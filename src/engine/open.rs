@@ -17,7 +17,7 @@ use super::syncer::Syncer;
 use super::writer::{self, Writer, LEASE_SWEEP_INTERVAL};
 use super::{report_progress, spawn_stage, Engine, Shared, Started};
 use crate::audit::{AnchorFile, CheckpointSchedule};
-use crate::auth::{self, Scope};
+use crate::auth;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::license::LicenseBook;
@@ -26,6 +26,7 @@ use crate::meter::MeterSet;
 use crate::projection::dedup::DedupIndex;
 use crate::projection::{self, OpenContext, Projection, ProjectionError, Readers, Registry, Store};
 use crate::record::{ApiKeyRecord, Audit, Record};
+use crate::scope::Scope;
 use crate::source::checkpoint::SourceCheckpoint;
 
 /// Records per chunk when replaying the log into the projections.

@@ -16,6 +16,10 @@ use crate::projection::EventFacts;
 use crate::record::{EventRecord, Record, RejectedRecord, SourcePosition};
 use crate::source::checkpoint::PartitionId;
 
+/// Longest raw input kept for a quarantined record; longer input is cut and
+/// marked `truncated`.
+const QUARANTINE_RAW_BYTES_MAX: usize = 64 * 1024;
+
 impl Request for Ingest {
     type Output = IngestOutcome;
 
@@ -66,12 +70,11 @@ impl Request for RejectBody {
             .events_rejected_total
             .with_label_values(&[self.rejection.code])
             .inc();
-        let record = RejectedRecord::new(
+        let record = quarantine_record(
             self.received_ms,
             self.origin,
             None,
-            self.rejection.code.as_str(),
-            &self.rejection.message,
+            &self.rejection,
             &self.raw,
         );
         batch.push(Record::Rejected(record), None);
@@ -183,14 +186,7 @@ fn quarantined(
     rejection: &Rejection,
     raw: &[u8],
 ) -> RejectedRecord {
-    let mut record = RejectedRecord::new(
-        received_ms,
-        origin.label(),
-        Some(index),
-        rejection.code.as_str(),
-        &rejection.message,
-        raw,
-    );
+    let mut record = quarantine_record(received_ms, origin.label(), Some(index), rejection, raw);
     if let Origin::Kafka { delta, offsets } = origin {
         record.position = offsets.get(index as usize).map(|&offset| SourcePosition {
             topic: delta.topic.clone(),
@@ -199,4 +195,71 @@ fn quarantined(
         });
     }
     record
+}
+
+/// The quarantine record of refused input: its first
+/// [`QUARANTINE_RAW_BYTES_MAX`] bytes, marked `truncated` when cut, and no
+/// source position.
+fn quarantine_record(
+    received_ms: i64,
+    origin: &str,
+    index: Option<u32>,
+    rejection: &Rejection,
+    raw: &[u8],
+) -> RejectedRecord {
+    let truncated = raw.len() > QUARANTINE_RAW_BYTES_MAX;
+    let kept = &raw[..raw.len().min(QUARANTINE_RAW_BYTES_MAX)];
+    RejectedRecord {
+        received_ms,
+        origin: origin.to_owned(),
+        index,
+        position: None,
+        code: rejection.code.as_str().to_owned(),
+        message: rejection.message.clone(),
+        raw: kept.to_vec(),
+        truncated,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejection() -> Rejection {
+        Rejection {
+            code: ErrorCode::MalformedJson,
+            message: "not JSON".into(),
+        }
+    }
+
+    #[test]
+    fn quarantine_keeps_short_input_whole() {
+        let q = quarantine_record(1, "http", Some(3), &rejection(), b"\xff{");
+        assert_eq!(
+            q,
+            RejectedRecord {
+                received_ms: 1,
+                origin: "http".into(),
+                index: Some(3),
+                position: None,
+                code: "MALFORMED_JSON".into(),
+                message: "not JSON".into(),
+                raw: b"\xff{".to_vec(),
+                truncated: false,
+            }
+        );
+        let exact = vec![b'x'; QUARANTINE_RAW_BYTES_MAX];
+        let q = quarantine_record(1, "http", None, &rejection(), &exact);
+        assert!(!q.truncated);
+        assert_eq!(q.raw, exact);
+    }
+
+    #[test]
+    fn quarantine_cuts_long_input_and_marks_it() {
+        let q = quarantine_record(1, "http", Some(3), &rejection(), &[b'x'; 70_000]);
+        assert!(q.truncated);
+        assert_eq!(q.raw.len(), QUARANTINE_RAW_BYTES_MAX);
+        let decoded = Record::decode(&Record::Rejected(q.clone()).encode()).unwrap();
+        assert_eq!(decoded, Record::Rejected(q));
+    }
 }
