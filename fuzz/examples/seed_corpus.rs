@@ -281,7 +281,7 @@ fn log_record() {
         (
             "meter_created",
             Record::MeterCreated {
-                meter: AsJson(meter),
+                meter: AsJson::new(meter),
                 audit: audit.clone(),
             },
         ),
