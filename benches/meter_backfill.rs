@@ -121,18 +121,21 @@ fn main() {
     };
     let start = Instant::now();
     let (during, counted_in) = rt.block_on(async {
-        let create = handle.send(CreateMeter { def, audit });
-        let created = Instant::now();
-        let shared = handle.shared.clone();
-        let counting = move || shared.backfills.load().contains_key("calls");
+        let done = std::cell::Cell::new(false);
+        let counted = async {
+            let created = Instant::now();
+            handle.send(CreateMeter { def, audit }).await.unwrap();
+            while handle.shared.backfills.load().contains_key("calls") {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            done.set(true);
+            created.elapsed()
+        };
         let probe = probe(&handle, "during", || {
-            created.elapsed() >= Duration::from_millis(50)
-                && !counting()
-                && start.elapsed() >= probe_time
+            done.get() && start.elapsed() >= probe_time
         });
-        let (created_meter, h) = tokio::join!(create, probe);
-        created_meter.unwrap();
-        (h, created.elapsed())
+        let (counted_in, h) = tokio::join!(counted, probe);
+        (h, counted_in)
     });
     row("ingest alone", &alone);
     row("ingest while meter counts", &during);
