@@ -91,13 +91,13 @@ mod tests {
     fn keys_are_found_by_full_key_only() {
         let (id, key) = generate_key();
         let ring = KeyRing::from_records([ApiKeyRecord {
-            id: id.clone(),
+            id: id.clone().into(),
             name: "k".into(),
             scopes: vec![Scope::Read],
             key_sha256: key_digest(&key),
             created_ms: 0,
         }]);
-        assert_eq!(ring.lookup(&key).unwrap().id, id);
+        assert_eq!(ring.lookup(&key).unwrap().id.as_str(), id);
         assert!(ring.lookup(&key[..key.len() - 1]).is_none());
         assert!(key.starts_with(&format!("km_{id}_")));
     }

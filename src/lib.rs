@@ -14,6 +14,7 @@ pub mod crypto;
 pub mod engine;
 pub mod error_code;
 pub mod event;
+pub mod id;
 pub mod license;
 pub mod log;
 pub mod memory;

@@ -3,6 +3,7 @@
 //! Encoding: one version byte, then postcard. New variants are only ever
 //! appended at the end of [`Record`], so older logs keep decoding.
 
+use crate::id::{ApiKeyId, LicenseId, MeterSlug, SeatId};
 use serde::{Deserialize, Serialize};
 
 use crate::meter::MeterDef;
@@ -21,7 +22,7 @@ pub enum Record {
         audit: Audit,
     },
     MeterDeleted {
-        slug: String,
+        slug: MeterSlug,
         audit: Audit,
     },
     ApiKeyCreated {
@@ -29,7 +30,7 @@ pub enum Record {
         audit: Audit,
     },
     ApiKeyRevoked {
-        id: String,
+        id: ApiKeyId,
         audit: Audit,
     },
     /// Messages `from..to` of a source partition were consumed, and their
@@ -47,45 +48,45 @@ pub enum Record {
         audit: Audit,
     },
     LicenseSuspended {
-        id: String,
+        id: LicenseId,
         reason: Option<String>,
         audit: Audit,
     },
     LicenseReinstated {
-        id: String,
+        id: LicenseId,
         audit: Audit,
     },
     LicenseRevoked {
-        id: String,
+        id: LicenseId,
         reason: Option<String>,
         audit: Audit,
     },
     /// New `expires_at` (ms; `None`: perpetual).
     LicenseRenewed {
-        id: String,
+        id: LicenseId,
         expires_at_ms: Option<i64>,
         audit: Audit,
     },
     SeatCheckedOut {
-        license_id: String,
+        license_id: LicenseId,
         seat: SeatRecord,
         audit: Audit,
     },
     SeatHeartbeat {
-        license_id: String,
-        seat_id: String,
+        license_id: LicenseId,
+        seat_id: SeatId,
         at_ms: i64,
         expires_ms: Option<i64>,
     },
     SeatReleased {
-        license_id: String,
-        seat_id: String,
+        license_id: LicenseId,
+        seat_id: SeatId,
         audit: Audit,
     },
     /// The writer found the lease lapsed at `at_ms` and reclaimed the seat.
     SeatLeaseExpired {
-        license_id: String,
-        seat_id: String,
+        license_id: LicenseId,
+        seat_id: SeatId,
         at_ms: i64,
     },
     /// A product document after a change (creation included).
@@ -113,7 +114,7 @@ pub enum Record {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LicenseFileIssue {
-    pub license_id: String,
+    pub license_id: LicenseId,
     pub fingerprint_bound: bool,
     pub expires_at_ms: i64,
     /// The signing key's id.
@@ -146,7 +147,7 @@ pub struct LicenseSecret {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeatRecord {
-    pub seat_id: String,
+    pub seat_id: SeatId,
     pub fingerprint: String,
     pub at_ms: i64,
     /// Lease end; `None` for a node-locked seat.
@@ -246,7 +247,7 @@ pub struct RejectedRecord {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiKeyRecord {
-    pub id: String,
+    pub id: ApiKeyId,
     pub name: String,
     pub scopes: Vec<Scope>,
     /// SHA-256 of the full key; the key itself is never stored.

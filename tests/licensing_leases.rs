@@ -9,6 +9,7 @@ use std::sync::Arc;
 use common::engine::{config, ManualClock};
 use keymeter::engine::protocol::{CheckoutSeat, CreateLicense, HeartbeatSeat};
 use keymeter::engine::{Engine, EngineHandle};
+use keymeter::id::{LicenseId, SeatId};
 use keymeter::license::model::NewLicense;
 use keymeter::license::License;
 use keymeter::record::{Audit, LicenseSecret, Record};
@@ -24,7 +25,7 @@ fn audit() -> Audit {
     }
 }
 
-async fn create(handle: &EngineHandle, ttl_s: u64) -> String {
+async fn create(handle: &EngineHandle, ttl_s: u64) -> LicenseId {
     let shared = &handle.shared;
     let new: NewLicense = serde_json::from_value(json!({"product": "p", "customer": "c",
         "policy": {"type": "seat", "seats": {"max": 1, "mode": "floating", "lease_ttl_s": ttl_s}}}))
@@ -48,16 +49,16 @@ async fn create(handle: &EngineHandle, ttl_s: u64) -> String {
         .id
 }
 
-fn checkout(license_id: &str, fingerprint: &str) -> CheckoutSeat {
+fn checkout(license_id: &LicenseId, fingerprint: &str) -> CheckoutSeat {
     CheckoutSeat {
-        license_id: license_id.to_owned(),
+        license_id: license_id.clone(),
         fingerprint: fingerprint.to_owned(),
-        new_seat_id: format!("seat_{fingerprint}"),
+        new_seat_id: format!("seat_{fingerprint}").into(),
         audit: audit(),
     }
 }
 
-fn seats(handle: &EngineHandle, id: &str) -> Vec<(String, String, Option<i64>)> {
+fn seats(handle: &EngineHandle, id: &str) -> Vec<(SeatId, String, Option<i64>)> {
     let state = handle.shared.licenses.get(id).unwrap();
     state
         .seats

@@ -77,7 +77,7 @@ fn registry() -> Registry {
 fn key(name: &str) -> CreateApiKey {
     CreateApiKey {
         key: ApiKeyRecord {
-            id: format!("id-{name}"),
+            id: format!("id-{name}").into(),
             name: name.into(),
             scopes: vec![keymeter::scope::Scope::Ingest],
             key_sha256: keymeter::auth::key_digest(&format!("km_secret_{name}_0123456789")),

@@ -83,7 +83,7 @@ impl<S: RequiredScope> FromRequestParts<AppState> for Auth<S> {
             .map(str::to_owned)
             .unwrap_or_else(crate::auth::generate_id);
         Ok(Auth {
-            key_id: key.id.clone(),
+            key_id: key.id.to_string(),
             request_id,
             _scope: PhantomData,
         })

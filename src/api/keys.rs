@@ -108,7 +108,7 @@ pub async fn create(
             .await?;
     }
     let record = ApiKeyRecord {
-        id,
+        id: id.into(),
         name: new.name,
         scopes,
         key_sha256: key_digest(&key),
@@ -137,7 +137,7 @@ pub async fn revoke(
     state
         .engine
         .send(RevokeApiKey {
-            id,
+            id: id.into(),
             audit: auth.audit(),
         })
         .await?;

@@ -92,7 +92,7 @@ pub async fn create(
     new: Result<Json<NewLicense>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let new = body(new)?;
-    let license = License::create(new_license_id(), new, now(&state)).map_err(refusal)?;
+    let license = License::create(new_license_id().into(), new, now(&state)).map_err(refusal)?;
     check_meters(&state, &license)?;
     let key = crate::crypto::generate_license_key();
     let crypto = &state.engine.shared.crypto;
@@ -176,7 +176,7 @@ pub async fn list(
             p.product.as_ref().is_none_or(|v| *v == l.product)
                 && p.customer.as_ref().is_none_or(|v| *v == l.customer)
                 && status.is_none_or(|v| v == l.status)
-                && p.after.as_ref().is_none_or(|a| l.id > *a)
+                && p.after.as_ref().is_none_or(|a| l.id.as_str() > a.as_str())
         })
         .collect();
     all.sort_by(|a, b| a.license.id.cmp(&b.license.id));
@@ -203,7 +203,7 @@ pub async fn update(
     let outcome = state
         .engine
         .send(rq::UpdateLicense {
-            id,
+            id: id.into(),
             update: Box::new(change),
             audit: auth.audit(),
         })
@@ -235,7 +235,7 @@ async fn change_status(
     let outcome = state
         .engine
         .send(rq::ChangeLicenseStatus {
-            id,
+            id: id.into(),
             action,
             reason,
             audit: auth.audit(),
@@ -333,7 +333,7 @@ pub async fn renew(
     let outcome = state
         .engine
         .send(rq::RenewLicense {
-            id,
+            id: id.into(),
             renewal,
             audit: auth.audit(),
         })
@@ -458,9 +458,9 @@ pub async fn checkout(
     let lease = state
         .engine
         .send(rq::CheckoutSeat {
-            license_id: id.clone(),
+            license_id: id.clone().into(),
             fingerprint: req.fingerprint,
-            new_seat_id: format!("seat_{}", crate::auth::generate_id()),
+            new_seat_id: format!("seat_{}", crate::auth::generate_id()).into(),
             audit: auth.audit(),
         })
         .await?
@@ -485,8 +485,8 @@ pub async fn heartbeat(
     let lease = state
         .engine
         .send(rq::HeartbeatSeat {
-            license_id: id.clone(),
-            seat_id,
+            license_id: id.clone().into(),
+            seat_id: seat_id.into(),
         })
         .await?
         .map_err(refusal)?;
@@ -501,8 +501,8 @@ pub async fn release(
     state
         .engine
         .send(rq::ReleaseSeat {
-            license_id: id,
-            seat_id,
+            license_id: id.into(),
+            seat_id: seat_id.into(),
             audit: auth.audit(),
         })
         .await?

@@ -54,7 +54,13 @@ pub async fn create(
     // The meter counts the events logged before it off the ingest path;
     // answer once that is done, or say it is still running.
     let deadline = tokio::time::Instant::now() + BACKFILL_WAIT;
-    while state.engine.shared.backfills.load().contains_key(&def.slug) {
+    while state
+        .engine
+        .shared
+        .backfills
+        .load()
+        .contains_key(def.slug.as_str())
+    {
         if tokio::time::Instant::now() >= deadline {
             let mut body = meter_json(&def);
             body["backfilling"] = json!(true);
@@ -73,7 +79,7 @@ pub async fn delete(
     state
         .engine
         .send(DeleteMeter {
-            slug,
+            slug: slug.into(),
             audit: auth.audit(),
         })
         .await?;

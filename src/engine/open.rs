@@ -230,7 +230,7 @@ impl Engine {
         };
         let now = handle.shared.clock.now_ms();
         let key_record = ApiKeyRecord {
-            id,
+            id: id.into(),
             name: "bootstrap-admin".into(),
             scopes: vec![Scope::Admin],
             key_sha256: auth::key_digest(&key),

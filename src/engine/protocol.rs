@@ -3,6 +3,7 @@
 //! How the writer decides each request lives in [`super::decide`].
 
 use crate::event::{Decoded, Rejection};
+use crate::id::{ApiKeyId, LicenseId, MeterSlug, SeatId};
 use crate::license::model::{LicenseUpdate, StatusAction};
 use crate::license::License;
 pub use crate::license::Renewal;
@@ -97,7 +98,7 @@ pub struct CreateMeter {
 }
 
 pub struct DeleteMeter {
-    pub slug: String,
+    pub slug: MeterSlug,
     pub audit: Audit,
 }
 
@@ -107,7 +108,7 @@ pub struct CreateApiKey {
 }
 
 pub struct RevokeApiKey {
-    pub id: String,
+    pub id: ApiKeyId,
     pub audit: Audit,
 }
 
@@ -122,20 +123,20 @@ pub struct CreateLicense {
 }
 
 pub struct UpdateLicense {
-    pub id: String,
+    pub id: LicenseId,
     pub update: Box<LicenseUpdate>,
     pub audit: Audit,
 }
 
 pub struct ChangeLicenseStatus {
-    pub id: String,
+    pub id: LicenseId,
     pub action: StatusAction,
     pub reason: Option<String>,
     pub audit: Audit,
 }
 
 pub struct RenewLicense {
-    pub id: String,
+    pub id: LicenseId,
     pub renewal: Renewal,
     pub audit: Audit,
 }
@@ -144,20 +145,20 @@ pub struct RenewLicense {
 /// holds. Linearizable: only the writer allocates seats. `new_seat_id` names
 /// the seat if one is taken (chosen by the caller, so deciding stays pure).
 pub struct CheckoutSeat {
-    pub license_id: String,
+    pub license_id: LicenseId,
     pub fingerprint: String,
-    pub new_seat_id: String,
+    pub new_seat_id: SeatId,
     pub audit: Audit,
 }
 
 pub struct HeartbeatSeat {
-    pub license_id: String,
-    pub seat_id: String,
+    pub license_id: LicenseId,
+    pub seat_id: SeatId,
 }
 
 pub struct ReleaseSeat {
-    pub license_id: String,
-    pub seat_id: String,
+    pub license_id: LicenseId,
+    pub seat_id: SeatId,
     pub audit: Audit,
 }
 
@@ -180,7 +181,7 @@ pub struct SaveProduct {
 /// A seat as a checkout or heartbeat leaves it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeatLease {
-    pub seat_id: String,
+    pub seat_id: SeatId,
     pub fingerprint: String,
     /// Lease end; `None` for a node-locked seat.
     pub expires_ms: Option<i64>,

@@ -4,6 +4,7 @@
 //! (persisted in sled and published to readers); both apply the same
 //! records in the same order, so they agree at every sequence number.
 
+use crate::id::{LicenseId, SeatId};
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
@@ -22,8 +23,8 @@ pub struct LicenseState {
 
 #[derive(Debug, Clone, Default)]
 pub struct LicenseBook {
-    by_id: HashMap<String, LicenseState>,
-    by_digest: HashMap<[u8; 32], String>,
+    by_id: HashMap<LicenseId, LicenseState>,
+    by_digest: HashMap<[u8; 32], LicenseId>,
 }
 
 impl LicenseBook {
@@ -62,7 +63,7 @@ impl LicenseBook {
     }
 
     /// Applies one record; returns the id of the license it changed, if any.
-    pub fn apply(&mut self, record: &Record) -> Option<String> {
+    pub fn apply(&mut self, record: &Record) -> Option<LicenseId> {
         match record {
             Record::LicenseCreated {
                 license, secret, ..
@@ -141,20 +142,20 @@ impl LicenseBook {
 
     fn set_status(
         &mut self,
-        id: &str,
+        id: &LicenseId,
         status: Status,
         reason: Option<String>,
         at_ms: i64,
-    ) -> Option<String> {
+    ) -> Option<LicenseId> {
         let state = self.by_id.get_mut(id)?;
         state.license.status = status;
         state.license.status_reason = reason;
         state.license.updated_at = utc_ms(at_ms);
-        Some(id.to_owned())
+        Some(id.clone())
     }
 
     /// `(license id, seat id)` of every lapsed lease at `now`.
-    pub fn lapsed_leases(&self, now_ms: i64) -> Vec<(String, String)> {
+    pub fn lapsed_leases(&self, now_ms: i64) -> Vec<(LicenseId, SeatId)> {
         let mut out = Vec::new();
         for state in self.by_id.values() {
             for seat_id in state.seats.lapsed(now_ms) {

@@ -2,6 +2,7 @@
 //! and change one, and status transitions. The secret key is not part of the
 //! document: it lives (sealed) beside it, see [`crate::license::book`].
 
+use crate::id::LicenseId;
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
@@ -198,7 +199,7 @@ impl Policy {
 /// A license as created and returned (never with its key).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct License {
-    pub id: String,
+    pub id: LicenseId,
     pub product: String,
     pub customer: String,
     pub status: Status,
@@ -316,7 +317,7 @@ impl License {
     }
 
     /// A new, active license from a create request.
-    pub fn create(id: String, new: NewLicense, now: DateTime<Utc>) -> Result<License, Refusal> {
+    pub fn create(id: LicenseId, new: NewLicense, now: DateTime<Utc>) -> Result<License, Refusal> {
         let license = License {
             id,
             product: new.product,

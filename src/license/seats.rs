@@ -11,12 +11,13 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::model::{SeatMode, SeatPolicy};
+use crate::id::SeatId;
 
 pub const FINGERPRINT_CHARS_MAX: usize = 256;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Seat {
-    pub seat_id: String,
+    pub seat_id: SeatId,
     pub fingerprint: String,
     pub checked_out_ms: i64,
     pub heartbeat_ms: i64,
@@ -33,7 +34,7 @@ impl Seat {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeatTable {
     /// By seat id.
-    seats: BTreeMap<String, Seat>,
+    seats: BTreeMap<SeatId, Seat>,
 }
 
 /// What a checkout should do, decided from the table at `now`.
@@ -42,7 +43,7 @@ pub enum CheckoutPlan {
     /// The fingerprint holds a live seat; renew its lease to `renew_to`
     /// (floating) or leave it (node-locked: `None`).
     Existing {
-        seat_id: String,
+        seat_id: SeatId,
         renew_to: Option<i64>,
     },
     /// A free seat: take it, with this lease end.
@@ -89,7 +90,7 @@ impl SeatTable {
     }
 
     /// Seats whose lease has lapsed at `now` (to be logged as expired).
-    pub fn lapsed(&self, now_ms: i64) -> Vec<String> {
+    pub fn lapsed(&self, now_ms: i64) -> Vec<SeatId> {
         self.seats
             .values()
             .filter(|s| !s.is_live(now_ms))
@@ -166,7 +167,7 @@ mod tests {
         let plan = t.plan_checkout(p, fp, now);
         match &plan {
             CheckoutPlan::New { expires_ms } => t.checked_out(Seat {
-                seat_id: format!("s-{fp}"),
+                seat_id: format!("s-{fp}").into(),
                 fingerprint: fp.into(),
                 checked_out_ms: now,
                 heartbeat_ms: now,
@@ -199,7 +200,7 @@ mod tests {
         take(&mut t, &p, "a", 0);
         assert_eq!(take(&mut t, &p, "b", 59_999), CheckoutPlan::Full);
         assert!(t.lapsed(59_999).is_empty());
-        assert_eq!(t.lapsed(60_000), vec!["s-a".to_owned()]);
+        assert_eq!(t.lapsed(60_000), vec![SeatId::from("s-a")]);
         assert!(matches!(
             take(&mut t, &p, "b", 60_000),
             CheckoutPlan::New { .. }

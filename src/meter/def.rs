@@ -1,5 +1,6 @@
 //! Meter definitions (OpenMeter's model) and their validation into a [`CompiledMeter`].
 
+use crate::id::MeterSlug;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -45,7 +46,7 @@ pub const EVENT_TYPE_CHARS_MAX: usize = 256;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MeterDef {
-    pub slug: String,
+    pub slug: MeterSlug,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     pub event_type: String,
@@ -154,7 +155,7 @@ impl MeterDef {
     pub fn validate(&self) -> Result<CompiledMeter, MeterError> {
         if !is_slug(&self.slug) {
             return Err(MeterError::InvalidSlug {
-                slug: self.slug.clone(),
+                slug: self.slug.to_string(),
             });
         }
         let event_type_chars = self.event_type.chars().count();

@@ -47,7 +47,7 @@ impl MeterSet {
     }
 
     pub fn insert(&mut self, meter: CompiledMeter) {
-        let slug = meter.def().slug.clone();
+        let slug = meter.def().slug.to_string();
         let ty = meter.def().event_type.clone();
         self.remove(&slug);
         let meter = Arc::new(meter);
@@ -95,7 +95,7 @@ impl MeterSet {
         self.for_type(ty)
             .map(|meter| {
                 meter.extract(data).map_err(|error| MeterCheckError {
-                    slug: meter.def().slug.clone(),
+                    slug: meter.def().slug.to_string(),
                     error,
                 })
             })

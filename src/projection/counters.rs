@@ -384,7 +384,7 @@ fn prefixed(prefix: u8, slug: &str) -> Vec<u8> {
 fn compile(tree: &'static str, def: &MeterDef) -> Result<CompiledMeter, ProjectionError> {
     def.validate().map_err(|e| ProjectionError::Value {
         tree,
-        key: def.slug.clone(),
+        key: def.slug.to_string(),
         reason: e.to_string(),
     })
 }

@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 
 use super::store::documents;
 use super::{checkpoint, put_checkpoint, Applied, OpenContext, Projection, ProjectionError};
+use crate::id::LicenseId;
 use crate::license::{LicenseBook, LicenseState};
 use crate::log::Seq;
 
@@ -24,7 +25,7 @@ pub struct Licenses {
     /// Where readers find the licenses.
     published: Arc<PublishedLicenses>,
     /// Licenses changed since they were last published; `None`: all of them.
-    unpublished: Option<Vec<String>>,
+    unpublished: Option<Vec<LicenseId>>,
 }
 
 pub fn open(ctx: &OpenContext<'_>) -> Result<Box<dyn Projection>, ProjectionError> {
@@ -182,7 +183,7 @@ impl std::ops::Deref for PublishedLicense {
 
 /// The licenses as readers see them: by id and by key digest.
 pub struct PublishedLicenses {
-    by_id: ShardedMap<String, Arc<PublishedLicense>>,
+    by_id: ShardedMap<LicenseId, Arc<PublishedLicense>>,
     by_digest: ShardedMap<[u8; 32], Arc<PublishedLicense>>,
 }
 
@@ -210,7 +211,7 @@ impl PublishedLicenses {
     }
 
     /// Republishes the licenses `changed` as they now are in `book`.
-    pub fn publish(&self, book: &LicenseBook, changed: &[String]) {
+    pub fn publish(&self, book: &LicenseBook, changed: &[LicenseId]) {
         let mut ids = Vec::with_capacity(changed.len());
         let mut digests = Vec::with_capacity(changed.len());
         for id in changed {

@@ -11,6 +11,7 @@ use crate::engine::protocol::{
 };
 use crate::error_code::ErrorCode;
 use crate::event::Rejection;
+use crate::id::{LicenseId, SeatId};
 use crate::license::model::StatusAction;
 use crate::license::seats::CheckoutPlan;
 use crate::license::{License, Refusal, SeatPolicy, SeatTable};
@@ -401,7 +402,7 @@ impl WriterState {
         })
     }
 
-    fn reclaim_lapsed(&mut self, license_id: &str, now_ms: i64, batch: &mut Batch) {
+    fn reclaim_lapsed(&mut self, license_id: &LicenseId, now_ms: i64, batch: &mut Batch) {
         let lapsed = self
             .licenses
             .get(license_id)
@@ -409,7 +410,7 @@ impl WriterState {
             .unwrap_or_default();
         for seat_id in lapsed {
             let record = Record::SeatLeaseExpired {
-                license_id: license_id.to_owned(),
+                license_id: license_id.clone(),
                 seat_id,
                 at_ms: now_ms,
             };
@@ -423,7 +424,7 @@ impl WriterState {
         now_ms: i64,
         batch: &mut Batch,
     ) -> Result<SeatLease, Refusal> {
-        let license_id = req.license_id.as_str();
+        let license_id = &req.license_id;
         let policy = self.seat_policy(license_id, now_ms)?;
         self.reclaim_lapsed(license_id, now_ms, batch);
         let seats = &self.licenses.get(license_id).expect("checked").seats;
@@ -435,7 +436,7 @@ impl WriterState {
             CheckoutPlan::Existing { seat_id, renew_to } => {
                 if renew_to.is_some() {
                     let record = Record::SeatHeartbeat {
-                        license_id: license_id.to_owned(),
+                        license_id: license_id.clone(),
                         seat_id: seat_id.clone(),
                         at_ms: now_ms,
                         expires_ms: renew_to,
@@ -455,7 +456,7 @@ impl WriterState {
             }
             CheckoutPlan::New { expires_ms } => {
                 let record = Record::SeatCheckedOut {
-                    license_id: license_id.to_owned(),
+                    license_id: license_id.clone(),
                     seat: SeatRecord {
                         seat_id: req.new_seat_id.clone(),
                         fingerprint: req.fingerprint.clone(),
@@ -477,8 +478,8 @@ impl WriterState {
 
     fn heartbeat_seat(
         &mut self,
-        license_id: &str,
-        seat_id: &str,
+        license_id: &LicenseId,
+        seat_id: &SeatId,
         now_ms: i64,
         batch: &mut Batch,
     ) -> Result<SeatLease, Refusal> {
@@ -493,8 +494,8 @@ impl WriterState {
         }
         let expires_ms = SeatTable::renewal(&policy, now_ms);
         let record = Record::SeatHeartbeat {
-            license_id: license_id.to_owned(),
-            seat_id: seat_id.to_owned(),
+            license_id: license_id.clone(),
+            seat_id: seat_id.clone(),
             at_ms: now_ms,
             expires_ms,
         };

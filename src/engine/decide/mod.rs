@@ -21,6 +21,7 @@ use std::collections::{HashMap, HashSet};
 use super::batch::Batch;
 use super::protocol::EngineError;
 use crate::event::TimeWindow;
+use crate::id::ApiKeyId;
 use crate::license::LicenseBook;
 use crate::log::Seq;
 use crate::meter::MeterSet;
@@ -60,7 +61,7 @@ pub struct WriterState {
     pub sources: SourceCheckpoint,
     pub dedup: DedupIndex,
     pub meters: MeterSet,
-    pub key_ids: HashSet<String>,
+    pub key_ids: HashSet<ApiKeyId>,
     /// Stored version of every product.
     pub product_versions: HashMap<String, u64>,
     /// Authoritative license and seat state.

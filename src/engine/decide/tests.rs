@@ -13,6 +13,7 @@ use crate::engine::protocol::{
     SaveProduct,
 };
 use crate::event::{decode_event_text, Decoded, TimeWindow};
+use crate::id::{LicenseId, SeatId};
 use crate::license::model::{NewLicense, Status, StatusAction};
 use crate::license::{License, LicenseBook};
 use crate::meter::MeterSet;
@@ -158,7 +159,7 @@ proptest! {
     }
 }
 
-fn create_license(s: &mut WriterState, policy: serde_json::Value) -> String {
+fn create_license(s: &mut WriterState, policy: serde_json::Value) -> LicenseId {
     let new: NewLicense = serde_json::from_value(
         serde_json::json!({"product": "p", "customer": "c", "policy": policy}),
     )
@@ -214,7 +215,7 @@ proptest! {
             serde_json::json!({"max": max, "mode": "node_locked"})
         };
         let id = create_license(&mut s, serde_json::json!({"type": "seat", "seats": seats}));
-        let mut model: HashMap<String, String> = HashMap::new(); // fingerprint → seat
+        let mut model: HashMap<String, SeatId> = HashMap::new(); // fingerprint → seat
         for (n, op) in ops.into_iter().enumerate() {
             let now = T0 + n as i64;
             match op {
@@ -223,7 +224,7 @@ proptest! {
                     let request = CheckoutSeat {
                         license_id: id.clone(),
                         fingerprint: fingerprint.clone(),
-                        new_seat_id: format!("seat_{n}"),
+                        new_seat_id: format!("seat_{n}").into(),
                         audit: audit(),
                     };
                     let (out, _) = decide(&mut s, request, now);
@@ -246,7 +247,7 @@ proptest! {
                 }
                 SeatOp::Release(f) => {
                     let fingerprint = format!("machine-{f}");
-                    let seat_id = model.get(&fingerprint).cloned().unwrap_or_else(|| "seat_none".into());
+                    let seat_id = model.get(&fingerprint).cloned().unwrap_or_else(|| SeatId::from("seat_none"));
                     let request = ReleaseSeat { license_id: id.clone(), seat_id, audit: audit() };
                     let (out, _) = decide(&mut s, request, now);
                     match (out.unwrap(), model.remove(&fingerprint)) {
@@ -256,7 +257,7 @@ proptest! {
                     }
                 }
             }
-            let seats: HashMap<String, String> = s.licenses.get(&id).unwrap().seats.all()
+            let seats: HashMap<String, SeatId> = s.licenses.get(&id).unwrap().seats.all()
                 .map(|seat| (seat.fingerprint.clone(), seat.seat_id.clone()))
                 .collect();
             prop_assert!(seats.len() <= max as usize);
