@@ -20,6 +20,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::kafka;
@@ -27,7 +28,8 @@ use keymeter::config::{Config, KafkaConfig};
 use keymeter::engine::protocol::{CreateMeter, SourcePositions};
 use keymeter::meter::MeterDef;
 use keymeter::record::Audit;
-use keymeter::source::kafka::{readiness, KafkaSource};
+use keymeter::source::kafka::KafkaSource;
+use keymeter::source::SourceHealth;
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -209,13 +211,15 @@ fn keymeter(bootstrap: &str, ends: &HashMap<i32, i64>, round: usize) -> f64 {
         rt.block_on(handle.send(CreateMeter { def, audit }))
             .unwrap();
     }
-    let source = KafkaSource::start(&kafka, handle.clone()).unwrap();
+    let health = Arc::new(SourceHealth::new());
+    let source = KafkaSource::start(&kafka, handle.clone(), health.clone()).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while readiness()["assignedPartitions"]
-        .as_array()
-        .is_none_or(|a| a.len() < PARTITIONS as usize)
-    {
-        assert!(Instant::now() < deadline, "no assignment: {}", readiness());
+    while health.positions().len() < PARTITIONS as usize {
+        assert!(
+            Instant::now() < deadline,
+            "no assignment: {}",
+            health.readiness()
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
     let (accepted_before, batches_before) = {

@@ -22,9 +22,9 @@ use axum::routing::post;
 use axum::Json;
 use common::{quantile_k as us, ADMIN_KEY};
 use hdrhistogram::Histogram;
-use keymeter::api::validate_with;
 use keymeter::config::{Config, RateLimit, RateLimits};
 use keymeter::license::Request;
+use keymeter::query::View;
 use serde_json::{json, Value};
 
 #[global_allocator]
@@ -164,7 +164,7 @@ fn main() {
         assert_eq!(r.status(), 204);
 
         // 1. In process.
-        let shared = handle.shared.clone();
+        let view = View::new(handle.shared.clone(), None);
         let entitlements = vec!["pro".to_owned()];
         let request = Request { fingerprint: Some("bench-host"), entitlements: &entitlements, meter: Some("calls") };
         let mut decision = Histogram::<u64>::new(3).unwrap();
@@ -172,12 +172,12 @@ fn main() {
         let claims = br#"{"iss":"keymeter","sub":"lic_0123456789abcdef","iat":1,"exp":2,"nonce":"n","valid":true,"code":"VALID","entitlements":["pro","sso"],"quota":{"meter":"calls","used":100,"limit":1000000,"period_end":"2026-12-01T00:00:00Z"},"seats":{"used":1,"max":10},"expires_at":"2099-01-01T00:00:00Z"}"#;
         for i in 0..calls + calls / 10 {
             let t = Instant::now();
-            let v = validate_with(&shared, key, &request, Some("nonce-1"), chrono::Utc::now(), 300).unwrap();
+            let v = view.validate_key(key, &request, Some("nonce-1"), chrono::Utc::now(), 300).unwrap();
             let ns = t.elapsed().as_nanos() as u64;
             assert_eq!(v.verdict.code.as_str(), "VALID");
             std::hint::black_box(v);
             let t = Instant::now();
-            std::hint::black_box(shared.crypto.sign_jwt(claims));
+            std::hint::black_box(view.crypto().sign_jwt(claims));
             let sign_ns = t.elapsed().as_nanos() as u64;
             if i >= calls / 10 {
                 decision.record(ns).unwrap();

@@ -10,6 +10,8 @@ use std::time::Duration;
 use anyhow::Context;
 use keymeter::config::Config;
 use keymeter::engine::{self, Engine, SystemClock};
+use keymeter::source::kafka::KafkaSource;
+use keymeter::source::SourceHealth;
 use keymeter::tls::{TlsFiles, TlsListener, TlsPeer};
 
 /// Serves until Ctrl-C, SIGTERM or an engine failure, then stops the Kafka
@@ -34,15 +36,16 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     );
     let engine = started.engine;
     let handle = engine.handle();
-    let kafka = match &cfg.kafka {
-        None => None,
-        Some(k) => Some(keymeter::source::kafka::KafkaSource::start(
-            k,
-            handle.clone(),
-        )?),
+    let (kafka, source_health) = match &cfg.kafka {
+        None => (None, None),
+        Some(k) => {
+            let health = Arc::new(SourceHealth::new());
+            let source = KafkaSource::start(k, handle.clone(), health.clone())?;
+            (Some(source), Some(health))
+        }
     };
     let cfg = Arc::new(cfg);
-    let state = keymeter::api::AppState::new(handle.clone(), cfg.clone());
+    let state = keymeter::api::AppState::new(handle.clone(), cfg.clone(), source_health);
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await

@@ -3,7 +3,9 @@
 //! The append-only, hash-chained [`log`] is the single source of truth. The
 //! [`engine`] appends to it while serving (`keys rotate` appends while the
 //! server is stopped); [`projection`]s in sled are folds of it that can be
-//! rebuilt at any time, and [`meter`] holds the pure fold itself.
+//! rebuilt at any time, and [`meter`] holds the pure fold itself. Readers
+//! (the HTTP [`api`]) see the engine's published state through a
+//! [`query::View`].
 
 pub mod api;
 pub mod audit;
@@ -22,6 +24,7 @@ pub mod meter;
 pub mod metrics;
 pub mod product;
 pub mod projection;
+pub mod query;
 pub mod record;
 pub mod scope;
 pub mod signing;

@@ -71,7 +71,12 @@ pub async fn serve(app: axum::Router) -> SocketAddr {
 /// Serves keymeter's API over `handle`, as `keymeter serve` does.
 #[allow(dead_code)]
 pub async fn serve_api(handle: &EngineHandle, cfg: &Config) -> SocketAddr {
-    serve(router(AppState::new(handle.clone(), Arc::new(cfg.clone())))).await
+    serve(router(AppState::new(
+        handle.clone(),
+        Arc::new(cfg.clone()),
+        None,
+    )))
+    .await
 }
 
 /// Stops the servers and then the engine, which flushes what they wrote.

@@ -58,8 +58,7 @@ impl<S: RequiredScope> FromRequestParts<AppState> for Auth<S> {
                 "send an API key as `Authorization: Bearer <key>`",
             )
         })?;
-        let keys = state.engine.shared.keys.load();
-        let key = keys.lookup(presented).ok_or_else(|| {
+        let key = state.view.api_key(presented).ok_or_else(|| {
             ApiError::new(
                 ErrorCode::Unauthenticated,
                 "the API key is unknown or revoked",

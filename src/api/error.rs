@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use crate::engine::EngineError;
 use crate::error_code::ErrorCode;
+use crate::query::meters::QueryError;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -61,6 +62,19 @@ impl From<EngineError> for ApiError {
     }
 }
 
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> ApiError {
+        if e.code == ErrorCode::Internal {
+            return ApiError::internal(e.message);
+        }
+        let error = ApiError::new(e.code, e.message);
+        match e.retry_after_s {
+            Some(s) => error.with_retry_after(s),
+            None => error,
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -80,5 +94,37 @@ impl IntoResponse for ApiError {
             );
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::query::meters::QueryRequest;
+
+    #[test]
+    fn a_refused_query_keeps_its_code_message_and_retry() {
+        let e = ApiError::from(QueryRequest::parse("limit=1").unwrap_err());
+        assert_eq!(e.code, ErrorCode::InvalidQuery);
+        assert_eq!(e.message, "unknown query parameter `limit`");
+        assert_eq!(e.retry_after_s, None);
+        let retry = QueryError {
+            code: ErrorCode::MeterBackfilling,
+            message: "later".into(),
+            retry_after_s: Some(1),
+        };
+        assert_eq!(ApiError::from(retry).retry_after_s, Some(1));
+    }
+
+    #[test]
+    fn a_failed_read_is_told_to_the_log_only() {
+        let failed = QueryError {
+            code: ErrorCode::Internal,
+            message: "state store: disk on fire".into(),
+            retry_after_s: None,
+        };
+        let e = ApiError::from(failed);
+        assert_eq!(e.code, ErrorCode::Internal);
+        assert_eq!(e.message, "internal error; see the server log");
     }
 }

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use super::{Admin, ApiError, AppState, Auth, ClientCert, Ingest};
 use crate::engine::protocol::{self as rq, Origin, RejectBody};
+use crate::engine::IngestOutcome;
 use crate::error_code::ErrorCode;
 use crate::event::{decode_body, fmt_ms, BodyKind};
 use crate::metrics::metrics;
@@ -28,17 +29,10 @@ pub async fn ingest(
         } else {
             ErrorCode::InvalidBody
         };
-        metrics()
-            .events_rejected_total
-            .with_label_values(&[code])
-            .inc();
-        ApiError::new(
+        let limit = state.cfg.body_bytes_max;
+        refused(
             code,
-            format!(
-                "{}; the body limit is {} bytes",
-                e.body_text(),
-                state.cfg.body_bytes_max
-            ),
+            format!("{}; the body limit is {limit} bytes", e.body_text()),
         )
     })?;
     let content_type = headers
@@ -46,11 +40,7 @@ pub async fn ingest(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let Some(kind) = BodyKind::from_content_type(content_type) else {
-        metrics()
-            .events_rejected_total
-            .with_label_values(&[ErrorCode::UnsupportedMediaType])
-            .inc();
-        return Err(ApiError::new(
+        return Err(refused(
             ErrorCode::UnsupportedMediaType,
             format!(
                 "content type {content_type:?} is not accepted; use application/cloudevents+json, \
@@ -58,22 +48,17 @@ pub async fn ingest(
             ),
         ));
     };
-    let shared = &state.engine.shared;
-    let now_ms = shared.clock.now_ms();
+    let now_ms = state.view.now_ms();
     let items = match decode_body(
         &body,
         kind,
         now_ms,
-        shared.window,
-        shared.request_events_max,
+        state.view.event_window(),
+        state.view.request_events_max(),
     ) {
         Ok(items) => items,
         Err(rejection) if rejection.code == ErrorCode::BatchTooLarge => {
-            metrics()
-                .events_rejected_total
-                .with_label_values(&[rejection.code])
-                .inc();
-            return Err(ApiError::new(rejection.code, rejection.message));
+            return Err(refused(rejection.code, rejection.message));
         }
         Err(rejection) => {
             let (code, message) = (rejection.code, rejection.message.clone());
@@ -102,6 +87,22 @@ pub async fn ingest(
             origin: Origin::Http,
         })
         .await?;
+    answer(&outcome, single)
+}
+
+/// A request refused before its events reach the engine (nothing is
+/// quarantined), counted by code.
+fn refused(code: ErrorCode, message: String) -> ApiError {
+    metrics()
+        .events_rejected_total
+        .with_label_values(&[code])
+        .inc();
+    ApiError::new(code, message)
+}
+
+/// `204` with the counts when every event was taken; otherwise the
+/// rejected events (a `single` event's own code, else `INVALID_EVENTS`).
+fn answer(outcome: &IngestOutcome, single: bool) -> Result<Response, ApiError> {
     if outcome.rejected.is_empty() {
         let mut response = StatusCode::NO_CONTENT.into_response();
         let h = response.headers_mut();
@@ -160,9 +161,7 @@ pub async fn quarantine(
         ));
     }
     let page = state
-        .engine
-        .shared
-        .store
+        .view
         .quarantine_page(p.after.unwrap_or(0), limit)
         .map_err(ApiError::internal)?;
     let next = if page.len() == limit {

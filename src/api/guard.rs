@@ -167,25 +167,23 @@ fn refuse(product: &str, err: SignatureError) -> Response {
 /// authentication refuses them, and an unauthenticated caller costs no body
 /// reading here.
 pub async fn verify_signature(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let shared = &state.engine.shared;
-    let key_id = match bearer_token(req.headers())
-        .and_then(|k| shared.keys.load().lookup(k).map(|r| r.id.clone()))
-    {
-        Some(id) => id,
+    let view = &state.view;
+    let key_id = match bearer_token(req.headers()).and_then(|k| view.api_key(k)) {
+        Some(key) => key.id,
         None => return next.run(req).await,
     };
-    let products = shared.products.load();
-    let bound = products.product_of_key(&key_id);
+    let bound = view.product_of_key(&key_id);
     let header = match req.headers().get(SIGNATURE_HEADER) {
         None => {
             return match bound {
-                Some((product, true)) => refuse(product, SignatureError::Required),
+                Some((product, true)) => refuse(&product, SignatureError::Required),
                 _ => next.run(req).await,
             };
         }
         Some(h) => h,
     };
-    let label = bound.map(|(p, _)| p).unwrap_or("none");
+    let bound = bound.map(|(product, _)| product);
+    let label = bound.as_deref().unwrap_or("none");
     let parsed = match header
         .to_str()
         .map_err(|_| SignatureError::Malformed("not visible ASCII".into()))
@@ -194,14 +192,10 @@ pub async fn verify_signature(State(state): State<AppState>, req: Request, next:
         Ok(h) => h,
         Err(e) => return refuse(label, e),
     };
-    let (product, secret) = match products.secret(&parsed.key_id) {
-        Some((p, s)) if bound.is_none_or(|(b, _)| b == p) => {
-            (p.to_owned(), zeroize::Zeroizing::new(s.to_vec()))
-        }
-        _ => return refuse(label, SignatureError::UnknownKey(parsed.key_id)),
+    let Some((product, secret)) = view.signing_secret(&parsed.key_id, bound.as_deref()) else {
+        return refuse(label, SignatureError::UnknownKey(parsed.key_id));
     };
-    drop(products);
-    let now_s = shared.clock.now_ms().div_euclid(1000);
+    let now_s = view.now_ms().div_euclid(1000);
     let guards = &state.guards;
     // Signatures dated in the start second itself are refused too: one
     // made just before the start carries the same `t`.

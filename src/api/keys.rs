@@ -40,16 +40,10 @@ pub async fn list(
     _auth: Auth<Admin>,
     State(state): State<AppState>,
 ) -> Result<Json<Value>, ApiError> {
-    let keys = state
-        .engine
-        .shared
-        .store
-        .api_keys()
-        .map_err(ApiError::internal)?;
-    let products = state.engine.shared.products.load();
+    let keys = state.view.api_keys().map_err(ApiError::internal)?;
     let listed = keys.iter().map(|k| {
         let mut v = key_json(k);
-        if let Some((product, _)) = products.product_of_key(&k.id) {
+        if let Some((product, _)) = state.view.product_of_key(&k.id) {
             v["product"] = json!(product);
         }
         v
@@ -112,7 +106,7 @@ pub async fn create(
         name: new.name,
         scopes,
         key_sha256: key_digest(&key),
-        created_ms: state.engine.shared.clock.now_ms(),
+        created_ms: state.view.now_ms(),
     };
     let record = state
         .engine

@@ -1,6 +1,6 @@
-//! Licenses: admin lifecycle (`admin` scope), seats and validation (`ingest`
-//! scope: the key a product already holds to send usage), offline license
-//! files (`admin`) and the public keys (`/.well-known/jwks.json`, no auth).
+//! Licenses: admin lifecycle and offline license files (`admin` scope).
+//! Seats are in [`super::seats`], validation and the public keys in
+//! [`super::validation`].
 //!
 //! The license key is returned once, by create. Nothing else returns it, and
 //! it is never logged: it is kept as an HMAC digest and a sealed envelope.
@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
@@ -17,24 +17,20 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
-use super::{Admin, ApiError, AppState, Auth, Ingest, Limited};
+use super::{Admin, ApiError, AppState, Auth};
 use crate::engine::protocol as rq;
-use crate::engine::{Renewal, SeatLease};
+use crate::engine::Renewal;
 use crate::error_code::ErrorCode;
-use crate::license::decide::{quota_periods, rfc3339, Claims, QuotaReport, Verdict};
 use crate::license::model::{LicenseUpdate, NewLicense, StatusAction};
 use crate::license::seats::check_fingerprint;
-use crate::license::{decide, utc_ms, License, Refusal, Request, Status};
+use crate::license::{utc_ms, License, Refusal, Status};
 use crate::metrics::metrics;
 use crate::projection::licenses::PublishedLicense;
-use crate::projection::usage::UsageQuery;
 use crate::record::LicenseSecret;
 
-/// Longest accepted license key, nonce or fingerprint in a validation.
-const FIELD_CHARS_MAX: usize = 256;
 const LIST_LIMIT_MAX: usize = 1000;
 
-fn refusal(r: Refusal) -> ApiError {
+pub(super) fn refusal(r: Refusal) -> ApiError {
     ApiError::new(r.code, r.message)
 }
 
@@ -57,12 +53,12 @@ fn license_json(license: &License) -> Value {
     serde_json::to_value(license).expect("license serializes")
 }
 
-fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+pub(super) fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     body.map(|Json(v)| v).map_err(|e| invalid(e.body_text()))
 }
 
-fn now(state: &AppState) -> DateTime<Utc> {
-    utc_ms(state.engine.shared.clock.now_ms())
+pub(super) fn now(state: &AppState) -> DateTime<Utc> {
+    utc_ms(state.view.now_ms())
 }
 
 fn new_license_id() -> String {
@@ -74,9 +70,8 @@ fn new_license_id() -> String {
 
 /// Every quota must name a meter that exists now.
 fn check_meters(state: &AppState, license: &License) -> Result<(), ApiError> {
-    let meters = state.engine.shared.meters.load();
     for q in license.policy.quotas() {
-        if meters.get(&q.meter).is_none() {
+        if !state.view.has_meter(&q.meter) {
             return Err(invalid(format!(
                 "quota names meter `{}`, which does not exist",
                 q.meter
@@ -95,7 +90,7 @@ pub async fn create(
     let license = License::create(new_license_id().into(), new, now(&state)).map_err(refusal)?;
     check_meters(&state, &license)?;
     let key = crate::crypto::generate_license_key();
-    let crypto = &state.engine.shared.crypto;
+    let crypto = state.view.crypto();
     let secret = LicenseSecret {
         lookup: crypto.lookup_digest(&key),
         sealed_key: crypto.seal(key.as_bytes(), license.id.as_bytes()),
@@ -115,8 +110,8 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(out)).into_response())
 }
 
-fn found(state: &AppState, id: &str) -> Result<Arc<PublishedLicense>, ApiError> {
-    state.engine.shared.licenses.get(id).ok_or_else(|| {
+pub(super) fn found(state: &AppState, id: &str) -> Result<Arc<PublishedLicense>, ApiError> {
+    state.view.license(id).ok_or_else(|| {
         ApiError::new(
             ErrorCode::NotFound,
             format!("license `{id}` does not exist"),
@@ -166,10 +161,8 @@ pub async fn list(
         })?),
     };
     let mut all: Vec<Arc<PublishedLicense>> = state
-        .engine
-        .shared
-        .licenses
-        .all()
+        .view
+        .licenses()
         .into_iter()
         .filter(|s| {
             let l = &s.license;
@@ -384,9 +377,8 @@ pub async fn license_file(
             format!("license `{id}` is {}", license.status.as_str()),
         )));
     }
-    let shared = &state.engine.shared;
-    let key = shared
-        .crypto
+    let crypto = state.view.crypto();
+    let key = crypto
         .unseal(&entry.secret.sealed_key, license.id.as_bytes())
         .map_err(ApiError::internal)?;
     let key = std::str::from_utf8(&key).map_err(ApiError::internal)?;
@@ -400,7 +392,7 @@ pub async fn license_file(
         .expect("license file serializes"),
     );
     let file = crate::crypto::seal_license_file(
-        &shared.crypto,
+        crypto,
         &license.id,
         key,
         req.fingerprint.as_deref(),
@@ -414,356 +406,10 @@ pub async fn license_file(
                 license_id: license.id.clone(),
                 fingerprint_bound: req.fingerprint.is_some(),
                 expires_at_ms: (issued_at + ttl.as_secs() as i64) * 1000,
-                kid: shared.crypto.kid().to_owned(),
+                kid: crypto.kid().to_owned(),
             },
             audit: auth.audit(),
         })
         .await?;
     Ok(Json(file))
-}
-
-fn seat_json(license_id: &str, lease: &SeatLease) -> Value {
-    json!({
-        "license_id": license_id,
-        "seat_id": lease.seat_id,
-        "fingerprint": lease.fingerprint,
-        "expires_at": lease.expires_ms.map(|ms| rfc3339(utc_ms(ms))),
-    })
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CheckoutBody {
-    fingerprint: String,
-}
-
-/// The per-license limit counts only licenses that exist.
-fn known_license(state: &AppState, id: &str) -> Option<String> {
-    state.engine.shared.licenses.get(id).map(|_| id.to_owned())
-}
-
-/// `201` with a new seat, `200` with the one this fingerprint already holds.
-pub async fn checkout(
-    auth: Auth<Ingest>,
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    req: Result<Json<CheckoutBody>, JsonRejection>,
-) -> Result<Response, ApiError> {
-    let known = known_license(&state, &id);
-    state
-        .guards
-        .limit(Limited::Checkout, &auth.key_id, known.as_deref())?;
-    let req = body(req)?;
-    check_fingerprint(&req.fingerprint).map_err(|m| ApiError::new(ErrorCode::InvalidSeat, m))?;
-    let lease = state
-        .engine
-        .send(rq::CheckoutSeat {
-            license_id: id.clone().into(),
-            fingerprint: req.fingerprint,
-            new_seat_id: format!("seat_{}", crate::auth::generate_id()).into(),
-            audit: auth.audit(),
-        })
-        .await?
-        .map_err(refusal)?;
-    let status = if lease.new {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(seat_json(&id, &lease))).into_response())
-}
-
-pub async fn heartbeat(
-    auth: Auth<Ingest>,
-    State(state): State<AppState>,
-    Path((id, seat_id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
-    let known = known_license(&state, &id);
-    state
-        .guards
-        .limit(Limited::Checkout, &auth.key_id, known.as_deref())?;
-    let lease = state
-        .engine
-        .send(rq::HeartbeatSeat {
-            license_id: id.clone().into(),
-            seat_id: seat_id.into(),
-        })
-        .await?
-        .map_err(refusal)?;
-    Ok(Json(seat_json(&id, &lease)))
-}
-
-pub async fn release(
-    auth: Auth<Ingest>,
-    State(state): State<AppState>,
-    Path((id, seat_id)): Path<(String, String)>,
-) -> Result<StatusCode, ApiError> {
-    state
-        .engine
-        .send(rq::ReleaseSeat {
-            license_id: id.into(),
-            seat_id: seat_id.into(),
-            audit: auth.audit(),
-        })
-        .await?
-        .map_err(refusal)?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-pub async fn seats(
-    _auth: Auth<Admin>,
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let entry = found(&state, &id)?;
-    let now_ms = state.engine.shared.clock.now_ms();
-    let seats: Vec<Value> = entry
-        .seats
-        .live(now_ms)
-        .map(|s| {
-            json!({
-                "seat_id": s.seat_id,
-                "fingerprint": s.fingerprint,
-                "checked_out_at": rfc3339(utc_ms(s.checked_out_ms)),
-                "heartbeat_at": rfc3339(utc_ms(s.heartbeat_ms)),
-                "expires_at": s.expires_ms.map(|ms| rfc3339(utc_ms(ms))),
-            })
-        })
-        .collect();
-    Ok(Json(json!({
-        "license_id": id,
-        "used": seats.len(),
-        "max": entry.license.policy.seats.as_ref().map(|p| p.max),
-        "seats": seats,
-    })))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ValidateBody {
-    key: String,
-    fingerprint: Option<String>,
-    #[serde(default)]
-    entitlements: Vec<String>,
-    meter: Option<String>,
-    nonce: Option<String>,
-}
-
-/// The decision and its signed token, answered from memory: the published
-/// license snapshot and the quota usage cache. Used by the handler and the
-/// benchmark.
-pub struct Validation {
-    pub license: Option<Arc<PublishedLicense>>,
-    pub verdict: Verdict,
-    pub token: String,
-}
-
-/// The published license a presented key opens, if any.
-pub fn find_license(shared: &crate::engine::Shared, key: &str) -> Option<Arc<PublishedLicense>> {
-    if key.len() > FIELD_CHARS_MAX {
-        return None;
-    }
-    shared
-        .licenses
-        .by_key_digest(&shared.crypto.lookup_digest(key))
-}
-
-/// Validates `key` at `now` and signs the verdict.
-pub fn validate_with(
-    shared: &crate::engine::Shared,
-    key: &str,
-    request: &Request<'_>,
-    nonce: Option<&str>,
-    now: DateTime<Utc>,
-    token_ttl_s: i64,
-) -> Result<Validation, ApiError> {
-    validate_found(
-        shared,
-        find_license(shared, key),
-        request,
-        nonce,
-        now,
-        token_ttl_s,
-    )
-}
-
-/// [`validate_with`] for a license already looked up.
-pub fn validate_found(
-    shared: &crate::engine::Shared,
-    entry: Option<Arc<PublishedLicense>>,
-    request: &Request<'_>,
-    nonce: Option<&str>,
-    now: DateTime<Utc>,
-    token_ttl_s: i64,
-) -> Result<Validation, ApiError> {
-    let verdict = match &entry {
-        None => Verdict::not_found(),
-        Some(state) => {
-            let license = &state.license;
-            let periods = quota_periods(license, now);
-            let mut usage = Vec::with_capacity(periods.len());
-            let meters = shared.meters.load();
-            for (q, p) in license.policy.quotas().iter().zip(&periods) {
-                let Some(meter) = meters.get(&q.meter) else {
-                    usage.push(0.0);
-                    continue;
-                };
-                // Usage is counted in the meter's windows: a window belongs to
-                // the period its start falls in, with the period's bounds
-                // rounded down to window boundaries, so periods tile.
-                let w = meter.window_size();
-                let used = shared
-                    .usage
-                    .usage(
-                        &shared.store,
-                        &shared.overlay,
-                        &meters,
-                        UsageQuery {
-                            meter: &q.meter,
-                            subject: &license.id,
-                            from_ms: w.start_of(p.start.timestamp_millis()),
-                            to_ms: p.end.map_or(i64::MAX, |e| w.start_of(e.timestamp_millis())),
-                        },
-                    )
-                    .map_err(ApiError::internal)?;
-                usage.push(used);
-            }
-            decide(license, &state.seats, request, &periods, &usage, now)
-        }
-    };
-    let claims = Claims::new(
-        entry.as_deref().map(|s| &s.license),
-        &verdict,
-        nonce,
-        now,
-        token_ttl_s,
-    );
-    let token = shared
-        .crypto
-        .sign_jwt(&serde_json::to_vec(&claims).expect("claims serialize"));
-    Ok(Validation {
-        license: entry,
-        verdict,
-        token,
-    })
-}
-
-#[derive(serde::Serialize)]
-struct QuotaAnswer<'a> {
-    meter: &'a str,
-    used: f64,
-    limit: f64,
-    period_start: String,
-    period_end: Option<String>,
-    overage: f64,
-    overage_policy: crate::license::model::Overage,
-    thresholds_crossed_pct: &'a [u32],
-}
-
-impl<'a> QuotaAnswer<'a> {
-    fn new(q: &'a QuotaReport) -> QuotaAnswer<'a> {
-        QuotaAnswer {
-            meter: &q.meter,
-            used: q.used,
-            limit: q.limit,
-            period_start: rfc3339(q.period.start),
-            period_end: q.period.end.map(rfc3339),
-            overage: q.overage,
-            overage_policy: q.overage_policy,
-            thresholds_crossed_pct: &q.thresholds_crossed_pct,
-        }
-    }
-}
-
-/// The validation answer, less `license` (spliced in pre-rendered).
-#[derive(serde::Serialize)]
-struct Answer<'a> {
-    valid: bool,
-    code: &'static str,
-    detail: &'a str,
-    seats: Option<crate::license::decide::SeatReport>,
-    quota: Option<QuotaAnswer<'a>>,
-    expires_at: Option<String>,
-    token: &'a str,
-}
-
-pub async fn validate(
-    auth: Auth<Ingest>,
-    State(state): State<AppState>,
-    req: Result<Json<ValidateBody>, JsonRejection>,
-) -> Result<Response, ApiError> {
-    let req = req
-        .map(|Json(v)| v)
-        .map_err(|e| ApiError::new(ErrorCode::InvalidValidation, e.body_text()))?;
-    let key = Zeroizing::new(req.key);
-    for (name, v) in [
-        ("fingerprint", req.fingerprint.as_deref()),
-        ("nonce", req.nonce.as_deref()),
-        ("meter", req.meter.as_deref()),
-    ] {
-        if v.is_some_and(|v| v.len() > FIELD_CHARS_MAX) {
-            return Err(ApiError::new(
-                ErrorCode::InvalidValidation,
-                format!("{name} must be at most {FIELD_CHARS_MAX} bytes"),
-            ));
-        }
-    }
-    let request = Request {
-        fingerprint: req.fingerprint.as_deref(),
-        entitlements: &req.entitlements,
-        meter: req.meter.as_deref(),
-    };
-    let shared = &state.engine.shared;
-    let entry = find_license(shared, &key);
-    state.guards.limit(
-        Limited::Validate,
-        &auth.key_id,
-        entry.as_ref().map(|e| e.license.id.as_str()),
-    )?;
-    let v = validate_found(
-        shared,
-        entry,
-        &request,
-        req.nonce.as_deref(),
-        now(&state),
-        state.cfg.token_ttl.as_secs() as i64,
-    )?;
-    metrics()
-        .license_validations_total
-        .with_label_values(&[v.verdict.code.as_str()])
-        .inc();
-    let answer = Answer {
-        valid: v.verdict.code.is_valid(),
-        code: v.verdict.code.as_str(),
-        detail: &v.verdict.detail,
-        seats: v.verdict.seats,
-        quota: v.verdict.quota.as_ref().map(QuotaAnswer::new),
-        expires_at: v
-            .license
-            .as_ref()
-            .and_then(|l| l.license.expires_at)
-            .map(rfc3339),
-        token: &v.token,
-    };
-    let license_json = v
-        .license
-        .as_ref()
-        .map_or("null", |l| l.license_json.as_str());
-    let mut out = Vec::with_capacity(1024 + license_json.len() + v.token.len());
-    serde_json::to_writer(&mut out, &answer).expect("answer serializes");
-    debug_assert_eq!(out.last(), Some(&b'}'));
-    out.pop();
-    out.extend_from_slice(b",\"license\":");
-    out.extend_from_slice(license_json.as_bytes());
-    out.push(b'}');
-    Ok(([(header::CONTENT_TYPE, "application/json")], out).into_response())
-}
-
-/// `GET /.well-known/jwks.json`: the verdict and license-file signing keys.
-pub async fn jwks(State(state): State<AppState>) -> Response {
-    (
-        [(header::CACHE_CONTROL, "public, max-age=300")],
-        Json(state.engine.shared.crypto.jwks()),
-    )
-        .into_response()
 }

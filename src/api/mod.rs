@@ -1,5 +1,6 @@
 //! The HTTP API: routers per resource, authentication, error mapping and
-//! request metrics.
+//! request metrics. Handlers read through [`AppState::view`] and write
+//! through [`AppState::engine`].
 
 mod auth;
 mod error;
@@ -9,8 +10,9 @@ mod keys;
 mod licenses;
 mod meters;
 mod products;
+mod seats;
+mod validation;
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -24,24 +26,36 @@ use axum::Router;
 pub use self::auth::{Admin, Auth, ClientCert, Ingest, Read};
 pub use self::error::ApiError;
 pub use self::guard::{Guards, Limited};
-pub use self::licenses::{validate_with, Validation};
 use crate::config::Config;
 use crate::engine::EngineHandle;
 use crate::error_code::ErrorCode;
 use crate::metrics::metrics;
+use crate::query::View;
+use crate::source::SourceHealth;
 
 #[derive(Clone)]
 pub struct AppState {
+    /// Where requests that change state go.
     pub engine: EngineHandle,
+    /// What handlers read.
+    pub view: View,
     pub cfg: Arc<Config>,
     pub guards: Arc<Guards>,
 }
 
 impl AppState {
-    pub fn new(engine: EngineHandle, cfg: Arc<Config>) -> AppState {
-        let guards = guard::guards(&cfg, engine.shared.clock.now_ms());
+    /// The API over `engine`; `source` is the health of the Kafka source
+    /// feeding it, when one runs (`/readyz` shows it).
+    pub fn new(
+        engine: EngineHandle,
+        cfg: Arc<Config>,
+        source: Option<Arc<SourceHealth>>,
+    ) -> AppState {
+        let view = View::new(engine.shared.clone(), source);
+        let guards = guard::guards(&cfg, view.now_ms());
         AppState {
             engine,
+            view,
             cfg,
             guards,
         }
@@ -81,12 +95,12 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/products/{id}/signing-secrets/{secret_id}",
             delete(products::revoke_secret),
         )
-        .route("/.well-known/jwks.json", get(licenses::jwks))
+        .route("/.well-known/jwks.json", get(validation::jwks))
         .route(
             "/api/v1/licenses",
             get(licenses::list).post(licenses::create),
         )
-        .route("/api/v1/licenses/validate", post(licenses::validate))
+        .route("/api/v1/licenses/validate", post(validation::validate))
         .route(
             "/api/v1/licenses/{id}",
             get(licenses::get).patch(licenses::update),
@@ -101,15 +115,15 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/api/v1/licenses/{id}/seats",
-            get(licenses::seats).post(licenses::checkout),
+            get(seats::list).post(seats::checkout),
         )
         .route(
             "/api/v1/licenses/{id}/seats/{seat_id}",
-            delete(licenses::release),
+            delete(seats::release),
         )
         .route(
             "/api/v1/licenses/{id}/seats/{seat_id}/heartbeat",
-            post(licenses::heartbeat),
+            post(seats::heartbeat),
         );
     if state.cfg.metrics_listen.is_none() {
         api = api.route("/metrics", get(metrics_protected));
@@ -134,21 +148,14 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    let shared = &state.engine.shared;
-    if shared.failed.load(Ordering::SeqCst) {
-        return ApiError::new(
+    match state.view.readiness() {
+        Some(body) => axum::Json(body).into_response(),
+        None => ApiError::new(
             ErrorCode::EngineFailed,
             "the engine stopped after an error; see the server log",
         )
-        .into_response();
+        .into_response(),
     }
-    axum::Json(serde_json::json!({
-        "status": "ready",
-        "logHeadSeq": shared.head_seq.load(Ordering::SeqCst),
-        "appliedSeq": shared.applied_seq.load(Ordering::SeqCst),
-        "kafka": crate::source::kafka::readiness(),
-    }))
-    .into_response()
 }
 
 async fn metrics_protected(_auth: Auth<Read>) -> Response {

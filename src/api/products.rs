@@ -66,9 +66,7 @@ fn check_name(name: &Option<String>) -> Result<(), ApiError> {
 
 pub(super) fn stored(state: &AppState, id: &str) -> Result<Product, ApiError> {
     state
-        .engine
-        .shared
-        .store
+        .view
         .product(id)
         .map_err(ApiError::internal)?
         .ok_or_else(|| {
@@ -83,12 +81,7 @@ pub async fn list(
     _auth: Auth<Admin>,
     State(state): State<AppState>,
 ) -> Result<Json<Value>, ApiError> {
-    let products = state
-        .engine
-        .shared
-        .store
-        .products()
-        .map_err(ApiError::internal)?;
+    let products = state.view.products().map_err(ApiError::internal)?;
     Ok(Json(Value::Array(
         products.iter().map(product_json).collect(),
     )))
@@ -113,8 +106,8 @@ pub async fn create(
         return Err(invalid("id must be 1 to 64 characters of [A-Za-z0-9._-]"));
     }
     check_name(&new.name)?;
-    let now = state.engine.shared.clock.now_ms();
-    let (secret, plaintext) = new_secret(&state.engine.shared.crypto, now);
+    let now = state.view.now_ms();
+    let (secret, plaintext) = new_secret(state.view.crypto(), now);
     let product = Product {
         id: new.id,
         name: new.name,
@@ -176,8 +169,8 @@ pub async fn create_secret(
             format!("product `{id}` has {LIVE_SECRETS_MAX} live signing secrets; revoke one first"),
         ));
     }
-    let now = state.engine.shared.clock.now_ms();
-    let (secret, plaintext) = new_secret(&state.engine.shared.crypto, now);
+    let now = state.view.now_ms();
+    let (secret, plaintext) = new_secret(state.view.crypto(), now);
     product.signing_secrets.push(secret.clone());
     product.version += 1;
     state
@@ -201,7 +194,7 @@ pub async fn revoke_secret(
     Path((id, secret_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let mut product = stored(&state, &id)?;
-    let now = state.engine.shared.clock.now_ms();
+    let now = state.view.now_ms();
     let secret = product
         .signing_secrets
         .iter_mut()

@@ -51,7 +51,8 @@ use crate::projection::usage::UsageCache;
 use crate::projection::{Overlay, ProjectionError, Store};
 
 /// State readers use without waiting on the writer. The projections
-/// publish into the handles (see [`crate::projection::Readers`]).
+/// publish into the handles (see [`crate::projection::Readers`]); the API
+/// reads them through a [`crate::query::View`].
 pub struct Shared {
     pub store: Store,
     pub meters: Arc<ArcSwap<MeterSet>>,

@@ -28,7 +28,7 @@
 //! buffer reaches twice `batch_messages_max`, the consumer stops polling
 //! until the engine answers.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -45,6 +45,7 @@ use rdkafka::types::RDKafkaRespErr;
 use tokio::sync::mpsc;
 
 use super::binding;
+use super::health::SourceHealth;
 use crate::config::KafkaConfig;
 use crate::engine::protocol::{Ingest, Origin, SourcePositions};
 use crate::engine::{EngineError, EngineHandle, IngestOutcome};
@@ -74,92 +75,6 @@ const RETRY_BACKOFF: Duration = Duration::from_millis(500);
 const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------
-// Status for /readyz and metrics
-
-/// The source's state as `/readyz` shows it. One Kafka source per process.
-struct Status {
-    connected: AtomicBool,
-    inner: Mutex<StatusInner>,
-}
-
-struct StatusInner {
-    state: &'static str,
-    /// Assigned partitions and their position stored in the log.
-    positions: BTreeMap<(String, i32), Option<i64>>,
-    last_error: Option<(i64, String)>,
-}
-
-static STATUS: Mutex<Option<Arc<Status>>> = Mutex::new(None);
-
-impl Status {
-    fn new() -> Status {
-        Status {
-            connected: AtomicBool::new(false),
-            inner: Mutex::new(StatusInner {
-                state: "connecting",
-                positions: BTreeMap::new(),
-                last_error: None,
-            }),
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, StatusInner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn set_connected(&self, connected: bool) {
-        // Called for every message: a plain load settles the usual case.
-        if self.connected.load(Ordering::Relaxed) != connected
-            && self.connected.swap(connected, Ordering::SeqCst) != connected
-        {
-            metrics().kafka_connected.set(i64::from(connected));
-            let mut s = self.lock();
-            if s.state != "stopped" {
-                s.state = if connected {
-                    "connected"
-                } else {
-                    "disconnected"
-                };
-            }
-            if connected {
-                tracing::info!("Kafka brokers reachable");
-            }
-        }
-    }
-
-    fn error(&self, message: String) {
-        metrics().kafka_errors_total.inc();
-        self.lock().last_error = Some((chrono::Utc::now().timestamp_millis(), message));
-    }
-}
-
-/// The `kafka` object of `/readyz`: state (`connecting`, `connected`,
-/// `disconnected`, `stopped`, or `not configured`), assigned partitions with
-/// their stored positions, and the last client error.
-pub fn readiness() -> serde_json::Value {
-    let status = STATUS.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let Some(status) = status else {
-        return serde_json::json!({"state": "not configured"});
-    };
-    let s = status.lock();
-    let assigned: Vec<_> = s
-        .positions
-        .iter()
-        .map(|((topic, partition), position)| {
-            serde_json::json!({"topic": topic, "partition": partition, "position": position})
-        })
-        .collect();
-    serde_json::json!({
-        "state": s.state,
-        "assignedPartitions": assigned,
-        "lastError": s.last_error.as_ref().map(|(at_ms, message)| serde_json::json!({
-            "at": crate::event::fmt_ms(*at_ms),
-            "message": message,
-        })),
-    })
-}
-
-// ---------------------------------------------------------------------------
 // The source
 
 /// A running Kafka consumer feeding an engine. Stop it before the engine
@@ -172,15 +87,18 @@ pub struct KafkaSource {
 impl KafkaSource {
     /// Subscribes to the configured topics and starts consuming. Returns once
     /// the client is created; brokers may still be unreachable (the client
-    /// keeps trying, and `/readyz` tells).
-    pub fn start(cfg: &KafkaConfig, engine: EngineHandle) -> anyhow::Result<KafkaSource> {
+    /// keeps trying, and `/readyz` tells through `health`).
+    pub fn start(
+        cfg: &KafkaConfig,
+        engine: EngineHandle,
+        health: Arc<SourceHealth>,
+    ) -> anyhow::Result<KafkaSource> {
         cfg.validate()?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("keymeter-kafka-io")
             .enable_all()
             .build()?;
-        let status = Arc::new(Status::new());
         let sink = match &cfg.dead_letter_topic {
             None => None,
             Some(topic) => Some(Arc::new(DeadLetterSink {
@@ -189,7 +107,7 @@ impl KafkaSource {
                     .create()
                     .map_err(|e| anyhow::anyhow!("cannot create the dead-letter producer: {e}"))?,
                 topic: topic.clone(),
-                status: status.clone(),
+                health: health.clone(),
             })),
         };
         let reset = match cfg.properties.get("auto.offset.reset").map(String::as_str) {
@@ -206,7 +124,7 @@ impl KafkaSource {
             reset,
             sink,
             done: done_tx,
-            status: status.clone(),
+            health,
         };
         let mut consumer_cfg = client_config(cfg);
         if !cfg.properties.contains_key("fetch.queue.backoff.ms") {
@@ -229,7 +147,6 @@ impl KafkaSource {
         consumer
             .subscribe(&topics)
             .map_err(|e| anyhow::anyhow!("cannot subscribe to {topics:?}: {e}"))?;
-        *STATUS.lock().unwrap_or_else(|e| e.into_inner()) = Some(status);
         let stop = Arc::new(AtomicBool::new(false));
         let runner = Runner {
             consumer: Arc::new(consumer),
@@ -355,7 +272,7 @@ struct Ctx {
     reset: Offset,
     sink: Option<Arc<DeadLetterSink>>,
     done: std::sync::mpsc::Sender<Done>,
-    status: Arc<Status>,
+    health: Arc<SourceHealth>,
 }
 
 impl Ctx {
@@ -410,19 +327,14 @@ impl Ctx {
                 .kafka_lag_records
                 .remove_label_values(&[&lane.topic, &lane.partition.to_string()])
                 .ok();
-            self.status
-                .lock()
-                .positions
-                .remove(&(lane.topic, lane.partition));
+            let assigned = self.health.unassign(&lane.topic, lane.partition);
+            metrics().kafka_assigned_partitions.set(assigned as i64);
         }
         for worker in workers {
             if self.rt.block_on(worker).is_err() {
                 tracing::error!("a Kafka partition worker panicked");
             }
         }
-        metrics()
-            .kafka_assigned_partitions
-            .set(self.status.lock().positions.len() as i64);
     }
 
     /// Where each newly assigned partition starts: its stored position, or
@@ -449,10 +361,10 @@ impl Ctx {
                 tracing::error!(error = %e, "cannot set the start offset");
             }
             tracing::info!(topic = %lane.topic, partition = lane.partition, start = ?offset, "partition assigned");
-            self.status
-                .lock()
-                .positions
-                .insert((lane.topic.clone(), lane.partition), lane.next);
+            let assigned = self
+                .health
+                .set_position(&lane.topic, lane.partition, lane.next);
+            metrics().kafka_assigned_partitions.set(assigned as i64);
         }
         let replaced: Vec<Lane> = {
             let mut current = self.lanes();
@@ -470,9 +382,6 @@ impl Ctx {
             replaced
         };
         self.close_lanes(replaced);
-        metrics()
-            .kafka_assigned_partitions
-            .set(self.status.lock().positions.len() as i64);
     }
 
     fn on_revoke(&self, tpl: Option<&TopicPartitionList>) {
@@ -508,10 +417,10 @@ impl ClientContext for Ctx {
 
     fn error(&self, error: KafkaError, reason: &str) {
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
-            self.status.set_connected(false);
+            self.health.set_connected(false);
         }
         tracing::warn!(error = %error, reason, "Kafka client error");
-        self.status.error(format!("{error}: {reason}"));
+        self.health.error(format!("{error}: {reason}"));
     }
 }
 
@@ -545,14 +454,14 @@ impl ConsumerContext for Ctx {
                 }
             }
             other => {
-                self.status.error(format!("rebalance failed: {other:?}"));
+                self.health.error(format!("rebalance failed: {other:?}"));
                 self.on_revoke(None);
                 consumer.unassign()
             }
         };
         if let Err(e) = result {
             tracing::error!(error = %e, "cannot apply the partition assignment");
-            self.status
+            self.health
                 .error(format!("cannot apply the partition assignment: {e}"));
         }
     }
@@ -597,12 +506,12 @@ impl Runner {
             let consumer = self.consumer.clone();
             match consumer.poll(self.batch_wait.min(POLL_WAIT_MAX)) {
                 Some(Ok(message)) => {
-                    self.ctx().status.set_connected(true);
+                    self.ctx().health.set_connected(true);
                     self.take(&message);
                 }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "Kafka consume error");
-                    self.ctx().status.error(e.to_string());
+                    self.ctx().health.error(e.to_string());
                 }
                 None => {}
             }
@@ -618,11 +527,7 @@ impl Runner {
         if let Ok(lag) = lag {
             let _ = lag.join();
         }
-        {
-            let status = &self.ctx().status;
-            status.lock().state = "stopped";
-            metrics().kafka_connected.set(0);
-        }
+        self.ctx().health.stopped();
         // Dropping the consumer leaves the group (its revoke finds no lanes).
     }
 
@@ -738,8 +643,9 @@ impl Runner {
             Ok(outcome) => {
                 count(outcome, &done);
                 self.commit_hint(&done.delta);
-                self.ctx().status.lock().positions.insert(
-                    (done.delta.topic.clone(), done.delta.partition),
+                self.ctx().health.set_position(
+                    &done.delta.topic,
+                    done.delta.partition,
                     Some(done.delta.to),
                 );
                 let lane = &mut lanes[i];
@@ -754,7 +660,7 @@ impl Runner {
             Err(Failure::Engine(EngineError::Stopped)) => {
                 tracing::error!("the engine stopped; the Kafka source stops consuming");
                 self.ctx()
-                    .status
+                    .health
                     .error("the engine stopped; nothing more is consumed".into());
                 self.stop.store(true, Ordering::SeqCst);
             }
@@ -766,7 +672,7 @@ impl Runner {
                     .with_label_values(&[result])
                     .inc();
                 tracing::warn!(topic = %done.delta.topic, partition = done.delta.partition, from = done.delta.from, to = done.delta.to, error = %e, "batch refused; rewinding to the stored position");
-                self.ctx().status.error(format!(
+                self.ctx().health.error(format!(
                     "batch {}..{} of {}/{} refused: {e}",
                     done.delta.from, done.delta.to, done.delta.topic, done.delta.partition
                 ));
@@ -799,14 +705,12 @@ impl Runner {
             // Without a seek the partition cannot continue safely; leave it
             // unassigned in keymeter (its messages are ignored) and say so.
             tracing::error!(topic = %topic, partition, error = %e, "cannot seek; the partition is ignored until the next rebalance");
-            ctx.status
+            ctx.health
                 .error(format!("cannot seek {topic}/{partition}: {e}"));
             return;
         }
-        ctx.status
-            .lock()
-            .positions
-            .insert((topic, partition), stored);
+        let assigned = ctx.health.set_position(&topic, partition, stored);
+        metrics().kafka_assigned_partitions.set(assigned as i64);
         ctx.lanes().push(lane);
     }
 
@@ -902,7 +806,7 @@ fn count(outcome: &IngestOutcome, done: &Done) {
 /// Refreshes `keymeter_kafka_lag_records` from the brokers' high watermarks,
 /// and the connection state with it.
 fn refresh_lag(consumer: &BaseConsumer<Ctx>, stop: &AtomicBool) {
-    let status = consumer.context().status.clone();
+    let health = consumer.context().health.clone();
     let mut refreshed_at: Option<Instant> = None;
     while !stop.load(Ordering::SeqCst) {
         if refreshed_at.is_some_and(|t| t.elapsed() < LAG_REFRESH) {
@@ -910,14 +814,13 @@ fn refresh_lag(consumer: &BaseConsumer<Ctx>, stop: &AtomicBool) {
             continue;
         }
         refreshed_at = Some(Instant::now());
-        let positions: Vec<_> = status.lock().positions.clone().into_iter().collect();
-        for ((topic, partition), position) in positions {
+        for ((topic, partition), position) in health.positions() {
             if stop.load(Ordering::SeqCst) {
                 return;
             }
             match consumer.fetch_watermarks(&topic, partition, WATERMARK_TIMEOUT) {
                 Ok((low, high)) => {
-                    status.set_connected(true);
+                    health.set_connected(true);
                     let lag = high - position.unwrap_or(low);
                     metrics()
                         .kafka_lag_records
@@ -925,8 +828,8 @@ fn refresh_lag(consumer: &BaseConsumer<Ctx>, stop: &AtomicBool) {
                         .set(lag.max(0));
                 }
                 Err(e) => {
-                    status.set_connected(false);
-                    status.error(format!("watermarks of {topic}/{partition}: {e}"));
+                    health.set_connected(false);
+                    health.error(format!("watermarks of {topic}/{partition}: {e}"));
                     break;
                 }
             }
@@ -1062,7 +965,7 @@ impl DeadLetter {
 struct DeadLetterSink {
     producer: FutureProducer,
     topic: String,
-    status: Arc<Status>,
+    health: Arc<SourceHealth>,
 }
 
 impl DeadLetterSink {
@@ -1152,7 +1055,7 @@ impl DeadLetterSink {
 
     fn note(&self, e: &KafkaError) {
         tracing::warn!(topic = %self.topic, error = %e, "dead-letter produce failed; retrying");
-        self.status
+        self.health
             .error(format!("dead-letter produce to {}: {e}", self.topic));
     }
 }

@@ -1,0 +1,199 @@
+use super::*;
+use crate::meter::{AggState, MeterDef, MeterSet};
+
+const HOUR_MS: i64 = 3_600_000;
+/// 2024-01-01T00:00:00Z.
+const T0: i64 = 1_704_067_200_000;
+
+fn meters() -> MeterSet {
+    let def: MeterDef = serde_json::from_value(json!({
+        "slug": "calls",
+        "eventType": "api_call",
+        "aggregation": "COUNT",
+        "groupBy": {"region": "$.region"},
+        "windowSize": "HOUR",
+    }))
+    .unwrap();
+    MeterSet::from_defs(vec![def]).unwrap()
+}
+
+fn refused(raw: &str) -> QueryError {
+    QueryRequest::parse(raw).expect_err(raw)
+}
+
+/// Runs `raw` over meter `calls` with one stored window per entry.
+fn run(raw: &str, stored: Vec<(CounterKey, AggState)>) -> Result<Vec<QueryRow>, QueryError> {
+    let meters = meters();
+    let meter = queryable(&meters, &BTreeMap::new(), "calls")?;
+    let params = QueryRequest::parse(raw)?.params();
+    Ok(meter::query(meter, stored.into_iter(), &params)?)
+}
+
+fn window(subject: &str, start_ms: i64, state: AggState) -> (CounterKey, AggState) {
+    let key = CounterKey {
+        meter: "calls".into(),
+        subject: subject.into(),
+        window_start_ms: start_ms,
+        group: vec![Some("eu".into())],
+    };
+    (key, state)
+}
+
+#[test]
+fn parses_every_parameter() {
+    let q = QueryRequest::parse(
+        "from=2024-01-01T00:00:00Z&to=2024-01-02T00:00:00%2B00:00&windowSize=HOUR\
+         &windowTimeZone=UTC&subject=a&subject=b&groupBy=region&groupBy=subject",
+    )
+    .unwrap();
+    assert_eq!(q.from_ms, Some(T0));
+    assert_eq!(q.to_ms, Some(T0 + 24 * HOUR_MS));
+    assert_eq!(q.window_size, Some(WindowSize::Hour));
+    assert_eq!(q.subjects, ["a", "b"]);
+    assert_eq!(q.group_by, ["region", "subject"]);
+    assert_eq!(q.meter_group_by(), ["region"]);
+    let p = q.params();
+    assert!(p.split_by_subject);
+    assert_eq!(p.group_by, ["region"]);
+}
+
+#[test]
+fn an_empty_query_asks_for_everything() {
+    let q = QueryRequest::parse("").unwrap();
+    assert_eq!(q, QueryRequest::default());
+    assert!(!q.params().split_by_subject);
+    assert!(QueryRequest::parse("windowTimeZone=Etc/UTC").is_ok());
+    assert!(
+        QueryRequest::parse("groupBy=subject")
+            .unwrap()
+            .params()
+            .split_by_subject
+    );
+}
+
+#[test]
+fn a_bad_time_is_an_invalid_query() {
+    for name in ["from", "to"] {
+        let e = refused(&format!("{name}=yesterday"));
+        assert_eq!(e.code, ErrorCode::InvalidQuery);
+        assert!(
+            e.message.starts_with(&format!(
+                "{name}: time \"yesterday\" is not an RFC 3339 timestamp"
+            )),
+            "{}",
+            e.message
+        );
+        assert_eq!(e.retry_after_s, None);
+    }
+}
+
+#[test]
+fn an_unknown_window_size_is_an_invalid_query() {
+    let e = refused("windowSize=WEEK");
+    assert_eq!(e.code, ErrorCode::InvalidQuery);
+    assert_eq!(
+        e.message,
+        "windowSize \"WEEK\" is not one of MINUTE, HOUR, DAY, MONTH"
+    );
+}
+
+#[test]
+fn windows_are_in_utc_only() {
+    let e = refused("windowTimeZone=Europe/Paris");
+    assert_eq!(e.code, ErrorCode::InvalidQuery);
+    assert_eq!(e.message, "windows are in UTC; windowTimeZone must be UTC");
+}
+
+#[test]
+fn an_unknown_parameter_is_an_invalid_query() {
+    let e = refused("subject=a&limit=10");
+    assert_eq!(e.code, ErrorCode::InvalidQuery);
+    assert_eq!(e.message, "unknown query parameter `limit`");
+}
+
+#[test]
+fn an_unknown_meter_is_not_found() {
+    let e = queryable(&meters(), &BTreeMap::new(), "tokens").unwrap_err();
+    assert_eq!(e.code, ErrorCode::MeterNotFound);
+    assert_eq!(e.message, "meter `tokens` does not exist");
+    assert_eq!(e.retry_after_s, None);
+}
+
+#[test]
+fn a_meter_counting_its_past_says_when_to_retry() {
+    let backfills = BTreeMap::from([("calls".to_owned(), 42)]);
+    let e = queryable(&meters(), &backfills, "calls").unwrap_err();
+    assert_eq!(e.code, ErrorCode::MeterBackfilling);
+    assert_eq!(
+        e.message,
+        "meter `calls` is still counting the events logged before its creation (log seq 42)"
+    );
+    assert_eq!(e.retry_after_s, Some(1));
+}
+
+#[test]
+fn a_window_finer_than_the_meters_is_refused() {
+    let e = run("windowSize=MINUTE", Vec::new()).unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidWindowSize);
+    assert!(
+        e.message.contains("finer than the meter's windowSize HOUR"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
+fn bounds_must_be_aligned_and_ordered() {
+    let e = run("from=2024-01-01T00:30:00Z", Vec::new()).unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidQuery);
+    assert!(e.message.contains("must be aligned"), "{}", e.message);
+    let e = run(
+        "from=2024-01-02T00:00:00Z&to=2024-01-01T00:00:00Z",
+        Vec::new(),
+    )
+    .unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidQuery);
+    assert!(e.message.contains("must be before to"), "{}", e.message);
+}
+
+#[test]
+fn an_unknown_group_by_key_is_refused() {
+    let e = run("groupBy=plan", Vec::new()).unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidGroupBy);
+    assert!(e.message.contains("\"plan\""), "{}", e.message);
+}
+
+#[test]
+fn a_stored_state_that_does_not_fit_the_meter_is_corrupt() {
+    let stored = vec![window("a", T0, AggState::Unique(vec![1]))];
+    let e = run("", stored).unwrap_err();
+    assert_eq!(e.code, ErrorCode::CorruptState);
+}
+
+#[test]
+fn rows_follow_the_request() {
+    let stored = vec![
+        window("a", T0, AggState::Count(2)),
+        window("b", T0 + HOUR_MS, AggState::Count(3)),
+    ];
+    let rows = run("groupBy=subject&groupBy=region", stored.clone()).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].subject.as_deref(), Some("a"));
+    assert_eq!(rows[0].group_by["region"].as_deref(), Some("eu"));
+    let rows = run("", stored).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].value, 5.0);
+    assert_eq!(rows[0].subject, None);
+}
+
+#[test]
+fn ranges_cover_the_meter_or_the_named_subjects() {
+    let meters = meters();
+    let meter = meters.get("calls").unwrap();
+    let all = ranges(meter, &QueryRequest::default().params());
+    assert_eq!(all.len(), 1);
+    let q = QueryRequest::parse("subject=a&subject=b%00c").unwrap();
+    let some = ranges(meter, &q.params());
+    assert_eq!(some.len(), 1, "a subject holding NUL names no counter");
+    assert!(all[0].start <= some[0].start && some[0].end <= all[0].end);
+}

@@ -1,0 +1,154 @@
+//! How a running source stands, as `/readyz` shows it: connection state,
+//! assigned partitions with their stored positions, and the last client
+//! error. Whoever starts a source creates its [`SourceHealth`] and hands the
+//! same `Arc` to the source, which writes it, and to the readers (the API's
+//! [`crate::query::View`]), so two engines in one process never share one.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use serde_json::{json, Value};
+
+use crate::metrics::metrics;
+
+/// One source's state; see the module documentation.
+pub struct SourceHealth {
+    connected: AtomicBool,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    state: &'static str,
+    /// Assigned partitions and their position stored in the log.
+    positions: BTreeMap<(String, i32), Option<i64>>,
+    last_error: Option<(i64, String)>,
+}
+
+impl Default for SourceHealth {
+    fn default() -> SourceHealth {
+        SourceHealth::new()
+    }
+}
+
+impl SourceHealth {
+    /// A source that is still connecting and has no partitions.
+    pub fn new() -> SourceHealth {
+        SourceHealth {
+            connected: AtomicBool::new(false),
+            inner: Mutex::new(Inner {
+                state: "connecting",
+                positions: BTreeMap::new(),
+                last_error: None,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records whether the brokers answer. Called for every message: a plain
+    /// load settles the usual case.
+    pub fn set_connected(&self, connected: bool) {
+        if self.connected.load(Ordering::Relaxed) != connected
+            && self.connected.swap(connected, Ordering::SeqCst) != connected
+        {
+            metrics().kafka_connected.set(i64::from(connected));
+            let mut s = self.lock();
+            if s.state != "stopped" {
+                s.state = if connected {
+                    "connected"
+                } else {
+                    "disconnected"
+                };
+            }
+            if connected {
+                tracing::info!("Kafka brokers reachable");
+            }
+        }
+    }
+
+    /// Records a client error (the last one is shown) and counts it.
+    pub fn error(&self, message: String) {
+        metrics().kafka_errors_total.inc();
+        self.lock().last_error = Some((chrono::Utc::now().timestamp_millis(), message));
+    }
+
+    /// The source has stopped consuming.
+    pub fn stopped(&self) {
+        self.lock().state = "stopped";
+        metrics().kafka_connected.set(0);
+    }
+
+    /// Records an assigned partition and its stored position (`None` when
+    /// the log holds none yet); returns how many partitions are assigned.
+    pub fn set_position(&self, topic: &str, partition: i32, position: Option<i64>) -> usize {
+        let mut s = self.lock();
+        s.positions.insert((topic.to_owned(), partition), position);
+        s.positions.len()
+    }
+
+    /// Forgets a partition that is no longer assigned; returns how many
+    /// partitions remain.
+    pub fn unassign(&self, topic: &str, partition: i32) -> usize {
+        let mut s = self.lock();
+        s.positions.remove(&(topic.to_owned(), partition));
+        s.positions.len()
+    }
+
+    /// The assigned partitions and their stored positions.
+    pub fn positions(&self) -> Vec<((String, i32), Option<i64>)> {
+        self.lock()
+            .positions
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+
+    /// The `kafka` object of `/readyz`: state (`connecting`, `connected`,
+    /// `disconnected` or `stopped`), assigned partitions with their stored
+    /// positions, and the last client error.
+    pub fn readiness(&self) -> Value {
+        let s = self.lock();
+        let assigned: Vec<_> = s
+            .positions
+            .iter()
+            .map(|((topic, partition), position)| {
+                json!({"topic": topic, "partition": partition, "position": position})
+            })
+            .collect();
+        json!({
+            "state": s.state,
+            "assignedPartitions": assigned,
+            "lastError": s.last_error.as_ref().map(|(at_ms, message)| json!({
+                "at": crate::event::fmt_ms(*at_ms),
+                "message": message,
+            })),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_sources_keep_their_own_state() {
+        let a = SourceHealth::new();
+        let b = SourceHealth::new();
+        assert_eq!(a.set_position("t", 0, Some(5)), 1);
+        a.set_connected(true);
+        a.error("boom".into());
+        assert_eq!(a.readiness()["state"], "connected");
+        assert_eq!(a.readiness()["assignedPartitions"][0]["position"], 5);
+        assert_eq!(a.readiness()["lastError"]["message"], "boom");
+        assert_eq!(b.readiness()["state"], "connecting");
+        assert_eq!(b.readiness()["assignedPartitions"], json!([]));
+        assert!(b.readiness()["lastError"].is_null());
+        assert_eq!(a.unassign("t", 0), 0);
+        a.stopped();
+        a.set_connected(false);
+        assert_eq!(a.readiness()["state"], "stopped");
+    }
+}
