@@ -10,6 +10,7 @@
 //! each other's changes). Secrets are stored sealed (AES-256-GCM under the
 //! data key, the secret id as associated data), never in plaintext.
 
+use crate::id::ProductId;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -28,7 +29,7 @@ pub const LIVE_SECRETS_MAX: usize = 5;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Product {
-    pub id: String,
+    pub id: ProductId,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     pub require_signatures: bool,
@@ -100,10 +101,10 @@ pub fn new_secret(keys: &Keys, now_ms: i64) -> (SigningSecret, Zeroizing<String>
 #[derive(Default)]
 pub struct ProductRing {
     /// API key id → product id.
-    by_api_key: HashMap<String, String>,
-    require: HashMap<String, bool>,
+    by_api_key: HashMap<String, ProductId>,
+    require: HashMap<ProductId, bool>,
     /// Live secret id → (product id, secret bytes).
-    secrets: HashMap<String, (String, Zeroizing<Vec<u8>>)>,
+    secrets: HashMap<String, (ProductId, Zeroizing<Vec<u8>>)>,
 }
 
 impl ProductRing {

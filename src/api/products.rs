@@ -109,7 +109,7 @@ pub async fn create(
     let now = state.view.now_ms();
     let (secret, plaintext) = new_secret(state.view.crypto(), now);
     let product = Product {
-        id: new.id,
+        id: new.id.into(),
         name: new.name,
         require_signatures: new.require_signatures,
         api_keys: Vec::new(),

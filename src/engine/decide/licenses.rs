@@ -221,7 +221,7 @@ impl Request for SaveProduct {
         batch: &mut Batch,
     ) -> Result<Product, EngineError> {
         let mut product = *self.product;
-        let stored = state.product_versions.get(&product.id).copied();
+        let stored = state.product_versions.get(product.id.as_str()).copied();
         if product.version != stored.unwrap_or(0) + 1 {
             return Err(match stored {
                 None => EngineError::NotFound(format!("product `{}` does not exist", product.id)),

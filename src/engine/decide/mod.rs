@@ -21,7 +21,7 @@ use std::collections::{HashMap, HashSet};
 use super::batch::Batch;
 use super::protocol::EngineError;
 use crate::event::TimeWindow;
-use crate::id::ApiKeyId;
+use crate::id::{ApiKeyId, ProductId};
 use crate::license::LicenseBook;
 use crate::log::Seq;
 use crate::meter::MeterSet;
@@ -63,7 +63,7 @@ pub struct WriterState {
     pub meters: MeterSet,
     pub key_ids: HashSet<ApiKeyId>,
     /// Stored version of every product.
-    pub product_versions: HashMap<String, u64>,
+    pub product_versions: HashMap<ProductId, u64>,
     /// Authoritative license and seat state.
     pub licenses: LicenseBook,
     pub window: TimeWindow,
