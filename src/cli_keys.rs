@@ -38,7 +38,7 @@ fn audit() -> Audit {
     Audit {
         actor: Some(format!("cli:{user}")),
         at_ms: now_ms(),
-        request_id: Some(keymeter::auth::generate_id()),
+        request_id: Some(keymeter::api_keys::generate_id()),
     }
 }
 

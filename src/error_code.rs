@@ -168,6 +168,30 @@ error_codes! {
         "The meter is still counting the events logged before its creation; `Retry-After` says when to retry";
 }
 
+/// A refusal: a stable code and a message for humans. An event rejected
+/// ([`crate::event::Rejection`]) and a license or seat operation refused
+/// ([`crate::license::Refusal`]) are both this.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Coded {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Coded {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Coded {
+        Coded {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Coded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
 impl ErrorCode {
     /// The code with this wire string, if there is one.
     pub fn parse(s: &str) -> Option<ErrorCode> {

@@ -8,8 +8,8 @@
 //! [`query::View`].
 
 pub mod api;
+pub mod api_keys;
 pub mod audit;
-pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod crypto;

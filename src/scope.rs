@@ -1,6 +1,6 @@
 //! API key scopes: plain data, kept in the log's key records
 //! ([`crate::record::ApiKeyRecord`]). What a scope lets a key do is decided
-//! in [`crate::auth`].
+//! in [`crate::api_keys`].
 
 use serde::{Deserialize, Serialize};
 

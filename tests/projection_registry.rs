@@ -80,9 +80,10 @@ fn key(name: &str) -> CreateApiKey {
             id: format!("id-{name}").into(),
             name: name.into(),
             scopes: vec![keymeter::scope::Scope::Ingest],
-            key_sha256: keymeter::auth::key_digest(&format!("km_secret_{name}_0123456789")),
+            key_sha256: keymeter::api_keys::key_digest(&format!("km_secret_{name}_0123456789")),
             created_ms: 0,
         },
+        product: None,
         audit: Audit {
             actor: Some("test".into()),
             at_ms: 0,

@@ -10,7 +10,7 @@ use axum::http::header;
 use axum::http::request::Parts;
 
 use super::{ApiError, AppState};
-use crate::auth::allows;
+use crate::api_keys::allows;
 use crate::error_code::ErrorCode;
 use crate::scope::Scope;
 use crate::tls::TlsPeer;
@@ -80,7 +80,7 @@ impl<S: RequiredScope> FromRequestParts<AppState> for Auth<S> {
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty() && v.len() <= 128)
             .map(str::to_owned)
-            .unwrap_or_else(crate::auth::generate_id);
+            .unwrap_or_else(crate::api_keys::generate_id);
         Ok(Auth {
             key_id: key.id.to_string(),
             request_id,

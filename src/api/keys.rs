@@ -9,8 +9,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{Admin, ApiError, AppState, Auth};
-use crate::auth::{generate_key, key_digest};
-use crate::engine::protocol::{CreateApiKey, RevokeApiKey, SaveProduct};
+use crate::api_keys::{generate_key, key_digest};
+use crate::engine::protocol::{CreateApiKey, RevokeApiKey};
 use crate::error_code::ErrorCode;
 use crate::event::fmt_ms;
 use crate::record::ApiKeyRecord;
@@ -82,25 +82,6 @@ pub async fn create(
         ));
     }
     let (id, key) = generate_key();
-    // Bind first: a key must never exist unbound while its product expects
-    // it to be bound (a failed binding leaves no key behind).
-    if let Some(product_id) = &new.product {
-        let mut product = super::products::stored(&state, product_id).map_err(|_| {
-            ApiError::new(
-                ErrorCode::InvalidApiKey,
-                format!("product `{product_id}` does not exist"),
-            )
-        })?;
-        product.api_keys.push(id.clone());
-        product.version += 1;
-        state
-            .engine
-            .send(SaveProduct {
-                product: Box::new(product),
-                audit: auth.audit(),
-            })
-            .await?;
-    }
     let record = ApiKeyRecord {
         id: id.into(),
         name: new.name,
@@ -112,6 +93,7 @@ pub async fn create(
         .engine
         .send(CreateApiKey {
             key: record,
+            product: new.product.clone().map(Into::into),
             audit: auth.audit(),
         })
         .await?;

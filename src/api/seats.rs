@@ -56,7 +56,7 @@ pub async fn checkout(
         .send(rq::CheckoutSeat {
             license_id: id.clone().into(),
             fingerprint: req.fingerprint,
-            new_seat_id: format!("seat_{}", crate::auth::generate_id()).into(),
+            new_seat_id: format!("seat_{}", crate::api_keys::generate_id()).into(),
             audit: auth.audit(),
         })
         .await?

@@ -342,9 +342,9 @@ impl Config {
         }
         if let Some(key) = &self.bootstrap_admin_key {
             anyhow::ensure!(
-                key.len() >= crate::auth::SUPPLIED_KEY_CHARS_MIN,
+                key.len() >= crate::api_keys::SUPPLIED_KEY_CHARS_MIN,
                 "bootstrap admin key must be at least {} characters",
-                crate::auth::SUPPLIED_KEY_CHARS_MIN
+                crate::api_keys::SUPPLIED_KEY_CHARS_MIN
             );
         }
         Ok(())

@@ -37,10 +37,10 @@ pub use crate::clock::{Clock, SystemClock};
 pub use handle::EngineHandle;
 pub use open::{rebuild, rebuild_with};
 pub use protocol::{
-    EngineError, IngestOutcome, Origin, RejectedItem, Renewal, SeatLease, StartError,
+    EngineError, IngestOutcome, Origin, RejectedItem, Renewal, SeatLease, StageError, StartError,
 };
 
-use crate::auth::KeyRing;
+use crate::api_keys::ApiKeyRing;
 use crate::config::Config;
 use crate::event::TimeWindow;
 use crate::log::Seq;
@@ -56,7 +56,7 @@ use crate::projection::{Overlay, ProjectionError, Store};
 pub struct Shared {
     pub store: Store,
     pub meters: Arc<ArcSwap<MeterSet>>,
-    pub keys: Arc<ArcSwap<KeyRing>>,
+    pub keys: Arc<ArcSwap<ApiKeyRing>>,
     /// Counter states not yet flushed to sled; queries read them on top.
     pub overlay: Overlay,
     /// Meters whose past is still being counted (queries refuse them).
@@ -79,9 +79,9 @@ pub struct Shared {
 
 pub struct Engine {
     handle: Option<EngineHandle>,
-    writer: Option<JoinHandle<Result<(), StartError>>>,
-    syncer: Option<JoinHandle<Result<(), StartError>>>,
-    projector: Option<JoinHandle<Result<(), StartError>>>,
+    writer: Option<JoinHandle<Result<(), StageError>>>,
+    syncer: Option<JoinHandle<Result<(), StageError>>>,
+    projector: Option<JoinHandle<Result<(), StageError>>>,
 }
 
 /// What `Engine::open` reports about the start.
@@ -108,9 +108,9 @@ impl Engine {
         let s = self.syncer.take().expect("syncer").join();
         let p = self.projector.take().expect("projector").join();
         store.db.flush().map_err(ProjectionError::from)?;
-        w.map_err(|_| StartError::Other("writer panicked".into()))??;
-        s.map_err(|_| StartError::Other("log syncer panicked".into()))??;
-        p.map_err(|_| StartError::Other("projector panicked".into()))??;
+        w.map_err(|_| StageError::Panicked("writer"))??;
+        s.map_err(|_| StageError::Panicked("log syncer"))??;
+        p.map_err(|_| StageError::Panicked("projector"))??;
         Ok(())
     }
 }
@@ -120,8 +120,8 @@ impl Engine {
 fn spawn_stage(
     name: &'static str,
     shared: &Arc<Shared>,
-    run: impl FnOnce() -> Result<(), StartError> + Send + 'static,
-) -> Result<JoinHandle<Result<(), StartError>>, StartError> {
+    run: impl FnOnce() -> Result<(), StageError> + Send + 'static,
+) -> Result<JoinHandle<Result<(), StageError>>, StartError> {
     let shared = shared.clone();
     std::thread::Builder::new()
         .name(format!("keymeter-{name}"))
@@ -133,7 +133,7 @@ fn spawn_stage(
             }
             r
         })
-        .map_err(|e| StartError::Other(format!("cannot start the {name} thread: {e}")))
+        .map_err(|source| StartError::Spawn { name, source })
 }
 
 /// Exports each projection's applied sequence number and its lag behind the
@@ -160,10 +160,10 @@ pub fn load_keys(cfg: &Config, log_is_empty: bool) -> Result<crate::crypto::Keys
         cfg.master_key_file.as_deref(),
         &cfg.data_dir,
     )
-    .map_err(StartError::Other)?;
+    .map_err(StartError::Keys)?;
     let now_ms = chrono::Utc::now().timestamp_millis();
     let (keys, origin) = open_keys(&cfg.data_dir, &master, log_is_empty, now_ms)
-        .map_err(|e| StartError::Other(e.to_string()))?;
+        .map_err(|e| StartError::Keys(e.to_string()))?;
     match origin {
         KeyringOrigin::Loaded => {}
         KeyringOrigin::Generated => tracing::info!(kid = keys.kid(), "created the keyring"),
@@ -215,7 +215,7 @@ fn check_keys_open_secrets(
     if opens == Some(true) {
         return Ok(());
     }
-    Err(StartError::Other(format!(
+    Err(StartError::Keys(format!(
         "the keyring does not open license {id}'s sealed key: DATA/keys/keyring.json was lost \
          or replaced; restore it from the backup that matches this log"
     )))

@@ -16,8 +16,8 @@ use super::protocol::{CreateApiKey, StartError};
 use super::syncer::Syncer;
 use super::writer::{self, Writer, LEASE_SWEEP_INTERVAL};
 use super::{report_progress, spawn_stage, Engine, Shared, Started};
+use crate::api_keys;
 use crate::audit::{AnchorFile, CheckpointSchedule};
-use crate::auth;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::license::LicenseBook;
@@ -222,9 +222,9 @@ impl Engine {
             return Ok(None);
         }
         let (id, key, generated) = match &cfg.bootstrap_admin_key {
-            Some(k) => (auth::generate_id(), k.clone(), false),
+            Some(k) => (api_keys::generate_id(), k.clone(), false),
             None => {
-                let (id, key) = auth::generate_key();
+                let (id, key) = api_keys::generate_key();
                 (id, key, true)
             }
         };
@@ -233,7 +233,7 @@ impl Engine {
             id: id.into(),
             name: "bootstrap-admin".into(),
             scopes: vec![Scope::Admin],
-            key_sha256: auth::key_digest(&key),
+            key_sha256: api_keys::key_digest(&key),
             created_ms: now,
         };
         let audit = Audit {
@@ -246,6 +246,7 @@ impl Engine {
             .map_err(|e| StartError::Other(e.to_string()))?;
         let request = CreateApiKey {
             key: key_record,
+            product: None,
             audit,
         };
         rt.block_on(handle.send(request))
@@ -292,10 +293,10 @@ fn writer_state(
         dedup,
         meters,
         key_ids: store.api_keys()?.into_iter().map(|k| k.id).collect(),
-        product_versions: store
+        products: store
             .products()?
             .into_iter()
-            .map(|p| (p.id, p.version))
+            .map(|p| (p.id.clone(), p))
             .collect(),
         licenses,
         window: cfg.time_window(),

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::batch::Job;
-use super::protocol::StartError;
+use super::protocol::StageError;
 use super::{report_progress, Shared};
 use crate::projection::{Applied, Projection};
 
@@ -23,7 +23,7 @@ pub(crate) struct Projector {
 }
 
 impl Projector {
-    pub fn run(mut self, jobs: Receiver<Job>) -> Result<(), StartError> {
+    pub fn run(mut self, jobs: Receiver<Job>) -> Result<(), StageError> {
         let mut flushed_at = Instant::now();
         loop {
             let wait = FLUSH_INTERVAL.saturating_sub(flushed_at.elapsed());
@@ -43,7 +43,7 @@ impl Projector {
         Ok(())
     }
 
-    fn flush(&mut self) -> Result<(), StartError> {
+    fn flush(&mut self) -> Result<(), StageError> {
         for p in &mut self.projections {
             p.flush()?;
         }
@@ -57,7 +57,7 @@ impl Projector {
         Ok(())
     }
 
-    fn apply(&mut self, job: Job) -> Result<(), StartError> {
+    fn apply(&mut self, job: Job) -> Result<(), StageError> {
         if job.batch.is_empty() {
             for answer in job.answers {
                 answer();

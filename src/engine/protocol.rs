@@ -3,7 +3,7 @@
 //! How the writer decides each request lives in [`super::decide`].
 
 use crate::event::{Decoded, Rejection};
-use crate::id::{ApiKeyId, LicenseId, MeterSlug, SeatId};
+use crate::id::{ApiKeyId, LicenseId, MeterSlug, ProductId, SeatId};
 use crate::license::model::{LicenseUpdate, StatusAction};
 use crate::license::License;
 pub use crate::license::Renewal;
@@ -26,14 +26,39 @@ pub enum EngineError {
     Overloaded(String),
 }
 
+/// Why the engine could not start, or (through [`StartError::Stage`]) why
+/// one of its stages stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("event log: {0}")]
     Log(#[from] crate::log::LogError),
     #[error("projections: {0}")]
     Projection(#[from] ProjectionError),
+    #[error("keys: {0}")]
+    Keys(String),
+    #[error("cannot start the {name} thread: {source}")]
+    Spawn {
+        name: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Stage(#[from] StageError),
     #[error("{0}")]
     Other(String),
+}
+
+/// Why a running stage (writer, syncer, projector) stopped; the engine is
+/// then failed (`/readyz`, and `serve` exits).
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error("event log: {0}")]
+    Log(#[from] crate::log::LogError),
+    #[error("projections: {0}")]
+    Projection(#[from] ProjectionError),
+    #[error("the {0} stopped")]
+    PeerStopped(&'static str),
+    #[error("the {0} panicked")]
+    Panicked(&'static str),
 }
 
 /// What became of each event of one ingest request.
@@ -102,8 +127,11 @@ pub struct DeleteMeter {
     pub audit: Audit,
 }
 
+/// Creates an API key; with `product`, binds it to that product in the
+/// same batch.
 pub struct CreateApiKey {
     pub key: ApiKeyRecord,
+    pub product: Option<ProductId>,
     pub audit: Audit,
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::batch::{Batch, Job, Pending};
-use super::protocol::StartError;
+use super::protocol::StageError;
 use crate::audit::{self, AnchorFile};
 use crate::clock::Clock;
 use crate::log::{Log, Seq};
@@ -31,7 +31,7 @@ pub(crate) struct Syncer {
 }
 
 impl Syncer {
-    pub fn run(mut self, pending: Receiver<Pending>) -> Result<(), StartError> {
+    pub fn run(mut self, pending: Receiver<Pending>) -> Result<(), StageError> {
         while let Ok(next) = pending.recv() {
             let job = match next {
                 Pending::Batch(job) => {
@@ -42,14 +42,14 @@ impl Syncer {
             };
             self.jobs
                 .send(job)
-                .map_err(|_| StartError::Other("projector stopped".into()))?;
+                .map_err(|_| StageError::PeerStopped("projector"))?;
         }
         Ok(())
     }
 
     /// Encodes the records into the syncer's own buffer (no allocation per
     /// record) and appends them as one batch starting at `first_seq`.
-    fn append(&mut self, first_seq: Seq, records: &[Record]) -> Result<(), StartError> {
+    fn append(&mut self, first_seq: Seq, records: &[Record]) -> Result<(), StageError> {
         if records.is_empty() {
             return Ok(());
         }
@@ -93,7 +93,7 @@ impl Syncer {
 
     /// Signs the chain through the head, appends the checkpoint at `seq`,
     /// copies it to the anchor file, and returns its job for the projector.
-    fn checkpoint(&mut self, seq: Seq) -> Result<Job, StartError> {
+    fn checkpoint(&mut self, seq: Seq) -> Result<Job, StageError> {
         let covered = self.log.head_seq();
         assert_eq!(covered + 1, seq, "a checkpoint follows what it covers");
         let checkpoint = audit::sign_checkpoint(

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use super::batch::{Batch, Job, Pending};
 use super::decide::WriterState;
 use super::handle::Command;
-use super::protocol::{StartError, SweepLeases};
+use super::protocol::{StageError, StartError, SweepLeases};
 use crate::audit::CheckpointSchedule;
 use crate::clock::Clock;
 use crate::metrics::metrics;
@@ -33,7 +33,7 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub fn run(mut self, mut rx: mpsc::Receiver<Command>) -> Result<(), StartError> {
+    pub fn run(mut self, mut rx: mpsc::Receiver<Command>) -> Result<(), StageError> {
         let mut snapshot_at = Instant::now();
         while let Some(first) = rx.blocking_recv() {
             let mut records = first.records_max();
@@ -66,7 +66,7 @@ impl Writer {
 
     /// Asks the syncer for a checkpoint after everything sent so far, if one
     /// is due (`shutting_down`: if any record is uncovered).
-    fn checkpoint_if_due(&mut self, shutting_down: bool) -> Result<(), StartError> {
+    fn checkpoint_if_due(&mut self, shutting_down: bool) -> Result<(), StageError> {
         if !self.checkpoints.due(Instant::now(), shutting_down) {
             return Ok(());
         }
@@ -75,7 +75,7 @@ impl Writer {
         self.checkpoints.covered();
         self.syncer
             .send(Pending::Checkpoint { seq })
-            .map_err(|_| StartError::Other("log syncer stopped".into()))
+            .map_err(|_| StageError::PeerStopped("log syncer"))
     }
 
     /// A failed snapshot costs only replay time on the next start.
@@ -92,7 +92,7 @@ impl Writer {
         }
     }
 
-    fn write_batch(&mut self, commands: Vec<Command>) -> Result<(), StartError> {
+    fn write_batch(&mut self, commands: Vec<Command>) -> Result<(), StageError> {
         let records: usize = commands.iter().map(Command::records_max).sum();
         let mut batch = Batch::with_capacity(records);
         let mut answers = Vec::with_capacity(commands.len());
@@ -114,7 +114,7 @@ impl Writer {
         };
         self.syncer
             .send(Pending::Batch(job))
-            .map_err(|_| StartError::Other("log syncer stopped".into()))
+            .map_err(|_| StageError::PeerStopped("log syncer"))
     }
 }
 
@@ -124,7 +124,7 @@ impl Writer {
 /// first tick after the engine stops. A full queue skips a tick: the writer
 /// is busy and wakes anyway.
 pub(crate) fn spawn_ticker(
-    name: &str,
+    name: &'static str,
     tx: mpsc::WeakSender<Command>,
     every: Duration,
     make: fn() -> Command,
@@ -139,7 +139,7 @@ pub(crate) fn spawn_ticker(
             let _ = tx.try_send(make());
         })
         .map(|_| ())
-        .map_err(|e| StartError::Other(format!("cannot start the {name} thread: {e}")))
+        .map_err(|source| StartError::Spawn { name, source })
 }
 
 /// The lease sweeper's command.

@@ -106,28 +106,8 @@ impl DedupKey {
     }
 }
 
-/// Why an event (or a whole body) was refused. `code` is stable and
-/// machine-readable; `message` is for humans.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
-    pub code: ErrorCode,
-    pub message: String,
-}
-
-impl std::fmt::Display for Rejection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.code, self.message)
-    }
-}
-
-impl Rejection {
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Rejection {
-        Rejection {
-            code,
-            message: message.into(),
-        }
-    }
-}
+/// Why an event (or a whole body) was refused.
+pub type Rejection = crate::error_code::Coded;
 
 /// One element of a decoded body: a valid event, or the reason it is not,
 /// with the raw text kept for the quarantine.

@@ -25,23 +25,8 @@ pub use period::{current_period, Period, PeriodBounds};
 pub use renewal::Renewal;
 pub use seats::{Seat, SeatTable};
 
-use crate::error_code::ErrorCode;
-
-/// Why an admin or seat operation was refused: a stable code and a message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    pub code: ErrorCode,
-    pub message: String,
-}
-
-impl Refusal {
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Refusal {
-        Refusal {
-            code,
-            message: message.into(),
-        }
-    }
-}
+/// Why an admin or seat operation was refused.
+pub type Refusal = crate::error_code::Coded;
 
 /// Milliseconds since the epoch as a UTC time.
 pub fn utc_ms(ms: i64) -> chrono::DateTime<chrono::Utc> {

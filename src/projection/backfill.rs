@@ -22,13 +22,13 @@ use crate::metrics::metrics;
 use crate::record::Record;
 
 /// A meter to count from the start of the log through `before - 1`.
-pub struct Job {
+pub struct Backfill {
     pub meter: CompiledMeter,
     pub before: Seq,
 }
 
 /// The fold of a job, to merge into the counters.
-pub struct Done {
+pub struct Counted {
     pub slug: String,
     pub before: Seq,
     pub fold: Result<Fold, ProjectionError>,
@@ -37,9 +37,9 @@ pub struct Done {
 /// One worker thread, started at the first job, taking jobs in order.
 pub struct Worker {
     log_dir: PathBuf,
-    jobs: Option<Sender<Job>>,
-    done_tx: Sender<Done>,
-    done: Receiver<Done>,
+    jobs: Option<Sender<Backfill>>,
+    done_tx: Sender<Counted>,
+    done: Receiver<Counted>,
 }
 
 impl Worker {
@@ -53,9 +53,9 @@ impl Worker {
         }
     }
 
-    pub fn start(&mut self, job: Job) -> Result<(), ProjectionError> {
+    pub fn start(&mut self, job: Backfill) -> Result<(), ProjectionError> {
         if self.jobs.is_none() {
-            let (tx, rx) = mpsc::channel::<Job>();
+            let (tx, rx) = mpsc::channel::<Backfill>();
             let (log_dir, done) = (self.log_dir.clone(), self.done_tx.clone());
             std::thread::Builder::new()
                 .name("keymeter-backfill".into())
@@ -64,7 +64,7 @@ impl Worker {
                         let fold = fold_before(&log_dir, &job.meter, job.before);
                         let slug = job.meter.slug().to_owned();
                         let before = job.before;
-                        if done.send(Done { slug, before, fold }).is_err() {
+                        if done.send(Counted { slug, before, fold }).is_err() {
                             return;
                         }
                     }
@@ -82,12 +82,12 @@ impl Worker {
     }
 
     /// A finished job, if any.
-    pub fn try_done(&self) -> Option<Done> {
+    pub fn try_done(&self) -> Option<Counted> {
         self.done.try_recv().ok()
     }
 
     /// The next finished job, waiting for it.
-    pub fn wait_done(&self) -> Done {
+    pub fn wait_done(&self) -> Counted {
         self.done.recv().expect("the worker holds a sender")
     }
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use super::backfill::{self, fold_one, Job};
+use super::backfill::{self, fold_one, Backfill};
 use super::reads::{decode_state, Overlay};
 use super::usage::{UsageCache, UsageInner};
 use super::{
@@ -136,7 +136,7 @@ impl Counters {
                 key: slug.to_owned(),
                 reason: "backfill mark of a meter that does not exist".into(),
             })?;
-        self.worker.start(Job { meter, before })?;
+        self.worker.start(Backfill { meter, before })?;
         self.backfills.insert(slug.to_owned(), before);
         self.published_backfills
             .store(Arc::new(self.backfills.clone()));

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use super::store::{documents, source_key};
 use super::{checkpoint, put_checkpoint, Applied, OpenContext, Projection, ProjectionError};
-use crate::auth::KeyRing;
+use crate::api_keys::ApiKeyRing;
 use crate::log::Seq;
 use crate::record::Record;
 
@@ -126,7 +126,7 @@ pub fn open_meters(ctx: &OpenContext<'_>) -> Result<Box<dyn Projection>, Project
     )?))
 }
 
-/// Live API keys (digests only), by id; readers get a new [`KeyRing`].
+/// Live API keys (digests only), by id; readers get a new [`ApiKeyRing`].
 pub fn open_api_keys(ctx: &OpenContext<'_>) -> Result<Box<dyn Projection>, ProjectionError> {
     let change = |_: Seq, r: &Record| match r {
         Record::ApiKeyCreated { key, .. } => {
@@ -137,7 +137,7 @@ pub fn open_api_keys(ctx: &OpenContext<'_>) -> Result<Box<dyn Projection>, Proje
     };
     let keys = ctx.readers.keys.clone();
     let publish: Publish = Box::new(move |tree| {
-        let ring = KeyRing::from_records(documents(tree, "api_keys")?);
+        let ring = ApiKeyRing::from_records(documents(tree, "api_keys")?);
         keys.store(Arc::new(ring));
         Ok(())
     });

@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::auth::KeyRing;
+use crate::api_keys::ApiKeyRing;
 use crate::log::{self, Seq};
 pub use crate::meter::MeterSet;
 use crate::product::ProductRing;
@@ -117,7 +117,7 @@ pub trait Projection: Send {
 #[derive(Clone)]
 pub struct Readers {
     pub meters: Arc<ArcSwap<MeterSet>>,
-    pub keys: Arc<ArcSwap<KeyRing>>,
+    pub keys: Arc<ArcSwap<ApiKeyRing>>,
     pub products: Arc<ArcSwap<ProductRing>>,
     pub licenses: Arc<licenses::PublishedLicenses>,
     pub usage: Arc<usage::UsageCache>,

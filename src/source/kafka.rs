@@ -234,13 +234,13 @@ struct Lane {
     /// engine cannot refuse a batch that does not continue a refused one,
     /// so only one batch is in flight.
     positioned: bool,
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::Sender<PartitionBatch>,
     abandon: Arc<AtomicBool>,
     worker: tokio::task::JoinHandle<()>,
 }
 
 /// A partition batch on its way to the engine.
-struct Job {
+struct PartitionBatch {
     lane: u64,
     items: Vec<Decoded>,
     offsets: Vec<i64>,
@@ -250,7 +250,7 @@ struct Job {
 }
 
 /// A worker's answer for one job.
-struct Done {
+struct BatchDone {
     lane: u64,
     delta: OffsetDelta,
     /// Indexes of the batch that were dead-lettered before the engine call.
@@ -271,7 +271,7 @@ struct Ctx {
     lane_ids: AtomicU64,
     reset: Offset,
     sink: Option<Arc<DeadLetterSink>>,
-    done: std::sync::mpsc::Sender<Done>,
+    done: std::sync::mpsc::Sender<BatchDone>,
     health: Arc<SourceHealth>,
 }
 
@@ -472,7 +472,7 @@ impl ConsumerContext for Ctx {
 
 struct Runner {
     consumer: Arc<BaseConsumer<Ctx>>,
-    done: std::sync::mpsc::Receiver<Done>,
+    done: std::sync::mpsc::Receiver<BatchDone>,
     stop: Arc<AtomicBool>,
     batch_messages_max: usize,
     batch_wait: Duration,
@@ -633,7 +633,7 @@ impl Runner {
     }
 
     /// Handles a worker's answer.
-    fn answered(&mut self, done: Done) {
+    fn answered(&mut self, done: BatchDone) {
         let mut lanes = self.ctx().lanes();
         let Some(i) = lanes.iter().position(|l| l.id == done.lane) else {
             return; // the lane was closed; its work is someone else's now
@@ -749,7 +749,7 @@ fn submit(lane: &mut Lane) {
     // The next batch likely matches this one's size: room for that many
     // messages spares the buffer's growth and copies.
     let room = lane.items.len();
-    let job = Job {
+    let job = PartitionBatch {
         lane: lane.id,
         items: std::mem::replace(&mut lane.items, Vec::with_capacity(room)),
         offsets: std::mem::replace(&mut lane.offsets, Vec::with_capacity(room)),
@@ -772,7 +772,7 @@ fn submit(lane: &mut Lane) {
     lane.jobs += 1;
 }
 
-fn count(outcome: &IngestOutcome, done: &Done) {
+fn count(outcome: &IngestOutcome, done: &BatchDone) {
     let m = metrics();
     m.kafka_batches_total.with_label_values(&["written"]).inc();
     m.kafka_messages_total
@@ -855,7 +855,7 @@ type Answer = tokio::sync::oneshot::Receiver<Result<IngestOutcome, EngineError>>
 /// FIFO, so the batches land in order, each continuing the one before (a
 /// refused batch makes every later one refused too, by the offset check).
 async fn run_lane(
-    mut jobs: mpsc::Receiver<Job>,
+    mut jobs: mpsc::Receiver<PartitionBatch>,
     abandon: Arc<AtomicBool>,
     engine: EngineHandle,
     sink: Option<Arc<DeadLetterSink>>,
@@ -883,7 +883,7 @@ async fn run_lane(
 
 /// Awaits the engine's answers of one partition in submission order and
 /// reports them to the consumer thread.
-async fn await_answers(mut sent: mpsc::Receiver<Sent>, done: std::sync::mpsc::Sender<Done>) {
+async fn await_answers(mut sent: mpsc::Receiver<Sent>, done: std::sync::mpsc::Sender<BatchDone>) {
     while let Some(s) = sent.recv().await {
         let result = match s.answer {
             Ok(answer) => answer
@@ -892,7 +892,7 @@ async fn await_answers(mut sent: mpsc::Receiver<Sent>, done: std::sync::mpsc::Se
                 .map_err(Failure::Engine),
             Err(failure) => Err(failure),
         };
-        let done_msg = Done {
+        let done_msg = BatchDone {
             lane: s.lane,
             delta: s.delta,
             dead_letters: s.dead_letters,
@@ -905,7 +905,7 @@ async fn await_answers(mut sent: mpsc::Receiver<Sent>, done: std::sync::mpsc::Se
 }
 
 async fn process(
-    job: Job,
+    job: PartitionBatch,
     abandon: &AtomicBool,
     engine: &EngineHandle,
     sink: Option<&DeadLetterSink>,

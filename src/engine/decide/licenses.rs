@@ -18,7 +18,7 @@ use crate::license::{License, Refusal, SeatPolicy, SeatTable};
 use crate::meter::MeterDef;
 use crate::metrics::metrics;
 use crate::product::Product;
-use crate::record::{ApiKeyRecord, AsJson, Record, SeatRecord};
+use crate::record::{ApiKeyRecord, AsJson, Audit, Record, SeatRecord};
 
 /// The answer of a license or seat request: refusals are answers too.
 type Decided<T> = Result<Result<T, Refusal>, EngineError>;
@@ -28,7 +28,10 @@ impl Request for CreateLicense {
 
     fn decide(self, state: &mut WriterState, now_ms: i64, batch: &mut Batch) -> Decided<License> {
         let license = *self.license;
-        if let Err(r) = license.validate() {
+        if let Err(r) = license
+            .validate()
+            .and_then(|()| state.quota_meters(&license))
+        {
             return Ok(Err(r));
         }
         let exists = state.licenses.get(&license.id).is_some()
@@ -55,6 +58,7 @@ impl Request for UpdateLicense {
         let license = match state
             .license(&self.id)
             .and_then(|l| l.updated(*self.update, now))
+            .and_then(|l| state.quota_meters(&l).map(|()| l))
         {
             Ok(l) => l,
             Err(r) => return Ok(Err(r)),
@@ -221,7 +225,7 @@ impl Request for SaveProduct {
         batch: &mut Batch,
     ) -> Result<Product, EngineError> {
         let mut product = *self.product;
-        let stored = state.product_versions.get(product.id.as_str()).copied();
+        let stored = state.products.get(product.id.as_str()).map(|p| p.version);
         if product.version != stored.unwrap_or(0) + 1 {
             return Err(match stored {
                 None => EngineError::NotFound(format!("product `{}` does not exist", product.id)),
@@ -234,25 +238,19 @@ impl Request for SaveProduct {
                 )),
             });
         }
-        let audit = stamped(self.audit, now_ms);
-        product.updated_ms = audit.at_ms;
         if product.version == 1 {
-            product.created_ms = audit.at_ms;
+            product.created_ms = now_ms;
         }
-        state
-            .product_versions
-            .insert(product.id.clone(), product.version);
-        let record = Record::ProductSaved {
-            product: AsJson::new(product.clone()),
-            audit,
-        };
-        batch.push(record, None);
-        Ok(product)
+        Ok(state.save_product(product, stamped(self.audit, now_ms), batch))
     }
 }
 
 impl Request for CreateApiKey {
     type Output = ApiKeyRecord;
+
+    fn records_max(&self) -> usize {
+        2
+    }
 
     fn decide(
         self,
@@ -260,10 +258,26 @@ impl Request for CreateApiKey {
         now_ms: i64,
         batch: &mut Batch,
     ) -> Result<ApiKeyRecord, EngineError> {
-        if !state.key_ids.insert(self.key.id.clone()) {
+        if state.key_ids.contains(self.key.id.as_str()) {
             let msg = format!("API key id `{}` already exists", self.key.id);
             return Err(EngineError::Conflict(msg));
         }
+        // Bound in the same batch: a key never exists unbound while its
+        // product expects it to be bound.
+        if let Some(product_id) = &self.product {
+            let Some(product) = state.products.get(product_id.as_str()) else {
+                let msg = format!("product `{product_id}` does not exist");
+                return Err(EngineError::Invalid(Rejection::new(
+                    ErrorCode::InvalidApiKey,
+                    msg,
+                )));
+            };
+            let mut product = product.clone();
+            product.api_keys.push(self.key.id.to_string());
+            product.version += 1;
+            state.save_product(product, stamped(self.audit.clone(), now_ms), batch);
+        }
+        state.key_ids.insert(self.key.id.clone());
         let record = Record::ApiKeyCreated {
             key: self.key.clone(),
             audit: stamped(self.audit, now_ms),
@@ -356,6 +370,34 @@ impl WriterState {
         }
         self.licenses.apply(&record);
         batch.push(record, None);
+    }
+
+    /// Logs a product document and keeps it as the writer's current one.
+    fn save_product(&mut self, mut product: Product, audit: Audit, batch: &mut Batch) -> Product {
+        product.updated_ms = audit.at_ms;
+        self.products.insert(product.id.clone(), product.clone());
+        let record = Record::ProductSaved {
+            product: AsJson::new(product.clone()),
+            audit,
+        };
+        batch.push(record, None);
+        product
+    }
+
+    /// Every quota must name a meter that exists now.
+    fn quota_meters(&self, license: &License) -> Result<(), Refusal> {
+        match license
+            .policy
+            .quotas()
+            .iter()
+            .find(|q| self.meters.get(&q.meter).is_none())
+        {
+            Some(q) => Err(Refusal::new(
+                ErrorCode::InvalidLicense,
+                format!("quota names meter `{}`, which does not exist", q.meter),
+            )),
+            None => Ok(()),
+        }
     }
 
     fn license(&self, id: &str) -> Result<&License, Refusal> {

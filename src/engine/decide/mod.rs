@@ -26,6 +26,7 @@ use crate::license::LicenseBook;
 use crate::log::Seq;
 use crate::meter::MeterSet;
 use crate::metrics::metrics;
+use crate::product::Product;
 use crate::projection::dedup::DedupIndex;
 use crate::record::Audit;
 use crate::source::checkpoint::SourceCheckpoint;
@@ -62,8 +63,8 @@ pub struct WriterState {
     pub dedup: DedupIndex,
     pub meters: MeterSet,
     pub key_ids: HashSet<ApiKeyId>,
-    /// Stored version of every product.
-    pub product_versions: HashMap<ProductId, u64>,
+    /// Every product as stored.
+    pub products: HashMap<ProductId, Product>,
     /// Authoritative license and seat state.
     pub licenses: LicenseBook,
     pub window: TimeWindow,

@@ -31,7 +31,7 @@ fn state(dir: &std::path::Path) -> WriterState {
         dedup: DedupIndex::open(dir, 100_000).unwrap(),
         meters: MeterSet::default(),
         key_ids: HashSet::new(),
-        product_versions: HashMap::new(),
+        products: HashMap::new(),
         licenses: LicenseBook::default(),
         window: TimeWindow::default(),
         dedup_keys_max: 100_000,
@@ -301,7 +301,7 @@ proptest! {
                 prop_assert!(refused);
                 prop_assert!(batch.is_empty());
             }
-            prop_assert_eq!(s.product_versions.get("p").copied(), stored);
+            prop_assert_eq!(s.products.get("p").map(|p| p.version), stored);
         }
     }
 
@@ -349,4 +349,60 @@ fn table(from: Status, action: StatusAction) -> Result<Status, &'static str> {
         (Status::Suspended, Revoke) => Ok(Status::Revoked),
         (Status::Revoked, _) => Err("REVOKED"),
     }
+}
+
+/// A product-bound key and its binding are one decision: both records in one
+/// batch, or neither.
+#[test]
+fn a_key_and_its_product_binding_land_together_or_not_at_all() {
+    use crate::engine::protocol::CreateApiKey;
+    use crate::record::ApiKeyRecord;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = state(dir.path());
+    let key = |id: &str, product: Option<&str>| CreateApiKey {
+        key: ApiKeyRecord {
+            id: id.into(),
+            name: id.into(),
+            scopes: vec![crate::scope::Scope::Ingest],
+            key_sha256: [0; 32],
+            created_ms: 0,
+        },
+        product: product.map(Into::into),
+        audit: audit(),
+    };
+    let (out, batch) = decide(&mut s, key("k1", Some("p")), T0);
+    assert!(matches!(out, Err(EngineError::Invalid(r)) if r.code == "INVALID_API_KEY"));
+    assert!(batch.is_empty());
+    assert!(s.key_ids.is_empty(), "a refused key is not taken");
+
+    let product = Product {
+        id: "p".into(),
+        name: None,
+        require_signatures: true,
+        api_keys: Vec::new(),
+        signing_secrets: Vec::new(),
+        created_ms: 0,
+        updated_ms: 0,
+        version: 1,
+    };
+    let (saved, _) = decide(
+        &mut s,
+        SaveProduct {
+            product: Box::new(product),
+            audit: audit(),
+        },
+        T0,
+    );
+    saved.unwrap();
+    let (out, batch) = decide(&mut s, key("k1", Some("p")), T0 + 1);
+    out.unwrap();
+    match &batch.records[..] {
+        [Record::ProductSaved { product, .. }, Record::ApiKeyCreated { key, .. }] => {
+            assert_eq!(product.version, 2);
+            assert_eq!(product.api_keys, vec!["k1".to_owned()]);
+            assert_eq!(key.id, "k1");
+        }
+        other => panic!("expected the binding and the key, got {other:?}"),
+    }
+    assert_eq!(s.products.get("p").unwrap().version, 2);
 }

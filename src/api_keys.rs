@@ -50,13 +50,13 @@ pub fn generate_id() -> String {
 
 /// The published set of live keys, looked up by digest.
 #[derive(Debug, Default, Clone)]
-pub struct KeyRing {
+pub struct ApiKeyRing {
     by_digest: HashMap<[u8; 32], ApiKeyRecord>,
 }
 
-impl KeyRing {
-    pub fn from_records(records: impl IntoIterator<Item = ApiKeyRecord>) -> KeyRing {
-        KeyRing {
+impl ApiKeyRing {
+    pub fn from_records(records: impl IntoIterator<Item = ApiKeyRecord>) -> ApiKeyRing {
+        ApiKeyRing {
             by_digest: records.into_iter().map(|r| (r.key_sha256, r)).collect(),
         }
     }
@@ -90,7 +90,7 @@ mod tests {
     #[test]
     fn keys_are_found_by_full_key_only() {
         let (id, key) = generate_key();
-        let ring = KeyRing::from_records([ApiKeyRecord {
+        let ring = ApiKeyRing::from_records([ApiKeyRecord {
             id: id.clone().into(),
             name: "k".into(),
             scopes: vec![Scope::Read],
