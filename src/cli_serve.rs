@@ -51,6 +51,9 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", cfg.listen))?;
         let addr = listener.local_addr()?;
+        // Before the address is announced: a SIGTERM right after it must
+        // shut down cleanly, not kill the process.
+        let shutdown = shutdown_signal(handle.shared.clone())?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         announce(scheme, addr, started.bootstrap_key.as_deref())?;
         if let Some(metrics_addr) = cfg.metrics_listen {
@@ -58,7 +61,6 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         }
         let client_certs = cfg.tls_client_ca.is_some();
         tracing::info!(%addr, tls = tls.is_some(), client_certs, "HTTP API listening");
-        let shutdown = shutdown_signal(handle.shared.clone());
         serve_api(listener, keymeter::api::router(state), tls, shutdown).await
     })?;
     if let Some(kafka) = kafka {
@@ -146,26 +148,24 @@ async fn spawn_metrics_listener(addr: SocketAddr) -> anyhow::Result<()> {
 
 /// Resolves on Ctrl-C, SIGTERM, or when the engine has failed (so the process
 /// exits instead of answering 503 forever).
-async fn shutdown_signal(shared: Arc<engine::Shared>) {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// The handlers are installed when this is called, not when the future is
+/// first polled.
+fn shutdown_signal(
+    shared: Arc<engine::Shared>,
+) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    Ok(async move {
+        let failed = async {
+            while !shared.failed.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        tokio::select! {
+            _ = interrupt.recv() => tracing::info!("Ctrl-C received; shutting down"),
+            _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+            _ = failed => tracing::error!("engine failed; shutting down"),
         }
-    };
-    let failed = async {
-        while !shared.failed.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    };
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("Ctrl-C received; shutting down"),
-        _ = term => tracing::info!("SIGTERM received; shutting down"),
-        _ = failed => tracing::error!("engine failed; shutting down"),
-    }
+    })
 }

@@ -244,39 +244,11 @@ pub fn decide(
         Ok(g) => g,
         Err((code, detail)) => return fail(verdict, code, detail),
     };
-    let missing: Vec<&str> = request
-        .entitlements
-        .iter()
-        .filter(|e| license.entitlements.binary_search(e).is_err())
-        .map(String::as_str)
-        .collect();
-    if !missing.is_empty() {
-        let detail = format!("the license lacks entitlements: {}", missing.join(", "));
-        return fail(verdict, Code::EntitlementMissing, detail);
+    if let Some((code, detail)) = entitlement_refusal(license, request) {
+        return fail(verdict, code, detail);
     }
-    if let Some(policy) = &license.policy.seats {
-        let Some(fp) = request.fingerprint else {
-            let detail = "this license is seat-based: send the machine fingerprint".into();
-            return fail(verdict, Code::NoSeat, detail);
-        };
-        if seats.held_by(fp, now_ms).is_none() {
-            let full = seats.used(now_ms) >= policy.max;
-            let (code, detail) = match (full, policy.mode) {
-                (false, _) => (
-                    Code::NoSeat,
-                    "this fingerprint holds no seat: check one out first",
-                ),
-                (true, SeatMode::Floating) => (
-                    Code::SeatLimitExceeded,
-                    "every seat is taken by other machines",
-                ),
-                (true, SeatMode::NodeLocked) => (
-                    Code::FingerprintMismatch,
-                    "every seat is bound to another machine fingerprint",
-                ),
-            };
-            return fail(verdict, code, detail.into());
-        }
+    if let Some((code, detail)) = seat_refusal(license, seats, request, now_ms) {
+        return fail(verdict, code, detail);
     }
     let blocked = match request.meter {
         Some(_) => {
@@ -304,6 +276,55 @@ pub fn decide(
         verdict.detail = "the license is valid".into();
     }
     verdict
+}
+
+/// Refuses a request naming entitlements the license lacks.
+fn entitlement_refusal(license: &License, request: &Request<'_>) -> Option<(Code, String)> {
+    let missing: Vec<&str> = request
+        .entitlements
+        .iter()
+        .filter(|e| license.entitlements.binary_search(e).is_err())
+        .map(String::as_str)
+        .collect();
+    if missing.is_empty() {
+        return None;
+    }
+    let detail = format!("the license lacks entitlements: {}", missing.join(", "));
+    Some((Code::EntitlementMissing, detail))
+}
+
+/// On a seat-based license, refuses a request whose fingerprint holds no
+/// seat, saying why it cannot have one.
+fn seat_refusal(
+    license: &License,
+    seats: &SeatTable,
+    request: &Request<'_>,
+    now_ms: i64,
+) -> Option<(Code, String)> {
+    let policy = license.policy.seats.as_ref()?;
+    let Some(fp) = request.fingerprint else {
+        let detail = "this license is seat-based: send the machine fingerprint".into();
+        return Some((Code::NoSeat, detail));
+    };
+    if seats.held_by(fp, now_ms).is_some() {
+        return None;
+    }
+    let full = seats.used(now_ms) >= policy.max;
+    let (code, detail) = match (full, policy.mode) {
+        (false, _) => (
+            Code::NoSeat,
+            "this fingerprint holds no seat: check one out first",
+        ),
+        (true, SeatMode::Floating) => (
+            Code::SeatLimitExceeded,
+            "every seat is taken by other machines",
+        ),
+        (true, SeatMode::NodeLocked) => (
+            Code::FingerprintMismatch,
+            "every seat is bound to another machine fingerprint",
+        ),
+    };
+    Some((code, detail.into()))
 }
 
 /// A number as JSON: an integer when it is one (so `5`, not `5.0`).

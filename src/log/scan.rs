@@ -153,33 +153,12 @@ fn scan_segment(
         ));
     }
     let mut cursor = SegmentCursor::open(segment)?;
-    let mut chain = start;
-    let mut committed = (start, cursor.pos, 0u64);
-    let mut records = 0u64;
-    let mut payload = Vec::new();
-
-    let bad_frame = loop {
-        let frame_at = cursor.pos;
-        let (header, raw) = match cursor.next_header()? {
-            Step::End => break None,
-            Step::Unframed { reason } => break Some((frame_at, reason)),
-            Step::Frame { header, raw } => (header, raw),
-        };
-        cursor.read_payload(&header, &mut payload)?;
-        if frame_crc(&raw, &payload) != header.crc {
-            break Some((frame_at, "crc mismatch".to_string()));
-        }
-        check_frame(&header, &payload, chain.next_seq, Some(&chain.prev_hash))
-            .map_err(|(seq, reason)| corrupt(frame_at, seq, reason))?;
-        chain = ChainPos {
-            next_seq: header.seq + 1,
-            prev_hash: header.hash,
-        };
-        records += 1;
-        if header.is_batch_end() {
-            committed = (chain, cursor.pos, records);
-        }
-    };
+    let FrameWalk {
+        chain,
+        committed,
+        records,
+        bad_frame,
+    } = walk_frames(&mut cursor, start, corrupt)?;
     let (committed, committed_end, committed_records) = committed;
     let uncommitted_frames = records - committed_records;
 
@@ -209,7 +188,74 @@ fn scan_segment(
         }
     }
 
-    let tail_reason = match bad_frame {
+    Ok(SegmentScan {
+        committed,
+        committed_end,
+        records: committed_records,
+        file_len: cursor.file_len,
+        tail_reason: tail_reason(bad_frame, uncommitted_frames),
+    })
+}
+
+/// What reading a segment's frames in order found, before it is judged.
+struct FrameWalk {
+    /// Chain position after the last valid frame.
+    chain: ChainPos,
+    /// Chain position, end offset and record count at the last BATCH_END.
+    committed: (ChainPos, u64, u64),
+    /// Valid frames read.
+    records: u64,
+    /// Offset of the first frame that is unframed or fails its CRC, and why.
+    bad_frame: Option<(u64, String)>,
+}
+
+/// Reads frames from chain position `start` until the end of the segment or the first
+/// frame that is unframed or fails its CRC. A frame whose CRC is valid but whose seq,
+/// flags or chain hash are wrong is an error at once.
+fn walk_frames(
+    cursor: &mut SegmentCursor,
+    start: ChainPos,
+    corrupt: impl Fn(u64, Seq, String) -> LogError,
+) -> Result<FrameWalk, LogError> {
+    let mut chain = start;
+    let mut committed = (start, cursor.pos, 0u64);
+    let mut records = 0u64;
+    let mut payload = Vec::new();
+
+    let bad_frame = loop {
+        let frame_at = cursor.pos;
+        let (header, raw) = match cursor.next_header()? {
+            Step::End => break None,
+            Step::Unframed { reason } => break Some((frame_at, reason)),
+            Step::Frame { header, raw } => (header, raw),
+        };
+        cursor.read_payload(&header, &mut payload)?;
+        if frame_crc(&raw, &payload) != header.crc {
+            break Some((frame_at, "crc mismatch".to_string()));
+        }
+        check_frame(&header, &payload, chain.next_seq, Some(&chain.prev_hash))
+            .map_err(|(seq, reason)| corrupt(frame_at, seq, reason))?;
+        chain = ChainPos {
+            next_seq: header.seq + 1,
+            prev_hash: header.hash,
+        };
+        records += 1;
+        if header.is_batch_end() {
+            committed = (chain, cursor.pos, records);
+        }
+    };
+    Ok(FrameWalk {
+        chain,
+        committed,
+        records,
+        bad_frame,
+    })
+}
+
+/// Why the end of the last segment is a torn tail, if it is one: a bad frame (at its
+/// offset) and/or frames after the last BATCH_END.
+fn tail_reason(bad_frame: Option<(u64, String)>, uncommitted_frames: u64) -> Option<String> {
+    match bad_frame {
         Some((frame_at, reason)) if uncommitted_frames > 0 => Some(format!(
             "{reason} at offset {frame_at}, after {uncommitted_frames} frame(s) of an \
              incomplete batch"
@@ -219,14 +265,7 @@ fn scan_segment(
             "incomplete batch: {uncommitted_frames} frame(s) after the last BATCH_END"
         )),
         None => None,
-    };
-    Ok(SegmentScan {
-        committed,
-        committed_end,
-        records: committed_records,
-        file_len: cursor.file_len,
-        tail_reason,
-    })
+    }
 }
 
 /// A bad frame in the last segment is a torn tail only if no complete batch follows it: a
