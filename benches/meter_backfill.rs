@@ -73,10 +73,11 @@ async fn probe(handle: &EngineHandle, prefix: &str, until: impl Fn() -> bool) ->
 
 fn row(name: &str, h: &Histogram<u64>) {
     println!(
-        "{name:<26} batches {:>6}  p50 {:>8.2} ms  p99 {:>8.2} ms  max {:>8.2} ms",
+        "{name:<26} batches {:>6}  p50 {:>8.2} ms  p99 {:>8.2} ms  p99.9 {:>8.2} ms  max {:>8.2} ms",
         h.len(),
         h.value_at_quantile(0.50) as f64 / 1e3,
         h.value_at_quantile(0.99) as f64 / 1e3,
+        h.value_at_quantile(0.999) as f64 / 1e3,
         h.max() as f64 / 1e3
     );
 }
