@@ -10,10 +10,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{Admin, ApiError, AppState, Auth};
-use crate::engine::protocol::SaveProduct;
+use crate::engine::protocol::{ChangeProduct, ProductChange, SaveProduct};
 use crate::error_code::ErrorCode;
 use crate::event::fmt_ms;
-use crate::product::{new_secret, valid_product_id, Product, LIVE_SECRETS_MAX};
+use crate::product::{new_secret, valid_product_id, Product};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -130,6 +130,20 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
+async fn change(
+    state: &AppState,
+    auth: &Auth<Admin>,
+    id: String,
+    change: ProductChange,
+) -> Result<Product, ApiError> {
+    let request = ChangeProduct {
+        id: id.into(),
+        change,
+        audit: auth.audit(),
+    };
+    Ok(state.engine.send(request).await?)
+}
+
 pub async fn update(
     auth: Auth<Admin>,
     State(state): State<AppState>,
@@ -138,22 +152,11 @@ pub async fn update(
 ) -> Result<Json<Value>, ApiError> {
     let Json(patch) = body.map_err(|e| invalid(e.body_text()))?;
     check_name(&patch.name)?;
-    let mut product = stored(&state, &id)?;
-    if let Some(name) = patch.name {
-        product.name = Some(name);
-    }
-    if let Some(require) = patch.require_signatures {
-        product.require_signatures = require;
-    }
-    product.version += 1;
-    let product = state
-        .engine
-        .send(SaveProduct {
-            product: Box::new(product),
-            audit: auth.audit(),
-        })
-        .await?;
-    Ok(Json(product_json(&product)))
+    let edit = ProductChange::Edit {
+        name: patch.name,
+        require_signatures: patch.require_signatures,
+    };
+    Ok(Json(product_json(&change(&state, &auth, id, edit).await?)))
 }
 
 /// Adds a signing secret (rotation: the old ones stay valid until revoked).
@@ -162,24 +165,9 @@ pub async fn create_secret(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let mut product = stored(&state, &id)?;
-    if product.live_secrets().count() >= LIVE_SECRETS_MAX {
-        return Err(ApiError::new(
-            ErrorCode::TooManySecrets,
-            format!("product `{id}` has {LIVE_SECRETS_MAX} live signing secrets; revoke one first"),
-        ));
-    }
-    let now = state.view.now_ms();
-    let (secret, plaintext) = new_secret(state.view.crypto(), now);
-    product.signing_secrets.push(secret.clone());
-    product.version += 1;
-    state
-        .engine
-        .send(SaveProduct {
-            product: Box::new(product),
-            audit: auth.audit(),
-        })
-        .await?;
+    let (secret, plaintext) = new_secret(state.view.crypto(), state.view.now_ms());
+    let add = ProductChange::AddSecret(secret.clone());
+    change(&state, &auth, id, add).await?;
     let body = json!({
         "id": secret.id,
         "secret": plaintext.as_str(),
@@ -193,26 +181,6 @@ pub async fn revoke_secret(
     State(state): State<AppState>,
     Path((id, secret_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let mut product = stored(&state, &id)?;
-    let now = state.view.now_ms();
-    let secret = product
-        .signing_secrets
-        .iter_mut()
-        .find(|s| s.id == secret_id && s.revoked_ms.is_none())
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::NotFound,
-                format!("product `{id}` has no live signing secret `{secret_id}`"),
-            )
-        })?;
-    secret.revoked_ms = Some(now);
-    product.version += 1;
-    state
-        .engine
-        .send(SaveProduct {
-            product: Box::new(product),
-            audit: auth.audit(),
-        })
-        .await?;
+    change(&state, &auth, id, ProductChange::RevokeSecret { secret_id }).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -206,6 +206,26 @@ pub struct SaveProduct {
     pub audit: Audit,
 }
 
+/// Changes a stored product. Decided against the writer's copy, so
+/// concurrent changes apply one after the other and none is lost.
+pub struct ChangeProduct {
+    pub id: ProductId,
+    pub change: ProductChange,
+    pub audit: Audit,
+}
+
+pub enum ProductChange {
+    Edit {
+        name: Option<String>,
+        require_signatures: Option<bool>,
+    },
+    /// A new signing secret, sealed by the caller (the writer holds no keys).
+    AddSecret(crate::product::SigningSecret),
+    RevokeSecret {
+        secret_id: String,
+    },
+}
+
 /// A seat as a checkout or heartbeat leaves it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeatLease {

@@ -5,9 +5,9 @@
 use super::{stamped, Request, WriterState, LEASE_SWEEP_RECORDS_MAX};
 use crate::engine::batch::Batch;
 use crate::engine::protocol::{
-    ChangeLicenseStatus, CheckoutSeat, CreateApiKey, CreateLicense, CreateMeter, DeleteMeter,
-    EngineError, HeartbeatSeat, RecordLicenseFile, ReleaseSeat, RenewLicense, RevokeApiKey,
-    SaveProduct, SeatLease, SweepLeases, UpdateLicense,
+    ChangeLicenseStatus, ChangeProduct, CheckoutSeat, CreateApiKey, CreateLicense, CreateMeter,
+    DeleteMeter, EngineError, HeartbeatSeat, ProductChange, RecordLicenseFile, ReleaseSeat,
+    RenewLicense, RevokeApiKey, SaveProduct, SeatLease, SweepLeases, UpdateLicense,
 };
 use crate::error_code::ErrorCode;
 use crate::event::Rejection;
@@ -17,7 +17,7 @@ use crate::license::seats::CheckoutPlan;
 use crate::license::{License, Refusal, SeatPolicy, SeatTable};
 use crate::meter::MeterDef;
 use crate::metrics::metrics;
-use crate::product::Product;
+use crate::product::{Product, LIVE_SECRETS_MAX};
 use crate::record::{ApiKeyRecord, AsJson, Audit, Record, SeatRecord};
 
 /// The answer of a license or seat request: refusals are answers too.
@@ -241,6 +241,63 @@ impl Request for SaveProduct {
         if product.version == 1 {
             product.created_ms = now_ms;
         }
+        Ok(state.save_product(product, stamped(self.audit, now_ms), batch))
+    }
+}
+
+impl Request for ChangeProduct {
+    type Output = Product;
+
+    fn decide(
+        self,
+        state: &mut WriterState,
+        now_ms: i64,
+        batch: &mut Batch,
+    ) -> Result<Product, EngineError> {
+        let id = &self.id;
+        let Some(stored) = state.products.get(id.as_str()) else {
+            return Err(EngineError::NotFound(format!(
+                "product `{id}` does not exist"
+            )));
+        };
+        let mut product = stored.clone();
+        match self.change {
+            ProductChange::Edit {
+                name,
+                require_signatures,
+            } => {
+                product.name = name.or(product.name);
+                product.require_signatures =
+                    require_signatures.unwrap_or(product.require_signatures);
+            }
+            ProductChange::AddSecret(secret) => {
+                if product.live_secrets().count() >= LIVE_SECRETS_MAX {
+                    let msg = format!(
+                        "product `{id}` has {LIVE_SECRETS_MAX} live signing secrets; revoke one first"
+                    );
+                    return Err(EngineError::Invalid(Rejection::new(
+                        ErrorCode::TooManySecrets,
+                        msg,
+                    )));
+                }
+                product.signing_secrets.push(secret);
+            }
+            ProductChange::RevokeSecret { secret_id } => {
+                let Some(secret) = product
+                    .signing_secrets
+                    .iter_mut()
+                    .find(|s| s.id == secret_id && s.revoked_ms.is_none())
+                else {
+                    let msg = format!("product `{id}` has no live signing secret `{secret_id}`");
+                    return Err(EngineError::Invalid(Rejection::new(
+                        ErrorCode::NotFound,
+                        msg,
+                    )));
+                };
+                secret.revoked_ms = Some(now_ms);
+            }
+        }
+        product.version += 1;
         Ok(state.save_product(product, stamped(self.audit, now_ms), batch))
     }
 }

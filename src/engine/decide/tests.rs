@@ -406,3 +406,70 @@ fn a_key_and_its_product_binding_land_together_or_not_at_all() {
     }
     assert_eq!(s.products.get("p").unwrap().version, 2);
 }
+
+/// Two changes sent from the same read of a product both apply, in order:
+/// neither overwrites the other.
+#[test]
+fn concurrent_product_changes_are_both_kept() {
+    use crate::engine::protocol::{ChangeProduct, ProductChange};
+    use crate::product::SigningSecret;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = state(dir.path());
+    let product = Product {
+        id: "p".into(),
+        name: Some("before".into()),
+        require_signatures: false,
+        api_keys: Vec::new(),
+        signing_secrets: Vec::new(),
+        created_ms: 0,
+        updated_ms: 0,
+        version: 1,
+    };
+    let (saved, _) = decide(
+        &mut s,
+        SaveProduct {
+            product: Box::new(product),
+            audit: audit(),
+        },
+        T0,
+    );
+    saved.unwrap();
+    let change = |change| ChangeProduct {
+        id: "p".into(),
+        change,
+        audit: audit(),
+    };
+    let rename = ProductChange::Edit {
+        name: Some("after".into()),
+        require_signatures: None,
+    };
+    let secret = SigningSecret {
+        id: "sec_1".into(),
+        sealed: String::new(),
+        created_ms: T0,
+        revoked_ms: None,
+    };
+    decide(&mut s, change(rename), T0).0.unwrap();
+    decide(&mut s, change(ProductChange::AddSecret(secret)), T0)
+        .0
+        .unwrap();
+    let (revoked, batch) = decide(
+        &mut s,
+        change(ProductChange::RevokeSecret {
+            secret_id: "sec_9".into(),
+        }),
+        T0 + 5,
+    );
+    assert!(matches!(revoked, Err(EngineError::Invalid(r)) if r.code == "NOT_FOUND"));
+    assert!(batch.is_empty());
+    let (revoked, _) = decide(
+        &mut s,
+        change(ProductChange::RevokeSecret {
+            secret_id: "sec_1".into(),
+        }),
+        T0 + 5,
+    );
+    let p = revoked.unwrap();
+    assert_eq!((p.name.as_deref(), p.version), (Some("after"), 4));
+    assert_eq!(p.signing_secrets[0].revoked_ms, Some(T0 + 5));
+}
