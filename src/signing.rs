@@ -5,7 +5,7 @@
 //! HMAC-SHA256) is specified and implemented once, in
 //! `keymeter_client::signing`, shared with clients and re-exported here;
 //! docs/signing.md is the language-neutral description with a worked
-//! example. The HTTP layer (`api::signature`) decides which calls must be
+//! example. The HTTP layer (`api::guard`) decides which calls must be
 //! signed and maps [`SignatureError`]s to responses.
 
 use std::collections::HashMap;
