@@ -95,12 +95,7 @@ impl Projection for DocTree {
     }
 
     fn flush(&mut self) -> Result<(), ProjectionError> {
-        if self.applied < self.seen {
-            self.tree
-                .insert(super::CHECKPOINT_KEY, &self.seen.to_be_bytes())?;
-            self.applied = self.seen;
-        }
-        Ok(())
+        super::advance_checkpoint(&self.tree, &mut self.applied, self.seen)
     }
 }
 

@@ -172,6 +172,20 @@ pub fn checkpoint(tree: &sled::Tree) -> Result<Seq, ProjectionError> {
     })
 }
 
+/// Moves a tree's checkpoint from `applied` up to `seen` (records that did
+/// not change the tree still count as applied).
+fn advance_checkpoint(
+    tree: &sled::Tree,
+    applied: &mut Seq,
+    seen: Seq,
+) -> Result<(), ProjectionError> {
+    if *applied < seen {
+        tree.insert(CHECKPOINT_KEY, &seen.to_be_bytes())?;
+        *applied = seen;
+    }
+    Ok(())
+}
+
 fn put_checkpoint(batch: &mut sled::Batch, seq: Seq) {
     batch.insert(CHECKPOINT_KEY, &seq.to_be_bytes());
 }

@@ -351,6 +351,25 @@ fn table(from: Status, action: StatusAction) -> Result<Status, &'static str> {
     }
 }
 
+/// Creates product `p` (version 1).
+fn create_product(s: &mut WriterState, name: Option<&str>) {
+    let product = Product {
+        id: "p".into(),
+        name: name.map(Into::into),
+        require_signatures: false,
+        api_keys: Vec::new(),
+        signing_secrets: Vec::new(),
+        created_ms: 0,
+        updated_ms: 0,
+        version: 1,
+    };
+    let request = SaveProduct {
+        product: Box::new(product),
+        audit: audit(),
+    };
+    decide(s, request, T0).0.unwrap();
+}
+
 /// A product-bound key and its binding are one decision: both records in one
 /// batch, or neither.
 #[test]
@@ -375,25 +394,7 @@ fn a_key_and_its_product_binding_land_together_or_not_at_all() {
     assert!(batch.is_empty());
     assert!(s.key_ids.is_empty(), "a refused key is not taken");
 
-    let product = Product {
-        id: "p".into(),
-        name: None,
-        require_signatures: true,
-        api_keys: Vec::new(),
-        signing_secrets: Vec::new(),
-        created_ms: 0,
-        updated_ms: 0,
-        version: 1,
-    };
-    let (saved, _) = decide(
-        &mut s,
-        SaveProduct {
-            product: Box::new(product),
-            audit: audit(),
-        },
-        T0,
-    );
-    saved.unwrap();
+    create_product(&mut s, None);
     let (out, batch) = decide(&mut s, key("k1", Some("p")), T0 + 1);
     out.unwrap();
     match &batch.records[..] {
@@ -415,25 +416,7 @@ fn concurrent_product_changes_are_both_kept() {
     use crate::product::SigningSecret;
     let dir = tempfile::tempdir().unwrap();
     let mut s = state(dir.path());
-    let product = Product {
-        id: "p".into(),
-        name: Some("before".into()),
-        require_signatures: false,
-        api_keys: Vec::new(),
-        signing_secrets: Vec::new(),
-        created_ms: 0,
-        updated_ms: 0,
-        version: 1,
-    };
-    let (saved, _) = decide(
-        &mut s,
-        SaveProduct {
-            product: Box::new(product),
-            audit: audit(),
-        },
-        T0,
-    );
-    saved.unwrap();
+    create_product(&mut s, Some("before"));
     let change = |change| ChangeProduct {
         id: "p".into(),
         change,
