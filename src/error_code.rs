@@ -186,6 +186,14 @@ impl Coded {
     }
 }
 
+/// A metrics label for an outcome: `ok`, or the refusal's code.
+pub fn outcome_label<T>(outcome: &Result<T, Coded>) -> &'static str {
+    match outcome {
+        Ok(_) => "ok",
+        Err(r) => r.code.as_str(),
+    }
+}
+
 impl fmt::Display for Coded {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.code, self.message)

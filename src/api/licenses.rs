@@ -39,13 +39,9 @@ fn invalid(message: impl Into<String>) -> ApiError {
 }
 
 fn admin_metric<T>(op: &str, outcome: &Result<T, Refusal>) {
-    let result = match outcome {
-        Ok(_) => "ok",
-        Err(r) => r.code.as_str(),
-    };
     metrics()
         .license_admin_total
-        .with_label_values(&[op, result])
+        .with_label_values(&[op, crate::error_code::outcome_label(outcome)])
         .inc();
 }
 

@@ -4,13 +4,14 @@
 //! comes out down the pipeline, so every rule below is unit-testable.
 //!
 //! - [`ingest`]: the meter check, dedup, offset deltas, the quarantine.
-//! - [`licenses`]: licenses, seats, products, API keys, meters — every admin
-//!   decision.
+//! - [`licenses`]: licenses and seats.
+//! - [`admin`]: products, API keys, meters.
 //!
 //! Decisions apply what they decide to the state at once, so later requests
 //! of the same batch see it (a seat taken, an identity claimed). Metrics are
 //! counted here: they are observations, never inputs.
 
+mod admin;
 mod ingest;
 mod licenses;
 #[cfg(test)]
