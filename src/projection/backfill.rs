@@ -70,16 +70,14 @@ impl Worker {
                         }
                     }
                 })
-                .map_err(|e| {
-                    ProjectionError::Publish(format!("cannot start the backfill thread: {e}"))
-                })?;
+                .map_err(|e| ProjectionError::Backfill(format!("cannot start its thread: {e}")))?;
             self.jobs = Some(tx);
         }
         self.jobs
             .as_ref()
             .expect("started")
             .send(job)
-            .map_err(|_| ProjectionError::Publish("the backfill thread stopped".into()))
+            .map_err(|_| ProjectionError::Backfill("its thread stopped".into()))
     }
 
     /// A finished job, if any.

@@ -65,6 +65,8 @@ pub enum ProjectionError {
     },
     #[error("cannot publish to readers: {0}")]
     Publish(String),
+    #[error("meter backfill: {0}")]
+    Backfill(String),
 }
 
 /// A fold of the log into state that readers use.
