@@ -5,11 +5,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::event::TimeWindow;
+use crate::log::{LogDir, Storage};
 
 mod args;
 
@@ -94,6 +96,10 @@ pub struct Config {
     /// Every checkpoint is also appended here as a JSON line (fsynced).
     /// Never inside the data directory.
     pub audit_anchor_file: Option<PathBuf>,
+    /// The storage `log/` lives on; `None` is the real file system. Not a
+    /// setting: crash tests put a simulated disk here.
+    #[serde(skip)]
+    pub log_storage: Option<Arc<dyn Storage>>,
 }
 
 /// A token bucket: `per_second` sustained, up to `burst` at once.
@@ -254,6 +260,7 @@ impl Default for Config {
             audit_checkpoint_records: 10_000,
             audit_checkpoint_interval: Duration::from_secs(60),
             audit_anchor_file: None,
+            log_storage: None,
         }
     }
 }
@@ -276,6 +283,14 @@ impl Config {
 
     pub fn log_dir(&self) -> PathBuf {
         self.data_dir.join("log")
+    }
+
+    /// `log/` on its storage.
+    pub fn log(&self) -> LogDir {
+        match &self.log_storage {
+            Some(storage) => LogDir::on(storage.clone(), self.log_dir()),
+            None => LogDir::disk(self.log_dir()),
+        }
     }
 
     pub fn state_dir(&self) -> PathBuf {

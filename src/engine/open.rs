@@ -21,7 +21,7 @@ use crate::audit::{AnchorFile, CheckpointSchedule};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::license::LicenseBook;
-use crate::log::{Log, LogConfig, Seq};
+use crate::log::{Log, LogConfig, LogDir, Seq};
 use crate::meter::MeterSet;
 use crate::projection::dedup::DedupIndex;
 use crate::projection::{self, OpenContext, Projection, ProjectionError, Readers, Registry, Store};
@@ -62,7 +62,7 @@ impl Projections {
     ) -> Result<Projections, StartError> {
         let ctx = OpenContext {
             store: &store,
-            log_dir: &cfg.log_dir(),
+            log: &cfg.log(),
             readers: &readers,
         };
         let list = registry.open(&ctx)?;
@@ -104,7 +104,7 @@ impl Projections {
         progress: impl Fn(Seq, Seq),
     ) -> Result<(), StartError> {
         let from = self.applied().iter().map(|(_, s)| *s).min().unwrap_or(0) + 1;
-        projection::replay_log(&cfg.log_dir(), from, head, REPLAY_CHUNK_RECORDS, |chunk| {
+        projection::replay_log(&cfg.log(), from, head, REPLAY_CHUNK_RECORDS, |chunk| {
             for p in &mut self.list {
                 p.apply(chunk)?;
                 if p.wants_flush() {
@@ -183,8 +183,8 @@ impl Engine {
         clock: Arc<dyn Clock>,
         registry: &Registry,
     ) -> Result<Started, StartError> {
-        let (log, recovery) = Log::open(
-            &cfg.log_dir(),
+        let (log, recovery) = Log::open_in(
+            &cfg.log(),
             LogConfig {
                 segment_bytes_max: cfg.segment_bytes_max,
             },
@@ -317,7 +317,7 @@ fn start_stages(
     let head = log.head_seq();
     let mut checkpoints =
         CheckpointSchedule::new(cfg.audit_checkpoint_records, cfg.audit_checkpoint_interval);
-    if !log_ends_with_checkpoint(&cfg.log_dir(), head)? {
+    if !log_ends_with_checkpoint(&cfg.log(), head)? {
         // Records of an earlier run (a crash, or a log from before
         // checkpoints) wait no longer than new ones.
         checkpoints.appended(1, Instant::now());
@@ -376,11 +376,11 @@ fn start_stages(
 }
 
 /// Whether the last record of the log is a checkpoint (an empty log needs none).
-fn log_ends_with_checkpoint(log_dir: &std::path::Path, head: Seq) -> Result<bool, StartError> {
+fn log_ends_with_checkpoint(log: &LogDir, head: Seq) -> Result<bool, StartError> {
     if head == 0 {
         return Ok(true);
     }
-    let Some(last) = crate::log::read_range(log_dir, head, head)?.next() else {
+    let Some(last) = log.read_range(head, head)?.next() else {
         return Ok(false);
     };
     let last = last?;
@@ -401,7 +401,7 @@ pub fn rebuild_with(
     registry: &Registry,
     progress: impl Fn(Seq, Seq),
 ) -> Result<Seq, StartError> {
-    let report = crate::log::verify(&cfg.log_dir())?;
+    let report = cfg.log().verify()?;
     let head = report.head_seq;
     let p = Projections::open(cfg, registry, Readers::new(None), usize::MAX)?;
     let mut p = p.clear(cfg, usize::MAX)?;

@@ -1,8 +1,7 @@
 //! The append path: a batch is encoded frame by frame, written in chunks with writeback
 //! hints between them, and made durable by one `fdatasync`; segments roll between batches.
 
-use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::ops::Range;
 
 use super::frame::encode_frame;
@@ -80,7 +79,7 @@ impl Log {
             let seq = first_seq + i as Seq;
             hash = encode_frame(&hash, seq, payload.as_ref(), batch_end, &mut self.buf);
             if self.buf.len() >= APPEND_CHUNK_BYTES || batch_end {
-                self.write_chunk()?;
+                self.write_chunk(written_end)?;
                 written_end += self.buf.len() as u64;
                 self.buf.clear();
                 // The page holding `written_end` is re-dirtied by the next chunk: leave it to
@@ -102,19 +101,20 @@ impl Log {
         Ok(hash)
     }
 
-    fn write_chunk(&mut self) -> Result<(), LogError> {
+    /// Writes the chunk buffer at file offset `at`.
+    fn write_chunk(&mut self, at: u64) -> Result<(), LogError> {
         let path = &self.segment_path;
         #[cfg(test)]
         if self.faults.take_write_fault() {
             // A short write, then the error: half the chunk reaches the file.
             let half = self.buf.len() / 2;
             self.file
-                .write_all(&self.buf[..half])
+                .write_all_at(&self.buf[..half], at)
                 .map_err(io_err("write batch", path))?;
             return Err(io_err("write batch", path)(tests::injected_error()));
         }
         self.file
-            .write_all(&self.buf)
+            .write_all_at(&self.buf, at)
             .map_err(io_err("write batch", path))
     }
 
@@ -135,7 +135,7 @@ impl Log {
         if !self.writeback_hint {
             return Ok(());
         }
-        match start_writeback(&self.file, offset, len) {
+        match self.file.start_writeback(offset, len) {
             Ok(()) => Ok(()),
             Err(err) if writeback_hint_unavailable(&err) => {
                 tracing::debug!(error = %err, "writeback hints unavailable; plain writes only");
@@ -194,32 +194,6 @@ fn batch_sizes<P: AsRef<[u8]>>(payloads: &[P]) -> Result<BatchSizes, LogError> {
         total: bytes,
         largest_frame: FRAME_HEADER_LEN + largest_payload,
     })
-}
-
-/// `sync_file_range(fd, offset, len, SYNC_FILE_RANGE_WRITE)`: queue the range for writeback
-/// and return without waiting. See [`Log::start_writeback`] for what it does not do.
-#[cfg(target_os = "linux")]
-fn start_writeback(file: &File, offset: u64, len: u64) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let (Ok(offset), Ok(len)) = (offset.try_into(), len.try_into()) else {
-        return Ok(()); // beyond off_t: skip the hint, the final fdatasync does the work
-    };
-    // SAFETY: a plain syscall on a file descriptor owned by `file`; no memory is passed.
-    let rc = unsafe {
-        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// Elsewhere there is no writeback hint: chunks are plain writes and the final `fdatasync`
-/// writes them all.
-#[cfg(not(target_os = "linux"))]
-fn start_writeback(_file: &File, _offset: u64, _len: u64) -> io::Result<()> {
-    Ok(())
 }
 
 /// Errors meaning the kernel (or a sandbox) does not offer `sync_file_range` for this file,

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use super::scan::scan_log;
 use super::segment;
+use super::storage::LogDir;
 use super::{LogError, Seq};
 
 /// Result of [`verify`]: the log is intact up to `head_seq`.
@@ -33,6 +34,17 @@ pub struct TornTail {
 /// Full offline check, read-only: every frame, CRC, seq contiguity and chain. Damage is an
 /// error naming the first bad position; a torn tail is reported in the result.
 pub fn verify(dir: &Path) -> Result<VerifyReport, LogError> {
+    LogDir::disk(dir).verify()
+}
+
+impl LogDir {
+    /// [`verify`] on this directory's storage.
+    pub fn verify(&self) -> Result<VerifyReport, LogError> {
+        verify_in(self)
+    }
+}
+
+fn verify_in(dir: &LogDir) -> Result<VerifyReport, LogError> {
     let scan = scan_log(dir)?;
     let torn_tail = scan.last.and_then(|last| {
         let reason = last.tail_reason?;
@@ -55,7 +67,7 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, LogError> {
 
 /// The segment files of a log directory in seq order, as (first seq, path). Read-only.
 pub fn segment_files(dir: &Path) -> Result<Vec<(Seq, PathBuf)>, LogError> {
-    Ok(segment::list_segments(dir)?
+    Ok(segment::list_segments(&LogDir::disk(dir))?
         .into_iter()
         .map(|s| (s.first_seq, s.path))
         .collect())

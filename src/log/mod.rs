@@ -98,17 +98,20 @@ mod open;
 mod reader;
 mod scan;
 mod segment;
+pub mod sim;
+pub mod storage;
 #[cfg(test)]
 mod tests;
 
+use std::any::Any;
 use std::fmt;
-use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
 pub use frame::{FRAME_HEADER_LEN, PAYLOAD_BYTES_MAX, SEGMENT_HEADER_LEN};
 pub use inspect::{segment_files, verify, TornTail, VerifyReport};
 pub use reader::{read_range, LogReader};
+pub use storage::{Disk, LogDir, Storage, StorageFile};
 
 use scan::ChainPos;
 
@@ -216,10 +219,10 @@ pub(crate) fn io_err<'a>(
 
 /// The single writer of a log directory.
 pub struct Log {
-    dir: PathBuf,
+    dir: LogDir,
     cfg: LogConfig,
-    /// The last segment, open for writing, positioned at its end.
-    file: File,
+    /// The last segment, open for writing; `segment_len` is where the next batch goes.
+    file: Box<dyn StorageFile>,
     segment_path: PathBuf,
     segment_len: u64,
     head: ChainPos,
@@ -230,7 +233,7 @@ pub struct Log {
     poisoned: bool,
     /// `LOCK`, exclusively locked for as long as this `Log` lives. Declared after `file` so
     /// the segment is closed before the lock is released.
-    _lock: File,
+    _lock: Box<dyn Any + Send + Sync>,
     #[cfg(test)]
     faults: tests::Faults,
 }
@@ -258,6 +261,6 @@ impl Log {
     }
 
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.dir.path()
     }
 }

@@ -5,6 +5,7 @@ use std::path::Path;
 use super::frame::frame_crc;
 use super::scan::{check_frame, misplaced};
 use super::segment::{list_segments, SegmentCursor, SegmentFile, Step};
+use super::storage::LogDir;
 use super::{LogEntry, LogError, Seq};
 
 /// Iterator over the records `from..=up_to`, in seq order. Yields at most one error, then ends.
@@ -16,6 +17,7 @@ use super::{LogEntry, LogError, Seq};
 /// It trusts nothing beyond `up_to`: the caller passes a seq it knows is durable, so a
 /// concurrent append (possibly mid-write) is never looked at.
 pub struct LogReader {
+    dir: LogDir,
     segments: std::vec::IntoIter<SegmentFile>,
     cursor: Option<SegmentCursor>,
     /// The seq the next frame on disk must carry.
@@ -32,8 +34,20 @@ pub struct LogReader {
 ///
 /// Only the segment holding `from` and those after it are opened, found by file name.
 pub fn read_range(dir: &Path, from: Seq, up_to: Seq) -> Result<LogReader, LogError> {
+    LogDir::disk(dir).read_range(from, up_to)
+}
+
+impl LogDir {
+    /// [`read_range`] on this directory's storage.
+    pub fn read_range(&self, from: Seq, up_to: Seq) -> Result<LogReader, LogError> {
+        read_range_in(self, from, up_to)
+    }
+}
+
+fn read_range_in(dir: &LogDir, from: Seq, up_to: Seq) -> Result<LogReader, LogError> {
     let from = from.max(1);
     let mut reader = LogReader {
+        dir: dir.clone(),
         segments: Vec::new().into_iter(),
         cursor: None,
         next_seq: from,
@@ -137,7 +151,7 @@ impl LogReader {
                 ),
             });
         }
-        SegmentCursor::open(&segment)
+        SegmentCursor::open(&self.dir, &segment)
     }
 }
 

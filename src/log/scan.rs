@@ -1,13 +1,12 @@
 //! The full-log check shared by [`super::Log::open`] (which then cuts a torn tail) and
 //! [`super::verify`] (which only reports it). Read-only.
 
-use std::path::Path;
-
 use super::frame::{
     chain_hash, find_valid_frame, frame_crc, FrameHeader, FLAGS_KNOWN, FRAME_HEADER_LEN,
     GENESIS_HASH, SEGMENT_HEADER_LEN,
 };
 use super::segment::{list_segments, SegmentCursor, SegmentFile, Step};
+use super::storage::LogDir;
 use super::{LogError, Seq};
 
 /// A position in the hash chain: the seq the next record must have and the hash it chains to.
@@ -89,7 +88,7 @@ pub(crate) struct LogScan {
     pub last: Option<LastSegment>,
 }
 
-pub(crate) fn scan_log(dir: &Path) -> Result<LogScan, LogError> {
+pub(crate) fn scan_log(dir: &LogDir) -> Result<LogScan, LogError> {
     let segments = list_segments(dir)?;
     let mut scan = LogScan {
         segment_count: segments.len(),
@@ -100,7 +99,7 @@ pub(crate) fn scan_log(dir: &Path) -> Result<LogScan, LogError> {
     };
     for (i, segment) in segments.iter().enumerate() {
         let sealed = i + 1 < segments.len();
-        let seg = scan_segment(segment, scan.head, sealed)?;
+        let seg = scan_segment(dir, segment, scan.head, sealed)?;
         scan.records += seg.records;
         scan.bytes += seg.file_len;
         scan.head = seg.committed;
@@ -130,6 +129,7 @@ struct SegmentScan {
 /// with no valid frame anywhere behind it, and frames after the last BATCH_END, form the
 /// torn tail (reported in `tail_reason`, nothing is changed here).
 fn scan_segment(
+    dir: &LogDir,
     segment: &SegmentFile,
     start: ChainPos,
     sealed: bool,
@@ -152,7 +152,7 @@ fn scan_segment(
             ),
         ));
     }
-    let mut cursor = SegmentCursor::open(segment)?;
+    let mut cursor = SegmentCursor::open(dir, segment)?;
     let FrameWalk {
         chain,
         committed,

@@ -1,13 +1,13 @@
 //! Segment files: naming, listing, creation, and a sequential frame cursor.
 
-use std::fs::{self, File};
-use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use super::frame::{
     decode_segment_header, encode_segment_header, FrameHeader, FRAME_HEADER_LEN, PAYLOAD_BYTES_MAX,
     SEGMENT_HEADER_LEN,
 };
+use super::storage::{FileReader, LogDir, StorageFile};
 use super::{io_err, LogError, Seq};
 
 const SEGMENT_SUFFIX: &str = ".seg";
@@ -38,17 +38,18 @@ fn parse_segment_name(name: &str) -> Option<Seq> {
 
 /// Segment files of `dir` in seq order. A `*.seg` file with any other name is an error:
 /// something foreign is in the log's namespace.
-pub(crate) fn list_segments(dir: &Path) -> Result<Vec<SegmentFile>, LogError> {
+pub(crate) fn list_segments(dir: &LogDir) -> Result<Vec<SegmentFile>, LogError> {
     let mut segments = Vec::new();
-    for entry in fs::read_dir(dir).map_err(io_err("read_dir", dir))? {
-        let entry = entry.map_err(io_err("read_dir", dir))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
+    let names = dir
+        .storage()
+        .list(dir.path())
+        .map_err(io_err("read_dir", dir.path()))?;
+    for name in names {
         if !name.ends_with(SEGMENT_SUFFIX) {
             continue;
         }
-        let path = entry.path();
-        let Some(first_seq) = parse_segment_name(name) else {
+        let path = dir.join(&name);
+        let Some(first_seq) = parse_segment_name(&name) else {
             return Err(LogError::Corrupt {
                 segment: path,
                 offset: 0,
@@ -63,33 +64,36 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Vec<SegmentFile>, LogError> {
 }
 
 /// Removes `*.seg.tmp` files: segments whose creation crashed before the rename made them real.
-pub(crate) fn remove_stale_tmp_files(dir: &Path) -> Result<(), LogError> {
-    for entry in fs::read_dir(dir).map_err(io_err("read_dir", dir))? {
-        let entry = entry.map_err(io_err("read_dir", dir))?;
-        if entry
-            .file_name()
-            .to_str()
-            .is_some_and(|n| n.ends_with(TMP_SUFFIX))
-        {
-            let path = entry.path();
-            fs::remove_file(&path).map_err(io_err("remove stale tmp segment", &path))?;
-        }
+pub(crate) fn remove_stale_tmp_files(dir: &LogDir) -> Result<(), LogError> {
+    let storage = dir.storage();
+    let names = storage
+        .list(dir.path())
+        .map_err(io_err("read_dir", dir.path()))?;
+    for name in names.iter().filter(|n| n.ends_with(TMP_SUFFIX)) {
+        let path = dir.join(name);
+        storage
+            .remove(&path)
+            .map_err(io_err("remove stale tmp segment", &path))?;
     }
     Ok(())
 }
 
-pub(crate) fn fsync_dir(dir: &Path) -> Result<(), LogError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("fsync directory", dir))
+pub(crate) fn fsync_dir(dir: &LogDir, path: &Path) -> Result<(), LogError> {
+    dir.storage()
+        .sync_dir(path)
+        .map_err(io_err("fsync directory", path))
 }
 
 /// Creates segment `first_seq` atomically: header written and fsynced under a tmp name, then
 /// renamed and the directory fsynced, so a `*.seg` file always has a complete header.
 /// Returns the file opened for writing, positioned after the header.
-pub(crate) fn create_segment(dir: &Path, first_seq: Seq) -> Result<(File, PathBuf), LogError> {
-    let path = dir.join(segment_file_name(first_seq));
-    if path.exists() {
+pub(crate) fn create_segment(
+    dir: &LogDir,
+    first_seq: Seq,
+) -> Result<(Box<dyn StorageFile>, PathBuf), LogError> {
+    let storage = dir.storage();
+    let path = dir.join(&segment_file_name(first_seq));
+    if storage.exists(&path) {
         return Err(LogError::Corrupt {
             segment: path,
             offset: 0,
@@ -97,13 +101,17 @@ pub(crate) fn create_segment(dir: &Path, first_seq: Seq) -> Result<(File, PathBu
             reason: "segment to be created already exists".to_string(),
         });
     }
-    let tmp = dir.join(format!("{first_seq:020}{TMP_SUFFIX}"));
-    let mut file = File::create(&tmp).map_err(io_err("create segment", &tmp))?;
-    file.write_all(&encode_segment_header(first_seq))
+    let tmp = dir.join(&format!("{first_seq:020}{TMP_SUFFIX}"));
+    let file = storage
+        .create(&tmp)
+        .map_err(io_err("create segment", &tmp))?;
+    file.write_all_at(&encode_segment_header(first_seq), 0)
         .map_err(io_err("write segment header", &tmp))?;
     file.sync_all().map_err(io_err("fsync new segment", &tmp))?;
-    fs::rename(&tmp, &path).map_err(io_err("rename new segment", &path))?;
-    fsync_dir(dir)?;
+    storage
+        .rename(&tmp, &path)
+        .map_err(io_err("rename new segment", &path))?;
+    fsync_dir(dir, dir.path())?;
     Ok((file, path))
 }
 
@@ -123,7 +131,8 @@ pub(crate) enum Step {
 /// Sequential reader over one segment's frames. Checks only framing (lengths against the
 /// file size and the payload limit); CRC, seq and chain checks belong to the callers.
 pub(crate) struct SegmentCursor {
-    reader: BufReader<File>,
+    reader: BufReader<FileReader>,
+    dir: LogDir,
     pub path: PathBuf,
     /// Offset of the next unread byte.
     pub pos: u64,
@@ -133,10 +142,13 @@ pub(crate) struct SegmentCursor {
 
 impl SegmentCursor {
     /// Opens a segment and checks its header against the seq its file name promises.
-    pub fn open(segment: &SegmentFile) -> Result<SegmentCursor, LogError> {
+    pub fn open(dir: &LogDir, segment: &SegmentFile) -> Result<SegmentCursor, LogError> {
         let path = &segment.path;
-        let file = File::open(path).map_err(io_err("open segment", path))?;
-        let file_len = file.metadata().map_err(io_err("stat segment", path))?.len();
+        let file = dir
+            .storage()
+            .open(path, false)
+            .map_err(io_err("open segment", path))?;
+        let file_len = file.len().map_err(io_err("stat segment", path))?;
         let corrupt = |reason: String| LogError::Corrupt {
             segment: path.clone(),
             offset: 0,
@@ -148,7 +160,7 @@ impl SegmentCursor {
                 "segment header truncated ({file_len} bytes)"
             )));
         }
-        let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, file);
+        let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, FileReader::new(file, 0));
         let mut header = [0; SEGMENT_HEADER_LEN];
         reader
             .read_exact(&mut header)
@@ -162,6 +174,7 @@ impl SegmentCursor {
         }
         Ok(SegmentCursor {
             reader,
+            dir: dir.clone(),
             path: path.clone(),
             pos: SEGMENT_HEADER_LEN as u64,
             file_len,
@@ -233,18 +246,26 @@ impl SegmentCursor {
 
     /// All bytes from `from` to the end of the file (as of opening).
     pub fn read_tail(&self, from: u64) -> Result<Vec<u8>, LogError> {
-        read_bytes(&self.path, from, self.file_len)
+        read_bytes(&self.dir, &self.path, from, self.file_len)
     }
 }
 
 /// Bytes `from..to` of a file. Used only on failure paths (torn tails, corruption triage), so
 /// the allocation, bounded by the segment size, does not matter.
-pub(crate) fn read_bytes(path: &Path, from: u64, to: u64) -> Result<Vec<u8>, LogError> {
-    let mut file = File::open(path).map_err(io_err("open segment", path))?;
-    file.seek(SeekFrom::Start(from))
-        .map_err(io_err("seek segment", path))?;
-    let mut bytes = Vec::with_capacity(to.saturating_sub(from) as usize);
-    file.take(to.saturating_sub(from))
+pub(crate) fn read_bytes(
+    dir: &LogDir,
+    path: &Path,
+    from: u64,
+    to: u64,
+) -> Result<Vec<u8>, LogError> {
+    let file = dir
+        .storage()
+        .open(path, false)
+        .map_err(io_err("open segment", path))?;
+    let len = to.saturating_sub(from);
+    let mut bytes = Vec::with_capacity(len as usize);
+    FileReader::new(file, from)
+        .take(len)
         .read_to_end(&mut bytes)
         .map_err(io_err("read segment", path))?;
     Ok(bytes)

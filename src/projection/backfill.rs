@@ -12,11 +12,10 @@
 //! taken only for the (meter, `S`) it was started for, so a meter deleted
 //! (or deleted and created again) meanwhile drops a stale result.
 
-use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, Sender};
 
 use super::{EventFacts, ProjectionError};
-use crate::log::{self, Seq};
+use crate::log::{LogDir, Seq};
 use crate::meter::{CompiledMeter, Fold};
 use crate::metrics::metrics;
 use crate::record::Record;
@@ -36,17 +35,17 @@ pub struct Counted {
 
 /// One worker thread, started at the first job, taking jobs in order.
 pub struct Worker {
-    log_dir: PathBuf,
+    log: LogDir,
     jobs: Option<Sender<Backfill>>,
     done_tx: Sender<Counted>,
     done: Receiver<Counted>,
 }
 
 impl Worker {
-    pub fn new(log_dir: &Path) -> Worker {
+    pub fn new(log: &LogDir) -> Worker {
         let (done_tx, done) = mpsc::channel();
         Worker {
-            log_dir: log_dir.to_owned(),
+            log: log.clone(),
             jobs: None,
             done_tx,
             done,
@@ -56,13 +55,13 @@ impl Worker {
     pub fn start(&mut self, job: Backfill) -> Result<(), ProjectionError> {
         if self.jobs.is_none() {
             let (tx, rx) = mpsc::channel::<Backfill>();
-            let (log_dir, done) = (self.log_dir.clone(), self.done_tx.clone());
+            let (log, done) = (self.log.clone(), self.done_tx.clone());
             std::thread::Builder::new()
                 .name("keymeter-backfill".into())
                 .spawn(move || {
                     lower_priority();
                     for job in rx {
-                        let fold = fold_before(&log_dir, &job.meter, job.before);
+                        let fold = fold_before(&log, &job.meter, job.before);
                         let slug = job.meter.slug().to_owned();
                         let before = job.before;
                         if done.send(Counted { slug, before, fold }).is_err() {
@@ -106,12 +105,12 @@ const BACKFILL_NICE: libc::c_int = 10;
 
 /// Folds every event of the meter's type logged before `before`.
 fn fold_before(
-    log_dir: &Path,
+    log: &LogDir,
     meter: &CompiledMeter,
     before: Seq,
 ) -> Result<Fold, ProjectionError> {
     let mut fold = Fold::default();
-    for entry in log::read_range(log_dir, 1, before.saturating_sub(1))? {
+    for entry in log.read_range(1, before.saturating_sub(1))? {
         let entry = entry?;
         let record = Record::decode(&entry.payload).map_err(|source| ProjectionError::Record {
             seq: entry.seq,

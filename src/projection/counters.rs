@@ -108,7 +108,7 @@ impl Counters {
             backfills: BTreeMap::new(),
             published_backfills: ctx.readers.backfills.clone(),
             unmark: Vec::new(),
-            worker: backfill::Worker::new(ctx.log_dir),
+            worker: backfill::Worker::new(ctx.log),
             fold: Fold::default(),
         };
         // Backfills a stop interrupted start over.

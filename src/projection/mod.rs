@@ -28,13 +28,12 @@ pub mod registry;
 pub mod store;
 pub mod usage;
 
-use std::path::Path;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
 use crate::api_keys::ApiKeyRing;
-use crate::log::{self, Seq};
+use crate::log::{self, LogDir, Seq};
 pub use crate::meter::MeterSet;
 use crate::product::ProductRing;
 use crate::record::Record;
@@ -151,7 +150,7 @@ impl Readers {
 /// What a projection is opened with.
 pub struct OpenContext<'a> {
     pub store: &'a Store,
-    pub log_dir: &'a Path,
+    pub log: &'a LogDir,
     pub readers: &'a Readers,
 }
 

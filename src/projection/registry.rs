@@ -65,7 +65,7 @@ impl Registry {
 /// Reads the log from `from` through `to` in chunks and hands each chunk to
 /// `apply`. Used for catch-up on start and by `keymeter replay`.
 pub fn replay_log(
-    log_dir: &std::path::Path,
+    log: &log::LogDir,
     from: Seq,
     to: Seq,
     chunk_records: usize,
@@ -88,7 +88,7 @@ pub fn replay_log(
         chunk.clear();
         Ok(())
     };
-    for entry in log::read_range(log_dir, from, to)? {
+    for entry in log.read_range(from, to)? {
         let entry = entry?;
         let record = Record::decode(&entry.payload).map_err(|source| ProjectionError::Record {
             seq: entry.seq,
