@@ -161,7 +161,7 @@ fn save_torn_bytes(
                 // Same bytes: an earlier open saved them and crashed before truncating.
                 let len = storage
                     .open(&path, false)
-                    .and_then(|f| f.len())
+                    .and_then(|f| f.size())
                     .map_err(io_err("stat torn file", &path))?;
                 let existing = read_bytes(dir, &path, 0, len)?;
                 if existing != bytes {
@@ -173,7 +173,7 @@ fn save_torn_bytes(
             }
             Err(err) => return Err(io_err("create torn file", &path)(err)),
         };
-        if file.len().map_err(io_err("stat torn file", &path))? == 0 {
+        if file.size().map_err(io_err("stat torn file", &path))? == 0 {
             file.write_all_at(bytes, 0)
                 .map_err(io_err("write torn file", &path))?;
         }

@@ -148,7 +148,7 @@ impl SegmentCursor {
             .storage()
             .open(path, false)
             .map_err(io_err("open segment", path))?;
-        let file_len = file.len().map_err(io_err("stat segment", path))?;
+        let file_len = file.size().map_err(io_err("stat segment", path))?;
         let corrupt = |reason: String| LogError::Corrupt {
             segment: path.clone(),
             offset: 0,

@@ -530,7 +530,7 @@ impl SimFile {
 }
 
 impl StorageFile for SimFile {
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         self.with_inode(false, |inode, _| inode.current.len() as u64)
     }
 

@@ -41,7 +41,7 @@ pub trait Storage: Send + Sync + fmt::Debug {
 
 /// An open file. Reads and writes are positioned: the log knows where each byte goes.
 pub trait StorageFile: Send + Sync {
-    fn len(&self) -> io::Result<u64>;
+    fn size(&self) -> io::Result<u64>;
     /// Reads at most `buf.len()` bytes at `offset`; fewer only at end of file.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
@@ -173,7 +173,7 @@ impl Storage for Disk {
 struct DiskFile(File);
 
 impl StorageFile for DiskFile {
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
     }
 
@@ -309,7 +309,7 @@ impl Seek for FileReader {
         let target = match to {
             SeekFrom::Start(p) => Some(p),
             SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-            SeekFrom::End(d) => self.file.len()?.checked_add_signed(d),
+            SeekFrom::End(d) => self.file.size()?.checked_add_signed(d),
         };
         self.pos = target.ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidInput, "seek before start of file")
