@@ -291,6 +291,75 @@ fn unfinished_batch_whose_pages_landed_out_of_order_is_cut_not_refused() {
     assert_eq!(fs::metadata(&last).unwrap().len(), len_before);
 }
 
+/// Appends to the last segment the frames of the batch that comes next, as `land` leaves
+/// them (the pages that reached the disk before the power went). Returns the head before it
+/// and the bytes appended.
+fn land_next_batch(dir: &Path, records: usize, land: impl FnOnce(&mut Vec<u8>)) -> (Seq, usize) {
+    let log = build_log(dir, 5);
+    let (head_seq, head_hash) = (log.head_seq(), log.head_hash());
+    drop(log);
+    let batch: Vec<Vec<u8>> = (head_seq + 1..=head_seq + records as Seq)
+        .map(payload_for)
+        .collect();
+    let mut encoded = Vec::new();
+    encode_batch(head_hash, head_seq + 1, &batch, &mut encoded);
+    land(&mut encoded);
+    let len = encoded.len();
+    let last = segments(dir).pop().unwrap();
+    modify(&last, |b| b.extend_from_slice(&encoded));
+    (head_seq, len)
+}
+
+#[test]
+fn unfinished_batch_whose_end_landed_before_its_first_page_is_cut_not_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The whole batch was written but not synced: its last page (with BATCH_END) reached
+    // the disk, a page inside its first frame did not.
+    let (head_seq, appended) = land_next_batch(tmp.path(), 5, |b| {
+        b[FRAME_HEADER_LEN..FRAME_HEADER_LEN + 8].fill(0);
+    });
+    let last = segments(tmp.path()).pop().unwrap();
+    let len_before = fs::metadata(&last).unwrap().len();
+
+    let torn = verify(tmp.path()).unwrap().torn_tail.expect("reported");
+    assert!(torn.reason.contains("crc"), "{}", torn.reason);
+    let (log, recovery) = Log::open(tmp.path(), CFG).unwrap();
+    assert_eq!(log.head_seq(), head_seq);
+    assert_eq!(recovery.torn_tail_bytes, appended as u64);
+    assert_eq!(
+        fs::metadata(&last).unwrap().len(),
+        len_before - appended as u64
+    );
+}
+
+#[test]
+fn damage_followed_by_the_start_of_a_later_batch_is_refused_not_cut() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A one-record batch with damage, then a batch that began after it: the first batch
+    // had been synced (the second was started), so this is damage, not a torn write.
+    let (head_seq, _) = land_next_batch(tmp.path(), 1, |_| {});
+    let log_end = {
+        let (mut log, _) = Log::open(tmp.path(), CFG).unwrap();
+        log.append_batch(&[payload_for(head_seq + 2)]).unwrap();
+        log.head_seq()
+    };
+    let last = segments(tmp.path()).pop().unwrap();
+    let target = frames(&last)
+        .into_iter()
+        .find(|f| f.seq == head_seq + 1)
+        .unwrap();
+    modify(&last, |b| b[target.payload_start()] ^= 0x10);
+    let len_before = fs::metadata(&last).unwrap().len();
+
+    let (_, offset, seq, reason) = expect_corrupt(Log::open(tmp.path(), CFG).unwrap_err());
+    assert_eq!((offset, seq), (target.offset as u64, Some(head_seq + 1)));
+    assert!(
+        reason.contains(&format!("later batch (from seq {log_end})")),
+        "{reason}"
+    );
+    assert_eq!(fs::metadata(&last).unwrap().len(), len_before);
+}
+
 #[test]
 fn crc_failure_in_the_final_frame_with_nothing_after_it_is_a_torn_tail() {
     let tmp = tempfile::tempdir().unwrap();

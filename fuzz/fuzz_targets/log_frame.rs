@@ -15,7 +15,7 @@ use std::path::Path;
 
 use keymeter::log::frame::{
     chain_hash, decode_segment_header, encode_frame, encode_segment_header, frame_crc, FrameHeader,
-    GENESIS_HASH,
+    FLAG_BATCH_END, FLAG_BATCH_START, GENESIS_HASH,
 };
 use keymeter::log::{
     read_range, verify, Log, LogConfig, LogError, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN,
@@ -39,6 +39,7 @@ fn build(dir: &Path, segments: &[Vec<FrameSpec>], tail: &[u8], cut: u16, flip: O
     for (i, frames) in segments.iter().enumerate() {
         let first_seq = next_seq;
         let mut bytes = encode_segment_header(first_seq).to_vec();
+        let mut starts_batch = true;
         for spec in frames.iter().take(frames_left) {
             frames_left -= 1;
             let defect = spec.defect();
@@ -48,7 +49,15 @@ fn build(dir: &Path, segments: &[Vec<FrameSpec>], tail: &[u8], cut: u16, flip: O
                 next_seq
             };
             let start = bytes.len();
-            let hash = encode_frame(&prev_hash, seq, &spec.payload, spec.batch_end, &mut bytes);
+            let mut flags = 0;
+            if starts_batch {
+                flags |= FLAG_BATCH_START;
+            }
+            if spec.batch_end {
+                flags |= FLAG_BATCH_END;
+            }
+            starts_batch = spec.batch_end;
+            let hash = encode_frame(&prev_hash, seq, &spec.payload, flags, &mut bytes);
             match defect {
                 Defect::BadCrc => bytes[start + 4] ^= 0x01,
                 Defect::BadHash => bytes[start + 17] ^= 0x01,

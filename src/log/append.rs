@@ -4,7 +4,7 @@
 use std::io;
 use std::ops::Range;
 
-use super::frame::encode_frame;
+use super::frame::{batch_flags, encode_frame};
 use super::scan::ChainPos;
 use super::segment::create_segment;
 #[cfg(test)]
@@ -77,7 +77,8 @@ impl Log {
         for (i, payload) in payloads.iter().enumerate() {
             let batch_end = i + 1 == payloads.len();
             let seq = first_seq + i as Seq;
-            hash = encode_frame(&hash, seq, payload.as_ref(), batch_end, &mut self.buf);
+            let flags = batch_flags(i, payloads.len());
+            hash = encode_frame(&hash, seq, payload.as_ref(), flags, &mut self.buf);
             if self.buf.len() >= APPEND_CHUNK_BYTES || batch_end {
                 self.write_chunk(written_end)?;
                 written_end += self.buf.len() as u64;

@@ -13,15 +13,21 @@ pub const FRAME_HEADER_LEN: usize = 4 + 4 + 1 + 8 + 32;
 pub const PAYLOAD_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Flag bit 0: this frame is the last one of an appended batch.
 pub const FLAG_BATCH_END: u8 = 0b0000_0001;
+/// Flag bit 1: this frame is the first one of an appended batch (segment version 2 on).
+pub const FLAG_BATCH_START: u8 = 0b0000_0010;
 /// Every flag bit this version understands; any other bit set is a defect.
-pub const FLAGS_KNOWN: u8 = FLAG_BATCH_END;
+pub const FLAGS_KNOWN: u8 = FLAG_BATCH_END | FLAG_BATCH_START;
 /// The `prev_hash` of seq 1.
 pub const GENESIS_HASH: [u8; 32] = [0; 32];
 
 /// `magic [u8; 8] | version u32 | first_seq u64 | crc32c u32 over the previous 20 bytes`.
 pub const SEGMENT_HEADER_LEN: usize = 8 + 4 + 8 + 4;
 pub const SEGMENT_MAGIC: [u8; 8] = *b"KMLOGSEG";
-pub const SEGMENT_VERSION: u32 = 1;
+/// The version new segments are written with. Version 2 marks the first frame of every
+/// batch with [`FLAG_BATCH_START`]; version 1 segments (no such mark) are still read.
+pub const SEGMENT_VERSION: u32 = 2;
+/// The oldest segment version this build reads.
+pub const SEGMENT_VERSION_MIN: u32 = 1;
 
 /// The fixed-size part of a frame, as read from disk (not yet checked against anything).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +54,10 @@ impl FrameHeader {
         self.flags & FLAG_BATCH_END != 0
     }
 
+    pub fn is_batch_start(&self) -> bool {
+        self.flags & FLAG_BATCH_START != 0
+    }
+
     pub fn frame_len(&self) -> u64 {
         FRAME_HEADER_LEN as u64 + u64::from(self.payload_len)
     }
@@ -68,7 +78,7 @@ pub fn chain_hash(prev_hash: &[u8; 32], seq: Seq, payload: &[u8]) -> [u8; 32] {
 }
 
 /// Appends the frames of one batch to `out`: seqs `first_seq..`, chained from `prev_hash`,
-/// BATCH_END on the last frame. Returns the hash of the last record (`prev_hash` if empty).
+/// BATCH_START on the first frame and BATCH_END on the last. Returns the hash of the last record (`prev_hash` if empty).
 ///
 /// # Panics
 /// If a payload is longer than [`PAYLOAD_BYTES_MAX`]; callers check lengths first.
@@ -80,20 +90,26 @@ pub fn encode_batch<P: AsRef<[u8]>>(
 ) -> [u8; 32] {
     let mut hash = prev_hash;
     for (i, payload) in payloads.iter().enumerate() {
-        let batch_end = i + 1 == payloads.len();
-        hash = encode_frame(
-            &hash,
-            first_seq + i as Seq,
-            payload.as_ref(),
-            batch_end,
-            out,
-        );
+        let flags = batch_flags(i, payloads.len());
+        hash = encode_frame(&hash, first_seq + i as Seq, payload.as_ref(), flags, out);
     }
     hash
 }
 
-/// Appends one frame to `out`: record `seq` chained from `prev_hash`, with BATCH_END if
-/// `batch_end`. Returns the record's hash. [`encode_batch`] is this in a loop; the writer
+/// The flags of frame `index` of a batch of `len` frames.
+pub fn batch_flags(index: usize, len: usize) -> u8 {
+    let mut flags = 0;
+    if index == 0 {
+        flags |= FLAG_BATCH_START;
+    }
+    if index + 1 == len {
+        flags |= FLAG_BATCH_END;
+    }
+    flags
+}
+
+/// Appends one frame to `out`: record `seq` chained from `prev_hash`, with `flags` (see
+/// [`batch_flags`]). Returns the record's hash. [`encode_batch`] is this in a loop; the writer
 /// calls it directly to write a batch in chunks as it is encoded.
 ///
 /// # Panics
@@ -102,11 +118,10 @@ pub fn encode_frame(
     prev_hash: &[u8; 32],
     seq: Seq,
     payload: &[u8],
-    batch_end: bool,
+    flags: u8,
     out: &mut Vec<u8>,
 ) -> [u8; 32] {
     assert!(payload.len() <= PAYLOAD_BYTES_MAX, "payload over limit");
-    let flags = if batch_end { FLAG_BATCH_END } else { 0 };
     let hash = chain_hash(prev_hash, seq, payload);
 
     let start = out.len();
@@ -131,8 +146,9 @@ pub fn encode_segment_header(first_seq: Seq) -> [u8; SEGMENT_HEADER_LEN] {
     header
 }
 
-/// Returns the header's first seq, or why the header is not a valid segment header.
-pub fn decode_segment_header(header: &[u8; SEGMENT_HEADER_LEN]) -> Result<Seq, String> {
+/// Returns the header's first seq and version, or why the header is not a valid segment
+/// header.
+pub fn decode_segment_header(header: &[u8; SEGMENT_HEADER_LEN]) -> Result<(Seq, u32), String> {
     if header[0..8] != SEGMENT_MAGIC {
         return Err("bad segment magic".to_string());
     }
@@ -141,12 +157,11 @@ pub fn decode_segment_header(header: &[u8; SEGMENT_HEADER_LEN]) -> Result<Seq, S
         return Err("segment header crc mismatch".to_string());
     }
     let version = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
-    if version != SEGMENT_VERSION {
+    if !(SEGMENT_VERSION_MIN..=SEGMENT_VERSION).contains(&version) {
         return Err(format!("unsupported segment version {version}"));
     }
-    Ok(u64::from_le_bytes(
-        header[12..20].try_into().expect("8 bytes"),
-    ))
+    let first_seq = u64::from_le_bytes(header[12..20].try_into().expect("8 bytes"));
+    Ok((first_seq, version))
 }
 
 /// Looks for a complete frame with a valid CRC anywhere in `bytes` whose seq could plausibly
@@ -188,6 +203,7 @@ mod tests {
         let first: &[u8; FRAME_HEADER_LEN] = out[..FRAME_HEADER_LEN].try_into().unwrap();
         let h1 = FrameHeader::decode(first);
         assert_eq!((h1.seq, h1.payload_len, h1.is_batch_end()), (1, 1, false));
+        assert!(h1.is_batch_start());
         assert_eq!(h1.hash, chain_hash(&GENESIS_HASH, 1, b"a"));
         assert_eq!(frame_crc(first, b"a"), h1.crc);
 
@@ -195,6 +211,7 @@ mod tests {
         let second: &[u8; FRAME_HEADER_LEN] = out[at..at + FRAME_HEADER_LEN].try_into().unwrap();
         let h2 = FrameHeader::decode(second);
         assert_eq!((h2.seq, h2.payload_len, h2.is_batch_end()), (2, 2, true));
+        assert!(!h2.is_batch_start());
         assert_eq!(h2.hash, chain_hash(&h1.hash, 2, b"bc"));
         assert_eq!(h2.hash, last);
         assert_eq!(out.len(), at + h2.frame_len() as usize);
@@ -203,7 +220,7 @@ mod tests {
     #[test]
     fn segment_header_round_trips_and_rejects_damage() {
         let mut header = encode_segment_header(42);
-        assert_eq!(decode_segment_header(&header), Ok(42));
+        assert_eq!(decode_segment_header(&header), Ok((42, SEGMENT_VERSION)));
         header[13] ^= 1;
         assert!(decode_segment_header(&header).is_err());
     }

@@ -6,13 +6,18 @@
 //!
 //! - `{first_seq:020}.seg` — a segment. Starts with a 24-byte header, then frames:
 //!   ```text
-//!   segment header: [u8; 8] magic "KMLOGSEG" | u32 LE version (1) | u64 LE first_seq
+//!   segment header: [u8; 8] magic "KMLOGSEG" | u32 LE version (2) | u64 LE first_seq
 //!                   | u32 LE crc32c over the previous 20 bytes
 //!   frame:          u32 LE payload_len | u32 LE crc32c over flags, seq, hash, payload
-//!                   | u8 flags (bit0 BATCH_END) | u64 LE seq | [u8; 32] hash | payload
+//!                   | u8 flags (bit0 BATCH_END, bit1 BATCH_START) | u64 LE seq
+//!                   | [u8; 32] hash | payload
 //!   hash = SHA-256(prev_hash || seq as u64 LE || payload), prev_hash of seq 1 = 32 zero bytes
 //!   ```
 //!   Seqs start at 1 and are contiguous across segments; the chain runs across segments.
+//!   The first frame of every batch carries BATCH_START and its last BATCH_END (a
+//!   one-record batch carries both). Version 1 segments, written before BATCH_START
+//!   existed, are still read; [`Log::open`] never appends to one: a version 1 last segment
+//!   is sealed as it is (or, holding no record, replaced) and appends go to a new segment.
 //! - `{first_seq:020}.seg.tmp` — a segment being created; removed by [`Log::open`].
 //! - `torn-{segment_first_seq:020}-{offset}.bin` — bytes cut from a torn tail, kept for
 //!   inspection (a `.N` is added before `.bin` if a different cut already used the name).
@@ -57,13 +62,19 @@
 //!   is [`LogError::Corrupt`]. A sealed segment is never truncated.
 //! - Last segment: a frame that is truncated (header shorter than 49 bytes, or declared
 //!   length running past end of file), declares a length over [`PAYLOAD_BYTES_MAX`], or
-//!   fails its CRC is a *torn tail* only if no complete batch follows it: no valid frame
-//!   carrying BATCH_END exists anywhere after it (every later byte offset is tried; a
-//!   candidate must fit, have a plausible seq and a valid CRC). If one exists, it is
-//!   [`LogError::Corrupt`]: a crash loses (parts of) the batch being written, it does not
-//!   leave a finished batch behind a damaged one. Valid frames after the damage without a
-//!   BATCH_END are pages of that same unfinished batch that reached the disk out of order,
-//!   and are cut with it.
+//!   fails its CRC is a *torn tail* only if what follows it can be the rest of the batch
+//!   it belongs to. Only the batch being appended when the power went was unsynced, so
+//!   only its pages can be missing, torn or reordered; every earlier batch was synced
+//!   before it began. Every later byte offset is tried for a valid frame (it must fit,
+//!   have a plausible seq and a valid CRC). If one carries BATCH_START (a later batch was
+//!   begun, so the damaged one had been synced), or anything valid follows a BATCH_END
+//!   after the damage, it is [`LogError::Corrupt`]: damage inside the log. Otherwise the
+//!   valid frames after the damage, its own BATCH_END included, are pages of the
+//!   unfinished batch that reached the disk before an earlier page did, and are cut with
+//!   it. (In a version 1 segment, with no BATCH_START to tell batches apart, any valid
+//!   BATCH_END after the damage is refused.)
+//! - In a version 2 segment, BATCH_START set on a frame that does not follow a BATCH_END
+//!   (or the segment header), or clear on one that does, is Corrupt.
 //! - A frame whose CRC is valid but whose seq, flags or chain hash are wrong is always
 //!   Corrupt, wherever it is (a rewritten record with a recomputed CRC fails the chain).
 //! - Frames after the last BATCH_END of the last segment are an incomplete batch: batches
@@ -72,13 +83,10 @@
 //!   directory), then the segment is truncated to the end of its last complete batch and
 //!   fsynced, and a `tracing::warn!` names the segment, offset, byte count and copy.
 //!
-//! A torn write of the last, unsynced batch whose BATCH_END frame did reach the disk while
-//! an earlier page of it did not is indistinguishable from damage to an acknowledged batch,
-//! and is therefore refused, not cut: refusing never loses an acknowledged record, cutting
-//! could. The error names the record; an operator decides.
-//! The converse is also indistinguishable: damage (say, a bit flip) in the very last frame,
-//! with nothing valid behind it, looks like a torn final write and is cut with its batch;
-//! the bytes survive in the `torn-*.bin` file and the warning says so.
+//! What remains ambiguous is damage (say, a bit flip) to a synced batch at the very end of
+//! the log with nothing valid behind it, or behind it only the pages of an unfinished
+//! batch that lost its first page: it looks like a torn final write and is cut with its
+//! batch; the bytes survive in the `torn-*.bin` file and the warning says so.
 //!
 //! [`verify`] runs the same checks read-only: damage is an `Err(Corrupt)` naming the first
 //! bad position; a torn tail is not an error but is reported in [`VerifyReport::torn_tail`]

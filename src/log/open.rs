@@ -5,6 +5,7 @@ use std::any::Any;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use super::frame::SEGMENT_VERSION;
 use super::scan::{scan_log, LastSegment};
 use super::segment::{
     create_segment, fsync_dir, read_bytes, remove_stale_tmp_files, LOCK_FILE_NAME,
@@ -52,7 +53,19 @@ impl Log {
                     recovery.torn_tail_bytes = last.file_len - last.committed_end;
                     recovery.torn_tail_saved_to = Some(saved_to);
                 }
-                (file, last.segment.path, last.committed_end)
+                if last.version < SEGMENT_VERSION {
+                    // Appends go to a segment of the current format: an older one holding
+                    // records is sealed as it is, an empty one is created anew.
+                    if last.records == 0 {
+                        storage_remove(dir, path)?;
+                        recovery.segments -= 1;
+                    }
+                    let (file, path) = create_segment(dir, scan.head.next_seq)?;
+                    recovery.segments += 1;
+                    (file, path, SEGMENT_HEADER_LEN as u64)
+                } else {
+                    (file, last.segment.path, last.committed_end)
+                }
             }
         };
         let log = Log {
@@ -71,6 +84,15 @@ impl Log {
         };
         Ok((log, recovery))
     }
+}
+
+/// Removes a header-only segment of an older format, durably, before its replacement is
+/// created under the same name.
+fn storage_remove(dir: &LogDir, path: &Path) -> Result<(), LogError> {
+    dir.storage()
+        .remove(path)
+        .map_err(io_err("remove empty old-format segment", path))?;
+    fsync_dir(dir, dir.path())
 }
 
 /// Opens (creating) `dir/LOCK` and locks it exclusively without waiting.

@@ -74,6 +74,10 @@ pub(crate) struct LastSegment {
     pub committed_end: u64,
     pub file_len: u64,
     pub tail_reason: Option<String>,
+    /// The segment's format version: appends go only to a current-version segment.
+    pub version: u32,
+    /// Records in complete batches in this segment.
+    pub records: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -109,6 +113,8 @@ pub(crate) fn scan_log(dir: &LogDir) -> Result<LogScan, LogError> {
                 committed_end: seg.committed_end,
                 file_len: seg.file_len,
                 tail_reason: seg.tail_reason,
+                version: seg.version,
+                records: seg.records,
             });
         }
     }
@@ -116,6 +122,7 @@ pub(crate) fn scan_log(dir: &LogDir) -> Result<LogScan, LogError> {
 }
 
 struct SegmentScan {
+    version: u32,
     committed: ChainPos,
     committed_end: u64,
     records: u64,
@@ -189,6 +196,7 @@ fn scan_segment(
     }
 
     Ok(SegmentScan {
+        version: cursor.version,
         committed,
         committed_end,
         records: committed_records,
@@ -235,6 +243,27 @@ fn walk_frames(
         }
         check_frame(&header, &payload, chain.next_seq, Some(&chain.prev_hash))
             .map_err(|(seq, reason)| corrupt(frame_at, seq, reason))?;
+        let starts_batch = records == committed.2;
+        if header.is_batch_start() != (starts_batch && cursor.version >= 2) {
+            return Err(corrupt(
+                frame_at,
+                header.seq,
+                format!(
+                    "BATCH_START flag is {} on a frame that {} a batch (segment version {})",
+                    if header.is_batch_start() {
+                        "set"
+                    } else {
+                        "clear"
+                    },
+                    if starts_batch {
+                        "starts"
+                    } else {
+                        "does not start"
+                    },
+                    cursor.version
+                ),
+            ));
+        }
         chain = ChainPos {
             next_seq: header.seq + 1,
             prev_hash: header.hash,
@@ -268,11 +297,18 @@ fn tail_reason(bad_frame: Option<(u64, String)>, uncommitted_frames: u64) -> Opt
     }
 }
 
-/// A bad frame in the last segment is a torn tail only if no complete batch follows it: a
-/// crash loses (parts of) the batch being written, it does not leave an intact, finished
-/// batch behind a damaged one. Valid frames after the damage that never reach a BATCH_END
-/// belong to that same unfinished batch — its pages reached the disk out of order — and are
-/// cut with it.
+/// A bad frame in the last segment is a torn tail only if what follows it can be the rest of
+/// the one batch that was being written when the power went: only that batch was unsynced,
+/// so only its pages can be missing, torn or out of order, while everything before it was
+/// synced before it was started. Valid frames after the damage are then pages of that same
+/// batch that reached the disk before an earlier page did, and are cut with it.
+///
+/// In a version 2 segment every batch's first frame carries BATCH_START, so the rule is
+/// exact: the damage is inside the log (refused) if a valid frame after it starts a batch
+/// (a later batch was begun, so the damaged one had been synced), or if anything valid
+/// follows a BATCH_END after it. A BATCH_END of the damaged batch itself, reached before an
+/// earlier page of it, is cut with the batch. In a version 1 segment, without batch starts,
+/// any valid BATCH_END after the damage is refused, as it could end a later batch.
 fn refuse_if_valid_frame_follows(
     cursor: &SegmentCursor,
     frame_at: u64,
@@ -284,23 +320,41 @@ fn refuse_if_valid_frame_follows(
         return Ok(());
     }
     let rest = cursor.read_tail(search_from)?;
+    let refuse = |what: String, found: usize| LogError::Corrupt {
+        segment: cursor.path.clone(),
+        offset: frame_at,
+        seq: Some(expected_seq),
+        reason: format!(
+            "{reason}, and {what} follows at offset {}: damage inside the log, not a torn tail",
+            search_from + found as u64
+        ),
+    };
+    let marks_batches = cursor.version >= 2;
+    let mut batch_end_seen: Option<Seq> = None;
     let mut from = 0;
     while let Some((at, seq)) = find_valid_frame(&rest[from..], expected_seq) {
         let found = from + at;
         let header: &[u8; FRAME_HEADER_LEN] = rest[found..found + FRAME_HEADER_LEN]
             .try_into()
             .expect("a found frame has a whole header");
-        if FrameHeader::decode(header).is_batch_end() {
-            return Err(LogError::Corrupt {
-                segment: cursor.path.clone(),
-                offset: frame_at,
-                seq: Some(expected_seq),
-                reason: format!(
-                    "{reason}, and a complete batch (ending at seq {seq}) follows at offset {}: \
-                     damage inside the log, not a torn tail",
-                    search_from + found as u64
-                ),
-            });
+        let header = FrameHeader::decode(header);
+        if let Some(end) = batch_end_seen {
+            return Err(refuse(
+                format!("record {seq}, after batch end {end},"),
+                found,
+            ));
+        }
+        if marks_batches && header.is_batch_start() {
+            return Err(refuse(format!("a later batch (from seq {seq})"), found));
+        }
+        if header.is_batch_end() {
+            if !marks_batches {
+                return Err(refuse(
+                    format!("a complete batch (ending at seq {seq})"),
+                    found,
+                ));
+            }
+            batch_end_seen = Some(seq);
         }
         from = found + 1;
     }

@@ -134,6 +134,8 @@ pub(crate) struct SegmentCursor {
     reader: BufReader<FileReader>,
     dir: LogDir,
     pub path: PathBuf,
+    /// The segment format version from its header.
+    pub version: u32,
     /// Offset of the next unread byte.
     pub pos: u64,
     /// File length when the cursor was opened; bytes appended later are not seen.
@@ -165,7 +167,7 @@ impl SegmentCursor {
         reader
             .read_exact(&mut header)
             .map_err(io_err("read segment header", path))?;
-        let header_seq = decode_segment_header(&header).map_err(corrupt)?;
+        let (header_seq, version) = decode_segment_header(&header).map_err(corrupt)?;
         if header_seq != segment.first_seq {
             return Err(corrupt(format!(
                 "segment header says first seq {header_seq}, file name says {}",
@@ -176,6 +178,7 @@ impl SegmentCursor {
             reader,
             dir: dir.clone(),
             path: path.clone(),
+            version,
             pos: SEGMENT_HEADER_LEN as u64,
             file_len,
         })

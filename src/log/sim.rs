@@ -133,7 +133,7 @@ impl SimDisk {
                 names: BTreeMap::new(),
                 durable_names: BTreeMap::new(),
                 pending_names: Vec::new(),
-                dirs: BTreeSet::new(),
+                dirs: BTreeSet::from([PathBuf::from("/")]),
                 locks: BTreeSet::new(),
                 crash_at_op: None,
                 crashed: None,

@@ -104,11 +104,7 @@ fn lower_priority() {
 const BACKFILL_NICE: libc::c_int = 10;
 
 /// Folds every event of the meter's type logged before `before`.
-fn fold_before(
-    log: &LogDir,
-    meter: &CompiledMeter,
-    before: Seq,
-) -> Result<Fold, ProjectionError> {
+fn fold_before(log: &LogDir, meter: &CompiledMeter, before: Seq) -> Result<Fold, ProjectionError> {
     let mut fold = Fold::default();
     for entry in log.read_range(1, before.saturating_sub(1))? {
         let entry = entry?;

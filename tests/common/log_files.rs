@@ -2,9 +2,9 @@
 //! by the engine's own decoder, so that a test of the log cannot share its bugs:
 //!
 //! ```text
-//! segment header: 24 bytes
+//! segment header: [u8; 8] magic | u32 LE version | u64 LE first_seq | u32 LE crc32c
 //! frame: u32 LE payload_len | u32 LE crc32c over flags, seq, hash, payload
-//!        | u8 flags (bit0 BATCH_END) | u64 LE seq | [u8; 32] hash | payload
+//!        | u8 flags (bit0 BATCH_END, bit1 BATCH_START) | u64 LE seq | [u8; 32] hash | payload
 //! hash = SHA-256(prev_hash || seq as u64 LE || payload), prev_hash of seq 1 = 32 zero bytes
 //! ```
 
