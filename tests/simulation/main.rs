@@ -2,13 +2,15 @@
 //! alone, and the whole engine (writer, syncer, projector), crashed at random operations
 //! with every unsynced write at risk, reopened, and checked against a model.
 //!
-//! Each test runs seeds `0..N`: N is 200 for the log and 40 for the engine by default, or
+//! Each test runs seeds `0..N`: N is 200 for the log and 30 for the engine by default, or
 //! `KEYMETER_SIM_SEEDS`; `KEYMETER_SIM_SEED=S` runs only seed S. A failing seed is
 //! printed with the command that replays it. The stress run outside the default suite:
 //! `KEYMETER_SIM_SEEDS=5000 cargo test --release --test simulation`.
 
 #[path = "../common/mod.rs"]
 mod common;
+mod engine_sim;
+mod engine_world;
 mod log_sim;
 
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
