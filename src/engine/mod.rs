@@ -108,10 +108,20 @@ impl Engine {
         let s = self.syncer.take().expect("syncer").join();
         let p = self.projector.take().expect("projector").join();
         store.db.flush().map_err(ProjectionError::from)?;
-        w.map_err(|_| StageError::Panicked("writer"))??;
-        s.map_err(|_| StageError::Panicked("log syncer"))??;
-        p.map_err(|_| StageError::Panicked("projector"))??;
-        Ok(())
+        let results = [
+            w.unwrap_or(Err(StageError::Panicked("writer"))),
+            s.unwrap_or(Err(StageError::Panicked("log syncer"))),
+            p.unwrap_or(Err(StageError::Panicked("projector"))),
+        ];
+        // The stage that failed first is the cause; the others stopped because it did.
+        let mut errors: Vec<StageError> = results.into_iter().filter_map(Result::err).collect();
+        match errors
+            .iter()
+            .position(|e| !matches!(e, StageError::PeerStopped(_)))
+        {
+            Some(cause) => Err(errors.swap_remove(cause).into()),
+            None => errors.into_iter().next().map_or(Ok(()), |e| Err(e.into())),
+        }
     }
 }
 

@@ -20,7 +20,13 @@ pub enum EngineError {
     NotFound(String),
     #[error("{0}")]
     Invalid(Rejection),
-    #[error("the engine has stopped; the request was not recorded")]
+    /// The engine stopped (a log write or fsync failed, or it is shutting down) before the
+    /// request was known to be durable. It may or may not be in the log: after a failed
+    /// fsync the written bytes can still reach the disk.
+    #[error(
+        "the engine has stopped; the request may or may not have been recorded: resend it \
+         after the restart (events are deduplicated by id)"
+    )]
     Stopped,
     #[error("{0}")]
     Overloaded(String),
@@ -41,7 +47,7 @@ pub enum StartError {
         name: &'static str,
         source: std::io::Error,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     Stage(#[from] StageError),
     #[error("{0}")]
     Other(String),

@@ -76,6 +76,8 @@ struct State {
     dirs: BTreeSet<PathBuf>,
     locks: BTreeSet<PathBuf>,
     crash_at_op: Option<u64>,
+    /// Syncs still to fail (see [`SimDisk::fail_next_sync`]).
+    failing_syncs: u32,
     /// The surviving image of the last crash, until `restart`.
     crashed: Option<Image>,
     stats: SimStats,
@@ -136,6 +138,7 @@ impl SimDisk {
                 dirs: BTreeSet::from([PathBuf::from("/")]),
                 locks: BTreeSet::new(),
                 crash_at_op: None,
+                failing_syncs: 0,
                 crashed: None,
                 stats: SimStats::default(),
             })),
@@ -151,6 +154,14 @@ impl SimDisk {
     /// disk's creation, see [`SimStats::ops`]) is attempted; that operation fails.
     pub fn crash_at_op(&self, op: u64) {
         self.state().crash_at_op = Some(op);
+    }
+
+    /// The next sync of any file fails with an I/O error while the power stays on. The
+    /// writes it should have made durable stay unsynced (as a page cache may keep them
+    /// after a failed fsync): a later crash may keep or lose them, a restart without one
+    /// finds them.
+    pub fn fail_next_sync(&self) {
+        self.state().failing_syncs += 1;
     }
 
     /// The power goes off now.
@@ -519,6 +530,14 @@ impl SimFile {
     }
 
     fn sync(&self) -> io::Result<()> {
+        {
+            let mut s = self.disk.state();
+            if s.failing_syncs > 0 {
+                s.op()?;
+                s.failing_syncs -= 1;
+                return Err(io::Error::other("simulated fsync failure (EIO)"));
+            }
+        }
         self.with_inode(true, |inode, stats| {
             stats.syncs += 1;
             for change in inode.pending.drain(..) {
