@@ -161,7 +161,7 @@ error_codes! {
     NonceCapacity = "NONCE_CAPACITY", SERVICE_UNAVAILABLE,
         "More signed calls in one tolerance window than `signature_nonces_max`; nothing was recorded";
     EngineUnavailable = "ENGINE_UNAVAILABLE", SERVICE_UNAVAILABLE,
-        "The engine has stopped after an error; nothing was recorded";
+        "The engine has stopped after an error (a failed log write or fsync); the request may or may not have been recorded: resend it after the restart (events are deduplicated by id)";
     EngineFailed = "ENGINE_FAILED", SERVICE_UNAVAILABLE,
         "`/readyz`: the engine has stopped after an error";
     MeterBackfilling = "METER_BACKFILLING", SERVICE_UNAVAILABLE,
