@@ -1,0 +1,78 @@
+//! Abuse without a key, against the real binary: what an unauthenticated
+//! caller can make the server hold must stay bounded.
+
+mod common;
+
+use common::Server;
+use rand::{Rng, SeedableRng};
+
+/// The `/metrics` series (sample lines), without comments.
+fn series(text: &str) -> usize {
+    text.lines().filter(|l| !l.starts_with('#')).count()
+}
+
+fn random_token(rng: &mut impl Rng, alphabet: &[u8], len: std::ops::Range<usize>) -> String {
+    let n = rng.gen_range(len);
+    (0..n)
+        .map(|_| alphabet[rng.gen_range(0..alphabet.len())] as char)
+        .collect()
+}
+
+const KNOWN_METHODS: [&str; 6] = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+fn path(rng: &mut impl Rng, kind: usize) -> String {
+    const PATH: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789-_/";
+    match kind % 3 {
+        0 => format!("/{}", random_token(rng, PATH, 1..40)),
+        1 => format!("/api/v1/meters/{}", random_token(rng, PATH, 1..20)),
+        _ => "/api/v1/events".to_owned(),
+    }
+}
+
+async fn send(server: &Server, method: &str, path: &str) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let r = server
+        .client
+        .request(method, server.url(path))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_client_error(), "{path}: {}", r.status());
+}
+
+/// 10,000 requests with made-up methods and paths, no key, leave the number
+/// of `/metrics` series where one request of each kind put it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_requests_with_random_methods_and_paths_add_no_metric_series() {
+    const METHOD: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    let root = tempfile::tempdir().unwrap();
+    let server = Server::start(&root.path().join("data"));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for kind in 0..3 {
+        for method in KNOWN_METHODS.iter().copied().chain(["BREW"]) {
+            let path = path(&mut rng, kind);
+            send(&server, method, &path).await;
+        }
+    }
+    // The first read of `/metrics` adds that route's own series.
+    server.metrics_text().await;
+    let before = server.metrics_text().await;
+    for i in 0..10_000 {
+        let method = if i % 4 == 0 {
+            KNOWN_METHODS[rng.gen_range(0..KNOWN_METHODS.len())].to_owned()
+        } else {
+            random_token(&mut rng, METHOD, 3..12)
+        };
+        let path = path(&mut rng, i);
+        send(&server, &method, &path).await;
+    }
+    let after = server.metrics_text().await;
+    assert_eq!(
+        series(&after),
+        series(&before),
+        "/metrics grew from {} to {} bytes",
+        before.len(),
+        after.len()
+    );
+    server.stop();
+}
