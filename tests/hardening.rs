@@ -76,3 +76,48 @@ async fn unauthenticated_requests_with_random_methods_and_paths_add_no_metric_se
     );
     server.stop();
 }
+
+/// A subject an event sender chose cannot become a formula in the CSV
+/// export a billing job opens in a spreadsheet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_exports_neutralise_cells_a_spreadsheet_would_run() {
+    let root = tempfile::tempdir().unwrap();
+    let server = Server::start(&root.path().join("data"));
+    server
+        .create_meter(serde_json::json!({"slug": "calls", "eventType": "api_call",
+            "aggregation": "COUNT", "groupBy": {"region": "$.region"}}))
+        .await;
+    let subject = "=HYPERLINK(\"http://evil.example\",\"open\")";
+    let r = server
+        .ingest(
+            common::ADMIN_KEY,
+            &[common::event(
+                "e1",
+                "api_call",
+                subject,
+                &common::time_from_now(0),
+                serde_json::json!({"region": "@SUM(A1:A9)"}),
+            )],
+        )
+        .await;
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let csv = server
+        .request(
+            reqwest::Method::GET,
+            common::ADMIN_KEY,
+            "/api/v1/meters/calls/query?groupBy=subject&groupBy=region",
+        )
+        .header("accept", "text/csv")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let row = csv.lines().nth(1).expect("one row");
+    assert!(
+        row.contains(",\"'=HYPERLINK(\"\"http://evil.example\"\",\"\"open\"\")\",'@SUM(A1:A9),1"),
+        "{csv}"
+    );
+    server.stop();
+}
