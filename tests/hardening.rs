@@ -121,3 +121,32 @@ async fn csv_exports_neutralise_cells_a_spreadsheet_would_run() {
     );
     server.stop();
 }
+
+/// `/readyz` answers probes without a key, but log positions, Kafka
+/// assignments and error text only to a key that may read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_tells_details_only_to_a_key_that_may_read() {
+    let root = tempfile::tempdir().unwrap();
+    let server = Server::start(&root.path().join("data"));
+    let ingest = server.create_key(&["ingest"]).await;
+    let read = server.create_key(&["read"]).await;
+    for key in [
+        None,
+        Some("km_made_up_key_000000000000000000"),
+        Some(&*ingest),
+    ] {
+        let mut req = server.client.get(server.url("/readyz"));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body, serde_json::json!({"status": "ready"}), "{key:?}");
+    }
+    let body: serde_json::Value = server.get_json(&read, "/readyz").await;
+    assert_eq!(body["status"], "ready");
+    assert!(body["logHeadSeq"].as_u64().is_some(), "{body}");
+    assert_eq!(body["kafka"]["state"], "not configured");
+    server.stop();
+}

@@ -147,9 +147,16 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-async fn readyz(State(state): State<AppState>) -> Response {
+/// `/readyz`: `{"status": "ready"}` for anyone (load balancers and probes
+/// hold no key); log positions, Kafka assignments and error text only for a
+/// key with the `read` scope.
+async fn readyz(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    let may_read = auth::bearer_token(&headers)
+        .and_then(|k| state.view.api_key(k))
+        .is_some_and(|k| crate::api_keys::allows(&k.scopes, crate::scope::Scope::Read));
     match state.view.readiness() {
-        Some(body) => axum::Json(body).into_response(),
+        Some(body) if may_read => axum::Json(body).into_response(),
+        Some(_) => axum::Json(serde_json::json!({"status": "ready"})).into_response(),
         None => ApiError::new(
             ErrorCode::EngineFailed,
             "the engine stopped after an error; see the server log",
