@@ -150,3 +150,36 @@ async fn readyz_tells_details_only_to_a_key_that_may_read() {
     assert_eq!(body["kafka"]["state"], "not configured");
     server.stop();
 }
+
+/// Once every API key has been revoked, the bootstrap key left in the
+/// environment does not come back at the next start; `--recover-admin-key`
+/// is the deliberate way back in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_bootstrap_key_stays_revoked_across_restarts() {
+    use common::ADMIN_KEY;
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    let server = Server::start(&data);
+    let keys = server.get_json(ADMIN_KEY, "/api/v1/api-keys").await;
+    let bootstrap_id = keys[0]["id"].as_str().unwrap().to_owned();
+    let r = server
+        .delete(ADMIN_KEY, &format!("/api/v1/api-keys/{bootstrap_id}"))
+        .await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(server.get(ADMIN_KEY, "/api/v1/meters").await.status(), 401);
+    server.stop();
+
+    // Same command line, bootstrap key still set: it stays revoked.
+    let server = Server::start(&data);
+    assert_eq!(server.get(ADMIN_KEY, "/api/v1/meters").await.status(), 401);
+    assert!(
+        server.stderr().contains("--recover-admin-key"),
+        "{}",
+        server.stderr()
+    );
+    server.stop();
+
+    let server = Server::start_with(&data, &["--recover-admin-key"]);
+    assert_eq!(server.get(ADMIN_KEY, "/api/v1/meters").await.status(), 200);
+    server.stop();
+}

@@ -39,6 +39,11 @@ pub struct ConfigArgs {
     /// API key to create as the first admin key when there is none yet (at least 24 characters).
     #[arg(long, env = "KEYMETER_BOOTSTRAP_ADMIN_KEY", hide_env_values = true)]
     bootstrap_admin_key: Option<String>,
+    /// Create an admin key even though every API key of the log was revoked
+    /// (the bootstrap key is otherwise created only into a log that never
+    /// held one).
+    #[arg(long)]
+    recover_admin_key: bool,
     /// Oldest accepted event time, before the receive time (e.g. "35d") [default: 35d].
     #[arg(long, env = "KEYMETER_EVENT_TIME_BACK", value_parser = humantime::parse_duration)]
     event_time_back: Option<Duration>,
@@ -151,6 +156,7 @@ impl ConfigArgs {
             master_key_file,
             audit_anchor_file
         );
+        cfg.recover_admin_key |= self.recover_admin_key;
         // A variable only: a flag would show the key in the process list.
         if let Ok(key) = std::env::var("KEYMETER_MASTER_KEY") {
             cfg.master_key = Some(SecretString::new(key));

@@ -38,6 +38,11 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Key to create as the first admin key when none exists yet.
     pub bootstrap_admin_key: Option<String>,
+    /// Create an admin key (the bootstrap key, or a generated one) even
+    /// though the log held keys that were all revoked. A command-line flag
+    /// only, so a setting left in place cannot bring a revoked admin back.
+    #[serde(skip)]
+    pub recover_admin_key: bool,
     /// How far before its receive time an event may be.
     #[serde(with = "humantime_serde")]
     pub event_time_back: Duration,
@@ -240,6 +245,7 @@ impl Default for Config {
             tls_client_ca: None,
             metrics_listen: None,
             bootstrap_admin_key: None,
+            recover_admin_key: false,
             event_time_back: Duration::from_secs(35 * 24 * 3600),
             event_time_ahead: Duration::from_secs(5 * 60),
             body_bytes_max: 8 * 1024 * 1024,
