@@ -183,3 +183,35 @@ async fn a_revoked_bootstrap_key_stays_revoked_across_restarts() {
     assert_eq!(server.get(ADMIN_KEY, "/api/v1/meters").await.status(), 200);
     server.stop();
 }
+
+/// Everything the server creates is readable by its own user only, and the
+/// secrets it was given leave its environment once read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_files_are_private_and_secrets_leave_the_environment() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    let server = Server::start_with_env(
+        &data,
+        &[],
+        &[("KEYMETER_MASTER_KEY", common::TEST_MASTER_KEY)],
+    );
+    let environ = std::fs::read(format!("/proc/{}/environ", server.child.id())).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(!environ.contains(common::TEST_MASTER_KEY), "{environ}");
+    server
+        .create_meter(serde_json::json!({"slug": "calls", "eventType": "api_call",
+            "aggregation": "COUNT"}))
+        .await;
+    server
+        .create_license(serde_json::json!({"product": "p", "customer": "c"}))
+        .await;
+    server.stop();
+    let mut checked = 0;
+    for path in common::walk(&data).into_iter().chain([data.clone()]) {
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{} has mode {:o}", path.display(), mode);
+        checked += 1;
+    }
+    assert!(checked > 5, "only {checked} paths under {}", data.display());
+}

@@ -225,7 +225,7 @@ impl Engine {
         }
         if !keys.is_empty() {
             if let Some(k) = &cfg.bootstrap_admin_key {
-                if keys.lookup(k).is_none() {
+                if keys.lookup(k.expose()).is_none() {
                     tracing::warn!(
                         "bootstrap admin key ignored: API keys already exist; manage keys through /api/v1/api-keys"
                     );
@@ -234,7 +234,7 @@ impl Engine {
             return Ok(None);
         }
         let (id, key, generated) = match &cfg.bootstrap_admin_key {
-            Some(k) => (api_keys::generate_id(), k.clone(), false),
+            Some(k) => (api_keys::generate_id(), k.expose().to_owned(), false),
             None => {
                 let (id, key) = api_keys::generate_key();
                 (id, key, true)

@@ -157,7 +157,7 @@ impl Drop for KafkaSource {
 fn client_config(cfg: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.brokers);
-    for (k, v) in &cfg.properties {
+    for (k, v) in cfg.properties.iter() {
         if k != "auto.offset.reset" {
             c.set(k, v);
         }
