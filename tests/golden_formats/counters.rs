@@ -143,7 +143,7 @@ fn an_unfinished_count_of_the_past_keeps_its_mark_and_is_finished_on_open() {
             now == vec![(unhex(BACKFILL_MARK.0), unhex(BACKFILL_MARK.1))],
             || {
                 format!(
-                    "now {:?}",
+                    "golden {BACKFILL_MARK:?}, now {:?}",
                     now.iter()
                         .map(|(k, v)| (hex::encode(k), hex::encode(v)))
                         .collect::<Vec<_>>()

@@ -34,14 +34,25 @@ impl Golden {
         }
     }
 
-    /// `now` must equal the text `golden` byte for byte (JSON documents).
+    /// `now` must equal the text `golden` byte for byte (JSON documents,
+    /// line-per-value tables); a mismatch names the first line that differs.
     pub fn text(&mut self, name: &str, now: &[u8], golden: &str) {
-        if now != golden.as_bytes() {
-            self.failures.push(format!(
-                "{name}: encoding differs from its golden text\n  golden: {golden}\n  now:    {}",
-                String::from_utf8_lossy(now)
-            ));
+        if now == golden.as_bytes() {
+            return;
         }
+        let now = String::from_utf8_lossy(now);
+        let mut lines = golden.lines().zip(now.lines()).enumerate();
+        let detail = match lines.find(|(_, (g, n))| g != n) {
+            Some((i, (g, n))) => format!("line {}\n  golden: {g}\n  now:    {n}", i + 1),
+            None => format!(
+                "{} lines in the golden, {} now",
+                golden.lines().count(),
+                now.lines().count()
+            ),
+        };
+        self.failures.push(format!(
+            "{name}: encoding differs from its golden text at {detail}"
+        ));
     }
 
     /// Records a failed check of a decoded value.
