@@ -194,3 +194,65 @@ fn a_master_key_file_opens_as_text_or_raw_bytes_and_new_ones_are_base64_lines() 
         .unwrap();
     assert_eq!(decoded, generated.bytes());
 }
+
+/// A license file as the server issued it for [`LICENSE_KEY`], bound to
+/// `host-a`, signed by the keyring's key: customers keep these on disk.
+const LICENSE_FILE: &str = r#"{"ciphertext":"5hVcPDOFqspA_RXEZbYPDxQetySDyu43YEux4rn-99zHfyVbtmYd-SWYbxGz2sNrAwvTMGpvdI4g58rXgCsPc5Rq7PtrLEgPWsxkT9ZKRAReCfUWPbh5FjdXUAbdaro18COcwweFtM-vrzeSW8xnag","fingerprint_bound":true,"format":"keymeter-license-file/v1","kid":"b62e867fa2f33afe","license_id":"lic_golden","nonce":"RsqJNKwXi6jmpd-n","salt":"5vOXGpGOgKyZEXnDv0646A","signature":"2rPnoUzo7wRRx0snec-jEaotNhgAtXtvlmURcdPnRpcuBid0BINGOjXczW8ZaV0mMbWZsIKjFQyjIpuEqvUsCg"}"#;
+const LICENSE_FILE_CONTENTS: &str = r#"{"license":{"id":"lic_golden","status":"active"},"issued_at":1700000000,"expires_at":4102444800}"#;
+/// The keyring's public key as published (clients may keep a copy).
+const JWKS: &str = r#"{"keys":[{"alg":"EdDSA","crv":"Ed25519","kid":"b62e867fa2f33afe","kty":"OKP","use":"sig","x":"7UkoxijRwsbq6QM4kFmVYSlZJzpcY_k2NsFGFKyHN9E"}]}"#;
+
+#[test]
+fn an_issued_license_file_still_opens_and_new_ones_keep_its_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    write(&keyring_path(dir.path()), KEYRING_JSON.as_bytes());
+    let (keys, _) = open_keys(
+        dir.path(),
+        &MasterKey::from_bytes(MASTER),
+        false,
+        CREATED_MS,
+    )
+    .unwrap();
+    let mut g = Golden::default();
+    g.text("jwks", keys.jwks().to_string().as_bytes(), JWKS);
+    let client_keys = keymeter_client::Keys::from_jwks(JWKS).unwrap();
+    let now_s = 1_800_000_000;
+    let open = |file: &str| {
+        keymeter_client::open_license_file(file, LICENSE_KEY, Some("host-a"), &client_keys, now_s)
+    };
+    let want: keymeter_client::LicenseFileContents =
+        serde_json::from_str(LICENSE_FILE_CONTENTS).unwrap();
+    let opened = open(LICENSE_FILE);
+    g.check(
+        "golden license file",
+        opened.as_ref().ok() == Some(&want),
+        || format!("opens to {opened:?}"),
+    );
+
+    let fresh = keymeter::crypto::seal_license_file(
+        &keys,
+        "lic_golden",
+        LICENSE_KEY,
+        Some("host-a"),
+        LICENSE_FILE_CONTENTS.as_bytes(),
+    );
+    let golden: serde_json::Value = serde_json::from_str(LICENSE_FILE).unwrap();
+    let fields = |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    g.check(
+        "license file fields",
+        fields(&fresh) == fields(&golden),
+        || format!("{:?}", fields(&fresh)),
+    );
+    for field in ["format", "kid", "license_id", "fingerprint_bound"] {
+        g.check(field, fresh[field] == golden[field], || {
+            format!("now {}", fresh[field])
+        });
+    }
+    let reopened = open(&fresh.to_string());
+    g.check(
+        "fresh license file",
+        reopened.as_ref().ok() == Some(&want),
+        || format!("opens to {reopened:?}"),
+    );
+    g.finish();
+}
