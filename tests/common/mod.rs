@@ -4,6 +4,7 @@
 pub mod engine;
 pub mod kafka;
 pub mod log_files;
+pub mod projections;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
