@@ -215,3 +215,50 @@ async fn data_files_are_private_and_secrets_leave_the_environment() {
     }
     assert!(checked > 5, "only {checked} paths under {}", data.display());
 }
+
+/// Overflowing durations in license documents are refused with a clear
+/// error instead of expiring a license or freeing its seats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overflowing_license_durations_are_refused() {
+    use common::ADMIN_KEY;
+    use serde_json::json;
+    let root = tempfile::tempdir().unwrap();
+    let server = Server::start(&root.path().join("data"));
+    let r = server
+        .post_json(
+            ADMIN_KEY,
+            "/api/v1/licenses",
+            &json!({"product": "p", "customer": "c", "policy": {"type": "seat",
+                "seats": {"max": 1, "mode": "floating", "lease_ttl_s": u64::MAX}}}),
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "INVALID_LICENSE");
+    assert!(
+        body["message"].as_str().unwrap().contains("lease_ttl_s"),
+        "{body}"
+    );
+
+    let created = server
+        .create_license(json!({"product": "p", "customer": "c",
+            "expires_at": common::time_from_now(86_400_000)}))
+        .await;
+    let id = created["id"].as_str().unwrap();
+    let key = created["key"].as_str().unwrap();
+    let r = server
+        .post_json(
+            ADMIN_KEY,
+            &format!("/api/v1/licenses/{id}/renew"),
+            &json!({"extend": format!("{}s", u64::MAX)}),
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "INVALID_LICENSE", "{body}");
+    let v = server
+        .validate_license(ADMIN_KEY, json!({"key": key}))
+        .await;
+    assert_eq!(v["code"], "VALID", "{v}");
+    server.stop();
+}
