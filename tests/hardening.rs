@@ -262,3 +262,79 @@ async fn overflowing_license_durations_are_refused() {
     assert_eq!(v["code"], "VALID", "{v}");
     server.stop();
 }
+
+/// One negative event cannot turn a license over quota back to valid: a
+/// meter refuses negative values unless it allows them (credits), and even
+/// then quota usage does not go below zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negative_usage_is_refused_unless_the_meter_allows_it() {
+    use common::{event, time_from_now, ADMIN_KEY};
+    use serde_json::json;
+    let root = tempfile::tempdir().unwrap();
+    let server = Server::start(&root.path().join("data"));
+    server
+        .create_meter(
+            json!({"slug": "tokens", "eventType": "llm", "aggregation": "SUM",
+            "valueProperty": "$.tokens"}),
+        )
+        .await;
+    server
+        .create_meter(
+            json!({"slug": "credits", "eventType": "credit", "aggregation": "SUM",
+            "valueProperty": "$.amount", "allowNegative": true}),
+        )
+        .await;
+    let created = server
+        .create_license(
+            json!({"product": "p", "customer": "c", "policy": {"type": "usage",
+            "usage": {"quotas": [
+                {"meter": "tokens", "limit": 100, "period": "month", "overage": "block"},
+                {"meter": "credits", "limit": 100, "period": "month", "overage": "block"}]}}}),
+        )
+        .await;
+    let id = created["id"].as_str().unwrap();
+    let key = created["key"].as_str().unwrap();
+    let now = time_from_now(0);
+    let r = server
+        .ingest(
+            ADMIN_KEY,
+            &[event("e1", "llm", id, &now, json!({"tokens": 150}))],
+        )
+        .await;
+    assert!(r.status().is_success());
+    let v = server
+        .validate_license(ADMIN_KEY, json!({"key": key}))
+        .await;
+    assert_eq!(v["code"], "QUOTA_EXCEEDED", "{v}");
+
+    let r = server
+        .ingest(
+            ADMIN_KEY,
+            &[event("e2", "llm", id, &now, json!({"tokens": -1e9}))],
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["rejected"][0]["code"], "VALUE_NEGATIVE", "{body}");
+    let v = server
+        .validate_license(ADMIN_KEY, json!({"key": key}))
+        .await;
+    assert_eq!(v["code"], "QUOTA_EXCEEDED", "{v}");
+    assert_eq!(server.total("tokens", "").await, 150.0);
+
+    // A meter that allows credits counts them; the quota reports no less
+    // than zero used.
+    let r = server
+        .ingest(
+            ADMIN_KEY,
+            &[event("e3", "credit", id, &now, json!({"amount": -40}))],
+        )
+        .await;
+    assert!(r.status().is_success());
+    assert_eq!(server.total("credits", "").await, -40.0);
+    let v = server
+        .validate_license(ADMIN_KEY, json!({"key": key, "meter": "credits"}))
+        .await;
+    assert_eq!(v["quota"]["used"], 0.0, "{v}");
+    server.stop();
+}

@@ -227,7 +227,9 @@ pub fn decide(
     debug_assert_eq!(quotas.len(), usage.len());
     debug_assert_eq!(quotas.len(), periods.len());
     let reports: Vec<QuotaReport> = (0..quotas.len().min(usage.len()).min(periods.len()))
-        .map(|i| quota_report(license, i, usage[i], periods[i]))
+        // A meter that allows negative values (credits) can net a period
+        // below zero; quota usage is never less than nothing.
+        .map(|i| quota_report(license, i, usage[i].max(0.0), periods[i]))
         .collect();
     let blocking = reports
         .iter()

@@ -40,6 +40,8 @@ pub enum ExtractError {
     ValueOutOfRange { path: String },
     #[error("valueProperty {path} must be a string, number or boolean, found {found}")]
     NotScalar { path: String, found: &'static str },
+    #[error("valueProperty {path} is negative; the meter does not set allowNegative")]
+    Negative { path: String },
 }
 
 impl ExtractError {
@@ -50,6 +52,7 @@ impl ExtractError {
             ExtractError::NotNumeric { .. } => ErrorCode::ValueNotNumeric,
             ExtractError::ValueOutOfRange { .. } => ErrorCode::ValueOutOfRange,
             ExtractError::NotScalar { .. } => ErrorCode::ValueNotScalar,
+            ExtractError::Negative { .. } => ErrorCode::ValueNegative,
         }
     }
 }
@@ -72,7 +75,13 @@ impl CompiledMeter {
                         .map_err(|_| unparsed_value(text, path, self.aggregation()))?;
                     ObservedValue::Unique(unique_value_hash(&node, path)?)
                 } else {
-                    ObservedValue::Amount(amount_of_text(text, path)?)
+                    let amount = amount_of_text(text, path)?;
+                    if amount.0 < 0 && !self.def().allow_negative {
+                        return Err(ExtractError::Negative {
+                            path: path.as_str().to_owned(),
+                        });
+                    }
+                    ObservedValue::Amount(amount)
                 }
             }
         };
