@@ -252,7 +252,8 @@ mod tests {
             "slug": "m",
             "eventType": "e",
             "aggregation": aggregation,
-            "groupBy": {"model": "$.model", "tier": "$.tier"}
+            "groupBy": {"model": "$.model", "tier": "$.tier"},
+            "allowNegative": true
         });
         if let Some(path) = value_property {
             def["valueProperty"] = json!(path);
@@ -261,6 +262,34 @@ mod tests {
             .unwrap()
             .validate()
             .unwrap()
+    }
+
+    #[test]
+    fn negative_values_are_refused_unless_the_meter_allows_them() {
+        let strict: CompiledMeter = serde_json::from_value::<MeterDef>(json!({
+            "slug": "m", "eventType": "e", "aggregation": "SUM", "valueProperty": "$.v"}))
+        .unwrap()
+        .validate()
+        .unwrap();
+        for refused in [r#"{"v": -1}"#, r#"{"v": "-0.000000001"}"#, r#"{"v": -1e9}"#] {
+            assert_eq!(
+                strict.extract(Some(refused)).map(|o| o.value),
+                Err(ExtractError::Negative { path: "$.v".into() }),
+                "{refused}"
+            );
+        }
+        for accepted in [
+            r#"{"v": 0}"#,
+            r#"{"v": -0}"#,
+            r#"{"v": "-0.0"}"#,
+            r#"{"v": 1}"#,
+        ] {
+            assert!(strict.extract(Some(accepted)).is_ok(), "{accepted}");
+        }
+        assert_eq!(
+            amount_of_data(json!({"v": -2})),
+            Ok(ObservedValue::Amount(Amount::from_int(-2)))
+        );
     }
 
     fn amount_of_data(data: Value) -> Result<ObservedValue, ExtractError> {
