@@ -122,7 +122,7 @@ async fn build_keys_and_products(server: &Server) -> String {
     let old: Value = r.json().await.unwrap();
     let path = format!("/api/v1/api-keys/{}", old["id"].as_str().unwrap());
     assert_eq!(server.delete(ADMIN_KEY, &path).await.status(), 204);
-    server.create_key(&["ingest"]).await
+    server.create_key(&["ingest", "validate"]).await
 }
 
 async fn license(server: &Server, body: Value) -> (String, String) {

@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
 
-pub use self::auth::{Admin, Auth, ClientCert, Ingest, Read};
+pub use self::auth::{Admin, Auth, ClientCert, Ingest, Read, Validate};
 pub use self::error::ApiError;
 pub use self::guard::{Guards, Limited};
 use crate::config::Config;
