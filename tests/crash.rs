@@ -348,6 +348,28 @@ async fn seat_client(
     }
 }
 
+/// What the clients were told holds after the restart: released seats
+/// stay released, granted ones stay held (but for releases cut off by the
+/// kill, which may have been recorded), and the limit holds.
+fn check_seats_after_restart(told: &SeatLedger, now: &BTreeMap<String, String>) {
+    for seat in &told.released {
+        assert!(
+            !now.contains_key(seat),
+            "released seat {seat} is back after the restart"
+        );
+    }
+    for (seat, fp) in &told.granted {
+        if !told.released.contains(seat) && !told.releasing.contains(seat) {
+            assert_eq!(
+                now.get(seat),
+                Some(fp),
+                "acknowledged seat {seat} lost in the restart"
+            );
+        }
+    }
+    assert!(now.len() <= SEATS_MAX, "{now:?}");
+}
+
 /// seat id → fingerprint of every seat the license holds.
 async fn seats(server: &Server, license: &str) -> BTreeMap<String, String> {
     let v = server
@@ -412,24 +434,7 @@ async fn seats_acknowledged_before_sigkills_hold_after_restart_and_the_limit_sti
 
         server = Server::start(dir.path());
         let now = seats(&server, &id).await;
-        let told = ledger.lock().unwrap();
-        for seat in &told.released {
-            assert!(
-                !now.contains_key(seat),
-                "released seat {seat} is back after the restart"
-            );
-        }
-        for (seat, fp) in &told.granted {
-            if !told.released.contains(seat) && !told.releasing.contains(seat) {
-                assert_eq!(
-                    now.get(seat),
-                    Some(fp),
-                    "acknowledged seat {seat} lost in the restart"
-                );
-            }
-        }
-        assert!(now.len() <= SEATS_MAX, "{now:?}");
-        drop(told);
+        check_seats_after_restart(&ledger.lock().unwrap(), &now);
         // The limit still counts the seats held from before the kill: only
         // the free ones can be taken.
         let mut taken = 0;
