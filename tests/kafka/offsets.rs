@@ -1,10 +1,13 @@
-//! Where consumption starts after retention deleted messages past the
-//! log's position.
+//! Where consumption starts and what the group's committed offsets say:
+//! after retention deleted messages past the log's position, and across
+//! rebalances.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use rdkafka::consumer::Consumer;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
 use serde_json::json;
 
 use crate::common::kafka::reader;
@@ -83,4 +86,89 @@ async fn retention_past_the_log_position_resumes_at_the_earliest_kept_message() 
     wait_consumed(&server, &ends, Duration::from_secs(30)).await;
     assert_each_event_once(&server, &kept);
     server.stop();
+}
+
+/// A plain member of keymeter's group: joins, holds what it is given,
+/// consumes nothing unless told.
+fn member(bootstrap: &str) -> BaseConsumer {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", GROUP)
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "500")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[TOPIC]).unwrap();
+    consumer
+}
+
+/// Polls `consumer` until the group gives it partitions; returns them.
+fn wait_assignment(consumer: &BaseConsumer) -> Vec<i32> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let _ = consumer.poll(Duration::from_millis(100));
+        let tpl = consumer.assignment().unwrap();
+        if tpl.count() > 0 {
+            return tpl.elements().iter().map(|e| e.partition()).collect();
+        }
+        assert!(Instant::now() < deadline, "the member got no partitions");
+    }
+}
+
+/// Waits until keymeter holds exactly `n` partitions.
+async fn wait_holds(server: &Server, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while assigned(&readyz(server).await) != n {
+        assert!(Instant::now() < deadline, "{}", readyz(server).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The group's committed offsets are what lag dashboards, and any other
+/// reader of the group, go by. Partitions given back to keymeter have its
+/// log's position committed at once, even when the member that held them
+/// meanwhile committed less and nothing new arrives to be consumed.
+///
+/// (Positions are also committed when partitions are revoked; the mock
+/// broker refuses every commit while a group is rejoining, which a real
+/// broker accepts, so that half cannot be observed here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_given_back_have_the_log_position_committed_at_once() {
+    let cluster = mock_cluster();
+    let bootstrap = cluster.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let a = start_with_file(dir.path(), &bootstrap).await;
+    create_meters(&a).await;
+    let mut expected = Expected::default();
+    let msgs = unique_events("g", 4_000, &mut expected);
+    produce(&producer(&bootstrap), &msgs);
+    wait_consumed(&a, &expected.ends, Duration::from_secs(60)).await;
+    let ends = expected.ends.clone();
+    wait_group_offsets(&bootstrap, "positions committed as batches land", |o| {
+        *o == ends
+    })
+    .await;
+
+    // Another member takes partitions and commits offsets far behind.
+    let b = member(&bootstrap);
+    let taken = wait_assignment(&b);
+    let mut behind = TopicPartitionList::new();
+    for p in &taken {
+        behind
+            .add_partition_offset(TOPIC, *p, Offset::Offset(0))
+            .unwrap();
+    }
+    b.commit(&behind, CommitMode::Sync).unwrap();
+    let rewound = group_offsets(&bootstrap);
+    assert!(taken.iter().all(|p| rewound[p] == 0), "{rewound:?}");
+    drop(b);
+
+    wait_holds(&a, PARTITIONS as usize).await;
+    wait_group_offsets(&bootstrap, "the log's positions are not committed", |o| {
+        *o == ends
+    })
+    .await;
+    assert_each_event_once(&a, &expected);
+    a.stop();
 }

@@ -486,3 +486,24 @@ pub(crate) fn partitions_of(ready: &Value) -> Vec<i32> {
         })
         .unwrap_or_default()
 }
+
+/// `count` valid events with distinct ids over `subjects` subjects (no
+/// resends, nothing malformed), so a partition's position in the log is the
+/// number of its events there.
+pub(crate) fn unique_events(tag: &str, count: usize, expected: &mut Expected) -> Vec<Msg> {
+    (0..count)
+        .map(|i| {
+            let subject = format!("cust-{}", i % 200);
+            let id = format!("{ID_PREFIX}{tag}-{i}");
+            let tokens = 1 + (i as u64 * 7919) % 1000;
+            let msg = Msg {
+                partition: partition_of(&subject),
+                value: structured(&id, &subject, tokens),
+                key: subject,
+                headers: vec![],
+            };
+            expected.produced(&msg, Some((&id, tokens)));
+            msg
+        })
+        .collect()
+}
