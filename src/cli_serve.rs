@@ -65,6 +65,7 @@ pub fn serve(mut cfg: Config) -> anyhow::Result<()> {
         }
         let client_certs = cfg.tls_client_ca.is_some();
         tracing::info!(%addr, tls = tls.is_some(), client_certs, "HTTP API listening");
+        let tls = tls.map(|config| (config, cfg.tls_handshake_timeout));
         serve_api(listener, keymeter::api::router(state), tls, shutdown).await
     })?;
     if let Some(kafka) = kafka {
@@ -94,11 +95,12 @@ fn tls_config(cfg: &Config) -> anyhow::Result<Option<rustls::ServerConfig>> {
     Ok(Some(keymeter::tls::server_config(&files)?))
 }
 
-/// Serves the API until `shutdown` resolves, over HTTPS when `tls` is set.
+/// Serves the API until `shutdown` resolves, over HTTPS when `tls` (the
+/// server configuration and the handshake timeout) is set.
 async fn serve_api(
     listener: tokio::net::TcpListener,
     router: axum::Router,
-    tls: Option<rustls::ServerConfig>,
+    tls: Option<(rustls::ServerConfig, Duration)>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     match tls {
@@ -107,9 +109,9 @@ async fn serve_api(
                 .with_graceful_shutdown(shutdown)
                 .await?
         }
-        Some(config) => {
+        Some((config, handshake_timeout)) => {
             axum::serve(
-                TlsListener::new(listener, config),
+                TlsListener::new(listener, config, handshake_timeout),
                 router.into_make_service_with_connect_info::<TlsPeer>(),
             )
             .with_graceful_shutdown(shutdown)

@@ -22,7 +22,8 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::metrics::metrics;
 
-/// Longest a client may take to complete its handshake.
+/// Longest a client may take to complete its handshake, unless
+/// `tls_handshake_timeout` says otherwise.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most handshakes in progress at once; beyond it new TCP connections wait
 /// in the kernel's accept backlog.
@@ -117,14 +118,17 @@ pub struct TlsListener {
     /// Handshakes in progress; dropped (and so aborted) with the listener
     /// when the server stops accepting.
     handshakes: JoinSet<Option<(TlsStream<TcpStream>, SocketAddr)>>,
+    /// Longest a handshake may take; the connection is then closed.
+    handshake_timeout: Duration,
 }
 
 impl TlsListener {
-    pub fn new(tcp: TcpListener, config: ServerConfig) -> TlsListener {
+    pub fn new(tcp: TcpListener, config: ServerConfig, handshake_timeout: Duration) -> TlsListener {
         TlsListener {
             tcp,
             acceptor: TlsAcceptor::from(Arc::new(config)),
             handshakes: JoinSet::new(),
+            handshake_timeout,
         }
     }
 }
@@ -140,7 +144,8 @@ impl axum::serve::Listener for TlsListener {
             let room = self.handshakes.len() < HANDSHAKES_IN_FLIGHT_MAX;
             tokio::select! {
                 (tcp, addr) = axum::serve::Listener::accept(&mut self.tcp), if room => {
-                    self.handshakes.spawn(handshake(self.acceptor.clone(), tcp, addr));
+                    let timeout = self.handshake_timeout;
+                    self.handshakes.spawn(handshake(self.acceptor.clone(), tcp, addr, timeout));
                 }
                 Some(done) = self.handshakes.join_next() => match done {
                     Ok(Some(conn)) => return conn,
@@ -160,14 +165,17 @@ async fn handshake(
     acceptor: TlsAcceptor,
     tcp: TcpStream,
     addr: SocketAddr,
+    timeout: Duration,
 ) -> Option<(TlsStream<TcpStream>, SocketAddr)> {
     // The handshake is several small writes each way; Nagle's algorithm
     // would hold them back for the peer's delayed ACK.
     let _ = tcp.set_nodelay(true);
-    let error = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+    // On timeout the accept future, and with it the TCP stream, is dropped:
+    // the connection is closed.
+    let error = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
         Ok(Ok(stream)) => return Some((stream, addr)),
         Ok(Err(e)) => e.to_string(),
-        Err(_) => format!("no handshake within {HANDSHAKE_TIMEOUT:?}"),
+        Err(_) => format!("no handshake within {timeout:?}"),
     };
     metrics().tls_handshake_failures_total.inc();
     tracing::debug!(%addr, %error, "TLS handshake failed");

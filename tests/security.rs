@@ -310,3 +310,107 @@ async fn rate_limits_answer_429_with_retry_after() {
         1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_call_does_not_use_up_the_nonce_of_the_genuine_one() {
+    let root = tempfile::tempdir().unwrap();
+    let server = Server::start(&root.path().join("data"));
+    server
+        .create_meter(json!({"slug": "calls", "eventType": "api_call", "aggregation": "COUNT"}))
+        .await;
+    let (sid, secret) = product(&server, "acme", true).await;
+    let key = product_key(&server, "acme").await;
+    // Past the start second, which refuses signatures dated in it.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    let body = event_body("genuine");
+    let req = RequestParts {
+        method: "POST",
+        path: EVENTS,
+        query: "",
+        body: &body,
+    };
+    let (t, nonce) = (now_s(), "fresh-nonce-0123456789");
+    // Someone who saw the nonce (or guessed it) but lacks the secret sends
+    // it first, under the real secret's id.
+    let forged = sign("kss_not_the_secret", &sid, t, nonce, &req);
+    let r = server
+        .post_event(&key, &body, Some(&forged.to_header_value()))
+        .await;
+    expect_refusal(r, 401, "SIGNATURE_INVALID").await;
+    let genuine = sign(&secret, &sid, t, nonce, &req);
+    let r = server
+        .post_event(&key, &body, Some(&genuine.to_header_value()))
+        .await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(count(&server).await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creating_a_product_that_exists_is_a_conflict_and_changes_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let server = Server::start(&root.path().join("data"));
+    let (sid, secret) = product(&server, "acme", false).await;
+    let r = server
+        .post_json(
+            ADMIN_KEY,
+            "/api/v1/products",
+            &json!({"id": "acme", "name": "Impostor", "requireSignatures": true}),
+        )
+        .await;
+    expect_refusal(r, 409, "CONFLICT").await;
+
+    // The stored product is the first one, and its secret still signs.
+    let p = server.get_json(ADMIN_KEY, "/api/v1/products/acme").await;
+    assert_eq!(p["requireSignatures"], false, "{p}");
+    assert_eq!(p["name"], Value::Null, "{p}");
+    assert_eq!(p["version"], 1, "{p}");
+    let secrets = p["signingSecrets"].as_array().unwrap();
+    assert_eq!(secrets.len(), 1, "{p}");
+    assert_eq!(secrets[0]["id"], sid.as_str());
+    let key = product_key(&server, "acme").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = server
+        .post_signed_event(&key, &event_body("e1"), &secret, &sid)
+        .await;
+    assert_eq!(r.status(), 204);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_product_holds_at_most_five_live_signing_secrets() {
+    let root = tempfile::tempdir().unwrap();
+    let server = Server::start(&root.path().join("data"));
+    let (first, _) = product(&server, "acme", false).await;
+    let add = || async {
+        let path = "/api/v1/products/acme/signing-secrets";
+        server.post_json(ADMIN_KEY, path, &json!({})).await
+    };
+    for _ in 0..4 {
+        assert_eq!(add().await.status(), 201);
+    }
+    let live = |p: &Value| {
+        p["signingSecrets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["revokedAt"].is_null())
+            .count()
+    };
+    expect_refusal(add().await, 409, "TOO_MANY_SECRETS").await;
+    let p = server.get_json(ADMIN_KEY, "/api/v1/products/acme").await;
+    assert_eq!(live(&p), 5, "the refused secret was not stored: {p}");
+    assert_eq!(p["signingSecrets"].as_array().unwrap().len(), 5, "{p}");
+
+    // Revoking one makes room for one.
+    let r = server
+        .delete(
+            ADMIN_KEY,
+            &format!("/api/v1/products/acme/signing-secrets/{first}"),
+        )
+        .await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(add().await.status(), 201);
+    expect_refusal(add().await, 409, "TOO_MANY_SECRETS").await;
+    let p = server.get_json(ADMIN_KEY, "/api/v1/products/acme").await;
+    assert_eq!(live(&p), 5, "{p}");
+}

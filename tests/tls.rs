@@ -297,6 +297,67 @@ async fn tls_12_and_13_clients_are_served_while_a_handshake_stalls() {
     );
 }
 
+/// Reads from `conn` until the server closes it (or resets it), at most
+/// `limit`; returns how long that took, or `None` if it stayed open.
+fn closed_within(conn: &mut std::net::TcpStream, limit: Duration) -> Option<Duration> {
+    let opened = Instant::now();
+    conn.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 64];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) => return Some(opened.elapsed()),
+            Ok(_) => panic!("the server sent bytes to a client that sent none"),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Some(opened.elapsed())
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return None
+            }
+            Err(e) => panic!("reading the stalled connection: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_sends_a_client_hello_is_disconnected_after_the_timeout() {
+    let pki = Pki::new();
+    let config = pki.path("keymeter.toml");
+    std::fs::write(&config, "tls_handshake_timeout = \"2s\"\n").unwrap();
+    let (cert, key) = (pki.path("server.pem"), pki.path("server.key"));
+    let mut server = Server::start_with(
+        &pki.data_dir(),
+        &["--tls-cert", &cert, "--tls-key", &key, "--config", &config],
+    );
+    server.client = pki.client(None);
+    let addr = socket_addr(&server);
+    let before = handshake_failures(&server).await;
+
+    let connected = Instant::now();
+    let mut silent = std::net::TcpStream::connect(addr).unwrap();
+    // Meanwhile others are served.
+    let (_, status) = healthz_with_versions(addr, &pki.ca_pem, &[&rustls::version::TLS13]).await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    // Well before the 10 s default: the configured timeout is the one used.
+    let closed =
+        tokio::task::spawn_blocking(move || closed_within(&mut silent, Duration::from_secs(8)))
+            .await
+            .unwrap()
+            .expect("the silent connection is still open 8 s after connecting");
+    let waited = connected.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1900),
+        "closed after {waited:?} ({closed:?} of reading), before the 2 s timeout"
+    );
+    assert!(handshake_failure_counted(&server, before).await);
+    // And the listener goes on accepting.
+    assert_eq!(server.get(ADMIN_KEY, "/api/v1/meters").await.status(), 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_client_ca_ingest_requires_a_verified_client_certificate() {
     let pki = Pki::new();

@@ -32,6 +32,11 @@ pub struct Config {
     /// PEM CA certificate(s): client certificates signed by them are
     /// verified in the handshake, and ingest then requires one.
     pub tls_client_ca: Option<PathBuf>,
+    /// Longest a client may take to complete its TLS handshake after
+    /// connecting; then the connection is closed. Other clients are never
+    /// held up by a slow one.
+    #[serde(with = "humantime_serde")]
+    pub tls_handshake_timeout: Duration,
     /// When set, `/metrics` is served here without authentication and removed
     /// from the API listener. Otherwise it is on the API listener and needs
     /// the `read` scope.
@@ -285,6 +290,7 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
+            tls_handshake_timeout: crate::tls::HANDSHAKE_TIMEOUT,
             metrics_listen: None,
             bootstrap_admin_key: None,
             recover_admin_key: false,
@@ -427,6 +433,11 @@ impl Config {
             (None, Some(_)) => anyhow::bail!("tls_key is set but tls_cert is missing: {HOW}"),
             _ => {}
         }
+        anyhow::ensure!(
+            Duration::from_millis(100) <= self.tls_handshake_timeout
+                && self.tls_handshake_timeout <= Duration::from_secs(600),
+            "tls_handshake_timeout must be between 100ms and 10m"
+        );
         anyhow::ensure!(
             self.tls_client_ca.is_none() || self.tls_enabled(),
             "tls_client_ca is set but tls_cert and tls_key are missing: client \

@@ -23,6 +23,7 @@ fn the_shipped_example_file_states_the_defaults() {
     assert_eq!(c.tls_cert, d.tls_cert);
     assert_eq!(c.tls_key, d.tls_key);
     assert_eq!(c.tls_client_ca, d.tls_client_ca);
+    assert_eq!(c.tls_handshake_timeout, d.tls_handshake_timeout);
     assert_eq!(c.audit_checkpoint_records, d.audit_checkpoint_records);
     assert_eq!(c.audit_checkpoint_interval, d.audit_checkpoint_interval);
     assert_eq!(c.audit_anchor_file, d.audit_anchor_file);

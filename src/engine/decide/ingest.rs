@@ -30,7 +30,7 @@ impl Request for Ingest {
     fn decide(
         self,
         state: &mut WriterState,
-        _now_ms: i64,
+        now_ms: i64,
         batch: &mut Batch,
     ) -> Result<IngestOutcome, EngineError> {
         let Ingest {
@@ -44,10 +44,10 @@ impl Request for Ingest {
             let refused =
                 |r: crate::source::checkpoint::DeltaRefused| EngineError::Conflict(r.to_string());
             state.sources.check_delta(delta).map_err(refused)?;
-            state.dedup_room(items.len())?;
+            state.dedup_room(items.len(), now_ms)?;
             state.sources.try_apply_delta(delta).map_err(refused)?;
         } else {
-            state.dedup_room(items.len())?;
+            state.dedup_room(items.len(), now_ms)?;
         }
         let outcome = state.ingest_items(items, received_ms, &origin, batch);
         if let Origin::Kafka { delta, .. } = origin {
@@ -101,9 +101,16 @@ impl Request for SourcePositions {
 
 impl WriterState {
     /// Refuses `incoming` events (HTTP or Kafka alike) when claiming them
-    /// could take the dedup index past its bound.
-    fn dedup_room(&self, incoming: usize) -> Result<(), EngineError> {
-        if self.dedup.len() + incoming <= self.dedup_keys_max {
+    /// could take the dedup index past its bound. Identities that left the
+    /// window are forgotten first: the last batch's pruning ran at its own
+    /// `now`, and room freed since must not be refused.
+    fn dedup_room(&mut self, incoming: usize, now_ms: i64) -> Result<(), EngineError> {
+        let fits = |state: &WriterState| state.dedup.len() + incoming <= state.dedup_keys_max;
+        if fits(self) {
+            return Ok(());
+        }
+        self.prune_dedup(now_ms);
+        if fits(self) {
             return Ok(());
         }
         metrics()

@@ -96,12 +96,16 @@ impl WriterState {
         // sync stops the engine, and a dedup snapshot that is ahead of the
         // log is discarded on start.
         self.dedup.covered(self.next_seq - 1);
-        // Identities older than the window can never meet a duplicate that
-        // would be accepted, so the index tracks the window, not all time.
+        self.prune_dedup(now_ms);
+        first_seq
+    }
+
+    /// Identities older than the window can never meet a duplicate that
+    /// would be accepted, so the index tracks the window, not all time.
+    fn prune_dedup(&mut self, now_ms: i64) {
         let horizon_ms = now_ms - self.window.back_ms - self.window.ahead_ms;
         self.dedup.prune(horizon_ms);
         metrics().dedup_keys.set(self.dedup.len() as i64);
-        first_seq
     }
 
     /// The sequence number the last record pushed to `batch` will get.
