@@ -147,7 +147,7 @@ fn number_text(mantissa: i64, exponent: i32, split: usize, form: u8) -> String {
     let digits = mantissa.unsigned_abs().to_string();
     let n = digits.len();
     let sign = if mantissa < 0 { "-" } else { "" };
-    let e = if form % 2 == 0 { "e" } else { "E" };
+    let e = if form.is_multiple_of(2) { "e" } else { "E" };
     let exp_text = |x: i64| match (x, form % 3) {
         (0, 0) => String::new(),
         (x, 1) if x >= 0 => format!("{e}+{x}"),
