@@ -55,3 +55,5 @@ pub use window::WindowSize;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod text_props;
