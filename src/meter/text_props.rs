@@ -246,6 +246,7 @@ fn compiled(aggregation: &str, path: &str) -> CompiledMeter {
         value_property: value,
         group_by: group,
         window_size: WindowSize::Minute,
+        allow_negative: false,
     }
     .validate()
     .unwrap()
