@@ -10,9 +10,10 @@ use std::time::Duration;
 use anyhow::Context;
 use keymeter::config::Config;
 use keymeter::engine::{self, Engine, SystemClock};
+use keymeter::http_serve::{Connections, Limits};
 use keymeter::source::kafka::KafkaSource;
 use keymeter::source::SourceHealth;
-use keymeter::tls::{TlsFiles, TlsListener, TlsPeer};
+use keymeter::tls::{TlsFiles, TlsListener};
 
 /// Serves until Ctrl-C, SIGTERM or an engine failure, then stops the Kafka
 /// source and drains the writer.
@@ -65,8 +66,22 @@ pub fn serve(mut cfg: Config) -> anyhow::Result<()> {
         }
         let client_certs = cfg.tls_client_ca.is_some();
         tracing::info!(%addr, tls = tls.is_some(), client_certs, "HTTP API listening");
-        let tls = tls.map(|config| (config, cfg.tls_handshake_timeout));
-        serve_api(listener, keymeter::api::router(state), tls, shutdown).await
+        let connections = match tls {
+            None => Connections::Tcp(listener),
+            Some(config) => Connections::Tls(TlsListener::new(
+                listener,
+                config,
+                cfg.tls_handshake_timeout,
+            )),
+        };
+        let limits = Limits {
+            header_read_timeout: cfg.header_read_timeout,
+            body_read_timeout: cfg.body_read_timeout,
+            connections_max: cfg.connections_max,
+            shutdown_grace: cfg.shutdown_grace,
+        };
+        keymeter::http_serve::serve(connections, keymeter::api::router(state), limits, shutdown)
+            .await
     })?;
     if let Some(kafka) = kafka {
         // Before the engine drains: batches in the engine are awaited, the
@@ -93,32 +108,6 @@ fn tls_config(cfg: &Config) -> anyhow::Result<Option<rustls::ServerConfig>> {
         client_ca: cfg.tls_client_ca.as_deref(),
     };
     Ok(Some(keymeter::tls::server_config(&files)?))
-}
-
-/// Serves the API until `shutdown` resolves, over HTTPS when `tls` (the
-/// server configuration and the handshake timeout) is set.
-async fn serve_api(
-    listener: tokio::net::TcpListener,
-    router: axum::Router,
-    tls: Option<(rustls::ServerConfig, Duration)>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    match tls {
-        None => {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown)
-                .await?
-        }
-        Some((config, handshake_timeout)) => {
-            axum::serve(
-                TlsListener::new(listener, config, handshake_timeout),
-                router.into_make_service_with_connect_info::<TlsPeer>(),
-            )
-            .with_graceful_shutdown(shutdown)
-            .await?
-        }
-    }
-    Ok(())
 }
 
 /// Tells the caller (and the tests, which read stdout) where to connect,

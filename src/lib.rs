@@ -16,6 +16,7 @@ pub mod crypto;
 pub mod engine;
 pub mod error_code;
 pub mod event;
+pub mod http_serve;
 pub mod id;
 pub mod license;
 pub mod log;

@@ -194,9 +194,16 @@ pub struct TlsPeer {
 
 impl Connected<IncomingStream<'_, TlsListener>> for TlsPeer {
     fn connect_info(stream: IncomingStream<'_, TlsListener>) -> TlsPeer {
-        let (_, session) = stream.io().get_ref();
+        TlsPeer::of(stream.io(), *stream.remote_addr())
+    }
+}
+
+impl TlsPeer {
+    /// The peer of an accepted connection.
+    pub fn of(stream: &TlsStream<TcpStream>, remote_addr: SocketAddr) -> TlsPeer {
+        let (_, session) = stream.get_ref();
         TlsPeer {
-            remote_addr: *stream.remote_addr(),
+            remote_addr,
             client_cert: session
                 .peer_certificates()
                 .and_then(|chain| chain.first())

@@ -338,3 +338,82 @@ async fn negative_usage_is_refused_unless_the_meter_allows_it() {
     assert_eq!(v["quota"]["used"], 0.0, "{v}");
     server.stop();
 }
+
+/// Slow clients cannot hold connections: headers trickled one line at a time
+/// are cut off at `header_read_timeout`, while other clients are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_and_shutdown_does_not_wait_for_them() {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let root = tempfile::tempdir().unwrap();
+    let server = Server::start_with(
+        &root.path().join("data"),
+        &["--header-read-timeout", "1s", "--shutdown-grace", "2s"],
+    );
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let started = Instant::now();
+    let mut slow = Vec::new();
+    for i in 0..50 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(format!("GET /healthz?{i} HTTP/1.1\r\nHost: x\r\n").as_bytes())
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    // Keep trickling a header line every 200 ms; the server must close each
+    // connection within the timeout (plus slack), not keep it.
+    let trickle = async {
+        let mut open: Vec<_> = slow.into_iter().map(Some).collect();
+        while open.iter().any(Option::is_some) {
+            assert!(
+                started.elapsed() < Duration::from_secs(8),
+                "{} slow connections still open after {:?}",
+                open.iter().flatten().count(),
+                started.elapsed()
+            );
+            for slot in open.iter_mut() {
+                let Some(s) = slot else { continue };
+                if s.write_all(b"X-Slow: 1\r\n").await.is_err() {
+                    *slot = None;
+                    continue;
+                }
+                // The server ends it: end of stream, or an answer (408).
+                let mut buf = [0u8; 256];
+                let read = tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf));
+                if let Ok(Ok(_)) = read.await {
+                    *slot = None;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let served = async {
+        let r = server
+            .client
+            .get(server.url("/healthz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    };
+    tokio::join!(trickle, served);
+
+    // A request whose body never finishes does not hold up the shutdown.
+    let mut half = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    half.write_all(
+        b"POST /api/v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+          Authorization: Bearer km_test_admin_key_0123456789abcdef\r\n\
+          Content-Length: 1000\r\n\r\n{\"specversion\"",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopping = Instant::now();
+    server.stop();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(8),
+        "SIGTERM took {:?} with a half-sent request open",
+        stopping.elapsed()
+    );
+    drop(half);
+}

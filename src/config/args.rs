@@ -73,6 +73,18 @@ pub struct ConfigArgs {
     /// Accepted clock difference of signed calls (e.g. "5m") [default: 5m].
     #[arg(long, env = "KEYMETER_SIGNATURE_TOLERANCE", value_parser = humantime::parse_duration)]
     signature_tolerance: Option<Duration>,
+    /// Longest a client may take to send a request's headers (e.g. "10s") [default: 10s].
+    #[arg(long, env = "KEYMETER_HEADER_READ_TIMEOUT", value_parser = humantime::parse_duration)]
+    header_read_timeout: Option<Duration>,
+    /// Longest a client may take to send a request's body [default: 60s].
+    #[arg(long, env = "KEYMETER_BODY_READ_TIMEOUT", value_parser = humantime::parse_duration)]
+    body_read_timeout: Option<Duration>,
+    /// Most connections served at once [default: 10000].
+    #[arg(long, env = "KEYMETER_CONNECTIONS_MAX")]
+    connections_max: Option<usize>,
+    /// At shutdown, how long open requests may still finish [default: 10s].
+    #[arg(long, env = "KEYMETER_SHUTDOWN_GRACE", value_parser = humantime::parse_duration)]
+    shutdown_grace: Option<Duration>,
     /// Kafka bootstrap servers (HOST:PORT[,HOST:PORT…]); enables the Kafka source.
     #[arg(long, env = "KEYMETER_KAFKA_BROKERS")]
     kafka_brokers: Option<String>,
@@ -144,6 +156,10 @@ impl ConfigArgs {
             segment_bytes_max,
             token_ttl,
             signature_tolerance,
+            header_read_timeout,
+            body_read_timeout,
+            connections_max,
+            shutdown_grace,
             audit_checkpoint_records,
             audit_checkpoint_interval
         );

@@ -37,6 +37,20 @@ pub struct Config {
     /// held up by a slow one.
     #[serde(with = "humantime_serde")]
     pub tls_handshake_timeout: Duration,
+    /// Longest a client may take to send a request's headers; then its
+    /// connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Longest a client may take to send a request's body; then the
+    /// request fails.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// Most connections served at once; accepting waits for one to close.
+    pub connections_max: usize,
+    /// At shutdown, how long open requests may still finish before their
+    /// connections are closed and the engine drains.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
     /// When set, `/metrics` is served here without authentication and removed
     /// from the API listener. Otherwise it is on the API listener and needs
     /// the `read` scope.
@@ -291,6 +305,10 @@ impl Default for Config {
             tls_key: None,
             tls_client_ca: None,
             tls_handshake_timeout: crate::tls::HANDSHAKE_TIMEOUT,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(60),
+            connections_max: 10_000,
+            shutdown_grace: Duration::from_secs(10),
             metrics_listen: None,
             bootstrap_admin_key: None,
             recover_admin_key: false,
@@ -437,6 +455,20 @@ impl Config {
             Duration::from_millis(100) <= self.tls_handshake_timeout
                 && self.tls_handshake_timeout <= Duration::from_secs(600),
             "tls_handshake_timeout must be between 100ms and 10m"
+        );
+        for (name, d) in [
+            ("header_read_timeout", self.header_read_timeout),
+            ("body_read_timeout", self.body_read_timeout),
+            ("shutdown_grace", self.shutdown_grace),
+        ] {
+            anyhow::ensure!(
+                Duration::from_millis(100) <= d && d <= Duration::from_secs(3600),
+                "{name} must be between 100ms and 1h"
+            );
+        }
+        anyhow::ensure!(
+            (1..=1_000_000).contains(&self.connections_max),
+            "connections_max must be between 1 and 1000000"
         );
         anyhow::ensure!(
             self.tls_client_ca.is_none() || self.tls_enabled(),
