@@ -242,22 +242,8 @@ pub async fn verify_signature(State(state): State<AppState>, req: Request, next:
     }
     // Only a valid signature may claim a nonce, so forged calls cannot
     // fill the nonce memory or block a real client's nonce.
-    let forget_after = parsed.timestamp + guards.tolerance_s;
-    let digest = nonce_digest(&parsed.key_id, &parsed.nonce);
-    if let Err(e) = guards.nonces.claim_digest(digest, now_s, forget_after) {
+    if let Err(e) = state.guards.claim_nonce(&parsed, now_s).await {
         return refuse(&product, e);
-    }
-    // A call dated at or before now is refused after any later start (the
-    // start-second rule); one dated ahead is not, so its nonce is on disk
-    // before the call takes effect.
-    if parsed.timestamp > now_s {
-        let journal = guards.journal.clone();
-        let entry = (digest, forget_after);
-        let stored = tokio::task::spawn_blocking(move || journal.record(entry, now_s)).await;
-        if let Err(error) = stored.map_err(std::io::Error::other).and_then(|r| r) {
-            tracing::error!(%error, "cannot store a signed call's nonce");
-            return refuse(&product, SignatureError::NonceJournal);
-        }
     }
     metrics()
         .signed_requests_total
@@ -265,6 +251,35 @@ pub async fn verify_signature(State(state): State<AppState>, req: Request, next:
         .inc();
     next.run(Request::from_parts(parts, Body::from(bytes)))
         .await
+}
+
+impl Guards {
+    /// Claims the nonce of a verified call for its window. A call dated at
+    /// or before now is refused after any later start (the start-second
+    /// rule); one dated ahead is not, so its nonce is also on disk before
+    /// the call takes effect.
+    async fn claim_nonce(
+        &self,
+        parsed: &SignatureHeader,
+        now_s: i64,
+    ) -> Result<(), SignatureError> {
+        let forget_after = parsed.timestamp + self.tolerance_s;
+        let digest = nonce_digest(&parsed.key_id, &parsed.nonce);
+        self.nonces.claim_digest(digest, now_s, forget_after)?;
+        if parsed.timestamp <= now_s {
+            return Ok(());
+        }
+        let journal = self.journal.clone();
+        let entry = (digest, forget_after);
+        let stored = tokio::task::spawn_blocking(move || journal.record(entry, now_s)).await;
+        stored
+            .map_err(std::io::Error::other)
+            .and_then(|r| r)
+            .map_err(|error| {
+                tracing::error!(%error, "cannot store a signed call's nonce");
+                SignatureError::NonceJournal
+            })
+    }
 }
 
 /// Builds the guards for a router.
