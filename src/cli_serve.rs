@@ -16,7 +16,7 @@ use keymeter::tls::{TlsFiles, TlsListener, TlsPeer};
 
 /// Serves until Ctrl-C, SIGTERM or an engine failure, then stops the Kafka
 /// source and drains the writer.
-pub fn serve(cfg: Config) -> anyhow::Result<()> {
+pub fn serve(mut cfg: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("keymeter-http")
@@ -34,6 +34,10 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         replayed_records = started.replayed_records,
         "event log open"
     );
+    // The keyring is open and the first key exists: the configuration no
+    // longer needs to hold secrets for the process's life.
+    cfg.master_key = None;
+    cfg.bootstrap_admin_key = None;
     let engine = started.engine;
     let handle = engine.handle();
     let (kafka, source_health) = match &cfg.kafka {

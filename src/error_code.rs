@@ -84,6 +84,10 @@ error_codes! {
         "The value's magnitude exceeds 10^20";
     ValueNotScalar = "VALUE_NOT_SCALAR", BAD_REQUEST,
         "A `UNIQUE_COUNT` value is null, an object or an array";
+    ValueNegative = "VALUE_NEGATIVE", BAD_REQUEST,
+        "The value is negative and the meter does not set `allowNegative`";
+    SubjectNotOwned = "SUBJECT_NOT_OWNED", FORBIDDEN,
+        "The event's subject is a license of another product than the one the API key is bound to";
     InvalidEvents = "INVALID_EVENTS", BAD_REQUEST,
         "Some events of a batch were rejected (see `rejected`); the others were recorded";
     InvalidMeter = "INVALID_METER", BAD_REQUEST,

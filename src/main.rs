@@ -89,17 +89,27 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     tracing::debug!(thp_off, "transparent huge pages");
+    // Everything keymeter creates (log, projection store, keys, nonce and
+    // anchor files) is for its own user only: files 0600, directories 0700.
+    // SAFETY: umask only sets the process's file-creation mask.
+    unsafe { libc::umask(0o077) };
     let cli = Cli::parse();
+    // Still one thread: the secrets may leave the environment now.
+    let load = |args: &ConfigArgs| {
+        let cfg = args.load();
+        keymeter::config::scrub_secret_variables();
+        cfg
+    };
     let result = match cli.command {
-        Command::Serve(args) => args.load().and_then(cli_serve::serve),
-        Command::Replay(args) => args.load().and_then(cli_log::replay),
+        Command::Serve(args) => load(&args).and_then(cli_serve::serve),
+        Command::Replay(args) => load(&args).and_then(cli_log::replay),
         Command::Log {
             command: LogCommand::Verify(args),
-        } => args.load().and_then(cli_log::verify),
+        } => load(&args).and_then(cli_log::verify),
         Command::License(args) => cli_license::run(args),
         Command::Keys {
             command: KeysCommand::Rotate { config, rotate },
-        } => config.load().and_then(|cfg| cli_keys::rotate(cfg, rotate)),
+        } => load(&config).and_then(|cfg| cli_keys::rotate(cfg, rotate)),
         Command::Audit {
             command: AuditCommand::Verify(args),
         } => return cli_audit::audit_verify(&args),

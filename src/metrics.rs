@@ -41,6 +41,7 @@ pub struct Metrics {
     pub kafka_backpressure_waits_total: IntCounter,
     pub license_validations_total: IntCounterVec,
     pub signature_refusals_total: IntCounterVec,
+    pub cross_product_refusals_total: IntCounterVec,
     pub signed_requests_total: IntCounterVec,
     pub rate_limited_total: IntCounterVec,
     pub seat_operations_total: IntCounterVec,
@@ -213,6 +214,11 @@ impl Metrics {
                 "keymeter_signature_refusals_total",
                 "Calls refused for their request signature, by product (\"none\" for keys without one) and reason (missing, malformed, unknown_key, expired, invalid, replayed, nonce_capacity, nonce_journal).",
                 &["product", "reason"],
+            ),
+            cross_product_refusals_total: counter_vec(
+                "keymeter_cross_product_refusals_total",
+                "Calls by a product-bound API key that named another product's license, by the key's product and call (seat, validate, usage; usage counts events).",
+                &["product", "call"],
             ),
             signed_requests_total: counter_vec(
                 "keymeter_signed_requests_total",

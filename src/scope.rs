@@ -13,6 +13,11 @@ pub enum Scope {
     Read,
     /// Everything, including managing meters and API keys.
     Admin,
+    /// The client-facing license calls only: validate, and check out,
+    /// heartbeat and release seats. What an end-user application holds:
+    /// it cannot send usage. (Last, so the stored positions of the others
+    /// stay as they are.)
+    Validate,
 }
 
 impl Scope {
@@ -21,6 +26,7 @@ impl Scope {
             "ingest" => Some(Scope::Ingest),
             "read" => Some(Scope::Read),
             "admin" => Some(Scope::Admin),
+            "validate" => Some(Scope::Validate),
             _ => None,
         }
     }
@@ -30,6 +36,7 @@ impl Scope {
             Scope::Ingest => "ingest",
             Scope::Read => "read",
             Scope::Admin => "admin",
+            Scope::Validate => "validate",
         }
     }
 }

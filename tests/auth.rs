@@ -1,5 +1,7 @@
 //! Every route but health needs a key (401 without one) and the right scope
-//! (403 with the wrong one).
+//! (403 with the wrong one). License client calls (`validate` routes) take
+//! a `validate` key, or an `ingest` key bound to a product
+//! (tests/tenant_isolation.rs), never an unbound `ingest` key.
 
 mod common;
 
@@ -29,10 +31,14 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("POST", "/api/v1/licenses/lic_x/renew", "admin"),
     ("POST", "/api/v1/licenses/lic_x/license-file", "admin"),
     ("GET", "/api/v1/licenses/lic_x/seats", "admin"),
-    ("POST", "/api/v1/licenses/lic_x/seats", "ingest"),
-    ("POST", "/api/v1/licenses/lic_x/seats/s/heartbeat", "ingest"),
-    ("DELETE", "/api/v1/licenses/lic_x/seats/s", "ingest"),
-    ("POST", "/api/v1/licenses/validate", "ingest"),
+    ("POST", "/api/v1/licenses/lic_x/seats", "validate"),
+    (
+        "POST",
+        "/api/v1/licenses/lic_x/seats/s/heartbeat",
+        "validate",
+    ),
+    ("DELETE", "/api/v1/licenses/lic_x/seats/s", "validate"),
+    ("POST", "/api/v1/licenses/validate", "validate"),
     ("GET", "/api/v1/products", "admin"),
     ("POST", "/api/v1/products", "admin"),
     ("GET", "/api/v1/products/acme", "admin"),
@@ -67,6 +73,7 @@ async fn every_route_needs_a_key_with_the_right_scope() {
     let ingest = server.create_key(&["ingest"]).await;
     let read = server.create_key(&["read"]).await;
     let both = server.create_key(&["ingest", "read"]).await;
+    let validate = server.create_key(&["validate"]).await;
     for &(method, path, scope) in ROUTES {
         assert_eq!(
             call(&server, method, path, None).await,
@@ -85,9 +92,10 @@ async fn every_route_needs_a_key_with_the_right_scope() {
             "{method} {path} with an unknown key"
         );
         let (allowed, denied): (Vec<&str>, Vec<&str>) = match scope {
-            "ingest" => (vec![&ingest, &both], vec![&read]),
-            "read" => (vec![&read, &both], vec![&ingest]),
-            _ => (vec![], vec![&ingest, &read, &both]),
+            "ingest" => (vec![&ingest, &both], vec![&read, &validate]),
+            "read" => (vec![&read, &both], vec![&ingest, &validate]),
+            "validate" => (vec![&validate], vec![&ingest, &read, &both]),
+            _ => (vec![], vec![&ingest, &read, &both, &validate]),
         };
         for key in denied {
             assert_eq!(

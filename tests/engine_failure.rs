@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::engine::{config, ManualClock};
-use common::{event, Server, ADMIN_KEY, LISTENING};
+use common::{event, http_client, Server, ADMIN_KEY, LISTENING};
 use keymeter::engine::Engine;
 use keymeter::log::sim::SimDisk;
 use reqwest::StatusCode;
@@ -60,7 +60,7 @@ fn a_failed_fsync_answers_503_and_readyz_reports_it_and_the_batch_is_whole_or_ab
     let engine = Engine::open(&cfg, clock.clone()).unwrap().engine;
     let cfg = Arc::new(cfg);
     let state = keymeter::api::AppState::new(engine.handle(), cfg.clone(), None);
-    let client = reqwest::Client::new();
+    let client = http_client();
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -187,7 +187,7 @@ fn a_failed_log_write_stops_serve_and_a_restart_keeps_every_acknowledged_event()
     let data = root.path().join("data");
     let (mut child, base) = serve_with_file_size_limit(&data, 512 * 1024);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let client = reqwest::Client::new();
+    let client = http_client();
     let (acked, failed) = rt.block_on(async {
         let r = client
             .post(format!("{base}/api/v1/meters"))

@@ -274,3 +274,66 @@ async fn a_meter_defined_later_counts_events_already_ingested() {
         (0..50).sum::<i64>() as f64
     );
 }
+
+/// An unused loopback port (free when this returns; nothing else in the
+/// test binds ports by number).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The value of the unlabelled metric `name` in a `/metrics` text.
+fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// With `metrics_listen`, `/metrics` is served on that address to anyone
+/// (a scraper holds no API key) and shows the server's live figures; the API
+/// listener no longer serves it, even with a key, and the metrics listener
+/// serves nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_listen_serves_metrics_apart_and_the_api_listener_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let server = Server::start_with(dir.path(), &["--metrics-listen", &metrics_addr]);
+    server
+        .create_meter(json!({"slug": "calls", "eventType": "call", "aggregation": "COUNT"}))
+        .await;
+    let time = time_from_now(0);
+    let batch: Vec<Value> = (0..3)
+        .map(|i| event(&format!("m-{i}"), "call", "c", &time, json!({})))
+        .collect();
+    assert_eq!(server.ingest(ADMIN_KEY, &batch).await.status(), 204);
+
+    let scraper = http_client();
+    let r = scraper
+        .get(format!("http://{metrics_addr}/metrics"))
+        .send()
+        .await
+        .expect("the metrics listener answers");
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert_eq!(
+        metric_value(&text, "keymeter_events_accepted_total"),
+        Some(3.0),
+        "{text}"
+    );
+    let other = scraper
+        .get(format!("http://{metrics_addr}/api/v1/meters"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        other.status(),
+        404,
+        "the metrics listener serves only /metrics"
+    );
+
+    let api = server.get(ADMIN_KEY, "/metrics").await;
+    assert_eq!(api.status(), 404, "the API listener keeps /metrics off");
+    server.stop();
+}

@@ -84,7 +84,9 @@ async fn master_and_signing_keys_rotate_without_losing_anything() {
         .await;
     let license_key = lic["key"].as_str().unwrap().to_owned();
     let (secret_id, secret) = server.create_product(json!({"id": "ide"})).await;
-    let pk = server.create_key(&["ingest"]).await;
+    let pk = server
+        .create_key_with(json!({"name": "ide", "scopes": ["ingest"], "product": "ide"}))
+        .await;
     let r = server
         .post_json(
             &pk,

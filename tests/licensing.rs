@@ -60,7 +60,7 @@ async fn concurrent_checkouts_grant_exactly_the_seat_limit_across_restart_and_re
     )
     .await;
     let id = lic["id"].as_str().unwrap().to_owned();
-    let product_key = server.create_key(&["ingest"]).await;
+    let product_key = server.create_key(&["ingest", "validate"]).await;
     let mut tasks = Vec::new();
     for i in 0..1000 {
         let (client, url, key) = (
@@ -168,7 +168,7 @@ async fn validation_answers_each_code_with_a_verifiable_token() {
         )
         .await;
     let (id, key) = (lic["id"].as_str().unwrap(), lic["key"].as_str().unwrap());
-    let pk = server.create_key(&["ingest"]).await;
+    let pk = server.create_key(&["ingest", "validate"]).await;
     let code = |v: &Value| v["code"].as_str().unwrap().to_owned();
 
     let v = server
@@ -323,7 +323,7 @@ async fn crossing_a_quota_blocks_or_reports_the_overage() {
     };
     let block = server.create_license(quota("block")).await;
     let allow = server.create_license(quota("allow")).await;
-    let pk = server.create_key(&["ingest"]).await;
+    let pk = server.create_key(&["ingest", "validate"]).await;
     let now = time_from_now(0);
     let send = |lic: &Value, from: usize, n: usize| {
         let events: Vec<Value> = (from..from + n)
@@ -492,7 +492,7 @@ async fn the_license_key_is_shown_once_and_never_stored_or_logged() {
     assert!(key.starts_with("lk_"));
     let secret_part = key.trim_start_matches("lk_").to_owned();
     let mut answers = Vec::new();
-    let pk = server.create_key(&["ingest"]).await;
+    let pk = server.create_key(&["ingest", "validate"]).await;
     for (k, method, path, body) in [
         (
             ADMIN_KEY,

@@ -148,3 +148,57 @@ fn a_lapsed_lease_is_reclaimed_through_the_log_and_replays_the_same() {
     drop(handle);
     engine.shutdown().unwrap();
 }
+
+/// Once a lease lapses, the seat is freed with no request touching the
+/// license: the writer's timer sweeps lapsed leases every 5 s and logs the
+/// reclaim, so readers (seat listings, validation) see the seat free and a
+/// replay of the log frees it too.
+#[test]
+fn the_sweeper_frees_a_lapsed_seat_without_any_request() {
+    let root = tempfile::tempdir().unwrap();
+    let cfg = config(root.path());
+    let clock = Arc::new(ManualClock::new(T0));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let engine = Engine::open(&cfg, clock.clone()).unwrap().engine;
+    let handle = engine.handle();
+    let (id, seat) = rt.block_on(async {
+        let id = create(&handle, 60).await;
+        let a = handle.send(checkout(&id, "a")).await.unwrap().unwrap();
+        (id, a.seat_id)
+    });
+    assert_eq!(seats(&handle, &id).len(), 1);
+    clock.set(T0 + 60_000);
+    // Two sweep periods and then some; nothing is sent to the engine meanwhile.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !seats(&handle, &id).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lapsed seat is still held: {:?}",
+            seats(&handle, &id)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    drop(handle);
+    engine.shutdown().unwrap();
+
+    let head = keymeter::log::verify(&cfg.log_dir()).unwrap().head_seq;
+    let expired: Vec<(String, String, i64)> = keymeter::log::read_range(&cfg.log_dir(), 1, head)
+        .unwrap()
+        .filter_map(|e| match Record::decode(&e.unwrap().payload).unwrap() {
+            Record::SeatLeaseExpired {
+                license_id,
+                seat_id,
+                at_ms,
+            } => Some((license_id.to_string(), seat_id.to_string(), at_ms)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        expired,
+        vec![(id.to_string(), seat.to_string(), T0 + 60_000)],
+        "the reclaim is a fact in the log"
+    );
+}

@@ -361,6 +361,37 @@ fn damage_followed_by_the_start_of_a_later_batch_is_refused_not_cut() {
 }
 
 #[test]
+fn damage_in_a_long_batch_followed_by_its_end_and_a_later_batch_is_refused_not_cut() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Batch 1..=1, then a ten-record batch 2..=11 whose first frame is damaged, then batch
+    // 12: the later batch was begun, so the damaged batch had been synced and batch 12 may
+    // have been acknowledged. Cutting would silently drop both.
+    let cfg = LogConfig {
+        segment_bytes_max: 1 << 20,
+    };
+    let (mut log, _) = Log::open(tmp.path(), cfg).unwrap();
+    log.append_batch(&[payload_for(1)]).unwrap();
+    let long: Vec<Vec<u8>> = (2..=11).map(payload_for).collect();
+    log.append_batch(&long).unwrap();
+    log.append_batch(&[payload_for(12)]).unwrap();
+    drop(log);
+    let last = segments(tmp.path()).pop().unwrap();
+    let target = frames(&last).into_iter().find(|f| f.seq == 2).unwrap();
+    modify(&last, |b| b[target.payload_start()] ^= 0x10);
+    let len_before = fs::metadata(&last).unwrap().len();
+
+    for err in [
+        verify(tmp.path()).unwrap_err(),
+        Log::open(tmp.path(), cfg).unwrap_err(),
+    ] {
+        let (_, offset, seq, reason) = expect_corrupt(err);
+        assert_eq!((offset, seq), (target.offset as u64, Some(2)));
+        assert!(reason.contains("record 12, after batch end 11"), "{reason}");
+    }
+    assert_eq!(fs::metadata(&last).unwrap().len(), len_before);
+}
+
+#[test]
 fn crc_failure_in_the_final_frame_with_nothing_after_it_is_a_torn_tail() {
     let tmp = tempfile::tempdir().unwrap();
     drop(build_log(tmp.path(), 6));

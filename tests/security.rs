@@ -238,7 +238,7 @@ async fn rate_limits_answer_429_with_retry_after() {
             v["key"].as_str().unwrap().to_owned(),
         ));
     }
-    let pk = server.create_key(&["ingest"]).await;
+    let pk = server.create_key(&["ingest", "validate"]).await;
     let validate = |key: String| {
         let server = &server;
         let pk = pk.clone();

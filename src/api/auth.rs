@@ -22,6 +22,10 @@ pub trait RequiredScope: Send + Sync + 'static {
 pub struct Ingest;
 pub struct Read;
 pub struct Admin;
+/// The client-facing license calls (validate, seats): a `validate` key, an
+/// `ingest` key bound to a product (what a product already holds), or an
+/// admin key.
+pub struct Validate;
 
 impl RequiredScope for Ingest {
     const SCOPE: Scope = Scope::Ingest;
@@ -31,6 +35,9 @@ impl RequiredScope for Read {
 }
 impl RequiredScope for Admin {
     const SCOPE: Scope = Scope::Admin;
+}
+impl RequiredScope for Validate {
+    const SCOPE: Scope = Scope::Validate;
 }
 
 /// The key of `Authorization: Bearer <key>`, if the header has that form.
@@ -45,6 +52,9 @@ pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
 pub struct Auth<S> {
     pub key_id: String,
     pub request_id: String,
+    /// The product the key is bound to: it acts on that product's licenses
+    /// only. `None`: an unbound key, which acts for every product.
+    pub product: Option<String>,
     _scope: PhantomData<S>,
 }
 
@@ -64,11 +74,18 @@ impl<S: RequiredScope> FromRequestParts<AppState> for Auth<S> {
                 "the API key is unknown or revoked",
             )
         })?;
-        if !allows(&key.scopes, S::SCOPE) {
+        let product = state.view.product_of_key(&key.id).map(|(p, _)| p);
+        let bound_ingest = product.is_some() && key.scopes.contains(&Scope::Ingest);
+        if !(allows(&key.scopes, S::SCOPE) || S::SCOPE == Scope::Validate && bound_ingest) {
+            let unbound = if S::SCOPE == Scope::Validate && key.scopes.contains(&Scope::Ingest) {
+                " (an `ingest` key reaches license calls only when bound to a product)"
+            } else {
+                ""
+            };
             return Err(ApiError::new(
                 ErrorCode::Forbidden,
                 format!(
-                    "API key `{}` lacks the `{}` scope",
+                    "API key `{}` lacks the `{}` scope{unbound}",
                     key.id,
                     S::SCOPE.as_str()
                 ),
@@ -84,6 +101,7 @@ impl<S: RequiredScope> FromRequestParts<AppState> for Auth<S> {
         Ok(Auth {
             key_id: key.id.to_string(),
             request_id,
+            product,
             _scope: PhantomData,
         })
     }
@@ -119,6 +137,25 @@ impl FromRequestParts<AppState> for ClientCert {
 }
 
 impl<S> Auth<S> {
+    /// May this caller act on a license of `product`? A bound key only on
+    /// its own product's; other licenses answer as if they did not exist.
+    pub fn may_act_on(&self, product: &str) -> bool {
+        self.product.as_deref().is_none_or(|p| p == product)
+    }
+
+    /// [`Auth::may_act_on`], counting a refusal under `call` (seat,
+    /// validate, usage) in `keymeter_cross_product_refusals_total`.
+    pub fn check_owner(&self, product: &str, call: &str) -> bool {
+        let ok = self.may_act_on(product);
+        if !ok {
+            crate::metrics::metrics()
+                .cross_product_refusals_total
+                .with_label_values(&[self.product.as_deref().unwrap_or("none"), call])
+                .inc();
+        }
+        ok
+    }
+
     pub fn audit(&self) -> crate::record::Audit {
         crate::record::Audit {
             actor: Some(self.key_id.clone()),

@@ -13,12 +13,12 @@ use super::{Admin, ApiError, AppState, Auth, ClientCert, Ingest};
 use crate::engine::protocol::{self as rq, Origin, RejectBody};
 use crate::engine::IngestOutcome;
 use crate::error_code::ErrorCode;
-use crate::event::{decode_body, fmt_ms, BodyKind};
+use crate::event::{decode_body, fmt_ms, BodyKind, Decoded, Rejection};
 use crate::metrics::metrics;
 
 pub async fn ingest(
     _client: ClientCert,
-    _auth: Auth<Ingest>,
+    auth: Auth<Ingest>,
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -77,6 +77,7 @@ pub async fn ingest(
             return Err(ApiError::new(code, message).with_details(details));
         }
     };
+    let items = refuse_foreign_subjects(&state, &auth, items);
     let single =
         items.len() == 1 && kind != BodyKind::Batch && !body.trim_ascii_start().starts_with(b"[");
     let outcome = state
@@ -88,6 +89,43 @@ pub async fn ingest(
         })
         .await?;
     answer(&outcome, single)
+}
+
+/// A key bound to a product sends usage for its own licenses, or for
+/// subjects that are no license; an event whose subject is another
+/// product's license is refused (and quarantined, like every refused event)
+/// while the rest of the batch goes on.
+fn refuse_foreign_subjects(
+    state: &AppState,
+    auth: &Auth<Ingest>,
+    items: Vec<Decoded>,
+) -> Vec<Decoded> {
+    if auth.product.is_none() {
+        return items;
+    }
+    items
+        .into_iter()
+        .map(|item| match item {
+            Decoded::Valid(e)
+                if state
+                    .view
+                    .license(&e.subject)
+                    .is_some_and(|l| !auth.check_owner(&l.license.product, "usage")) =>
+            {
+                Decoded::Invalid {
+                    rejection: Rejection::new(
+                        ErrorCode::SubjectNotOwned,
+                        format!(
+                            "subject `{}` is a license of another product than this API key's",
+                            e.subject
+                        ),
+                    ),
+                    raw: e.raw.into_bytes(),
+                }
+            }
+            other => other,
+        })
+        .collect()
 }
 
 /// A request refused before its events reach the engine (nothing is

@@ -68,7 +68,7 @@ pub async fn create(
         let scope = Scope::parse(s).ok_or_else(|| {
             ApiError::new(
                 ErrorCode::InvalidApiKey,
-                format!("unknown scope {s:?}; scopes are ingest, read, admin"),
+                format!("unknown scope {s:?}; scopes are ingest, read, validate, admin"),
             )
         })?;
         if !scopes.contains(&scope) {

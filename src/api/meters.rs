@@ -125,11 +125,21 @@ pub async fn query(
     .into_response())
 }
 
+/// One CSV cell of text that callers control (subjects, group values).
+/// A cell a spreadsheet would read as a formula (starting with `=`, `+`,
+/// `-`, `@`, tab or carriage return) gets a leading `'`, so opening an
+/// export cannot run `=HYPERLINK(…)` or worse (OWASP's CSV injection
+/// advice); then the usual RFC 4180 quoting.
 fn csv_field(s: &str) -> String {
+    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{s}")
+    } else {
+        s.to_owned()
+    };
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
-        s.to_owned()
+        s
     }
 }
 
@@ -166,4 +176,28 @@ fn csv(slug: &str, group_by: &[String], rows: &[QueryRow]) -> Response {
         out,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::csv_field;
+
+    #[test]
+    fn csv_cells_that_a_spreadsheet_would_run_as_formulas_are_neutralised() {
+        assert_eq!(csv_field("customer-1"), "customer-1");
+        assert_eq!(
+            csv_field("=HYPERLINK(\"http://x\",\"y\")"),
+            "\"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\""
+        );
+        for (cell, want) in [
+            ("+1", "'+1"),
+            ("-1+2", "'-1+2"),
+            ("@SUM(A1)", "'@SUM(A1)"),
+            ("\tx", "'\tx"),
+            ("\rx", "\"'\rx\""),
+            ("a=b", "a=b"),
+        ] {
+            assert_eq!(csv_field(cell), want, "{cell:?}");
+        }
+    }
 }

@@ -24,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
 
-pub use self::auth::{Admin, Auth, ClientCert, Ingest, Read};
+pub use self::auth::{Admin, Auth, ClientCert, Ingest, Read, Validate};
 pub use self::error::ApiError;
 pub use self::guard::{Guards, Limited};
 use crate::config::Config;
@@ -162,9 +162,16 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-async fn readyz(State(state): State<AppState>) -> Response {
+/// `/readyz`: `{"status": "ready"}` for anyone (load balancers and probes
+/// hold no key); log positions, Kafka assignments and error text only for a
+/// key with the `read` scope.
+async fn readyz(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    let may_read = auth::bearer_token(&headers)
+        .and_then(|k| state.view.api_key(k))
+        .is_some_and(|k| crate::api_keys::allows(&k.scopes, crate::scope::Scope::Read));
     match state.view.readiness() {
-        Some(body) => axum::Json(body).into_response(),
+        Some(body) if may_read => axum::Json(body).into_response(),
+        Some(_) => axum::Json(serde_json::json!({"status": "ready"})).into_response(),
         None => ApiError::new(
             ErrorCode::EngineFailed,
             "the engine stopped after an error; see the server log",
@@ -192,8 +199,25 @@ async fn not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no such route")
 }
 
+/// The `method` label: the standard methods by name, anything else (a client
+/// may send any token as a method) as `other`, so no request can add a
+/// series.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        _ => "other",
+    }
+}
+
 /// Counts every request by route template (never the raw path, which would
-/// make label values unbounded), method and status.
+/// make label values unbounded), method (a fixed set) and status (a fixed
+/// set: the codes the server answers).
 async fn observe(req: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = req
@@ -201,15 +225,15 @@ async fn observe(req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().as_str().to_owned();
+    let method = method_label(req.method());
     let response = next.run(req).await;
     let status = response.status().as_u16().to_string();
     let m = metrics();
     m.http_requests_total
-        .with_label_values(&[&route, &method, &status])
+        .with_label_values(&[&route, method, &status])
         .inc();
     m.http_request_duration_seconds
-        .with_label_values(&[&route, &method, &status])
+        .with_label_values(&[&route, method, &status])
         .observe(started.elapsed().as_secs_f64());
     response
 }

@@ -1,5 +1,7 @@
-//! Seats (`ingest` scope: the key a product already holds to send usage;
-//! listing is `admin`): checkout, heartbeat, release.
+//! Seats: checkout, heartbeat, release (a `validate` key, or the `ingest`
+//! key a product already holds, bound to that product; listing is `admin`).
+//! A key bound to a product reaches only that product's licenses: another
+//! product's license answers `404` as if it did not exist.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
@@ -10,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::licenses::{body, found, refusal};
-use super::{Admin, ApiError, AppState, Auth, Ingest, Limited};
+use super::{Admin, ApiError, AppState, Auth, Limited, Validate};
 use crate::engine::protocol as rq;
 use crate::engine::SeatLease;
 use crate::error_code::ErrorCode;
@@ -33,22 +35,34 @@ pub struct CheckoutBody {
     fingerprint: String,
 }
 
-/// The per-license limit counts only licenses that exist.
-fn known_license(state: &AppState, id: &str) -> Option<String> {
-    state.view.license(id).map(|_| id.to_owned())
+/// The license `id`, when it exists and the caller may act on it;
+/// otherwise `404`, the same answer for another product's license as for
+/// none at all. Only an owned license's rate budget is charged, so a caller
+/// cannot spend
+/// another product's per-license budget (the per-key limit applies to
+/// every call).
+fn owned_license(state: &AppState, auth: &Auth<Validate>, id: &str) -> Result<String, ApiError> {
+    match state.view.license(id) {
+        Some(entry) if auth.check_owner(&entry.license.product, "seat") => Ok(id.to_owned()),
+        _ => Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("license `{id}` does not exist"),
+        )),
+    }
 }
 
 /// `201` with a new seat, `200` with the one this fingerprint already holds.
 pub async fn checkout(
-    auth: Auth<Ingest>,
+    auth: Auth<Validate>,
     State(state): State<AppState>,
     Path(id): Path<String>,
     req: Result<Json<CheckoutBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let known = known_license(&state, &id);
+    let owned = owned_license(&state, &auth, &id);
     state
         .guards
-        .limit(Limited::Checkout, &auth.key_id, known.as_deref())?;
+        .limit(Limited::Checkout, &auth.key_id, owned.as_deref().ok())?;
+    owned?;
     let req = body(req)?;
     check_fingerprint(&req.fingerprint).map_err(|m| ApiError::new(ErrorCode::InvalidSeat, m))?;
     let lease = state
@@ -70,14 +84,15 @@ pub async fn checkout(
 }
 
 pub async fn heartbeat(
-    auth: Auth<Ingest>,
+    auth: Auth<Validate>,
     State(state): State<AppState>,
     Path((id, seat_id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let known = known_license(&state, &id);
+    let owned = owned_license(&state, &auth, &id);
     state
         .guards
-        .limit(Limited::Checkout, &auth.key_id, known.as_deref())?;
+        .limit(Limited::Checkout, &auth.key_id, owned.as_deref().ok())?;
+    owned?;
     let lease = state
         .engine
         .send(rq::HeartbeatSeat {
@@ -90,10 +105,11 @@ pub async fn heartbeat(
 }
 
 pub async fn release(
-    auth: Auth<Ingest>,
+    auth: Auth<Validate>,
     State(state): State<AppState>,
     Path((id, seat_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
+    owned_license(&state, &auth, &id)?;
     state
         .engine
         .send(rq::ReleaseSeat {

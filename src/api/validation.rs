@@ -1,6 +1,8 @@
-//! License validation (`ingest` scope: the key a product already holds to
-//! send usage) and the public keys that verify its tokens and license files
-//! (`/.well-known/jwks.json`, no auth).
+//! License validation (a `validate` key, or the `ingest` key a product
+//! already holds, bound to that product) and the public keys that verify its
+//! tokens and license files (`/.well-known/jwks.json`, no auth). A key bound
+//! to a product validates only that product's licenses: another product's
+//! license key is answered as unknown.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
@@ -11,7 +13,7 @@ use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use super::licenses::now;
-use super::{ApiError, AppState, Auth, Ingest, Limited};
+use super::{ApiError, AppState, Auth, Limited, Validate};
 use crate::error_code::ErrorCode;
 use crate::license::decide::{rfc3339, QuotaReport};
 use crate::license::Request;
@@ -69,7 +71,7 @@ struct Answer<'a> {
 }
 
 pub async fn validate(
-    auth: Auth<Ingest>,
+    auth: Auth<Validate>,
     State(state): State<AppState>,
     req: Result<Json<ValidateBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
@@ -94,7 +96,10 @@ pub async fn validate(
         entitlements: &req.entitlements,
         meter: req.meter.as_deref(),
     };
-    let entry = state.view.license_by_key(&key);
+    let entry = state
+        .view
+        .license_by_key(&key)
+        .filter(|e| auth.check_owner(&e.license.product, "validate"));
     state.guards.limit(
         Limited::Validate,
         &auth.key_id,

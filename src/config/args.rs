@@ -39,6 +39,11 @@ pub struct ConfigArgs {
     /// API key to create as the first admin key when there is none yet (at least 24 characters).
     #[arg(long, env = "KEYMETER_BOOTSTRAP_ADMIN_KEY", hide_env_values = true)]
     bootstrap_admin_key: Option<String>,
+    /// Create an admin key even though every API key of the log was revoked
+    /// (the bootstrap key is otherwise created only into a log that never
+    /// held one).
+    #[arg(long)]
+    recover_admin_key: bool,
     /// Oldest accepted event time, before the receive time (e.g. "35d") [default: 35d].
     #[arg(long, env = "KEYMETER_EVENT_TIME_BACK", value_parser = humantime::parse_duration)]
     event_time_back: Option<Duration>,
@@ -147,10 +152,13 @@ impl ConfigArgs {
             tls_key,
             tls_client_ca,
             metrics_listen,
-            bootstrap_admin_key,
             master_key_file,
             audit_anchor_file
         );
+        cfg.recover_admin_key |= self.recover_admin_key;
+        if let Some(key) = &self.bootstrap_admin_key {
+            cfg.bootstrap_admin_key = Some(key.as_str().into());
+        }
         // A variable only: a flag would show the key in the process list.
         if let Ok(key) = std::env::var("KEYMETER_MASTER_KEY") {
             cfg.master_key = Some(SecretString::new(key));
@@ -180,5 +188,34 @@ impl ConfigArgs {
         if let Some(topic) = &self.kafka_dead_letter_topic {
             kafka.dead_letter_topic = Some(topic.clone());
         }
+    }
+}
+
+/// The variables that carry secrets.
+const SECRET_VARIABLES: [&str; 2] = ["KEYMETER_MASTER_KEY", "KEYMETER_BOOTSTRAP_ADMIN_KEY"];
+
+/// Once the configuration holds them, wipes the secret variables' values in
+/// place (so `/proc/<pid>/environ` and a core dump no longer show them) and
+/// removes them from the environment (so no child process inherits them).
+///
+/// Call it before any other thread exists: the environment is not
+/// thread-safe.
+pub fn scrub_secret_variables() {
+    for name in SECRET_VARIABLES {
+        let c_name = std::ffi::CString::new(name).expect("no NUL in the name");
+        // SAFETY: single-threaded (see above); `getenv` returns a pointer to
+        // the value's NUL-terminated bytes in the environment block, which
+        // stay valid until the environment changes, and are overwritten
+        // here within their own length.
+        unsafe {
+            let value = libc::getenv(c_name.as_ptr());
+            if !value.is_null() {
+                let len = libc::strlen(value);
+                for i in 0..len {
+                    std::ptr::write_volatile(value.add(i), 0);
+                }
+            }
+        }
+        std::env::remove_var(name);
     }
 }

@@ -15,7 +15,7 @@ use crate::log::{LogDir, Storage};
 
 mod args;
 
-pub use args::ConfigArgs;
+pub use args::{scrub_secret_variables, ConfigArgs};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -42,7 +42,12 @@ pub struct Config {
     /// the `read` scope.
     pub metrics_listen: Option<SocketAddr>,
     /// Key to create as the first admin key when none exists yet.
-    pub bootstrap_admin_key: Option<String>,
+    pub bootstrap_admin_key: Option<crate::crypto::SecretString>,
+    /// Create an admin key (the bootstrap key, or a generated one) even
+    /// though the log held keys that were all revoked. A command-line flag
+    /// only, so a setting left in place cannot bring a revoked admin back.
+    #[serde(skip)]
+    pub recover_admin_key: bool,
     /// How far before its receive time an event may be.
     #[serde(with = "humantime_serde")]
     pub event_time_back: Duration,
@@ -187,12 +192,54 @@ pub struct KafkaConfig {
     pub dead_letter_topic: Option<String>,
     /// Any librdkafka property (`security.protocol`, `sasl.mechanisms`, …),
     /// passed through to the consumer and the dead-letter producer.
-    pub properties: std::collections::BTreeMap<String, String>,
+    pub properties: KafkaProperties,
     /// Most messages of one partition written in one log batch.
     pub batch_messages_max: usize,
     /// Longest a consumed message waits for its partition's batch to fill.
     #[serde(with = "humantime_serde")]
     pub batch_wait: Duration,
+}
+
+/// librdkafka properties. `Debug` shows the names and hides the values of
+/// those that can hold credentials (`sasl.password`, `sasl.jaas.config`,
+/// `ssl.key.password`, OAuth client secrets, …).
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct KafkaProperties(pub std::collections::BTreeMap<String, String>);
+
+impl KafkaProperties {
+    fn may_hold_a_secret(name: &str) -> bool {
+        ["password", "secret", "jaas", "token", "key", "credential"]
+            .iter()
+            .any(|w| name.contains(w))
+    }
+}
+
+impl std::ops::Deref for KafkaProperties {
+    type Target = std::collections::BTreeMap<String, String>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KafkaProperties {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl std::fmt::Debug for KafkaProperties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut map = f.debug_map();
+        for (k, v) in &self.0 {
+            if KafkaProperties::may_hold_a_secret(k) {
+                map.entry(k, &"<redacted>");
+            } else {
+                map.entry(k, v);
+            }
+        }
+        map.finish()
+    }
 }
 
 impl Default for KafkaConfig {
@@ -246,6 +293,7 @@ impl Default for Config {
             tls_handshake_timeout: crate::tls::HANDSHAKE_TIMEOUT,
             metrics_listen: None,
             bootstrap_admin_key: None,
+            recover_admin_key: false,
             event_time_back: Duration::from_secs(35 * 24 * 3600),
             event_time_ahead: Duration::from_secs(5 * 60),
             body_bytes_max: 8 * 1024 * 1024,
@@ -370,7 +418,7 @@ impl Config {
         }
         if let Some(key) = &self.bootstrap_admin_key {
             anyhow::ensure!(
-                key.len() >= crate::api_keys::SUPPLIED_KEY_CHARS_MIN,
+                key.expose().len() >= crate::api_keys::SUPPLIED_KEY_CHARS_MIN,
                 "bootstrap admin key must be at least {} characters",
                 crate::api_keys::SUPPLIED_KEY_CHARS_MIN
             );

@@ -152,3 +152,35 @@ fn flags_are_validated_like_the_file() {
     let err = load_args(&["--tls-key", "server.key"]).unwrap_err();
     assert!(err.to_string().contains("tls_cert is missing"), "{err}");
 }
+
+#[test]
+fn debug_output_of_the_configuration_shows_no_secret() {
+    let mut c: Config = toml::from_str(
+        "bootstrap_admin_key = \"bootstrap-secret-0123456789abcdef\"\n\
+         [kafka]\nbrokers = \"b:9092\"\ntopics = [\"usage-events\"]\n\
+         [kafka.properties]\n\"security.protocol\" = \"SASL_SSL\"\n\
+         \"sasl.username\" = \"meter\"\n\"sasl.password\" = \"kafka-secret-1\"\n\
+         \"sasl.jaas.config\" = \"... password=kafka-secret-2;\"\n\
+         \"ssl.key.password\" = \"kafka-secret-3\"\n\
+         \"sasl.oauthbearer.client.secret\" = \"kafka-secret-4\"\n",
+    )
+    .unwrap();
+    c.master_key = Some(crate::crypto::SecretString::new("master-secret".into()));
+    let shown = format!("{c:?}");
+    for secret in [
+        "bootstrap-secret",
+        "kafka-secret-1",
+        "kafka-secret-2",
+        "kafka-secret-3",
+        "kafka-secret-4",
+        "master-secret",
+    ] {
+        assert!(!shown.contains(secret), "{secret} in {shown}");
+    }
+    // What is not secret stays visible for debugging.
+    assert!(
+        shown.contains("SASL_SSL") && shown.contains("\"meter\""),
+        "{shown}"
+    );
+    assert!(shown.contains("sasl.password"), "{shown}");
+}

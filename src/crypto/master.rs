@@ -47,9 +47,22 @@ impl std::fmt::Debug for MasterKey {
     }
 }
 
-/// A secret string (the `KEYMETER_MASTER_KEY` value) that never prints.
+/// A secret string (the `KEYMETER_MASTER_KEY` value, the bootstrap admin
+/// key) that never prints and is wiped when dropped.
 #[derive(Clone)]
 pub struct SecretString(pub Zeroizing<String>);
+
+impl From<&str> for SecretString {
+    fn from(s: &str) -> SecretString {
+        SecretString::new(s.to_owned())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SecretString {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
+        String::deserialize(d).map(SecretString::new)
+    }
+}
 
 impl SecretString {
     pub fn new(s: String) -> SecretString {

@@ -199,7 +199,7 @@ impl Engine {
         let shared = shared(cfg, &projections, clock.clone(), head);
         report_progress(head, &projections.applied());
         let engine = start_stages(cfg, log, projections, licenses, shared, clock)?;
-        let bootstrap_key = engine.bootstrap(cfg)?;
+        let bootstrap_key = engine.bootstrap(cfg, head)?;
         Ok(Started {
             engine,
             bootstrap_key,
@@ -208,12 +208,24 @@ impl Engine {
         })
     }
 
-    fn bootstrap(&self, cfg: &Config) -> Result<Option<String>, StartError> {
+    /// Creates the first admin key, only into a log that never held an API
+    /// key: once every key is revoked, a bootstrap key left in the
+    /// environment must not bring one back. `--recover-admin-key` (a flag,
+    /// never a variable or a file setting) is the operator's deliberate way
+    /// back in.
+    fn bootstrap(&self, cfg: &Config, head: Seq) -> Result<Option<String>, StartError> {
         let handle = self.handle();
         let keys = handle.shared.keys.load();
+        if keys.is_empty() && !cfg.recover_admin_key && log_ever_held_a_key(cfg, head)? {
+            tracing::warn!(
+                "every API key has been revoked; no bootstrap admin key is created into a log \
+                 that held keys. Start once with --recover-admin-key to create a new admin key"
+            );
+            return Ok(None);
+        }
         if !keys.is_empty() {
             if let Some(k) = &cfg.bootstrap_admin_key {
-                if keys.lookup(k).is_none() {
+                if keys.lookup(k.expose()).is_none() {
                     tracing::warn!(
                         "bootstrap admin key ignored: API keys already exist; manage keys through /api/v1/api-keys"
                     );
@@ -222,7 +234,7 @@ impl Engine {
             return Ok(None);
         }
         let (id, key, generated) = match &cfg.bootstrap_admin_key {
-            Some(k) => (api_keys::generate_id(), k.clone(), false),
+            Some(k) => (api_keys::generate_id(), k.expose().to_owned(), false),
             None => {
                 let (id, key) = api_keys::generate_key();
                 (id, key, true)
@@ -253,6 +265,24 @@ impl Engine {
             .map_err(|e| StartError::Other(format!("cannot create the bootstrap key: {e}")))?;
         Ok(generated.then_some(key))
     }
+}
+
+/// Whether records `1..=head` include an API key's creation. Read only when
+/// no key is live: on a fresh log (empty) or after every key was revoked.
+fn log_ever_held_a_key(cfg: &Config, head: Seq) -> Result<bool, StartError> {
+    let cannot = |e: String| StartError::Other(format!("cannot read the log for API keys: {e}"));
+    for entry in cfg
+        .log()
+        .read_range(1, head)
+        .map_err(|e| cannot(e.to_string()))?
+    {
+        let entry = entry.map_err(|e| cannot(e.to_string()))?;
+        let record = Record::decode(&entry.payload).map_err(|e| cannot(e.to_string()))?;
+        if matches!(record, Record::ApiKeyCreated { .. }) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// The state readers use, as of the log head.

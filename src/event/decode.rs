@@ -291,11 +291,57 @@ fn data_span(data: &str, raw: &str) -> Result<std::ops::Range<usize>, Rejection>
             format!("data nests arrays and objects more than {DATA_DEPTH_MAX} levels deep"),
         ));
     }
+    // The text was only checked as JSON syntax, which lets a `\uD800` with no
+    // partner through; a tree parse refuses it, and so does the decoder.
+    if data.contains('\\') && has_lone_surrogate(data) {
+        return Err(Rejection::new(
+            ErrorCode::InvalidEvent,
+            "data has a \\u escape of a lone UTF-16 surrogate, which is not a character",
+        ));
+    }
     let start = (data.as_ptr() as usize)
         .checked_sub(raw.as_ptr() as usize)
         .filter(|start| start + data.len() <= raw.len())
         .expect("data is borrowed from the event text");
     Ok(start..start + data.len())
+}
+
+/// Whether JSON text (already known to be well-formed) escapes a UTF-16
+/// surrogate that is not part of a high-low pair: `"\uD800"`, `"\uDC00"`,
+/// `"\uD800\u0041"`.
+pub(super) fn has_lone_surrogate(json: &str) -> bool {
+    let bytes = json.as_bytes();
+    let hex_at = |at: usize| -> Option<u32> {
+        let digits = std::str::from_utf8(bytes.get(at..at + 4)?).ok()?;
+        u32::from_str_radix(digits, 16).ok()
+    };
+    // `\u` then 4 hex digits, at byte `at`.
+    let escape_at = |at: usize| -> Option<u32> {
+        (bytes.get(at) == Some(&b'\\') && bytes.get(at + 1) == Some(&b'u'))
+            .then(|| hex_at(at + 2))
+            .flatten()
+    };
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        // Well-formed text: an escape is `\` and one byte, or `\u` and four.
+        let Some(unit) = escape_at(i) else {
+            i += 2;
+            continue;
+        };
+        match unit {
+            0xD800..=0xDBFF => match escape_at(i + 6) {
+                Some(0xDC00..=0xDFFF) => i += 12,
+                _ => return true,
+            },
+            0xDC00..=0xDFFF => return true,
+            _ => i += 6,
+        }
+    }
+    false
 }
 
 /// How deeply valid JSON text nests arrays and objects.

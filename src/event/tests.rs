@@ -139,3 +139,34 @@ fn dedup_key_separates_source_and_id() {
     assert_ne!(DedupKey::new("ab", "c"), DedupKey::new("a", "bc"));
     assert_eq!(DedupKey::new("a", "b"), DedupKey::new("a", "b"));
 }
+
+#[test]
+fn data_with_a_lone_surrogate_escape_is_refused_as_a_tree_parse_refuses_it() {
+    for data in [
+        r#""\ud800""#,
+        r#""\uDC00""#,
+        r#"{"k":"a\ud800b"}"#,
+        r#"["\ud800\u0041"]"#,
+        r#"{"\udbff":1}"#,
+        r#""\ud800\ud800""#,
+        r#""\ud83d\ude00""#,
+        r#""\\ud800""#,
+        r#""\u00e9\n\/""#,
+        r#"{"k":"\ud83d\ude00","\uD83D\uDE00":["\uffff"]}"#,
+    ] {
+        let body = format!(
+            r#"{{"specversion":"1.0","id":"1","source":"s","type":"t","subject":"c","data":{data}}}"#
+        );
+        let tree_parses = serde_json::from_str::<Value>(&body).is_ok();
+        match one(&body) {
+            Decoded::Valid(e) => {
+                assert!(tree_parses, "{data} accepted");
+                assert_eq!(e.data(), Some(data));
+            }
+            Decoded::Invalid { rejection, .. } => {
+                assert!(!tree_parses, "{data} refused: {rejection}");
+                assert_eq!(rejection.code, "INVALID_EVENT");
+            }
+        }
+    }
+}

@@ -138,6 +138,14 @@ impl Verdict {
     }
 }
 
+/// When the grace period after `expires_at` ends (the latest date there is,
+/// rather than an overflow, for a date near the end of time).
+fn grace_end(license: &License, expires_at: DateTime<Utc>) -> DateTime<Utc> {
+    Duration::try_seconds(license.grace_period_s.min(i64::MAX as u64) as i64)
+        .and_then(|d| expires_at.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
 /// Whether the license may be used at `now` as far as status and time go:
 /// `Ok(in_grace)` or the refusing code with its detail.
 pub fn availability(license: &License, now: DateTime<Utc>) -> Result<bool, (Code, String)> {
@@ -158,8 +166,7 @@ pub fn availability(license: &License, now: DateTime<Utc>) -> Result<bool, (Code
     if now < expires_at {
         return Ok(false);
     }
-    let grace_end = expires_at + Duration::seconds(license.grace_period_s as i64);
-    if now < grace_end {
+    if now < grace_end(license, expires_at) {
         return Ok(true);
     }
     Err((
@@ -220,7 +227,9 @@ pub fn decide(
     debug_assert_eq!(quotas.len(), usage.len());
     debug_assert_eq!(quotas.len(), periods.len());
     let reports: Vec<QuotaReport> = (0..quotas.len().min(usage.len()).min(periods.len()))
-        .map(|i| quota_report(license, i, usage[i], periods[i]))
+        // A meter that allows negative values (credits) can net a period
+        // below zero; quota usage is never less than nothing.
+        .map(|i| quota_report(license, i, usage[i].max(0.0), periods[i]))
         .collect();
     let blocking = reports
         .iter()
@@ -265,8 +274,10 @@ pub fn decide(
         return fail(verdict, Code::QuotaExceeded, detail);
     }
     if in_grace {
-        let grace_end = license.expires_at.expect("in grace implies an expiry")
-            + Duration::seconds(license.grace_period_s as i64);
+        let grace_end = grace_end(
+            license,
+            license.expires_at.expect("in grace implies an expiry"),
+        );
         verdict.code = Code::InGrace;
         verdict.detail = format!(
             "the license expired; grace period until {}",

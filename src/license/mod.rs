@@ -13,6 +13,8 @@
 
 pub mod book;
 pub mod decide;
+#[cfg(test)]
+mod extremes;
 pub mod model;
 pub mod period;
 pub mod renewal;

@@ -20,6 +20,15 @@ pub const METADATA_BYTES_MAX: usize = 16 * 1024;
 pub const SEATS_MAX: u32 = 100_000;
 pub const LEASE_TTL_S_MIN: u64 = 10;
 pub const LEASE_TTL_S_DEFAULT: u64 = 900;
+/// Longest grace period, floating-seat lease, or renewal extension: ten
+/// years. Every duration in a license document is bounded, so no sum of
+/// them with a date can overflow.
+pub const DURATION_S_MAX: u64 = 10 * 365 * 86_400;
+/// Latest `starts_at` or `expires_at` (and renewal result): the end of year
+/// 9999, far inside the range of dates and of milliseconds in an `i64`.
+pub const DATE_MS_MAX: i64 = 253_402_300_799_999;
+/// Earliest `starts_at` or `expires_at`: the start of year 1.
+pub const DATE_MS_MIN: i64 = -62_135_596_800_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -168,6 +177,11 @@ impl Policy {
                     "policy.seats.lease_ttl_s must be at least {LEASE_TTL_S_MIN}"
                 ));
             }
+            if s.lease_ttl_s > DURATION_S_MAX {
+                return Err(format!(
+                    "policy.seats.lease_ttl_s must be at most {DURATION_S_MAX} (10 years)"
+                ));
+            }
         }
         if let Some(u) = &self.usage {
             if u.quotas.is_empty() || u.quotas.len() > QUOTAS_MAX {
@@ -299,12 +313,21 @@ impl License {
     pub fn validate(&self) -> Result<(), Refusal> {
         check_text("product", &self.product).map_err(invalid)?;
         check_text("customer", &self.customer).map_err(invalid)?;
+        for (name, t) in [
+            ("starts_at", Some(self.starts_at)),
+            ("expires_at", self.expires_at),
+        ] {
+            let ms = t.map_or(0, |t| t.timestamp_millis());
+            if !(DATE_MS_MIN..=DATE_MS_MAX).contains(&ms) {
+                return Err(invalid(format!("{name} must be in the years 1 to 9999")));
+            }
+        }
         if let Some(e) = self.expires_at {
             if e <= self.starts_at {
                 return Err(invalid("expires_at must be after starts_at".into()));
             }
         }
-        if self.grace_period_s > 10 * 365 * 86_400 {
+        if self.grace_period_s > DURATION_S_MAX {
             return Err(invalid("grace_period_s must be at most 10 years".into()));
         }
         let meta = serde_json::to_vec(&self.metadata).expect("metadata serializes");

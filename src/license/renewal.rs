@@ -1,6 +1,7 @@
 //! Renewal: how a renewal request sets a license's new expiry.
 
-use super::model::{License, Status};
+use super::model::{License, Status, DATE_MS_MAX, DATE_MS_MIN, DURATION_S_MAX};
+use super::seats::after_seconds;
 use super::Refusal;
 use crate::error_code::ErrorCode;
 
@@ -26,12 +27,24 @@ impl License {
         let expires_at_ms = match renewal {
             Renewal::Until(t) => t.map(|t| t.timestamp_millis()),
             Renewal::Extend(s) => {
+                if s > DURATION_S_MAX {
+                    return Err(Refusal::new(
+                        ErrorCode::InvalidLicense,
+                        format!("extend must be at most {DURATION_S_MAX} s (10 years)"),
+                    ));
+                }
                 let base = self
                     .expires_at
                     .map_or(now_ms, |e| e.timestamp_millis().max(now_ms));
-                Some(base.saturating_add((s as i64).saturating_mul(1000)))
+                Some(after_seconds(base, s))
             }
         };
+        if expires_at_ms.is_some_and(|e| !(DATE_MS_MIN..=DATE_MS_MAX).contains(&e)) {
+            return Err(Refusal::new(
+                ErrorCode::InvalidLicense,
+                "the new expiry must be in the years 1 to 9999",
+            ));
+        }
         if expires_at_ms.is_some_and(|e| e <= self.starts_at.timestamp_millis()) {
             return Err(Refusal::new(
                 ErrorCode::InvalidLicense,

@@ -64,10 +64,19 @@ pub fn check_fingerprint(fp: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `ms` plus `s` seconds, saturating (the policy bounds `s`, so this never
+/// saturates for a validated license).
+pub fn after_seconds(ms: i64, s: u64) -> i64 {
+    i64::try_from(s)
+        .ok()
+        .and_then(|s| s.checked_mul(1000))
+        .map_or(i64::MAX, |d| ms.saturating_add(d))
+}
+
 fn lease_end(policy: &SeatPolicy, now_ms: i64) -> Option<i64> {
     match policy.mode {
         SeatMode::NodeLocked => None,
-        SeatMode::Floating => Some(now_ms.saturating_add(policy.lease_ttl_s as i64 * 1000)),
+        SeatMode::Floating => Some(after_seconds(now_ms, policy.lease_ttl_s)),
     }
 }
 

@@ -3,6 +3,8 @@
 //! Pure functions over byte slices, no I/O, so that the writer, the recovery scan, the
 //! reader and the tests all agree on one definition of a valid frame.
 
+use std::ops::RangeInclusive;
+
 use sha2::{Digest, Sha256};
 
 use super::Seq;
@@ -164,14 +166,21 @@ pub fn decode_segment_header(header: &[u8; SEGMENT_HEADER_LEN]) -> Result<(Seq, 
     Ok((first_seq, version))
 }
 
-/// Looks for a complete frame with a valid CRC anywhere in `bytes` whose seq could plausibly
-/// belong to this log at or after `min_seq`. Returns its offset within `bytes` and its seq.
+/// The seqs a frame found in `damaged_tail` (the bytes after a bad frame that should have
+/// carried `expected_seq`) can plausibly have: every frame takes at least
+/// [`FRAME_HEADER_LEN`] bytes, so no more than that many frames fit behind the damage. The
+/// window is fixed at the damage, for every frame searched for behind it.
+pub(crate) fn seq_window(expected_seq: Seq, damaged_tail: &[u8]) -> RangeInclusive<Seq> {
+    expected_seq..=expected_seq.saturating_add((damaged_tail.len() / FRAME_HEADER_LEN) as Seq)
+}
+
+/// Looks for a complete frame with a valid CRC anywhere in `bytes` whose seq is in `seqs`
+/// (see [`seq_window`]). Returns its offset within `bytes` and its seq.
 ///
 /// Used after a bad frame in the last segment: a valid frame behind it proves the damage is
 /// not a torn tail. The seq window keeps random bytes from passing by CRC luck (2^-32 per
 /// offset adds up over megabytes of garbage).
-pub(crate) fn find_valid_frame(bytes: &[u8], min_seq: Seq) -> Option<(usize, Seq)> {
-    let max_seq = min_seq.saturating_add((bytes.len() / FRAME_HEADER_LEN) as Seq);
+pub(crate) fn find_valid_frame(bytes: &[u8], seqs: &RangeInclusive<Seq>) -> Option<(usize, Seq)> {
     let last_start = bytes.len().checked_sub(FRAME_HEADER_LEN)?;
     (0..=last_start).find_map(|at| {
         let header: &[u8; FRAME_HEADER_LEN] = bytes[at..at + FRAME_HEADER_LEN]
@@ -181,7 +190,7 @@ pub(crate) fn find_valid_frame(bytes: &[u8], min_seq: Seq) -> Option<(usize, Seq
         let payload_len = h.payload_len as usize;
         let fits =
             payload_len <= PAYLOAD_BYTES_MAX && payload_len <= bytes.len() - at - FRAME_HEADER_LEN;
-        let plausible = fits && h.flags & !FLAGS_KNOWN == 0 && (min_seq..=max_seq).contains(&h.seq);
+        let plausible = fits && h.flags & !FLAGS_KNOWN == 0 && seqs.contains(&h.seq);
         if !plausible {
             return None;
         }
@@ -231,9 +240,15 @@ mod tests {
         encode_batch([7; 32], 10, &[b"payload"], &mut frames);
         let mut bytes = vec![0xAB; 13];
         bytes.extend_from_slice(&frames);
-        assert_eq!(find_valid_frame(&bytes, 9), Some((13, 10)));
-        assert_eq!(find_valid_frame(&bytes, 11), None, "seq below the window");
-        assert_eq!(find_valid_frame(&bytes[..bytes.len() - 1], 9), None);
-        assert_eq!(find_valid_frame(&vec![0; 4096], 1), None);
+        let window = seq_window(9, &bytes);
+        assert_eq!(find_valid_frame(&bytes, &window), Some((13, 10)));
+        assert_eq!(
+            find_valid_frame(&bytes, &seq_window(11, &bytes)),
+            None,
+            "seq below the window"
+        );
+        assert_eq!(find_valid_frame(&bytes[..bytes.len() - 1], &window), None);
+        let zeros = vec![0; 4096];
+        assert_eq!(find_valid_frame(&zeros, &seq_window(1, &zeros)), None);
     }
 }

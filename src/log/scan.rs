@@ -2,8 +2,8 @@
 //! [`super::verify`] (which only reports it). Read-only.
 
 use super::frame::{
-    chain_hash, find_valid_frame, frame_crc, FrameHeader, FLAGS_KNOWN, FRAME_HEADER_LEN,
-    GENESIS_HASH, SEGMENT_HEADER_LEN,
+    chain_hash, find_valid_frame, frame_crc, seq_window, FrameHeader, FLAGS_KNOWN,
+    FRAME_HEADER_LEN, GENESIS_HASH, SEGMENT_HEADER_LEN,
 };
 use super::segment::{list_segments, SegmentCursor, SegmentFile, Step};
 use super::storage::LogDir;
@@ -331,8 +331,11 @@ fn refuse_if_valid_frame_follows(
     };
     let marks_batches = cursor.version >= 2;
     let mut batch_end_seen: Option<Seq> = None;
+    // Fixed at the damage: a frame far behind it may carry a seq far above `expected_seq`,
+    // however little is left to search when it is reached.
+    let window = seq_window(expected_seq, &rest);
     let mut from = 0;
-    while let Some((at, seq)) = find_valid_frame(&rest[from..], expected_seq) {
+    while let Some((at, seq)) = find_valid_frame(&rest[from..], &window) {
         let found = from + at;
         let header: &[u8; FRAME_HEADER_LEN] = rest[found..found + FRAME_HEADER_LEN]
             .try_into()

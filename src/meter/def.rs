@@ -57,6 +57,10 @@ pub struct MeterDef {
     pub group_by: BTreeMap<String, String>,
     #[serde(default = "default_window_size")]
     pub window_size: WindowSize,
+    /// Accept negative values (credits, corrections). Off by default: one
+    /// event of `-1e9` would otherwise undo a license's usage.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_negative: bool,
 }
 
 fn default_window_size() -> WindowSize {

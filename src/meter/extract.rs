@@ -2,7 +2,7 @@
 
 use std::fmt::{self, Write as _};
 
-use serde_json::{Number, Value};
+use serde_json::Value;
 
 use super::amount::{Amount, AmountParseError};
 use super::def::{Aggregation, CompiledMeter};
@@ -40,6 +40,8 @@ pub enum ExtractError {
     ValueOutOfRange { path: String },
     #[error("valueProperty {path} must be a string, number or boolean, found {found}")]
     NotScalar { path: String, found: &'static str },
+    #[error("valueProperty {path} is negative; the meter does not set allowNegative")]
+    Negative { path: String },
 }
 
 impl ExtractError {
@@ -50,6 +52,7 @@ impl ExtractError {
             ExtractError::NotNumeric { .. } => ErrorCode::ValueNotNumeric,
             ExtractError::ValueOutOfRange { .. } => ErrorCode::ValueOutOfRange,
             ExtractError::NotScalar { .. } => ErrorCode::ValueNotScalar,
+            ExtractError::Negative { .. } => ErrorCode::ValueNegative,
         }
     }
 }
@@ -61,18 +64,20 @@ impl CompiledMeter {
     pub fn extract(&self, data: Option<&str>) -> Result<Observation, ExtractError> {
         let value = match &self.value_path {
             None => ObservedValue::None,
-            Some(path) => match select(path, data) {
-                None => {
+            Some(path) => {
+                let Some(text) = data.and_then(|data| path.select(data)) else {
                     return Err(ExtractError::ValueMissing {
                         path: path.as_str().to_owned(),
-                    })
-                }
-                Some(Err(text)) => return Err(unparsed_value(text, path, self.aggregation())),
-                Some(Ok(node)) if self.aggregation() == Aggregation::UniqueCount => {
+                    });
+                };
+                if self.aggregation() == Aggregation::UniqueCount {
+                    let node = serde_json::from_str(text)
+                        .map_err(|_| unparsed_value(text, path, self.aggregation()))?;
                     ObservedValue::Unique(unique_value_hash(&node, path)?)
+                } else {
+                    ObservedValue::Amount(amount_of_text(text, path)?)
                 }
-                Some(Ok(node)) => ObservedValue::Amount(amount_of(&node, path)?),
-            },
+            }
         };
         let group = self
             .group_paths
@@ -83,6 +88,23 @@ impl CompiledMeter {
             })
             .collect();
         Ok(Observation { value, group })
+    }
+
+    /// [`CompiledMeter::extract`] as ingest decides it: also refuses a
+    /// negative value unless the meter allows them. Only new events are
+    /// refused; an event already in the log folds as it was accepted (the
+    /// fold calls `extract`), so a replay of an older log is unchanged.
+    pub fn admit(&self, data: Option<&str>) -> Result<Observation, ExtractError> {
+        let obs = self.extract(data)?;
+        if let ObservedValue::Amount(a) = obs.value {
+            if a.0 < 0 && !self.def().allow_negative {
+                let path = self.value_path.as_ref().map_or("", |p| p.as_str());
+                return Err(ExtractError::Negative {
+                    path: path.to_owned(),
+                });
+            }
+        }
+        Ok(obs)
     }
 }
 
@@ -127,16 +149,26 @@ fn json_kind(value: &Value) -> &'static str {
     }
 }
 
-/// A JSON number or numeric string as an exact [`Amount`].
-fn amount_of(node: &Value, path: &SingularPath) -> Result<Amount, ExtractError> {
-    let parsed = match node {
-        Value::Number(number) => amount_of_number(number),
-        Value::String(text) => Amount::parse_decimal(text),
-        other => {
-            return Err(ExtractError::NotNumeric {
-                path: path.as_str().to_owned(),
-                found: json_kind(other),
-            })
+/// A selected node (JSON text) as an exact [`Amount`]. A number is read
+/// from its text as written, so every digit counts (`0.1` is exactly 0.1,
+/// `123456789.123456789` and `99999999999999999999` keep all their digits,
+/// which an `f64` would not) and `1e400` is out of range; a string must
+/// hold a decimal; anything else is the wrong kind.
+fn amount_of_text(text: &str, path: &SingularPath) -> Result<Amount, ExtractError> {
+    let text = text.trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\r'));
+    let parsed = if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+        // JSON's number grammar is a subset of the decimal grammar.
+        Amount::parse_decimal(text)
+    } else {
+        match serde_json::from_str(text) {
+            Ok(Value::String(text)) => Amount::parse_decimal(&text),
+            Ok(other) => {
+                return Err(ExtractError::NotNumeric {
+                    path: path.as_str().to_owned(),
+                    found: json_kind(&other),
+                })
+            }
+            Err(_) => return Err(unparsed_value(text, path, Aggregation::Sum)),
         }
     };
     parsed.map_err(|e| match e {
@@ -148,23 +180,6 @@ fn amount_of(node: &Value, path: &SingularPath) -> Result<Amount, ExtractError> 
             path: path.as_str().to_owned(),
         },
     })
-}
-
-/// Integers convert directly; other numbers go through their decimal text (serde_json's
-/// shortest round-trip rendering), so `0.1` becomes exactly 0.1.
-fn amount_of_number(number: &Number) -> Result<Amount, AmountParseError> {
-    if let Some(int) = number.as_i64() {
-        return Ok(Amount::from_int(int));
-    }
-    if let Some(uint) = number.as_u64() {
-        return Ok(Amount(i128::from(uint) * super::amount::AMOUNT_SCALE));
-    }
-    let mut text = StackText::default();
-    if write!(text, "{number}").is_ok() {
-        Amount::parse_decimal(text.as_str())
-    } else {
-        Amount::parse_decimal(&number.to_string())
-    }
 }
 
 /// A group value's text: strings as themselves, numbers and booleans as their JSON
@@ -237,40 +252,6 @@ impl fmt::Write for Fnv1a64 {
     }
 }
 
-/// Fixed buffer for formatting a number without allocating; errors when full.
-struct StackText {
-    bytes: [u8; 64],
-    len: usize,
-}
-
-impl Default for StackText {
-    fn default() -> Self {
-        StackText {
-            bytes: [0; 64],
-            len: 0,
-        }
-    }
-}
-
-impl StackText {
-    fn as_str(&self) -> &str {
-        // Only whole `&str`s are ever copied in, so the prefix is valid UTF-8.
-        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or("")
-    }
-}
-
-impl fmt::Write for StackText {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        let end = self.len + s.len();
-        if end > self.bytes.len() {
-            return Err(fmt::Error);
-        }
-        self.bytes[self.len..end].copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,7 +263,8 @@ mod tests {
             "slug": "m",
             "eventType": "e",
             "aggregation": aggregation,
-            "groupBy": {"model": "$.model", "tier": "$.tier"}
+            "groupBy": {"model": "$.model", "tier": "$.tier"},
+            "allowNegative": true
         });
         if let Some(path) = value_property {
             def["valueProperty"] = json!(path);
@@ -291,6 +273,36 @@ mod tests {
             .unwrap()
             .validate()
             .unwrap()
+    }
+
+    #[test]
+    fn negative_values_are_refused_unless_the_meter_allows_them() {
+        let strict: CompiledMeter = serde_json::from_value::<MeterDef>(json!({
+            "slug": "m", "eventType": "e", "aggregation": "SUM", "valueProperty": "$.v"}))
+        .unwrap()
+        .validate()
+        .unwrap();
+        for refused in [r#"{"v": -1}"#, r#"{"v": "-0.000000001"}"#, r#"{"v": -1e9}"#] {
+            // Folding an accepted event still reads it; ingest refuses it.
+            assert!(strict.extract(Some(refused)).is_ok(), "{refused}");
+            assert_eq!(
+                strict.admit(Some(refused)).map(|o| o.value),
+                Err(ExtractError::Negative { path: "$.v".into() }),
+                "{refused}"
+            );
+        }
+        for accepted in [
+            r#"{"v": 0}"#,
+            r#"{"v": -0}"#,
+            r#"{"v": "-0.0"}"#,
+            r#"{"v": 1}"#,
+        ] {
+            assert!(strict.admit(Some(accepted)).is_ok(), "{accepted}");
+        }
+        assert_eq!(
+            amount_of_data(json!({"v": -2})),
+            Ok(ObservedValue::Amount(Amount::from_int(-2)))
+        );
     }
 
     fn amount_of_data(data: Value) -> Result<ObservedValue, ExtractError> {
@@ -334,6 +346,41 @@ mod tests {
             amount_of_data(parsed),
             Ok(ObservedValue::Amount(Amount(250_000)))
         );
+    }
+
+    #[test]
+    fn numbers_are_read_from_their_text_as_written() {
+        let amount = |data: &str| {
+            meter("SUM", Some("$.v"))
+                .extract(Some(data))
+                .map(|o| o.value)
+        };
+        for (data, units) in [
+            // More digits than an f64 holds: 123456789.12345679 as f64.
+            (r#"{"v": 123456789.123456789}"#, 123_456_789_123_456_789),
+            // Beyond u64: 1e20 as f64.
+            (
+                r#"{"v": 99999999999999999999}"#,
+                99_999_999_999_999_999_999 * 1_000_000_000,
+            ),
+            (
+                r#"{"v": -18446744073709551616}"#,
+                -18_446_744_073_709_551_616 * 1_000_000_000,
+            ),
+            (r#"{"v": 1.5E+1}"#, 15_000_000_000),
+            (
+                r#"{"v": 0.1000000000000000055511151231257827}"#,
+                100_000_000,
+            ),
+            // The tenth decimal rounds half to even on the digits as written.
+            (r#"{"v": 2.0000000025}"#, 2_000_000_002),
+        ] {
+            assert_eq!(
+                amount(data),
+                Ok(ObservedValue::Amount(Amount(units))),
+                "{data}"
+            );
+        }
     }
 
     #[test]

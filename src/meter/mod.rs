@@ -5,11 +5,11 @@
 //! # Semantics
 //!
 //! - **Amounts are exact.** Values are fixed point ([`Amount`] = value × 10^9 in an
-//!   `i128`), parsed from the number's decimal text (so JSON `0.1` is exactly 0.1) or
-//!   from a numeric string; digits past 9 decimals round half-to-even; magnitudes above
-//!   10^20 are refused. Sums saturate at the `i128` range, which takes more than
-//!   1.7 × 10^9 maximal events to reach. JSON numbers arrive as `f64` (about 17
-//!   significant digits); send longer values as strings to keep them exact.
+//!   `i128`), read from the number's decimal text as written in the event (so JSON
+//!   `0.1` is exactly 0.1, and `123456789.123456789` keeps every digit, which an `f64`
+//!   would not) or from a numeric string; digits past 9 decimals round half-to-even;
+//!   magnitudes above 10^20 (`1e400` included) are refused. Sums saturate at the
+//!   `i128` range, which takes more than 1.7 × 10^9 maximal events to reach.
 //! - **Order never matters.** Every [`AggState::merge`] is commutative and
 //!   associative, so any arrival order or batching of the same events gives identical
 //!   states and identical [`AggState::encode`] bytes. LATEST keeps the observation
@@ -55,3 +55,5 @@ pub use window::WindowSize;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod text_props;

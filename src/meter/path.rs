@@ -307,7 +307,6 @@ impl<'a> Parser<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
     use serde_json::{json, Value};
 
     fn steps(text: &str) -> Vec<Step> {
@@ -407,46 +406,6 @@ mod tests {
         }
     }
 
-    fn json_value() -> impl Strategy<Value = Value> {
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::Bool),
-            (-5i64..5).prop_map(|n| json!(n)),
-            "[a-c]{0,2}".prop_map(Value::String),
-        ];
-        leaf.prop_recursive(3, 24, 4, |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-                prop::collection::btree_map("[a-c ]{1,2}", inner, 0..4)
-                    .prop_map(|m| Value::Object(m.into_iter().collect())),
-            ]
-        })
-    }
-
-    fn singular_path_text() -> impl Strategy<Value = String> {
-        let segment = prop_oneof![
-            "[a-c]{1,2}".prop_map(|n| format!(".{n}")),
-            "[a-c ]{1,2}".prop_map(|n| format!("['{n}']")),
-            (-4i64..4).prop_map(|i| format!("[{i}]")),
-        ];
-        prop::collection::vec(segment, 0..4).prop_map(|s| format!("${}", s.concat()))
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(256))]
-
-        /// Our walker selects exactly what serde_json_path selects.
-        #[test]
-        fn select_agrees_with_serde_json_path(path in singular_path_text(), data in json_value()) {
-            let ours = SingularPath::compile(&path).unwrap();
-            let reference = serde_json_path::JsonPath::parse(&path).unwrap();
-            let expected = reference.query(&data).at_most_one().unwrap();
-            for text in [data.to_string(), serde_json::to_string_pretty(&data).unwrap()] {
-                let selected = ours
-                    .select(&text)
-                    .map(|node| serde_json::from_str::<Value>(node).unwrap());
-                prop_assert_eq!(selected.as_ref(), expected);
-            }
-        }
-    }
+    // Selection over generated text is checked against serde_json_path in
+    // `meter::text_props`.
 }

@@ -94,7 +94,7 @@ impl MeterSet {
     pub fn check(&self, ty: &str, data: Option<&str>) -> Result<Vec<Observation>, MeterCheckError> {
         self.for_type(ty)
             .map(|meter| {
-                meter.extract(data).map_err(|error| MeterCheckError {
+                meter.admit(data).map_err(|error| MeterCheckError {
                     slug: meter.def().slug.to_string(),
                     error,
                 })

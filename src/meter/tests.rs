@@ -46,6 +46,7 @@ fn meter(aggregation: Aggregation, window_size: WindowSize) -> CompiledMeter {
             .map(|(k, p)| (k.to_owned(), p.to_owned()))
             .collect(),
         window_size,
+        allow_negative: true,
     }
     .validate()
     .unwrap()

@@ -4,6 +4,8 @@
 pub mod engine;
 pub mod kafka;
 pub mod log_files;
+pub mod log_records;
+pub mod projections;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -22,6 +24,24 @@ pub struct Server {
     pub data_dir: PathBuf,
     pub client: reqwest::Client,
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    /// Ends when the server's stderr closes: joined after an exit, so the
+    /// panic check sees everything the process wrote.
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The longest a test waits for the server: to start, to answer a request,
+/// to exit after SIGTERM. A hang fails the test instead of stalling CI.
+pub const WAIT_MAX: Duration = Duration::from_secs(120);
+
+/// What Rust's default panic hook writes to stderr.
+pub const PANIC_MARK: &str = "panicked at";
+
+/// An HTTP client whose requests fail after `WAIT_MAX` instead of hanging.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(WAIT_MAX)
+        .build()
+        .expect("HTTP client")
 }
 
 /// What `keymeter serve` prints, followed by its base URL, once it listens.
@@ -44,6 +64,20 @@ pub fn serve_command(data_dir: &Path) -> Command {
         .arg(data_dir)
         .args(["--listen", "127.0.0.1:0"]);
     cmd
+}
+
+/// Waits for `child` to exit, at most `limit`; None if it is still running.
+pub fn wait_with_deadline(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Runs `cmd`, which must exit on its own, within a minute, with an error;
@@ -99,7 +133,7 @@ impl Server {
         let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let mut err_pipe = child.stderr.take().unwrap();
         let sink = stderr.clone();
-        std::thread::spawn(move || {
+        let stderr_reader = std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n) = err_pipe.read(&mut buf) {
                 if n == 0 {
@@ -110,26 +144,50 @@ impl Server {
                     .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let deadline = Instant::now() + Duration::from_secs(60);
+        // stdout is read on a thread of its own, so that a server that
+        // neither prints nor exits fails the test at the deadline.
+        let (line_tx, line_rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line_tx.send(line).is_err() {
+                    // Nobody waits for lines any more: keep draining the
+                    // pipe so the server never blocks on a full one.
+                    continue;
+                }
+            }
+        });
+        let deadline = Instant::now() + WAIT_MAX;
         let base = loop {
-            assert!(Instant::now() < deadline, "server did not start");
-            match lines.next() {
-                Some(Ok(line)) => {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match line_rx.recv_timeout(left) {
+                Ok(line) => {
                     if let Some(url) = line.strip_prefix(LISTENING) {
                         break url.trim().to_owned();
                     }
                 }
-                _ => panic!("server exited before listening: {}", stderr.lock().unwrap()),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    let _ = child.kill();
+                    panic!(
+                        "server did not listen within {WAIT_MAX:?}: {}",
+                        stderr.lock().unwrap()
+                    )
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    let _ = child.wait();
+                    let _ = stderr_reader.join();
+                    panic!("server exited before listening: {}", stderr.lock().unwrap())
+                }
             }
         };
-        std::thread::spawn(move || for _ in lines {});
         Server {
             child,
             base,
             data_dir: data_dir.to_owned(),
-            client: reqwest::Client::new(),
+            client: http_client(),
             stderr,
+            stderr_reader: Some(stderr_reader),
         }
     }
 
@@ -141,21 +199,55 @@ impl Server {
         format!("{}{}", self.base, path)
     }
 
-    /// SIGKILL: no shutdown, nothing flushed.
+    /// SIGKILL: no shutdown, nothing flushed. Fails the test if the
+    /// server panicked before.
     pub fn kill(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
+        self.assert_no_panic();
     }
 
-    /// SIGTERM and wait for a clean exit.
+    /// SIGTERM and wait (at most `WAIT_MAX`) for a clean exit. Fails the
+    /// test if the server panicked, even on a thread it survived.
     pub fn stop(mut self) {
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
         )
         .unwrap();
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "clean exit expected: {}", self.stderr());
+        let status = wait_with_deadline(&mut self.child, WAIT_MAX);
+        let Some(status) = status else {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            panic!(
+                "no exit within {WAIT_MAX:?} of SIGTERM: {}",
+                self.exited_stderr()
+            );
+        };
+        assert!(
+            status.success(),
+            "clean exit expected: {}",
+            self.exited_stderr()
+        );
+        self.assert_no_panic();
+    }
+
+    /// The whole stderr of a server that has exited.
+    fn exited_stderr(&mut self) -> String {
+        if let Some(reader) = self.stderr_reader.take() {
+            // The pipe closes with the process (the server spawns no
+            // children), so this returns promptly.
+            let _ = reader.join();
+        }
+        self.stderr()
+    }
+
+    fn assert_no_panic(&mut self) {
+        let stderr = self.exited_stderr();
+        assert!(
+            !stderr.contains(PANIC_MARK),
+            "the server panicked: {stderr}"
+        );
     }
 
     /// A request to `path` with `key`, to be completed and sent.
@@ -355,10 +447,29 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// A server the test neither stopped nor killed is killed here, and its
+    /// panics fail the test too (unless it is failing already).
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if self.stderr_reader.is_some() && !std::thread::panicking() {
+            self.assert_no_panic();
+        }
     }
+}
+
+/// The seed of a randomized test: `KEYMETER_TEST_SEED` when set (to replay
+/// a failure), else a fresh one. Printed either way, with the command that
+/// replays it, so a failing run names its seed.
+pub fn test_seed(test_binary: &str, test: &str) -> u64 {
+    let seed = match std::env::var("KEYMETER_TEST_SEED") {
+        Ok(s) => s.parse().expect("KEYMETER_TEST_SEED is a number"),
+        Err(_) => rand::random(),
+    };
+    println!(
+        "seed {seed}; replay: KEYMETER_TEST_SEED={seed} cargo test --test {test_binary} {test}"
+    );
+    seed
 }
 
 /// Unix milliseconds as an event `time`: RFC 3339 in UTC, to the millisecond.

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
@@ -97,15 +97,16 @@ impl Ctx {
     }
 
     /// Where each newly assigned partition starts: its stored position, or
-    /// the reset policy when the log has none.
-    fn on_assign(&self, tpl: &mut TopicPartitionList) {
+    /// the reset policy when the log has none. Returns the stored positions
+    /// of the assigned partitions.
+    fn on_assign(&self, tpl: &mut TopicPartitionList) -> Vec<(String, i32, i64)> {
         let stored = match self.rt.block_on(self.engine.send(SourcePositions)) {
             Ok(p) => p,
             Err(e) => {
                 // Without positions nothing may be consumed: assign no lanes,
                 // so every message is ignored until the next assignment.
                 tracing::error!(error = %e, "cannot read source positions; ignoring the assignment");
-                return;
+                return Vec::new();
             }
         };
         let mut lanes = Vec::new();
@@ -141,9 +142,18 @@ impl Ctx {
             replaced
         };
         self.close_lanes(replaced);
+        tpl.elements()
+            .iter()
+            .filter_map(|e| {
+                let key = (e.topic().to_owned(), e.partition());
+                stored.get(&key).map(|next| (key.0, key.1, *next))
+            })
+            .collect()
     }
 
-    fn on_revoke(&self, tpl: Option<&TopicPartitionList>) {
+    /// Closes the revoked partitions' lanes; returns the positions the log
+    /// holds for them once everything they handed over is answered.
+    fn on_revoke(&self, tpl: Option<&TopicPartitionList>) -> Vec<(String, i32, i64)> {
         let gone: Vec<Lane> = {
             let mut lanes = self.lanes();
             let revoked = |l: &Lane| {
@@ -156,7 +166,50 @@ impl Ctx {
         for lane in &gone {
             tracing::info!(topic = %lane.topic, partition = lane.partition, "partition revoked");
         }
+        let revoked: Vec<(String, i32)> = gone
+            .iter()
+            .map(|l| (l.topic.clone(), l.partition))
+            .collect();
         self.close_lanes(gone);
+        if revoked.is_empty() {
+            return Vec::new();
+        }
+        let stored = match self.rt.block_on(self.engine.send(SourcePositions)) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read source positions to commit on revocation");
+                return Vec::new();
+            }
+        };
+        revoked
+            .into_iter()
+            .filter_map(|key| {
+                let next = stored.get(&key).copied();
+                next.map(|next| (key.0, key.1, next))
+            })
+            .collect()
+    }
+
+    /// Commits the log's positions to Kafka, so the group's committed
+    /// offsets (what lag tools and any other reader of the group see) match
+    /// the log across every rebalance, not only after the next batch. A
+    /// hint: keymeter never reads them back.
+    fn commit_positions(&self, consumer: &BaseConsumer<Self>, positions: &[(String, i32, i64)]) {
+        if positions.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition, next) in positions {
+            if tpl
+                .add_partition_offset(topic, *partition, Offset::Offset(*next))
+                .is_err()
+            {
+                return;
+            }
+        }
+        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+            tracing::debug!(error = %e, "offset commit (lag hint) on rebalance failed");
+        }
     }
 }
 
@@ -196,7 +249,8 @@ impl ConsumerContext for Ctx {
         );
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                self.on_assign(tpl);
+                let stored = self.on_assign(tpl);
+                self.commit_positions(consumer, &stored);
                 if cooperative {
                     consumer.incremental_assign(tpl)
                 } else {
@@ -204,11 +258,15 @@ impl ConsumerContext for Ctx {
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                // Sent before the partitions are given up, so the next
+                // owner's group offsets start where this log ends. Async:
+                // a coordinator that cannot be reached must not hold the
+                // rebalance up (the offsets are a hint).
+                let stored = self.on_revoke(cooperative.then_some(&*tpl));
+                self.commit_positions(consumer, &stored);
                 if cooperative {
-                    self.on_revoke(Some(tpl));
                     consumer.incremental_unassign(tpl)
                 } else {
-                    self.on_revoke(None);
                     consumer.unassign()
                 }
             }

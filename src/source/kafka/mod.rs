@@ -93,7 +93,7 @@ impl KafkaSource {
             .enable_all()
             .build()?;
         let sink = DeadLetterSink::create(cfg, &health)?;
-        let reset = reset_policy(cfg)?;
+        let (reset, _) = reset_policy(cfg)?;
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         let ctx = Ctx {
             engine,
@@ -157,7 +157,7 @@ impl Drop for KafkaSource {
 fn client_config(cfg: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.brokers);
-    for (k, v) in &cfg.properties {
+    for (k, v) in cfg.properties.iter() {
         if k != "auto.offset.reset" {
             c.set(k, v);
         }
@@ -165,12 +165,14 @@ fn client_config(cfg: &KafkaConfig) -> ClientConfig {
     c
 }
 
-/// Where a partition starts when the log holds no position for it: the
-/// configured `auto.offset.reset`, earliest by default.
-fn reset_policy(cfg: &KafkaConfig) -> anyhow::Result<Offset> {
+/// Where a partition starts when the log holds no position for it, or when
+/// its position is no longer in the topic (retention deleted it): the
+/// configured `auto.offset.reset`, earliest by default. Returns the offset
+/// and the value librdkafka is given.
+fn reset_policy(cfg: &KafkaConfig) -> anyhow::Result<(Offset, &'static str)> {
     match cfg.properties.get("auto.offset.reset").map(String::as_str) {
-        None | Some("earliest" | "smallest" | "beginning") => Ok(Offset::Beginning),
-        Some("latest" | "largest" | "end") => Ok(Offset::End),
+        None | Some("earliest" | "smallest" | "beginning") => Ok((Offset::Beginning, "earliest")),
+        Some("latest" | "largest" | "end") => Ok((Offset::End, "latest")),
         Some(other) => anyhow::bail!("kafka auto.offset.reset {other:?} is not supported"),
     }
 }
@@ -188,7 +190,13 @@ fn subscribe(cfg: &KafkaConfig, ctx: Ctx) -> anyhow::Result<BaseConsumer<Ctx>> {
         // 270k events/s (benches/kafka_ingest.rs).
         consumer_cfg.set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS);
     }
+    // librdkafka applies its own policy (latest unless set) when a seek or
+    // fetch lands outside the topic, which is where a stored position is
+    // once retention has deleted it: without this, everything retention
+    // left after the position would be skipped.
+    let (_, reset) = reset_policy(cfg)?;
     let consumer: BaseConsumer<Ctx> = consumer_cfg
+        .set("auto.offset.reset", reset)
         .set("group.id", &cfg.group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")

@@ -1,0 +1,175 @@
+//! The projection stores of a stopped data directory, read whole: every sled
+//! tree (checkpoints included) and the dedup snapshot, so that two data
+//! directories can be compared byte for byte; and the subset of a data
+//! directory that is the truth (log, keyring, master key), copied into a
+//! fresh one.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use keymeter::projection::{KeyValue, Store};
+
+/// The dedup snapshot file (`state/dedup.snapshot`), by its documented
+/// layout: `"KMDEDUP1" | applied u64 LE | count u64 LE | count × (key [u8;
+/// 16] | event time i64 LE) | crc32c u32 LE over applied..entries`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DedupSnapshot {
+    pub applied: u64,
+    /// Entries (24 bytes each) sorted: the file keeps the in-memory map's
+    /// order, which its format does not fix.
+    pub entries: Vec<[u8; 24]>,
+}
+
+pub const DEDUP_MAGIC: &[u8; 8] = b"KMDEDUP1";
+
+impl DedupSnapshot {
+    pub fn parse(bytes: &[u8]) -> DedupSnapshot {
+        assert!(bytes.len() >= 28, "dedup snapshot of {} bytes", bytes.len());
+        assert_eq!(&bytes[..8], DEDUP_MAGIC, "dedup snapshot magic");
+        let (body, crc) = bytes[8..].split_at(bytes.len() - 12);
+        assert_eq!(
+            crc32c::crc32c(body).to_le_bytes(),
+            crc,
+            "dedup snapshot checksum"
+        );
+        let applied = u64::from_le_bytes(body[..8].try_into().unwrap());
+        let count = u64::from_le_bytes(body[8..16].try_into().unwrap()) as usize;
+        assert_eq!(body.len() - 16, count * 24, "dedup snapshot entry count");
+        let mut entries: Vec<[u8; 24]> = body[16..]
+            .chunks_exact(24)
+            .map(|e| e.try_into().unwrap())
+            .collect();
+        entries.sort();
+        DedupSnapshot { applied, entries }
+    }
+
+    /// A valid snapshot file (right magic and checksum) holding `self`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut body = Vec::new();
+        body.extend_from_slice(&self.applied.to_le_bytes());
+        body.extend_from_slice(&(self.entries.len() as u64).to_le_bytes());
+        for e in &self.entries {
+            body.extend_from_slice(e);
+        }
+        let mut out = DEDUP_MAGIC.to_vec();
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+        out
+    }
+}
+
+/// Everything the projections of a stopped data directory hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateDump {
+    /// Tree name → every key and value, in key order (checkpoints included).
+    pub trees: BTreeMap<String, Vec<KeyValue>>,
+    pub dedup: Option<DedupSnapshot>,
+}
+
+pub fn dedup_snapshot_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("state").join("dedup.snapshot")
+}
+
+/// Reads every sled tree and the dedup snapshot of `data_dir` (which no
+/// process may have open).
+pub fn dump_state(data_dir: &Path) -> StateDump {
+    let store = Store::open(&data_dir.join("state")).unwrap();
+    let mut trees = BTreeMap::new();
+    for name in store.db.tree_names() {
+        let tree = store.db.open_tree(&name).unwrap();
+        let kvs = tree
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv.unwrap();
+                (k.to_vec(), v.to_vec())
+            })
+            .collect();
+        trees.insert(String::from_utf8_lossy(&name).into_owned(), kvs);
+    }
+    let dedup = match std::fs::read(dedup_snapshot_path(data_dir)) {
+        Ok(bytes) => Some(DedupSnapshot::parse(&bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => panic!("dedup snapshot: {e}"),
+    };
+    StateDump { trees, dedup }
+}
+
+/// Fails naming the first tree and key where `got` differs from `want`.
+pub fn assert_same_state(want: &StateDump, got: &StateDump, context: &str) {
+    let names = |d: &StateDump| d.trees.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(names(want), names(got), "{context}: tree names differ");
+    for (name, want_kvs) in &want.trees {
+        let got_kvs = &got.trees[name];
+        let got_map: BTreeMap<_, _> = got_kvs.iter().cloned().collect();
+        for (k, v) in want_kvs {
+            match got_map.get(k) {
+                None => panic!("{context}: tree {name} lacks key {}", hex::encode(k)),
+                Some(g) => assert!(
+                    g == v,
+                    "{context}: tree {name} key {} holds {} instead of {}",
+                    hex::encode(k),
+                    readable(g),
+                    readable(v)
+                ),
+            }
+        }
+        assert_eq!(
+            want_kvs.len(),
+            got_kvs.len(),
+            "{context}: tree {name} has extra keys"
+        );
+    }
+    match (&want.dedup, &got.dedup) {
+        (Some(w), Some(g)) => {
+            assert_eq!(w.applied, g.applied, "{context}: dedup snapshot seq");
+            assert!(
+                w.entries == g.entries,
+                "{context}: dedup snapshot holds {} identities, {} of them not in the live one",
+                g.entries.len(),
+                g.entries.iter().filter(|e| !w.entries.contains(e)).count()
+            );
+        }
+        (w, g) => panic!(
+            "{context}: dedup snapshot present: {} expected, {} found",
+            w.is_some(),
+            g.is_some()
+        ),
+    }
+}
+
+/// A stored value as text when it is text (JSON documents), hex otherwise.
+fn readable(v: &[u8]) -> String {
+    match std::str::from_utf8(v) {
+        Ok(text) if !text.chars().any(char::is_control) => text.to_owned(),
+        _ => hex::encode(v),
+    }
+}
+
+/// The master key file `serve` generates beside a data directory.
+pub fn master_key_path(data_dir: &Path) -> PathBuf {
+    let mut name = data_dir.file_name().unwrap().to_owned();
+    name.push(".master-key");
+    data_dir.with_file_name(name)
+}
+
+/// Copies the entries `parts` of `from` (files or directories, e.g. `log`,
+/// `keys`) into the data directory `to`, and the master key file beside it.
+pub fn copy_data_subset(from: &Path, to: &Path, parts: &[&str]) {
+    std::fs::create_dir_all(to).unwrap();
+    for part in parts {
+        copy_tree(&from.join(part), &to.join(part));
+    }
+    std::fs::copy(master_key_path(from), master_key_path(to)).unwrap();
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    if from.is_dir() {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            copy_tree(&e.path(), &to.join(e.file_name()));
+        }
+    } else {
+        std::fs::copy(from, to).unwrap();
+    }
+}

@@ -1,0 +1,192 @@
+//! The counters tree's own encodings: aggregation states of every kind
+//! (`src/meter/state/encoding.rs`), counter keys (`src/meter/key.rs`), and
+//! the mark a meter's unfinished count of the past leaves behind.
+
+use keymeter::log::LogDir;
+use keymeter::meter::{AggState, Amount, CounterKey};
+use keymeter::projection::{Applied, OpenContext, Readers, Registry, Store};
+
+use crate::projections::{log_records, write_log};
+use crate::{unhex, Golden};
+
+fn states() -> Vec<(AggState, &'static str)> {
+    let a = |units: i128| Amount(units);
+    vec![
+        (AggState::Sum(a(2_500_000_000)), "010180e497d012"),
+        (AggState::Sum(a(-1)), "010101"),
+        (AggState::Count(300), "0102ac02"),
+        (
+            AggState::Avg {
+                sum: a(-7_000_000_000),
+                count: 2,
+            },
+            "0103ff97dc933402",
+        ),
+        (
+            AggState::Min(a(i128::MIN)),
+            "0104ffffffffffffffffffffffffffffffffffff03",
+        ),
+        (
+            AggState::Max(a(i128::MAX)),
+            "0105feffffffffffffffffffffffffffffffffff03",
+        ),
+        (
+            AggState::Unique(vec![1, 200, u64::MAX]),
+            "01060301c701b7feffffffffffffff01",
+        ),
+        (AggState::Unique(Vec::new()), "010600"),
+        (
+            AggState::Latest {
+                time_ms: -1,
+                value: a(5),
+            },
+            "0107010a",
+        ),
+    ]
+}
+
+#[test]
+fn every_aggregation_state_keeps_its_bytes_both_ways() {
+    let mut g = Golden::default();
+    for (state, hex) in states() {
+        let name = format!("{state:?}");
+        g.hex(&name, &state.encode(), hex);
+        let back = AggState::decode(&unhex(hex));
+        g.check(&name, back.as_ref() == Ok(&state), || {
+            format!("golden bytes decode to {back:?}")
+        });
+    }
+    g.finish();
+}
+
+fn keys() -> Vec<(CounterKey, &'static str)> {
+    let key = |window_start_ms, group: Vec<Option<&str>>| CounterKey {
+        meter: "tokens".into(),
+        subject: "acme".into(),
+        window_start_ms,
+        group: group.into_iter().map(|g| g.map(str::to_owned)).collect(),
+    };
+    vec![
+        (
+            key(1_700_000_000_000, vec![]),
+            "746f6b656e730061636d65008000018bcfe56800",
+        ),
+        (
+            key(-60_000, vec![Some("large"), None, Some("")]),
+            "746f6b656e730061636d65007fffffffffff15a0000000066c617267650000000000000001",
+        ),
+    ]
+}
+
+#[test]
+fn counter_keys_keep_their_bytes_both_ways() {
+    let mut g = Golden::default();
+    for (key, hex) in keys() {
+        let name = format!("{key:?}");
+        g.hex(&name, &key.encode(), hex);
+        let back = CounterKey::decode(&unhex(hex));
+        g.check(&name, back.as_ref() == Ok(&key), || {
+            format!("golden bytes decode to {back:?}")
+        });
+    }
+    g.finish();
+}
+
+/// `0x02 users` → seq 5, big-endian: the `users` meter (created at seq 5)
+/// has not counted the events before it yet.
+const BACKFILL_MARK: (&str, &str) = ("027573657273", "0000000000000005");
+
+#[test]
+fn an_unfinished_count_of_the_past_keeps_its_mark_and_is_finished_on_open() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    write_log(&data);
+    let log = LogDir::disk(data.join("log"));
+    let records = log_records();
+    let applied: Vec<Applied<'_>> = records[..5]
+        .iter()
+        .zip(1..)
+        .map(|(record, seq)| Applied {
+            seq,
+            record,
+            facts: None,
+        })
+        .collect();
+    let marks = |store: &Store| -> Vec<(Vec<u8>, Vec<u8>)> {
+        store
+            .counters
+            .scan_prefix([2u8])
+            .map(|kv| {
+                let (k, v) = kv.unwrap();
+                (k.to_vec(), v.to_vec())
+            })
+            .collect()
+    };
+    {
+        // Stopped while the past of the meter created at seq 5 is counted.
+        let store = Store::open(&root.path().join("live")).unwrap();
+        let readers = Readers::new(None);
+        let ctx = OpenContext {
+            store: &store,
+            log: &log,
+            readers: &readers,
+        };
+        let mut counters = Registry::standard().open(&ctx).unwrap().remove(0);
+        assert_eq!(counters.name(), "counters");
+        counters.apply(&applied[..4]).unwrap();
+        counters.settle().unwrap();
+        counters.apply(&applied[4..]).unwrap();
+        let mut g = Golden::default();
+        let now = marks(&store);
+        g.check(
+            "backfill mark",
+            now == vec![(unhex(BACKFILL_MARK.0), unhex(BACKFILL_MARK.1))],
+            || {
+                format!(
+                    "golden {BACKFILL_MARK:?}, now {:?}",
+                    now.iter()
+                        .map(|(k, v)| (hex::encode(k), hex::encode(v)))
+                        .collect::<Vec<_>>()
+                )
+            },
+        );
+        g.finish();
+        counters.settle().unwrap();
+    }
+    // An old store holding the mark: opening restarts the count, settling
+    // finishes it and removes the mark.
+    let store = Store::open(&root.path().join("old")).unwrap();
+    for (def, slug) in [
+        (crate::records::meter(), "tokens"),
+        (crate::projections::users_meter(), "users"),
+    ] {
+        let mut k = vec![1u8];
+        k.extend_from_slice(slug.as_bytes());
+        store
+            .counters
+            .insert(k, serde_json::to_vec(&def).unwrap())
+            .unwrap();
+    }
+    store
+        .counters
+        .insert(unhex(BACKFILL_MARK.0), unhex(BACKFILL_MARK.1))
+        .unwrap();
+    store.counters.insert(b"", &5u64.to_be_bytes()).unwrap();
+    let readers = Readers::new(None);
+    let ctx = OpenContext {
+        store: &store,
+        log: &log,
+        readers: &readers,
+    };
+    let mut counters = Registry::standard().open(&ctx).unwrap().remove(0);
+    counters.settle().unwrap();
+    assert!(
+        marks(&store).is_empty(),
+        "the mark is removed once the past is counted"
+    );
+    let users = store.counters.scan_prefix(b"users\0").count();
+    assert_eq!(
+        users, 2,
+        "the past of `users` is counted: one state per subject"
+    );
+}

@@ -1,0 +1,192 @@
+//! Products are tenants, against the real binary: a key bound to one
+//! product cannot take, renew or release another product's seats, validate
+//! its licenses or send usage on them; such calls answer as if the license
+//! did not exist, and are counted. An unbound `ingest` key reaches no
+//! license call; a `validate` key reaches them but cannot send usage.
+
+mod common;
+
+use common::{event, time_from_now, Server, ADMIN_KEY};
+use serde_json::{json, Value};
+
+async fn bound_key(server: &Server, product: &str, scopes: &[&str]) -> String {
+    server
+        .create_key_with(json!({"name": product, "scopes": scopes, "product": product}))
+        .await
+}
+
+async fn status_and_code(r: reqwest::Response) -> (u16, String) {
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.unwrap_or(Value::Null);
+    (status, body["code"].as_str().unwrap_or("").to_owned())
+}
+
+async fn checkout(server: &Server, key: &str, license: &str, fingerprint: &str) -> (u16, Value) {
+    let r = server
+        .post_json(
+            key,
+            &format!("/api/v1/licenses/{license}/seats"),
+            &json!({"fingerprint": fingerprint}),
+        )
+        .await;
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+async fn validate(server: &Server, key: &str, license_key: &str) -> (u16, Value) {
+    let body = json!({"key": license_key, "fingerprint": "m1"});
+    let r = server
+        .post_json(key, "/api/v1/licenses/validate", &body)
+        .await;
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_product_key_acts_only_on_its_own_products_licenses() {
+    let root = tempfile::tempdir().unwrap();
+    let server = Server::start(&root.path().join("data"));
+    for p in ["acme", "globex"] {
+        server
+            .create_product(json!({"id": p, "requireSignatures": false}))
+            .await;
+    }
+    let acme = bound_key(&server, "acme", &["ingest"]).await;
+    let globex = bound_key(&server, "globex", &["ingest"]).await;
+    let globex_license = server
+        .create_license(json!({"product": "globex", "customer": "c",
+            "policy": {"type": "seat", "seats": {"max": 3, "mode": "floating"}}}))
+        .await;
+    let id = globex_license["id"].as_str().unwrap();
+    let license_key = globex_license["key"].as_str().unwrap();
+
+    // acme's key cannot take globex's seats: every try is "not found".
+    for i in 0..4 {
+        let (status, body) = checkout(&server, &acme, id, &format!("acme-{i}")).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (404, Some("NOT_FOUND")),
+            "{body}"
+        );
+    }
+    // globex's own machines still get all three seats.
+    let mut seats = Vec::new();
+    for i in 0..3 {
+        let fingerprint = ["m1", "m2", "m3"][i];
+        let (status, body) = checkout(&server, &globex, id, fingerprint).await;
+        assert_eq!(status, 201, "{body}");
+        seats.push(body["seat_id"].as_str().unwrap().to_owned());
+    }
+    // ... and acme's key can neither renew nor release them.
+    let seat = &seats[0];
+    let r = server
+        .post_json(
+            &acme,
+            &format!("/api/v1/licenses/{id}/seats/{seat}/heartbeat"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status_and_code(r).await, (404, "NOT_FOUND".into()));
+    let r = server
+        .delete(&acme, &format!("/api/v1/licenses/{id}/seats/{seat}"))
+        .await;
+    assert_eq!(status_and_code(r).await, (404, "NOT_FOUND".into()));
+    let listed = server
+        .get_json(ADMIN_KEY, &format!("/api/v1/licenses/{id}/seats"))
+        .await;
+    assert_eq!(listed["used"], 3, "{listed}");
+
+    // Validation: acme's key learns nothing about globex's license.
+    let (status, v) = validate(&server, &acme, license_key).await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (200, Some("NOT_FOUND")),
+        "{v}"
+    );
+    assert!(v["license"].is_null(), "{v}");
+    let (_, v) = validate(&server, &globex, license_key).await;
+    assert_eq!(v["code"], "VALID", "{v}");
+
+    // Usage on globex's license from acme's key is refused per event; the
+    // rest of the batch is recorded.
+    server
+        .create_meter(json!({"slug": "calls", "eventType": "api_call", "aggregation": "COUNT"}))
+        .await;
+    let now = time_from_now(0);
+    let r = server
+        .ingest(
+            &acme,
+            &[
+                event("u1", "api_call", id, &now, json!({})),
+                event("u2", "api_call", "acme-customer", &now, json!({})),
+            ],
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["accepted"], 1, "{body}");
+    assert_eq!(body["rejected"][0]["index"], 0, "{body}");
+    assert_eq!(body["rejected"][0]["code"], "SUBJECT_NOT_OWNED", "{body}");
+    assert_eq!(server.total("calls", &format!("subject={id}")).await, 0.0);
+    let r = server
+        .ingest(&globex, &[event("u3", "api_call", id, &now, json!({}))])
+        .await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(server.total("calls", &format!("subject={id}")).await, 1.0);
+
+    for (call, n) in [("seat", 6.0), ("validate", 1.0), ("usage", 1.0)] {
+        let series =
+            format!("keymeter_cross_product_refusals_total{{call=\"{call}\",product=\"acme\"}}");
+        assert_eq!(server.metric(&series).await, n, "{series}");
+    }
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unbound_ingest_keys_reach_no_license_call_and_validate_keys_send_no_usage() {
+    let root = tempfile::tempdir().unwrap();
+    let server = Server::start(&root.path().join("data"));
+    server
+        .create_product(json!({"id": "acme", "requireSignatures": false}))
+        .await;
+    let license = server
+        .create_license(json!({"product": "acme", "customer": "c",
+            "policy": {"type": "seat", "seats": {"max": 2, "mode": "floating"}}}))
+        .await;
+    let id = license["id"].as_str().unwrap();
+    let license_key = license["key"].as_str().unwrap();
+
+    let unbound_ingest = server.create_key(&["ingest"]).await;
+    let (status, body) = checkout(&server, &unbound_ingest, id, "m1").await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (403, Some("FORBIDDEN")),
+        "{body}"
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("bound to a product"),
+        "{body}"
+    );
+    let (status, _) = validate(&server, &unbound_ingest, license_key).await;
+    assert_eq!(status, 403);
+
+    // A `validate` key (what an end-user application holds) validates and
+    // checks out, bound or not, but cannot send usage.
+    let unbound_validate = server.create_key(&["validate"]).await;
+    let acme_validate = bound_key(&server, "acme", &["validate"]).await;
+    let (status, body) = checkout(&server, &acme_validate, id, "m1").await;
+    assert_eq!(status, 201, "{body}");
+    for key in [&unbound_validate, &acme_validate] {
+        let (_, v) = validate(&server, key, license_key).await;
+        assert_eq!(v["code"], "VALID", "{v}");
+        let r = server
+            .ingest(
+                key,
+                &[event("x", "api_call", id, &time_from_now(0), json!({}))],
+            )
+            .await;
+        assert_eq!(status_and_code(r).await, (403, "FORBIDDEN".into()));
+    }
+    server.stop();
+}
