@@ -50,7 +50,7 @@ pub fn serve(mut cfg: Config) -> anyhow::Result<()> {
         }
     };
     let cfg = Arc::new(cfg);
-    let state = keymeter::api::AppState::new(handle.clone(), cfg.clone(), source_health);
+    let state = keymeter::api::AppState::open(handle.clone(), cfg.clone(), source_health)?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await

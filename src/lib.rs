@@ -29,6 +29,7 @@ pub mod query;
 pub mod record;
 pub mod scope;
 pub mod signing;
+pub mod signing_journal;
 pub mod source;
 pub mod tls;
 

@@ -212,7 +212,7 @@ impl Metrics {
             ),
             signature_refusals_total: counter_vec(
                 "keymeter_signature_refusals_total",
-                "Calls refused for their request signature, by product (\"none\" for keys without one) and reason (missing, malformed, unknown_key, expired, invalid, replayed, nonce_capacity).",
+                "Calls refused for their request signature, by product (\"none\" for keys without one) and reason (missing, malformed, unknown_key, expired, invalid, replayed, nonce_capacity, nonce_journal).",
                 &["product", "reason"],
             ),
             cross_product_refusals_total: counter_vec(

@@ -42,6 +42,10 @@ pub enum SignatureError {
     Replayed,
     #[error("too many signed calls in the replay window to remember their nonces; retry shortly")]
     NonceCapacity,
+    #[error(
+        "the nonce of this call could not be stored; nothing was recorded, retry with a new nonce"
+    )]
+    NonceJournal,
 }
 
 impl From<HeaderError> for SignatureError {
@@ -62,6 +66,7 @@ impl SignatureError {
             SignatureError::Mismatch => ErrorCode::SignatureInvalid,
             SignatureError::Replayed => ErrorCode::RequestReplayed,
             SignatureError::NonceCapacity => ErrorCode::NonceCapacity,
+            SignatureError::NonceJournal => ErrorCode::Internal,
         }
     }
 
@@ -75,6 +80,7 @@ impl SignatureError {
             SignatureError::Mismatch => "invalid",
             SignatureError::Replayed => "replayed",
             SignatureError::NonceCapacity => "nonce_capacity",
+            SignatureError::NonceJournal => "nonce_journal",
         }
     }
 }
@@ -93,8 +99,9 @@ pub fn verify_mac(
 }
 
 /// Is `timestamp` within `±tolerance_s` of `now_s`, and not before
-/// `not_before_s` (the server's start: nonces are not remembered across
-/// restarts, so older signatures could be replays)?
+/// `not_before_s` (the server's start: only the nonces of calls dated ahead
+/// of their arrival are kept across restarts, so older signatures could be
+/// replays)?
 pub fn check_time(
     timestamp: i64,
     now_s: i64,
@@ -115,6 +122,15 @@ pub fn check_time(
 }
 
 const NONCE_SHARDS: usize = 16;
+
+/// What the nonce memory keys on: SHA-256(key id ‖ 0 ‖ nonce).
+pub fn nonce_digest(key_id: &str, nonce: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(key_id.as_bytes());
+    h.update([0]);
+    h.update(nonce.as_bytes());
+    h.finalize().into()
+}
 
 /// The nonces seen within the tolerance window, per signing secret. A nonce
 /// is remembered until its timestamp leaves the window (`t + tolerance`), so
@@ -152,13 +168,17 @@ impl NonceCache {
         now_s: i64,
         forget_after_s: i64,
     ) -> Result<(), SignatureError> {
-        let mut h = Sha256::new();
-        h.update(key_id.as_bytes());
-        h.update([0]);
-        h.update(nonce.as_bytes());
-        let digest: [u8; 32] = h.finalize().into();
-        let shard = &self.shards[digest[0] as usize % NONCE_SHARDS];
-        let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+        self.claim_digest(nonce_digest(key_id, nonce), now_s, forget_after_s)
+    }
+
+    /// [`Self::claim`] by the digest of key id and nonce.
+    pub fn claim_digest(
+        &self,
+        digest: [u8; 32],
+        now_s: i64,
+        forget_after_s: i64,
+    ) -> Result<(), SignatureError> {
+        let mut shard = self.shard(&digest);
         if let Some(&until) = shard.seen.get(&digest) {
             if until >= now_s {
                 return Err(SignatureError::Replayed);
@@ -174,6 +194,19 @@ impl NonceCache {
         shard.seen.insert(digest, forget_after_s);
         shard.next_expiry = shard.next_expiry.min(forget_after_s);
         Ok(())
+    }
+
+    /// Remembers a nonce claimed before a restart, whatever the capacity:
+    /// it was within the bound when claimed.
+    pub fn remember(&self, digest: [u8; 32], forget_after_s: i64) {
+        let mut shard = self.shard(&digest);
+        shard.seen.insert(digest, forget_after_s);
+        shard.next_expiry = shard.next_expiry.min(forget_after_s);
+    }
+
+    fn shard(&self, digest: &[u8; 32]) -> std::sync::MutexGuard<'_, Shard> {
+        let shard = &self.shards[digest[0] as usize % NONCE_SHARDS];
+        shard.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn len(&self) -> usize {

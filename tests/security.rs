@@ -311,6 +311,60 @@ async fn rate_limits_answer_429_with_retry_after() {
     );
 }
 
+/// A signed event call dated `ahead_s` from now with `nonce`: (body, header).
+fn signed_ahead(secret: &str, sid: &str, id: &str, ahead_s: i64, nonce: &str) -> (Vec<u8>, String) {
+    let body = event_body(id);
+    let req = RequestParts {
+        method: "POST",
+        path: EVENTS,
+        query: "",
+        body: &body,
+    };
+    let header = sign(secret, sid, now_s() + ahead_s, nonce, &req).to_header_value();
+    (body, header)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_future_dated_signed_call_cannot_be_replayed_after_a_restart() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    let server = Server::start(&data);
+    server
+        .create_meter(json!({"slug": "calls", "eventType": "api_call", "aggregation": "COUNT"}))
+        .await;
+    let (sid, secret) = product(&server, "acme", true).await;
+    let key = product_key(&server, "acme").await;
+
+    // Dated two minutes ahead of the server clock (the tolerance is five):
+    // after a restart its timestamp is still after the start.
+    let (body, captured) = signed_ahead(&secret, &sid, "ahead-1", 120, "ahead-nonce-0000000001");
+    let r = server.post_event(&key, &body, Some(&captured)).await;
+    assert_eq!(r.status(), 204);
+    server.stop();
+    let server = Server::start(&data);
+    let r = server.post_event(&key, &body, Some(&captured)).await;
+    expect_refusal(r, 401, "REQUEST_REPLAYED").await;
+
+    // Also when the server was killed right after answering.
+    let (body2, captured2) = signed_ahead(&secret, &sid, "ahead-2", 120, "ahead-nonce-0000000002");
+    let r = server.post_event(&key, &body2, Some(&captured2)).await;
+    assert_eq!(r.status(), 204);
+    server.kill();
+    let server = Server::start(&data);
+    for (b, h) in [(&body, &captured), (&body2, &captured2)] {
+        let r = server.post_event(&key, b, Some(h)).await;
+        expect_refusal(r, 401, "REQUEST_REPLAYED").await;
+    }
+
+    // Remembering them blocks nothing else: a new nonce, dated ahead too, is
+    // accepted.
+    let (body3, fresh) = signed_ahead(&secret, &sid, "ahead-3", 120, "ahead-nonce-0000000003");
+    let r = server.post_event(&key, &body3, Some(&fresh)).await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(count(&server).await, 3.0);
+    server.stop();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_call_does_not_use_up_the_nonce_of_the_genuine_one() {
     let root = tempfile::tempdir().unwrap();

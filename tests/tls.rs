@@ -302,24 +302,19 @@ async fn tls_12_and_13_clients_are_served_while_a_handshake_stalls() {
 fn closed_within(conn: &mut std::net::TcpStream, limit: Duration) -> Option<Duration> {
     let opened = Instant::now();
     conn.set_read_timeout(Some(limit)).unwrap();
-    let mut buf = [0u8; 64];
-    loop {
-        match conn.read(&mut buf) {
-            Ok(0) => return Some(opened.elapsed()),
-            Ok(_) => panic!("the server sent bytes to a client that sent none"),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
-                return Some(opened.elapsed())
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return None
-            }
-            Err(e) => panic!("reading the stalled connection: {e}"),
+    match conn.read(&mut [0u8; 64]) {
+        Ok(0) => Some(opened.elapsed()),
+        Ok(_) => panic!("the server sent bytes to a client that sent none"),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Some(opened.elapsed()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            None
         }
+        Err(e) => panic!("reading the stalled connection: {e}"),
     }
 }
 

@@ -21,9 +21,10 @@ use crate::config::{Config, RateLimit};
 use crate::error_code::ErrorCode;
 use crate::metrics::metrics;
 use crate::signing::{
-    check_time, verify_mac, NonceCache, RequestParts, SignatureError, SignatureHeader,
-    SIGNATURE_HEADER,
+    check_time, nonce_digest, verify_mac, NonceCache, RequestParts, SignatureError,
+    SignatureHeader, SIGNATURE_HEADER,
 };
+use crate::signing_journal::NonceJournal;
 
 type Keyed = RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock>;
 
@@ -74,9 +75,13 @@ impl Limited {
 
 pub struct Guards {
     nonces: NonceCache,
+    /// The nonces of calls dated ahead of the server clock, which the
+    /// start-second rule alone would not protect after a restart.
+    journal: Arc<NonceJournal>,
     tolerance_s: i64,
     /// Unix seconds of this start: older signatures are refused, because
-    /// the nonces seen before it are forgotten.
+    /// only the nonces of calls dated after their arrival are kept across
+    /// restarts.
     started_s: i64,
     validate_per_key: Limit,
     validate_per_license: Limit,
@@ -86,10 +91,19 @@ pub struct Guards {
 }
 
 impl Guards {
-    pub fn new(cfg: &Config, now_s: i64) -> Guards {
+    /// The guards of a server starting at `now_s`, with the nonces that
+    /// `DATA/signature-nonces` still holds.
+    pub fn open(cfg: &Config, now_s: i64) -> std::io::Result<Guards> {
         let r = &cfg.rate_limits;
-        Guards {
-            nonces: NonceCache::new(cfg.signature_nonces_max),
+        let nonces = NonceCache::new(cfg.signature_nonces_max);
+        let path = cfg.signature_nonces_path();
+        let (journal, kept) = NonceJournal::open(&path, now_s)?;
+        for (digest, forget_after_s) in kept {
+            nonces.remember(digest, forget_after_s);
+        }
+        Ok(Guards {
+            nonces,
+            journal: Arc::new(journal),
             tolerance_s: cfg.signature_tolerance.as_secs() as i64,
             started_s: now_s,
             validate_per_key: Limit::new(r.validate_per_api_key),
@@ -97,7 +111,7 @@ impl Guards {
             checkout_per_key: Limit::new(r.checkout_per_api_key),
             checkout_per_license: Limit::new(r.checkout_per_license),
             checks: AtomicU64::new(0),
-        }
+        })
     }
 
     /// Refuses with `429 RATE_LIMITED` and `Retry-After` when the API key or
@@ -228,11 +242,7 @@ pub async fn verify_signature(State(state): State<AppState>, req: Request, next:
     }
     // Only a valid signature may claim a nonce, so forged calls cannot
     // fill the nonce memory or block a real client's nonce.
-    let forget_after = parsed.timestamp + guards.tolerance_s;
-    if let Err(e) = guards
-        .nonces
-        .claim(&parsed.key_id, &parsed.nonce, now_s, forget_after)
-    {
+    if let Err(e) = state.guards.claim_nonce(&parsed, now_s).await {
         return refuse(&product, e);
     }
     metrics()
@@ -243,7 +253,36 @@ pub async fn verify_signature(State(state): State<AppState>, req: Request, next:
         .await
 }
 
+impl Guards {
+    /// Claims the nonce of a verified call for its window. A call dated at
+    /// or before now is refused after any later start (the start-second
+    /// rule); one dated ahead is not, so its nonce is also on disk before
+    /// the call takes effect.
+    async fn claim_nonce(
+        &self,
+        parsed: &SignatureHeader,
+        now_s: i64,
+    ) -> Result<(), SignatureError> {
+        let forget_after = parsed.timestamp + self.tolerance_s;
+        let digest = nonce_digest(&parsed.key_id, &parsed.nonce);
+        self.nonces.claim_digest(digest, now_s, forget_after)?;
+        if parsed.timestamp <= now_s {
+            return Ok(());
+        }
+        let journal = self.journal.clone();
+        let entry = (digest, forget_after);
+        let stored = tokio::task::spawn_blocking(move || journal.record(entry, now_s)).await;
+        stored
+            .map_err(std::io::Error::other)
+            .and_then(|r| r)
+            .map_err(|error| {
+                tracing::error!(%error, "cannot store a signed call's nonce");
+                SignatureError::NonceJournal
+            })
+    }
+}
+
 /// Builds the guards for a router.
-pub fn guards(cfg: &Config, now_ms: i64) -> Arc<Guards> {
-    Arc::new(Guards::new(cfg, now_ms.div_euclid(1000)))
+pub fn guards(cfg: &Config, now_ms: i64) -> std::io::Result<Arc<Guards>> {
+    Guards::open(cfg, now_ms.div_euclid(1000)).map(Arc::new)
 }

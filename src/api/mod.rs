@@ -16,6 +16,7 @@ mod validation;
 use std::sync::Arc;
 use std::time::Instant;
 
+use anyhow::Context;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
@@ -46,19 +47,33 @@ pub struct AppState {
 impl AppState {
     /// The API over `engine`; `source` is the health of the Kafka source
     /// feeding it, when one runs (`/readyz` shows it).
+    ///
+    /// Panics if the signed calls' nonce journal in the data directory
+    /// cannot be opened; [`AppState::open`] returns that error instead.
     pub fn new(
         engine: EngineHandle,
         cfg: Arc<Config>,
         source: Option<Arc<SourceHealth>>,
     ) -> AppState {
+        AppState::open(engine, cfg, source).expect("open the signed calls' nonce journal")
+    }
+
+    /// [`AppState::new`], with the error of opening the nonce journal.
+    pub fn open(
+        engine: EngineHandle,
+        cfg: Arc<Config>,
+        source: Option<Arc<SourceHealth>>,
+    ) -> anyhow::Result<AppState> {
         let view = View::new(engine.shared.clone(), source);
-        let guards = guard::guards(&cfg, view.now_ms());
-        AppState {
+        let path = cfg.signature_nonces_path();
+        let guards = guard::guards(&cfg, view.now_ms())
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        Ok(AppState {
             engine,
             view,
             cfg,
             guards,
-        }
+        })
     }
 }
 

@@ -369,6 +369,13 @@ impl Config {
         self.data_dir.join("state")
     }
 
+    /// The nonces of signed calls dated ahead of the server clock (see
+    /// [`crate::signing_journal`]). Not in `state/`: it is not a projection
+    /// and cannot be rebuilt from the log.
+    pub fn signature_nonces_path(&self) -> PathBuf {
+        self.data_dir.join("signature-nonces")
+    }
+
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
             self.request_events_max >= 1,
