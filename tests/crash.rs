@@ -78,7 +78,7 @@ async fn client(url: String, next: Arc<AtomicU64>, acked: Arc<AtomicUsize>) -> V
                 assert_eq!(header(&r, "keymeter-accepted"), BATCH);
                 Some(header(&r, "keymeter-seq"))
             }
-            Ok(r) if r.status().is_success() => panic!("unexpected {}", r.status()),
+            Ok(r) if !r.status().is_server_error() => panic!("unexpected {}", r.status()),
             // Killed while the request was in flight (no answer, or a 503
             // from an engine going down): the outcome is unknown.
             _ => None,
@@ -290,9 +290,8 @@ struct SeatLedger {
     granted: BTreeMap<String, String>,
     /// seats whose release was answered `204`
     released: Vec<String>,
-    /// seats whose release was sent: a release cut off by the kill may or
-    /// may not have been recorded
-    releasing: std::collections::BTreeSet<String>,
+    /// seats whose release was in flight at the kill: held or not
+    releasing: Vec<String>,
 }
 
 /// Checks seats out under new fingerprints; on `409` releases one it holds.
@@ -327,7 +326,6 @@ async fn seat_client(
             }
             409 if !held.is_empty() => {
                 let seat = held.swap_remove(rng.gen_range(0..held.len()));
-                ledger.lock().unwrap().releasing.insert(seat.clone());
                 let r = http
                     .delete(format!("{server_url}/seats/{seat}"))
                     .bearer_auth(&key)
@@ -335,9 +333,13 @@ async fn seat_client(
                     .await;
                 match r {
                     Ok(r) if r.status() == 204 => ledger.lock().unwrap().released.push(seat),
-                    Ok(r) if r.status().is_server_error() => return,
-                    Ok(r) => panic!("release answered {}", r.status()),
-                    Err(_) => return,
+                    Ok(r) if !r.status().is_server_error() => {
+                        panic!("release answered {}", r.status())
+                    }
+                    _ => {
+                        ledger.lock().unwrap().releasing.push(seat);
+                        return;
+                    }
                 }
             }
             409 => {}
@@ -364,9 +366,8 @@ async fn seats(server: &Server, license: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// After a restart: every seat whose checkout was acknowledged (and whose
-/// release was not sent: one cut off by the kill may have been recorded) is
-/// held, no acknowledged release came back, and exactly the
+/// After a restart: every seat whose checkout was acknowledged (and not its
+/// release) is held, no acknowledged release came back, and exactly the
 /// free seats can still be taken. Then frees every seat, recording it.
 async fn check_seats_after_restart(
     server: &Server,
