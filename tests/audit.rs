@@ -607,3 +607,91 @@ fn a_quiet_log_gets_one_checkpoint_after_the_interval_and_no_more_while_idle() {
     let report = keymeter::log::verify(&cfg.log_dir()).unwrap();
     assert_eq!(report.head_seq, 2);
 }
+
+/// An edit whose chain is recomputed, with every checkpoint after it removed
+/// (each replaced by another record, so no seq moves): no signature disagrees
+/// any more, but more records are unsigned than a running server leaves, so
+/// the audit does not call the log intact.
+#[test]
+fn an_edit_that_also_drops_the_later_checkpoints_is_reported_as_uncovered() {
+    let copy = copy_of_log();
+    let log = copy.data.join("log");
+    let all = log_frames(&log);
+    let first_checkpoint = all.iter().find(|f| is_checkpoint(f)).unwrap().seq;
+    let target = all
+        .iter()
+        .find(|f| {
+            f.seq > first_checkpoint && matches!(Record::decode(&f.payload()), Ok(Record::Event(_)))
+        })
+        .unwrap()
+        .clone();
+    let filler = all
+        .iter()
+        .find(|f| {
+            matches!(
+                Record::decode(&f.payload()),
+                Ok(Record::MeterCreated { .. })
+            )
+        })
+        .unwrap()
+        .payload();
+    // Later frames first, so earlier offsets in a segment stay valid.
+    for frame in all
+        .iter()
+        .rev()
+        .filter(|f| f.seq > target.seq && is_checkpoint(f))
+    {
+        modify(&frame.segment, |b| {
+            let (start, end) = (frame.payload_start(), frame.end());
+            b.splice(start..end, filler.iter().copied());
+            b[frame.offset..frame.offset + 4].copy_from_slice(&(filler.len() as u32).to_le_bytes());
+        });
+    }
+    let payload = target.payload();
+    let at = payload
+        .windows(12)
+        .position(|w| w == b"\"tokens\":100")
+        .expect("the event's value");
+    modify(&target.segment, |b| {
+        b[target.payload_start() + at + 9] = b'9'
+    });
+    rechain_from(&copy.data, target.seq);
+    let out = run(&["log", "verify", "--data-dir", copy.data.to_str().unwrap()]);
+    assert_success(&out);
+
+    // The server's settings, so the audit knows how much it leaves unsigned.
+    let mut cmd = audit_command(&copy.data);
+    cmd.arg("--master-key-file")
+        .arg(&copy.master_key_file)
+        .args([
+            "--audit-checkpoint-records",
+            &CHECKPOINT_RECORDS.to_string(),
+        ])
+        .args(["--batch-records-max", &EVENTS_PER_REQUEST.to_string()])
+        .args(["--request-events-max", &EVENTS_PER_REQUEST.to_string()]);
+    let audit = run_audit(cmd);
+    assert_eq!(audit.code, 1, "{}", audit.stderr);
+    let finding = &audit.report["finding"];
+    assert_eq!(finding["kind"], "uncovered", "{finding}");
+    let from = finding["range"]["from"].as_u64().unwrap();
+    assert!(from <= target.seq, "{finding}");
+    assert!(
+        audit.stderr.contains("audit_anchor_file"),
+        "{}",
+        audit.stderr
+    );
+
+    // The untouched log, audited with the same settings, is intact.
+    let clean = copy_of_log();
+    let mut cmd = audit_command(&clean.data);
+    cmd.arg("--master-key-file")
+        .arg(&clean.master_key_file)
+        .args([
+            "--audit-checkpoint-records",
+            &CHECKPOINT_RECORDS.to_string(),
+        ])
+        .args(["--batch-records-max", &EVENTS_PER_REQUEST.to_string()])
+        .args(["--request-events-max", &EVENTS_PER_REQUEST.to_string()]);
+    let audit = run_audit(cmd);
+    assert_eq!(audit.code, 0, "{}", audit.stderr);
+}

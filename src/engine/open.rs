@@ -349,8 +349,10 @@ fn start_stages(
         CheckpointSchedule::new(cfg.audit_checkpoint_records, cfg.audit_checkpoint_interval);
     if !log_ends_with_checkpoint(&cfg.log(), head)? {
         // Records of an earlier run (a crash, or a log from before
-        // checkpoints) wait no longer than new ones.
-        checkpoints.appended(1, Instant::now());
+        // checkpoints) are signed at the first chance, so the unsigned
+        // stretches of several crashes never add up (`audit verify` bounds
+        // that stretch).
+        checkpoints.appended(cfg.audit_checkpoint_records, Instant::now());
     }
     let anchor = match &cfg.audit_anchor_file {
         None => None,

@@ -22,6 +22,13 @@
 //!
 //! Records after the last verified checkpoint are intact as far as the
 //! chain goes but not yet covered by a signature; the report says how many.
+//! A running server leaves at most `uncovered_max` of them (the checkpoint
+//! record count plus one batch, twice over for a crash between two
+//! checkpoints); more means checkpoints were dropped, and a rewrite that
+//! recomputed the chain from there on could not be told apart from the
+//! truth, so it is a finding ([`FindingKind::Uncovered`]), not "intact".
+//! Only anchors kept outside the data directory close that gap for the
+//! records after the last anchored checkpoint.
 
 mod keys;
 mod report;
@@ -45,6 +52,7 @@ pub fn audit_log(
     log_dir: &Path,
     keys: &VerifyingKeys,
     anchors: &[Anchor],
+    uncovered_max: u64,
 ) -> Result<AuditReport, LogError> {
     let mut report = AuditReport::default();
     let (audit_to, damage) = structural_pass(log_dir, &mut report)?;
@@ -95,8 +103,38 @@ pub fn audit_log(
     }
     if let Some(anchor) = missing {
         report.finding = Some(truncated(&anchor, audit_to, &segments));
+    } else if report.uncovered_records() > uncovered_max {
+        report.finding = Some(uncovered(&report, uncovered_max, &segments));
     }
     Ok(report)
+}
+
+/// Too many records after the last verified checkpoint (see the module doc).
+fn uncovered(report: &AuditReport, uncovered_max: u64, segments: &[(Seq, PathBuf)]) -> Finding {
+    let from = report.last_verified_seq() + 1;
+    let segment = segments
+        .iter()
+        .take_while(|(first, _)| *first <= from)
+        .last()
+        .map(|(_, p)| p.clone());
+    Finding {
+        kind: FindingKind::Uncovered,
+        segment,
+        offset: None,
+        seq: Some(from),
+        range: Some((from, report.head_seq)),
+        anchor_line: None,
+        message: format!(
+            "records {from}..={} ({} records) are covered by no verified checkpoint, more \
+             than the {uncovered_max} a running server leaves unsigned: the checkpoints after \
+             seq {} are missing, so these records may have been rewritten with the chain \
+             recomputed. An anchors file outside the data directory (audit_anchor_file) \
+             proves what it anchored",
+            report.head_seq,
+            report.uncovered_records(),
+            from - 1
+        ),
+    }
 }
 
 /// The structural pass ([`crate::log::verify`]): the seq the signature pass

@@ -24,6 +24,10 @@ pub enum FindingKind {
     Truncated,
     /// An anchor line whose signature does not hold.
     BadAnchor,
+    /// More records after the last verified checkpoint than a running
+    /// server leaves unsigned: checkpoints were dropped, so a rewrite of
+    /// those records cannot be ruled out.
+    Uncovered,
 }
 
 impl FindingKind {
@@ -35,6 +39,7 @@ impl FindingKind {
             FindingKind::AnchorMismatch => "anchor_mismatch",
             FindingKind::Truncated => "truncated",
             FindingKind::BadAnchor => "bad_anchor",
+            FindingKind::Uncovered => "uncovered",
         }
     }
 }

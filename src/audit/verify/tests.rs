@@ -43,7 +43,7 @@ fn an_intact_log_verifies_every_checkpoint_and_anchor() {
             checkpoint: cp.clone(),
         })
         .collect();
-    let report = audit_log(tmp.path(), &VerifyingKeys::of(&k), &anchors).unwrap();
+    let report = audit_log(tmp.path(), &VerifyingKeys::of(&k), &anchors, u64::MAX).unwrap();
     assert_eq!(report.finding, None);
     assert_eq!((report.records, report.head_seq), (12, 12));
     assert_eq!(
@@ -59,7 +59,7 @@ fn an_intact_log_verifies_every_checkpoint_and_anchor() {
 fn checkpoints_of_an_unknown_key_are_findings_at_their_own_seq() {
     let tmp = tempfile::tempdir().unwrap();
     log_with_checkpoints(tmp.path(), &keys(1), 2);
-    let report = audit_log(tmp.path(), &VerifyingKeys::of(&keys(2)), &[]).unwrap();
+    let report = audit_log(tmp.path(), &VerifyingKeys::of(&keys(2)), &[], u64::MAX).unwrap();
     let finding = report.finding.unwrap();
     assert_eq!(finding.kind, FindingKind::BadCheckpoint);
     assert_eq!(finding.seq, Some(4));
