@@ -132,13 +132,26 @@ pub fn nonce_digest(key_id: &str, nonce: &str) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// The nonces seen within the tolerance window, per signing secret. A nonce
-/// is remembered until its timestamp leaves the window (`t + tolerance`), so
-/// memory is bounded by the signed-call rate times the window, and by
-/// `capacity`.
+/// The nonces seen within the tolerance window, per product. A nonce is
+/// remembered until its timestamp leaves the window (`t + tolerance`), so
+/// memory is bounded by the signed-call rate times the window, and each
+/// product by `capacity`: one product filling its memory (by mistake or by
+/// grinding nonces) refuses only its own calls.
+///
+/// Within a product the shard is chosen by a hash keyed at random when the
+/// server starts, so a caller cannot aim its nonces at one shard and fill it
+/// at a sixteenth of the capacity.
 pub struct NonceCache {
-    shards: Vec<Mutex<Shard>>,
     capacity_per_shard: usize,
+    shard_of: std::hash::RandomState,
+    products: Mutex<HashMap<String, std::sync::Arc<ProductNonces>>>,
+    /// Nonces claimed before a restart (their product is not stored with
+    /// them; the digest names the signing secret, so they cannot collide).
+    restored: Mutex<HashMap<[u8; 32], i64>>,
+}
+
+struct ProductNonces {
+    shards: Vec<Mutex<Shard>>,
 }
 
 #[derive(Default)]
@@ -150,35 +163,46 @@ struct Shard {
 }
 
 impl NonceCache {
+    /// `capacity`: most live nonces per product.
     pub fn new(capacity: usize) -> NonceCache {
         NonceCache {
-            shards: (0..NONCE_SHARDS)
-                .map(|_| Mutex::new(Shard::default()))
-                .collect(),
             capacity_per_shard: capacity.div_ceil(NONCE_SHARDS).max(1),
+            shard_of: std::hash::RandomState::new(),
+            products: Mutex::new(HashMap::new()),
+            restored: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Records `nonce` for `key_id` until `forget_after_s`. Fails if it was
-    /// already recorded (a replay) or if the cache is full of live nonces.
+    /// Records `nonce` for `key_id` of `product` until `forget_after_s`.
+    /// Fails if it was already recorded (a replay) or if the product's
+    /// memory is full of live nonces.
     pub fn claim(
         &self,
+        product: &str,
         key_id: &str,
         nonce: &str,
         now_s: i64,
         forget_after_s: i64,
     ) -> Result<(), SignatureError> {
-        self.claim_digest(nonce_digest(key_id, nonce), now_s, forget_after_s)
+        self.claim_digest(product, nonce_digest(key_id, nonce), now_s, forget_after_s)
     }
 
     /// [`Self::claim`] by the digest of key id and nonce.
     pub fn claim_digest(
         &self,
+        product: &str,
         digest: [u8; 32],
         now_s: i64,
         forget_after_s: i64,
     ) -> Result<(), SignatureError> {
-        let mut shard = self.shard(&digest);
+        if lock(&self.restored)
+            .get(&digest)
+            .is_some_and(|&until| until >= now_s)
+        {
+            return Err(SignatureError::Replayed);
+        }
+        let nonces = self.product(product);
+        let mut shard = lock(&nonces.shards[self.shard_index(&digest)]);
         if let Some(&until) = shard.seen.get(&digest) {
             if until >= now_s {
                 return Err(SignatureError::Replayed);
@@ -199,26 +223,45 @@ impl NonceCache {
     /// Remembers a nonce claimed before a restart, whatever the capacity:
     /// it was within the bound when claimed.
     pub fn remember(&self, digest: [u8; 32], forget_after_s: i64) {
-        let mut shard = self.shard(&digest);
-        shard.seen.insert(digest, forget_after_s);
-        shard.next_expiry = shard.next_expiry.min(forget_after_s);
+        lock(&self.restored).insert(digest, forget_after_s);
     }
 
-    fn shard(&self, digest: &[u8; 32]) -> std::sync::MutexGuard<'_, Shard> {
-        let shard = &self.shards[digest[0] as usize % NONCE_SHARDS];
-        shard.lock().unwrap_or_else(|p| p.into_inner())
+    fn product(&self, product: &str) -> std::sync::Arc<ProductNonces> {
+        let mut products = lock(&self.products);
+        if let Some(p) = products.get(product) {
+            return p.clone();
+        }
+        let p = std::sync::Arc::new(ProductNonces {
+            shards: (0..NONCE_SHARDS)
+                .map(|_| Mutex::new(Shard::default()))
+                .collect(),
+        });
+        products.insert(product.to_owned(), p.clone());
+        p
+    }
+
+    fn shard_index(&self, digest: &[u8; 32]) -> usize {
+        use std::hash::BuildHasher as _;
+        (self.shard_of.hash_one(digest) % NONCE_SHARDS as u64) as usize
     }
 
     pub fn len(&self) -> usize {
-        self.shards
+        let products: Vec<_> = lock(&self.products).values().cloned().collect();
+        let live: usize = products
             .iter()
-            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).seen.len())
-            .sum()
+            .flat_map(|p| p.shards.iter())
+            .map(|s| lock(s).seen.len())
+            .sum();
+        live + lock(&self.restored).len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]
@@ -347,16 +390,22 @@ mod tests {
     #[test]
     fn a_nonce_is_refused_a_second_time_until_it_leaves_the_window() {
         let cache = NonceCache::new(1000);
-        cache.claim("k1", "nonce-a", 100, 400).unwrap();
+        cache.claim("p", "k1", "nonce-a", 100, 400).unwrap();
         assert_eq!(
-            cache.claim("k1", "nonce-a", 200, 500),
+            cache.claim("p", "k1", "nonce-a", 200, 500),
             Err(SignatureError::Replayed)
         );
         // Another secret may use the same nonce.
-        cache.claim("k2", "nonce-a", 200, 500).unwrap();
+        cache.claim("p", "k2", "nonce-a", 200, 500).unwrap();
         // After its window the old entry no longer blocks (its timestamp
         // would be refused as stale anyway).
-        cache.claim("k1", "nonce-a", 401, 701).unwrap();
+        cache.claim("p", "k1", "nonce-a", 401, 701).unwrap();
+        // A nonce remembered from before a restart is refused too.
+        cache.remember(nonce_digest("k3", "nonce-b"), 800);
+        assert_eq!(
+            cache.claim("p", "k3", "nonce-b", 700, 800),
+            Err(SignatureError::Replayed)
+        );
     }
 
     #[test]
@@ -364,7 +413,7 @@ mod tests {
         let cache = NonceCache::new(NONCE_SHARDS * 4);
         let mut refused = 0;
         for i in 0..(NONCE_SHARDS * 16) {
-            match cache.claim("k", &format!("n{i}"), 10, 20) {
+            match cache.claim("p", "k", &format!("n{i}"), 10, 20) {
                 Ok(()) => {}
                 Err(SignatureError::NonceCapacity) => refused += 1,
                 Err(e) => panic!("{e}"),
@@ -374,7 +423,41 @@ mod tests {
         assert!(cache.len() <= NONCE_SHARDS * 4);
         // Once those expire, new nonces fit again.
         for i in 0..NONCE_SHARDS {
-            cache.claim("k", &format!("later{i}"), 21, 31).unwrap();
+            cache.claim("p", "k", &format!("later{i}"), 21, 31).unwrap();
         }
+    }
+
+    #[test]
+    fn a_product_that_fills_its_nonce_memory_refuses_only_its_own_calls() {
+        let cache = NonceCache::new(NONCE_SHARDS * 4);
+        let mut refused = 0;
+        for i in 0..(NONCE_SHARDS * 16) {
+            if cache.claim("grinder", "kg", &format!("n{i}"), 10, 20)
+                == Err(SignatureError::NonceCapacity)
+            {
+                refused += 1;
+            }
+        }
+        assert!(refused >= NONCE_SHARDS * 12, "{refused}");
+        for i in 0..NONCE_SHARDS * 2 {
+            cache
+                .claim("other", "ko", &format!("n{i}"), 10, 20)
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn shards_are_chosen_by_a_key_the_caller_does_not_know() {
+        // Nonces aimed at one shard of an unkeyed choice (the first digest
+        // byte) spread over every shard of the keyed one.
+        let cache = NonceCache::new(1000);
+        let aimed: Vec<[u8; 32]> = (0..)
+            .map(|i| nonce_digest("k", &format!("n{i}")))
+            .filter(|d| d[0] as usize % NONCE_SHARDS == 0)
+            .take(200)
+            .collect();
+        let used: std::collections::BTreeSet<usize> =
+            aimed.iter().map(|d| cache.shard_index(d)).collect();
+        assert!(used.len() > NONCE_SHARDS / 2, "{used:?}");
     }
 }

@@ -190,3 +190,89 @@ async fn unbound_ingest_keys_reach_no_license_call_and_validate_keys_send_no_usa
     }
     server.stop();
 }
+
+/// Signs an ingest call with a chosen nonce.
+fn signed_with_nonce(secret: &str, sid: &str, nonce: &str, body: &[u8]) -> String {
+    use keymeter_client::signing::{sign, RequestParts};
+    let req = RequestParts {
+        method: "POST",
+        path: "/api/v1/events",
+        query: "",
+        body,
+    };
+    sign(secret, sid, common::now_s(), nonce, &req).to_header_value()
+}
+
+/// Nonces whose unkeyed digest (SHA-256 of secret id, 0, nonce) starts with
+/// a byte in shard 0 of 16: what a product grinding one shard would send.
+fn aimed_nonces(sid: &str) -> impl Iterator<Item = String> + '_ {
+    use sha2::{Digest, Sha256};
+    (0u64..)
+        .map(|i| format!("aimed-nonce-{i:08}"))
+        .filter(move |n| {
+            let d = Sha256::new()
+                .chain_update(sid.as_bytes())
+                .chain_update([0])
+                .chain_update(n.as_bytes())
+                .finalize();
+            d[0] % 16 == 0
+        })
+}
+
+/// One product spending its whole nonce memory, aimed at one shard or not,
+/// makes only its own signed calls wait; another product's go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_product_filling_its_nonce_memory_does_not_refuse_another_products_calls() {
+    let root = tempfile::tempdir().unwrap();
+    let config = root.path().join("keymeter.toml");
+    std::fs::write(&config, "signature_nonces_max = 1000\n").unwrap();
+    let server = Server::start_with(
+        &root.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let (acme_sid, acme_secret) = server
+        .create_product(json!({"id": "acme", "requireSignatures": true}))
+        .await;
+    let (globex_sid, globex_secret) = server
+        .create_product(json!({"id": "globex", "requireSignatures": true}))
+        .await;
+    let acme = bound_key(&server, "acme", &["ingest"]).await;
+    let globex = bound_key(&server, "globex", &["ingest"]).await;
+    // Signatures dated in the server's start second are refused.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let body = |id: String| {
+        serde_json::to_vec(&event(&id, "api_call", "s", &time_from_now(0), json!({}))).unwrap()
+    };
+    let mut aimed = aimed_nonces(&acme_sid);
+    let (mut accepted, mut refused) = (0, 0);
+    for i in 0..1100 {
+        let b = body(format!("acme-{i}"));
+        let nonce = aimed.next().unwrap();
+        let sig = signed_with_nonce(&acme_secret, &acme_sid, &nonce, &b);
+        let r = server.post_event(&acme, &b, Some(&sig)).await;
+        match r.status().as_u16() {
+            204 => accepted += 1,
+            503 => refused += 1,
+            s => panic!("acme call {i}: {s} {}", r.text().await.unwrap()),
+        }
+    }
+    // Aimed nonces spread over every shard: acme fills (about) its whole
+    // memory, not one sixteenth of it, and no more than its own memory.
+    assert!(
+        (700..=1008).contains(&accepted) && refused > 0,
+        "acme: {accepted} accepted, {refused} refused"
+    );
+    let mut aimed = aimed_nonces(&globex_sid);
+    for i in 0..50 {
+        let b = body(format!("globex-{i}"));
+        let sig = signed_with_nonce(&globex_secret, &globex_sid, &aimed.next().unwrap(), &b);
+        let r = server.post_event(&globex, &b, Some(&sig)).await;
+        assert_eq!(
+            r.status(),
+            204,
+            "globex call {i}: {}",
+            r.text().await.unwrap()
+        );
+    }
+    server.stop();
+}

@@ -240,9 +240,15 @@ pub async fn verify_signature(State(state): State<AppState>, req: Request, next:
     if let Err(e) = verify_mac(&secret, &parsed, &signed) {
         return refuse(&product, e);
     }
+    // The body may have taken a while: the window is checked again against
+    // the clock now, so a slow body cannot carry a call past it.
+    let now_s = view.now_ms().div_euclid(1000);
+    if let Err(e) = check_time(parsed.timestamp, now_s, guards.tolerance_s, not_before) {
+        return refuse(&product, e);
+    }
     // Only a valid signature may claim a nonce, so forged calls cannot
     // fill the nonce memory or block a real client's nonce.
-    if let Err(e) = state.guards.claim_nonce(&parsed, now_s).await {
+    if let Err(e) = state.guards.claim_nonce(&product, &parsed, now_s).await {
         return refuse(&product, e);
     }
     metrics()
@@ -260,12 +266,14 @@ impl Guards {
     /// the call takes effect.
     async fn claim_nonce(
         &self,
+        product: &str,
         parsed: &SignatureHeader,
         now_s: i64,
     ) -> Result<(), SignatureError> {
         let forget_after = parsed.timestamp + self.tolerance_s;
         let digest = nonce_digest(&parsed.key_id, &parsed.nonce);
-        self.nonces.claim_digest(digest, now_s, forget_after)?;
+        self.nonces
+            .claim_digest(product, digest, now_s, forget_after)?;
         if parsed.timestamp <= now_s {
             return Ok(());
         }

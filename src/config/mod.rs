@@ -103,7 +103,8 @@ pub struct Config {
     /// How far a signed call's timestamp may be from the server clock.
     #[serde(with = "humantime_serde")]
     pub signature_tolerance: Duration,
-    /// Most nonces of signed calls remembered within one tolerance window;
+    /// Most nonces of signed calls remembered within one tolerance window,
+    /// per product;
     /// beyond it signed calls get 503 rather than an unchecked pass.
     pub signature_nonces_max: usize,
     /// Per-API-key and per-license request rates for validation and seat
