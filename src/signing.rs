@@ -453,7 +453,7 @@ mod tests {
         let cache = NonceCache::new(1000);
         let aimed: Vec<[u8; 32]> = (0..)
             .map(|i| nonce_digest("k", &format!("n{i}")))
-            .filter(|d| d[0] as usize % NONCE_SHARDS == 0)
+            .filter(|d| (d[0] as usize).is_multiple_of(NONCE_SHARDS))
             .take(200)
             .collect();
         let used: std::collections::BTreeSet<usize> =

@@ -215,7 +215,7 @@ fn aimed_nonces(sid: &str) -> impl Iterator<Item = String> + '_ {
                 .chain_update([0])
                 .chain_update(n.as_bytes())
                 .finalize();
-            d[0] % 16 == 0
+            d[0].is_multiple_of(16)
         })
 }
 
