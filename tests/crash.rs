@@ -442,7 +442,7 @@ async fn seats_acknowledged_before_sigkills_hold_after_restart_and_the_limit_sti
             "policy": {"type": "seat", "seats": {"max": SEATS_MAX, "mode": "floating", "lease_ttl_s": 3600}}}))
         .await;
     let id = lic["id"].as_str().unwrap().to_owned();
-    let key = server.create_key(&["ingest"]).await;
+    let key = server.create_key(&["ingest", "validate"]).await;
     let ledger = Arc::new(std::sync::Mutex::new(SeatLedger::default()));
     for round in 0..KILLS {
         let kill_after = rng.gen_range(10..80usize);

@@ -262,7 +262,24 @@ impl World {
 
     /// Opens the engine; `Err` only if the disk lost power during the start.
     pub fn open(&mut self) -> Result<(), String> {
-        match Engine::open(&self.cfg, self.clock.clone()) {
+        // sled 0.34 releases its file lock when its flusher thread, which
+        // holds the database, notices the last handle is gone: shortly after
+        // the previous engine stopped, not at once. A process that crashed
+        // has no such thread; here the open waits for it (a few seconds at
+        // most) rather than report a refusal that is not one.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let opened = loop {
+            match Engine::open(&self.cfg, self.clock.clone()) {
+                Err(e)
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other,
+            }
+        };
+        match opened {
             Ok(started) => {
                 self.engine = Some(started.engine);
                 Ok(())
