@@ -76,8 +76,9 @@ pub async fn serve(
         let (io, peer) = accepted;
         let svc = router.clone().map_request(move |req: Request<Incoming>| {
             let mut req = req.map(Body::new);
-            if let Some(peer) = &peer {
-                req.extensions_mut().insert(ConnectInfo(peer.clone()));
+            req.extensions_mut().insert(ConnectInfo(peer.addr));
+            if let Some(tls) = &peer.tls {
+                req.extensions_mut().insert(ConnectInfo(tls.clone()));
             }
             req
         });
@@ -106,19 +107,34 @@ pub async fn serve(
 }
 
 /// The next connection, as hyper's I/O, with its TLS peer when on TLS.
-async fn accept(incoming: &mut Connections) -> (TokioIo<Box<dyn IoStream>>, Option<TlsPeer>) {
+async fn accept(incoming: &mut Connections) -> (TokioIo<Box<dyn IoStream>>, Peer) {
     use axum::serve::Listener as _;
     match incoming {
         Connections::Tcp(l) => {
-            let (tcp, _) = l.accept().await;
-            (TokioIo::new(Box::new(tcp) as Box<dyn IoStream>), None)
+            let (tcp, addr) = l.accept().await;
+            (
+                TokioIo::new(Box::new(tcp) as Box<dyn IoStream>),
+                Peer { addr, tls: None },
+            )
         }
         Connections::Tls(l) => {
             let (tls, addr) = l.accept().await;
-            let peer = TlsPeer::of(&tls, addr);
-            (TokioIo::new(Box::new(tls) as Box<dyn IoStream>), Some(peer))
+            let tls_peer = TlsPeer::of(&tls, addr);
+            let peer = Peer {
+                addr,
+                tls: Some(tls_peer),
+            };
+            (TokioIo::new(Box::new(tls) as Box<dyn IoStream>), peer)
         }
     }
+}
+
+/// Who is on the other end of a connection: handlers see the address as
+/// `ConnectInfo<SocketAddr>`, and on TLS the session as `ConnectInfo<TlsPeer>`.
+#[derive(Clone)]
+struct Peer {
+    addr: std::net::SocketAddr,
+    tls: Option<TlsPeer>,
 }
 
 /// A connection's byte stream, plain or TLS.

@@ -276,3 +276,123 @@ async fn one_product_filling_its_nonce_memory_does_not_refuse_another_products_c
     }
     server.stop();
 }
+
+/// An end-user application holds only its license key: it validates and
+/// checks seats out of that one license with `Authorization: License`, and
+/// can neither send usage, reach another license, nor manage anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_license_key_authenticates_its_own_license_calls_only() {
+    let root = tempfile::tempdir().unwrap();
+    let server = Server::start(&root.path().join("data"));
+    let policy = json!({"type": "seat", "seats": {"max": 1, "mode": "floating"}});
+    let mine = server
+        .create_license(json!({"product": "acme", "customer": "c", "policy": policy}))
+        .await;
+    let other = server
+        .create_license(json!({"product": "acme", "customer": "d", "policy": policy}))
+        .await;
+    let key = mine["key"].as_str().unwrap();
+    let id = mine["id"].as_str().unwrap();
+    let call = |method: reqwest::Method, path: &str, auth: String| {
+        server
+            .client
+            .request(method, server.url(path))
+            .header("authorization", auth)
+    };
+    let license_auth = format!("License {key}");
+
+    // Check out by the license key alone: `me` is the caller's license.
+    let r = call(
+        reqwest::Method::POST,
+        "/api/v1/licenses/me/seats",
+        license_auth.clone(),
+    )
+    .json(&json!({"fingerprint": "m1"}))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 201);
+    let seat: Value = r.json().await.unwrap();
+    assert_eq!(seat["license_id"], id);
+    let seat_id = seat["seat_id"].as_str().unwrap();
+    let r = call(
+        reqwest::Method::POST,
+        &format!("/api/v1/licenses/{id}/seats/{seat_id}/heartbeat"),
+        license_auth.clone(),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = call(
+        reqwest::Method::POST,
+        "/api/v1/licenses/validate",
+        license_auth.clone(),
+    )
+    .json(&json!({"fingerprint": "m1"}))
+    .send()
+    .await
+    .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["code"], "VALID", "{v}");
+
+    // Another license, even of the same product, is out of reach.
+    let other_id = other["id"].as_str().unwrap();
+    let r = call(
+        reqwest::Method::POST,
+        &format!("/api/v1/licenses/{other_id}/seats"),
+        license_auth.clone(),
+    )
+    .json(&json!({"fingerprint": "m2"}))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(status_and_code(r).await, (404, "NOT_FOUND".into()));
+    let r = call(
+        reqwest::Method::POST,
+        "/api/v1/licenses/validate",
+        license_auth.clone(),
+    )
+    .json(&json!({"key": other["key"]}))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(status_and_code(r).await, (400, "INVALID_VALIDATION".into()));
+
+    // No usage, no admin, and an unknown key is refused.
+    for (method, path) in [
+        (reqwest::Method::POST, "/api/v1/events"),
+        (reqwest::Method::GET, "/api/v1/licenses"),
+        (reqwest::Method::GET, "/api/v1/meters"),
+    ] {
+        let r = call(method, path, license_auth.clone())
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+    }
+    let r = call(
+        reqwest::Method::POST,
+        "/api/v1/licenses/validate",
+        "License lk_not_a_real_key".into(),
+    )
+    .json(&json!({}))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(status_and_code(r).await, (401, "UNAUTHENTICATED".into()));
+
+    // Its own seat is released with the license key too.
+    let r = call(
+        reqwest::Method::DELETE,
+        &format!("/api/v1/licenses/me/seats/{seat_id}"),
+        license_auth,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 204);
+    server.stop();
+}

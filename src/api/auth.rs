@@ -40,6 +40,17 @@ impl RequiredScope for Validate {
     const SCOPE: Scope = Scope::Validate;
 }
 
+/// The caller's `x-request-id` (1 to 128 bytes), or a new one.
+pub fn request_id(parts: &Parts) -> String {
+    parts
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(str::to_owned)
+        .unwrap_or_else(crate::api_keys::generate_id)
+}
+
 /// The key of `Authorization: Bearer <key>`, if the header has that form.
 pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
@@ -91,13 +102,7 @@ impl<S: RequiredScope> FromRequestParts<AppState> for Auth<S> {
                 ),
             ));
         }
-        let request_id = parts
-            .headers
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty() && v.len() <= 128)
-            .map(str::to_owned)
-            .unwrap_or_else(crate::api_keys::generate_id);
+        let request_id = request_id(parts);
         Ok(Auth {
             key_id: key.id.to_string(),
             request_id,

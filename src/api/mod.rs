@@ -3,6 +3,7 @@
 //! through [`AppState::engine`].
 
 mod auth;
+mod client;
 mod error;
 mod events;
 mod guard;

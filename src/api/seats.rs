@@ -1,5 +1,6 @@
-//! Seats: checkout, heartbeat, release (a `validate` key, or the `ingest`
-//! key a product already holds, bound to that product; listing is `admin`).
+//! Seats: checkout, heartbeat, release (a `validate` key, the `ingest` key
+//! a product already holds, bound to that product, or the license key
+//! itself; listing is `admin`).
 //! A key bound to a product reaches only that product's licenses: another
 //! product's license answers `404` as if it did not exist.
 
@@ -11,8 +12,9 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::client::Caller;
 use super::licenses::{body, found, refusal};
-use super::{Admin, ApiError, AppState, Auth, Limited, Validate};
+use super::{Admin, ApiError, AppState, Auth, Limited};
 use crate::engine::protocol as rq;
 use crate::engine::SeatLease;
 use crate::error_code::ErrorCode;
@@ -35,34 +37,42 @@ pub struct CheckoutBody {
     fingerprint: String,
 }
 
-/// The license `id`, when it exists and the caller may act on it;
+/// The id of the license `id` names, when it exists and the caller may act
+/// on it (charging the caller's and that license's rate budgets);
 /// otherwise `404`, the same answer for another product's license as for
-/// none at all. Only an owned license's rate budget is charged, so a caller
-/// cannot spend
-/// another product's per-license budget (the per-key limit applies to
-/// every call).
-fn owned_license(state: &AppState, auth: &Auth<Validate>, id: &str) -> Result<String, ApiError> {
-    match state.view.license(id) {
-        Some(entry) if auth.check_owner(&entry.license.product, "seat") => Ok(id.to_owned()),
-        _ => Err(ApiError::new(
+/// none at all. Only a reachable license's budget is charged, so a caller
+/// cannot spend another product's (the per-caller limit applies to every
+/// call).
+fn reachable(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    kind: Option<Limited>,
+) -> Result<String, ApiError> {
+    let found = caller
+        .license(state, id, "seat")
+        .map(|e| e.license.id.to_string());
+    if let Some(kind) = kind {
+        state
+            .guards
+            .limit(kind, caller.rate_key(), found.as_deref())?;
+    }
+    found.ok_or_else(|| {
+        ApiError::new(
             ErrorCode::NotFound,
             format!("license `{id}` does not exist"),
-        )),
-    }
+        )
+    })
 }
 
 /// `201` with a new seat, `200` with the one this fingerprint already holds.
 pub async fn checkout(
-    auth: Auth<Validate>,
+    caller: Caller,
     State(state): State<AppState>,
     Path(id): Path<String>,
     req: Result<Json<CheckoutBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let owned = owned_license(&state, &auth, &id);
-    state
-        .guards
-        .limit(Limited::Checkout, &auth.key_id, owned.as_deref().ok())?;
-    owned?;
+    let id = reachable(&state, &caller, &id, Some(Limited::Checkout))?;
     let req = body(req)?;
     check_fingerprint(&req.fingerprint).map_err(|m| ApiError::new(ErrorCode::InvalidSeat, m))?;
     let lease = state
@@ -71,7 +81,7 @@ pub async fn checkout(
             license_id: id.clone().into(),
             fingerprint: req.fingerprint,
             new_seat_id: format!("seat_{}", crate::api_keys::generate_id()).into(),
-            audit: auth.audit(),
+            audit: caller.audit(),
         })
         .await?
         .map_err(refusal)?;
@@ -84,15 +94,11 @@ pub async fn checkout(
 }
 
 pub async fn heartbeat(
-    auth: Auth<Validate>,
+    caller: Caller,
     State(state): State<AppState>,
     Path((id, seat_id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let owned = owned_license(&state, &auth, &id);
-    state
-        .guards
-        .limit(Limited::Checkout, &auth.key_id, owned.as_deref().ok())?;
-    owned?;
+    let id = reachable(&state, &caller, &id, Some(Limited::Checkout))?;
     let lease = state
         .engine
         .send(rq::HeartbeatSeat {
@@ -105,17 +111,17 @@ pub async fn heartbeat(
 }
 
 pub async fn release(
-    auth: Auth<Validate>,
+    caller: Caller,
     State(state): State<AppState>,
     Path((id, seat_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    owned_license(&state, &auth, &id)?;
+    let id = reachable(&state, &caller, &id, None)?;
     state
         .engine
         .send(rq::ReleaseSeat {
             license_id: id.into(),
             seat_id: seat_id.into(),
-            audit: auth.audit(),
+            audit: caller.audit(),
         })
         .await?
         .map_err(refusal)?;

@@ -1,5 +1,5 @@
-//! License validation (a `validate` key, or the `ingest` key a product
-//! already holds, bound to that product) and the public keys that verify its
+//! License validation (a `validate` key, the `ingest` key a product
+//! already holds, bound to that product, or the license key itself) and the public keys that verify its
 //! tokens and license files (`/.well-known/jwks.json`, no auth). A key bound
 //! to a product validates only that product's licenses: another product's
 //! license key is answered as unknown.
@@ -12,18 +12,22 @@ use axum::Json;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
+use super::client::Caller;
 use super::licenses::now;
-use super::{ApiError, AppState, Auth, Limited, Validate};
+use super::{ApiError, AppState, Limited};
 use crate::error_code::ErrorCode;
 use crate::license::decide::{rfc3339, QuotaReport};
 use crate::license::Request;
 use crate::metrics::metrics;
+use crate::projection::licenses::PublishedLicense;
 use crate::query::licenses::{Validation, FIELD_CHARS_MAX};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ValidateBody {
-    key: String,
+    /// The license key; absent when the call authenticates with it
+    /// (`Authorization: License <key>`).
+    key: Option<String>,
     fingerprint: Option<String>,
     #[serde(default)]
     entitlements: Vec<String>,
@@ -71,14 +75,14 @@ struct Answer<'a> {
 }
 
 pub async fn validate(
-    auth: Auth<Validate>,
+    caller: Caller,
     State(state): State<AppState>,
     req: Result<Json<ValidateBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let req = req
         .map(|Json(v)| v)
         .map_err(|e| ApiError::new(ErrorCode::InvalidValidation, e.body_text()))?;
-    let key = Zeroizing::new(req.key);
+    let key = Zeroizing::new(req.key.unwrap_or_default());
     for (name, v) in [
         ("fingerprint", req.fingerprint.as_deref()),
         ("nonce", req.nonce.as_deref()),
@@ -96,13 +100,36 @@ pub async fn validate(
         entitlements: &req.entitlements,
         meter: req.meter.as_deref(),
     };
-    let entry = state
-        .view
-        .license_by_key(&key)
-        .filter(|e| auth.check_owner(&e.license.product, "validate"));
+    let entry = match &caller {
+        Caller::Key(auth) => {
+            if key.is_empty() {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidValidation,
+                    "send the license key as `key`, or authenticate with it \
+                     (`Authorization: License <key>`)",
+                ));
+            }
+            state
+                .view
+                .license_by_key(&key)
+                .filter(|e| auth.check_owner(&e.license.product, "validate"))
+        }
+        // The credential is the license; a `key` in the body, if any, must
+        // be the same one.
+        Caller::License { license, .. } => {
+            let same = |e: &PublishedLicense| e.license.id == license.license.id;
+            if !key.is_empty() && !state.view.license_by_key(&key).is_some_and(|e| same(&e)) {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidValidation,
+                    "`key` differs from the license key the call authenticates with",
+                ));
+            }
+            Some(license.clone())
+        }
+    };
     state.guards.limit(
         Limited::Validate,
-        &auth.key_id,
+        caller.rate_key(),
         entry.as_ref().map(|e| e.license.id.as_str()),
     )?;
     let v = state
