@@ -439,7 +439,9 @@ mod tests {
             }
         }
         assert!(refused >= NONCE_SHARDS * 12, "{refused}");
-        for i in 0..NONCE_SHARDS * 2 {
+        // As many as one shard holds, so wherever the keyed choice puts
+        // them they fit: the grinder's full memory is not the other's.
+        for i in 0..4 {
             cache
                 .claim("other", "ko", &format!("n{i}"), 10, 20)
                 .unwrap();
