@@ -39,6 +39,12 @@ pub(crate) enum PathError {
 
 impl SingularPath {
     pub(crate) fn compile(text: &str) -> Result<SingularPath, PathError> {
+        if ends_inside_unicode_escape(text) {
+            // serde_json_path 0.7 panics on this ("we do not use streaming parsers").
+            return Err(PathError::Syntax(
+                "the path ends inside a \\u escape".to_owned(),
+            ));
+        }
         serde_json_path::JsonPath::parse(text).map_err(|e| PathError::Syntax(e.to_string()))?;
         let steps = Parser::new(text)
             .parse_singular()
@@ -69,6 +75,26 @@ impl SingularPath {
         }
         Some(node)
     }
+}
+
+/// Whether the text ends before the four hex digits of its last `\u` escape
+/// (`$['\u`, `$['\uD83D\uDE`). No valid path does: a quote and a `]` must
+/// follow every escape.
+fn ends_inside_unicode_escape(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    let mut last_escape_end = None;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' {
+            if bytes.get(i + 1) == Some(&b'u') {
+                last_escape_end = Some(i + 6);
+            }
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    last_escape_end.is_some_and(|end| end > bytes.len())
 }
 
 /// Takes one step into an object or array; anything else selects nothing.
@@ -362,6 +388,25 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn paths_ending_inside_a_unicode_escape_are_syntax_errors() {
+        for text in [
+            "$['\\u",
+            "$['\\uD",
+            "$['a\\u00",
+            "$[\"\\ud83d\\u",
+            "$['\\uD83D\\uD",
+            "$['\\uD83D\\uDE0",
+        ] {
+            assert!(
+                matches!(SingularPath::compile(text), Err(PathError::Syntax(_))),
+                "{text}"
+            );
+        }
+        assert_eq!(steps("$['\\\\u']"), vec![name("\\u")]);
+        assert_eq!(steps("$['\\u0075']"), vec![name("u")]);
     }
 
     /// Selects in `data` and parses what was selected.
