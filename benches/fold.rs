@@ -10,10 +10,14 @@
 //!   of growing fresh memory); into one reused `Fold` cleared every 4,096 events; the
 //!   same plus `drain_sorted` per batch (the flush's key materialisation and sort);
 //!   and with every event owning its observation (input cold in cache);
+//!   and the engine's case, which the target is judged on: every event owning its
+//!   observation, folded 4,096 at a time and drained sorted after each batch, as the
+//!   counters projection folds a batch of records and merges it into its overlay;
 //! - (b) `CompiledMeter::extract` + `Fold::apply` from each event's `data` JSON text.
 //!
-//! Prints the median events/s of each case and the fold/baseline ratios.
-//! `KEYMETER_BENCH_QUICK=1` shrinks it to a sub-second smoke run.
+//! Prints the median events/s of each case, the fold/baseline ratios and, next to
+//! each figure, its target. `KEYMETER_BENCH_QUICK=1` shrinks it to a sub-second
+//! smoke run.
 
 mod common;
 
@@ -214,6 +218,28 @@ fn fold_owned_observations(meter: &CompiledMeter, input: &Input, owned: &[Observ
     fold.len()
 }
 
+/// The engine's case: owned (cold) observations, a batch folded and then
+/// drained in key order, as the counters projection merges it into its overlay.
+fn fold_owned_and_drain_batched(
+    meter: &CompiledMeter,
+    input: &Input,
+    owned: &[Observation],
+) -> usize {
+    let mut fold = Fold::new();
+    let mut counters = 0;
+    for (events, observations) in input
+        .events
+        .chunks(BATCH_EVENTS)
+        .zip(owned.chunks(BATCH_EVENTS))
+    {
+        for (e, obs) in events.iter().zip(observations) {
+            fold.apply(meter, &input.subjects[e.subject], e.time_ms, obs);
+        }
+        counters += black_box(fold.drain_sorted()).len();
+    }
+    counters
+}
+
 fn extract_and_fold(meter: &CompiledMeter, input: &Input) -> usize {
     let mut fold = Fold::new();
     for e in &input.events {
@@ -226,16 +252,29 @@ fn extract_and_fold(meter: &CompiledMeter, input: &Input) -> usize {
     fold.len()
 }
 
+/// What a case's figure is held to.
+#[derive(Clone, Copy, PartialEq)]
+enum Judged {
+    /// The issue's target, on the case that does what the engine does.
+    Target,
+    /// The same target shown for comparison: an easier case than the engine's.
+    Easier,
+    /// No target: a reference figure.
+    None,
+}
+
 struct Case {
     name: &'static str,
+    judged: Judged,
     times: Vec<Duration>,
     counters: usize,
 }
 
 impl Case {
-    fn new(name: &'static str) -> Case {
+    fn new(name: &'static str, judged: Judged) -> Case {
         Case {
             name,
+            judged,
             times: Vec::new(),
             counters: 0,
         }
@@ -264,48 +303,49 @@ fn main() {
         .map(|e| input.observations[e.payload].clone())
         .collect();
 
-    let mut base = Case::new("baseline HashMap<u64,i128> +=");
-    let mut whole = Case::new("(a) fold observations, one Fold");
-    let mut batched = Case::new("(a) fold observations, 4096/batch");
-    let mut drained = Case::new("(a) fold + drain_sorted, 4096/batch");
-    let mut cold = Case::new("(a) fold owned (cold) observations");
-    let mut extracted = Case::new("(b) extract + fold from data text");
+    let mut base = Case::new("baseline HashMap<u64,i128> +=", Judged::None);
+    let mut whole = Case::new("(a) fold observations, one Fold", Judged::Easier);
+    let mut batched = Case::new("(a) fold observations, 4096/batch", Judged::Easier);
+    let mut drained = Case::new("(a) fold + drain_sorted, 4096/batch", Judged::Easier);
+    let mut cold = Case::new("(a) fold owned (cold) observations", Judged::Easier);
+    let mut engine = Case::new("(a) engine: owned + drain, 4096/batch", Judged::Target);
+    let mut extracted = Case::new("(b) extract + fold from data text", Judged::None);
     for _ in 0..plan.rounds {
         base.run(|| baseline(&input));
         whole.run(|| fold_observations(&meter, &input));
         batched.run(|| fold_observations_batched(&meter, &input));
         drained.run(|| fold_and_drain_batched(&meter, &input));
         cold.run(|| fold_owned_observations(&meter, &input, &owned));
+        engine.run(|| fold_owned_and_drain_batched(&meter, &input, &owned));
         extracted.run(|| extract_and_fold(&meter, &input));
     }
 
     println!(
         "fold bench: {} events, {SUBJECTS} subjects, {} groups, {} h of MINUTE windows, \
-         SUM meter, median of {} rounds, 1 core",
+         SUM meter, cases in turn, median of {} rounds, 1 core",
         plan.events,
         MODELS.len() * REGIONS.len(),
         SPAN_MS / 3_600_000,
         plan.rounds
     );
+    let target = 5_000_000.0;
     let baseline_rate = base.events_per_s(plan.events);
-    for case in [&base, &whole, &batched, &drained, &cold, &extracted] {
+    for case in [
+        &base, &whole, &batched, &drained, &cold, &engine, &extracted,
+    ] {
         let rate = case.events_per_s(plan.events);
+        let judged = match case.judged {
+            Judged::Target => common::at_least(rate, target, "events/s"),
+            Judged::Easier => format!("(easier than the engine's case; target {target:.0})"),
+            Judged::None => "no target".to_owned(),
+        };
         println!(
-            "  {:<36} {:>12.0} events/s  {:>7.1} ns/event  {:>9} counters  {:.2}x baseline",
+            "  {:<38} {:>12.0} events/s  {:>7.1} ns/event  {:>9} counters  {:.2}x baseline  {judged}",
             case.name,
             rate,
             1e9 / rate,
             case.counters,
             rate / baseline_rate
-        );
-    }
-    let target = 5_000_000.0;
-    for case in [&whole, &batched] {
-        let rate = case.events_per_s(plan.events);
-        println!(
-            "  target >= {target:.0} events/s, {}: {}",
-            case.name,
-            common::met(rate >= target)
         );
     }
 }

@@ -2,9 +2,10 @@
 //!
 //! Loads a log of `EVENTS` events (10M; 20k with `KEYMETER_BENCH_QUICK=1`),
 //! then runs the same closed ingest loop (batches of 100 events, one at a
-//! time) twice: alone (baseline), and while a new meter over every logged
-//! event is created and counts them. Prints p50/p99/max batch latency of
-//! both, their p99 ratio, and how long the count took.
+//! time) three times: alone (baseline), while a new meter over every logged
+//! event is created and counts them, and alone again (so that drift shows).
+//! Prints p50/p99/max batch latency of each, the p99 ratio against the
+//! faster alone run, and how long the count took. It has no target.
 
 mod common;
 
@@ -138,11 +139,21 @@ fn main() {
         let (counted_in, h) = tokio::join!(counted, probe);
         (h, counted_in)
     });
-    row("ingest alone", &alone);
+    // Alone again, so that a drift in the machine's speed shows.
+    let start = Instant::now();
+    let after = rt.block_on(probe(&handle, "after", || start.elapsed() >= probe_time));
+    row("ingest alone, before", &alone);
     row("ingest while meter counts", &during);
+    row("ingest alone, after", &after);
+    // The faster of the two alone runs: the ratio is not flattered by a slow spell.
+    let alone_p99 = alone
+        .value_at_quantile(0.99)
+        .min(after.value_at_quantile(0.99))
+        .max(1);
     println!(
-        "p99 ratio (during / alone): {:.2}; the meter counted {events} events within {:.1} s",
-        during.value_at_quantile(0.99) as f64 / alone.value_at_quantile(0.99).max(1) as f64,
+        "p99 ratio (during / faster alone): {:.2}; the meter counted {events} events within \
+         {:.1} s; no target set (ARCHITECTURE.md records the measured figures)",
+        during.value_at_quantile(0.99) as f64 / alone_p99 as f64,
         counted_in.as_secs_f64()
     );
     drop(handle);

@@ -124,29 +124,33 @@ pub fn max_k(h: &Histogram<u64>) -> f64 {
     h.max() as f64 / 1000.0
 }
 
+/// The median of `values` (the upper one of an even count).
+#[allow(dead_code)]
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+/// `target >= 300000 events/s (met)`: the target a figure is judged by,
+/// printed next to it.
+#[allow(dead_code)]
+pub fn at_least(value: f64, target: f64, unit: &str) -> String {
+    format!("target >= {target:.0} {unit} ({})", met(value >= target))
+}
+
+/// `target <= 50 µs (met)`.
+#[allow(dead_code)]
+pub fn at_most(value: f64, target: f64, unit: &str) -> String {
+    format!("target <= {target:.0} {unit} ({})", met(value <= target))
+}
+
 pub fn met(ok: bool) -> &'static str {
     if ok {
         "met"
     } else {
         "NOT met"
     }
-}
-
-/// `ratio <what>/baseline: <percent> %   target: >= <target> <unit> (met)`:
-/// the ratio is the figure, the absolute target is the issue's.
-#[allow(dead_code)]
-pub fn print_ratio_to_baseline(
-    what: &str,
-    per_s: f64,
-    baseline_per_s: f64,
-    target: f64,
-    unit: &str,
-) {
-    println!(
-        "ratio {what}/baseline: {:.1} %   target: >= {target:.0} {unit} ({})",
-        100.0 * per_s / baseline_per_s,
-        met(per_s >= target)
-    );
 }
 
 /// CPU seconds (user + system) in a `/proc/<pid>[/task/<tid>]/stat` line.

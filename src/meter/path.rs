@@ -2,10 +2,12 @@
 //! selectors only, e.g. `$.tokens`, `$.usage.input`, `$['a b']`, `$.items[0].n`,
 //! `$.items[-1]`.
 //!
-//! A path is first validated by `serde_json_path` (the RFC 9535 authority); this module
-//! then compiles it into a list of steps, which both proves that it is singular (a
-//! valid path this parser cannot read uses wildcards, slices, filters, unions or
-//! descendant segments) and lets extraction walk `data` without allocating.
+//! A path is compiled into a list of steps by this module's parser of the singular
+//! subset, which lets extraction walk `data` without allocating, and validated by
+//! `serde_json_path` (the RFC 9535 authority). A text the parser refuses is either
+//! not JSONPath or a valid query that may select several nodes (wildcards, slices,
+//! filters, unions, descendant segments); `serde_json_path` tells which, for texts
+//! short enough that it cannot take long doing so.
 
 use std::borrow::Cow;
 
@@ -39,14 +41,33 @@ pub(crate) enum PathError {
 
 impl SingularPath {
     pub(crate) fn compile(text: &str) -> Result<SingularPath, PathError> {
-        serde_json_path::JsonPath::parse(text).map_err(|e| PathError::Syntax(e.to_string()))?;
-        let steps = Parser::new(text)
-            .parse_singular()
-            .ok_or(PathError::NotSingular)?;
-        Ok(SingularPath {
-            text: text.to_owned(),
-            steps,
-        })
+        if ends_inside_unicode_escape(text) {
+            // serde_json_path 0.7 panics on this ("we do not use streaming parsers").
+            return Err(PathError::Syntax(
+                "the path ends inside a \\u escape".to_owned(),
+            ));
+        }
+        let syntax = |e: serde_json_path::ParseError| PathError::Syntax(e.to_string());
+        match Parser::new(text).parse_singular() {
+            Some(steps) => {
+                serde_json_path::JsonPath::parse(text).map_err(syntax)?;
+                Ok(SingularPath {
+                    text: text.to_owned(),
+                    steps,
+                })
+            }
+            // serde_json_path takes seconds on some texts of a few hundred bytes
+            // (nested filters: `$[?$[?((((…`); only short ones are classified.
+            None if !classifiable(text) => Err(PathError::Syntax(
+                "not a singular query (`$` then `.name`, `['name']` or `[index]` steps); \
+                 a path this long or with this many filters is not checked further"
+                    .to_owned(),
+            )),
+            None => match serde_json_path::JsonPath::parse(text) {
+                Ok(_) => Err(PathError::NotSingular),
+                Err(e) => Err(syntax(e)),
+            },
+        }
     }
 
     /// The path as written in the meter definition.
@@ -69,6 +90,37 @@ impl SingularPath {
         }
         Some(node)
     }
+}
+
+/// Whether a text that is not a singular query may be handed to
+/// serde_json_path, to tell a syntax error from a valid query that may select
+/// several nodes. Its parser takes time exponential in the nesting of filters
+/// (`$[?` 18 times: 0.5 s, 42 times: over a minute; nested deeper it overflows
+/// the stack), so only short texts with few filters are.
+fn classifiable(text: &str) -> bool {
+    const BYTES_MAX: usize = 64;
+    const FILTERS_MAX: usize = 3;
+    text.len() <= BYTES_MAX && text.matches('?').count() <= FILTERS_MAX
+}
+
+/// Whether the text ends before the four hex digits of its last `\u` escape
+/// (`$['\u`, `$['\uD83D\uDE`). No valid path does: a quote and a `]` must
+/// follow every escape.
+fn ends_inside_unicode_escape(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    let mut last_escape_end = None;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' {
+            if bytes.get(i + 1) == Some(&b'u') {
+                last_escape_end = Some(i + 6);
+            }
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    last_escape_end.is_some_and(|end| end > bytes.len())
 }
 
 /// Takes one step into an object or array; anything else selects nothing.
@@ -362,6 +414,46 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn nested_filters_are_refused_without_serde_json_path() {
+        // serde_json_path took 24 s on a 1,334-byte text like the first, over a
+        // minute on the second, and overflowed the stack on longer ones.
+        let nested = format!("$[?$[?$[?$[?{} {}", "(".repeat(39), "(".repeat(60));
+        for text in [nested.repeat(4), "$[?".repeat(42), "$[?".repeat(4)] {
+            match SingularPath::compile(&text) {
+                Err(PathError::Syntax(reason)) => {
+                    assert!(reason.contains("not checked further"), "{reason}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(
+            SingularPath::compile("$[?$[?$[?@]]]"),
+            Err(PathError::NotSingular)
+        );
+        let long_singular = format!("${}", ".abc".repeat(500));
+        assert_eq!(steps(&long_singular).len(), 500);
+    }
+
+    #[test]
+    fn paths_ending_inside_a_unicode_escape_are_syntax_errors() {
+        for text in [
+            "$['\\u",
+            "$['\\uD",
+            "$['a\\u00",
+            "$[\"\\ud83d\\u",
+            "$['\\uD83D\\uD",
+            "$['\\uD83D\\uDE0",
+        ] {
+            assert!(
+                matches!(SingularPath::compile(text), Err(PathError::Syntax(_))),
+                "{text}"
+            );
+        }
+        assert_eq!(steps("$['\\\\u']"), vec![name("\\u")]);
+        assert_eq!(steps("$['\\u0075']"), vec![name("u")]);
     }
 
     /// Selects in `data` and parses what was selected.
