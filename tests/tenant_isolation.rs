@@ -396,3 +396,65 @@ async fn a_license_key_authenticates_its_own_license_calls_only() {
     assert_eq!(r.status(), 204);
     server.stop();
 }
+
+/// A product's client keeps, as its offline fallback, only a verdict about
+/// its own request: a valid verdict for another license (or another
+/// product's) is refused by `VerdictCache::accept`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_falls_back_only_on_a_verdict_about_its_own_license() {
+    use keymeter_client::{Asked, ClientError, VerdictCache};
+    let root = tempfile::tempdir().unwrap();
+    let server = Server::start(&root.path().join("data"));
+    let mine = server
+        .create_license(json!({"product": "ide", "customer": "c"}))
+        .await;
+    let theirs = server
+        .create_license(json!({"product": "cad", "customer": "d"}))
+        .await;
+    let keys = server.jwks_keys().await;
+    let asked = Asked {
+        license_id: mine["id"].as_str().unwrap().to_owned(),
+        product: Some("ide".into()),
+        fingerprint: Some("m1".into()),
+    };
+    let mut cache = VerdictCache::new(asked, 3600);
+    let verdict = |license: &Value, nonce: &str| json!({"key": license["key"], "fingerprint": "m1", "nonce": nonce});
+    let other = server
+        .validate_license(ADMIN_KEY, verdict(&theirs, "nonce-0001"))
+        .await;
+    assert_eq!(other["valid"], true);
+    let got = cache.accept(
+        other["token"].as_str().unwrap(),
+        &keys,
+        common::now_s(),
+        "nonce-0001",
+    );
+    assert!(
+        matches!(
+            got,
+            Err(ClientError::NotOurs {
+                claim: "license",
+                ..
+            })
+        ),
+        "{got:?}"
+    );
+    assert!(cache.fallback(common::now_s()).is_none());
+    let ours = server
+        .validate_license(ADMIN_KEY, verdict(&mine, "nonce-0002"))
+        .await;
+    let claims = cache
+        .accept(
+            ours["token"].as_str().unwrap(),
+            &keys,
+            common::now_s(),
+            "nonce-0002",
+        )
+        .unwrap();
+    assert_eq!(
+        (claims.product.as_deref(), claims.fingerprint.as_deref()),
+        (Some("ide"), Some("m1"))
+    );
+    assert!(cache.fallback(common::now_s() + 60).is_some());
+    server.stop();
+}

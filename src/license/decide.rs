@@ -371,6 +371,11 @@ pub struct Claims<'a> {
     pub quota: Option<QuotaClaim<'a>>,
     pub seats: Option<SeatReport>,
     pub expires_at: Option<String>,
+    /// The license's product, so a client checks the verdict is about its
+    /// own product's license.
+    pub product: Option<&'a str>,
+    /// The machine fingerprint the validation asked about.
+    pub fingerprint: Option<&'a str>,
 }
 
 pub fn rfc3339(t: DateTime<Utc>) -> String {
@@ -381,10 +386,11 @@ impl<'a> Claims<'a> {
     pub fn new(
         license: Option<&'a License>,
         verdict: &'a Verdict,
-        nonce: Option<&'a str>,
+        asked: (Option<&'a str>, Option<&'a str>),
         now: DateTime<Utc>,
         ttl_s: i64,
     ) -> Claims<'a> {
+        let (nonce, fingerprint) = asked;
         let iat = now.timestamp();
         Claims {
             iss: "keymeter",
@@ -403,6 +409,8 @@ impl<'a> Claims<'a> {
             }),
             seats: verdict.seats,
             expires_at: license.and_then(|l| l.expires_at).map(rfc3339),
+            product: license.map(|l| l.product.as_str()),
+            fingerprint,
         }
     }
 }
@@ -564,7 +572,14 @@ mod tests {
             &[12.0],
             now,
         );
-        let c = serde_json::to_value(Claims::new(Some(&l), &v, Some("n1"), now, 300)).unwrap();
+        let c = serde_json::to_value(Claims::new(
+            Some(&l),
+            &v,
+            (Some("n1"), Some("m1")),
+            now,
+            300,
+        ))
+        .unwrap();
         assert_eq!(c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(), 300);
         assert_eq!(
             c["quota"],
@@ -579,5 +594,9 @@ mod tests {
             (Some("VALID"), Some(true), Some("n1"))
         );
         assert_eq!(c["entitlements"], json!(["pro"]));
+        assert_eq!(
+            (c["product"].as_str(), c["fingerprint"].as_str()),
+            (Some("p"), Some("m1"))
+        );
     }
 }

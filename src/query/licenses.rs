@@ -69,7 +69,7 @@ impl View {
         let claims = Claims::new(
             entry.as_deref().map(|s| &s.license),
             &verdict,
-            nonce,
+            (nonce, request.fingerprint),
             now,
             token_ttl_s,
         );

@@ -57,6 +57,12 @@ pub enum ClientError {
     },
     #[error("cannot decrypt: wrong license key or fingerprint, or the file was altered")]
     Decrypt,
+    #[error("the verdict is about {claim} {found:?}, not ours ({expected:?})")]
+    NotOurs {
+        claim: &'static str,
+        expected: String,
+        found: Option<String>,
+    },
 }
 
 /// Quota snapshot carried by a verdict.
@@ -92,6 +98,12 @@ pub struct Claims {
     pub quota: Option<Quota>,
     pub seats: Option<Seats>,
     pub expires_at: Option<String>,
+    /// The license's product (servers before this claim omit it).
+    #[serde(default)]
+    pub product: Option<String>,
+    /// The machine fingerprint the validation was asked for, if any.
+    #[serde(default)]
+    pub fingerprint: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -305,10 +317,26 @@ pub fn open_license_file(
     Ok(contents)
 }
 
-/// Remembers the last good verdict so a product keeps working for a bounded
-/// time while the server is unreachable.
+/// What a product asked the server: a verdict is only about this.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Asked {
+    /// The license id (`sub`).
+    pub license_id: String,
+    /// The product's id, checked against the `product` claim when set.
+    pub product: Option<String>,
+    /// The machine fingerprint sent, checked against the `fingerprint`
+    /// claim when set.
+    pub fingerprint: Option<String>,
+}
+
+/// Remembers the last good verdict about one license on one machine, so a
+/// product keeps working for a bounded time while the server is
+/// unreachable. Only a verdict that answers this product's own request (its
+/// nonce, license, product and fingerprint) is remembered, and it stands in
+/// neither beyond the grace window nor past the license's own expiry.
 #[derive(Debug, Clone)]
 pub struct VerdictCache {
+    asked: Asked,
     grace_s: i64,
     last_good: Option<Claims>,
 }
@@ -316,33 +344,46 @@ pub struct VerdictCache {
 impl VerdictCache {
     /// `grace_s`: how long after the last good verdict was issued it may
     /// stand in for the server.
-    pub fn new(grace_s: i64) -> VerdictCache {
+    pub fn new(asked: Asked, grace_s: i64) -> VerdictCache {
         VerdictCache {
+            asked,
             grace_s,
             last_good: None,
         }
     }
 
-    /// Verifies a fresh token and, when it says the license is valid,
-    /// remembers it. Returns the claims either way.
+    /// Verifies a fresh token: signature and times, then that it answers
+    /// `nonce` (the one sent with this request) and is about the license,
+    /// product and machine asked. When it says the license is valid it is
+    /// remembered; an explicit "no" forgets any earlier "yes". Returns the
+    /// claims either way.
     pub fn accept(
         &mut self,
         token: &str,
         keys: &Keys,
         now_unix_s: i64,
+        nonce: &str,
     ) -> Result<Claims, ClientError> {
-        let claims = verify_token(token, keys, now_unix_s)?;
+        let claims = verify_token_for_nonce(token, keys, now_unix_s, nonce)?;
+        let a = &self.asked;
+        check_claim("license", Some(&a.license_id), Some(&claims.sub))?;
+        check_claim("product", a.product.as_ref(), claims.product.as_ref())?;
+        check_claim(
+            "fingerprint",
+            a.fingerprint.as_ref(),
+            claims.fingerprint.as_ref(),
+        )?;
         if claims.valid {
             self.last_good = Some(claims.clone());
         } else {
-            // An explicit "no" from the server overrides any cached "yes".
             self.last_good = None;
         }
         Ok(claims)
     }
 
     /// The verdict to use when the server cannot be reached: the last good
-    /// one, if it was issued within the grace window and not in the future.
+    /// one, if it was issued within the grace window, not in the future,
+    /// and the license has not expired since.
     pub fn fallback(&self, now_unix_s: i64) -> Option<&Claims> {
         let c = self.last_good.as_ref()?;
         if c.iat > now_unix_s.saturating_add(CLOCK_SKEW_S)
@@ -350,7 +391,29 @@ impl VerdictCache {
         {
             return None;
         }
+        if let Some(expires_at) = &c.expires_at {
+            let expiry = chrono::DateTime::parse_from_rfc3339(expires_at).ok()?;
+            if now_unix_s >= expiry.timestamp() {
+                return None;
+            }
+        }
         Some(c)
+    }
+}
+
+/// `expected` (when set) must be what the verdict says.
+fn check_claim(
+    claim: &'static str,
+    expected: Option<&String>,
+    found: Option<&String>,
+) -> Result<(), ClientError> {
+    match expected {
+        Some(e) if found != Some(e) => Err(ClientError::NotOurs {
+            claim,
+            expected: e.clone(),
+            found: found.cloned(),
+        }),
+        _ => Ok(()),
     }
 }
 

@@ -77,7 +77,62 @@ impl Issuer {
 fn claims(iat: i64, exp: i64, valid: bool) -> serde_json::Value {
     json!({"iss": "keymeter", "sub": "lic_1", "iat": iat, "exp": exp, "nonce": "n-1",
            "valid": valid, "code": if valid { "VALID" } else { "SUSPENDED" },
-           "entitlements": ["pro"], "quota": null, "seats": {"used": 1, "max": 10}, "expires_at": null})
+           "entitlements": ["pro"], "quota": null, "seats": {"used": 1, "max": 10}, "expires_at": null,
+           "product": "ide", "fingerprint": "m1"})
+}
+
+fn asked() -> Asked {
+    Asked {
+        license_id: "lic_1".into(),
+        product: Some("ide".into()),
+        fingerprint: Some("m1".into()),
+    }
+}
+
+/// Any valid verdict used to be cached, whatever it answered: now only one
+/// for this request (nonce), license, product and machine stands in, and
+/// never past the license's own expiry.
+#[test]
+fn the_cache_keeps_only_a_verdict_about_our_own_request() {
+    let i = Issuer::new();
+    let keys = i.jwks();
+    let mut cache = VerdictCache::new(asked(), 3600);
+    let with = |k: &str, v: serde_json::Value| {
+        let mut c = claims(NOW, NOW + 300, true);
+        c[k] = v;
+        i.token(&c)
+    };
+    for (token, claim) in [
+        (with("sub", json!("lic_2")), "license"),
+        (with("product", json!("cad")), "product"),
+        (with("product", json!(null)), "product"),
+        (with("fingerprint", json!("m2")), "fingerprint"),
+    ] {
+        assert!(
+            matches!(
+                cache.accept(&token, &keys, NOW, "n-1"),
+                Err(ClientError::NotOurs { claim: c, .. }) if c == claim
+            ),
+            "{claim}"
+        );
+        assert!(cache.fallback(NOW).is_none(), "{claim}");
+    }
+    let ours = i.token(&claims(NOW, NOW + 300, true));
+    assert!(matches!(
+        cache.accept(&ours, &keys, NOW, "n-2"),
+        Err(ClientError::NonceMismatch { .. })
+    ));
+    assert!(cache.fallback(NOW).is_none());
+    cache.accept(&ours, &keys, NOW, "n-1").unwrap();
+    assert!(cache.fallback(NOW + 60).is_some());
+
+    // A license that expires within the grace window stops at its expiry.
+    let expiring = with("expires_at", json!("2026-09-21T14:23:20Z"));
+    let expiry = NOW + 600;
+    let mut cache = VerdictCache::new(asked(), 3600);
+    cache.accept(&expiring, &keys, NOW, "n-1").unwrap();
+    assert!(cache.fallback(expiry - 1).is_some());
+    assert!(cache.fallback(expiry).is_none());
 }
 
 #[test]
@@ -201,10 +256,10 @@ fn license_files_open_only_with_the_right_key_and_fingerprint() {
 fn the_cache_falls_back_within_grace_and_forgets_on_a_no() {
     let i = Issuer::new();
     let keys = i.jwks();
-    let mut cache = VerdictCache::new(3600);
+    let mut cache = VerdictCache::new(asked(), 3600);
     assert!(cache.fallback(NOW).is_none());
     cache
-        .accept(&i.token(&claims(NOW, NOW + 300, true)), &keys, NOW)
+        .accept(&i.token(&claims(NOW, NOW + 300, true)), &keys, NOW, "n-1")
         .unwrap();
     assert_eq!(
         cache.fallback(NOW + 1800).map(|c| c.code.as_str()),
@@ -217,6 +272,7 @@ fn the_cache_falls_back_within_grace_and_forgets_on_a_no() {
             &i.token(&claims(NOW + 10, NOW + 300, false)),
             &keys,
             NOW + 10,
+            "n-1",
         )
         .unwrap();
     assert!(cache.fallback(NOW + 20).is_none());
@@ -229,9 +285,9 @@ fn a_verdict_issued_at_the_start_of_time_is_no_fallback() {
     // checks, wrapped into "within grace").
     let i = Issuer::new();
     let keys = i.jwks();
-    let mut cache = VerdictCache::new(0);
+    let mut cache = VerdictCache::new(asked(), 0);
     let t = i.token(&claims(-9_223_372_036_837_998_593, NOW + 11_777, true));
-    assert!(cache.accept(&t, &keys, NOW).unwrap().valid);
+    assert!(cache.accept(&t, &keys, NOW, "n-1").unwrap().valid);
     assert!(cache.fallback(NOW).is_none());
     assert!(cache.fallback(i64::MIN).is_none());
 }
@@ -246,8 +302,8 @@ fn extreme_clocks_are_refused_not_overflowed() {
         verify_token(&t, &keys, i64::MAX),
         Err(ClientError::Expired { .. })
     ));
-    let mut cache = VerdictCache::new(3600);
-    cache.accept(&t, &keys, NOW).unwrap();
+    let mut cache = VerdictCache::new(asked(), 3600);
+    cache.accept(&t, &keys, NOW, "n-1").unwrap();
     assert!(cache.fallback(i64::MAX).is_none());
     assert!(cache.fallback(i64::MIN).is_none());
 }
