@@ -5,9 +5,11 @@
 //! with chosen defects, trailing garbage, a truncation and a bit flip.
 //!
 //! Properties: `verify` and `Log::open` return Ok or an error, never panic or
-//! hang, and agree with each other; a log `verify` accepts reads back every
-//! record it counts; a log `open` accepts takes a new batch, after which it
-//! verifies cleanly with no torn tail.
+//! hang, and agree with each other and with an independent model of the
+//! documented recovery rules (`keymeter_fuzz::log_model`: same refusal, same
+//! head seq and hash, same torn tail length); a log `verify` accepts reads
+//! back every record it counts; a log `open` accepts takes a new batch, after
+//! which it verifies cleanly with no torn tail.
 
 #![no_main]
 
@@ -21,6 +23,7 @@ use keymeter::log::{
     read_range, verify, Log, LogConfig, LogError, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
 use keymeter_fuzz::input::log::{Defect, FrameSpec, Input};
+use keymeter_fuzz::log_model::{self, Recovery};
 use libfuzzer_sys::fuzz_target;
 
 const SEGMENTS_MAX: usize = 4;
@@ -89,6 +92,23 @@ fn build(dir: &Path, segments: &[Vec<FrameSpec>], tail: &[u8], cut: u16, flip: O
     }
 }
 
+/// The segment files as the model reads them: (seq in the name, bytes).
+fn segment_files(dir: &Path) -> Vec<(u64, Vec<u8>)> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter_map(|path| {
+            let seq = path
+                .file_name()?
+                .to_str()?
+                .strip_suffix(".seg")?
+                .parse()
+                .ok()?;
+            Some((seq, std::fs::read(&path).unwrap()))
+        })
+        .collect()
+}
+
 fn is_corrupt(r: &Result<impl std::fmt::Debug, LogError>) -> bool {
     matches!(r, Err(LogError::Corrupt { .. }))
 }
@@ -139,6 +159,25 @@ fuzz_target!(|input: Input| {
     }
 
     let verified = verify(dir);
+    match (log_model::recover(&mut segment_files(dir)), &verified) {
+        (
+            Recovery::Recovered {
+                head_seq,
+                head_hash,
+                torn_bytes,
+            },
+            Ok(report),
+        ) => {
+            assert_eq!(report.head_seq, head_seq, "{report:?}");
+            assert_eq!(report.head_hash, head_hash);
+            let torn = report.torn_tail.as_ref().map_or(0, |t| t.bytes);
+            assert_eq!(torn, torn_bytes, "{report:?}");
+        }
+        (Recovery::Refused(_), Err(_)) => {}
+        (model, verified) => {
+            panic!("the documented rules say {model:?}, verify says {verified:?}")
+        }
+    }
     if let Ok(report) = &verified {
         // Everything verify counts reads back, in order, chained.
         let mut prev = GENESIS_HASH;
