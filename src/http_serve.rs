@@ -55,7 +55,9 @@ pub async fn serve(
     let router = router.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
         limits.body_read_timeout,
     ));
-    let mut builder = Builder::new(TokioExecutor::new());
+    // HTTP/1.1 only, as the TLS listener offers (ALPN `http/1.1`): HTTP/2
+    // would need its own stream limits and has no header-read timeout.
+    let mut builder = Builder::new(TokioExecutor::new()).http1_only();
     builder
         .http1()
         .timer(TokioTimer::new())
