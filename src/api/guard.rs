@@ -88,7 +88,13 @@ pub struct Guards {
     checkout_per_key: Limit,
     checkout_per_license: Limit,
     checks: AtomicU64,
+    /// Queries over a whole meter (no `subject`) running at once: each holds
+    /// its answer in memory, so they take turns beyond this.
+    pub whole_meter_queries: tokio::sync::Semaphore,
 }
+
+/// Queries over a whole meter that run at once (see [`Guards`]).
+pub const WHOLE_METER_QUERIES_MAX: usize = 2;
 
 impl Guards {
     /// The guards of a server starting at `now_s`, with the nonces that
@@ -111,6 +117,7 @@ impl Guards {
             checkout_per_key: Limit::new(r.checkout_per_api_key),
             checkout_per_license: Limit::new(r.checkout_per_license),
             checks: AtomicU64::new(0),
+            whole_meter_queries: tokio::sync::Semaphore::new(WHOLE_METER_QUERIES_MAX),
         })
     }
 

@@ -96,7 +96,23 @@ pub async fn query(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let request = QueryRequest::parse(raw.as_deref().unwrap_or(""))?;
-    let rows = state.view.query(&slug, &request)?;
+    // A query over every subject of a meter can be large: a few at a time,
+    // each off the async workers (it reads the store synchronously).
+    let _turn = match request.subjects.is_empty() {
+        true => Some(
+            state
+                .guards
+                .whole_meter_queries
+                .acquire()
+                .await
+                .map_err(ApiError::internal)?,
+        ),
+        false => None,
+    };
+    let (view, slug_, request_) = (state.view.clone(), slug.clone(), request.clone());
+    let rows = tokio::task::spawn_blocking(move || view.query(&slug_, &request_))
+        .await
+        .map_err(ApiError::internal)??;
     let wants_csv = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())

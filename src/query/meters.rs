@@ -13,7 +13,7 @@ use crate::error_code::ErrorCode;
 use crate::event::parse_time_ms;
 use crate::log::Seq;
 use crate::meter::{self, CompiledMeter, CounterKey, QueryParams, QueryRow, WindowSize};
-use crate::projection::reads::read_states;
+use crate::projection::reads::stream_states;
 
 /// A query refused, or one that failed reading the counters
 /// ([`ErrorCode::Internal`], whose message is for the server log only).
@@ -137,23 +137,27 @@ impl View {
         let meters = self.shared.meters.load();
         let meter = queryable(&meters, &self.shared.backfills.load(), slug)?;
         let params = request.params();
-        let states = read_states(
-            &self.shared.store.counters,
-            &self.shared.overlay,
-            &ranges(meter, &params),
-        )
-        .map_err(QueryError::internal)?;
-        let mut stored = Vec::with_capacity(states.len());
-        for (k, state) in states {
-            let key = CounterKey::decode(&k).map_err(QueryError::internal)?;
-            if params.from_ms.is_some_and(|f| key.window_start_ms < f)
-                || params.to_ms.is_some_and(|t| key.window_start_ms >= t)
-            {
-                continue;
-            }
-            stored.push((key, state));
+        let ranges = ranges(meter, &params);
+        // States stream into the fold one at a time; a read error stops
+        // the stream and is the answer.
+        let mut failure = None;
+        let stored = stream_states(&self.shared.store.counters, &self.shared.overlay, &ranges)
+            .map_while(|item| {
+                let decoded = item.map_err(QueryError::internal).and_then(|(k, state)| {
+                    let key = CounterKey::decode(&k).map_err(QueryError::internal)?;
+                    Ok((key, state))
+                });
+                decoded.map_err(|e| failure = Some(e)).ok()
+            })
+            .filter(|(key, _)| {
+                params.from_ms.is_none_or(|f| key.window_start_ms >= f)
+                    && params.to_ms.is_none_or(|t| key.window_start_ms < t)
+            });
+        let rows = meter::query(meter, stored, &params);
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(rows?),
         }
-        Ok(meter::query(meter, stored.into_iter(), &params)?)
     }
 }
 
