@@ -2,13 +2,16 @@
 //!
 //! Input: one selector byte (content type), then the request body.
 //! Properties: never panics; a body is refused whole or every element is
-//! judged; an accepted event replays to the same event; re-framing the
-//! elements as a batch gives the same verdicts.
+//! judged, as an independent decoder (`keymeter_fuzz::event_model`: serde
+//! into a plain struct, `data` as a tree) judges it, with the same fields; an
+//! accepted event replays to the same event; re-framing the elements as a
+//! batch gives the same verdicts.
 
 #![no_main]
 
 use keymeter::event::{decode_body, BodyKind, Decoded, TimeWindow};
 use keymeter_fuzz::check::{assert_in_window, assert_replays_identically, NOW_MS};
+use keymeter_fuzz::event_model;
 use libfuzzer_sys::fuzz_target;
 
 const BATCH_EVENTS_MAX: usize = 64;
@@ -30,13 +33,23 @@ fuzz_target!(|data: &[u8]| {
     let _ = BodyKind::from_content_type(&String::from_utf8_lossy(body));
 
     let window = TimeWindow::default();
+    let model = event_model::decode_body(body, kind, NOW_MS, window, BATCH_EVENTS_MAX);
     let items = match decode_body(body, kind, NOW_MS, window, BATCH_EVENTS_MAX) {
         Ok(items) => items,
         Err(rejection) => {
             assert!(!rejection.message.is_empty(), "a rejection says why");
+            assert!(
+                model.is_err(),
+                "refused a body the model takes: {rejection}"
+            );
             return;
         }
     };
+    let model = model.expect("the model refuses a body keymeter takes");
+    assert_eq!(model.len(), items.len());
+    for (ours, verdict) in items.iter().zip(&model) {
+        event_model::assert_agrees(ours, verdict);
+    }
     assert!(!items.is_empty(), "a decoded body has at least one element");
     assert!(items.len() <= BATCH_EVENTS_MAX);
     if kind == BodyKind::Single {

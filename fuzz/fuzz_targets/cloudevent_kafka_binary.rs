@@ -1,7 +1,8 @@
 //! Kafka message decoding: binary mode (attributes in `ce_*` headers, the
 //! value is `data`) and structured mode (the value is the CloudEvent JSON).
 //!
-//! Properties: never panics; an accepted binary-mode message is rebuilt as a
+//! Properties: never panics; the verdict and fields are those of an
+//! independent decoder (`keymeter_fuzz::event_model`); an accepted binary-mode message is rebuilt as a
 //! structured event that decodes to the same event, over HTTP and over Kafka
 //! structured mode, and replays identically.
 
@@ -10,6 +11,7 @@
 use keymeter::event::{Decoded, TimeWindow};
 use keymeter::source::binding::{decode_message, Header};
 use keymeter_fuzz::check::{assert_in_window, assert_replays_identically, NOW_MS};
+use keymeter_fuzz::event_model;
 use keymeter_fuzz::input::kafka::{Message, Name, Value, NAMES, VALUES};
 use libfuzzer_sys::fuzz_target;
 
@@ -37,7 +39,10 @@ fuzz_target!(|msg: Message| {
         .collect();
 
     let window = TimeWindow::default();
-    match decode_message(msg.value.as_deref(), &headers, NOW_MS, window) {
+    let decoded = decode_message(msg.value.as_deref(), &headers, NOW_MS, window);
+    let model = event_model::decode_message(msg.value.as_deref(), &headers, NOW_MS, window);
+    event_model::assert_agrees(&decoded, &model);
+    match decoded {
         Decoded::Valid(event) => {
             assert_in_window(&event, window);
             assert_replays_identically(&event, window);

@@ -5,7 +5,9 @@
 //! whatever verifies carries a signature that checks with ed25519 directly
 //! under the key its `kid` names; a token or file signed here verifies exactly
 //! when its content is well-formed and current; a token altered after signing
-//! never verifies.
+//! never verifies; the verdict cache serves a verdict exactly when it said yes
+//! and `later` is within its grace window (issued at most `grace_s` before,
+//! and not after `later` beyond the clock skew).
 
 #![no_main]
 
@@ -137,8 +139,8 @@ fn signed(
     grace_s: i64,
     later: i64,
 ) {
-    let (header, claims) = (header.bytes(), claims.bytes());
-    let token = token_of(&header, &claims, signer);
+    let (header, claims_bytes) = (header.bytes(), claims.bytes());
+    let token = token_of(&header, &claims_bytes, signer);
     if let Some((at, mask)) = tamper.filter(|&(_, mask)| mask != 0) {
         let mut bytes = token.clone().into_bytes();
         let at = usize::from(at) % bytes.len();
@@ -161,7 +163,7 @@ fn signed(
         .and_then(|h| h.kid.as_deref());
     let expected = named == Some(signer.name())
         && signing_key(signer.name()).is_some()
-        && serde_json::from_slice::<Claims>(&claims).is_ok_and(|c| {
+        && serde_json::from_slice::<Claims>(&claims_bytes).is_ok_and(|c| {
             i128::from(c.iat) <= i128::from(now) + i128::from(CLOCK_SKEW_S) && now < c.exp
         });
     assert_eq!(result.is_ok(), expected, "{result:?}");
@@ -171,9 +173,35 @@ fn signed(
         if let Some(c) = &claims.nonce {
             assert!(verify_token_for_nonce(&token, keys, now, c).is_ok());
         }
-        if let Some(fallback) = cache.fallback(later) {
-            assert!(claims.valid);
-            assert_eq!(fallback, &claims);
+        // Served from the cache exactly when the verdict said yes, was
+        // issued no later than `later` (give or take the clock skew) and no
+        // more than the grace before it; computed without overflow.
+        let (iat, later_wide) = (i128::from(claims.iat), i128::from(later));
+        let within_grace = claims.valid
+            && iat <= later_wide + i128::from(CLOCK_SKEW_S)
+            && later_wide - iat <= i128::from(grace_s);
+        match cache.fallback(later) {
+            Some(fallback) => {
+                assert!(
+                    within_grace,
+                    "served at {later}: {claims:?}, grace {grace_s}"
+                );
+                assert_eq!(fallback, &claims);
+            }
+            None => assert!(
+                !within_grace,
+                "not served at {later} within grace {grace_s}: {claims:?}"
+            ),
+        }
+        // An explicit "no" from the server, signed the same way, ends the grace.
+        let mut no: serde_json::Value = serde_json::from_slice(&claims_bytes).unwrap();
+        no["valid"] = false.into();
+        let no = token_of(&header, no.to_string().as_bytes(), signer);
+        if cache.accept(&no, keys, now).is_ok() {
+            assert!(
+                cache.fallback(later).is_none(),
+                "a cached yes outlived a no"
+            );
         }
     }
 }
