@@ -21,7 +21,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use keymeter_client::{
     license_file_key, license_file_signing_input, open_license_file, verify_token,
     verify_token_for_nonce, Claims, ClientError, Keys, LicenseFile, LicenseFileContents,
-    VerdictCache, CLOCK_SKEW_S, LICENSE_FILE_FORMAT,
+    Asked, VerdictCache, CLOCK_SKEW_S, LICENSE_FILE_FORMAT,
 };
 use keymeter_fuzz::input::token::{signing_key, ClaimsText, FilePlaintext, HeaderText, Input, Kid};
 use libfuzzer_sys::fuzz_target;
@@ -168,16 +168,44 @@ fn signed(
         });
     assert_eq!(result.is_ok(), expected, "{result:?}");
 
-    let mut cache = VerdictCache::new(grace_s);
-    if let Ok(claims) = cache.accept(&token, keys, now) {
-        if let Some(c) = &claims.nonce {
-            assert!(verify_token_for_nonce(&token, keys, now, c).is_ok());
-        }
+    // The cache asks about exactly what the token answers, so a verified
+    // token is accepted; one asked about another license is refused.
+    let Ok(parsed) = serde_json::from_slice::<Claims>(&claims_bytes) else {
+        return;
+    };
+    let asked = Asked {
+        license_id: parsed.sub.clone(),
+        product: parsed.product.clone(),
+        fingerprint: parsed.fingerprint.clone(),
+    };
+    let nonce = parsed.nonce.clone().unwrap_or_default();
+    let mut elsewhere = VerdictCache::new(
+        Asked {
+            license_id: format!("{}-other", parsed.sub),
+            ..asked.clone()
+        },
+        grace_s,
+    );
+    assert!(elsewhere.accept(&token, keys, now, &nonce).is_err());
+    assert!(elsewhere.fallback(later).is_none());
+    let mut cache = VerdictCache::new(asked, grace_s);
+    let accepted = cache.accept(&token, keys, now, &nonce);
+    assert_eq!(
+        accepted.is_ok(),
+        result.is_ok() && parsed.nonce.is_some(),
+        "{accepted:?}"
+    );
+    if let Ok(claims) = accepted {
         // Served from the cache exactly when the verdict said yes, was
         // issued no later than `later` (give or take the clock skew) and no
-        // more than the grace before it; computed without overflow.
+        // more than the grace before it, and the license had not expired by
+        // then; computed without overflow.
         let (iat, later_wide) = (i128::from(claims.iat), i128::from(later));
+        let before_expiry = claims.expires_at.as_deref().is_none_or(|e| {
+            chrono::DateTime::parse_from_rfc3339(e).is_ok_and(|e| later < e.timestamp())
+        });
         let within_grace = claims.valid
+            && before_expiry
             && iat <= later_wide + i128::from(CLOCK_SKEW_S)
             && later_wide - iat <= i128::from(grace_s);
         match cache.fallback(later) {
@@ -197,7 +225,7 @@ fn signed(
         let mut no: serde_json::Value = serde_json::from_slice(&claims_bytes).unwrap();
         no["valid"] = false.into();
         let no = token_of(&header, no.to_string().as_bytes(), signer);
-        if cache.accept(&no, keys, now).is_ok() {
+        if cache.accept(&no, keys, now, &nonce).is_ok() {
             assert!(
                 cache.fallback(later).is_none(),
                 "a cached yes outlived a no"
