@@ -13,7 +13,8 @@
 //!    compared; both validate cases are judged against the target, printed
 //!    next to each figure. Then the signed calls dated 2 s ahead of the
 //!    server clock (their nonces are fsynced to `DATA/signature-nonces`
-//!    before the call runs) show what that costs.
+//!    before the call runs) show what that costs, beside one journal append
+//!    and sync alone.
 //!
 //! `KEYMETER_BENCH_QUICK=1` shrinks it to a smoke run (one round).
 
@@ -120,6 +121,124 @@ fn print(name: &str, r: &Run) {
     );
 }
 
+/// The whole decision as the handler runs it, and the signature alone, per call.
+fn in_process(view: &View, key: &str, calls: usize) {
+    let entitlements = vec!["pro".to_owned()];
+    let request = Request {
+        fingerprint: Some("bench-host"),
+        entitlements: &entitlements,
+        meter: Some("calls"),
+    };
+    let mut decision = Histogram::<u64>::new(3).unwrap();
+    let mut sign_only = Histogram::<u64>::new(3).unwrap();
+    let claims = br#"{"iss":"keymeter","sub":"lic_0123456789abcdef","iat":1,"exp":2,"nonce":"n","valid":true,"code":"VALID","entitlements":["pro","sso"],"quota":{"meter":"calls","used":100,"limit":1000000,"period_end":"2026-12-01T00:00:00Z"},"seats":{"used":1,"max":10},"expires_at":"2099-01-01T00:00:00Z"}"#;
+    for i in 0..calls + calls / 10 {
+        let t = Instant::now();
+        let v = view
+            .validate_key(key, &request, Some("nonce-1"), chrono::Utc::now(), 300)
+            .unwrap();
+        let ns = t.elapsed().as_nanos() as u64;
+        assert_eq!(v.verdict.code.as_str(), "VALID");
+        std::hint::black_box(v);
+        let t = Instant::now();
+        std::hint::black_box(view.crypto().sign_jwt(claims));
+        let sign_ns = t.elapsed().as_nanos() as u64;
+        if i >= calls / 10 {
+            decision.record(ns).unwrap();
+            sign_only.record(sign_ns).unwrap();
+        }
+    }
+    println!("License validation, in process ({calls} calls, one thread)");
+    println!(
+        "decision incl. signing        p50 {:>6.1} µs  p99 {:>6.1} µs  max {:>7.1} µs   p99 {}",
+        us(&decision, 0.5),
+        us(&decision, 0.99),
+        common::max_k(&decision),
+        common::at_most(us(&decision, 0.99), TARGET_DECISION_P99_US, "µs")
+    );
+    println!(
+        "Ed25519 JWT signature alone   p50 {:>6.1} µs  p99 {:>6.1} µs   no target (the floor)",
+        us(&sign_only, 0.5),
+        us(&sign_only, 0.99)
+    );
+}
+
+/// The trivial handler, validate and signed validate take turns for `rounds`
+/// rounds (the machine's speed drifts); their medians are compared.
+async fn compare_http(
+    [trivial_url, api_url]: &[String; 2],
+    body: &Value,
+    requests: usize,
+    rounds: usize,
+    (product_key, signer): (&'static str, Signer),
+) {
+    let mut rates: [Vec<f64>; 3] = Default::default();
+    for round in 0..rounds {
+        println!("-- round {} of {rounds}", round + 1);
+        let base_run = drive(trivial_url.clone(), ADMIN_KEY, body.clone(), requests, None).await;
+        print("trivial handler (baseline)", &base_run);
+        let full = drive(api_url.clone(), ADMIN_KEY, body.clone(), requests, None).await;
+        print("keymeter validate", &full);
+        let signed = drive(api_url.clone(), product_key, body.clone(), requests, signer).await;
+        print("keymeter validate, signed", &signed);
+        for (rates, run) in rates.iter_mut().zip([&base_run, &full, &signed]) {
+            rates.push(run.per_s);
+        }
+    }
+    let [base, full, signed] = rates.map(|r| common::median(&r));
+    println!("== median of {rounds} rounds");
+    println!(
+        "trivial handler (baseline)     {base:>9.0} req/s   no target (the server stack alone)"
+    );
+    for (name, rate) in [
+        ("keymeter validate", full),
+        ("keymeter validate, signed", signed),
+    ] {
+        println!(
+            "{name:<30} {rate:>9.0} req/s   {}   {:.1} % of baseline",
+            common::at_least(rate, TARGET_VALIDATIONS_PER_S, "validations/s"),
+            100.0 * rate / base
+        );
+    }
+    println!("signed/unsigned: {:.1} %", 100.0 * signed / full);
+    // Signed calls dated ahead of the server clock: their nonces are
+    // fsynced to `DATA/signature-nonces` before the call runs. One sync per
+    // call (shared by concurrent calls): fewer calls.
+    let ahead_signer = signer.map(|(sid, secret, _)| (sid, secret, 2));
+    let ahead_requests = requests.min(CONCURRENCY * 200);
+    let ahead = drive(
+        api_url.clone(),
+        product_key,
+        body.clone(),
+        ahead_requests,
+        ahead_signer,
+    )
+    .await;
+    print("signed, dated 2 s ahead", &ahead);
+    println!(
+        "dated ahead/signed: {:.1} %   no target",
+        100.0 * ahead.per_s / signed
+    );
+}
+
+/// What a call dated ahead adds when it is alone: one append and fdatasync
+/// of `DATA/signature-nonces`.
+fn nonce_journal(dir: &std::path::Path, calls: usize) {
+    let (journal, _) =
+        keymeter::signing_journal::NonceJournal::open(&dir.join("journal-bench"), 0).unwrap();
+    let mut stored = Histogram::<u64>::new(3).unwrap();
+    for i in 0..calls.min(2_000) as i64 {
+        let t = Instant::now();
+        journal.record(([7; 32], i), 0).unwrap();
+        stored.record(t.elapsed().as_nanos() as u64).unwrap();
+    }
+    println!(
+        "nonce journal append + sync   p50 {:>6.1} µs  p99 {:>6.1} µs   no target (the disk)",
+        us(&stored, 0.5),
+        us(&stored, 0.99)
+    );
+}
+
 fn main() {
     let (calls, requests, rounds) = if common::quick() {
         (2_000, 2_048, 1)
@@ -186,49 +305,8 @@ fn main() {
         assert_eq!(r.status(), 204);
 
         // 1. In process.
-        let view = View::new(handle.shared.clone(), None);
-        let entitlements = vec!["pro".to_owned()];
-        let request = Request { fingerprint: Some("bench-host"), entitlements: &entitlements, meter: Some("calls") };
-        let mut decision = Histogram::<u64>::new(3).unwrap();
-        let mut sign_only = Histogram::<u64>::new(3).unwrap();
-        let claims = br#"{"iss":"keymeter","sub":"lic_0123456789abcdef","iat":1,"exp":2,"nonce":"n","valid":true,"code":"VALID","entitlements":["pro","sso"],"quota":{"meter":"calls","used":100,"limit":1000000,"period_end":"2026-12-01T00:00:00Z"},"seats":{"used":1,"max":10},"expires_at":"2099-01-01T00:00:00Z"}"#;
-        for i in 0..calls + calls / 10 {
-            let t = Instant::now();
-            let v = view.validate_key(key, &request, Some("nonce-1"), chrono::Utc::now(), 300).unwrap();
-            let ns = t.elapsed().as_nanos() as u64;
-            assert_eq!(v.verdict.code.as_str(), "VALID");
-            std::hint::black_box(v);
-            let t = Instant::now();
-            std::hint::black_box(view.crypto().sign_jwt(claims));
-            let sign_ns = t.elapsed().as_nanos() as u64;
-            if i >= calls / 10 {
-                decision.record(ns).unwrap();
-                sign_only.record(sign_ns).unwrap();
-            }
-        }
-        println!("License validation, in process ({calls} calls, one thread)");
-        println!(
-            "decision incl. signing        p50 {:>6.1} µs  p99 {:>6.1} µs  max {:>7.1} µs   p99 {}",
-            us(&decision, 0.5), us(&decision, 0.99), common::max_k(&decision),
-            common::at_most(us(&decision, 0.99), TARGET_DECISION_P99_US, "µs")
-        );
-        println!(
-            "Ed25519 JWT signature alone   p50 {:>6.1} µs  p99 {:>6.1} µs   no target (the floor)",
-            us(&sign_only, 0.5), us(&sign_only, 0.99)
-        );
-        // What a call dated ahead adds when it is alone: one append and
-        // fdatasync of `DATA/signature-nonces`.
-        let (journal, _) = keymeter::signing_journal::NonceJournal::open(&root.path().join("journal-bench"), 0).unwrap();
-        let mut stored = Histogram::<u64>::new(3).unwrap();
-        for i in 0..calls.min(2_000) as i64 {
-            let t = Instant::now();
-            journal.record(([7; 32], i), 0).unwrap();
-            stored.record(t.elapsed().as_nanos() as u64).unwrap();
-        }
-        println!(
-            "nonce journal append + sync   p50 {:>6.1} µs  p99 {:>6.1} µs",
-            us(&stored, 0.5), us(&stored, 0.99)
-        );
+        in_process(&View::new(handle.shared.clone(), None), key, calls);
+        nonce_journal(root.path(), calls);
 
         // 2. HTTP.
         println!("\nHTTP validation on loopback, {CONCURRENCY} concurrent clients, {requests} requests per run");
@@ -238,43 +316,15 @@ fn main() {
         // A product that requires signed calls, and an ingest key of it.
         let product = post_json("/api/v1/products", json!({"id": "bench", "requireSignatures": true})).await;
         let leak = |v: &Value| -> &'static str { Box::leak(v.as_str().unwrap().to_owned().into_boxed_str()) };
-        let (sid, secret) = (leak(&product["signingSecret"]["id"]), leak(&product["signingSecret"]["secret"]));
+        let signer = Some((leak(&product["signingSecret"]["id"]), leak(&product["signingSecret"]["secret"]), 0));
         let product_key = leak(&post_json("/api/v1/api-keys",
             json!({"name": "bench", "scopes": ["ingest"], "product": "bench"})).await["key"]);
         // Signatures dated in the server's start second are refused.
         tokio::time::sleep(Duration::from_millis(1100)).await;
         drive(trivial_url.clone(), ADMIN_KEY, body.clone(), CONCURRENCY * 20, None).await;
         drive(api_url.clone(), ADMIN_KEY, body.clone(), CONCURRENCY * 20, None).await;
-        // The machine's speed drifts: the three take turns, and medians are compared.
-        let mut rates: [Vec<f64>; 3] = Default::default();
-        for round in 0..rounds {
-            println!("-- round {} of {rounds}", round + 1);
-            let base_run = drive(trivial_url.clone(), ADMIN_KEY, body.clone(), requests, None).await;
-            print("trivial handler (baseline)", &base_run);
-            let full = drive(api_url.clone(), ADMIN_KEY, body.clone(), requests, None).await;
-            print("keymeter validate", &full);
-            let signed = drive(api_url.clone(), product_key, body.clone(), requests, Some((sid, secret, 0))).await;
-            print("keymeter validate, signed", &signed);
-            for (rates, run) in rates.iter_mut().zip([&base_run, &full, &signed]) {
-                rates.push(run.per_s);
-            }
-        }
-        let [base, full, signed] = rates.map(|r| common::median(&r));
-        println!("== median of {rounds} rounds");
-        println!("trivial handler (baseline)     {base:>9.0} req/s   no target (the server stack alone)");
-        for (name, rate) in [("keymeter validate", full), ("keymeter validate, signed", signed)] {
-            println!(
-                "{name:<30} {rate:>9.0} req/s   {}   {:.1} % of baseline",
-                common::at_least(rate, TARGET_VALIDATIONS_PER_S, "validations/s"),
-                100.0 * rate / base
-            );
-        }
-        println!("signed/unsigned: {:.1} %", 100.0 * signed / full);
-        // One fdatasync per call: fewer calls.
-        let ahead_requests = requests.min(CONCURRENCY * 200);
-        let ahead = drive(api_url, product_key, body, ahead_requests, Some((sid, secret, 2))).await;
-        print("signed, dated 2 s ahead", &ahead);
-        println!("dated ahead/signed: {:.1} %", 100.0 * ahead.per_s / signed);
+        let urls = [trivial_url, api_url];
+        compare_http(&urls, &body, requests, rounds, (product_key, signer)).await;
     });
     common::shut_down(runtime, handle, engine);
 }
