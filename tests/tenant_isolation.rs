@@ -458,3 +458,53 @@ async fn the_client_falls_back_only_on_a_verdict_about_its_own_license() {
     assert!(cache.fallback(common::now_s() + 60).is_some());
     server.stop();
 }
+
+/// Calls made with a license key are limited per source address (the
+/// per-caller limit of API keys), and a key that opens no license costs
+/// the address too: license keys cannot be guessed at speed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn license_key_calls_and_failed_lookups_are_limited_per_source_address() {
+    let root = tempfile::tempdir().unwrap();
+    let config = root.path().join("keymeter.toml");
+    std::fs::write(
+        &config,
+        "[rate_limits]\nvalidate_per_api_key = {per_second = 1, burst = 3}\n",
+    )
+    .unwrap();
+    let server = Server::start_with(
+        &root.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let license = server
+        .create_license(json!({"product": "acme", "customer": "c"}))
+        .await;
+    let validate = |auth: String| {
+        server
+            .client
+            .post(server.url("/api/v1/licenses/validate"))
+            .header("authorization", auth)
+            .json(&json!({}))
+            .send()
+    };
+    // Three guesses use up the address's burst...
+    for i in 0..3 {
+        let r = validate(format!("License lk_guess_{i}")).await.unwrap();
+        assert_eq!(status_and_code(r).await, (401, "UNAUTHENTICATED".into()));
+    }
+    let r = validate(format!("License lk_guess_{}", 3)).await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    // ... and the genuine key from the same address waits its turn too.
+    let genuine = format!("License {}", license["key"].as_str().unwrap());
+    let r = validate(genuine.clone()).await.unwrap();
+    assert_eq!(status_and_code(r).await, (429, "RATE_LIMITED".into()));
+    // An admin key is its own caller: not held up by the address.
+    let v = server
+        .validate_license(ADMIN_KEY, json!({"key": license["key"]}))
+        .await;
+    assert_eq!(v["code"], "VALID", "{v}");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let r = validate(genuine).await.unwrap();
+    assert_eq!(r.status(), 200);
+    server.stop();
+}
