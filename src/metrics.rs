@@ -217,7 +217,7 @@ impl Metrics {
             ),
             cross_product_refusals_total: counter_vec(
                 "keymeter_cross_product_refusals_total",
-                "Calls by a product-bound API key that named another product's license, by the key's product and call (seat, validate, usage; usage counts events).",
+                "Calls by a product-bound API key that named another product's license, by the key's product and call (seat, validate, license_file, usage; usage counts events).",
                 &["product", "call"],
             ),
             signed_requests_total: counter_vec(

@@ -29,7 +29,7 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("POST", "/api/v1/licenses/lic_x/reinstate", "admin"),
     ("POST", "/api/v1/licenses/lic_x/revoke", "admin"),
     ("POST", "/api/v1/licenses/lic_x/renew", "admin"),
-    ("POST", "/api/v1/licenses/lic_x/license-file", "admin"),
+    ("POST", "/api/v1/licenses/lic_x/license-file", "validate"),
     ("GET", "/api/v1/licenses/lic_x/seats", "admin"),
     ("POST", "/api/v1/licenses/lic_x/seats", "validate"),
     (

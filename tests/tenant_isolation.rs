@@ -335,6 +335,22 @@ async fn a_license_key_authenticates_its_own_license_calls_only() {
     .unwrap();
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["code"], "VALID", "{v}");
+    // Its offline license file, which opens with the key it already holds.
+    let r = call(
+        reqwest::Method::POST,
+        "/api/v1/licenses/me/license-file",
+        license_auth.clone(),
+    )
+    .json(&json!({"fingerprint": "m1"}))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let file = r.text().await.unwrap();
+    let keys = server.jwks_keys().await;
+    let opened =
+        keymeter_client::open_license_file(&file, key, Some("m1"), &keys, common::now_s()).unwrap();
+    assert_eq!(opened.license["id"], id);
 
     // Another license, even of the same product, is out of reach.
     let other_id = other["id"].as_str().unwrap();
@@ -344,6 +360,16 @@ async fn a_license_key_authenticates_its_own_license_calls_only() {
         license_auth.clone(),
     )
     .json(&json!({"fingerprint": "m2"}))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(status_and_code(r).await, (404, "NOT_FOUND".into()));
+    let r = call(
+        reqwest::Method::POST,
+        &format!("/api/v1/licenses/{other_id}/license-file"),
+        license_auth.clone(),
+    )
+    .json(&json!({}))
     .send()
     .await
     .unwrap();

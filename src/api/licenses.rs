@@ -17,7 +17,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
-use super::{Admin, ApiError, AppState, Auth};
+use super::client::Caller;
+use super::{Admin, ApiError, AppState, Auth, Limited};
 use crate::engine::protocol as rq;
 use crate::engine::Renewal;
 use crate::error_code::ErrorCode;
@@ -320,8 +321,11 @@ pub struct FileBody {
 
 /// An offline license file: encrypted under a key derived from the license
 /// key (and the fingerprint, when bound) and signed. See README.
+/// `POST /api/v1/licenses/{id}/license-file`: an admin key, a key that may
+/// make license calls for the license's product, or the license key itself
+/// (`me`).
 pub async fn license_file(
-    auth: Auth<Admin>,
+    caller: Caller,
     State(state): State<AppState>,
     Path(id): Path<String>,
     req: Result<Json<FileBody>, JsonRejection>,
@@ -340,8 +344,19 @@ pub async fn license_file(
     if let Some(fp) = &req.fingerprint {
         check_fingerprint(fp).map_err(invalid)?;
     }
-    let entry = found(&state, &id)?;
+    let entry = caller.license(&state, &id, "license_file");
+    let reached = entry.as_ref().map(|e| e.license.id.as_str());
+    state
+        .guards
+        .limit(Limited::Validate, caller.rate_key(), reached)?;
+    let entry = entry.ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::NotFound,
+            format!("license `{id}` does not exist"),
+        )
+    })?;
     let license = &entry.license;
+    let id = license.id.as_str();
     if license.status != Status::Active {
         return Err(refusal(Refusal::new(
             if license.status == Status::Revoked {
@@ -383,7 +398,7 @@ pub async fn license_file(
                 expires_at_ms: (issued_at + ttl.as_secs() as i64) * 1000,
                 kid: crypto.kid().to_owned(),
             },
-            audit: auth.audit(),
+            audit: caller.audit(),
         })
         .await?;
     Ok(Json(file))
