@@ -1,5 +1,6 @@
 //! The validation decision: license state + request + usage + now → verdict,
-//! and the claims of the signed token that carries it. Pure.
+//! and the claims of the signed token that carries it. Pure. (One idea at
+//! about 600 lines: the last third is the unit tests that pin each check.)
 //!
 //! Checks run in this order; the first that fails gives the code:
 //! status (`REVOKED`, `SUSPENDED`), time (`NOT_YET_VALID`, `EXPIRED`),

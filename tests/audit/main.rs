@@ -156,15 +156,7 @@ fn an_edit_with_a_recomputed_chain_passes_log_verify_but_not_the_checkpoints() {
     let copy = copy_of_log();
     let all = log_frames(&copy.data.join("log"));
     let target = all[middle_event(&all)].clone();
-    let payload = target.payload();
-    let at = payload
-        .windows(12)
-        .position(|w| w == b"\"tokens\":100")
-        .expect("the event's value");
-    // 100 tokens become 900: same length, still a valid record.
-    modify(&target.segment, |b| {
-        b[target.payload_start() + at + 9] = b'9'
-    });
+    raise_tokens(&target);
     rechain_from(&copy.data, target.seq);
 
     // The chain is self-consistent again: the structural check sees nothing.
@@ -394,29 +386,12 @@ fn an_edit_that_also_drops_the_later_checkpoints_is_reported_as_uncovered() {
             b[frame.offset..frame.offset + 4].copy_from_slice(&(filler.len() as u32).to_le_bytes());
         });
     }
-    let payload = target.payload();
-    let at = payload
-        .windows(12)
-        .position(|w| w == b"\"tokens\":100")
-        .expect("the event's value");
-    modify(&target.segment, |b| {
-        b[target.payload_start() + at + 9] = b'9'
-    });
+    raise_tokens(&target);
     rechain_from(&copy.data, target.seq);
     let out = run(&["log", "verify", "--data-dir", copy.data.to_str().unwrap()]);
     assert_success(&out);
 
-    // The server's settings, so the audit knows how much it leaves unsigned.
-    let mut cmd = audit_command(&copy.data);
-    cmd.arg("--master-key-file")
-        .arg(&copy.master_key_file)
-        .args([
-            "--audit-checkpoint-records",
-            &CHECKPOINT_RECORDS.to_string(),
-        ])
-        .args(["--batch-records-max", &EVENTS_PER_REQUEST.to_string()])
-        .args(["--request-events-max", &EVENTS_PER_REQUEST.to_string()]);
-    let audit = run_audit(cmd);
+    let audit = audit_with_server_settings(&copy);
     assert_eq!(audit.code, 1, "{}", audit.stderr);
     let finding = &audit.report["finding"];
     assert_eq!(finding["kind"], "uncovered", "{finding}");
@@ -429,16 +404,34 @@ fn an_edit_that_also_drops_the_later_checkpoints_is_reported_as_uncovered() {
     );
 
     // The untouched log, audited with the same settings, is intact.
-    let clean = copy_of_log();
-    let mut cmd = audit_command(&clean.data);
+    let audit = audit_with_server_settings(&copy_of_log());
+    assert_eq!(audit.code, 0, "{}", audit.stderr);
+}
+
+/// 100 tokens become 900 in `target`'s payload: same length, still a valid
+/// record.
+fn raise_tokens(target: &Frame) {
+    let at = target
+        .payload()
+        .windows(12)
+        .position(|w| w == b"\"tokens\":100")
+        .expect("the event's value");
+    modify(&target.segment, |b| {
+        b[target.payload_start() + at + 9] = b'9'
+    });
+}
+
+/// Audits with the master key and the server's settings, so the audit knows
+/// how many records a running server leaves unsigned.
+fn audit_with_server_settings(copy: &Copy) -> Audit {
+    let mut cmd = audit_command(&copy.data);
     cmd.arg("--master-key-file")
-        .arg(&clean.master_key_file)
+        .arg(&copy.master_key_file)
         .args([
             "--audit-checkpoint-records",
             &CHECKPOINT_RECORDS.to_string(),
         ])
         .args(["--batch-records-max", &EVENTS_PER_REQUEST.to_string()])
         .args(["--request-events-max", &EVENTS_PER_REQUEST.to_string()]);
-    let audit = run_audit(cmd);
-    assert_eq!(audit.code, 0, "{}", audit.stderr);
+    run_audit(cmd)
 }
