@@ -126,6 +126,8 @@ error_codes! {
         "The nonce was already used: a replayed call";
     Forbidden = "FORBIDDEN", FORBIDDEN,
         "The key lacks the route's scope";
+    LeaseTokenInvalid = "LEASE_TOKEN_INVALID", FORBIDDEN,
+        "The seat's lease token is missing or wrong (heartbeat, release, or checkout for a fingerprint that holds a seat)";
     NotFound = "NOT_FOUND", NOT_FOUND,
         "No such route, API key, product, signing secret or license, or (on delete) meter";
     MeterNotFound = "METER_NOT_FOUND", NOT_FOUND,
@@ -301,6 +303,7 @@ mod tests {
             (E::Unauthenticated, 401),
             (E::RequestReplayed, 401),
             (E::Forbidden, 403),
+            (E::LeaseTokenInvalid, 403),
             (E::NoSeat, 404),
             (E::Revoked, 409),
             (E::PayloadTooLarge, 413),

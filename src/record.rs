@@ -110,6 +110,14 @@ pub enum Record {
         issue: LicenseFileIssue,
         audit: Audit,
     },
+    /// A seat was taken under a lease token (its SHA-256; the token itself
+    /// is never stored). Replaces `SeatCheckedOut`, which older logs hold.
+    SeatLeased {
+        license_id: LicenseId,
+        seat: SeatRecord,
+        token_sha256: [u8; 32],
+        audit: Audit,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

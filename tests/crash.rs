@@ -305,7 +305,8 @@ async fn seat_client(
 ) {
     let http = http_client();
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut held: Vec<String> = Vec::new();
+    // seat id and its lease token
+    let mut held: Vec<(String, String)> = Vec::new();
     for k in 0.. {
         let fp = format!("fp-{seed}-{k}");
         let r = http
@@ -317,18 +318,18 @@ async fn seat_client(
         let Ok(r) = r else { return };
         match r.status().as_u16() {
             201 => {
-                let seat = r.json::<Value>().await.unwrap()["seat_id"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned();
+                let v = r.json::<Value>().await.unwrap();
+                let seat = v["seat_id"].as_str().unwrap().to_owned();
+                let token = v["lease_token"].as_str().unwrap().to_owned();
                 ledger.lock().unwrap().granted.insert(seat.clone(), fp);
-                held.push(seat);
+                held.push((seat, token));
             }
             409 if !held.is_empty() => {
-                let seat = held.swap_remove(rng.gen_range(0..held.len()));
+                let (seat, token) = held.swap_remove(rng.gen_range(0..held.len()));
                 let r = http
                     .delete(format!("{server_url}/seats/{seat}"))
                     .bearer_auth(&key)
+                    .header("Lease-Token", token)
                     .send()
                     .await;
                 match r {
@@ -421,10 +422,11 @@ async fn check_seats_after_restart(
         SEATS_MAX,
         "seats held after the restart: {now:?}"
     );
-    // Free every seat, so the next round's clients start from none.
+    // Free every seat, so the next round's clients start from none (an
+    // admin: the clients that held their tokens were killed).
     for (seat, _) in seats(server, id).await {
         let r = server
-            .delete(key, &format!("/api/v1/licenses/{id}/seats/{seat}"))
+            .delete(ADMIN_KEY, &format!("/api/v1/licenses/{id}/seats/{seat}"))
             .await;
         assert_eq!(r.status(), 204);
         ledger.lock().unwrap().released.push(seat);

@@ -51,6 +51,12 @@ async fn seat_ids(server: &Server, id: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The lease token a machine proposes at checkout, so its retries get its
+/// seat back.
+fn lease_token(fingerprint: &str) -> String {
+    format!("token-of-{fingerprint}-0123456789abcdef")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_checkouts_grant_exactly_the_seat_limit_across_restart_and_replay() {
     let fx = Fixture::new();
@@ -73,7 +79,7 @@ async fn concurrent_checkouts_grant_exactly_the_seat_limit_across_restart_and_re
             let r = client
                 .post(url)
                 .bearer_auth(key)
-                .json(&json!({"fingerprint": fp}))
+                .json(&json!({"fingerprint": fp, "lease_token": lease_token(&fp)}))
                 .send()
                 .await
                 .unwrap();
@@ -129,21 +135,31 @@ async fn concurrent_checkouts_grant_exactly_the_seat_limit_across_restart_and_re
     assert_success(&out);
     let server = fx.start();
     assert_eq!(seat_ids(&server, &id).await, live, "after replay");
-    // Same fingerprint again: the seat it holds.
+    // Same fingerprint again with its lease token: the seat it holds (the
+    // token's digest came back with the replay); without it, refused.
     let (seat, fp) = live.iter().next().unwrap();
-    let r = server
-        .post_json(
-            &product_key,
-            &format!("/api/v1/licenses/{id}/seats"),
-            &json!({"fingerprint": fp}),
-        )
-        .await;
+    let seats_url = format!("/api/v1/licenses/{id}/seats");
+    let again = json!({"fingerprint": fp, "lease_token": lease_token(fp)});
+    let r = server.post_json(&product_key, &seats_url, &again).await;
     assert_eq!(r.status(), 200);
-    assert_eq!(r.json::<Value>().await.unwrap()["seat_id"], seat.as_str());
-    // Release frees a seat for someone else.
+    let body = r.json::<Value>().await.unwrap();
+    assert_eq!(body["seat_id"], seat.as_str());
+    assert_eq!(body["lease_token"], lease_token(fp));
     let r = server
-        .delete(&product_key, &format!("/api/v1/licenses/{id}/seats/{seat}"))
+        .post_json(&product_key, &seats_url, &json!({"fingerprint": fp}))
         .await;
+    assert_eq!(r.status(), 403);
+    // Release (with the token) frees a seat for someone else.
+    let r = server
+        .request(
+            reqwest::Method::DELETE,
+            &product_key,
+            &format!("/api/v1/licenses/{id}/seats/{seat}"),
+        )
+        .header("Lease-Token", lease_token(fp))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
     let r = server
         .post_json(

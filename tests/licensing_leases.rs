@@ -54,8 +54,14 @@ fn checkout(license_id: &LicenseId, fingerprint: &str) -> CheckoutSeat {
         license_id: license_id.clone(),
         fingerprint: fingerprint.to_owned(),
         new_seat_id: format!("seat_{fingerprint}").into(),
+        token_sha256: token(fingerprint),
         audit: audit(),
     }
+}
+
+/// The lease token digest a fingerprint's holder presents.
+fn token(fingerprint: &str) -> [u8; 32] {
+    [fingerprint.as_bytes()[0]; 32]
 }
 
 fn seats(handle: &EngineHandle, id: &str) -> Vec<(SeatId, String, Option<i64>)> {
@@ -90,6 +96,7 @@ fn a_lapsed_lease_is_reclaimed_through_the_log_and_replays_the_same() {
             .send(HeartbeatSeat {
                 license_id: id.clone(),
                 seat_id: a.seat_id.clone(),
+                token_sha256: Some(token("a")),
             })
             .await
             .unwrap()
@@ -106,6 +113,7 @@ fn a_lapsed_lease_is_reclaimed_through_the_log_and_replays_the_same() {
             .send(HeartbeatSeat {
                 license_id: id.clone(),
                 seat_id: a.seat_id.clone(),
+                token_sha256: Some(token("a")),
             })
             .await
             .unwrap()

@@ -139,12 +139,16 @@ async fn admin_post(server: &Server, path: String, body: Value) {
 }
 
 /// Checks out a seat; returns its id.
+fn lease_token(fingerprint: &str) -> String {
+    format!("lease-token-of-{fingerprint}-0123456789")
+}
+
 async fn checkout(server: &Server, key: &str, id: &str, fingerprint: &str) -> String {
     let r = server
         .post_json(
             key,
             &format!("/api/v1/licenses/{id}/seats"),
-            &json!({"fingerprint": fingerprint}),
+            &json!({"fingerprint": fingerprint, "lease_token": lease_token(fingerprint)}),
         )
         .await;
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
@@ -197,17 +201,27 @@ async fn build_licenses(server: &Server, pk: &str) -> Vec<Probe> {
     }
     let b = seat_id_of(server, &seat, "host-b").await;
     let r = server
-        .delete(pk, &format!("/api/v1/licenses/{seat}/seats/{b}"))
-        .await;
+        .request(
+            reqwest::Method::DELETE,
+            pk,
+            &format!("/api/v1/licenses/{seat}/seats/{b}"),
+        )
+        .header("Lease-Token", lease_token("host-b"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
     let f = checkout(server, pk, &float, "laptop").await;
     let r = server
-        .post_json(
+        .request(
+            reqwest::Method::POST,
             pk,
             &format!("/api/v1/licenses/{float}/seats/{f}/heartbeat"),
-            &json!({}),
         )
-        .await;
+        .header("Lease-Token", lease_token("laptop"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     checkout(server, pk, &hybrid, "ws-1").await;
 
@@ -431,7 +445,7 @@ async fn replay_from_log_and_keys_alone_gives_the_live_projections_byte_for_byte
 /// state, one license's customer, and one seat taken from another license.
 fn damage_projections(data: &std::path::Path, built: &Built) {
     use keymeter::meter::{AggState, Amount};
-    let store = keymeter::projection::Store::open(&data.join("state")).unwrap();
+    let store = common::projections::open_store(data);
     let (k, _) = store
         .counters
         .scan_prefix(b"tokens\0")

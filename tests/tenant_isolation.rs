@@ -315,11 +315,13 @@ async fn a_license_key_authenticates_its_own_license_calls_only() {
     let seat: Value = r.json().await.unwrap();
     assert_eq!(seat["license_id"], id);
     let seat_id = seat["seat_id"].as_str().unwrap();
+    let lease_token = seat["lease_token"].as_str().unwrap();
     let r = call(
         reqwest::Method::POST,
         &format!("/api/v1/licenses/{id}/seats/{seat_id}/heartbeat"),
         license_auth.clone(),
     )
+    .header("Lease-Token", lease_token)
     .send()
     .await
     .unwrap();
@@ -416,6 +418,7 @@ async fn a_license_key_authenticates_its_own_license_calls_only() {
         &format!("/api/v1/licenses/me/seats/{seat_id}"),
         license_auth,
     )
+    .header("Lease-Token", lease_token)
     .send()
     .await
     .unwrap();

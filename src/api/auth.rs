@@ -66,6 +66,8 @@ pub struct Auth<S> {
     /// The product the key is bound to: it acts on that product's licenses
     /// only. `None`: an unbound key, which acts for every product.
     pub product: Option<String>,
+    /// The key has the `admin` scope.
+    pub admin: bool,
     _scope: PhantomData<S>,
 }
 
@@ -107,6 +109,7 @@ impl<S: RequiredScope> FromRequestParts<AppState> for Auth<S> {
             key_id: key.id.to_string(),
             request_id,
             product,
+            admin: key.scopes.contains(&Scope::Admin),
             _scope: PhantomData,
         })
     }

@@ -85,6 +85,11 @@ impl Caller {
         }
     }
 
+    /// An admin key, which may free any seat without its lease token.
+    pub fn is_admin(&self) -> bool {
+        matches!(self, Caller::Key(auth) if auth.admin)
+    }
+
     /// What the per-caller rate limit counts under: the API key, or the
     /// source address of a license key.
     pub fn rate_key(&self) -> &str {

@@ -3,10 +3,15 @@
 //! itself; listing is `admin`).
 //! A key bound to a product reaches only that product's licenses: another
 //! product's license answers `404` as if it did not exist.
+//!
+//! A seat belongs to whoever holds its lease token: checkout answers it,
+//! heartbeat and release carry it in the `Lease-Token` header, and a
+//! checkout for a fingerprint that holds a seat gets that seat only with
+//! it. Only its SHA-256 reaches the writer and the log.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
@@ -19,8 +24,11 @@ use crate::engine::protocol as rq;
 use crate::engine::SeatLease;
 use crate::error_code::ErrorCode;
 use crate::license::decide::rfc3339;
-use crate::license::seats::check_fingerprint;
+use crate::license::seats::{check_fingerprint, check_lease_token};
 use crate::license::utc_ms;
+
+/// The header that carries a seat's lease token on heartbeat and release.
+pub const LEASE_TOKEN_HEADER: &str = "lease-token";
 
 fn seat_json(license_id: &str, lease: &SeatLease) -> Value {
     json!({
@@ -35,6 +43,30 @@ fn seat_json(license_id: &str, lease: &SeatLease) -> Value {
 #[serde(deny_unknown_fields)]
 pub struct CheckoutBody {
     fingerprint: String,
+    /// Proposed by the client so that a retried checkout (its answer lost)
+    /// gets the same seat back; made by the server when absent.
+    lease_token: Option<String>,
+}
+
+/// A fresh lease token: 32 random bytes, URL-safe base64 (43 characters).
+fn new_lease_token() -> String {
+    use base64::Engine;
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn token_digest(token: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
+
+/// The SHA-256 of the `Lease-Token` header, if one was sent.
+fn presented_token(headers: &HeaderMap) -> Option<[u8; 32]> {
+    headers
+        .get(LEASE_TOKEN_HEADER)
+        .map(|v| token_digest(&String::from_utf8_lossy(v.as_bytes())))
 }
 
 /// The id of the license `id` names, when it exists and the caller may act
@@ -75,12 +107,17 @@ pub async fn checkout(
     let id = reachable(&state, &caller, &id, Some(Limited::Checkout))?;
     let req = body(req)?;
     check_fingerprint(&req.fingerprint).map_err(|m| ApiError::new(ErrorCode::InvalidSeat, m))?;
+    if let Some(token) = &req.lease_token {
+        check_lease_token(token).map_err(|m| ApiError::new(ErrorCode::InvalidSeat, m))?;
+    }
+    let token = req.lease_token.unwrap_or_else(new_lease_token);
     let lease = state
         .engine
         .send(rq::CheckoutSeat {
             license_id: id.clone().into(),
             fingerprint: req.fingerprint,
             new_seat_id: format!("seat_{}", crate::api_keys::generate_id()).into(),
+            token_sha256: token_digest(&token),
             audit: caller.audit(),
         })
         .await?
@@ -90,13 +127,18 @@ pub async fn checkout(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(seat_json(&id, &lease))).into_response())
+    let mut answer = seat_json(&id, &lease);
+    if lease.tokened {
+        answer["lease_token"] = json!(token);
+    }
+    Ok((status, Json(answer)).into_response())
 }
 
 pub async fn heartbeat(
     caller: Caller,
     State(state): State<AppState>,
     Path((id, seat_id)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let id = reachable(&state, &caller, &id, Some(Limited::Checkout))?;
     let lease = state
@@ -104,6 +146,7 @@ pub async fn heartbeat(
         .send(rq::HeartbeatSeat {
             license_id: id.clone().into(),
             seat_id: seat_id.into(),
+            token_sha256: presented_token(&headers),
         })
         .await?
         .map_err(refusal)?;
@@ -114,13 +157,21 @@ pub async fn release(
     caller: Caller,
     State(state): State<AppState>,
     Path((id, seat_id)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     let id = reachable(&state, &caller, &id, None)?;
+    let by = match caller.is_admin() {
+        true => rq::SeatReleaser::Admin,
+        false => rq::SeatReleaser::Holder {
+            token_sha256: presented_token(&headers),
+        },
+    };
     state
         .engine
         .send(rq::ReleaseSeat {
             license_id: id.into(),
             seat_id: seat_id.into(),
+            by,
             audit: caller.audit(),
         })
         .await?

@@ -178,22 +178,37 @@ pub struct RenewLicense {
 /// Takes a seat for `fingerprint`, or returns (and renews) the one it
 /// holds. Linearizable: only the writer allocates seats. `new_seat_id` names
 /// the seat if one is taken (chosen by the caller, so deciding stays pure).
+/// `token_sha256` is the SHA-256 of the lease token the caller proposed (or
+/// the handler made for it): a new seat keeps it, and a seat the
+/// fingerprint already holds is returned only for the same token.
 pub struct CheckoutSeat {
     pub license_id: LicenseId,
     pub fingerprint: String,
     pub new_seat_id: SeatId,
+    pub token_sha256: [u8; 32],
     pub audit: Audit,
 }
 
+/// Refused with `LEASE_TOKEN_INVALID` unless `token_sha256` opens the seat.
 pub struct HeartbeatSeat {
     pub license_id: LicenseId,
     pub seat_id: SeatId,
+    pub token_sha256: Option<[u8; 32]>,
 }
 
 pub struct ReleaseSeat {
     pub license_id: LicenseId,
     pub seat_id: SeatId,
+    pub by: SeatReleaser,
     pub audit: Audit,
+}
+
+/// Who releases a seat: its holder (with the lease token's SHA-256, if
+/// presented), or an admin, who may free any seat (a machine that lost
+/// its token, a node-locked seat of a retired machine).
+pub enum SeatReleaser {
+    Holder { token_sha256: Option<[u8; 32]> },
+    Admin,
 }
 
 /// Reclaim lapsed seat leases (sent periodically by a ticker).
@@ -241,4 +256,7 @@ pub struct SeatLease {
     pub expires_ms: Option<i64>,
     /// A seat was taken by this checkout (not an existing one returned).
     pub new: bool,
+    /// The seat holds a lease token (the one presented); `false` only for
+    /// a seat taken before lease tokens existed.
+    pub tokened: bool,
 }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::model::{License, Status};
 use super::seats::{Seat, SeatTable};
 use super::utc_ms;
-use crate::record::{LicenseSecret, Record};
+use crate::record::{LicenseSecret, Record, SeatRecord};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LicenseState {
@@ -101,17 +101,13 @@ impl LicenseBook {
             }
             Record::SeatCheckedOut {
                 license_id, seat, ..
-            } => {
-                let state = self.by_id.get_mut(license_id)?;
-                state.seats.checked_out(Seat {
-                    seat_id: seat.seat_id.clone(),
-                    fingerprint: seat.fingerprint.clone(),
-                    checked_out_ms: seat.at_ms,
-                    heartbeat_ms: seat.at_ms,
-                    expires_ms: seat.expires_ms,
-                });
-                Some(license_id.clone())
-            }
+            } => self.seat_taken(license_id, seat, None),
+            Record::SeatLeased {
+                license_id,
+                seat,
+                token_sha256,
+                ..
+            } => self.seat_taken(license_id, seat, Some(*token_sha256)),
             Record::SeatHeartbeat {
                 license_id,
                 seat_id,
@@ -138,6 +134,24 @@ impl LicenseBook {
             }
             _ => None,
         }
+    }
+
+    fn seat_taken(
+        &mut self,
+        license_id: &LicenseId,
+        seat: &SeatRecord,
+        token_sha256: Option<[u8; 32]>,
+    ) -> Option<LicenseId> {
+        let state = self.by_id.get_mut(license_id)?;
+        state.seats.checked_out(Seat {
+            seat_id: seat.seat_id.clone(),
+            fingerprint: seat.fingerprint.clone(),
+            checked_out_ms: seat.at_ms,
+            heartbeat_ms: seat.at_ms,
+            expires_ms: seat.expires_ms,
+            token_sha256,
+        });
+        Some(license_id.clone())
     }
 
     fn set_status(

@@ -511,6 +511,7 @@ mod tests {
                 checked_out_ms: t(now).timestamp_millis(),
                 heartbeat_ms: t(now).timestamp_millis(),
                 expires_ms: (mode == "floating").then(|| t(now).timestamp_millis() + 60_000),
+                token_sha256: None,
             });
             let v = at(&l, &table, &a, &[], now);
             assert_eq!(

@@ -94,7 +94,7 @@ proptest! {
         let seats = license.policy.seats.as_ref().unwrap();
         let mut table = SeatTable::default();
         for i in 0..seats.max.min(3) {
-            match table.plan_checkout(seats, &format!("m{i}"), now_ms) {
+            match table.plan_checkout(seats, &format!("m{i}"), &[1; 32], now_ms) {
                 CheckoutPlan::New { expires_ms } => {
                     let end = expires_ms.expect("floating seats lapse");
                     prop_assert!(end > now_ms + 1000, "lease ends at {end}, now {now_ms}");
@@ -104,6 +104,7 @@ proptest! {
                         checked_out_ms: now_ms,
                         heartbeat_ms: now_ms,
                         expires_ms,
+                        token_sha256: Some([1; 32]),
                     });
                 }
                 other => prop_assert!(false, "seat {i} of {}: {other:?}", seats.max),
@@ -111,7 +112,7 @@ proptest! {
         }
         prop_assert_eq!(table.used(now_ms + 1000), seats.max.min(3));
         if seats.max <= 3 {
-            let more = table.plan_checkout(seats, "another", now_ms + 1000);
+            let more = table.plan_checkout(seats, "another", &[2; 32], now_ms + 1000);
             prop_assert!(matches!(more, CheckoutPlan::Full), "{:?}", more);
         }
         // An extension never makes the license expire earlier than it did,

@@ -23,13 +23,49 @@ pub struct Seat {
     pub heartbeat_ms: i64,
     /// End of the lease; `None` for node-locked seats.
     pub expires_ms: Option<i64>,
+    /// SHA-256 of the seat's lease token, which heartbeat, release and a
+    /// repeated checkout must present. `None` for a seat taken before
+    /// lease tokens existed (`SeatCheckedOut`), which opens without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_sha256: Option<[u8; 32]>,
 }
 
 impl Seat {
     pub fn is_live(&self, now_ms: i64) -> bool {
         self.expires_ms.is_none_or(|e| now_ms < e)
     }
+
+    /// Whether `presented` (the SHA-256 of a lease token) opens this seat.
+    /// Digests of random tokens are compared, so an early exit tells a
+    /// caller nothing about the token.
+    pub fn opens_with(&self, presented: Option<&[u8; 32]>) -> bool {
+        match &self.token_sha256 {
+            None => true,
+            Some(held) => presented == Some(held),
+        }
+    }
 }
+
+/// A lease token a client proposes: 22 to 128 characters (at least 128
+/// bits of entropy when random) from the URL-safe set, so it fits a header
+/// unchanged.
+pub fn check_lease_token(token: &str) -> Result<(), String> {
+    let ok = (LEASE_TOKEN_CHARS_MIN..=LEASE_TOKEN_CHARS_MAX).contains(&token.len())
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "lease_token must be {LEASE_TOKEN_CHARS_MIN} to {LEASE_TOKEN_CHARS_MAX} characters \
+             from A-Z a-z 0-9 - _ . ~ (random, at least 128 bits)"
+        ))
+    }
+}
+
+pub const LEASE_TOKEN_CHARS_MIN: usize = 22;
+pub const LEASE_TOKEN_CHARS_MAX: usize = 128;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeatTable {
@@ -46,6 +82,9 @@ pub enum CheckoutPlan {
         seat_id: SeatId,
         renew_to: Option<i64>,
     },
+    /// The fingerprint holds a live seat whose lease token is not the one
+    /// presented: the seat stays with its holder.
+    Held,
     /// A free seat: take it, with this lease end.
     New { expires_ms: Option<i64> },
     /// Every seat is taken by another fingerprint.
@@ -121,9 +160,13 @@ impl SeatTable {
         &self,
         policy: &SeatPolicy,
         fingerprint: &str,
+        token_sha256: &[u8; 32],
         now_ms: i64,
     ) -> CheckoutPlan {
         if let Some(seat) = self.held_by(fingerprint, now_ms) {
+            if !seat.opens_with(Some(token_sha256)) {
+                return CheckoutPlan::Held;
+            }
             return CheckoutPlan::Existing {
                 seat_id: seat.seat_id.clone(),
                 renew_to: lease_end(policy, now_ms),
@@ -172,8 +215,21 @@ mod tests {
         }
     }
 
-    fn take(t: &mut SeatTable, p: &SeatPolicy, fp: &str, now: i64) -> CheckoutPlan {
-        let plan = t.plan_checkout(p, fp, now);
+    /// Each fingerprint's holder presents its own token.
+    fn token(fp: &str) -> [u8; 32] {
+        let mut t = [0u8; 32];
+        t[..fp.len()].copy_from_slice(fp.as_bytes());
+        t
+    }
+
+    fn take_with(
+        t: &mut SeatTable,
+        p: &SeatPolicy,
+        fp: &str,
+        token: [u8; 32],
+        now: i64,
+    ) -> CheckoutPlan {
+        let plan = t.plan_checkout(p, fp, &token, now);
         match &plan {
             CheckoutPlan::New { expires_ms } => t.checked_out(Seat {
                 seat_id: format!("s-{fp}").into(),
@@ -181,11 +237,60 @@ mod tests {
                 checked_out_ms: now,
                 heartbeat_ms: now,
                 expires_ms: *expires_ms,
+                token_sha256: Some(token),
             }),
             CheckoutPlan::Existing { seat_id, renew_to } => t.heartbeat(seat_id, now, *renew_to),
-            CheckoutPlan::Full => {}
+            CheckoutPlan::Full | CheckoutPlan::Held => {}
         }
         plan
+    }
+
+    fn take(t: &mut SeatTable, p: &SeatPolicy, fp: &str, now: i64) -> CheckoutPlan {
+        take_with(t, p, fp, token(fp), now)
+    }
+
+    #[test]
+    fn only_the_seats_lease_token_gets_it_back_and_a_seat_from_before_tokens_opens_without() {
+        let p = floating(2);
+        let mut t = SeatTable::default();
+        take(&mut t, &p, "a", 0);
+        assert_eq!(
+            take_with(&mut t, &p, "a", token("x"), 1),
+            CheckoutPlan::Held
+        );
+        assert!(matches!(
+            take(&mut t, &p, "a", 2),
+            CheckoutPlan::Existing { .. }
+        ));
+        let seat = t.get("s-a").unwrap();
+        assert!(seat.opens_with(Some(&token("a"))));
+        assert!(!seat.opens_with(Some(&token("b"))));
+        assert!(!seat.opens_with(None));
+        t.checked_out(Seat {
+            token_sha256: None,
+            seat_id: "old".into(),
+            fingerprint: "b".into(),
+            ..seat.clone()
+        });
+        assert!(matches!(
+            take_with(&mut t, &p, "b", token("y"), 3),
+            CheckoutPlan::Existing { .. }
+        ));
+        assert!(t.get("old").unwrap().opens_with(None));
+    }
+
+    #[test]
+    fn a_proposed_lease_token_is_long_and_url_safe() {
+        assert!(check_lease_token("AbCdEfGhIjKlMnOpQrStUv").is_ok());
+        assert!(check_lease_token(&"a".repeat(128)).is_ok());
+        for bad in [
+            "short",
+            &"a".repeat(129),
+            "AbCdEfGhIjKlMnOpQrStU v",
+            "AbCdEfGhIjKlMnOpQrStU\n",
+        ] {
+            assert!(check_lease_token(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -70,10 +70,29 @@ pub fn dedup_snapshot_path(data_dir: &Path) -> PathBuf {
     data_dir.join("state").join("dedup.snapshot")
 }
 
+/// Opens the projection store of a stopped data directory. sled 0.34
+/// releases its file lock when its flusher thread notices the last handle
+/// is gone, shortly after this process dropped its previous `Store`; the
+/// open waits for that (seconds at most) instead of failing.
+pub fn open_store(data_dir: &Path) -> Store {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Store::open(&data_dir.join("state")) {
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other.unwrap(),
+        }
+    }
+}
+
 /// Reads every sled tree and the dedup snapshot of `data_dir` (which no
 /// process may have open).
 pub fn dump_state(data_dir: &Path) -> StateDump {
-    let store = Store::open(&data_dir.join("state")).unwrap();
+    let store = open_store(data_dir);
     let mut trees = BTreeMap::new();
     for name in store.db.tree_names() {
         let tree = store.db.open_tree(&name).unwrap();

@@ -24,9 +24,9 @@ use crate::{unhex, Golden};
 /// `tree key-hex value`, value as JSON text when it is a JSON document, hex
 /// otherwise; trees and keys in order.
 const TREES: &str = r#"
-api_keys  0000000000000015
+api_keys  0000000000000016
 api_keys 6b31 {"id":"k1","name":"k1-name","scopes":["read"],"key_sha256":[90,90,90,90,90,90,90,90,90,90,90,90,90,90,90,90,90,90,90,90,90,90,90,90,90,90,90,90,90,90,90,90],"created_ms":1700000000000}
-counters  0000000000000015
+counters  0000000000000016
 counters 01746f6b656e73 {"slug":"tokens","description":"LLM tokens","eventType":"call","aggregation":"SUM","valueProperty":"$.tokens","groupBy":{"model":"$.model","region":"$.region"},"windowSize":"HOUR"}
 counters 017573657273 {"slug":"users","eventType":"call","aggregation":"UNIQUE_COUNT","valueProperty":"$.user","groupBy":{},"windowSize":"MINUTE"}
 counters 746f6b656e730061636d65008000018bcfa24480000000066c6172676500000000 0101ffa7d6b907
@@ -34,24 +34,24 @@ counters 746f6b656e730061636d65008000018bcfd93300000000066c61726765000000036575 
 counters 746f6b656e730062657461008000018bcfd9330000000000000000037573 01018098dc9334
 counters 75736572730061636d65008000018bcfae2b60 010601f38f9dabfbe09ee208
 counters 75736572730062657461008000018bcfe519e0 010601b0a886b0c889eab1af01
-licenses  0000000000000015
-licenses 6c69635f676f6c64656e {"license":{"id":"lic_golden","product":"ide","customer":"acme","status":"active","status_reason":null,"starts_at":"2024-01-02T03:04:05Z","expires_at":"2030-01-01T00:00:00Z","grace_period_s":86400,"trial":true,"entitlements":["export","pro"],"metadata":{"tier":2},"policy":{"type":"seat","seats":{"max":3,"mode":"floating","lease_ttl_s":900},"usage":null},"created_at":"2024-01-02T03:04:05.006Z","updated_at":"2024-01-02T03:04:05.006Z"},"secret":{"lookup":[10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10],"sealed_key":[9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9]},"seats":{"seats":{"seat_1":{"seat_id":"seat_1","fingerprint":"host-a","checked_out_ms":1700000000000,"heartbeat_ms":1700000060000,"expires_ms":1700000960000}}}}
+licenses  0000000000000016
+licenses 6c69635f676f6c64656e {"license":{"id":"lic_golden","product":"ide","customer":"acme","status":"active","status_reason":null,"starts_at":"2024-01-02T03:04:05Z","expires_at":"2030-01-01T00:00:00Z","grace_period_s":86400,"trial":true,"entitlements":["export","pro"],"metadata":{"tier":2},"policy":{"type":"seat","seats":{"max":3,"mode":"floating","lease_ttl_s":900},"usage":null},"created_at":"2024-01-02T03:04:05.006Z","updated_at":"2024-01-02T03:04:05.006Z"},"secret":{"lookup":[10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10],"sealed_key":[9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9]},"seats":{"seats":{"seat_1":{"seat_id":"seat_1","fingerprint":"host-a","checked_out_ms":1700000000000,"heartbeat_ms":1700000060000,"expires_ms":1700000960000},"seat_3":{"seat_id":"seat_3","fingerprint":"host-c","checked_out_ms":1700000000000,"heartbeat_ms":1700000000000,"expires_ms":1700000900000,"token_sha256":[94,94,94,94,94,94,94,94,94,94,94,94,94,94,94,94,94,94,94,94,94,94,94,94,94,94,94,94,94,94,94,94]}}}}
 licenses 6c69635f676f6e65 {"license":{"id":"lic_gone","product":"ide","customer":"acme","status":"revoked","status_reason":null,"starts_at":"2024-01-02T03:04:05Z","expires_at":"2030-01-01T00:00:00Z","grace_period_s":86400,"trial":true,"entitlements":["export","pro"],"metadata":{"tier":2},"policy":{"type":"none","seats":null,"usage":null},"created_at":"2024-01-02T03:04:05.006Z","updated_at":"2023-11-14T22:13:20.123Z"},"secret":{"lookup":[8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8],"sealed_key":[9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9]},"seats":{"seats":{}}}
 licenses 6c69635f706175736564 {"license":{"id":"lic_paused","product":"ide","customer":"acme","status":"suspended","status_reason":"unpaid","starts_at":"2024-01-02T03:04:05Z","expires_at":"2030-01-01T00:00:00Z","grace_period_s":86400,"trial":true,"entitlements":["export","pro"],"metadata":{"tier":2},"policy":{"type":"none","seats":null,"usage":null},"created_at":"2024-01-02T03:04:05.006Z","updated_at":"2023-11-14T22:13:20.123Z"},"secret":{"lookup":[10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10],"sealed_key":[9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9]},"seats":{"seats":{}}}
-meters  0000000000000015
+meters  0000000000000016
 meters 746f6b656e73 {"slug":"tokens","description":"LLM tokens","eventType":"call","aggregation":"SUM","valueProperty":"$.tokens","groupBy":{"model":"$.model","region":"$.region"},"windowSize":"HOUR"}
 meters 7573657273 {"slug":"users","eventType":"call","aggregation":"UNIQUE_COUNT","valueProperty":"$.user","groupBy":{},"windowSize":"MINUTE"}
-products  0000000000000015
+products  0000000000000016
 products 696465 {"id":"ide","name":"The IDE","requireSignatures":true,"apiKeys":["key1"],"signingSecrets":[{"id":"ss_1","sealed":"c2VhbGVk","createdMs":10,"revokedMs":20}],"createdMs":10,"updatedMs":20,"version":2}
-quarantine  0000000000000015
+quarantine  0000000000000016
 quarantine 0000000000000006 80a0abfef96204687474700101000d494e56414c49445f4556454e54056e6f206964077b2278223a317d00
-sources  0000000000000015
+sources  0000000000000016
 sources 75736167650000000002 00000000000000a4
 "#;
 
-const DEDUP_SNAPSHOT: &str = "4b4d444544555031150000000000000003000000000000007c182ecf054f1798eca13ef2a74f5d8bff67e5cf8b010000
+const DEDUP_SNAPSHOT: &str = "4b4d444544555031160000000000000003000000000000007c182ecf054f1798eca13ef2a74f5d8bff67e5cf8b010000
     f903f0d37fad9d4d8ae24a481fd6070c0068e5cf8b0100005b87cda15d88dc36aee6eab106bb83948079aecf8b010000
-    1469cdd6";
+    e13bf3df";
 
 const T0: i64 = 1_700_000_000_000;
 
@@ -178,6 +178,17 @@ pub fn log_records() -> Vec<Record> {
         Record::SeatReleased {
             license_id: "lic_golden".into(),
             seat_id: "seat_2".into(),
+            audit: audit(),
+        },
+        Record::SeatLeased {
+            license_id: "lic_golden".into(),
+            seat: SeatRecord {
+                seat_id: "seat_3".into(),
+                fingerprint: "host-c".into(),
+                at_ms: T0,
+                expires_ms: Some(T0 + 900_000),
+            },
+            token_sha256: [0x5e; 32],
             audit: audit(),
         },
         lic("lic_paused", json!({"type": "none"})),

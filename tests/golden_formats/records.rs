@@ -13,7 +13,7 @@ use crate::{unhex, Golden};
 
 /// Every variant of [`Record`], in declaration order. Adding a variant
 /// breaks the exhaustive match in [`variant`] until it has a golden here.
-const VARIANTS: [&str; 21] = [
+const VARIANTS: [&str; 22] = [
     "Event",
     "Rejected",
     "MeterCreated",
@@ -35,6 +35,7 @@ const VARIANTS: [&str; 21] = [
     "KeysRotated",
     "Checkpoint",
     "LicenseFileIssued",
+    "SeatLeased",
 ];
 
 fn variant(r: &Record) -> &'static str {
@@ -60,6 +61,7 @@ fn variant(r: &Record) -> &'static str {
         Record::KeysRotated { .. } => "KeysRotated",
         Record::Checkpoint(_) => "Checkpoint",
         Record::LicenseFileIssued { .. } => "LicenseFileIssued",
+        Record::SeatLeased { .. } => "SeatLeased",
     }
 }
 
@@ -335,6 +337,20 @@ fn products_keys_and_audit() -> Vec<(Record, &'static str)> {
             },
             LICENSE_FILE_ISSUED,
         ),
+        (
+            Record::SeatLeased {
+                license_id: "lic_golden".into(),
+                seat: SeatRecord {
+                    seat_id: "seat_3".into(),
+                    fingerprint: "host-c".into(),
+                    at_ms: 100,
+                    expires_ms: None,
+                },
+                token_sha256: [0x5e; 32],
+                audit: audit(),
+            },
+            SEAT_LEASED,
+        ),
     ]
 }
 
@@ -437,3 +453,6 @@ const CHECKPOINT: &str = "011307333333333333333333333333333333333333333333333333
     444444444444444444444444444444444444444444444444444444";
 const LICENSE_FILE_ISSUED: &str = "01140a6c69635f676f6c64656e0180e0998dcc6e103031323334353637383961626364656601026f70f6a1abfef96201
     057265712d31";
+const SEAT_LEASED: &str =
+    "01150a6c69635f676f6c64656e06736561745f3306686f73742d63c801005e5e5e5e5e5e5e5e
+    5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e01026f70f6a1abfef96201057265712d31";

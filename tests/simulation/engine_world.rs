@@ -7,7 +7,7 @@ use std::sync::Arc;
 use keymeter::config::Config;
 use keymeter::engine::protocol::{
     CheckoutSeat, CreateApiKey, CreateLicense, CreateMeter, Ingest, Origin, ReleaseSeat,
-    RevokeApiKey,
+    RevokeApiKey, SeatReleaser,
 };
 use keymeter::engine::{Engine, EngineError, EngineHandle};
 use keymeter::id::LicenseId;
@@ -384,16 +384,25 @@ async fn send(handle: &EngineHandle, op: &Op, now: i64) -> Sent {
                     license_id: LICENSE.into(),
                     fingerprint: fingerprint.clone(),
                     new_seat_id: seat_id.clone().into(),
+                    token_sha256: lease_token(fingerprint),
                     audit: audit(),
                 })
                 .await?
                 .unwrap_or_else(|r| panic!("checkout refused: {r:?}"));
             assert_eq!(lease.seat_id.to_string(), *seat_id);
         }
-        Op::Release { seat_id, .. } => handle
+        Op::Release {
+            seat_id,
+            fingerprint,
+        } => handle
             .send(ReleaseSeat {
                 license_id: LICENSE.into(),
                 seat_id: seat_id.clone().into(),
+                // The token's digest must survive every restart for this
+                // release to be accepted.
+                by: SeatReleaser::Holder {
+                    token_sha256: Some(lease_token(fingerprint)),
+                },
                 audit: audit(),
             })
             .await?
@@ -469,13 +478,23 @@ pub fn scan_identities(dir: &LogDir, from: Seq, head: Seq, into: &mut BTreeMap<S
     }
 }
 
+/// The lease token digest the machine `fingerprint` presents.
+fn lease_token(fingerprint: &str) -> [u8; 32] {
+    let mut t = [0x7b; 32];
+    let fp = fingerprint.as_bytes();
+    t[..fp.len().min(32)].copy_from_slice(&fp[..fp.len().min(32)]);
+    t
+}
+
 fn identity(record: &Record) -> Option<String> {
     Some(match record {
         Record::Event(e) => {
             let v: serde_json::Value = serde_json::from_str(&e.raw).ok()?;
             format!("event:{}", v["id"].as_str()?)
         }
-        Record::SeatCheckedOut { seat, .. } => format!("checkout:{}", seat.seat_id),
+        Record::SeatCheckedOut { seat, .. } | Record::SeatLeased { seat, .. } => {
+            format!("checkout:{}", seat.seat_id)
+        }
         Record::SeatReleased { seat_id, .. } => format!("release:{seat_id}"),
         Record::ApiKeyCreated { key, .. } if key.name.starts_with("simkey") => {
             format!("key:{}", key.id)

@@ -6,10 +6,11 @@ use super::{stamped, Request, WriterState, LEASE_SWEEP_RECORDS_MAX};
 use crate::engine::batch::Batch;
 use crate::engine::protocol::{
     ChangeLicenseStatus, CheckoutSeat, CreateLicense, EngineError, HeartbeatSeat,
-    RecordLicenseFile, ReleaseSeat, RenewLicense, SeatLease, SweepLeases, UpdateLicense,
+    RecordLicenseFile, ReleaseSeat, RenewLicense, SeatLease, SeatReleaser, SweepLeases,
+    UpdateLicense,
 };
 use crate::error_code::{outcome_label, ErrorCode};
-use crate::id::{LicenseId, SeatId};
+use crate::id::LicenseId;
 use crate::license::model::StatusAction;
 use crate::license::seats::CheckoutPlan;
 use crate::license::{License, Refusal, SeatPolicy, SeatTable};
@@ -137,7 +138,7 @@ impl Request for HeartbeatSeat {
     type Output = Result<SeatLease, Refusal>;
 
     fn decide(self, state: &mut WriterState, now_ms: i64, batch: &mut Batch) -> Decided<SeatLease> {
-        let outcome = state.heartbeat_seat(&self.license_id, &self.seat_id, now_ms, batch);
+        let outcome = state.heartbeat_seat(self, now_ms, batch);
         seat_metric("heartbeat", &outcome);
         Ok(outcome)
     }
@@ -147,9 +148,13 @@ impl Request for ReleaseSeat {
     type Output = Result<(), Refusal>;
 
     fn decide(self, state: &mut WriterState, now_ms: i64, batch: &mut Batch) -> Decided<()> {
-        let held = state
-            .license(&self.license_id)
-            .and_then(|_| state.seat(&self.license_id, &self.seat_id).map(|_| ()));
+        let held = state.license(&self.license_id).and_then(|_| {
+            let seat = state.seat(&self.license_id, &self.seat_id)?;
+            match &self.by {
+                SeatReleaser::Admin => Ok(()),
+                SeatReleaser::Holder { token_sha256 } => opened(seat, token_sha256.as_ref()),
+            }
+        });
         let outcome = held.map(|()| {
             let record = Record::SeatReleased {
                 license_id: self.license_id,
@@ -311,10 +316,15 @@ impl WriterState {
         let policy = self.seat_policy(license_id, now_ms)?;
         self.reclaim_lapsed(license_id, now_ms, batch);
         let seats = &self.licenses.get(license_id).expect("checked").seats;
-        match seats.plan_checkout(&policy, &req.fingerprint, now_ms) {
+        match seats.plan_checkout(&policy, &req.fingerprint, &req.token_sha256, now_ms) {
             CheckoutPlan::Full => Err(Refusal::new(
                 ErrorCode::SeatLimitExceeded,
                 format!("all {} seats are taken", policy.max),
+            )),
+            CheckoutPlan::Held => Err(Refusal::new(
+                ErrorCode::LeaseTokenInvalid,
+                "this fingerprint holds a seat under another lease token: send that seat's \
+                 `lease_token`, or wait for its lease to end",
             )),
             CheckoutPlan::Existing { seat_id, renew_to } => {
                 if renew_to.is_some() {
@@ -326,19 +336,17 @@ impl WriterState {
                     };
                     self.push_license_record(record, batch);
                 }
-                let expires_ms = self
-                    .seat(license_id, &seat_id)
-                    .ok()
-                    .and_then(|s| s.expires_ms);
+                let seat = self.seat(license_id, &seat_id).ok();
                 Ok(SeatLease {
                     seat_id,
                     fingerprint: req.fingerprint,
-                    expires_ms,
+                    expires_ms: seat.and_then(|s| s.expires_ms),
                     new: false,
+                    tokened: seat.is_some_and(|s| s.token_sha256.is_some()),
                 })
             }
             CheckoutPlan::New { expires_ms } => {
-                let record = Record::SeatCheckedOut {
+                let record = Record::SeatLeased {
                     license_id: license_id.clone(),
                     seat: SeatRecord {
                         seat_id: req.new_seat_id.clone(),
@@ -346,6 +354,7 @@ impl WriterState {
                         at_ms: now_ms,
                         expires_ms,
                     },
+                    token_sha256: req.token_sha256,
                     audit: stamped(req.audit, now_ms),
                 };
                 self.push_license_record(record, batch);
@@ -354,6 +363,7 @@ impl WriterState {
                     fingerprint: req.fingerprint,
                     expires_ms,
                     new: true,
+                    tokened: true,
                 })
             }
         }
@@ -361,13 +371,14 @@ impl WriterState {
 
     fn heartbeat_seat(
         &mut self,
-        license_id: &LicenseId,
-        seat_id: &SeatId,
+        req: HeartbeatSeat,
         now_ms: i64,
         batch: &mut Batch,
     ) -> Result<SeatLease, Refusal> {
+        let (license_id, seat_id) = (&req.license_id, &req.seat_id);
         let policy = self.seat_policy(license_id, now_ms)?;
         let seat = self.seat(license_id, seat_id)?.clone();
+        opened(&seat, req.token_sha256.as_ref())?;
         if !seat.is_live(now_ms) {
             self.reclaim_lapsed(license_id, now_ms, batch);
             return Err(Refusal::new(
@@ -388,8 +399,29 @@ impl WriterState {
             fingerprint: seat.fingerprint,
             expires_ms,
             new: false,
+            tokened: seat.token_sha256.is_some(),
         })
     }
+}
+
+/// `LEASE_TOKEN_INVALID` unless `presented` opens `seat`: knowing a seat's
+/// id or its machine's fingerprint is not enough to renew or free it.
+fn opened(seat: &crate::license::Seat, presented: Option<&[u8; 32]>) -> Result<(), Refusal> {
+    if seat.opens_with(presented) {
+        return Ok(());
+    }
+    let missing = match presented {
+        None => "missing",
+        Some(_) => "wrong",
+    };
+    Err(Refusal::new(
+        ErrorCode::LeaseTokenInvalid,
+        format!(
+            "the lease token of seat `{}` is {missing}: send the `lease_token` its checkout \
+             answered as the `Lease-Token` header",
+            seat.seat_id
+        ),
+    ))
 }
 
 fn seat_metric<T>(op: &str, outcome: &Result<T, Refusal>) {

@@ -10,7 +10,7 @@ use super::WriterState;
 use crate::engine::batch::Batch;
 use crate::engine::protocol::{
     ChangeLicenseStatus, CheckoutSeat, CreateLicense, EngineError, Ingest, Origin, ReleaseSeat,
-    SaveProduct,
+    SaveProduct, SeatReleaser,
 };
 use crate::event::{decode_event_text, Decoded, TimeWindow};
 use crate::id::{LicenseId, SeatId};
@@ -182,24 +182,39 @@ fn create_license(s: &mut WriterState, policy: serde_json::Value) -> LicenseId {
     out.unwrap().unwrap().id
 }
 
+/// `who`: 0 and 1 are two machines claiming the same fingerprint, each
+/// with its own lease token (the first to check out holds the seat; the
+/// other knows the fingerprint and the seat id, not the token); 2 is an
+/// admin (release only).
 #[derive(Debug, Clone)]
 enum SeatOp {
-    Checkout(u8),
-    Release(u8),
+    Checkout(u8, u8),
+    Release(u8, u8),
 }
 
 fn seat_op() -> impl Strategy<Value = SeatOp> {
     prop_oneof![
-        (0u8..6).prop_map(SeatOp::Checkout),
-        (0u8..6).prop_map(SeatOp::Release),
+        (0u8..6, 0u8..2).prop_map(|(f, who)| SeatOp::Checkout(f, who)),
+        (0u8..6, 0u8..3).prop_map(|(f, who)| SeatOp::Release(f, who)),
+    ]
+}
+
+/// The lease token digest each fingerprint's holder presents; `who` 1
+/// presents another.
+fn lease_token(f: u8, who: u8) -> [u8; 32] {
+    [
+        f, who, 0x5e, 0xa7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0, 0, 0,
     ]
 }
 
 proptest! {
     /// Checkouts and releases against a model of the seat table: a known
-    /// fingerprint gets its seat back, a new one gets a seat while one is
+    /// fingerprint gets its seat back with its lease token and is refused
+    /// LEASE_TOKEN_INVALID without it; a new one gets a seat while one is
     /// free and SEAT_LIMIT_EXCEEDED after; releasing frees exactly that
-    /// seat. The license never holds more seats than its maximum.
+    /// seat, for its holder or an admin, never for someone without the
+    /// token. The license never holds more seats than its maximum.
     #[test]
     fn seats_follow_the_model_and_never_exceed_the_maximum(
         max in 1u32..4,
@@ -215,53 +230,73 @@ proptest! {
             serde_json::json!({"max": max, "mode": "node_locked"})
         };
         let id = create_license(&mut s, serde_json::json!({"type": "seat", "seats": seats}));
-        let mut model: HashMap<String, SeatId> = HashMap::new(); // fingerprint → seat
+        // fingerprint → (seat, who holds its token)
+        let mut model: HashMap<String, (SeatId, u8)> = HashMap::new();
         for (n, op) in ops.into_iter().enumerate() {
             let now = T0 + n as i64;
             match op {
-                SeatOp::Checkout(f) => {
+                SeatOp::Checkout(f, who) => {
                     let fingerprint = format!("machine-{f}");
                     let request = CheckoutSeat {
                         license_id: id.clone(),
                         fingerprint: fingerprint.clone(),
                         new_seat_id: format!("seat_{n}").into(),
+                        token_sha256: lease_token(f, who),
                         audit: audit(),
                     };
                     let (out, _) = decide(&mut s, request, now);
                     match (out.unwrap(), model.get(&fingerprint)) {
-                        (Ok(lease), Some(seat)) => {
-                            prop_assert!(!lease.new);
+                        (Ok(lease), Some((seat, holder))) => {
+                            prop_assert_eq!(who, *holder, "a checkout without the token got the seat");
+                            prop_assert!(!lease.new && lease.tokened);
                             prop_assert_eq!(&lease.seat_id, seat);
                         }
+                        (Err(refusal), Some((_, holder))) if who != *holder => {
+                            prop_assert_eq!(refusal.code, "LEASE_TOKEN_INVALID");
+                        }
                         (Ok(lease), None) => {
-                            prop_assert!(lease.new);
+                            prop_assert!(lease.new && lease.tokened);
                             prop_assert!(model.len() < max as usize);
-                            model.insert(fingerprint, lease.seat_id);
+                            model.insert(fingerprint, (lease.seat_id, who));
                         }
                         (Err(refusal), known) => {
-                            prop_assert!(known.is_none());
+                            prop_assert!(known.is_none(), "{refusal:?}");
                             prop_assert_eq!(refusal.code, "SEAT_LIMIT_EXCEEDED");
                             prop_assert_eq!(model.len(), max as usize);
                         }
                     }
                 }
-                SeatOp::Release(f) => {
+                SeatOp::Release(f, who) => {
                     let fingerprint = format!("machine-{f}");
-                    let seat_id = model.get(&fingerprint).cloned().unwrap_or_else(|| SeatId::from("seat_none"));
-                    let request = ReleaseSeat { license_id: id.clone(), seat_id, audit: audit() };
+                    let seat_id = model.get(&fingerprint).map_or_else(|| SeatId::from("seat_none"), |(s, _)| s.clone());
+                    let by = match who {
+                        2 => SeatReleaser::Admin,
+                        _ => SeatReleaser::Holder { token_sha256: Some(lease_token(f, who)) },
+                    };
+                    let request = ReleaseSeat { license_id: id.clone(), seat_id, by, audit: audit() };
                     let (out, _) = decide(&mut s, request, now);
-                    match (out.unwrap(), model.remove(&fingerprint)) {
-                        (Ok(()), Some(_)) => {}
-                        (Err(refusal), None) => prop_assert_eq!(refusal.code, "NO_SEAT"),
-                        (got, expected) => prop_assert!(false, "release gave {got:?}, model had {expected:?}"),
+                    let holder = model.get(&fingerprint).map(|(_, h)| *h);
+                    let opens = who == 2 || holder == Some(who);
+                    match out.unwrap() {
+                        Ok(()) => {
+                            prop_assert!(holder.is_some() && opens, "released by {}", who);
+                            model.remove(&fingerprint);
+                        }
+                        Err(refusal) if holder.is_some() => {
+                            prop_assert!(!opens, "refused its holder: {:?}", refusal);
+                            prop_assert_eq!(refusal.code, "LEASE_TOKEN_INVALID");
+                        }
+                        Err(refusal) => prop_assert_eq!(refusal.code, "NO_SEAT"),
                     }
                 }
             }
             let seats: HashMap<String, SeatId> = s.licenses.get(&id).unwrap().seats.all()
                 .map(|seat| (seat.fingerprint.clone(), seat.seat_id.clone()))
                 .collect();
+            let expected: HashMap<String, SeatId> =
+                model.iter().map(|(f, (seat, _))| (f.clone(), seat.clone())).collect();
             prop_assert!(seats.len() <= max as usize);
-            prop_assert_eq!(&seats, &model);
+            prop_assert_eq!(&seats, &expected);
         }
     }
 
