@@ -41,7 +41,9 @@ fn items(prefix: &str, from: usize, n: usize, now_ms: i64) -> Vec<Decoded> {
 
 async fn ingest(handle: &EngineHandle, items: Vec<Decoded>) {
     let received_ms = chrono::Utc::now().timestamp_millis();
-    let origin = Origin::Http;
+    let origin = Origin::Http {
+        tenant: "product:bench".into(),
+    };
     let out = handle
         .send(Ingest {
             items,

@@ -163,7 +163,7 @@ error_codes! {
     Internal = "INTERNAL", INTERNAL_SERVER_ERROR,
         "Unexpected server error; the server log has details";
     DedupCapacity = "DEDUP_CAPACITY", SERVICE_UNAVAILABLE,
-        "The dedup index is at `dedup_keys_max`; nothing was recorded";
+        "The dedup index is at `dedup_keys_max`, or the sender's product (or unbound key) holds its `dedup_tenant_share_pct`; nothing was recorded";
     NonceCapacity = "NONCE_CAPACITY", SERVICE_UNAVAILABLE,
         "More signed calls in one tolerance window than `signature_nonces_max`; nothing was recorded";
     EngineUnavailable = "ENGINE_UNAVAILABLE", SERVICE_UNAVAILABLE,

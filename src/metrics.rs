@@ -28,6 +28,9 @@ pub struct Metrics {
     pub projection_lag_records: IntGaugeVec,
     pub writer_queue_depth: IntGauge,
     pub dedup_keys: IntGauge,
+    pub dedup_keys_limit: IntGauge,
+    pub dedup_tenant_keys_held_max: IntGauge,
+    pub dedup_tenant_keys_limit: IntGauge,
     pub http_requests_total: IntCounterVec,
     pub http_request_duration_seconds: HistogramVec,
     pub tls_handshake_failures_total: IntCounter,
@@ -163,6 +166,18 @@ impl Metrics {
             dedup_keys: gauge(
                 "keymeter_dedup_keys",
                 "Event identities held by the dedup index.",
+            ),
+            dedup_keys_limit: gauge(
+                "keymeter_dedup_keys_limit",
+                "The most identities the dedup index holds (dedup_keys_max).",
+            ),
+            dedup_tenant_keys_held_max: gauge(
+                "keymeter_dedup_tenant_keys_held_max",
+                "Identities held by the product (or unbound API key) that holds the most.",
+            ),
+            dedup_tenant_keys_limit: gauge(
+                "keymeter_dedup_tenant_keys_limit",
+                "The most identities one product (or unbound API key) may hold.",
             ),
             http_requests_total: counter_vec(
                 "keymeter_http_requests_total",

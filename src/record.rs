@@ -118,6 +118,13 @@ pub enum Record {
         token_sha256: [u8; 32],
         audit: Audit,
     },
+    /// An accepted usage event sent by `tenant` (see [`Record::event`]):
+    /// the product an API key is bound to (`product:<id>`) or an unbound
+    /// key (`key:<id>`). The dedup index gives each tenant a fair share.
+    TenantEvent {
+        tenant: String,
+        event: EventRecord,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -274,6 +281,16 @@ pub enum RecordError {
 }
 
 impl Record {
+    /// The accepted usage event this record holds, with its tenant (empty
+    /// for an `Event`: Kafka, or a log from before tenants were recorded).
+    pub fn event(&self) -> Option<(&EventRecord, &str)> {
+        match self {
+            Record::Event(e) => Some((e, "")),
+            Record::TenantEvent { tenant, event } => Some((event, tenant)),
+            _ => None,
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(256);
         self.encode_into(&mut out);

@@ -3,7 +3,8 @@
 //! DEDUP_CAPACITY` and nothing is recorded; an identity is remembered while
 //! a resend of it could be accepted, and forgotten (its room freed) once the
 //! hour holding its event time ends `event_time_back + event_time_ahead`
-//! before now.
+//! before now. One product (or unbound key) holds at most its share of the
+//! index, so filling it cannot stop another product's ingest.
 
 mod common;
 
@@ -34,9 +35,15 @@ struct InProcess {
 }
 
 impl InProcess {
+    /// One sender may fill the whole index.
     fn start(root: &std::path::Path, dedup_keys_max: usize) -> InProcess {
+        InProcess::start_shared(root, dedup_keys_max, 100)
+    }
+
+    fn start_shared(root: &std::path::Path, dedup_keys_max: usize, share_pct: u8) -> InProcess {
         let mut cfg = config(root);
         cfg.dedup_keys_max = dedup_keys_max;
+        cfg.dedup_tenant_share_pct = share_pct;
         cfg.event_time_back = Duration::from_millis(BACK_MS as u64);
         cfg.event_time_ahead = Duration::from_millis(AHEAD_MS as u64);
         let clock = Arc::new(ManualClock::new(T0));
@@ -60,16 +67,37 @@ impl InProcess {
             client: reqwest::Client::new(),
         };
         let meter = json!({"slug": "calls", "eventType": "call", "aggregation": "COUNT"});
-        let r = server.rt().block_on(
-            server
-                .client
-                .post(format!("{}/api/v1/meters", server.base))
-                .bearer_auth(ADMIN_KEY)
-                .json(&meter)
-                .send(),
-        );
-        assert_eq!(r.unwrap().status(), StatusCode::CREATED);
+        // Created on the first start; a restart finds it.
+        let status = server.post(ADMIN_KEY, "/api/v1/meters", &meter).0;
+        assert!(matches!(status, StatusCode::CREATED | StatusCode::CONFLICT));
         server
+    }
+
+    fn post(&self, key: &str, path: &str, body: &Value) -> (StatusCode, Value) {
+        self.rt().block_on(async {
+            let r = self
+                .client
+                .post(format!("{}{path}", self.base))
+                .bearer_auth(key)
+                .json(body)
+                .send()
+                .await
+                .unwrap();
+            (r.status(), r.json().await.unwrap_or(Value::Null))
+        })
+    }
+
+    /// An `ingest` key bound to a new product `product`.
+    fn product_key(&self, product: &str) -> String {
+        let body = json!({"id": product, "requireSignatures": false});
+        assert_eq!(
+            self.post(ADMIN_KEY, "/api/v1/products", &body).0,
+            StatusCode::CREATED
+        );
+        let body = json!({"name": product, "scopes": ["ingest"], "product": product});
+        let (status, key) = self.post(ADMIN_KEY, "/api/v1/api-keys", &body);
+        assert_eq!(status, StatusCode::CREATED, "{key}");
+        key["key"].as_str().unwrap().to_owned()
     }
 
     fn rt(&self) -> &tokio::runtime::Runtime {
@@ -79,6 +107,10 @@ impl InProcess {
     /// Posts events `ids`, all dated `time_ms`, as one batch at the clock's
     /// `now_ms`: the status and the body (or the counts of a 204).
     fn ingest(&self, now_ms: i64, ids: &[&str], time_ms: i64) -> (StatusCode, Value) {
+        self.ingest_as(ADMIN_KEY, now_ms, ids, time_ms)
+    }
+
+    fn ingest_as(&self, key: &str, now_ms: i64, ids: &[&str], time_ms: i64) -> (StatusCode, Value) {
         self.clock.set(now_ms);
         let events: Vec<Value> = ids
             .iter()
@@ -88,7 +120,7 @@ impl InProcess {
             let r = self
                 .client
                 .post(format!("{}/api/v1/events", self.base))
-                .bearer_auth(ADMIN_KEY)
+                .bearer_auth(key)
                 .header("content-type", "application/cloudevents-batch+json")
                 .json(&events)
                 .send()
@@ -165,9 +197,11 @@ fn a_full_dedup_index_refuses_ingest_with_503_and_records_nothing() {
     assert_eq!(server.ingest(T0 + 2, &["d", "e"], T0), accepted(2, 0));
     assert_eq!(server.counted(), 5.0);
 
-    // At the limit even one event, or a resend, is refused.
+    // At the limit even one new event is refused; a resend is answered
+    // as the duplicate it is.
     assert_dedup_capacity(server.ingest(T0 + 3, &["g"], T0 + 3));
-    assert_dedup_capacity(server.ingest(T0 + 4, &["a"], T0));
+    assert_eq!(server.ingest(T0 + 4, &["a", "b"], T0), accepted(0, 2));
+    assert_dedup_capacity(server.ingest(T0 + 4, &["a", "g"], T0));
     assert_eq!(server.counted(), 5.0);
 }
 
@@ -225,4 +259,66 @@ fn an_identity_is_kept_while_a_resend_is_accepted_and_forgotten_after_its_hour_l
     );
     assert_dedup_capacity(server.ingest(forget_at, &["j"], forget_at));
     assert_eq!(server.counted(), 9.0);
+}
+
+#[test]
+fn a_product_that_fills_its_share_holds_up_no_one_else_across_restarts() {
+    let root = tempfile::tempdir().unwrap();
+    let server = InProcess::start_shared(root.path(), 12, 50);
+    let (acme, globex) = (server.product_key("acme"), server.product_key("globex"));
+    let ids = |p: &str, n: usize| (0..n).map(|i| format!("{p}-{i}")).collect::<Vec<_>>();
+    fn refs(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+
+    // acme fills its half; its next event is refused, naming the share.
+    let flood = ids("acme", 7);
+    assert_eq!(
+        server.ingest_as(&acme, T0, &refs(&flood[..6]), T0),
+        accepted(6, 0)
+    );
+    let (status, body) = server.ingest_as(&acme, T0 + 1, &refs(&flood[6..]), T0);
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("DEDUP_CAPACITY"))
+    );
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("product:acme") && message.contains("dedup_tenant_share_pct"),
+        "{message}"
+    );
+    // A resend of what acme already sent is still only a duplicate.
+    assert_eq!(
+        server.ingest_as(&acme, T0 + 2, &refs(&flood[..6]), T0),
+        accepted(0, 6)
+    );
+
+    // globex and the admin's unbound key still get in.
+    assert_eq!(
+        server.ingest_as(&globex, T0 + 3, &refs(&ids("globex", 4)), T0),
+        accepted(4, 0)
+    );
+    assert_eq!(server.ingest(T0 + 4, &["admin-0"], T0), accepted(1, 0));
+    assert_eq!(server.counted(), 11.0);
+    drop(server);
+
+    // The shares are rebuilt on restart, from the snapshot and then from
+    // the log alone.
+    for lose_snapshot in [false, true] {
+        if lose_snapshot {
+            std::fs::remove_file(root.path().join("data/state/dedup.snapshot")).unwrap();
+        }
+        let server = InProcess::start_shared(root.path(), 12, 50);
+        let (status, _) = server.ingest_as(&acme, T0 + 5, &["acme-late"], T0);
+        assert_eq!(
+            status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "snapshot lost: {lose_snapshot}"
+        );
+        assert_eq!(
+            server.ingest_as(&globex, T0 + 6, &["globex-0"], T0),
+            accepted(0, 1)
+        );
+        assert_eq!(server.counted(), 11.0);
+    }
 }

@@ -478,7 +478,8 @@ fn forge_dedup_snapshot(data: &std::path::Path) {
     let path = dedup_snapshot_path(data);
     let mut snapshot = DedupSnapshot::parse(&std::fs::read(&path).unwrap());
     snapshot.entries.pop();
-    snapshot.entries.insert(0, [0xAB; 24]);
+    snapshot.entries.insert(0, [0; 28]);
+    snapshot.entries[0][..24].copy_from_slice(&[0xAB; 24]);
     std::fs::write(&path, snapshot.encode()).unwrap();
 }
 

@@ -85,10 +85,21 @@ pub async fn ingest(
         .send(rq::Ingest {
             items,
             received_ms: now_ms,
-            origin: Origin::Http,
+            origin: Origin::Http {
+                tenant: tenant_of(&auth),
+            },
         })
         .await?;
     answer(&outcome, single)
+}
+
+/// Whom the dedup index charges for a caller's events: the product its
+/// key is bound to, or the key itself when it is unbound.
+fn tenant_of(auth: &Auth<Ingest>) -> String {
+    match &auth.product {
+        Some(product) => format!("product:{product}"),
+        None => format!("key:{}", auth.key_id),
+    }
 }
 
 /// A key bound to a product sends usage for its own licenses, or for

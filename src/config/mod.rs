@@ -82,6 +82,11 @@ pub struct Config {
     /// at the limit ingest is refused with 503 rather than forgetting
     /// identities early.
     pub dedup_keys_max: usize,
+    /// The most of `dedup_keys_max` one tenant (the product an API key is
+    /// bound to, or an unbound key) may hold, in percent: so that one key
+    /// cannot fill the index and stop everyone's ingest. Kafka sources are
+    /// bounded by the whole index only.
+    pub dedup_tenant_share_pct: u8,
     /// File holding the master key (base64 text or 32 raw bytes) that seals
     /// license keys and derives the signing key. Default:
     /// `<data_dir>.master-key`, generated on first start. Never inside the
@@ -321,6 +326,7 @@ impl Default for Config {
             writer_queue_max: 256,
             segment_bytes_max: 64 * 1024 * 1024,
             dedup_keys_max: 20_000_000,
+            dedup_tenant_share_pct: 50,
             master_key_file: None,
             master_key: None,
             token_ttl: Duration::from_secs(5 * 60),
@@ -387,6 +393,10 @@ impl Config {
             "batch_records_max must be >= request_events_max"
         );
         anyhow::ensure!(self.writer_queue_max >= 1, "writer_queue_max must be >= 1");
+        anyhow::ensure!(
+            (1..=100).contains(&self.dedup_tenant_share_pct),
+            "dedup_tenant_share_pct must be between 1 and 100"
+        );
         anyhow::ensure!(
             self.body_bytes_max >= 1024,
             "body_bytes_max must be >= 1024"

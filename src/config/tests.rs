@@ -14,6 +14,7 @@ fn the_shipped_example_file_states_the_defaults() {
     assert_eq!(c.writer_queue_max, d.writer_queue_max);
     assert_eq!(c.segment_bytes_max, d.segment_bytes_max);
     assert_eq!(c.dedup_keys_max, d.dedup_keys_max);
+    assert_eq!(c.dedup_tenant_share_pct, d.dedup_tenant_share_pct);
     assert_eq!(c.token_ttl, d.token_ttl);
     assert_eq!(c.license_file_ttl, d.license_file_ttl);
     assert_eq!(c.license_file_ttl_max, d.license_file_ttl_max);

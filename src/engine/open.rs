@@ -331,6 +331,7 @@ fn writer_state(
         licenses,
         window: cfg.time_window(),
         dedup_keys_max: cfg.dedup_keys_max,
+        dedup_tenant_keys_max: cfg.dedup_keys_max * usize::from(cfg.dedup_tenant_share_pct) / 100,
     })
 }
 

@@ -89,7 +89,9 @@ pub struct RejectedItem {
 /// the quarantine).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
-    Http,
+    /// `tenant`: the product the caller's key is bound to
+    /// (`product:<id>`), or the unbound key (`key:<id>`).
+    Http { tenant: String },
     Kafka {
         delta: OffsetDelta,
         /// Per item: its offset in `delta`'s partition.
@@ -100,7 +102,7 @@ pub enum Origin {
 impl Origin {
     pub fn label(&self) -> &'static str {
         match self {
-            Origin::Http => "http",
+            Origin::Http { .. } => "http",
             Origin::Kafka { .. } => "kafka",
         }
     }

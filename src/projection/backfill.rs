@@ -112,7 +112,7 @@ fn fold_before(log: &LogDir, meter: &CompiledMeter, before: Seq) -> Result<Fold,
             seq: entry.seq,
             source,
         })?;
-        if let Record::Event(e) = record {
+        if let Some((e, _)) = record.event() {
             let Ok(facts) = EventFacts::from_logged(&e.raw, e.time_ms) else {
                 continue;
             };

@@ -188,7 +188,7 @@ impl Counters {
         let mut meters_changed = false;
         for a in records.iter().filter(|a| a.seq > start) {
             match a.record {
-                Record::Event(e) => {
+                Record::Event(e) | Record::TenantEvent { event: e, .. } => {
                     let parsed;
                     let facts = match a.facts {
                         Some(f) => f,

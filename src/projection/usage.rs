@@ -137,7 +137,7 @@ impl UsageInner {
             return;
         }
         for a in records {
-            let Record::Event(_) = a.record else {
+            let Some(_) = a.record.event() else {
                 continue;
             };
             let Some(facts) = a.facts else {

@@ -14,46 +14,51 @@ use keymeter::projection::{KeyValue, Store};
 /// 16] | event time i64 LE) | crc32c u32 LE over applied..entries`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DedupSnapshot {
-    pub applied: u64,
-    /// Entries (24 bytes each) sorted: the file keeps the in-memory map's
-    /// order, which its format does not fix.
-    pub entries: Vec<[u8; 24]>,
+    /// Magic, seq, tenant table (`KMDEDUP2`) and entry count.
+    pub header: Vec<u8>,
+    /// Entries (28 bytes each: identity, time, tenant) sorted: the file
+    /// keeps the in-memory map's order, which its format does not fix.
+    pub entries: Vec<[u8; 28]>,
 }
-
-pub const DEDUP_MAGIC: &[u8; 8] = b"KMDEDUP1";
 
 impl DedupSnapshot {
     pub fn parse(bytes: &[u8]) -> DedupSnapshot {
         assert!(bytes.len() >= 28, "dedup snapshot of {} bytes", bytes.len());
-        assert_eq!(&bytes[..8], DEDUP_MAGIC, "dedup snapshot magic");
+        assert_eq!(&bytes[..8], b"KMDEDUP2", "dedup snapshot magic");
         let (body, crc) = bytes[8..].split_at(bytes.len() - 12);
         assert_eq!(
             crc32c::crc32c(body).to_le_bytes(),
             crc,
             "dedup snapshot checksum"
         );
-        let applied = u64::from_le_bytes(body[..8].try_into().unwrap());
-        let count = u64::from_le_bytes(body[8..16].try_into().unwrap()) as usize;
-        assert_eq!(body.len() - 16, count * 24, "dedup snapshot entry count");
-        let mut entries: Vec<[u8; 24]> = body[16..]
-            .chunks_exact(24)
+        let tenants = u32::from_le_bytes(body[8..12].try_into().unwrap());
+        let mut at = 12;
+        for _ in 0..tenants {
+            at += 2 + u16::from_le_bytes(body[at..at + 2].try_into().unwrap()) as usize;
+        }
+        let count = u64::from_le_bytes(body[at..at + 8].try_into().unwrap()) as usize;
+        at += 8;
+        assert_eq!(body.len() - at, count * 28, "dedup snapshot entry count");
+        let mut entries: Vec<[u8; 28]> = body[at..]
+            .chunks_exact(28)
             .map(|e| e.try_into().unwrap())
             .collect();
         entries.sort();
-        DedupSnapshot { applied, entries }
+        DedupSnapshot {
+            header: bytes[..8 + at - 8].to_vec(),
+            entries,
+        }
     }
 
     /// A valid snapshot file (right magic and checksum) holding `self`.
     pub fn encode(&self) -> Vec<u8> {
-        let mut body = Vec::new();
-        body.extend_from_slice(&self.applied.to_le_bytes());
-        body.extend_from_slice(&(self.entries.len() as u64).to_le_bytes());
+        let mut out = self.header.clone();
+        out.extend_from_slice(&(self.entries.len() as u64).to_le_bytes());
         for e in &self.entries {
-            body.extend_from_slice(e);
+            out.extend_from_slice(e);
         }
-        let mut out = DEDUP_MAGIC.to_vec();
-        out.extend_from_slice(&body);
-        out.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+        let crc = crc32c::crc32c(&out[8..]);
+        out.extend_from_slice(&crc.to_le_bytes());
         out
     }
 }
@@ -140,7 +145,10 @@ pub fn assert_same_state(want: &StateDump, got: &StateDump, context: &str) {
     }
     match (&want.dedup, &got.dedup) {
         (Some(w), Some(g)) => {
-            assert_eq!(w.applied, g.applied, "{context}: dedup snapshot seq");
+            assert_eq!(
+                w.header, g.header,
+                "{context}: dedup snapshot seq and tenants"
+            );
             assert!(
                 w.entries == g.entries,
                 "{context}: dedup snapshot holds {} identities, {} of them not in the live one",

@@ -49,9 +49,15 @@ sources  0000000000000016
 sources 75736167650000000002 00000000000000a4
 "#;
 
-const DEDUP_SNAPSHOT: &str = "4b4d444544555031160000000000000003000000000000007c182ecf054f1798eca13ef2a74f5d8bff67e5cf8b010000
+/// The format before tenants (`KMDEDUP1`), which still opens.
+const DEDUP_SNAPSHOT_V1: &str = "4b4d444544555031150000000000000003000000000000007c182ecf054f1798eca13ef2a74f5d8bff67e5cf8b010000
     f903f0d37fad9d4d8ae24a481fd6070c0068e5cf8b0100005b87cda15d88dc36aee6eab106bb83948079aecf8b010000
-    e13bf3df";
+    1469cdd6";
+
+const DEDUP_SNAPSHOT: &str =
+    "4b4d44454455503216000000000000000200000000000b0070726f647563743a69646503000000
+    000000007c182ecf054f1798eca13ef2a74f5d8bff67e5cf8b01000000000000f903f0d37fad9d4d8ae24a481fd6070c
+    0068e5cf8b010000010000005b87cda15d88dc36aee6eab106bb83948079aecf8b010000000000009ef2043f";
 
 const T0: i64 = 1_700_000_000_000;
 
@@ -126,12 +132,19 @@ pub fn log_records() -> Vec<Record> {
             T0 - 3_600_000,
             json!({"tokens": -1, "model": "large", "user": "u1"}),
         ),
-        event(
+        // Sent by a key bound to product `ide`.
+        match event(
             "e3",
             "beta",
             T0,
             json!({"tokens": "7", "region": "us", "user": 5}),
-        ),
+        ) {
+            Record::Event(event) => Record::TenantEvent {
+                tenant: "product:ide".into(),
+                event,
+            },
+            _ => unreachable!(),
+        },
         Record::MeterCreated {
             meter: AsJson::new(users_meter()),
             audit: audit(),
@@ -283,13 +296,30 @@ fn load_lines(state: &Path, lines: &str) {
 
 /// The snapshot with its entries sorted: the file keeps the map's order,
 /// which the format leaves free (and the checksum follows).
+/// The snapshot's header (magic, seq, tenant table, count) and its
+/// entries sorted: the file keeps the in-memory map's order, which its
+/// format does not fix.
 fn canonical_snapshot(bytes: &[u8]) -> (Vec<u8>, Vec<Vec<u8>>) {
     let body = &bytes[8..bytes.len() - 4];
     let crc = u32::from_le_bytes(bytes[bytes.len() - 4..].try_into().unwrap());
     assert_eq!(crc32c::crc32c(body), crc, "dedup snapshot checksum");
-    let mut entries: Vec<Vec<u8>> = body[16..].chunks(24).map(<[u8]>::to_vec).collect();
+    let (mut at, entry) = (16, 24);
+    let (mut at, entry) = match &bytes[..8] {
+        b"KMDEDUP1" => (at, entry),
+        b"KMDEDUP2" => {
+            let tenants = u32::from_le_bytes(body[8..12].try_into().unwrap());
+            at = 12;
+            for _ in 0..tenants {
+                at += 2 + u16::from_le_bytes(body[at..at + 2].try_into().unwrap()) as usize;
+            }
+            (at + 8, 28)
+        }
+        other => panic!("dedup snapshot magic {other:?}"),
+    };
+    let mut entries: Vec<Vec<u8>> = body[at..].chunks(entry).map(<[u8]>::to_vec).collect();
     entries.sort();
-    (bytes[..24].to_vec(), entries)
+    at += 8;
+    (bytes[..at].to_vec(), entries)
 }
 
 #[test]
@@ -433,9 +463,28 @@ fn golden_projection_bytes_open_as_every_projection_and_read_back_as_the_logs_fa
         .collect();
     assert_eq!(counters, expected_counters());
 
-    let dedup = DedupIndex::open(&state, 100).unwrap();
+    let mut dedup = DedupIndex::open(&state, 100).unwrap();
     assert_eq!((dedup.applied(), dedup.len()), (head, 3));
     for id in ["e1", "e2", "e3"] {
         assert!(dedup.contains(&DedupKey::new("s", id)), "identity {id}");
     }
+    let ide = dedup.tenant("product:ide");
+    assert_eq!(dedup.tenants().held(ide), 1);
+}
+
+#[test]
+fn a_dedup_snapshot_from_before_tenants_opens_with_its_identities_unattributed() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(root.path().join("dedup.snapshot"), unhex(DEDUP_SNAPSHOT_V1)).unwrap();
+    let dedup = DedupIndex::open(root.path(), 100).unwrap();
+    assert_eq!((dedup.applied(), dedup.len()), (0x15, 3));
+    for id in ["e1", "e2", "e3"] {
+        assert!(dedup.contains(&DedupKey::new("s", id)), "identity {id}");
+    }
+    assert_eq!(
+        dedup
+            .tenants()
+            .held(keymeter::projection::dedup::UNATTRIBUTED),
+        3
+    );
 }

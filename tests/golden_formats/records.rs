@@ -13,7 +13,7 @@ use crate::{unhex, Golden};
 
 /// Every variant of [`Record`], in declaration order. Adding a variant
 /// breaks the exhaustive match in [`variant`] until it has a golden here.
-const VARIANTS: [&str; 22] = [
+const VARIANTS: [&str; 23] = [
     "Event",
     "Rejected",
     "MeterCreated",
@@ -36,6 +36,7 @@ const VARIANTS: [&str; 22] = [
     "Checkpoint",
     "LicenseFileIssued",
     "SeatLeased",
+    "TenantEvent",
 ];
 
 fn variant(r: &Record) -> &'static str {
@@ -62,6 +63,7 @@ fn variant(r: &Record) -> &'static str {
         Record::Checkpoint(_) => "Checkpoint",
         Record::LicenseFileIssued { .. } => "LicenseFileIssued",
         Record::SeatLeased { .. } => "SeatLeased",
+        Record::TenantEvent { .. } => "TenantEvent",
     }
 }
 
@@ -351,6 +353,17 @@ fn products_keys_and_audit() -> Vec<(Record, &'static str)> {
             },
             SEAT_LEASED,
         ),
+        (
+            Record::TenantEvent {
+                tenant: "product:ide".into(),
+                event: EventRecord {
+                    received_ms: 1_700_000_000_000,
+                    time_ms: 1_699_999_999_000,
+                    raw: r#"{"id":"e1"}"#.into(),
+                },
+            },
+            TENANT_EVENT,
+        ),
     ]
 }
 
@@ -456,3 +469,5 @@ const LICENSE_FILE_ISSUED: &str = "01140a6c69635f676f6c64656e0180e0998dcc6e10303
 const SEAT_LEASED: &str =
     "01150a6c69635f676f6c64656e06736561745f3306686f73742d63c801005e5e5e5e5e5e5e5e
     5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e01026f70f6a1abfef96201057265712d31";
+const TENANT_EVENT: &str =
+    "01160b70726f647563743a69646580a0abfef962b090abfef9620b7b226964223a226531227d";

@@ -365,7 +365,9 @@ async fn send(handle: &EngineHandle, op: &Op, now: i64) -> Sent {
                 .send(Ingest {
                     items,
                     received_ms: now,
-                    origin: Origin::Http,
+                    origin: Origin::Http {
+                        tenant: "product:sim".into(),
+                    },
                 })
                 .await?;
             assert!(outcome.rejected.is_empty(), "{:?}", outcome.rejected);
@@ -488,7 +490,7 @@ fn lease_token(fingerprint: &str) -> [u8; 32] {
 
 fn identity(record: &Record) -> Option<String> {
     Some(match record {
-        Record::Event(e) => {
+        Record::Event(e) | Record::TenantEvent { event: e, .. } => {
             let v: serde_json::Value = serde_json::from_str(&e.raw).ok()?;
             format!("event:{}", v["id"].as_str()?)
         }

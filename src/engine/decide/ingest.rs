@@ -12,6 +12,7 @@ use crate::error_code::ErrorCode;
 use crate::event::{Decoded, Rejection};
 use crate::log::Seq;
 use crate::metrics::metrics;
+use crate::projection::dedup::{room, NoRoom, TenantIx, UNATTRIBUTED};
 use crate::projection::EventFacts;
 use crate::record::{EventRecord, Record, RejectedRecord, SourcePosition};
 use crate::source::checkpoint::PartitionId;
@@ -38,18 +39,22 @@ impl Request for Ingest {
             received_ms,
             origin,
         } = self;
+        let tenant = match &origin {
+            Origin::Http { tenant } => state.dedup.tenant(tenant),
+            Origin::Kafka { .. } => UNATTRIBUTED,
+        };
         if let Origin::Kafka { delta, .. } = &origin {
             // Both checks come first: a refused delta, or a full dedup
             // index, leaves the position where it was.
             let refused =
                 |r: crate::source::checkpoint::DeltaRefused| EngineError::Conflict(r.to_string());
             state.sources.check_delta(delta).map_err(refused)?;
-            state.dedup_room(items.len(), now_ms)?;
+            state.dedup_room(&items, tenant, now_ms)?;
             state.sources.try_apply_delta(delta).map_err(refused)?;
         } else {
-            state.dedup_room(items.len(), now_ms)?;
+            state.dedup_room(&items, tenant, now_ms)?;
         }
-        let outcome = state.ingest_items(items, received_ms, &origin, batch);
+        let outcome = state.ingest_items(items, received_ms, &origin, tenant, batch);
         if let Origin::Kafka { delta, .. } = origin {
             batch.push(Record::SourceOffsets(delta), None);
         }
@@ -100,28 +105,55 @@ impl Request for SourcePositions {
 }
 
 impl WriterState {
-    /// Refuses `incoming` events (HTTP or Kafka alike) when claiming them
-    /// could take the dedup index past its bound. Identities that left the
-    /// window are forgotten first: the last batch's pruning ran at its own
-    /// `now`, and room freed since must not be refused.
-    fn dedup_room(&mut self, incoming: usize, now_ms: i64) -> Result<(), EngineError> {
-        let fits = |state: &WriterState| state.dedup.len() + incoming <= state.dedup_keys_max;
-        if fits(self) {
+    /// Refuses `items` (HTTP or Kafka alike) when claiming them could take
+    /// the dedup index past its bound, or `tenant` past its share.
+    /// Identities that left the window are forgotten first: the last
+    /// batch's pruning ran at its own `now`, and room freed since must not
+    /// be refused. Near the bound only identities not yet held count, so a
+    /// resend is still answered as a duplicate.
+    fn dedup_room(
+        &mut self,
+        items: &[Decoded],
+        tenant: TenantIx,
+        now_ms: i64,
+    ) -> Result<(), EngineError> {
+        let mut incoming = items.len();
+        let check = |state: &WriterState, incoming: usize| {
+            let held = state.dedup.tenants().held(tenant);
+            let share =
+                (tenant != UNATTRIBUTED).then_some((held, state.dedup_tenant_keys_max as u64));
+            room(
+                state.dedup.len() as u64,
+                state.dedup_keys_max as u64,
+                incoming as u64,
+                share,
+            )
+        };
+        if check(self, incoming).is_ok() {
             return Ok(());
         }
         self.prune_dedup(now_ms);
-        if fits(self) {
+        incoming = items
+            .iter()
+            .filter(|i| matches!(i, Decoded::Valid(e) if !self.dedup.contains(&e.key)))
+            .count();
+        let Err(no_room) = check(self, incoming) else {
             return Ok(());
-        }
+        };
         metrics()
             .events_rejected_total
             .with_label_values(&[ErrorCode::DedupCapacity])
             .inc_by(incoming as u64);
-        Err(EngineError::Overloaded(format!(
-            "the dedup index holds {} identities, its limit is {}; raise dedup_keys_max or shorten event_time_back",
-            self.dedup.len(),
-            self.dedup_keys_max
-        )))
+        Err(EngineError::Overloaded(match no_room {
+            NoRoom::Full { held, max } => format!(
+                "the dedup index holds {held} identities, its limit is {max}; raise dedup_keys_max or shorten event_time_back"
+            ),
+            NoRoom::Share { held, max } => format!(
+                "{} holds {held} identities of the dedup index, its share is {max} \
+                 (dedup_tenant_share_pct of dedup_keys_max); other senders are not held up",
+                self.dedup.tenants().name(tenant)
+            ),
+        }))
     }
 
     /// Every valid event that all meters of its type can read, and whose
@@ -132,6 +164,7 @@ impl WriterState {
         items: Vec<Decoded>,
         received_ms: i64,
         origin: &Origin,
+        tenant: TenantIx,
         batch: &mut Batch,
     ) -> IngestOutcome {
         let mut outcome = IngestOutcome::default();
@@ -142,7 +175,7 @@ impl WriterState {
                 Decoded::Valid(event) => match self.meters.check(&event.ty, event.data()) {
                     Err(e) => (Rejection::from(e), event.raw.into_bytes()),
                     Ok(observations) => {
-                        if !self.dedup.claim_one(event.key, event.time_ms) {
+                        if !self.dedup.claim_one(event.key, event.time_ms, tenant) {
                             outcome.duplicates += 1;
                             continue;
                         }
@@ -158,7 +191,14 @@ impl WriterState {
                             time_ms: event.time_ms,
                             raw: event.raw,
                         };
-                        batch.push(Record::Event(record), Some(facts));
+                        let record = match origin {
+                            Origin::Http { tenant } => Record::TenantEvent {
+                                tenant: tenant.clone(),
+                                event: record,
+                            },
+                            Origin::Kafka { .. } => Record::Event(record),
+                        };
+                        batch.push(record, Some(facts));
                         outcome.accepted += 1;
                         outcome.last_seq = self.last_seq(batch);
                         continue;

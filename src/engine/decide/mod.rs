@@ -70,6 +70,8 @@ pub struct WriterState {
     pub licenses: LicenseBook,
     pub window: TimeWindow,
     pub dedup_keys_max: usize,
+    /// The most identities one tenant may hold (`dedup_tenant_share_pct`).
+    pub dedup_tenant_keys_max: usize,
 }
 
 impl WriterState {
@@ -105,7 +107,13 @@ impl WriterState {
     fn prune_dedup(&mut self, now_ms: i64) {
         let horizon_ms = now_ms - self.window.back_ms - self.window.ahead_ms;
         self.dedup.prune(horizon_ms);
-        metrics().dedup_keys.set(self.dedup.len() as i64);
+        let m = metrics();
+        m.dedup_keys.set(self.dedup.len() as i64);
+        m.dedup_keys_limit.set(self.dedup_keys_max as i64);
+        m.dedup_tenant_keys_limit
+            .set(self.dedup_tenant_keys_max as i64);
+        m.dedup_tenant_keys_held_max
+            .set(self.dedup.tenants().held_max() as i64);
     }
 
     /// The sequence number the last record pushed to `batch` will get.

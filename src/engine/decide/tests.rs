@@ -35,6 +35,7 @@ fn state(dir: &std::path::Path) -> WriterState {
         licenses: LicenseBook::default(),
         window: TimeWindow::default(),
         dedup_keys_max: 100_000,
+        dedup_tenant_keys_max: 50_000,
     }
 }
 
@@ -77,7 +78,7 @@ fn identity(d: &Decoded) -> (u8, u8) {
 fn logged_identities(batch: &Batch) -> Vec<(u8, u8)> {
     let mut out = Vec::new();
     for r in &batch.records {
-        if let Record::Event(e) = r {
+        if let Some((e, _)) = r.event() {
             let v: serde_json::Value = serde_json::from_str(&e.raw).unwrap();
             let num = |k: &str| v[k].as_str().unwrap()[1..].parse::<u8>().unwrap();
             out.push((num("source"), num("id")));
@@ -109,7 +110,8 @@ proptest! {
                 next_offset += n;
                 Origin::Kafka { delta, offsets: (0..n).collect() }
             } else {
-                Origin::Http
+                // Two products: an identity is one identity whoever sends it.
+                Origin::Http { tenant: format!("product:p{}", ids.len() % 2) }
             };
             let n = items.len() as u32;
             let (out, batch) = decide(&mut s, Ingest { items, received_ms: T0, origin }, T0);

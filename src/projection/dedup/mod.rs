@@ -17,21 +17,31 @@
 //! snapshot is loaded and the log after it replayed.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::{Applied, ProjectionError};
 use crate::event::{DedupKey, DedupKeyBuildHasher};
 use crate::log::Seq;
-use crate::record::Record;
 
-const SNAPSHOT_MAGIC: &[u8; 8] = b"KMDEDUP1";
+mod snapshot;
+pub mod tenants;
+
+pub use tenants::{room, NoRoom, TenantIx, Tenants, UNATTRIBUTED};
+
 const BUCKET_MS: i64 = 3_600_000;
 
+/// An identity's event time and the tenant that sent it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Claim {
+    time_ms: i64,
+    tenant: TenantIx,
+}
+
 pub struct DedupIndex {
-    keys: HashMap<DedupKey, i64, DedupKeyBuildHasher>,
+    keys: HashMap<DedupKey, Claim, DedupKeyBuildHasher>,
     /// Identities by the hour of their event time, for pruning.
     buckets: BTreeMap<i64, Vec<DedupKey>>,
+    tenants: Tenants,
     applied: Seq,
     keys_max: usize,
     snapshot_path: PathBuf,
@@ -52,6 +62,7 @@ impl DedupIndex {
         let mut index = DedupIndex {
             keys: HashMap::default(),
             buckets: BTreeMap::new(),
+            tenants: Tenants::default(),
             applied: 0,
             keys_max,
             snapshot_path: state_dir.join("dedup.snapshot"),
@@ -64,6 +75,7 @@ impl DedupIndex {
                     "dedup snapshot unusable; rebuilding the index from the log");
                 index.keys.clear();
                 index.buckets.clear();
+                index.tenants = Tenants::default();
                 index.applied = 0;
             }
         }
@@ -90,25 +102,36 @@ impl DedupIndex {
         self.keys.contains_key(key)
     }
 
+    /// The tenant called `name` (`""`: unattributed), added if new.
+    pub fn tenant(&mut self, name: &str) -> TenantIx {
+        self.tenants.intern(name)
+    }
+
+    pub fn tenants(&self) -> &Tenants {
+        &self.tenants
+    }
+
     /// Records claimed identities, written to the log up to `seq`.
-    pub fn claim(&mut self, keys: impl IntoIterator<Item = (DedupKey, i64)>, seq: Seq) {
+    pub fn claim(&mut self, keys: impl IntoIterator<Item = (DedupKey, i64, TenantIx)>, seq: Seq) {
         if seq <= self.applied {
             return;
         }
-        for (key, time_ms) in keys {
-            self.claim_one(key, time_ms);
+        for (key, time_ms, tenant) in keys {
+            self.claim_one(key, time_ms, tenant);
         }
         self.applied = seq;
     }
 
-    /// Claims one identity unless it is already held; true if it was new.
-    /// One hash-map probe: the writer's duplicate check and claim in one.
-    /// The caller reports the seq the claims reach with [`Self::covered`].
-    pub fn claim_one(&mut self, key: DedupKey, time_ms: i64) -> bool {
+    /// Claims one identity for `tenant` unless it is already held; true if
+    /// it was new. One hash-map probe: the writer's duplicate check and
+    /// claim in one. The caller reports the seq the claims reach with
+    /// [`Self::covered`].
+    pub fn claim_one(&mut self, key: DedupKey, time_ms: i64, tenant: TenantIx) -> bool {
         match self.keys.entry(key) {
             std::collections::hash_map::Entry::Occupied(_) => false,
             std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(time_ms);
+                slot.insert(Claim { time_ms, tenant });
+                self.tenants.add(tenant);
                 self.buckets
                     .entry(time_ms.div_euclid(BUCKET_MS))
                     .or_default()
@@ -130,14 +153,15 @@ impl DedupIndex {
         };
         let mut keys = Vec::new();
         for a in records.iter().filter(|a| a.seq > self.applied) {
-            if let Record::Event(e) = a.record {
+            if let Some((e, tenant)) = a.record.event() {
                 let ident: LoggedIdentity<'_> =
                     serde_json::from_str(&e.raw).map_err(|err| ProjectionError::Value {
                         tree: "dedup",
                         key: format!("log seq {}", a.seq),
                         reason: format!("logged event is not valid JSON: {err}"),
                     })?;
-                keys.push((DedupKey::new(&ident.source, &ident.id), e.time_ms));
+                let tenant = self.tenants.intern(tenant);
+                keys.push((DedupKey::new(&ident.source, &ident.id), e.time_ms, tenant));
             }
         }
         self.claim(keys, last);
@@ -154,68 +178,13 @@ impl DedupIndex {
                 break;
             }
             for key in entry.remove() {
-                self.keys.remove(&key);
+                if let Some(claim) = self.keys.remove(&key) {
+                    self.tenants.remove(claim.tenant);
+                }
                 removed += 1;
             }
         }
         removed
-    }
-
-    /// Writes the snapshot atomically: temporary file, fsync, rename, fsync
-    /// of the directory.
-    pub fn save_snapshot(&self) -> std::io::Result<()> {
-        let tmp = self.snapshot_path.with_extension("snapshot.tmp");
-        // Entries in the map's order: loading inserts them into a map again,
-        // so sorting millions of them would only stall the writer.
-        let mut body = Vec::with_capacity(16 + self.keys.len() * 24);
-        body.extend_from_slice(&self.applied.to_le_bytes());
-        body.extend_from_slice(&(self.keys.len() as u64).to_le_bytes());
-        for (k, t) in &self.keys {
-            body.extend_from_slice(&k.0);
-            body.extend_from_slice(&t.to_le_bytes());
-        }
-        let file = std::fs::File::create(&tmp)?;
-        let mut w = BufWriter::new(file);
-        w.write_all(SNAPSHOT_MAGIC)?;
-        w.write_all(&body)?;
-        w.write_all(&crc32c::crc32c(&body).to_le_bytes())?;
-        let file = w.into_inner().map_err(|e| e.into_error())?;
-        file.sync_data()?;
-        std::fs::rename(&tmp, &self.snapshot_path)?;
-        if let Some(dir) = self.snapshot_path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    }
-
-    fn load_snapshot(&mut self) -> std::io::Result<()> {
-        let mut bytes = Vec::new();
-        std::fs::File::open(&self.snapshot_path)?.read_to_end(&mut bytes)?;
-        let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_owned());
-        if bytes.len() < 8 + 16 + 4 || &bytes[..8] != SNAPSHOT_MAGIC {
-            return Err(bad("not a dedup snapshot"));
-        }
-        let (body, crc) = bytes[8..].split_at(bytes.len() - 8 - 4);
-        if crc32c::crc32c(body).to_le_bytes() != crc {
-            return Err(bad("checksum mismatch"));
-        }
-        let applied = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
-        let count = u64::from_le_bytes(body[8..16].try_into().expect("8 bytes")) as usize;
-        let entries = &body[16..];
-        if entries.len() != count * 24 {
-            return Err(bad("length does not match the entry count"));
-        }
-        let mut claims = Vec::with_capacity(count);
-        for e in entries.chunks_exact(24) {
-            let mut k = [0u8; 16];
-            k.copy_from_slice(&e[..16]);
-            let t = i64::from_le_bytes(e[16..].try_into().expect("8 bytes"));
-            claims.push((DedupKey(k), t));
-        }
-        self.keys.reserve(count);
-        self.claim(claims, applied);
-        self.applied = applied;
-        Ok(())
     }
 }
 
@@ -224,35 +193,66 @@ mod tests {
     use super::*;
 
     #[test]
-    fn prune_forgets_only_identities_older_than_the_horizon() {
+    fn prune_forgets_only_identities_older_than_the_horizon_and_their_tenants_shares() {
         let dir = tempfile::tempdir().unwrap();
         let mut d = DedupIndex::open(dir.path(), 100).unwrap();
+        let acme = d.tenant("product:acme");
         let old = DedupKey::new("s", "old");
         let new = DedupKey::new("s", "new");
-        d.claim([(old, 1_000), (new, 10 * BUCKET_MS)], 2);
+        d.claim([(old, 1_000, acme), (new, 10 * BUCKET_MS, acme)], 2);
+        assert_eq!(d.tenants().held(acme), 2);
         assert_eq!(d.prune(5 * BUCKET_MS), 1);
         assert!(!d.contains(&old));
         assert!(d.contains(&new));
+        assert_eq!(d.tenants().held(acme), 1);
     }
 
     #[test]
-    fn snapshot_round_trips_and_damage_falls_back_to_replay() {
+    fn snapshot_round_trips_with_tenants_and_damage_falls_back_to_replay() {
         let dir = tempfile::tempdir().unwrap();
         let mut d = DedupIndex::open(dir.path(), 100).unwrap();
+        let (zeta, acme) = (d.tenant("product:zeta"), d.tenant("key:0a1b"));
         let keys: Vec<_> = (0..50)
-            .map(|i| (DedupKey::new("s", &i.to_string()), i))
+            .map(|i| {
+                let tenant = [UNATTRIBUTED, zeta, acme][i % 3];
+                (DedupKey::new("s", &i.to_string()), i as i64, tenant)
+            })
             .collect();
         d.claim(keys.clone(), 77);
         d.save_snapshot().unwrap();
-        let loaded = DedupIndex::open(dir.path(), 100).unwrap();
+        let mut loaded = DedupIndex::open(dir.path(), 100).unwrap();
         assert_eq!(loaded.applied(), 77);
         assert_eq!(loaded.len(), 50);
-        assert!(keys.iter().all(|(k, _)| loaded.contains(k)));
+        assert!(keys.iter().all(|(k, _, _)| loaded.contains(k)));
+        for (name, held) in [("", 17), ("product:zeta", 17), ("key:0a1b", 16)] {
+            let ix = loaded.tenant(name);
+            assert_eq!(loaded.tenants().held(ix), held, "{name:?}");
+        }
         let path = dir.path().join("dedup.snapshot");
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[30] ^= 1;
         std::fs::write(&path, bytes).unwrap();
         let damaged = DedupIndex::open(dir.path(), 100).unwrap();
         assert_eq!((damaged.applied(), damaged.len()), (0, 0));
+    }
+
+    #[test]
+    fn a_snapshot_from_before_tenants_loads_as_unattributed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut body = Vec::new();
+        body.extend_from_slice(&9u64.to_le_bytes());
+        body.extend_from_slice(&2u64.to_le_bytes());
+        for (id, t) in [("a", 5i64), ("b", 6)] {
+            body.extend_from_slice(&DedupKey::new("s", id).0);
+            body.extend_from_slice(&t.to_le_bytes());
+        }
+        let mut file = b"KMDEDUP1".to_vec();
+        file.extend_from_slice(&body);
+        file.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+        std::fs::write(dir.path().join("dedup.snapshot"), file).unwrap();
+        let d = DedupIndex::open(dir.path(), 100).unwrap();
+        assert_eq!((d.applied(), d.len()), (9, 2));
+        assert!(d.contains(&DedupKey::new("s", "b")));
+        assert_eq!(d.tenants().held(UNATTRIBUTED), 2);
     }
 }
