@@ -596,7 +596,12 @@ fn signature_header() {
     write(t, "missing_v1", b"k=abc, t=100, n=0123456789abcdef");
 }
 
+#[path = "seeds/new_parsers.rs"]
+mod new_parsers;
+
 fn main() {
+    new_parsers::dedup_snapshot(write);
+    new_parsers::client_credentials(write);
     http();
     kafka();
     log_frame();

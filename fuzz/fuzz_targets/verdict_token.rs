@@ -20,8 +20,8 @@ use base64::Engine as _;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use keymeter_client::{
     license_file_key, license_file_signing_input, open_license_file, verify_token,
-    verify_token_for_nonce, Claims, ClientError, Keys, LicenseFile, LicenseFileContents,
-    Asked, VerdictCache, CLOCK_SKEW_S, LICENSE_FILE_FORMAT,
+    verify_token_for_nonce, Asked, Claims, ClientError, Keys, LicenseFile, LicenseFileContents,
+    VerdictCache, CLOCK_SKEW_S, LICENSE_FILE_FORMAT,
 };
 use keymeter_fuzz::input::token::{signing_key, ClaimsText, FilePlaintext, HeaderText, Input, Kid};
 use libfuzzer_sys::fuzz_target;

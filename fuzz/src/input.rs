@@ -1,6 +1,14 @@
 //! The structured inputs of the targets built with `arbitrary`. They live here
 //! so that the seed generator (`examples/seed_corpus.rs`) can write them too.
 
+/// Splits an input into three byte strings at its first two `0xFF` bytes
+/// (missing parts are empty): for targets that take a few fields.
+pub fn split3(data: &[u8]) -> (&[u8], &[u8], &[u8]) {
+    let mut parts = data.splitn(3, |&b| b == 0xFF);
+    let mut next = || parts.next().unwrap_or_default();
+    (next(), next(), next())
+}
+
 /// `cloudevent_kafka_binary`: one Kafka message.
 pub mod kafka {
     use libfuzzer_sys::arbitrary::{self, Arbitrary};

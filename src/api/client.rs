@@ -33,7 +33,7 @@ pub enum Caller {
 }
 
 /// The key of `Authorization: License <key>`, if the header has that form.
-fn license_key(headers: &axum::http::HeaderMap) -> Option<&str> {
+pub fn license_key(headers: &axum::http::HeaderMap) -> Option<&str> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     v.strip_prefix("License ")
         .or_else(|| v.strip_prefix("license "))

@@ -2,8 +2,8 @@
 //! request metrics. Handlers read through [`AppState::view`] and write
 //! through [`AppState::engine`].
 
-mod auth;
-mod client;
+pub mod auth;
+pub mod client;
 mod error;
 mod events;
 mod guard;

@@ -60,12 +60,8 @@ impl DedupIndex {
     /// or damaged snapshot means replaying the log from the start.
     pub fn open(state_dir: &Path, keys_max: usize) -> Result<DedupIndex, ProjectionError> {
         let mut index = DedupIndex {
-            keys: HashMap::default(),
-            buckets: BTreeMap::new(),
-            tenants: Tenants::default(),
-            applied: 0,
-            keys_max,
             snapshot_path: state_dir.join("dedup.snapshot"),
+            ..DedupIndex::in_memory(keys_max)
         };
         match index.load_snapshot() {
             Ok(()) => {}
@@ -80,6 +76,28 @@ impl DedupIndex {
             }
         }
         Ok(index)
+    }
+
+    /// An empty index that lives in memory only (no snapshot file): for
+    /// reading snapshot bytes with [`Self::read_snapshot`].
+    pub fn in_memory(keys_max: usize) -> DedupIndex {
+        DedupIndex {
+            keys: HashMap::default(),
+            buckets: BTreeMap::new(),
+            tenants: Tenants::default(),
+            applied: 0,
+            keys_max,
+            snapshot_path: PathBuf::new(),
+        }
+    }
+
+    /// Every identity with its event time and tenant name, sorted.
+    pub fn entries(&self) -> Vec<(DedupKey, i64, &str)> {
+        let mut out: Vec<_> = (self.keys.iter())
+            .map(|(k, c)| (*k, c.time_ms, self.tenants.name(c.tenant)))
+            .collect();
+        out.sort_unstable_by(|a, b| a.0 .0.cmp(&b.0 .0));
+        out
     }
 
     pub fn applied(&self) -> Seq {

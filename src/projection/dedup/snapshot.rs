@@ -57,6 +57,20 @@ impl DedupIndex {
     /// of the directory.
     pub fn save_snapshot(&self) -> std::io::Result<()> {
         let tmp = self.snapshot_path.with_extension("snapshot.tmp");
+        let file = std::fs::File::create(&tmp)?;
+        let mut w = BufWriter::new(file);
+        self.write_snapshot(&mut w)?;
+        let file = w.into_inner().map_err(|e| e.into_error())?;
+        file.sync_data()?;
+        std::fs::rename(&tmp, &self.snapshot_path)?;
+        if let Some(dir) = self.snapshot_path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// The snapshot's bytes.
+    pub fn write_snapshot(&self, w: &mut impl Write) -> std::io::Result<()> {
         let order = self.tenants.holding_by_name();
         let mut position = vec![0u32; order.iter().max().map_or(1, |&m| m as usize + 1)];
         for (pos, &ix) in order.iter().enumerate() {
@@ -79,23 +93,20 @@ impl DedupIndex {
             body.extend_from_slice(&c.time_ms.to_le_bytes());
             body.extend_from_slice(&position[c.tenant as usize].to_le_bytes());
         }
-        let file = std::fs::File::create(&tmp)?;
-        let mut w = BufWriter::new(file);
         w.write_all(MAGIC_V2)?;
         w.write_all(&body)?;
-        w.write_all(&crc32c::crc32c(&body).to_le_bytes())?;
-        let file = w.into_inner().map_err(|e| e.into_error())?;
-        file.sync_data()?;
-        std::fs::rename(&tmp, &self.snapshot_path)?;
-        if let Some(dir) = self.snapshot_path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
+        w.write_all(&crc32c::crc32c(&body).to_le_bytes())
     }
 
     pub(super) fn load_snapshot(&mut self) -> std::io::Result<()> {
         let mut bytes = Vec::new();
         std::fs::File::open(&self.snapshot_path)?.read_to_end(&mut bytes)?;
+        self.read_snapshot(&bytes)
+    }
+
+    /// Loads snapshot `bytes` into this (empty) index; on an error the
+    /// index must be thrown away.
+    pub fn read_snapshot(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         if bytes.len() < 8 + 16 + 4 {
             return Err(bad("not a dedup snapshot"));
         }

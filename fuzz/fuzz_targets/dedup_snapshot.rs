@@ -1,0 +1,36 @@
+//! The dedup snapshot file (`state/dedup.snapshot`), `KMDEDUP2` with its
+//! tenant table, or the older `KMDEDUP1`.
+//!
+//! Input: the file's bytes. Properties: never panics and never allocates
+//! beyond what the file's length can hold; a refused file is an
+//! `InvalidData` error (the index is then rebuilt from the log); a loaded
+//! one writes back to a snapshot that loads to the same identities, times,
+//! tenants, per-tenant counts and sequence number.
+
+#![no_main]
+
+use keymeter::projection::dedup::DedupIndex;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let mut index = DedupIndex::in_memory(usize::MAX);
+    if let Err(e) = index.read_snapshot(data) {
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+        return;
+    }
+    let mut written = Vec::new();
+    index.write_snapshot(&mut written).unwrap();
+    let mut again = DedupIndex::in_memory(usize::MAX);
+    again.read_snapshot(&written).unwrap();
+    assert_eq!(again.applied(), index.applied());
+    assert_eq!(again.entries(), index.entries());
+    for (_, _, tenant) in index.entries() {
+        let (a, b) = (index.tenants(), again.tenants());
+        let held = |t: &keymeter::projection::dedup::Tenants| {
+            let mut probe = t.clone();
+            let ix = probe.intern(tenant);
+            probe.held(ix)
+        };
+        assert_eq!(held(a), held(b), "{tenant:?}");
+    }
+});
