@@ -96,7 +96,7 @@ impl DedupIndex {
         let mut out: Vec<_> = (self.keys.iter())
             .map(|(k, c)| (*k, c.time_ms, self.tenants.name(c.tenant)))
             .collect();
-        out.sort_unstable_by(|a, b| a.0 .0.cmp(&b.0 .0));
+        out.sort_unstable_by_key(|e| e.0 .0);
         out
     }
 
