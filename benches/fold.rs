@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use keymeter::meter::{CompiledMeter, Fold, MeterDef, Observation};
+use keymeter::meter::{CompiledMeter, Fold, MeterDef, Observation, UniqueKey};
 use serde_json::json;
 
 const SUBJECTS: usize = 1_000;
@@ -37,6 +37,9 @@ const REGIONS: [&str; 3] = ["us-east-1", "eu-west-1", "ap-south-1"];
 const SPAN_MS: i64 = 3 * 3_600_000;
 const START_MS: i64 = 1_735_689_600_000; // 2025-01-01T00:00:00Z
 const BATCH_EVENTS: usize = 4_096;
+/// Stands for a data directory's UNIQUE_COUNT key; its value does not
+/// change the cost.
+const KEY: UniqueKey = UniqueKey::from_bytes(*b"fold-bench-key-0");
 
 struct Plan {
     events: usize,
@@ -150,11 +153,11 @@ fn input(meter: &CompiledMeter, unique: &CompiledMeter, count: usize) -> Input {
         .collect();
     let observations = payloads
         .iter()
-        .map(|data| meter.extract(Some(data)).expect("extractable"))
+        .map(|data| meter.extract(Some(data), &KEY).expect("extractable"))
         .collect();
     let unique_observations = payloads
         .iter()
-        .map(|data| unique.extract(Some(data)).expect("extractable"))
+        .map(|data| unique.extract(Some(data), &KEY).expect("extractable"))
         .collect();
     let events = (0..count)
         .map(|i| {
@@ -268,7 +271,7 @@ fn extract_and_fold(meter: &CompiledMeter, input: &Input) -> usize {
     let mut fold = Fold::new();
     for e in &input.events {
         let obs = meter
-            .extract(Some(&input.payloads[e.payload]))
+            .extract(Some(&input.payloads[e.payload]), &KEY)
             .expect("extractable");
         fold.apply(meter, &input.subjects[e.subject], e.time_ms, &obs);
     }
