@@ -225,3 +225,53 @@ fn an_unfinished_count_of_the_past_keeps_its_mark_and_is_finished_on_open() {
         "the past of `users` is counted: one state per subject"
     );
 }
+
+/// A store from before the stamp (format 1) is continued, and stamped, when
+/// it has no UNIQUE_COUNT meter: nothing in it depends on the hash. With
+/// one, or stamped with another key, it is stale: the engine rebuilds it.
+#[test]
+fn a_store_without_the_stamp_is_stale_only_if_it_counts_unique_values() {
+    let root = tempfile::tempdir().unwrap();
+    let log = LogDir::disk(root.path().join("log"));
+    let counters_of = |name: &str, meters: &[(serde_json::Value, &str)], stamp: Option<&str>| {
+        let store = Store::open(&root.path().join(name)).unwrap();
+        for (def, slug) in meters {
+            let mut k = vec![1u8];
+            k.extend_from_slice(slug.as_bytes());
+            store
+                .counters
+                .insert(k, def.to_string().as_bytes())
+                .unwrap();
+        }
+        if let Some(stamp) = stamp {
+            store.counters.insert([3u8], unhex(stamp)).unwrap();
+        }
+        store.counters.insert(b"", &5u64.to_be_bytes()).unwrap();
+        let readers = Readers::new(None);
+        let ctx = OpenContext {
+            store: &store,
+            log: &log,
+            readers: &readers,
+            unique_key: &KEY,
+        };
+        let counters = Registry::standard().open(&ctx).unwrap().remove(0);
+        let stamp = store.counters.get([3u8]).unwrap().map(hex::encode);
+        (counters.stale(), counters.applied(), stamp)
+    };
+    let sum = serde_json::to_value(crate::records::meter()).unwrap();
+    let users = serde_json::to_value(crate::projections::users_meter()).unwrap();
+    let golden_stamp = FORMAT_STAMP.1.replace(' ', "");
+
+    let (stale, applied, stamp) = counters_of("sums", &[(sum.clone(), "tokens")], None);
+    assert_eq!((stale, applied), (None, 5), "continued from its checkpoint");
+    assert_eq!(stamp.as_deref(), Some(golden_stamp.as_str()), "and stamped");
+
+    let (stale, _, stamp) =
+        counters_of("unique", &[(sum, "tokens"), (users.clone(), "users")], None);
+    assert!(stale.is_some_and(|r| r.contains("64-bit FNV-1a")));
+    assert_eq!(stamp, None, "a stale store is left as found");
+
+    let other_key = Some("02 0000000000000000");
+    let (stale, _, _) = counters_of("other", &[(users, "users")], other_key);
+    assert!(stale.is_some_and(|r| r.contains("another key")));
+}
