@@ -13,7 +13,10 @@
 //!   and the engine's case, which the target is judged on: every event owning its
 //!   observation, folded 4,096 at a time and drained sorted after each batch, as the
 //!   counters projection folds a batch of records and merges it into its overlay;
-//! - (b) `CompiledMeter::extract` + `Fold::apply` from each event's `data` JSON text.
+//! - (b) `CompiledMeter::extract` + `Fold::apply` from each event's `data` JSON text;
+//! - (c) the same events through a UNIQUE_COUNT meter (distinct `prompt_id`s per
+//!   subject, model and HOUR window: 12,000 counters of about 80 values each), as
+//!   the engine's case and from `data` text, which adds hashing each value.
 //!
 //! Prints the median events/s of each case, the fold/baseline ratios and, next to
 //! each figure, its target. `KEYMETER_BENCH_QUICK=1` shrinks it to a sub-second
@@ -25,7 +28,7 @@ use std::collections::HashMap;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use keymeter::meter::{CompiledMeter, Fold, MeterDef, Observation};
+use keymeter::meter::{CompiledMeter, Fold, MeterDef, Observation, UniqueKey};
 use serde_json::json;
 
 const SUBJECTS: usize = 1_000;
@@ -34,6 +37,9 @@ const REGIONS: [&str; 3] = ["us-east-1", "eu-west-1", "ap-south-1"];
 const SPAN_MS: i64 = 3 * 3_600_000;
 const START_MS: i64 = 1_735_689_600_000; // 2025-01-01T00:00:00Z
 const BATCH_EVENTS: usize = 4_096;
+/// Stands for a data directory's UNIQUE_COUNT key; its value does not
+/// change the cost.
+const KEY: UniqueKey = UniqueKey::from_bytes(*b"fold-bench-key-0");
 
 struct Plan {
     events: usize,
@@ -73,6 +79,8 @@ struct Input {
     /// Event `data` as JSON text, as events carry it.
     payloads: Vec<String>,
     observations: Vec<Observation>,
+    /// The same payloads as the UNIQUE_COUNT meter reads them.
+    unique_observations: Vec<Observation>,
     tokens: Vec<i128>,
     events: Vec<Event>,
 }
@@ -108,7 +116,21 @@ fn meter() -> CompiledMeter {
     def.validate().expect("valid meter")
 }
 
-fn input(meter: &CompiledMeter, count: usize) -> Input {
+/// Distinct prompts per subject, model and hour: sets that grow with every event.
+fn unique_meter() -> CompiledMeter {
+    let def: MeterDef = serde_json::from_value(json!({
+        "slug": "prompts",
+        "eventType": "prompt",
+        "aggregation": "UNIQUE_COUNT",
+        "valueProperty": "$.prompt_id",
+        "groupBy": {"model": "$.model"},
+        "windowSize": "HOUR"
+    }))
+    .expect("meter json");
+    def.validate().expect("valid meter")
+}
+
+fn input(meter: &CompiledMeter, unique: &CompiledMeter, count: usize) -> Input {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let subjects: Vec<String> = (0..SUBJECTS).map(|i| format!("customer-{i:05}")).collect();
     let mut groups = Vec::with_capacity(PAYLOADS);
@@ -131,7 +153,11 @@ fn input(meter: &CompiledMeter, count: usize) -> Input {
         .collect();
     let observations = payloads
         .iter()
-        .map(|data| meter.extract(Some(data)).expect("extractable"))
+        .map(|data| meter.extract(Some(data), &KEY).expect("extractable"))
+        .collect();
+    let unique_observations = payloads
+        .iter()
+        .map(|data| unique.extract(Some(data), &KEY).expect("extractable"))
         .collect();
     let events = (0..count)
         .map(|i| {
@@ -153,6 +179,7 @@ fn input(meter: &CompiledMeter, count: usize) -> Input {
         subjects,
         payloads,
         observations,
+        unique_observations,
         tokens,
         events,
     }
@@ -244,7 +271,7 @@ fn extract_and_fold(meter: &CompiledMeter, input: &Input) -> usize {
     let mut fold = Fold::new();
     for e in &input.events {
         let obs = meter
-            .extract(Some(&input.payloads[e.payload]))
+            .extract(Some(&input.payloads[e.payload]), &KEY)
             .expect("extractable");
         fold.apply(meter, &input.subjects[e.subject], e.time_ms, &obs);
     }
@@ -296,11 +323,17 @@ impl Case {
 fn main() {
     let plan = Plan::from_env();
     let meter = meter();
-    let input = input(&meter, plan.events);
+    let unique = unique_meter();
+    let input = input(&meter, &unique, plan.events);
     let owned: Vec<Observation> = input
         .events
         .iter()
         .map(|e| input.observations[e.payload].clone())
+        .collect();
+    let owned_unique: Vec<Observation> = input
+        .events
+        .iter()
+        .map(|e| input.unique_observations[e.payload].clone())
         .collect();
 
     let mut base = Case::new("baseline HashMap<u64,i128> +=", Judged::None);
@@ -310,6 +343,8 @@ fn main() {
     let mut cold = Case::new("(a) fold owned (cold) observations", Judged::Easier);
     let mut engine = Case::new("(a) engine: owned + drain, 4096/batch", Judged::Target);
     let mut extracted = Case::new("(b) extract + fold from data text", Judged::None);
+    let mut unique_engine = Case::new("(c) UNIQUE_COUNT engine: owned + drain", Judged::None);
+    let mut unique_extracted = Case::new("(c) UNIQUE_COUNT extract + fold", Judged::None);
     for _ in 0..plan.rounds {
         base.run(|| baseline(&input));
         whole.run(|| fold_observations(&meter, &input));
@@ -318,11 +353,13 @@ fn main() {
         cold.run(|| fold_owned_observations(&meter, &input, &owned));
         engine.run(|| fold_owned_and_drain_batched(&meter, &input, &owned));
         extracted.run(|| extract_and_fold(&meter, &input));
+        unique_engine.run(|| fold_owned_and_drain_batched(&unique, &input, &owned_unique));
+        unique_extracted.run(|| extract_and_fold(&unique, &input));
     }
 
     println!(
         "fold bench: {} events, {SUBJECTS} subjects, {} groups, {} h of MINUTE windows, \
-         SUM meter, cases in turn, median of {} rounds, 1 core",
+         SUM and UNIQUE_COUNT meters, cases in turn, median of {} rounds, 1 core",
         plan.events,
         MODELS.len() * REGIONS.len(),
         SPAN_MS / 3_600_000,
@@ -331,7 +368,15 @@ fn main() {
     let target = 5_000_000.0;
     let baseline_rate = base.events_per_s(plan.events);
     for case in [
-        &base, &whole, &batched, &drained, &cold, &engine, &extracted,
+        &base,
+        &whole,
+        &batched,
+        &drained,
+        &cold,
+        &engine,
+        &extracted,
+        &unique_engine,
+        &unique_extracted,
     ] {
         let rate = case.events_per_s(plan.events);
         let judged = match case.judged {

@@ -421,8 +421,9 @@ mod tests {
         }
         assert!(refused > 0);
         assert!(cache.len() <= NONCE_SHARDS * 4);
-        // Once those expire, new nonces fit again.
-        for i in 0..NONCE_SHARDS {
+        // Once those expire, new nonces fit again: as many as one shard
+        // holds, since the keyed shard choice may put them all in one.
+        for i in 0..4 {
             cache.claim("p", "k", &format!("later{i}"), 21, 31).unwrap();
         }
     }

@@ -1,8 +1,8 @@
 //! Key rotation against the real binary: a new master key re-wraps the
 //! keyring (and an interrupted rotation resumes), a new signing key is used
-//! while the old one stays published; license keys, signing secrets and
-//! sealed records keep working throughout, and no secret is ever in the
-//! data directory.
+//! while the old one stays published; license keys, signing secrets,
+//! sealed records and UNIQUE_COUNT sets (whose key comes from the keyring)
+//! keep working throughout, and no secret is ever in the data directory.
 
 mod common;
 
@@ -41,6 +41,28 @@ async fn validate(server: &Server, pk: &str, key: &str) -> Value {
     server
         .validate_license(pk, json!({"key": key, "fingerprint": "m1"}))
         .await
+}
+
+/// One visit per user, for the UNIQUE_COUNT meter `users`; `batch` keeps
+/// event ids apart.
+async fn visit(server: &Server, batch: &str, users: &[&str]) {
+    let time = common::time_from_now(-1_000);
+    let events: Vec<Value> = users
+        .iter()
+        .map(|u| {
+            common::event(
+                &format!("{batch}-{u}"),
+                "visit",
+                "acme",
+                &time,
+                json!({"user": u}),
+            )
+        })
+        .collect();
+    assert_eq!(
+        server.ingest(common::ADMIN_KEY, &events).await.status(),
+        204
+    );
 }
 
 fn master_bytes(path: &Path) -> Vec<u8> {
@@ -98,6 +120,11 @@ async fn master_and_signing_keys_rotate_without_losing_anything() {
     let before = validate(&server, &pk, &license_key).await;
     assert_eq!(before["code"], "VALID");
     let keys_before = server.jwks_keys().await;
+    server
+        .create_meter(json!({"slug": "users", "eventType": "visit",
+            "aggregation": "UNIQUE_COUNT", "valueProperty": "$.user"}))
+        .await;
+    visit(&server, "a", &["u1", "u2"]).await;
 
     // Not while the server runs.
     let busy = rotate(
@@ -131,6 +158,10 @@ async fn master_and_signing_keys_rotate_without_losing_anything() {
         .await;
     assert_eq!(r.status(), 204, "the signing secret unseals after rotation");
     let keys_mid = server.jwks_keys().await;
+    // The same UNIQUE_COUNT key: the sets are continued, not rebuilt.
+    visit(&server, "b", &["u2", "u3"]).await;
+    assert_eq!(server.total("users", "").await, 3.0);
+    assert!(!server.stderr().contains("rebuilding it from the log"));
     let token = after["token"].as_str().unwrap();
     keymeter_client::verify_token(token, &keys_before, chrono::Utc::now().timestamp())
         .expect("a master rotation keeps the signing key");

@@ -131,7 +131,7 @@ async fn concurrent_checkouts_grant_exactly_the_seat_limit_across_restart_and_re
     assert_eq!(r.status(), 409);
     server.stop();
 
-    let out = run(&["replay", "--data-dir", fx.data().to_str().unwrap()]);
+    let out = replay(&fx.data());
     assert_success(&out);
     let server = fx.start();
     assert_eq!(seat_ids(&server, &id).await, live, "after replay");

@@ -112,7 +112,7 @@ async fn a_new_meter_counts_the_past_off_the_ingest_path_and_across_a_crash() {
             .unwrap()
     };
     let live = dump();
-    let out = run(&["replay", "--data-dir", dir.path().to_str().unwrap()]);
+    let out = replay(dir.path());
     assert!(
         out.status.success(),
         "{}",

@@ -1,9 +1,14 @@
 //! Rebuild: `keymeter replay` drops every projection and rebuilds it from the
-//! log; the counters come out byte-identical to the live ones.
+//! log; the counters come out byte-identical to the live ones. UNIQUE_COUNT
+//! sets are made under the data directory's key, so they survive a restart
+//! and a replay; a counters store whose sets were made another way (64-bit
+//! hashes, another key) is rebuilt from the log when the server starts.
 
 mod common;
 
 use common::*;
+use keymeter::crypto::{open_keys, MasterKey};
+use keymeter::meter::{AggState, UniqueKey};
 use keymeter::projection::Store;
 use serde_json::json;
 
@@ -65,7 +70,7 @@ async fn replay_rebuilds_counters_byte_identical_to_the_live_ones() {
         "expected many counters, got {}",
         live.len()
     );
-    let out = run(&["replay", "--data-dir", dir.path().to_str().unwrap()]);
+    let out = replay(dir.path());
     assert_success(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("rebuilt all projections"));
     let rebuilt = dump(dir.path());
@@ -88,4 +93,165 @@ async fn replay_rebuilds_counters_byte_identical_to_the_live_ones() {
         .map(|m| m["slug"].as_str().unwrap())
         .collect();
     assert_eq!(slugs, vec!["count", "late", "latest", "sum", "uniq"]);
+}
+
+/// `MhsivmhiSIF` and `0a7B_Bz1ObN` share their 64-bit FNV-1a hash
+/// (0xe44da65f01a32948; found with a Pollard-rho search over 11-character
+/// strings), which UNIQUE_COUNT once counted: they counted as one value.
+const FNV64_COLLISION: [&str; 2] = ["MhsivmhiSIF", "0a7B_Bz1ObN"];
+
+/// The distinct users of `subject` in `users` over all time.
+async fn distinct_users(server: &Server, subject: &str) -> f64 {
+    server.total("users", &format!("subject={subject}")).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unique_counts_are_keyed_exact_across_restart_and_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    server
+        .create_meter(json!({"slug": "users", "eventType": "visit",
+            "aggregation": "UNIQUE_COUNT", "valueProperty": "$.user", "windowSize": "DAY"}))
+        .await;
+    let time = time_from_now(-60_000);
+    let visit = |id: &str, subject: &str, user: &str| {
+        event(id, "visit", subject, &time, json!({"user": user}))
+    };
+    let [a, b] = FNV64_COLLISION;
+    let events = [
+        visit("1", "s1", a),
+        visit("2", "s1", b),
+        visit("3", "s2", a),
+    ];
+    assert_eq!(server.ingest(ADMIN_KEY, &events).await.status(), 204);
+    assert_eq!(distinct_users(&server, "s1").await, 2.0, "colliding values");
+    server.stop();
+    let live = dump(dir.path());
+
+    // A restart keeps counting into the same sets: a value seen before
+    // is not new, a new one is.
+    let server = Server::start(dir.path());
+    assert_eq!(distinct_users(&server, "s1").await, 2.0);
+    let events = [
+        visit("4", "s1", b),
+        visit("5", "s1", "c"),
+        visit("6", "s2", b),
+    ];
+    assert_eq!(server.ingest(ADMIN_KEY, &events).await.status(), 204);
+    assert_eq!(distinct_users(&server, "s1").await, 3.0);
+    assert_eq!(distinct_users(&server, "s2").await, 2.0);
+    server.stop();
+    let after_restart = dump(dir.path());
+    assert_ne!(live, after_restart);
+
+    let out = replay(dir.path());
+    assert_success(&out);
+    assert!(
+        after_restart == dump(dir.path()),
+        "replayed unique sets differ from the live ones"
+    );
+    let server = Server::start(dir.path());
+    assert_eq!(distinct_users(&server, "s1").await, 3.0);
+    assert_eq!(distinct_users(&server, "s2").await, 2.0);
+}
+
+/// The data directory's UNIQUE_COUNT key, from its keyring.
+fn data_dir_key(dir: &std::path::Path) -> UniqueKey {
+    let master = MasterKey::from_base64(TEST_MASTER_KEY).unwrap();
+    let (keys, _) = open_keys(dir, &master, false, 0).unwrap();
+    keys.unique_key().clone()
+}
+
+/// The unique set of `subject` in the `users` meter, as stored.
+fn stored_set(dump: &[(Vec<u8>, Vec<u8>)], subject: &str) -> Vec<u128> {
+    let prefix = format!("users\0{subject}\0");
+    let states: Vec<AggState> = dump
+        .iter()
+        .filter(|(k, _)| k.starts_with(prefix.as_bytes()))
+        .map(|(_, v)| AggState::decode(v).unwrap())
+        .collect();
+    match states.as_slice() {
+        [AggState::Unique(set)] => set.clone(),
+        other => panic!("one unique state expected for {subject}: {other:?}"),
+    }
+}
+
+/// Rewrites the stopped server's counters store: every unique set as
+/// `set_bytes`, and the format stamp as `stamp` (`None`: none).
+fn rewrite_unique_sets(dir: &std::path::Path, set_bytes: &[u8], stamp: Option<&[u8]>) {
+    let store = Store::open(&dir.join("state")).unwrap();
+    for (k, v) in store.counters_dump().unwrap() {
+        if v.starts_with(&[1, 8]) {
+            store.counters.insert(k, set_bytes).unwrap();
+        }
+    }
+    match stamp {
+        Some(stamp) => store.counters.insert([3u8], stamp).unwrap(),
+        None => store.counters.remove([3u8]).unwrap(),
+    };
+    store.db.flush().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_of_unique_sets_made_another_way_is_rebuilt_on_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    server
+        .create_meter(json!({"slug": "users", "eventType": "visit",
+            "aggregation": "UNIQUE_COUNT", "valueProperty": "$.user", "windowSize": "DAY"}))
+        .await;
+    server
+        .create_meter(json!({"slug": "visits", "eventType": "visit", "aggregation": "COUNT"}))
+        .await;
+    let time = time_from_now(-60_000);
+    let [a, b] = FNV64_COLLISION;
+    let events: Vec<_> = [("1", "s1", a), ("2", "s1", b), ("3", "s2", "c")]
+        .into_iter()
+        .map(|(id, subject, user)| event(id, "visit", subject, &time, json!({"user": user})))
+        .collect();
+    assert_eq!(server.ingest(ADMIN_KEY, &events).await.status(), 204);
+    server.stop();
+    let live = dump(dir.path());
+
+    // The engine hashed under the data directory's key and stamped the
+    // store with that key's id.
+    let key = data_dir_key(dir.path());
+    let mut want = vec![key.hash(a), key.hash(b)];
+    want.sort_unstable();
+    assert_eq!(stored_set(&live, "s1"), want);
+    let stamp = live
+        .iter()
+        .find(|(k, _)| k == &[3u8])
+        .map(|(_, v)| v.clone());
+    assert_eq!(stamp, Some([&[2u8][..], &key.id()].concat()));
+
+    for (old, stamp, reason) in [
+        // As the 64-bit era left it: tag 6 sets ({5}), no stamp.
+        (&[1u8, 6, 1, 5][..], None, "64-bit FNV-1a"),
+        // Sets made under another key.
+        (
+            &[1u8, 8, 0][..],
+            Some(&[2u8, 0, 0, 0, 0, 0, 0, 0, 0][..]),
+            "another key",
+        ),
+    ] {
+        rewrite_unique_sets(dir.path(), old, stamp);
+        let server = Server::start(dir.path());
+        assert_eq!(server.total("users", "subject=s1").await, 2.0);
+        assert_eq!(server.total("visits", "").await, 3.0);
+        let log = server.stderr();
+        assert!(
+            log.contains("rebuilding it from the log") && log.contains(reason),
+            "the rebuild is logged with its reason: {log}"
+        );
+        server.stop();
+        assert!(
+            live == dump(dir.path()),
+            "rebuilt counters differ from the live ones"
+        );
+    }
+    // A store of the current format is continued, not rebuilt.
+    let server = Server::start(dir.path());
+    assert_eq!(server.total("users", "subject=s1").await, 2.0);
+    assert!(!server.stderr().contains("rebuilding it from the log"));
 }

@@ -393,7 +393,7 @@ async fn answers(server: &Server, built: &Built) -> Vec<(String, Value)> {
 }
 
 fn replay(data: &std::path::Path) {
-    let out = run(&["replay", "--data-dir", data.to_str().unwrap()]);
+    let out = common::replay(data);
     assert_success(&out);
 }
 

@@ -30,13 +30,16 @@
 
 use keymeter::event::{decode_body, BodyKind, Decoded, TimeWindow};
 use keymeter::meter::{
-    unique_hash, CompiledMeter, ExtractError, MeterDef, ObservedValue, AMOUNT_MAGNITUDE_MAX_UNITS,
+    CompiledMeter, ExtractError, MeterDef, ObservedValue, UniqueKey, AMOUNT_MAGNITUDE_MAX_UNITS,
     AMOUNT_SCALE,
 };
 use keymeter_fuzz::check::NOW_MS;
 use libfuzzer_sys::fuzz_target;
 use serde_json::value::RawValue;
 use serde_json::Value;
+
+/// Stands for a data directory's UNIQUE_COUNT key.
+const KEY: UniqueKey = UniqueKey::from_bytes([42; 16]);
 
 fuzz_target!(|bytes: &[u8]| {
     let Ok(text) = std::str::from_utf8(bytes) else {
@@ -97,13 +100,13 @@ fuzz_target!(|bytes: &[u8]| {
         .at_most_one()
         .expect("a singular path selects at most one node");
     let data = event.data();
-    check_sum(meters.sum.extract(data).map(|o| o.value), node, path);
+    check_sum(meters.sum.extract(data, &KEY).map(|o| o.value), node, path);
     assert_eq!(
-        meters.unique.extract(data).map(|o| o.value),
+        meters.unique.extract(data, &KEY).map(|o| o.value),
         expected_unique(node, path),
         "UNIQUE_COUNT {path} of {data:?}"
     );
-    let group = meters.count.extract(data).expect("COUNT measures any data");
+    let group = meters.count.extract(data, &KEY).expect("COUNT measures any data");
     assert_eq!(
         group.group,
         vec![expected_group(node)],
@@ -142,9 +145,9 @@ impl Meters {
     }
 
     fn measure(&self, data: Option<&str>) {
-        let _ = self.sum.extract(data);
-        let _ = self.unique.extract(data);
-        self.count.extract(data).expect("COUNT measures any data");
+        let _ = self.sum.extract(data, &KEY);
+        let _ = self.unique.extract(data, &KEY);
+        self.count.extract(data, &KEY).expect("COUNT measures any data");
     }
 }
 
@@ -184,9 +187,9 @@ fn expected_unique(node: Option<&Value>, path: &str) -> Result<ObservedValue, Ex
     let path = path.to_owned();
     match node {
         None => Err(ExtractError::ValueMissing { path }),
-        Some(Value::String(s)) => Ok(ObservedValue::Unique(unique_hash(s))),
+        Some(Value::String(s)) => Ok(ObservedValue::Unique(KEY.hash(s))),
         Some(scalar @ (Value::Number(_) | Value::Bool(_))) => {
-            Ok(ObservedValue::Unique(unique_hash(&scalar.to_string())))
+            Ok(ObservedValue::Unique(KEY.hash(&scalar.to_string())))
         }
         Some(other) => Err(ExtractError::NotScalar {
             path,

@@ -16,6 +16,14 @@
 //!
 //! The key id (`kid`) is the first 16 hex characters of SHA-256 of the public
 //! key, so a rotated key gets a new kid and verifiers pick the key by kid.
+//!
+//! The UNIQUE_COUNT key (128 bits) is HKDF-SHA256 of the pepper with `info`
+//! `keymeter unique-count key v1`. It needs no keyring entry of its own: the
+//! pepper is as secret, lives exactly as long as the data directory (the
+//! log's lookup digests depend on it, so it never changes), and is kept
+//! through a master-key rotation, which re-wraps it unchanged. So every
+//! fold of one data directory, live, after a restart or in `keymeter
+//! replay`, hashes under the same key.
 
 pub mod keyring;
 mod master;
@@ -45,6 +53,7 @@ pub const LICENSE_KEY_PREFIX: &str = "lk_";
 const PEPPER_INFO: &[u8] = b"keymeter license-key pepper v1";
 const ENVELOPE_INFO: &[u8] = b"keymeter license-key envelope v1";
 const SIGNING_INFO: &[u8] = b"keymeter signing key v1";
+const UNIQUE_INFO: &[u8] = b"keymeter unique-count key v1";
 const NONCE_BYTES: usize = 12;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -61,6 +70,8 @@ pub struct Keys {
     pepper: HmacSha256,
     envelope: Aes256Gcm,
     signing: SigningKey,
+    /// The key of UNIQUE_COUNT identities, derived from the pepper.
+    unique: crate::meter::UniqueKey,
     kid: String,
     /// `b64url(header)` of every token this key signs.
     jwt_header_b64: String,
@@ -75,6 +86,15 @@ fn derive(master: &MasterKey, info: &[u8]) -> Zeroizing<[u8; 32]> {
         .expand(info, out.as_mut())
         .expect("32 bytes is a valid HKDF-SHA256 output length");
     out
+}
+
+/// The UNIQUE_COUNT key of a data directory, from its pepper.
+fn unique_key(pepper: &[u8; 32]) -> crate::meter::UniqueKey {
+    let mut out = Zeroizing::new([0u8; 16]);
+    hkdf::Hkdf::<Sha256>::new(None, pepper)
+        .expand(UNIQUE_INFO, out.as_mut())
+        .expect("16 bytes is a valid HKDF-SHA256 output length");
+    crate::meter::UniqueKey::from_bytes(*out)
 }
 
 /// The key id of a public key: 16 hex characters of its SHA-256.
@@ -103,6 +123,7 @@ impl Keys {
             pepper: <HmacSha256 as Mac>::new_from_slice(pepper).expect("HMAC takes any key length"),
             envelope: Aes256Gcm::new(data.into()),
             signing,
+            unique: unique_key(pepper),
             jwt_header_b64: B64.encode(header),
             kid,
             retired,
@@ -138,6 +159,12 @@ impl Keys {
 
     pub fn verifying_key(&self) -> VerifyingKey {
         self.signing.verifying_key()
+    }
+
+    /// The key every UNIQUE_COUNT identity of this data directory is made
+    /// under: the writer's extraction, every fold and `keymeter replay`.
+    pub fn unique_key(&self) -> &crate::meter::UniqueKey {
+        &self.unique
     }
 
     /// HMAC-SHA256(pepper, key): how a license key is found without storing it.
@@ -459,6 +486,34 @@ mod tests {
         assert_eq!(during.jwks()["keys"].as_array().unwrap().len(), 2);
         let after = Keys::from_keyring(&ring, &kek, 1_500).unwrap();
         assert_eq!(after.published_keys().len(), 1);
+    }
+
+    #[test]
+    fn the_unique_count_key_survives_reloads_and_a_master_key_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (
+            MasterKey::from_bytes([8; 32]),
+            MasterKey::from_bytes([9; 32]),
+        );
+        let (first, _) = open_keys(dir.path(), &old, true, 0).unwrap();
+        let (again, _) = open_keys(dir.path(), &old, false, 0).unwrap();
+        assert_eq!(again.unique_key().hash("u"), first.unique_key().hash("u"));
+        let path = keyring::keyring_path(dir.path());
+        let mut ring = keyring::Keyring::load(&path).unwrap().unwrap();
+        let (old_kek, new_kek) = (keyring::Kek::new(&old), keyring::Kek::new(&new));
+        for i in 0..ring.entries.len() {
+            ring.rewrap(i, &old_kek, &new_kek).unwrap();
+        }
+        ring.save(&path).unwrap();
+        let (rotated, origin) = open_keys(dir.path(), &new, false, 0).unwrap();
+        assert_eq!(origin, KeyringOrigin::Loaded);
+        assert_eq!(rotated.unique_key().id(), first.unique_key().id());
+        assert_eq!(rotated.unique_key().hash("u"), first.unique_key().hash("u"));
+        // Another data directory has its own, even under the same master key.
+        let other = tempfile::tempdir().unwrap();
+        let (fresh, _) = open_keys(other.path(), &new, true, 0).unwrap();
+        assert_ne!(fresh.unique_key().id(), first.unique_key().id());
+        assert_ne!(fresh.unique_key().hash("u"), first.unique_key().hash("u"));
     }
 
     #[test]

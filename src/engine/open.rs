@@ -22,7 +22,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::license::LicenseBook;
 use crate::log::{Log, LogConfig, LogDir, Seq};
-use crate::meter::MeterSet;
+use crate::meter::{MeterSet, UniqueKey};
 use crate::projection::dedup::DedupIndex;
 use crate::projection::{self, OpenContext, Projection, ProjectionError, Readers, Registry, Store};
 use crate::record::{ApiKeyRecord, Audit, Record};
@@ -38,6 +38,7 @@ struct Projections {
     store: Store,
     registry: Registry,
     readers: Readers,
+    unique_key: UniqueKey,
     list: Vec<Box<dyn Projection>>,
     dedup: DedupIndex,
 }
@@ -47,32 +48,55 @@ impl Projections {
         cfg: &Config,
         registry: &Registry,
         readers: Readers,
+        unique_key: &UniqueKey,
         dedup_keys_max: usize,
     ) -> Result<Projections, StartError> {
         let store = Store::open(&cfg.state_dir())?;
-        Projections::open_in(store, cfg, registry.clone(), readers, dedup_keys_max)
-    }
-
-    fn open_in(
-        store: Store,
-        cfg: &Config,
-        registry: Registry,
-        readers: Readers,
-        dedup_keys_max: usize,
-    ) -> Result<Projections, StartError> {
-        let ctx = OpenContext {
-            store: &store,
-            log: &cfg.log(),
-            readers: &readers,
-        };
-        let list = registry.open(&ctx)?;
+        let list = open_list(cfg, &store, registry, &readers, unique_key)?;
         Ok(Projections {
             list,
             dedup: DedupIndex::open(&cfg.state_dir(), dedup_keys_max)?,
             store,
-            registry,
+            registry: registry.clone(),
             readers,
+            unique_key: unique_key.clone(),
         })
+    }
+
+    /// Rebuilds from the log, alone, each projection whose stored state
+    /// cannot be continued ([`Projection::stale`]): its trees are emptied,
+    /// so catch-up replays the whole log into it.
+    fn rebuild_stale(&mut self, cfg: &Config) -> Result<(), StartError> {
+        let stale: Vec<(&'static str, String)> = self
+            .list
+            .iter()
+            .filter_map(|p| Some((p.name(), p.stale()?)))
+            .collect();
+        if stale.is_empty() {
+            return Ok(());
+        }
+        self.list.clear();
+        for (name, reason) in &stale {
+            tracing::warn!(
+                projection = name,
+                reason = reason.as_str(),
+                "the projection's stored state cannot be continued; rebuilding it from the log"
+            );
+            self.registry.clear_projection(&self.store, name)?;
+        }
+        self.list = open_list(
+            cfg,
+            &self.store,
+            &self.registry,
+            &self.readers,
+            &self.unique_key,
+        )?;
+        match self.list.iter().find_map(|p| Some((p.name(), p.stale()?))) {
+            Some((name, reason)) => Err(StartError::Other(format!(
+                "projection {name} is still stale after being emptied: {reason}"
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Each projection's name and applied sequence number.
@@ -83,16 +107,19 @@ impl Projections {
     }
 
     /// Deletes every projection's state.
-    fn clear(self, cfg: &Config, dedup_keys_max: usize) -> Result<Projections, StartError> {
-        let Projections {
-            store,
-            registry,
-            readers,
-            ..
-        } = self;
-        registry.clear(&store)?;
+    fn clear(mut self, cfg: &Config, dedup_keys_max: usize) -> Result<Projections, StartError> {
+        self.list.clear();
+        self.registry.clear(&self.store)?;
         remove_dedup_snapshot(cfg)?;
-        Projections::open_in(store, cfg, registry, readers, dedup_keys_max)
+        self.list = open_list(
+            cfg,
+            &self.store,
+            &self.registry,
+            &self.readers,
+            &self.unique_key,
+        )?;
+        self.dedup = DedupIndex::open(&cfg.state_dir(), dedup_keys_max)?;
+        Ok(self)
     }
 
     /// Replays the log from the lowest checkpoint through `head` (each
@@ -132,6 +159,22 @@ impl Projections {
     }
 }
 
+fn open_list(
+    cfg: &Config,
+    store: &Store,
+    registry: &Registry,
+    readers: &Readers,
+    unique_key: &UniqueKey,
+) -> Result<Vec<Box<dyn Projection>>, StartError> {
+    let ctx = OpenContext {
+        store,
+        log: &cfg.log(),
+        readers,
+        unique_key,
+    };
+    Ok(registry.open(&ctx)?)
+}
+
 fn remove_dedup_snapshot(cfg: &Config) -> Result<(), StartError> {
     match std::fs::remove_file(cfg.state_dir().join("dedup.snapshot")) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StartError::Other(format!(
@@ -148,9 +191,10 @@ fn open_projections(
     cfg: &Config,
     registry: &Registry,
     readers: Readers,
+    unique_key: &UniqueKey,
     head: Seq,
 ) -> Result<(Projections, u64), StartError> {
-    let mut p = Projections::open(cfg, registry, readers, cfg.dedup_keys_max)?;
+    let mut p = Projections::open(cfg, registry, readers, unique_key, cfg.dedup_keys_max)?;
     if let Some((name, seq)) = p.applied().into_iter().find(|(_, seq)| *seq > head) {
         tracing::warn!(
             projection = name,
@@ -160,6 +204,7 @@ fn open_projections(
         );
         p = p.clear(cfg, cfg.dedup_keys_max)?;
     }
+    p.rebuild_stale(cfg)?;
     let from = p.applied().iter().map(|(_, s)| *s).min().unwrap_or(0) + 1;
     let replayed = head.saturating_sub(from - 1);
     if replayed > 0 {
@@ -192,7 +237,8 @@ impl Engine {
         let head = log.head_seq();
         let crypto = Arc::new(super::load_keys(cfg, head == 0)?);
         let readers = Readers::new(Some(crypto.clone()));
-        let (mut projections, replayed_records) = open_projections(cfg, registry, readers, head)?;
+        let (mut projections, replayed_records) =
+            open_projections(cfg, registry, readers, crypto.unique_key(), head)?;
         let licenses = LicenseBook::from_states(projections.store.licenses()?);
         super::check_keys_open_secrets(&crypto, &licenses)?;
         projections.publish()?;
@@ -313,6 +359,7 @@ fn writer_state(
     store: &Store,
     licenses: LicenseBook,
     dedup: DedupIndex,
+    unique_key: &UniqueKey,
     head: Seq,
 ) -> Result<WriterState, StartError> {
     let meters = MeterSet::from_defs(store.meter_defs()?)
@@ -322,6 +369,7 @@ fn writer_state(
         sources: SourceCheckpoint::from_positions(store.source_positions()?),
         dedup,
         meters,
+        unique_key: unique_key.clone(),
         key_ids: store.api_keys()?.into_iter().map(|k| k.id).collect(),
         products: store
             .products()?
@@ -378,7 +426,14 @@ fn start_stages(
     };
     let checkpoint_tick = checkpoints.tick();
     let writer = Writer {
-        state: writer_state(cfg, &p.store, licenses, p.dedup, head)?,
+        state: writer_state(
+            cfg,
+            &p.store,
+            licenses,
+            p.dedup,
+            shared.crypto.unique_key(),
+            head,
+        )?,
         batch_records_max: cfg.batch_records_max,
         clock,
         checkpoints,
@@ -436,7 +491,16 @@ pub fn rebuild_with(
 ) -> Result<Seq, StartError> {
     let report = cfg.log().verify()?;
     let head = report.head_seq;
-    let p = Projections::open(cfg, registry, Readers::new(None), usize::MAX)?;
+    // The keys a start would use: UNIQUE_COUNT sets are rebuilt under the
+    // data directory's key, so a later start continues them.
+    let keys = super::load_keys(cfg, head == 0)?;
+    let p = Projections::open(
+        cfg,
+        registry,
+        Readers::new(None),
+        keys.unique_key(),
+        usize::MAX,
+    )?;
     let mut p = p.clear(cfg, usize::MAX)?;
     p.catch_up(cfg, head, progress)?;
     p.dedup

@@ -1,12 +1,13 @@
 //! Pulling a meter's value and group values out of a CloudEvent's `data`.
 
-use std::fmt::{self, Write as _};
+use std::fmt::Write as _;
 
 use serde_json::Value;
 
 use super::amount::{Amount, AmountParseError};
 use super::def::{Aggregation, CompiledMeter};
 use super::path::SingularPath;
+use super::unique::UniqueKey;
 use crate::error_code::ErrorCode;
 
 /// What one event contributes to a meter, before windowing.
@@ -25,8 +26,8 @@ pub enum ObservedValue {
     None,
     /// SUM, AVG, MIN, MAX, LATEST.
     Amount(Amount),
-    /// UNIQUE_COUNT: [`unique_hash`] of the value's canonical text.
-    Unique(u64),
+    /// UNIQUE_COUNT: [`UniqueKey::hash`] of the value's canonical text.
+    Unique(u128),
 }
 
 /// Why an event's `data` could not be measured by a meter.
@@ -60,8 +61,13 @@ impl ExtractError {
 impl CompiledMeter {
     /// Measures one event's `data`, given as its JSON text (absent `data`
     /// behaves like an empty object). Only the nodes the meter's paths
-    /// select are parsed.
-    pub fn extract(&self, data: Option<&str>) -> Result<Observation, ExtractError> {
+    /// select are parsed. `key` is the data directory's: a UNIQUE_COUNT
+    /// identity is only comparable with those made under the same key.
+    pub fn extract(
+        &self,
+        data: Option<&str>,
+        key: &UniqueKey,
+    ) -> Result<Observation, ExtractError> {
         let value = match &self.value_path {
             None => ObservedValue::None,
             Some(path) => {
@@ -73,7 +79,7 @@ impl CompiledMeter {
                 if self.aggregation() == Aggregation::UniqueCount {
                     let node = serde_json::from_str(text)
                         .map_err(|_| unparsed_value(text, path, self.aggregation()))?;
-                    ObservedValue::Unique(unique_value_hash(&node, path)?)
+                    ObservedValue::Unique(unique_value_hash(&node, path, key)?)
                 } else {
                     ObservedValue::Amount(amount_of_text(text, path)?)
                 }
@@ -94,8 +100,8 @@ impl CompiledMeter {
     /// negative value unless the meter allows them. Only new events are
     /// refused; an event already in the log folds as it was accepted (the
     /// fold calls `extract`), so a replay of an older log is unchanged.
-    pub fn admit(&self, data: Option<&str>) -> Result<Observation, ExtractError> {
-        let obs = self.extract(data)?;
+    pub fn admit(&self, data: Option<&str>, key: &UniqueKey) -> Result<Observation, ExtractError> {
+        let obs = self.extract(data, key)?;
         if let ObservedValue::Amount(a) = obs.value {
             if a.0 < 0 && !self.def().allow_negative {
                 let path = self.value_path.as_ref().map_or("", |p| p.as_str());
@@ -194,8 +200,12 @@ fn group_text(node: &Value) -> Option<String> {
     }
 }
 
-fn unique_value_hash(node: &Value, path: &SingularPath) -> Result<u64, ExtractError> {
-    let mut hasher = Fnv1a64::default();
+fn unique_value_hash(
+    node: &Value,
+    path: &SingularPath,
+    key: &UniqueKey,
+) -> Result<u128, ExtractError> {
+    let mut hasher = key.hasher();
     match node {
         Value::String(text) => hasher.write_bytes(text.as_bytes()),
         Value::Bool(flag) => hasher.write_bytes(if *flag { b"true" } else { b"false" }),
@@ -213,50 +223,13 @@ fn unique_value_hash(node: &Value, path: &SingularPath) -> Result<u64, ExtractEr
     Ok(hasher.finish())
 }
 
-/// The UNIQUE_COUNT identity of a value's canonical text: 64-bit FNV-1a
-/// (offset basis 0xcbf29ce484222325, prime 0x100000001b3) over its UTF-8 bytes.
-/// Canonical text is a string's content, or a number's / boolean's JSON text as
-/// serde_json renders it (so the string `"7"` and the number `7` are one value, while
-/// `7` and `7.0` are two). Fixed forever: stored counters depend on it.
-pub fn unique_hash(canonical_text: &str) -> u64 {
-    let mut hasher = Fnv1a64::default();
-    hasher.write_bytes(canonical_text.as_bytes());
-    hasher.finish()
-}
-
-struct Fnv1a64(u64);
-
-impl Default for Fnv1a64 {
-    fn default() -> Self {
-        Fnv1a64(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Fnv1a64 {
-    fn write_bytes(&mut self, bytes: &[u8]) {
-        for byte in bytes {
-            self.0 ^= u64::from(*byte);
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-impl fmt::Write for Fnv1a64 {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        self.write_bytes(s.as_bytes());
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::meter::def::MeterDef;
     use serde_json::json;
+
+    const KEY: UniqueKey = UniqueKey::from_bytes([42; 16]);
 
     fn meter(aggregation: &str, value_property: Option<&str>) -> CompiledMeter {
         let mut def = json!({
@@ -284,9 +257,9 @@ mod tests {
         .unwrap();
         for refused in [r#"{"v": -1}"#, r#"{"v": "-0.000000001"}"#, r#"{"v": -1e9}"#] {
             // Folding an accepted event still reads it; ingest refuses it.
-            assert!(strict.extract(Some(refused)).is_ok(), "{refused}");
+            assert!(strict.extract(Some(refused), &KEY).is_ok(), "{refused}");
             assert_eq!(
-                strict.admit(Some(refused)).map(|o| o.value),
+                strict.admit(Some(refused), &KEY).map(|o| o.value),
                 Err(ExtractError::Negative { path: "$.v".into() }),
                 "{refused}"
             );
@@ -297,7 +270,7 @@ mod tests {
             r#"{"v": "-0.0"}"#,
             r#"{"v": 1}"#,
         ] {
-            assert!(strict.admit(Some(accepted)).is_ok(), "{accepted}");
+            assert!(strict.admit(Some(accepted), &KEY).is_ok(), "{accepted}");
         }
         assert_eq!(
             amount_of_data(json!({"v": -2})),
@@ -307,7 +280,7 @@ mod tests {
 
     fn amount_of_data(data: Value) -> Result<ObservedValue, ExtractError> {
         meter("SUM", Some("$.v"))
-            .extract(Some(&data.to_string()))
+            .extract(Some(&data.to_string()), &KEY)
             .map(|o| o.value)
     }
 
@@ -352,7 +325,7 @@ mod tests {
     fn numbers_are_read_from_their_text_as_written() {
         let amount = |data: &str| {
             meter("SUM", Some("$.v"))
-                .extract(Some(data))
+                .extract(Some(data), &KEY)
                 .map(|o| o.value)
         };
         for (data, units) in [
@@ -413,17 +386,22 @@ mod tests {
         let err = amount_of_data(json!({"w": 1})).unwrap_err();
         assert_eq!(err.code(), "VALUE_PROPERTY_MISSING");
         assert!(err.to_string().contains("$.v"));
-        let err = meter("SUM", Some("$.v")).extract(None).unwrap_err();
+        let err = meter("SUM", Some("$.v")).extract(None, &KEY).unwrap_err();
         assert_eq!(err, ExtractError::ValueMissing { path: "$.v".into() });
     }
 
     #[test]
     fn numbers_beyond_f64_are_out_of_range_values_and_verbatim_groups() {
         let data = r#"{"v": 1e400, "model": -2E+999, "tier": "t"}"#;
-        let err = meter("SUM", Some("$.v")).extract(Some(data)).unwrap_err();
+        let err = meter("SUM", Some("$.v"))
+            .extract(Some(data), &KEY)
+            .unwrap_err();
         assert_eq!(err, ExtractError::ValueOutOfRange { path: "$.v".into() });
-        let holding =
-            |agg: &str, data: &str| meter(agg, Some("$.v")).extract(Some(data)).unwrap_err();
+        let holding = |agg: &str, data: &str| {
+            meter(agg, Some("$.v"))
+                .extract(Some(data), &KEY)
+                .unwrap_err()
+        };
         let (path, found) = ("$.v".to_owned(), "object");
         assert_eq!(
             holding("SUM", r#"{"v": {"w": 1e400}}"#),
@@ -434,7 +412,7 @@ mod tests {
             holding("UNIQUE_COUNT", r#"{"v": [1e400]}"#),
             ExtractError::NotScalar { path, found }
         );
-        let obs = meter("COUNT", None).extract(Some(data)).unwrap();
+        let obs = meter("COUNT", None).extract(Some(data), &KEY).unwrap();
         assert_eq!(
             obs.group,
             vec![Some("-2E+999".to_owned()), Some("t".to_owned())]
@@ -445,21 +423,21 @@ mod tests {
     fn count_needs_no_value_and_groups_follow_key_order() {
         let m = meter("COUNT", None);
         let obs = m
-            .extract(Some(&json!({"tier": 3, "model": "gpt"}).to_string()))
+            .extract(Some(&json!({"tier": 3, "model": "gpt"}).to_string()), &KEY)
             .unwrap();
         assert_eq!(obs.value, ObservedValue::None);
         assert_eq!(
             obs.group,
             vec![Some("gpt".to_owned()), Some("3".to_owned())]
         );
-        let obs = m.extract(None).unwrap();
+        let obs = m.extract(None, &KEY).unwrap();
         assert_eq!(obs.group, vec![None, None]);
     }
 
     #[test]
     fn group_values_render_scalars_as_json_text_and_null_as_none() {
         let m = meter("COUNT", None);
-        let group = |data: Value| m.extract(Some(&data.to_string())).unwrap().group;
+        let group = |data: Value| m.extract(Some(&data.to_string()), &KEY).unwrap().group;
         assert_eq!(
             group(json!({"model": true, "tier": null})),
             vec![Some("true".to_owned()), None]
@@ -475,29 +453,31 @@ mod tests {
     }
 
     #[test]
-    fn unique_count_hashes_canonical_text_stably() {
+    fn unique_count_hashes_canonical_text_under_the_key() {
         let m = meter("UNIQUE_COUNT", Some("$.user"));
-        let hash = |data: Value| m.extract(Some(&data.to_string())).map(|o| o.value);
-        // FNV-1a 64 reference vectors.
-        assert_eq!(unique_hash(""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(unique_hash("a"), 0xaf63_dc4c_8601_ec8c);
-        assert_eq!(unique_hash("foobar"), 0x8594_4171_f739_67e8);
+        let hash = |data: Value| m.extract(Some(&data.to_string()), &KEY).map(|o| o.value);
+        for (data, canonical) in [
+            (json!({"user": "alice"}), "alice"),
+            (json!({"user": 7}), "7"),
+            (json!({"user": "7"}), "7"),
+            (json!({"user": 0.5}), "0.5"),
+            (json!({"user": 1e300}), "1e+300"),
+            (json!({"user": false}), "false"),
+        ] {
+            assert_eq!(
+                hash(data.clone()),
+                Ok(ObservedValue::Unique(KEY.hash(canonical))),
+                "{data}"
+            );
+        }
+        assert_ne!(hash(json!({"user": 7})), hash(json!({"user": 7.0})));
+        let other = UniqueKey::from_bytes([8; 16]);
         assert_eq!(
-            hash(json!({"user": "alice"})),
-            Ok(ObservedValue::Unique(unique_hash("alice")))
+            m.extract(Some(r#"{"user": "alice"}"#), &other)
+                .map(|o| o.value),
+            Ok(ObservedValue::Unique(other.hash("alice")))
         );
-        assert_eq!(
-            hash(json!({"user": 7})),
-            Ok(ObservedValue::Unique(unique_hash("7")))
-        );
-        assert_eq!(
-            hash(json!({"user": 0.5})),
-            Ok(ObservedValue::Unique(unique_hash("0.5")))
-        );
-        assert_eq!(
-            hash(json!({"user": false})),
-            Ok(ObservedValue::Unique(unique_hash("false")))
-        );
+        assert_ne!(other.hash("alice"), KEY.hash("alice"));
         for (data, found) in [
             (json!({"user": [1]}), "array"),
             (json!({"user": {}}), "object"),

@@ -14,10 +14,13 @@
 //!   associative, so any arrival order or batching of the same events gives identical
 //!   states and identical [`AggState::encode`] bytes. LATEST keeps the observation
 //!   with the greatest event time and, on equal event times, **the greater value**.
-//! - **UNIQUE_COUNT is exact over 64-bit hashes.** A value's identity is
-//!   [`unique_hash`] (FNV-1a 64) of its canonical text: a string's content, or a
-//!   number's / boolean's JSON text as serde_json renders it (`"7"` and `7` are one
-//!   value; `7` and `7.0` are two). Objects, arrays and `null` are refused
+//! - **UNIQUE_COUNT counts keyed 128-bit identities.** A value's identity is
+//!   [`UniqueKey::hash`] (SipHash-2-4-128 under the data directory's secret key) of
+//!   its canonical text: a string's content, or a number's / boolean's JSON text as
+//!   serde_json renders it (`"7"` and `7` are one value; `7` and `7.0` are two).
+//!   Exact unless two distinct values share an identity, which nobody without the
+//!   key can arrange and which happens by chance with probability about n²/2^129
+//!   for n distinct values. Objects, arrays and `null` are refused
 //!   (`VALUE_NOT_SCALAR`).
 //! - **Groups.** A `groupBy` path selecting a string yields that string, a number or
 //!   boolean its JSON text, an object or array its compact JSON text; missing or
@@ -37,6 +40,7 @@ mod path;
 mod query;
 mod set;
 mod state;
+mod unique;
 mod window;
 
 pub use amount::{
@@ -45,12 +49,13 @@ pub use amount::{
 pub use def::{
     Aggregation, CompiledMeter, MeterDef, MeterError, EVENT_TYPE_CHARS_MAX, GROUP_BY_MAX,
 };
-pub use extract::{unique_hash, ExtractError, Observation, ObservedValue};
+pub use extract::{ExtractError, Observation, ObservedValue};
 pub use fold::{fold_event, Fold};
 pub use key::{CounterKey, KeyError};
 pub use query::{query, QueryError, QueryParams, QueryRow};
 pub use set::{MeterCheckError, MeterSet};
 pub use state::{AggState, DecodeError, MergeError, STATE_ENCODING_VERSION};
+pub use unique::UniqueKey;
 pub use window::WindowSize;
 
 #[cfg(test)]

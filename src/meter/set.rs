@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::def::{CompiledMeter, MeterDef};
 use super::extract::{ExtractError, Observation};
+use super::unique::UniqueKey;
 use super::MeterError;
 
 /// The meters known to a fold or a check, by slug and by event type.
@@ -91,10 +92,17 @@ impl MeterSet {
     /// read comes back in [`MeterSet::for_type`] order, so the fold does not
     /// extract it again. The writer and the Kafka source's dead-letter
     /// pre-check both call this, so they cannot disagree on what is refused.
-    pub fn check(&self, ty: &str, data: Option<&str>) -> Result<Vec<Observation>, MeterCheckError> {
+    /// `key` is the data directory's UNIQUE_COUNT key (what the fold of the
+    /// observations is stored under).
+    pub fn check(
+        &self,
+        ty: &str,
+        data: Option<&str>,
+        key: &UniqueKey,
+    ) -> Result<Vec<Observation>, MeterCheckError> {
         self.for_type(ty)
             .map(|meter| {
-                meter.admit(data).map_err(|error| MeterCheckError {
+                meter.admit(data, key).map_err(|error| MeterCheckError {
                     slug: meter.def().slug.to_string(),
                     error,
                 })

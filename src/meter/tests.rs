@@ -20,6 +20,8 @@ const AGGREGATIONS: [Aggregation; 7] = [
 
 const DAY_MS: i64 = 86_400_000;
 
+const KEY: UniqueKey = UniqueKey::from_bytes([42; 16]);
+
 /// One raw event plus what the model knows about it, independent of extraction.
 #[derive(Debug, Clone)]
 struct RawEvent {
@@ -149,7 +151,7 @@ fn meter_for(aggregation: Aggregation, window_size: WindowSize) -> CompiledMeter
 fn fold_all<'a>(meter: &CompiledMeter, events: impl IntoIterator<Item = &'a RawEvent>) -> Fold {
     let mut fold = Fold::new();
     for e in events {
-        let obs = meter.extract(Some(&e.data.to_string())).unwrap();
+        let obs = meter.extract(Some(&e.data.to_string()), &KEY).unwrap();
         fold.apply(meter, &e.subject, e.time_ms, &obs);
     }
     fold
@@ -341,7 +343,7 @@ proptest! {
         prop_assert_eq!(&in_order, &encoded(merged));
         let mut one_by_one = Fold::new();
         for e in shuffled.iter().rev() {
-            let (key, state) = fold_event(&meter, &e.subject, e.time_ms, Some(&e.data.to_string())).unwrap();
+            let (key, state) = fold_event(&meter, &KEY, &e.subject, e.time_ms, Some(&e.data.to_string())).unwrap();
             one_by_one.merge_state(&key, &state).unwrap();
         }
         prop_assert_eq!(&in_order, &encoded(one_by_one));
@@ -379,7 +381,7 @@ fn fold_counts_minute_windows_per_subject_and_group() {
             &meter,
             subject,
             time_ms,
-            &meter.extract(Some(&data.to_string())).unwrap(),
+            &meter.extract(Some(&data.to_string()), &KEY).unwrap(),
         );
     }
     assert_eq!(fold.len(), 4);
@@ -420,7 +422,7 @@ fn a_drained_fold_is_empty_and_folds_the_next_batch_alike() {
             &meter,
             subject,
             0,
-            &meter.extract(Some(&data.to_string())).unwrap(),
+            &meter.extract(Some(&data.to_string()), &KEY).unwrap(),
         );
         batches.push(fold.drain_sorted());
         assert!(fold.is_empty());
@@ -515,7 +517,7 @@ fn windowed_query_rows_are_clipped_to_the_requested_range() {
     let meter = meter(Aggregation::Count, WindowSize::Minute);
     let mut fold = Fold::new();
     for t in [0, 30 * 60_000, 61 * 60_000] {
-        fold.apply(&meter, "s", t, &meter.extract(None).unwrap());
+        fold.apply(&meter, "s", t, &meter.extract(None, &KEY).unwrap());
     }
     let rows = query(
         &meter,
@@ -538,4 +540,29 @@ fn windowed_query_rows_are_clipped_to_the_requested_range() {
             (1.0, 60 * 60_000, 120 * 60_000)
         ]
     );
+}
+
+/// 64-bit FNV-1a, what UNIQUE_COUNT once counted.
+fn fnv1a64(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Two values with one 64-bit FNV-1a hash, which UNIQUE_COUNT once counted
+/// as one: distinct values are distinct identities.
+#[test]
+fn values_whose_64_bit_fnv_hashes_collide_count_twice() {
+    let pair = ["MhsivmhiSIF", "0a7B_Bz1ObN"];
+    assert_eq!(fnv1a64(pair[0]), fnv1a64(pair[1]));
+    assert_eq!(fnv1a64(pair[0]), 0xe44d_a65f_01a3_2948);
+    let meter = meter_for(Aggregation::UniqueCount, WindowSize::Minute);
+    let mut fold = Fold::new();
+    for value in [pair[0], pair[1], pair[0]] {
+        let data = json!({"u": value}).to_string();
+        fold.apply(&meter, "s", 0, &meter.extract(Some(&data), &KEY).unwrap());
+    }
+    let (_, state) = fold.into_sorted().remove(0);
+    assert_eq!(state.value(), Some(2.0));
+    assert_eq!(AggState::decode(&state.encode()), Ok(state));
 }

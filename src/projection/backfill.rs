@@ -16,7 +16,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 
 use super::{EventFacts, ProjectionError};
 use crate::log::{LogDir, Seq};
-use crate::meter::{CompiledMeter, Fold};
+use crate::meter::{CompiledMeter, Fold, UniqueKey};
 use crate::metrics::metrics;
 use crate::record::Record;
 
@@ -36,16 +36,19 @@ pub struct Counted {
 /// One worker thread, started at the first job, taking jobs in order.
 pub struct Worker {
     log: LogDir,
+    /// The counters' key: a backfill merges into the same sets.
+    unique_key: UniqueKey,
     jobs: Option<Sender<Backfill>>,
     done_tx: Sender<Counted>,
     done: Receiver<Counted>,
 }
 
 impl Worker {
-    pub fn new(log: &LogDir) -> Worker {
+    pub fn new(log: &LogDir, unique_key: &UniqueKey) -> Worker {
         let (done_tx, done) = mpsc::channel();
         Worker {
             log: log.clone(),
+            unique_key: unique_key.clone(),
             jobs: None,
             done_tx,
             done,
@@ -56,12 +59,13 @@ impl Worker {
         if self.jobs.is_none() {
             let (tx, rx) = mpsc::channel::<Backfill>();
             let (log, done) = (self.log.clone(), self.done_tx.clone());
+            let key = self.unique_key.clone();
             std::thread::Builder::new()
                 .name("keymeter-backfill".into())
                 .spawn(move || {
                     lower_priority();
                     for job in rx {
-                        let fold = fold_before(&log, &job.meter, job.before);
+                        let fold = fold_before(&log, &job.meter, &key, job.before);
                         let slug = job.meter.slug().to_owned();
                         let before = job.before;
                         if done.send(Counted { slug, before, fold }).is_err() {
@@ -104,7 +108,12 @@ fn lower_priority() {
 const BACKFILL_NICE: libc::c_int = 10;
 
 /// Folds every event of the meter's type logged before `before`.
-fn fold_before(log: &LogDir, meter: &CompiledMeter, before: Seq) -> Result<Fold, ProjectionError> {
+fn fold_before(
+    log: &LogDir,
+    meter: &CompiledMeter,
+    key: &UniqueKey,
+    before: Seq,
+) -> Result<Fold, ProjectionError> {
     let mut fold = Fold::default();
     for entry in log.read_range(1, before.saturating_sub(1))? {
         let entry = entry?;
@@ -117,7 +126,7 @@ fn fold_before(log: &LogDir, meter: &CompiledMeter, before: Seq) -> Result<Fold,
                 continue;
             };
             if facts.ty == meter.def().event_type {
-                fold_one(meter, &facts, &mut fold);
+                fold_one(meter, key, &facts, &mut fold);
             }
         }
     }
@@ -126,8 +135,13 @@ fn fold_before(log: &LogDir, meter: &CompiledMeter, before: Seq) -> Result<Fold,
 
 /// Folds one logged event into `fold` for `meter`; an event the meter
 /// cannot read is counted and skipped.
-pub(super) fn fold_one(meter: &CompiledMeter, facts: &EventFacts, fold: &mut Fold) {
-    match meter.extract(facts.data.as_deref()) {
+pub(super) fn fold_one(
+    meter: &CompiledMeter,
+    key: &UniqueKey,
+    facts: &EventFacts,
+    fold: &mut Fold,
+) {
+    match meter.extract(facts.data.as_deref(), key) {
         Ok(obs) => fold.apply(meter, &facts.subject, facts.time_ms, &obs),
         Err(e) => metrics()
             .fold_skipped_total

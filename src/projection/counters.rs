@@ -9,6 +9,12 @@
 //! flushed to sled with the checkpoint about once a second. sled then sees
 //! one write per distinct counter per interval instead of one per event; a
 //! crash loses only overlay state, which replay restores.
+//!
+//! UNIQUE_COUNT sets hold identities made under the data directory's key, so
+//! the tree is stamped (`0x03`) with its format and that key's id. Sets of
+//! another format (64-bit FNV-1a hashes, before the stamp) or key cannot be
+//! converted, their values being gone: such a store says so through
+//! [`Projection::stale`] and is rebuilt from the log on open.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,12 +29,19 @@ use super::{
     ProjectionError,
 };
 use crate::log::Seq;
-use crate::meter::{AggState, CompiledMeter, CounterKey, Fold, MeterDef, MeterSet};
+use crate::meter::{
+    AggState, Aggregation, CompiledMeter, CounterKey, Fold, MeterDef, MeterSet, UniqueKey,
+};
 use crate::record::Record;
 
 const METER_DEF_PREFIX: u8 = 0x01;
 /// `0x02 slug` → the seq of the meter's creation, while its past is counted.
 const BACKFILL_PREFIX: u8 = 0x02;
+/// `0x03` → `[COUNTERS_FORMAT, unique-count key id (8 bytes)]`.
+const FORMAT_KEY: &[u8] = &[0x03];
+/// 2: unique sets of keyed 128-bit identities, stamped under [`FORMAT_KEY`].
+/// 1 (no stamp): unique sets of 64-bit FNV-1a hashes.
+const COUNTERS_FORMAT: u8 = 2;
 /// Flush early when this many counter states are waiting.
 const OVERLAY_STATES_MAX: usize = 200_000;
 
@@ -38,7 +51,7 @@ pub type Backfills = Arc<ArcSwap<BTreeMap<String, Seq>>>;
 /// Folds one event into `fold` for every meter of its type; events a meter
 /// cannot read are counted and skipped (they were checked against the meters
 /// that existed when they arrived; a later meter may want other fields).
-fn fold_event(meters: &MeterSet, facts: &EventFacts, fold: &mut Fold) {
+fn fold_event(meters: &MeterSet, key: &UniqueKey, facts: &EventFacts, fold: &mut Fold) {
     if let Some(observations) = &facts.observations {
         let mut n = 0;
         for (meter, obs) in meters.for_type(&facts.ty).zip(observations) {
@@ -54,7 +67,7 @@ fn fold_event(meters: &MeterSet, facts: &EventFacts, fold: &mut Fold) {
         return;
     }
     for meter in meters.for_type(&facts.ty) {
-        fold_one(meter, facts, fold);
+        fold_one(meter, key, facts, fold);
     }
 }
 
@@ -66,6 +79,10 @@ pub struct Counters {
     /// Everything up to here is in sled plus the overlay.
     applied: Seq,
     meters: MeterSet,
+    /// What UNIQUE_COUNT identities are made under (the data directory's).
+    unique_key: UniqueKey,
+    /// Why the stored state cannot be folded into, if it cannot.
+    stale: Option<String>,
     overlay: Overlay,
     /// Quota usages kept current with each batch, under the same lock as
     /// every change to the counters (see [`UsageCache`]).
@@ -96,21 +113,31 @@ impl Counters {
             let def: MeterDef = decode_json("counters", &k, &v)?;
             meters.insert(compile("counters", &def)?);
         }
+        let stale = stale_reason(&tree, &meters, ctx.unique_key)?;
+        let stamp = format_stamp(ctx.unique_key);
+        if stale.is_none() && tree.get(FORMAT_KEY)?.as_deref() != Some(&stamp[..]) {
+            tree.insert(FORMAT_KEY, &stamp)?;
+        }
         let flushed = checkpoint(&tree)?;
         let mut counters = Counters {
             flushed,
             applied: flushed,
             tree,
             meters,
+            unique_key: ctx.unique_key.clone(),
+            stale,
             overlay: ctx.readers.overlay.clone(),
             usage: ctx.readers.usage.clone(),
             published_meters: ctx.readers.meters.clone(),
             backfills: BTreeMap::new(),
             published_backfills: ctx.readers.backfills.clone(),
             unmark: Vec::new(),
-            worker: backfill::Worker::new(ctx.log),
+            worker: backfill::Worker::new(ctx.log, ctx.unique_key),
             fold: Fold::default(),
         };
+        if counters.stale.is_some() {
+            return Ok(counters); // to be emptied and rebuilt, not counted on
+        }
         // Backfills a stop interrupted start over.
         for kv in counters.tree.scan_prefix([BACKFILL_PREFIX]) {
             let (k, v) = kv?;
@@ -203,7 +230,7 @@ impl Counters {
                             &parsed
                         }
                     };
-                    fold_event(&self.meters, facts, &mut fold);
+                    fold_event(&self.meters, &self.unique_key, facts, &mut fold);
                 }
                 Record::MeterCreated { meter, .. } => {
                     self.merge(&mut fold, last)?;
@@ -340,6 +367,10 @@ impl Projection for Counters {
         self.flushed
     }
 
+    fn stale(&self) -> Option<String> {
+        self.stale.clone()
+    }
+
     fn apply(&mut self, records: &[Applied<'_>]) -> Result<bool, ProjectionError> {
         let usage = self.usage.clone();
         let mut usage = usage.lock();
@@ -373,6 +404,41 @@ impl Projection for Counters {
     fn wants_flush(&self) -> bool {
         self.overlay.read().expect("overlay lock").len() > OVERLAY_STATES_MAX
     }
+}
+
+fn format_stamp(key: &UniqueKey) -> [u8; 9] {
+    let mut stamp = [COUNTERS_FORMAT; 9];
+    stamp[1..].copy_from_slice(&key.id());
+    stamp
+}
+
+/// Why the stored counters cannot be folded into: their unique sets were made
+/// another way than this build, under `key`, makes them. Only unique sets
+/// depend on the format and the key, so a store without a UNIQUE_COUNT
+/// meter (states go with their meter) is merely stamped.
+fn stale_reason(
+    tree: &sled::Tree,
+    meters: &MeterSet,
+    key: &UniqueKey,
+) -> Result<Option<String>, ProjectionError> {
+    let want = format_stamp(key);
+    let found = tree.get(FORMAT_KEY)?;
+    if found.as_deref() == Some(&want[..])
+        || !meters
+            .iter()
+            .any(|m| m.aggregation() == Aggregation::UniqueCount)
+    {
+        return Ok(None);
+    }
+    Ok(Some(match found {
+        None => "its UNIQUE_COUNT sets hold 64-bit FNV-1a hashes (counters format 1)".into(),
+        Some(v) if v.len() == want.len() && v[0] == COUNTERS_FORMAT => format!(
+            "its UNIQUE_COUNT sets were made under another key (id {}, the data directory's is {})",
+            hex::encode(&v[1..]),
+            hex::encode(&want[1..])
+        ),
+        Some(v) => format!("unknown counters format stamp {}", hex::encode(v)),
+    }))
 }
 
 fn prefixed(prefix: u8, slug: &str) -> Vec<u8> {

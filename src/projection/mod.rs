@@ -111,6 +111,14 @@ pub trait Projection: Send {
     fn wants_flush(&self) -> bool {
         false
     }
+
+    /// Why its stored state cannot be continued (written in a format this
+    /// build no longer folds into, or under another key), checked right
+    /// after it is opened: the engine then empties its trees and rebuilds
+    /// it from the log. A stale projection must not start work on open.
+    fn stale(&self) -> Option<String> {
+        None
+    }
 }
 
 /// What projections publish and readers read, each behind its own lock-free
@@ -152,6 +160,9 @@ pub struct OpenContext<'a> {
     pub store: &'a Store,
     pub log: &'a LogDir,
     pub readers: &'a Readers,
+    /// The data directory's UNIQUE_COUNT key (`crypto::Keys::unique_key`):
+    /// stored unique sets are only comparable under it.
+    pub unique_key: &'a crate::meter::UniqueKey,
 }
 
 fn decode_json<T: serde::de::DeserializeOwned>(

@@ -54,12 +54,30 @@ impl Registry {
 
     /// Empties every projection's trees (the projections must be closed).
     pub fn clear(&self, store: &Store) -> Result<(), ProjectionError> {
-        for name in self.specs.iter().flat_map(|s| s.trees) {
-            store.db.open_tree(name)?.clear()?;
-        }
-        store.db.flush()?;
-        Ok(())
+        clear_trees(store, self.specs.iter().flat_map(|s| s.trees))
     }
+
+    /// Empties the trees of the projection `name` (it must be closed).
+    pub fn clear_projection(&self, store: &Store, name: &str) -> Result<(), ProjectionError> {
+        clear_trees(
+            store,
+            self.specs
+                .iter()
+                .filter(|s| s.name == name)
+                .flat_map(|s| s.trees),
+        )
+    }
+}
+
+fn clear_trees<'a>(
+    store: &Store,
+    trees: impl Iterator<Item = &'a &'static str>,
+) -> Result<(), ProjectionError> {
+    for name in trees {
+        store.db.open_tree(name)?.clear()?;
+    }
+    store.db.flush()?;
+    Ok(())
 }
 
 /// Reads the log from `from` through `to` in chunks and hands each chunk to

@@ -53,17 +53,32 @@ pub fn bin() -> &'static str {
 
 /// `keymeter serve` on `data_dir` and an ephemeral loopback port.
 pub fn serve_command(data_dir: &Path) -> Command {
+    let mut cmd = keymeter_on(data_dir);
+    cmd.arg("serve")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--listen", "127.0.0.1:0"]);
+    cmd
+}
+
+/// The binary, with the master key a command on `data_dir` needs.
+fn keymeter_on(data_dir: &Path) -> Command {
     let mut cmd = Command::new(bin());
     // A data dir directly in the system temp dir would leave its generated
     // `<data>.master-key` behind there: give those a fixed test key.
     if data_dir.parent() == Some(std::env::temp_dir().as_path()) {
         cmd.env("KEYMETER_MASTER_KEY", TEST_MASTER_KEY);
     }
-    cmd.arg("serve")
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(["--listen", "127.0.0.1:0"]);
     cmd
+}
+
+/// `keymeter replay` on `data_dir`, with the master key `serve` had.
+pub fn replay(data_dir: &Path) -> std::process::Output {
+    keymeter_on(data_dir)
+        .args(["replay", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .expect("run keymeter replay")
 }
 
 /// Waits for `child` to exit, at most `limit`; None if it is still running.

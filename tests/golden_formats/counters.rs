@@ -1,9 +1,10 @@
 //! The counters tree's own encodings: aggregation states of every kind
-//! (`src/meter/state/encoding.rs`), counter keys (`src/meter/key.rs`), and
-//! the mark a meter's unfinished count of the past leaves behind.
+//! (`src/meter/state/encoding.rs`), counter keys (`src/meter/key.rs`), the
+//! mark a meter's unfinished count of the past leaves behind, and the stamp
+//! naming the format and key of its unique sets.
 
 use keymeter::log::LogDir;
-use keymeter::meter::{AggState, Amount, CounterKey};
+use keymeter::meter::{AggState, Amount, CounterKey, DecodeError, UniqueKey};
 use keymeter::projection::{Applied, OpenContext, Readers, Registry, Store};
 
 use crate::projections::{log_records, write_log};
@@ -31,10 +32,11 @@ fn states() -> Vec<(AggState, &'static str)> {
             "0105feffffffffffffffffffffffffffffffffff03",
         ),
         (
-            AggState::Unique(vec![1, 200, u64::MAX]),
-            "01060301c701b7feffffffffffffff01",
+            AggState::Unique(vec![1, 200, u128::MAX]),
+            "010803 00000000000000000000000000000001 000000000000000000000000000000c8
+             ffffffffffffffffffffffffffffffff",
         ),
-        (AggState::Unique(Vec::new()), "010600"),
+        (AggState::Unique(Vec::new()), "010800"),
         (
             AggState::Latest {
                 time_ms: -1,
@@ -54,6 +56,23 @@ fn every_aggregation_state_keeps_its_bytes_both_ways() {
         let back = AggState::decode(&unhex(hex));
         g.check(&name, back.as_ref() == Ok(&state), || {
             format!("golden bytes decode to {back:?}")
+        });
+    }
+    g.finish();
+}
+
+/// Unique sets of 64-bit FNV-1a hashes (`{1, 200, u64::MAX}` and `{}`), as
+/// stores kept them before identities were keyed: no longer read, but
+/// recognised, so that such a store is rebuilt from the log.
+const FNV64_SETS: [&str; 2] = ["01060301c701b7feffffffffffffff01", "010600"];
+
+#[test]
+fn unique_sets_of_64_bit_hashes_are_recognised_not_read() {
+    let mut g = Golden::default();
+    for hex in FNV64_SETS {
+        let decoded = AggState::decode(&unhex(hex));
+        g.check(hex, decoded == Err(DecodeError::UniqueFnv64), || {
+            format!("decodes to {decoded:?}")
         });
     }
     g.finish();
@@ -95,6 +114,10 @@ fn counter_keys_keep_their_bytes_both_ways() {
 /// `0x02 users` → seq 5, big-endian: the `users` meter (created at seq 5)
 /// has not counted the events before it yet.
 const BACKFILL_MARK: (&str, &str) = ("027573657273", "0000000000000005");
+/// `0x03` → counters format 2 and the id of [`KEY`]: the unique sets were
+/// made under that key.
+const FORMAT_STAMP: (&str, &str) = ("03", "02 82d8eed6b2c6b0f8");
+const KEY: UniqueKey = UniqueKey::from_bytes([5; 16]);
 
 #[test]
 fn an_unfinished_count_of_the_past_keeps_its_mark_and_is_finished_on_open() {
@@ -130,6 +153,7 @@ fn an_unfinished_count_of_the_past_keeps_its_mark_and_is_finished_on_open() {
             store: &store,
             log: &log,
             readers: &readers,
+            unique_key: &KEY,
         };
         let mut counters = Registry::standard().open(&ctx).unwrap().remove(0);
         assert_eq!(counters.name(), "counters");
@@ -138,6 +162,12 @@ fn an_unfinished_count_of_the_past_keeps_its_mark_and_is_finished_on_open() {
         counters.apply(&applied[4..]).unwrap();
         let mut g = Golden::default();
         let now = marks(&store);
+        let stamp = store.counters.get(unhex(FORMAT_STAMP.0)).unwrap();
+        g.check(
+            "format stamp",
+            stamp.as_deref() == Some(&unhex(FORMAT_STAMP.1)[..]),
+            || format!("golden {FORMAT_STAMP:?}, now {:?}", stamp.map(hex::encode)),
+        );
         g.check(
             "backfill mark",
             now == vec![(unhex(BACKFILL_MARK.0), unhex(BACKFILL_MARK.1))],
@@ -171,12 +201,17 @@ fn an_unfinished_count_of_the_past_keeps_its_mark_and_is_finished_on_open() {
         .counters
         .insert(unhex(BACKFILL_MARK.0), unhex(BACKFILL_MARK.1))
         .unwrap();
+    store
+        .counters
+        .insert(unhex(FORMAT_STAMP.0), unhex(FORMAT_STAMP.1))
+        .unwrap();
     store.counters.insert(b"", &5u64.to_be_bytes()).unwrap();
     let readers = Readers::new(None);
     let ctx = OpenContext {
         store: &store,
         log: &log,
         readers: &readers,
+        unique_key: &KEY,
     };
     let mut counters = Registry::standard().open(&ctx).unwrap().remove(0);
     counters.settle().unwrap();
@@ -189,4 +224,54 @@ fn an_unfinished_count_of_the_past_keeps_its_mark_and_is_finished_on_open() {
         users, 2,
         "the past of `users` is counted: one state per subject"
     );
+}
+
+/// A store from before the stamp (format 1) is continued, and stamped, when
+/// it has no UNIQUE_COUNT meter: nothing in it depends on the hash. With
+/// one, or stamped with another key, it is stale: the engine rebuilds it.
+#[test]
+fn a_store_without_the_stamp_is_stale_only_if_it_counts_unique_values() {
+    let root = tempfile::tempdir().unwrap();
+    let log = LogDir::disk(root.path().join("log"));
+    let counters_of = |name: &str, meters: &[(serde_json::Value, &str)], stamp: Option<&str>| {
+        let store = Store::open(&root.path().join(name)).unwrap();
+        for (def, slug) in meters {
+            let mut k = vec![1u8];
+            k.extend_from_slice(slug.as_bytes());
+            store
+                .counters
+                .insert(k, def.to_string().as_bytes())
+                .unwrap();
+        }
+        if let Some(stamp) = stamp {
+            store.counters.insert([3u8], unhex(stamp)).unwrap();
+        }
+        store.counters.insert(b"", &5u64.to_be_bytes()).unwrap();
+        let readers = Readers::new(None);
+        let ctx = OpenContext {
+            store: &store,
+            log: &log,
+            readers: &readers,
+            unique_key: &KEY,
+        };
+        let counters = Registry::standard().open(&ctx).unwrap().remove(0);
+        let stamp = store.counters.get([3u8]).unwrap().map(hex::encode);
+        (counters.stale(), counters.applied(), stamp)
+    };
+    let sum = serde_json::to_value(crate::records::meter()).unwrap();
+    let users = serde_json::to_value(crate::projections::users_meter()).unwrap();
+    let golden_stamp = FORMAT_STAMP.1.replace(' ', "");
+
+    let (stale, applied, stamp) = counters_of("sums", &[(sum.clone(), "tokens")], None);
+    assert_eq!((stale, applied), (None, 5), "continued from its checkpoint");
+    assert_eq!(stamp.as_deref(), Some(golden_stamp.as_str()), "and stamped");
+
+    let (stale, _, stamp) =
+        counters_of("unique", &[(sum, "tokens"), (users.clone(), "users")], None);
+    assert!(stale.is_some_and(|r| r.contains("64-bit FNV-1a")));
+    assert_eq!(stamp, None, "a stale store is left as found");
+
+    let other_key = Some("02 0000000000000000");
+    let (stale, _, _) = counters_of("other", &[(users, "users")], other_key);
+    assert!(stale.is_some_and(|r| r.contains("another key")));
 }

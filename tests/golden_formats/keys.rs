@@ -59,6 +59,11 @@ const LEGACY_KID: &str = "daac655f79851888";
 const LEGACY_LOOKUP: &str = "b4635f1ba16023dff59a0832b59f8ad4aae55e507f203200f0742ce9e80a5ac8";
 const LEGACY_SEALED: &str =
     "61aae259703a1d1d5dc317cead2d170cf3c8b31260d4234e42b78f647df4a0b38a39cfe8484ce0fbeb";
+/// The UNIQUE_COUNT identity of `alice` (SipHash-2-4-128 under
+/// HKDF-SHA256(pepper, "keymeter unique-count key v1"), output bytes): stored
+/// unique sets depend on it. Computed independently of keymeter.
+const UNIQUE_ALICE: &str = "068abdc73eb53c8fef77428fe6bcc508";
+const LEGACY_UNIQUE_ALICE: &str = "884c36335a72f9d5ed6ddc4e915a2491";
 
 /// The keyring [`KEYRING_JSON`] holds, as a value.
 fn keyring() -> Keyring {
@@ -115,14 +120,25 @@ fn a_keyring_file_keeps_its_bytes_and_an_old_one_opens_to_the_same_keys() {
                 format!("{origin:?}")
             });
             check_keys(&mut g, "keyring keys", &keys, [KID, LOOKUP, SEALED]);
+            g.hex(
+                "keyring keys: unique identity",
+                &keys.unique_key().hash("alice").to_le_bytes(),
+                UNIQUE_ALICE,
+            );
         }
         Err(e) => g.check("keyring opens", false, || e.to_string()),
     }
+    let derived = Keys::derive(&master);
     check_keys(
         &mut g,
         "derived keys",
-        &Keys::derive(&master),
+        &derived,
         [LEGACY_KID, LEGACY_LOOKUP, LEGACY_SEALED],
+    );
+    g.hex(
+        "derived keys: unique identity",
+        &derived.unique_key().hash("alice").to_le_bytes(),
+        LEGACY_UNIQUE_ALICE,
     );
     g.finish();
 }

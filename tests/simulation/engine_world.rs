@@ -26,6 +26,9 @@ use crate::common::engine::{config, ManualClock};
 
 pub const T0: i64 = 1_800_000_000_000;
 pub const METER: &str = "calls";
+/// UNIQUE_COUNT of `$.user` (`u` and the event's value mod [`USERS`]).
+pub const UNIQUE_METER: &str = "users";
+const USERS: u64 = 7;
 pub const LICENSE: &str = "lic_0000000000000sim";
 pub const SEATS_MAX: usize = 3;
 const SUBJECTS: u64 = 5;
@@ -137,6 +140,21 @@ impl Model {
         totals
     }
 
+    /// Per-subject numbers of distinct users of the recorded events.
+    pub fn distinct_users(&self) -> BTreeMap<String, u64> {
+        let mut users: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+        for (subject, value, _) in self.events.values() {
+            users
+                .entry(subject.clone())
+                .or_default()
+                .insert(value % USERS);
+        }
+        users
+            .into_iter()
+            .map(|(subject, set)| (subject, set.len() as u64))
+            .collect()
+    }
+
     /// A random next op that the engine should accept. Ingests dominate; an ingest may
     /// repeat events already counted and may carry the same new event twice.
     pub fn random_op(&mut self, rng: &mut StdRng) -> Op {
@@ -189,8 +207,9 @@ impl Model {
             let subject = format!("s{}", rng.gen_range(0..SUBJECTS));
             // Distinct values: a lost event and a doubled one cannot cancel out.
             let value = rng.gen_range(1..1_000_000u64) * 1000 + self.next_id % 1000;
+            let user = value % USERS;
             texts.push(format!(
-                r#"{{"specversion":"1.0","id":"{id}","source":"sim","type":"api.calls","subject":"{subject}","data":{{"value":{value},"pad":"{}"}}}}"#,
+                r#"{{"specversion":"1.0","id":"{id}","source":"sim","type":"api.calls","subject":"{subject}","data":{{"value":{value},"user":"u{user}","pad":"{}"}}}}"#,
                 "x".repeat(pad)
             ));
             new.push(id);
@@ -294,18 +313,23 @@ impl World {
     /// The meter and the license every run uses, recorded before any crash is armed.
     pub fn setup(&mut self) {
         let handle = self.handle();
-        let meter = serde_json::from_value(json!({"slug": METER, "eventType": "api.calls",
-            "aggregation": "SUM", "valueProperty": "$.value", "windowSize": "HOUR"}))
-        .unwrap();
+        let meters = [
+            json!({"slug": METER, "eventType": "api.calls",
+                "aggregation": "SUM", "valueProperty": "$.value", "windowSize": "HOUR"}),
+            json!({"slug": UNIQUE_METER, "eventType": "api.calls",
+                "aggregation": "UNIQUE_COUNT", "valueProperty": "$.user", "windowSize": "HOUR"}),
+        ];
         let license = new_license(&handle, self.now_ms);
         self.rt.block_on(async {
-            handle
-                .send(CreateMeter {
-                    def: meter,
-                    audit: audit(),
-                })
-                .await
-                .unwrap();
+            for meter in meters {
+                handle
+                    .send(CreateMeter {
+                        def: serde_json::from_value(meter).unwrap(),
+                        audit: audit(),
+                    })
+                    .await
+                    .unwrap();
+            }
             handle.send(license).await.unwrap().unwrap();
         });
     }
@@ -324,17 +348,27 @@ impl World {
     pub fn check_projections(&self, when: &str) {
         let shared = self.handle().shared;
         let view = View::new(shared.clone(), None);
-        let rows = view
-            .query(METER, &QueryRequest::parse("groupBy=subject").unwrap())
-            .unwrap();
-        let mut totals: BTreeMap<String, u64> = BTreeMap::new();
-        for row in rows {
-            *totals.entry(row.subject.unwrap()).or_default() += row.value as u64;
-        }
+        let per_subject = |meter: &str| {
+            let rows = view
+                .query(meter, &QueryRequest::parse("groupBy=subject").unwrap())
+                .unwrap();
+            let mut totals: BTreeMap<String, u64> = BTreeMap::new();
+            for row in rows {
+                *totals.entry(row.subject.unwrap()).or_default() += row.value as u64;
+            }
+            totals
+        };
         assert_eq!(
-            totals,
+            per_subject(METER),
             self.model.totals(),
             "{when}: meter totals per subject"
+        );
+        // The sets of every restart are one: each start hashes under the
+        // data directory's key.
+        assert_eq!(
+            per_subject(UNIQUE_METER),
+            self.model.distinct_users(),
+            "{when}: distinct users per subject"
         );
 
         let license = shared.licenses.get(LICENSE).expect("the license exists");

@@ -172,38 +172,40 @@ impl WriterState {
             let index = index as u32;
             let (rejection, raw) = match item {
                 Decoded::Invalid { rejection, raw } => (rejection, raw),
-                Decoded::Valid(event) => match self.meters.check(&event.ty, event.data()) {
-                    Err(e) => (Rejection::from(e), event.raw.into_bytes()),
-                    Ok(observations) => {
-                        if !self.dedup.claim_one(event.key, event.time_ms, tenant) {
-                            outcome.duplicates += 1;
+                Decoded::Valid(event) => {
+                    match self.meters.check(&event.ty, event.data(), &self.unique_key) {
+                        Err(e) => (Rejection::from(e), event.raw.into_bytes()),
+                        Ok(observations) => {
+                            if !self.dedup.claim_one(event.key, event.time_ms, tenant) {
+                                outcome.duplicates += 1;
+                                continue;
+                            }
+                            let facts = EventFacts {
+                                ty: event.ty,
+                                subject: event.subject,
+                                time_ms: event.time_ms,
+                                data: None,
+                                observations: Some(observations),
+                            };
+                            let record = EventRecord {
+                                received_ms,
+                                time_ms: event.time_ms,
+                                raw: event.raw,
+                            };
+                            let record = match origin {
+                                Origin::Http { tenant } => Record::TenantEvent {
+                                    tenant: tenant.clone(),
+                                    event: record,
+                                },
+                                Origin::Kafka { .. } => Record::Event(record),
+                            };
+                            batch.push(record, Some(facts));
+                            outcome.accepted += 1;
+                            outcome.last_seq = self.last_seq(batch);
                             continue;
                         }
-                        let facts = EventFacts {
-                            ty: event.ty,
-                            subject: event.subject,
-                            time_ms: event.time_ms,
-                            data: None,
-                            observations: Some(observations),
-                        };
-                        let record = EventRecord {
-                            received_ms,
-                            time_ms: event.time_ms,
-                            raw: event.raw,
-                        };
-                        let record = match origin {
-                            Origin::Http { tenant } => Record::TenantEvent {
-                                tenant: tenant.clone(),
-                                event: record,
-                            },
-                            Origin::Kafka { .. } => Record::Event(record),
-                        };
-                        batch.push(record, Some(facts));
-                        outcome.accepted += 1;
-                        outcome.last_seq = self.last_seq(batch);
-                        continue;
                     }
-                },
+                }
             };
             let record = quarantined(received_ms, origin, index, &rejection, &raw);
             batch.push(Record::Rejected(record), None);

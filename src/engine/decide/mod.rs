@@ -25,7 +25,7 @@ use crate::event::TimeWindow;
 use crate::id::{ApiKeyId, ProductId};
 use crate::license::LicenseBook;
 use crate::log::Seq;
-use crate::meter::MeterSet;
+use crate::meter::{MeterSet, UniqueKey};
 use crate::metrics::metrics;
 use crate::product::Product;
 use crate::projection::dedup::DedupIndex;
@@ -63,6 +63,9 @@ pub struct WriterState {
     pub sources: SourceCheckpoint,
     pub dedup: DedupIndex,
     pub meters: MeterSet,
+    /// The data directory's UNIQUE_COUNT key, which the projector's fold
+    /// of the observations extracted here also uses.
+    pub unique_key: UniqueKey,
     pub key_ids: HashSet<ApiKeyId>,
     /// Every product as stored.
     pub products: HashMap<ProductId, Product>,

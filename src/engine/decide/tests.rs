@@ -16,7 +16,7 @@ use crate::event::{decode_event_text, Decoded, TimeWindow};
 use crate::id::{LicenseId, SeatId};
 use crate::license::model::{NewLicense, Status, StatusAction};
 use crate::license::{License, LicenseBook};
-use crate::meter::MeterSet;
+use crate::meter::{MeterSet, UniqueKey};
 use crate::product::Product;
 use crate::projection::dedup::DedupIndex;
 use crate::record::{Audit, LicenseSecret, OffsetDelta, Record};
@@ -30,6 +30,7 @@ fn state(dir: &std::path::Path) -> WriterState {
         sources: SourceCheckpoint::default(),
         dedup: DedupIndex::open(dir, 100_000).unwrap(),
         meters: MeterSet::default(),
+        unique_key: UniqueKey::from_bytes([42; 16]),
         key_ids: HashSet::new(),
         products: HashMap::new(),
         licenses: LicenseBook::default(),

@@ -42,7 +42,7 @@ impl From<Wide> for Amount {
 impl Cell {
     /// Stores `state`, moving a unique set into `unique_sets`.
     #[inline]
-    pub(super) fn store(state: AggState, unique_sets: &mut Vec<Vec<u64>>) -> Cell {
+    pub(super) fn store(state: AggState, unique_sets: &mut Vec<Vec<u128>>) -> Cell {
         match state {
             AggState::Unique(set) => {
                 let index = u32::try_from(unique_sets.len()).expect("fewer than 2^32 sets");
@@ -68,7 +68,7 @@ impl Cell {
 
     /// The state, moving a unique set out of `unique_sets` (its slot is left empty).
     #[inline]
-    pub(super) fn take(&self, unique_sets: &mut [Vec<u64>]) -> AggState {
+    pub(super) fn take(&self, unique_sets: &mut [Vec<u128>]) -> AggState {
         match *self {
             Cell::Unique(index) => {
                 AggState::Unique(std::mem::take(&mut unique_sets[index as usize]))
@@ -78,7 +78,7 @@ impl Cell {
     }
 
     /// A copy of the state.
-    pub(super) fn load(&self, unique_sets: &[Vec<u64>]) -> AggState {
+    pub(super) fn load(&self, unique_sets: &[Vec<u128>]) -> AggState {
         match *self {
             Cell::Unique(index) => AggState::Unique(unique_sets[index as usize].clone()),
             other => other.load_scalar(),
@@ -108,7 +108,7 @@ impl Cell {
     #[inline]
     pub(super) fn update<R>(
         cell: &mut Cell,
-        unique_sets: &mut [Vec<u64>],
+        unique_sets: &mut [Vec<u128>],
         change: impl FnOnce(&mut AggState) -> R,
     ) -> R {
         let mut state = cell.take(unique_sets);

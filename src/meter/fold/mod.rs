@@ -23,6 +23,7 @@ use super::def::{Aggregation, CompiledMeter};
 use super::extract::{ExtractError, Observation};
 use super::key::CounterKey;
 use super::state::{AggState, MergeError};
+use super::unique::UniqueKey;
 use cell::Cell;
 use hash::IdHasher;
 use series::SeriesTable;
@@ -41,7 +42,7 @@ pub struct Fold {
     /// Emptied window maps kept by [`Fold::clear`] for reuse.
     spare_maps: Vec<IdMap<u32, Cell>>,
     /// UNIQUE_COUNT sets, indexed by [`Cell::Unique`].
-    unique_sets: Vec<Vec<u64>>,
+    unique_sets: Vec<Vec<u128>>,
     counters: usize,
 }
 
@@ -248,11 +249,12 @@ impl Fold {
 /// Extracts and folds a single event: its counter key and one-event state.
 pub fn fold_event(
     meter: &CompiledMeter,
+    key: &UniqueKey,
     subject: &str,
     event_time_ms: i64,
     data: Option<&str>,
 ) -> Result<(CounterKey, AggState), ExtractError> {
-    let obs = meter.extract(data)?;
+    let obs = meter.extract(data, key)?;
     let state = AggState::from_observation(meter.aggregation(), &obs.value, event_time_ms);
     let key = CounterKey {
         meter: meter.slug().to_owned(),

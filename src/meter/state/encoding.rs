@@ -23,6 +23,11 @@ pub enum DecodeError {
     TrailingBytes(usize),
     #[error("unique set is not strictly increasing")]
     UniqueNotSorted,
+    /// A set of 64-bit FNV-1a hashes, kept before identities were keyed: its
+    /// values are gone, so it cannot be converted, only rebuilt from the log
+    /// (which the counters projection does on open).
+    #[error("unique set of 64-bit FNV-1a hashes from an older format; rebuild it from the log")]
+    UniqueFnv64,
 }
 
 impl DecodeError {
@@ -39,12 +44,18 @@ pub(super) const TAG_COUNT: u8 = 2;
 pub(super) const TAG_AVG: u8 = 3;
 pub(super) const TAG_MIN: u8 = 4;
 pub(super) const TAG_MAX: u8 = 5;
-pub(super) const TAG_UNIQUE: u8 = 6;
+/// A set of 64-bit FNV-1a hashes: recognised, never read or written.
+pub(super) const TAG_UNIQUE_FNV64: u8 = 6;
 pub(super) const TAG_LATEST: u8 = 7;
+/// A set of keyed 128-bit identities (see `meter::unique`).
+pub(super) const TAG_UNIQUE: u8 = 8;
+const IDENTITY_BYTES: usize = 16;
 
 impl AggState {
     /// Deterministic compact bytes: `[version=1, tag, payload…]` with LEB128 varints
-    /// (zigzag for signed values) and delta-encoded unique hashes.
+    /// (zigzag for signed values); a unique set is its length, then each
+    /// identity as 16 big-endian bytes in increasing order (random 128-bit
+    /// values: deltas would save nothing below 65,536 values).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(24);
         out.push(STATE_ENCODING_VERSION);
@@ -70,22 +81,16 @@ impl AggState {
                 out.push(TAG_MAX);
                 put_i128(&mut out, a.0);
             }
-            AggState::Unique(hashes) => {
+            AggState::Unique(identities) => {
                 out.push(TAG_UNIQUE);
-                put_u128(&mut out, hashes.len() as u128);
-                let mut previous = 0u64;
+                put_u128(&mut out, identities.len() as u128);
                 debug_assert!(
-                    hashes.windows(2).all(|w| w[0] < w[1]),
+                    identities.windows(2).all(|w| w[0] < w[1]),
                     "unsorted unique set"
                 );
-                for (i, hash) in hashes.iter().enumerate() {
-                    let delta = if i == 0 {
-                        *hash
-                    } else {
-                        hash.wrapping_sub(previous)
-                    };
-                    put_u128(&mut out, u128::from(delta));
-                    previous = *hash;
+                out.reserve(identities.len() * IDENTITY_BYTES);
+                for identity in identities {
+                    out.extend_from_slice(&identity.to_be_bytes());
                 }
             }
             AggState::Latest { time_ms, value } => {
@@ -115,7 +120,8 @@ impl AggState {
             },
             TAG_MIN => AggState::Min(Amount(reader.i128()?)),
             TAG_MAX => AggState::Max(Amount(reader.i128()?)),
-            TAG_UNIQUE => AggState::Unique(reader.unique_hashes()?),
+            TAG_UNIQUE => AggState::Unique(reader.unique_identities()?),
+            TAG_UNIQUE_FNV64 => return Err(DecodeError::UniqueFnv64),
             TAG_LATEST => AggState::Latest {
                 time_ms: i64::try_from(reader.i128()?).map_err(|_| DecodeError::BadVarint)?,
                 value: Amount(reader.i128()?),
@@ -176,29 +182,23 @@ impl Reader<'_> {
         Ok((zigzag >> 1) as i128 ^ -((zigzag & 1) as i128))
     }
 
-    fn unique_hashes(&mut self) -> Result<Vec<u64>, DecodeError> {
+    fn unique_identities(&mut self) -> Result<Vec<u128>, DecodeError> {
         let len = self.u64()?;
-        // Each hash takes at least one byte: bound the allocation by the input.
-        if len > self.bytes.len() as u64 {
-            return Err(DecodeError::Truncated);
+        // Bound the allocation by the input before trusting the length.
+        let need = usize::try_from(len)
+            .ok()
+            .and_then(|len| len.checked_mul(IDENTITY_BYTES))
+            .filter(|need| *need <= self.bytes.len())
+            .ok_or(DecodeError::Truncated)?;
+        let (set, rest) = self.bytes.split_at(need);
+        self.bytes = rest;
+        let identities: Vec<u128> = set
+            .chunks_exact(IDENTITY_BYTES)
+            .map(|b| u128::from_be_bytes(b.try_into().expect("16 bytes")))
+            .collect();
+        if identities.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(DecodeError::UniqueNotSorted);
         }
-        let mut hashes = Vec::with_capacity(len as usize);
-        let mut previous = 0u64;
-        for i in 0..len {
-            let delta = self.u64()?;
-            let hash = if i == 0 {
-                delta
-            } else {
-                if delta == 0 {
-                    return Err(DecodeError::UniqueNotSorted);
-                }
-                previous
-                    .checked_add(delta)
-                    .ok_or(DecodeError::UniqueNotSorted)?
-            };
-            hashes.push(hash);
-            previous = hash;
-        }
-        Ok(hashes)
+        Ok(identities)
     }
 }

@@ -24,8 +24,8 @@ pub enum AggState {
     },
     Min(Amount),
     Max(Amount),
-    /// Sorted, deduplicated value hashes.
-    Unique(Vec<u64>),
+    /// Sorted, deduplicated value identities (keyed 128-bit hashes).
+    Unique(Vec<u128>),
     /// The value with the greatest event time; on equal times the greater value.
     Latest {
         time_ms: i64,
@@ -46,7 +46,7 @@ impl AggState {
     ///
     /// # Panics
     /// If `value` is not the kind `extract` produces for `aggregation` (an amount for
-    /// SUM/AVG/MIN/MAX/LATEST, a hash for UNIQUE_COUNT; COUNT accepts any): that is
+    /// SUM/AVG/MIN/MAX/LATEST, an identity for UNIQUE_COUNT; COUNT accepts any): that is
     /// a caller bug, not bad input.
     pub fn from_observation(
         aggregation: Aggregation,
@@ -183,7 +183,7 @@ impl AggState {
     }
 }
 
-fn union_sorted(a: &[u64], b: &[u64]) -> Vec<u64> {
+fn union_sorted(a: &[u128], b: &[u128]) -> Vec<u128> {
     let mut out = Vec::with_capacity(a.len() + b.len());
     let (mut i, mut j) = (0, 0);
     while i < a.len() && j < b.len() {

@@ -2,7 +2,7 @@
 
 use proptest::prelude::*;
 
-use super::encoding::{TAG_COUNT, TAG_SUM, TAG_UNIQUE};
+use super::encoding::{TAG_COUNT, TAG_SUM, TAG_UNIQUE, TAG_UNIQUE_FNV64};
 use super::*;
 
 const AGGREGATIONS: [Aggregation; 7] = [
@@ -33,7 +33,7 @@ fn state_of(aggregation: Aggregation) -> BoxedStrategy<AggState> {
         Aggregation::Min => amount().prop_map(AggState::Min).boxed(),
         Aggregation::Max => amount().prop_map(AggState::Max).boxed(),
         Aggregation::UniqueCount => {
-            prop::collection::btree_set(prop_oneof![0u64..20, any::<u64>()], 1..8)
+            prop::collection::btree_set(prop_oneof![0u128..20, any::<u128>()], 1..8)
                 .prop_map(|set| AggState::Unique(set.into_iter().collect()))
                 .boxed()
         }
@@ -116,9 +116,17 @@ fn merging_different_aggregations_is_refused() {
     );
 }
 
+/// `[1, TAG_UNIQUE, len, identities as 16 big-endian bytes…]`.
+fn unique_bytes(len: u8, identities: &[u128]) -> Vec<u8> {
+    let mut out = vec![1, TAG_UNIQUE, len];
+    for identity in identities {
+        out.extend_from_slice(&identity.to_be_bytes());
+    }
+    out
+}
+
 #[test]
 fn corrupt_bytes_are_refused() {
-    let good = AggState::Unique(vec![3, 9]).encode();
     assert_eq!(AggState::decode(&[]), Err(DecodeError::Empty));
     assert_eq!(
         AggState::decode(&[2, 1, 0]),
@@ -134,18 +142,46 @@ fn corrupt_bytes_are_refused() {
         AggState::decode(&[1, TAG_COUNT, 1, 0]),
         Err(DecodeError::TrailingBytes(1))
     );
-    assert_eq!(
-        AggState::decode(&[1, TAG_UNIQUE, 2, 3, 0]),
-        Err(DecodeError::UniqueNotSorted)
-    );
-    assert_eq!(
-        AggState::decode(&[1, TAG_UNIQUE, 200, 1]),
-        Err(DecodeError::Truncated)
-    );
     let too_long = [&[1, TAG_COUNT][..], &[0xff; 10], &[0x01]].concat();
     assert_eq!(AggState::decode(&too_long), Err(DecodeError::BadVarint));
+}
+
+#[test]
+fn unique_sets_are_sorted_identities_of_16_bytes() {
+    let good = unique_bytes(2, &[3, 9]);
+    assert_eq!(AggState::Unique(vec![3, 9]).encode(), good);
     assert_eq!(AggState::decode(&good), Ok(AggState::Unique(vec![3, 9])));
-    assert_eq!(good, vec![1, TAG_UNIQUE, 2, 3, 6]);
+    for unsorted in [[9, 3], [3, 3]] {
+        assert_eq!(
+            AggState::decode(&unique_bytes(2, &unsorted)),
+            Err(DecodeError::UniqueNotSorted)
+        );
+    }
+    assert_eq!(
+        AggState::decode(&unique_bytes(3, &[3, 9])),
+        Err(DecodeError::Truncated)
+    );
+    assert_eq!(
+        AggState::decode(&good[..good.len() - 1]),
+        Err(DecodeError::Truncated)
+    );
+    assert_eq!(
+        AggState::decode(&[&good[..], &[0]].concat()),
+        Err(DecodeError::TrailingBytes(1))
+    );
+    let huge_len = [&[1, TAG_UNIQUE][..], &[0xff; 9], &[0x01]].concat();
+    assert_eq!(AggState::decode(&huge_len), Err(DecodeError::Truncated));
+}
+
+#[test]
+fn sets_of_64_bit_hashes_are_recognised_and_refused() {
+    // `{1, 200, u64::MAX}` as the 64-bit era wrote it (delta varints).
+    let old = [1, TAG_UNIQUE_FNV64, 3, 1, 0xc7, 1, 0xb7, 0xfe];
+    assert_eq!(AggState::decode(&old), Err(DecodeError::UniqueFnv64));
+    assert_eq!(
+        AggState::decode(&[1, TAG_UNIQUE_FNV64, 0]),
+        Err(DecodeError::UniqueFnv64)
+    );
 }
 
 proptest! {
@@ -185,24 +221,25 @@ proptest! {
     }
 
     #[test]
-    fn extreme_values_round_trip(v in any::<i128>(), t in any::<i64>(), n in any::<u64>()) {
+    fn extreme_values_round_trip(v in any::<i128>(), t in any::<i64>(), n in any::<u64>(), h in any::<u128>()) {
         for state in [
             AggState::Sum(Amount(v)),
             AggState::Avg { sum: Amount(v), count: n },
             AggState::Latest { time_ms: t, value: Amount(v) },
             AggState::Count(n),
-            AggState::Unique(vec![0, n.max(1)]),
+            AggState::Unique(vec![0, h.max(1)]),
+            AggState::Unique(vec![h]),
         ] {
             prop_assert_eq!(AggState::decode(&state.encode()), Ok(state));
         }
     }
 
     #[test]
-    fn decode_never_panics_and_accepts_only_canonical_bytes(bytes in prop::collection::vec(any::<u8>(), 0..24)) {
+    fn decode_never_panics_and_accepts_only_canonical_bytes(bytes in prop::collection::vec(any::<u8>(), 0..40)) {
         let mut input = bytes;
         if input.len() > 1 {
             input[0] = STATE_ENCODING_VERSION;
-            input[1] %= 8;
+            input[1] %= 9;
         }
         if let Ok(state) = AggState::decode(&input) {
             prop_assert_eq!(state.encode(), input);

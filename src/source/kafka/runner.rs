@@ -154,7 +154,11 @@ impl Runner {
             let rejection = match &decoded {
                 Decoded::Invalid { rejection, .. } => Some(rejection.clone()),
                 Decoded::Valid(event) => (ctx.engine.shared.meters.load())
-                    .check(&event.ty, event.data())
+                    .check(
+                        &event.ty,
+                        event.data(),
+                        ctx.engine.shared.crypto.unique_key(),
+                    )
                     .err()
                     .map(Rejection::from),
             };
