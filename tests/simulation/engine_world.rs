@@ -324,11 +324,10 @@ impl World {
     pub fn check_projections(&self, when: &str) {
         let shared = self.handle().shared;
         let view = View::new(shared.clone(), None);
-        let rows = view
-            .query(METER, &QueryRequest::parse("groupBy=subject").unwrap())
-            .unwrap();
+        let q = QueryRequest::parse("groupBy=subject").unwrap();
+        let answer = view.query(METER, &q, usize::MAX).unwrap();
         let mut totals: BTreeMap<String, u64> = BTreeMap::new();
-        for row in rows {
+        for row in answer.rows {
             *totals.entry(row.subject.unwrap()).or_default() += row.value as u64;
         }
         assert_eq!(
