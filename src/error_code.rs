@@ -156,6 +156,8 @@ error_codes! {
         "More events than `request_events_max`";
     UnsupportedMediaType = "UNSUPPORTED_MEDIA_TYPE", UNSUPPORTED_MEDIA_TYPE,
         "Not one of the three ingest content types";
+    QueryTooLarge = "QUERY_TOO_LARGE", UNPROCESSABLE_ENTITY,
+        "A meter query's answer would hold more rows than `query_rows_max`, or one subject more than a page's `limit`; the message says how to page or narrow it";
     RateLimited = "RATE_LIMITED", TOO_MANY_REQUESTS,
         "Over a rate limit (validation or seat checkout, per API key or per license); `Retry-After` says when to retry";
     CorruptState = "CORRUPT_STATE", INTERNAL_SERVER_ERROR,
@@ -309,6 +311,7 @@ mod tests {
             (E::PayloadTooLarge, 413),
             (E::BatchTooLarge, 413),
             (E::UnsupportedMediaType, 415),
+            (E::QueryTooLarge, 422),
             (E::RateLimited, 429),
             (E::NonceCapacity, 503),
             (E::DedupCapacity, 503),

@@ -104,9 +104,9 @@ mod tests {
 
     #[test]
     fn a_refused_query_keeps_its_code_message_and_retry() {
-        let e = ApiError::from(QueryRequest::parse("limit=1").unwrap_err());
+        let e = ApiError::from(QueryRequest::parse("page=1").unwrap_err());
         assert_eq!(e.code, ErrorCode::InvalidQuery);
-        assert_eq!(e.message, "unknown query parameter `limit`");
+        assert_eq!(e.message, "unknown query parameter `page`");
         assert_eq!(e.retry_after_s, None);
         let retry = QueryError {
             code: ErrorCode::MeterBackfilling,

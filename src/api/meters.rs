@@ -4,17 +4,19 @@ use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde::ser::{SerializeStruct, Serializer};
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::{Admin, ApiError, AppState, Auth, Read};
 use crate::engine::protocol::{CreateMeter, DeleteMeter};
 use crate::error_code::ErrorCode;
 use crate::event::fmt_ms;
-use crate::meter::{MeterDef, QueryRow};
-use crate::query::meters::{QueryError, QueryRequest};
+use crate::meter::{MeterDef, QueryRow, WindowSize};
+use crate::query::meters::{QueryAnswer, QueryError, QueryRequest};
 
 /// How long creating a meter waits for it to count the log before answering
 /// `202 Accepted` instead of `201 Created`.
@@ -86,6 +88,9 @@ fn meter_json(def: &MeterDef) -> Value {
     serde_json::to_value(def).expect("meter serializes")
 }
 
+/// The header that carries a page's `nextCursor` (in CSV answers too).
+pub const NEXT_CURSOR_HEADER: &str = "keymeter-next-cursor";
+
 /// Parses the query, runs it, and answers JSON, or CSV when the caller
 /// accepts `text/csv`.
 pub async fn query(
@@ -110,35 +115,75 @@ pub async fn query(
         false => None,
     };
     let (view, slug_, request_) = (state.view.clone(), slug.clone(), request.clone());
-    let rows = tokio::task::spawn_blocking(move || view.query(&slug_, &request_))
+    let rows_max = state.cfg.query_rows_max;
+    let answer = tokio::task::spawn_blocking(move || view.query(&slug_, &request_, rows_max))
         .await
         .map_err(ApiError::internal)??;
     let wants_csv = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("text/csv"));
-    if wants_csv {
-        return Ok(csv(&slug, &request.meter_group_by(), &rows));
+    let mut response = match wants_csv {
+        true => csv(&slug, &request.meter_group_by(), &answer.rows),
+        false => answer_json(&request, &answer)?,
+    };
+    if let Some(cursor) = &answer.next_cursor {
+        let value = HeaderValue::from_str(cursor).map_err(ApiError::internal)?;
+        response.headers_mut().insert(NEXT_CURSOR_HEADER, value);
     }
-    let data: Vec<Value> = rows
-        .iter()
-        .map(|r| {
-            json!({
-                "value": r.value,
-                "windowStart": fmt_ms(r.window_start_ms),
-                "windowEnd": fmt_ms(r.window_end_ms),
-                "subject": r.subject,
-                "groupBy": r.group_by,
-            })
-        })
-        .collect();
-    Ok(Json(json!({
-        "from": request.from_ms.map(fmt_ms),
-        "to": request.to_ms.map(fmt_ms),
-        "windowSize": request.window_size,
-        "data": data,
-    }))
-    .into_response())
+    Ok(response)
+}
+
+/// The JSON answer, written straight from the rows: a tree of values, or
+/// a copy of every row with its times as text, would hold the answer in
+/// memory again, several times over. `nextCursor` is there when the caller
+/// asked for a page (`null` on the last one), and absent otherwise, as
+/// OpenMeter answers.
+fn answer_json(request: &QueryRequest, answer: &QueryAnswer) -> Result<Response, ApiError> {
+    // Fields in name order, as the answer was when built as a JSON map.
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Body<'a> {
+        #[serde(serialize_with = "rows_json")]
+        data: &'a [QueryRow],
+        from: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        next_cursor: Option<Option<&'a str>>,
+        to: Option<String>,
+        window_size: Option<WindowSize>,
+    }
+    let body = Body {
+        data: &answer.rows,
+        from: request.from_ms.map(fmt_ms),
+        next_cursor: request.paged().then_some(answer.next_cursor.as_deref()),
+        to: request.to_ms.map(fmt_ms),
+        window_size: request.window_size,
+    };
+    let bytes = serde_json::to_vec(&body).map_err(ApiError::internal)?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())
+}
+
+fn rows_json<S: Serializer>(rows: &&[QueryRow], s: S) -> Result<S::Ok, S::Error> {
+    struct Groups<'a>(&'a [(String, Option<String>)]);
+    impl Serialize for Groups<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+        }
+    }
+    struct Row<'a>(&'a QueryRow);
+    impl Serialize for Row<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let r = self.0;
+            let mut row = s.serialize_struct("Row", 5)?;
+            row.serialize_field("groupBy", &Groups(&r.group_by))?;
+            row.serialize_field("subject", &r.subject)?;
+            row.serialize_field("value", &r.value)?;
+            row.serialize_field("windowEnd", &fmt_ms(r.window_end_ms))?;
+            row.serialize_field("windowStart", &fmt_ms(r.window_start_ms))?;
+            row.end()
+        }
+    }
+    s.collect_seq(rows.iter().map(Row))
 }
 
 /// One CSV cell of text that callers control (subjects, group values).
@@ -174,8 +219,7 @@ fn csv(slug: &str, group_by: &[String], rows: &[QueryRow]) -> Response {
         out.push_str(&csv_field(r.subject.as_deref().unwrap_or("")));
         for g in group_by {
             out.push(',');
-            let v = r.group_by.get(g).cloned().flatten().unwrap_or_default();
-            out.push_str(&csv_field(&v));
+            out.push_str(&csv_field(r.group(g).unwrap_or_default()));
         }
         out.push(',');
         out.push_str(&r.value.to_string());

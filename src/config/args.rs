@@ -56,6 +56,9 @@ pub struct ConfigArgs {
     /// Most events in one ingest request [default: 10000].
     #[arg(long, env = "KEYMETER_REQUEST_EVENTS_MAX")]
     request_events_max: Option<usize>,
+    /// Most rows in one meter query answer or page [default: 100000].
+    #[arg(long, env = "KEYMETER_QUERY_ROWS_MAX")]
+    query_rows_max: Option<usize>,
     /// Most records in one log batch [default: 20000].
     #[arg(long, env = "KEYMETER_BATCH_RECORDS_MAX")]
     batch_records_max: Option<usize>,
@@ -152,6 +155,7 @@ impl ConfigArgs {
             event_time_ahead,
             body_bytes_max,
             request_events_max,
+            query_rows_max,
             batch_records_max,
             segment_bytes_max,
             token_ttl,

@@ -17,6 +17,10 @@ mod args;
 
 pub use args::{scrub_secret_variables, ConfigArgs};
 
+/// The largest `query_rows_max`: an answer of ten million rows is already
+/// gigabytes of JSON.
+pub const QUERY_ROWS_MAX_LIMIT: usize = 10_000_000;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -72,6 +76,10 @@ pub struct Config {
     pub body_bytes_max: usize,
     /// Most events in one ingest request.
     pub request_events_max: usize,
+    /// Most rows in one meter query answer (or page): a query past it is
+    /// refused before its rows fill memory, and a page's `limit` may not
+    /// exceed it.
+    pub query_rows_max: usize,
     /// Most records in one log batch (group commit).
     pub batch_records_max: usize,
     /// Requests queued for the writer before callers wait (backpressure).
@@ -322,6 +330,7 @@ impl Default for Config {
             event_time_ahead: Duration::from_secs(5 * 60),
             body_bytes_max: 8 * 1024 * 1024,
             request_events_max: 10_000,
+            query_rows_max: 100_000,
             batch_records_max: 20_000,
             writer_queue_max: 256,
             segment_bytes_max: 64 * 1024 * 1024,
@@ -396,6 +405,10 @@ impl Config {
         anyhow::ensure!(
             (1..=100).contains(&self.dedup_tenant_share_pct),
             "dedup_tenant_share_pct must be between 1 and 100"
+        );
+        anyhow::ensure!(
+            (1..=QUERY_ROWS_MAX_LIMIT).contains(&self.query_rows_max),
+            "query_rows_max must be between 1 and {QUERY_ROWS_MAX_LIMIT}"
         );
         anyhow::ensure!(
             self.body_bytes_max >= 1024,

@@ -10,6 +10,7 @@ fn the_shipped_example_file_states_the_defaults() {
     assert_eq!(c.event_time_ahead, d.event_time_ahead);
     assert_eq!(c.body_bytes_max, d.body_bytes_max);
     assert_eq!(c.request_events_max, d.request_events_max);
+    assert_eq!(c.query_rows_max, d.query_rows_max);
     assert_eq!(c.batch_records_max, d.batch_records_max);
     assert_eq!(c.writer_queue_max, d.writer_queue_max);
     assert_eq!(c.segment_bytes_max, d.segment_bytes_max);
@@ -152,6 +153,20 @@ fn flags_override_the_file_and_kafka_flags_create_the_section() {
 fn flags_are_validated_like_the_file() {
     let err = load_args(&["--tls-key", "server.key"]).unwrap_err();
     assert!(err.to_string().contains("tls_cert is missing"), "{err}");
+    let err = load_args(&["--query-rows-max", "0"]).unwrap_err();
+    assert!(err.to_string().contains("query_rows_max"), "{err}");
+}
+
+#[test]
+fn the_query_row_cap_comes_from_the_file_or_the_flag() {
+    assert_eq!(Config::default().query_rows_max, 100_000);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keymeter.toml");
+    std::fs::write(&file, "query_rows_max = 5000\n").unwrap();
+    let from_file = load_args(&["--config", file.to_str().unwrap()]).unwrap();
+    assert_eq!(from_file.query_rows_max, 5000);
+    let cfg = load_args(&["--config", file.to_str().unwrap(), "--query-rows-max", "70"]).unwrap();
+    assert_eq!(cfg.query_rows_max, 70);
 }
 
 #[test]

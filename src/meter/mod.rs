@@ -52,7 +52,7 @@ pub use def::{
 pub use extract::{ExtractError, Observation, ObservedValue};
 pub use fold::{fold_event, Fold};
 pub use key::{CounterKey, KeyError};
-pub use query::{query, QueryError, QueryParams, QueryRow};
+pub use query::{answer, query, Answer, QueryError, QueryParams, QueryRow, Resume, RowLimit};
 pub use set::{MeterCheckError, MeterSet};
 pub use state::{AggState, DecodeError, MergeError, STATE_ENCODING_VERSION};
 pub use unique::UniqueKey;

@@ -1,5 +1,6 @@
 //! Answering meter queries from stored counters (pure; the engine supplies the scan).
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashSet};
 
 use super::def::CompiledMeter;
@@ -30,7 +31,18 @@ pub struct QueryRow {
     pub window_start_ms: i64,
     pub window_end_ms: i64,
     pub subject: Option<String>,
-    pub group_by: BTreeMap<String, Option<String>>,
+    /// The selected `groupBy` keys and their values, in key order. A list,
+    /// not a map: a map's first node alone is half a kilobyte, which an
+    /// answer of many small rows pays once per row.
+    pub group_by: Vec<(String, Option<String>)>,
+}
+
+impl QueryRow {
+    /// The value of group key `key`, if it is selected and has a value.
+    pub fn group(&self, key: &str) -> Option<&str> {
+        let (_, value) = self.group_by.iter().find(|(k, _)| k == key)?;
+        value.as_deref()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -60,18 +72,71 @@ pub enum QueryError {
         window_start_ms: i64,
         reason: String,
     },
+    #[error("the answer has more than {max} rows")]
+    TooManyRows { max: usize, split_by_subject: bool },
+    #[error("subject {subject:?} alone has more than {max} rows, more than one page holds")]
+    SubjectTooManyRows { subject: String, max: usize },
+    #[error(
+        "pages split rows by subject: page a query that has groupBy=subject or names subjects"
+    )]
+    PageWithoutSubjects,
 }
 
 impl QueryError {
     pub fn code(&self) -> ErrorCode {
         match self {
             QueryError::WindowSizeTooFine { .. } => ErrorCode::InvalidWindowSize,
-            QueryError::NotAligned { .. } | QueryError::EmptyRange { .. } => {
-                ErrorCode::InvalidQuery
-            }
+            QueryError::NotAligned { .. }
+            | QueryError::EmptyRange { .. }
+            | QueryError::PageWithoutSubjects => ErrorCode::InvalidQuery,
             QueryError::UnknownGroupBy { .. } => ErrorCode::InvalidGroupBy,
             QueryError::StoredStateMismatch { .. } => ErrorCode::CorruptState,
+            QueryError::TooManyRows { .. } | QueryError::SubjectTooManyRows { .. } => {
+                ErrorCode::QueryTooLarge
+            }
         }
+    }
+}
+
+/// How many rows one answer may hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowLimit {
+    /// The whole answer, refused with [`QueryError::TooManyRows`] as soon
+    /// as it needs more rows than this.
+    Cap(usize),
+    /// One page of an answer split by subject: the whole subjects after
+    /// `after` (from the first without it) that fit in `rows` rows
+    /// together. A subject is never split across pages, so one with more
+    /// rows than that is refused ([`QueryError::SubjectTooManyRows`]). The
+    /// states must come in subject order, as counter keys sort.
+    Page { rows: usize, after: Option<Resume> },
+}
+
+/// Where the next page starts, and what it needs from the pages before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    /// The last subject of the page before.
+    pub subject: String,
+    /// The earliest and latest window start the first page found over
+    /// every subject: rows without a query window size span them (see
+    /// [`QueryParams::span_from_data`]), on every page alike.
+    pub span: Option<(i64, i64)>,
+}
+
+/// The rows of an answer, or of one page of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub rows: Vec<QueryRow>,
+    /// Set when a page ended before the last subject.
+    pub next: Option<Resume>,
+}
+
+impl QueryParams {
+    /// Whether rows span the windows found rather than the query's bounds
+    /// (no query window size, and an open `from` or `to`): then the first
+    /// page reads every state to find them, and hands them on.
+    pub fn span_from_data(&self) -> bool {
+        self.window_size.is_none() && (self.from_ms.is_none() || self.to_ms.is_none())
     }
 }
 
@@ -91,66 +156,196 @@ pub fn query(
     stored: impl Iterator<Item = (CounterKey, AggState)>,
     p: &QueryParams,
 ) -> Result<Vec<QueryRow>, QueryError> {
+    Ok(answer(meter, stored, p, &RowLimit::Cap(usize::MAX))?.rows)
+}
+
+/// [`query`] within `limit`: the row map never holds more than one row
+/// past it, whatever the number of states.
+pub fn answer(
+    meter: &CompiledMeter,
+    stored: impl Iterator<Item = (CounterKey, AggState)>,
+    p: &QueryParams,
+    limit: &RowLimit,
+) -> Result<Answer, QueryError> {
     validate(meter, p)?;
+    if matches!(limit, RowLimit::Page { .. }) && !p.split_by_subject {
+        return Err(QueryError::PageWithoutSubjects);
+    }
     let selected = selected_group_indexes(meter, &p.group_by)?;
-    let subjects: HashSet<&str> = p.subjects.iter().map(String::as_str).collect();
-    let mut rows: BTreeMap<RowKey, AggState> = BTreeMap::new();
-    let mut included_windows: Option<(i64, i64)> = None;
+    let after = match limit {
+        RowLimit::Page { after, .. } => after.as_ref(),
+        RowLimit::Cap(_) => None,
+    };
+    // Only a first page looks past itself, for the span it hands on.
+    let read_past_page = p.span_from_data() && after.is_none();
+    let mut rows = Rows {
+        p,
+        selected: &selected,
+        subjects: p.subjects.iter().map(String::as_str).collect(),
+        limit,
+        after: after.map(|a| a.subject.as_str()),
+        map: BTreeMap::new(),
+        span: after.and_then(|a| a.span),
+        current: None,
+        last_whole: None,
+        full: false,
+    };
     for (key, state) in stored {
         if key.meter != meter.slug() {
             continue;
         }
         check_stored(meter, &key, &state)?;
+        rows.add(key, state)?;
+        if rows.full && !read_past_page {
+            break;
+        }
+    }
+    Ok(rows.finish(meter))
+}
+
+/// The fold of an answer in progress.
+struct Rows<'q> {
+    p: &'q QueryParams,
+    selected: &'q [usize],
+    subjects: HashSet<&'q str>,
+    limit: &'q RowLimit,
+    /// A page's subjects come after this one.
+    after: Option<&'q str>,
+    map: BTreeMap<RowKey, AggState>,
+    /// The earliest and latest included window start (on a later page, of
+    /// the first page too, so that its rows span what the first page's do).
+    span: Option<(i64, i64)>,
+    /// Paging: the subject being read, and the one read whole before it.
+    current: Option<String>,
+    last_whole: Option<String>,
+    /// The page holds every subject that fits: later states only widen `span`.
+    full: bool,
+}
+
+impl Rows<'_> {
+    fn add(&mut self, key: CounterKey, state: AggState) -> Result<(), QueryError> {
+        let p = self.p;
         let in_range = p.from_ms.is_none_or(|from| key.window_start_ms >= from)
             && p.to_ms.is_none_or(|to| key.window_start_ms < to);
-        if !in_range || !(subjects.is_empty() || subjects.contains(key.subject.as_str())) {
-            continue;
+        if !in_range || !(self.subjects.is_empty() || self.subjects.contains(key.subject.as_str()))
+        {
+            return Ok(());
         }
-        included_windows = Some(match included_windows {
+        self.span = Some(match self.span {
             None => (key.window_start_ms, key.window_start_ms),
             Some((min, max)) => (min.min(key.window_start_ms), max.max(key.window_start_ms)),
         });
+        if self.full || self.before_page(&key.subject) {
+            return Ok(());
+        }
+        if let RowLimit::Page { .. } = self.limit {
+            self.enter_subject(&key.subject);
+        }
         let bucket_start = p.window_size.map_or(0, |w| w.start_of(key.window_start_ms));
-        let group = selected.iter().map(|i| key.group[*i].clone()).collect();
+        let group = self
+            .selected
+            .iter()
+            .map(|i| key.group[*i].clone())
+            .collect();
         let subject = p.split_by_subject.then_some(key.subject);
-        match rows.entry((bucket_start, subject, group)) {
-            std::collections::btree_map::Entry::Occupied(mut row) => row.get_mut().merge(&state),
-            std::collections::btree_map::Entry::Vacant(row) => {
+        match self.map.entry((bucket_start, subject, group)) {
+            Entry::Occupied(mut row) => row.get_mut().merge(&state),
+            Entry::Vacant(row) => {
                 row.insert(state);
+                self.check_size()?;
             }
         }
+        Ok(())
     }
-    let Some((earliest, latest)) = included_windows else {
-        return Ok(Vec::new());
-    };
-    let whole_range = (
-        p.from_ms.unwrap_or(earliest),
-        p.to_ms
-            .unwrap_or_else(|| meter.window_size().end_of_window(latest)),
-    );
-    let group_keys: Vec<&String> = selected.iter().map(|i| &meter.group_keys()[*i]).collect();
-    Ok(rows
-        .into_iter()
-        .filter_map(|((bucket_start, subject, group), state)| {
-            let (window_start_ms, window_end_ms) = match p.window_size {
-                None => whole_range,
-                Some(w) => (
-                    p.from_ms
-                        .map_or(bucket_start, |from| bucket_start.max(from)),
-                    p.to_ms.map_or(w.end_of_window(bucket_start), |to| {
-                        w.end_of_window(bucket_start).min(to)
-                    }),
-                ),
-            };
-            Some(QueryRow {
-                value: state.value()?,
-                window_start_ms,
-                window_end_ms,
+
+    fn before_page(&self, subject: &str) -> bool {
+        self.after.is_some_and(|after| subject <= after)
+    }
+
+    fn enter_subject(&mut self, subject: &str) {
+        if self.current.as_deref() != Some(subject) {
+            debug_assert!(
+                self.current.as_deref() < Some(subject),
+                "states of a page come in subject order"
+            );
+            self.last_whole = self.current.replace(subject.to_owned());
+        }
+    }
+
+    /// Past the limit: refuse, or end the page before the subject being read.
+    fn check_size(&mut self) -> Result<(), QueryError> {
+        match *self.limit {
+            RowLimit::Cap(max) if self.map.len() > max => Err(QueryError::TooManyRows {
+                max,
+                split_by_subject: self.p.split_by_subject,
+            }),
+            RowLimit::Page { rows: max, .. } if self.map.len() > max => {
+                let current = self.current.take().expect("a page reads a subject");
+                if self.last_whole.is_none() {
+                    return Err(QueryError::SubjectTooManyRows {
+                        subject: current,
+                        max,
+                    });
+                }
+                self.map
+                    .retain(|(_, subject, _), _| subject.as_deref() != Some(current.as_str()));
+                self.full = true;
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn finish(self, meter: &CompiledMeter) -> Answer {
+        let next = match self.full {
+            true => self.last_whole.map(|subject| Resume {
                 subject,
-                group_by: group_keys.iter().map(|k| (*k).clone()).zip(group).collect(),
+                span: self.span,
+            }),
+            false => None,
+        };
+        let Some((earliest, latest)) = self.span else {
+            return Answer {
+                rows: Vec::new(),
+                next,
+            };
+        };
+        let p = self.p;
+        let whole_range = (
+            p.from_ms.unwrap_or(earliest),
+            p.to_ms
+                .unwrap_or_else(|| meter.window_size().end_of_window(latest)),
+        );
+        let group_keys: Vec<&String> = self
+            .selected
+            .iter()
+            .map(|i| &meter.group_keys()[*i])
+            .collect();
+        let rows = self
+            .map
+            .into_iter()
+            .filter_map(|((bucket_start, subject, group), state)| {
+                let (window_start_ms, window_end_ms) = match p.window_size {
+                    None => whole_range,
+                    Some(w) => (
+                        p.from_ms
+                            .map_or(bucket_start, |from| bucket_start.max(from)),
+                        p.to_ms.map_or(w.end_of_window(bucket_start), |to| {
+                            w.end_of_window(bucket_start).min(to)
+                        }),
+                    ),
+                };
+                Some(QueryRow {
+                    value: state.value()?,
+                    window_start_ms,
+                    window_end_ms,
+                    subject,
+                    group_by: group_keys.iter().map(|k| (*k).clone()).zip(group).collect(),
+                })
             })
-        })
-        .collect())
+            .collect();
+        Answer { rows, next }
+    }
 }
 
 fn validate(meter: &CompiledMeter, p: &QueryParams) -> Result<(), QueryError> {
@@ -236,3 +431,6 @@ fn check_stored(
         reason,
     })
 }
+
+#[cfg(test)]
+mod tests;

@@ -2,6 +2,10 @@
 //! [`QueryRequest`], which [`View::query`] answers from the counters (sled,
 //! then the overlay on top) with [`crate::meter::query`]. Every refusal is a
 //! [`QueryError`] with the code and message the API sends.
+//!
+//! An answer holds at most `query_rows_max` rows. Past that a query is
+//! refused, or paged: `limit` rows a page at most, whole subjects in
+//! subject order, and a `cursor` to resume after the last one (see `cursor.rs`).
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -12,7 +16,7 @@ use super::View;
 use crate::error_code::ErrorCode;
 use crate::event::parse_time_ms;
 use crate::log::Seq;
-use crate::meter::{self, CompiledMeter, CounterKey, QueryParams, QueryRow, WindowSize};
+use crate::meter::{self, CompiledMeter, CounterKey, QueryParams, QueryRow, RowLimit, WindowSize};
 use crate::projection::reads::stream_states;
 
 /// A query refused, or one that failed reading the counters
@@ -70,6 +74,18 @@ pub struct QueryRequest {
     /// As sent: `subject` splits rows by subject, the others are the
     /// meter's `groupBy` keys.
     pub group_by: Vec<String>,
+    /// keymeter's paging (OpenMeter does not page): most rows a page.
+    pub limit: Option<usize>,
+    /// Where a page resumes: the `nextCursor` of the page before.
+    pub cursor: Option<String>,
+}
+
+/// The rows of a query, or of one page of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryAnswer {
+    pub rows: Vec<QueryRow>,
+    /// The cursor of the next page, when this page ended before the last subject.
+    pub next_cursor: Option<String>,
 }
 
 impl QueryRequest {
@@ -97,6 +113,12 @@ impl QueryRequest {
                     ))
                 }
                 "subject" => q.subjects.push(v.into_owned()),
+                "limit" => {
+                    q.limit = Some(v.parse().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                        QueryError::invalid(format!("limit {v:?} is not a number of rows >= 1"))
+                    })?)
+                }
+                "cursor" => q.cursor = Some(v.into_owned()),
                 "groupBy" => q.group_by.push(v.into_owned()),
                 other => {
                     return Err(QueryError::invalid(format!(
@@ -117,6 +139,31 @@ impl QueryRequest {
             .collect()
     }
 
+    /// Whether the caller asked for a page rather than the whole answer.
+    pub fn paged(&self) -> bool {
+        self.limit.is_some() || self.cursor.is_some()
+    }
+
+    /// The whole answer within `rows_max`, or the page asked for: `limit`
+    /// rows (`rows_max` without one) after the cursor's subject.
+    fn row_limit(&self, tag: &cursor::Tag, rows_max: usize) -> Result<RowLimit, QueryError> {
+        if !self.paged() {
+            return Ok(RowLimit::Cap(rows_max));
+        }
+        let rows = self.limit.unwrap_or(rows_max);
+        if rows > rows_max {
+            return Err(QueryError::invalid(format!(
+                "limit {rows} is more than query_rows_max ({rows_max}); ask for at most {rows_max} rows a page"
+            )));
+        }
+        let after = self
+            .cursor
+            .as_deref()
+            .map(|c| cursor::decode(c, tag))
+            .transpose()?;
+        Ok(RowLimit::Page { rows, after })
+    }
+
     fn params(&self) -> QueryParams {
         QueryParams {
             from_ms: self.from_ms,
@@ -131,13 +178,24 @@ impl QueryRequest {
 }
 
 impl View {
-    /// Answers `request` over meter `slug`: rows sorted by window start,
-    /// subject and group.
-    pub fn query(&self, slug: &str, request: &QueryRequest) -> Result<Vec<QueryRow>, QueryError> {
+    /// Answers `request` over meter `slug` in at most `rows_max` rows: rows
+    /// sorted by window start, subject and group (within a page).
+    pub fn query(
+        &self,
+        slug: &str,
+        request: &QueryRequest,
+        rows_max: usize,
+    ) -> Result<QueryAnswer, QueryError> {
         let meters = self.shared.meters.load();
         let meter = queryable(&meters, &self.shared.backfills.load(), slug)?;
         let params = request.params();
-        let ranges = ranges(meter, &params);
+        let tag = cursor::tag(slug, request);
+        let limit = request.row_limit(&tag, rows_max)?;
+        let after = match &limit {
+            RowLimit::Page { after, .. } => after.as_ref().map(|a| a.subject.as_str()),
+            RowLimit::Cap(_) => None,
+        };
+        let ranges = ranges(meter, &params, after);
         // States stream into the fold one at a time; a read error stops
         // the stream and is the answer.
         let mut failure = None;
@@ -153,12 +211,47 @@ impl View {
                 params.from_ms.is_none_or(|f| key.window_start_ms >= f)
                     && params.to_ms.is_none_or(|t| key.window_start_ms < t)
             });
-        let rows = meter::query(meter, stored, &params);
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(rows?),
+        let answer = meter::answer(meter, stored, &params, &limit);
+        if let Some(e) = failure {
+            return Err(e);
         }
+        let answer = answer.map_err(|e| too_large(e, rows_max))?;
+        Ok(QueryAnswer {
+            rows: answer.rows,
+            next_cursor: answer.next.map(|next| cursor::encode(&tag, &next)),
+        })
     }
+}
+
+/// What to do about an answer over the cap, in the parameters' words.
+fn too_large(e: meter::QueryError, rows_max: usize) -> QueryError {
+    const NARROW: &str = "`from`/`to`, a coarser `windowSize` or fewer `groupBy` keys";
+    let message = match &e {
+        meter::QueryError::TooManyRows {
+            max,
+            split_by_subject: true,
+        } => format!(
+            "the answer has more than {max} rows (query_rows_max): page it with `limit` \
+             (at most {max} rows a page) and the `nextCursor` each page returns as `cursor` \
+             (pages split by subject), or narrow it with `subject`, {NARROW}"
+        ),
+        meter::QueryError::TooManyRows { max, .. } => format!(
+            "the answer has more than {max} rows (query_rows_max): narrow it with {NARROW}, \
+             or add `groupBy=subject` and page it by subject with `limit` and `cursor`"
+        ),
+        meter::QueryError::SubjectTooManyRows { subject, max } => {
+            let raise = match *max < rows_max {
+                true => format!("raise `limit` (up to {rows_max}) or "),
+                false => String::new(),
+            };
+            format!(
+                "subject {subject:?} alone has more than {max} rows, and a page never splits \
+                 a subject: {raise}narrow the query with {NARROW}"
+            )
+        }
+        _ => return e.into(),
+    };
+    QueryError::new(e.code(), message)
 }
 
 /// Meter `slug`, unless it does not exist or is still counting its past.
@@ -182,21 +275,38 @@ fn queryable<'m>(
     Ok(meter)
 }
 
-/// The counter keys a query can need: per subject when the caller names
-/// subjects, otherwise the whole meter; bounded by from/to per subject.
-fn ranges(meter: &CompiledMeter, params: &QueryParams) -> Vec<Range<Vec<u8>>> {
+/// The counter keys a query can need, in key order: per subject when the
+/// caller names subjects (each once), otherwise the whole meter; bounded by
+/// from/to per subject, and to the subjects after `after` when given.
+fn ranges(meter: &CompiledMeter, params: &QueryParams, after: Option<&str>) -> Vec<Range<Vec<u8>>> {
     let slug = meter.slug();
     if params.subjects.is_empty() {
-        let lo = CounterKey::meter_prefix(slug);
-        let mut hi = lo.clone();
+        let mut hi = CounterKey::meter_prefix(slug);
         // The prefix ends in the 0x00 separator; bumping it bounds the meter.
         *hi.last_mut().expect("non-empty prefix") += 1;
+        let lo = match after {
+            None => CounterKey::meter_prefix(slug),
+            Some(after) => {
+                // Past every key of `after` (its subject ends in 0x00) and
+                // before any longer subject it starts (no subject holds 0x00).
+                let mut lo = CounterKey::subject_prefix(slug, after);
+                *lo.last_mut().expect("non-empty prefix") = 1;
+                lo
+            }
+        };
         return vec![lo..hi];
     }
-    params
+    // Sorted, so states stream in subject order; once each, so a repeated
+    // `subject` is not counted twice.
+    let mut subjects: Vec<&String> = params
         .subjects
         .iter()
-        .filter(|s| !s.contains('\0'))
+        .filter(|s| !s.contains('\0') && after.is_none_or(|a| s.as_str() > a))
+        .collect();
+    subjects.sort_unstable();
+    subjects.dedup();
+    subjects
+        .into_iter()
         .map(|subject| {
             let (lo, hi) = CounterKey::window_range_bounds(
                 slug,
@@ -209,5 +319,6 @@ fn ranges(meter: &CompiledMeter, params: &QueryParams) -> Vec<Range<Vec<u8>>> {
         .collect()
 }
 
+mod cursor;
 #[cfg(test)]
 mod tests;

@@ -349,11 +349,10 @@ impl World {
         let shared = self.handle().shared;
         let view = View::new(shared.clone(), None);
         let per_subject = |meter: &str| {
-            let rows = view
-                .query(meter, &QueryRequest::parse("groupBy=subject").unwrap())
-                .unwrap();
+            let q = QueryRequest::parse("groupBy=subject").unwrap();
+            let answer = view.query(meter, &q, usize::MAX).unwrap();
             let mut totals: BTreeMap<String, u64> = BTreeMap::new();
-            for row in rows {
+            for row in answer.rows {
                 *totals.entry(row.subject.unwrap()).or_default() += row.value as u64;
             }
             totals

@@ -106,9 +106,9 @@ fn windows_are_in_utc_only() {
 
 #[test]
 fn an_unknown_parameter_is_an_invalid_query() {
-    let e = refused("subject=a&limit=10");
+    let e = refused("subject=a&page=10");
     assert_eq!(e.code, ErrorCode::InvalidQuery);
-    assert_eq!(e.message, "unknown query parameter `limit`");
+    assert_eq!(e.message, "unknown query parameter `page`");
 }
 
 #[test]
@@ -179,7 +179,7 @@ fn rows_follow_the_request() {
     let rows = run("groupBy=subject&groupBy=region", stored.clone()).unwrap();
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[0].subject.as_deref(), Some("a"));
-    assert_eq!(rows[0].group_by["region"].as_deref(), Some("eu"));
+    assert_eq!(rows[0].group("region"), Some("eu"));
     let rows = run("", stored).unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].value, 5.0);
@@ -190,10 +190,155 @@ fn rows_follow_the_request() {
 fn ranges_cover_the_meter_or_the_named_subjects() {
     let meters = meters();
     let meter = meters.get("calls").unwrap();
-    let all = ranges(meter, &QueryRequest::default().params());
+    let all = ranges(meter, &QueryRequest::default().params(), None);
     assert_eq!(all.len(), 1);
     let q = QueryRequest::parse("subject=a&subject=b%00c").unwrap();
-    let some = ranges(meter, &q.params());
+    let some = ranges(meter, &q.params(), None);
     assert_eq!(some.len(), 1, "a subject holding NUL names no counter");
     assert!(all[0].start <= some[0].start && some[0].end <= all[0].end);
+}
+
+#[test]
+fn limit_and_cursor_ask_for_a_page() {
+    let q = QueryRequest::parse("groupBy=subject&limit=10&cursor=abc").unwrap();
+    assert_eq!(q.limit, Some(10));
+    assert_eq!(q.cursor.as_deref(), Some("abc"));
+    assert!(q.paged());
+    assert!(QueryRequest::parse("cursor=abc").unwrap().paged());
+    assert!(!QueryRequest::parse("groupBy=subject").unwrap().paged());
+    for bad in ["limit=0", "limit=-1", "limit=ten", "limit="] {
+        let e = refused(bad);
+        assert_eq!(e.code, ErrorCode::InvalidQuery, "{bad}");
+        assert!(e.message.starts_with("limit "), "{bad}: {}", e.message);
+    }
+}
+
+#[test]
+fn a_page_holds_at_most_the_cap_and_resumes_after_its_cursor() {
+    let parse = |raw: &str| QueryRequest::parse(raw).unwrap();
+    let tag = cursor::tag("calls", &parse("groupBy=subject"));
+    let e = parse("groupBy=subject&limit=101")
+        .row_limit(&tag, 100)
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidQuery);
+    assert!(e.message.contains("query_rows_max (100)"), "{}", e.message);
+    let limit = |raw: &str| parse(raw).row_limit(&tag, 100).unwrap();
+    assert_eq!(limit("groupBy=subject"), RowLimit::Cap(100));
+    assert_eq!(
+        limit("groupBy=subject&limit=100"),
+        RowLimit::Page {
+            rows: 100,
+            after: None
+        }
+    );
+    let resume = meter::Resume {
+        subject: "s1".into(),
+        span: Some((T0, T0 + HOUR_MS)),
+    };
+    let next = cursor::encode(&tag, &resume);
+    assert_eq!(
+        limit(&format!("groupBy=subject&cursor={next}")),
+        RowLimit::Page {
+            rows: 100,
+            after: Some(resume)
+        },
+        "a cursor alone pages by the cap"
+    );
+    let e = parse(&format!("groupBy=subject&cursor={next}"))
+        .row_limit(&cursor::tag("tokens", &parse("groupBy=subject")), 100)
+        .unwrap_err();
+    assert!(
+        e.message.starts_with("cursor belongs to another query"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
+fn a_resumed_meter_range_starts_right_after_the_cursor_subject() {
+    let meters = meters();
+    let meter = meters.get("calls").unwrap();
+    let key = |subject: &str, window_start_ms: i64, group: &str| {
+        CounterKey {
+            meter: "calls".into(),
+            subject: subject.into(),
+            window_start_ms,
+            group: vec![Some(group.into())],
+        }
+        .encode()
+    };
+    let [range] = &ranges(meter, &QueryRequest::default().params(), Some("a"))[..] else {
+        panic!("one range");
+    };
+    for before in [
+        key("a", i64::MAX, "zzzz"),
+        key("", 0, "x"),
+        key("Z", 0, "x"),
+    ] {
+        assert!(before < range.start, "{before:?}");
+    }
+    for after in [
+        key("a\u{1}", i64::MIN, ""),
+        key("ab", 0, ""),
+        key("b", 0, ""),
+    ] {
+        assert!(range.contains(&after), "{after:?}");
+    }
+    assert!(!range.contains(&CounterKey::meter_prefix("callsx")));
+}
+
+#[test]
+fn named_subjects_are_read_once_each_in_order() {
+    let meters = meters();
+    let meter = meters.get("calls").unwrap();
+    let q = QueryRequest::parse("subject=c&subject=a&subject=b&subject=a").unwrap();
+    let all = ranges(meter, &q.params(), None);
+    assert_eq!(all.len(), 3, "a repeated subject would be counted twice");
+    assert!(all.windows(2).all(|w| w[0].end <= w[1].start), "key order");
+    assert_eq!(ranges(meter, &q.params(), Some("a")), all[1..]);
+}
+
+#[test]
+fn an_answer_over_the_cap_says_how_to_page_or_narrow() {
+    let split = too_large(
+        meter::QueryError::TooManyRows {
+            max: 100,
+            split_by_subject: true,
+        },
+        100,
+    );
+    assert_eq!(split.code, ErrorCode::QueryTooLarge);
+    for hint in ["more than 100 rows", "`limit`", "`cursor`", "`from`/`to`"] {
+        assert!(split.message.contains(hint), "{hint}: {}", split.message);
+    }
+    let merged = too_large(
+        meter::QueryError::TooManyRows {
+            max: 100,
+            split_by_subject: false,
+        },
+        100,
+    );
+    assert!(
+        merged.message.contains("`groupBy=subject`"),
+        "{}",
+        merged.message
+    );
+    let subject = |max| {
+        too_large(
+            meter::QueryError::SubjectTooManyRows {
+                subject: "s1".into(),
+                max,
+            },
+            100,
+        )
+    };
+    assert_eq!(subject(10).code, ErrorCode::QueryTooLarge);
+    assert!(subject(10).message.contains("raise `limit` (up to 100)"));
+    assert!(
+        !subject(100).message.contains("raise"),
+        "{}",
+        subject(100).message
+    );
+    let other = too_large(meter::QueryError::PageWithoutSubjects, 100);
+    assert_eq!(other.code, ErrorCode::InvalidQuery);
 }
