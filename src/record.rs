@@ -121,8 +121,9 @@ pub enum Record {
     /// An accepted usage event sent by `tenant` (see [`Record::event`]):
     /// the product an API key is bound to (`product:<id>`) or an unbound
     /// key (`key:<id>`). The dedup index gives each tenant a fair share.
+    /// Shared: every event of a request names the same tenant.
     TenantEvent {
-        tenant: String,
+        tenant: std::sync::Arc<str>,
         event: EventRecord,
     },
 }

@@ -95,10 +95,10 @@ pub async fn ingest(
 
 /// Whom the dedup index charges for a caller's events: the product its
 /// key is bound to, or the key itself when it is unbound.
-fn tenant_of(auth: &Auth<Ingest>) -> String {
+fn tenant_of(auth: &Auth<Ingest>) -> std::sync::Arc<str> {
     match &auth.product {
-        Some(product) => format!("product:{product}"),
-        None => format!("key:{}", auth.key_id),
+        Some(product) => format!("product:{product}").into(),
+        None => format!("key:{}", auth.key_id).into(),
     }
 }
 

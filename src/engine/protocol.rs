@@ -91,7 +91,7 @@ pub struct RejectedItem {
 pub enum Origin {
     /// `tenant`: the product the caller's key is bound to
     /// (`product:<id>`), or the unbound key (`key:<id>`).
-    Http { tenant: String },
+    Http { tenant: std::sync::Arc<str> },
     Kafka {
         delta: OffsetDelta,
         /// Per item: its offset in `delta`'s partition.

@@ -112,7 +112,7 @@ proptest! {
                 Origin::Kafka { delta, offsets: (0..n).collect() }
             } else {
                 // Two products: an identity is one identity whoever sends it.
-                Origin::Http { tenant: format!("product:p{}", ids.len() % 2) }
+                Origin::Http { tenant: format!("product:p{}", ids.len() % 2).into() }
             };
             let n = items.len() as u32;
             let (out, batch) = decide(&mut s, Ingest { items, received_ms: T0, origin }, T0);
