@@ -1,7 +1,9 @@
 //! The dedup snapshot file (`state/dedup.snapshot`), `KMDEDUP2` with its
 //! tenant table, or the older `KMDEDUP1`.
 //!
-//! Input: the file's bytes. Properties: never panics and never allocates
+//! Input: the file's bytes, tried as they are and again with a correct
+//! CRC32C appended (so mutations get past the checksum and reach the
+//! fields behind it). Properties: never panics and never allocates
 //! beyond what the file's length can hold; a refused file is an
 //! `InvalidData` error (the index is then rebuilt from the log); a loaded
 //! one writes back to a snapshot that loads to the same identities, times,
@@ -13,6 +15,15 @@ use keymeter::projection::dedup::DedupIndex;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
+    check(data);
+    if data.len() >= 8 {
+        let mut sealed = data.to_vec();
+        sealed.extend_from_slice(&crc32c::crc32c(&data[8..]).to_le_bytes());
+        check(&sealed);
+    }
+});
+
+fn check(data: &[u8]) {
     let mut index = DedupIndex::in_memory(usize::MAX);
     if let Err(e) = index.read_snapshot(data) {
         assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
@@ -33,4 +44,4 @@ fuzz_target!(|data: &[u8]| {
         };
         assert_eq!(held(a), held(b), "{tenant:?}");
     }
-});
+}

@@ -106,7 +106,10 @@ fuzz_target!(|bytes: &[u8]| {
         expected_unique(node, path),
         "UNIQUE_COUNT {path} of {data:?}"
     );
-    let group = meters.count.extract(data, &KEY).expect("COUNT measures any data");
+    let group = meters
+        .count
+        .extract(data, &KEY)
+        .expect("COUNT measures any data");
     assert_eq!(
         group.group,
         vec![expected_group(node)],
@@ -147,7 +150,9 @@ impl Meters {
     fn measure(&self, data: Option<&str>) {
         let _ = self.sum.extract(data, &KEY);
         let _ = self.unique.extract(data, &KEY);
-        self.count.extract(data, &KEY).expect("COUNT measures any data");
+        self.count
+            .extract(data, &KEY)
+            .expect("COUNT measures any data");
     }
 }
 
