@@ -229,7 +229,7 @@ pub(crate) fn middle_event(frames: &[Frame]) -> usize {
                 && frames
                     .get(i + 1)
                     .is_some_and(|next| &next.segment == middle)
-                && matches!(Record::decode(&f.payload()), Ok(Record::Event(_)))
+                && Record::decode(&f.payload()).is_ok_and(|r| r.event().is_some())
         })
         .map(|(i, _)| i)
         .collect();

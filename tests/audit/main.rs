@@ -360,7 +360,8 @@ fn an_edit_that_also_drops_the_later_checkpoints_is_reported_as_uncovered() {
     let target = all
         .iter()
         .find(|f| {
-            f.seq > first_checkpoint && matches!(Record::decode(&f.payload()), Ok(Record::Event(_)))
+            f.seq > first_checkpoint
+                && Record::decode(&f.payload()).is_ok_and(|r| r.event().is_some())
         })
         .unwrap()
         .clone();
