@@ -537,3 +537,59 @@ async fn license_key_calls_and_failed_lookups_are_limited_per_source_address() {
     assert_eq!(r.status(), 200);
     server.stop();
 }
+
+/// The flood: one product's key sends unique identities of a type
+/// no meter counts, dated ahead; it stops at its share of the dedup index
+/// and another product's usage, and an admin's, still go in, also after a
+/// restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_flooding_the_dedup_index_stops_at_its_share_and_blocks_no_other_product() {
+    let root = tempfile::tempdir().unwrap();
+    let config = root.path().join("keymeter.toml");
+    std::fs::write(&config, "dedup_keys_max = 1000\n").unwrap();
+    let data = root.path().join("data");
+    let mut server = Server::start_with(&data, &["--config", config.to_str().unwrap()]);
+    for p in ["acme", "globex"] {
+        server
+            .create_product(json!({"id": p, "requireSignatures": false}))
+            .await;
+    }
+    let acme = bound_key(&server, "acme", &["ingest"]).await;
+    let globex = bound_key(&server, "globex", &["ingest"]).await;
+    let batch = |who: &str, from: usize, n: usize| -> Vec<Value> {
+        (from..from + n)
+            .map(|i| {
+                event(
+                    &format!("{who}-{i}"),
+                    "junk",
+                    "s",
+                    &time_from_now(300),
+                    json!({}),
+                )
+            })
+            .collect()
+    };
+    let mut flooded = 0;
+    for b in 0..8 {
+        let r = server.ingest(&acme, &batch("acme", b * 100, 100)).await;
+        match status_and_code(r).await {
+            (204, _) => flooded += 100,
+            (503, code) => assert_eq!(code, "DEDUP_CAPACITY"),
+            other => panic!("acme batch {b}: {other:?}"),
+        }
+    }
+    assert_eq!(flooded, 500, "acme holds half of the index");
+    for round in 0..2 {
+        let r = server
+            .ingest(&globex, &batch("globex", round * 100, 100))
+            .await;
+        assert_eq!(r.status(), 204, "globex, round {round}");
+        let r = server.ingest(ADMIN_KEY, &batch("admin", round, 1)).await;
+        assert_eq!(r.status(), 204, "admin, round {round}");
+        let r = server.ingest(&acme, &batch("acme", 900 + round, 1)).await;
+        assert_eq!(status_and_code(r).await, (503, "DEDUP_CAPACITY".into()));
+        server.stop();
+        server = Server::start_with(&data, &["--config", config.to_str().unwrap()]);
+    }
+    server.stop();
+}
