@@ -25,19 +25,24 @@ pub fn allows(held: &[Scope], needed: Scope) -> bool {
     held.iter().any(|&s| s == needed || s == Scope::Admin)
 }
 
+/// SHA-256 of a high-entropy secret (an API key, a seat's lease token):
+/// 256 random bits need no slow hash.
 pub fn key_digest(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
 
+/// 32 random bytes as URL-safe base64 (43 characters): the secret part of
+/// an API key, a seat's lease token.
+pub fn random_secret() -> String {
+    let mut secret = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut secret);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)
+}
+
 /// A new random key id (12 hex chars) and full key.
 pub fn generate_key() -> (String, String) {
-    let mut id = [0u8; 6];
-    let mut secret = [0u8; 32];
-    rand::thread_rng().fill_bytes(&mut id);
-    rand::thread_rng().fill_bytes(&mut secret);
-    let id = hex::encode(id);
-    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
-    let key = format!("km_{id}_{secret}");
+    let id = generate_id();
+    let key = format!("km_{id}_{}", random_secret());
     (id, key)
 }
 

@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 use super::client::Caller;
 use super::licenses::{body, found, refusal};
 use super::{Admin, ApiError, AppState, Auth, Limited};
+use crate::api_keys::{key_digest, random_secret};
 use crate::engine::protocol as rq;
 use crate::engine::SeatLease;
 use crate::error_code::ErrorCode;
@@ -48,25 +49,11 @@ pub struct CheckoutBody {
     lease_token: Option<String>,
 }
 
-/// A fresh lease token: 32 random bytes, URL-safe base64 (43 characters).
-fn new_lease_token() -> String {
-    use base64::Engine;
-    use rand::RngCore;
-    let mut bytes = [0u8; 32];
-    rand::thread_rng().fill_bytes(&mut bytes);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-fn token_digest(token: &str) -> [u8; 32] {
-    use sha2::Digest;
-    sha2::Sha256::digest(token.as_bytes()).into()
-}
-
 /// The SHA-256 of the `Lease-Token` header, if one was sent.
 fn presented_token(headers: &HeaderMap) -> Option<[u8; 32]> {
     headers
         .get(LEASE_TOKEN_HEADER)
-        .map(|v| token_digest(&String::from_utf8_lossy(v.as_bytes())))
+        .map(|v| key_digest(&String::from_utf8_lossy(v.as_bytes())))
 }
 
 /// The id of the license `id` names, when it exists and the caller may act
@@ -110,14 +97,14 @@ pub async fn checkout(
     if let Some(token) = &req.lease_token {
         check_lease_token(token).map_err(|m| ApiError::new(ErrorCode::InvalidSeat, m))?;
     }
-    let token = req.lease_token.unwrap_or_else(new_lease_token);
+    let token = req.lease_token.unwrap_or_else(random_secret);
     let lease = state
         .engine
         .send(rq::CheckoutSeat {
             license_id: id.clone().into(),
             fingerprint: req.fingerprint,
             new_seat_id: format!("seat_{}", crate::api_keys::generate_id()).into(),
-            token_sha256: token_digest(&token),
+            token_sha256: key_digest(&token),
             audit: caller.audit(),
         })
         .await?
