@@ -9,7 +9,7 @@ mod common;
 use common::*;
 use keymeter::crypto::{open_keys, MasterKey};
 use keymeter::meter::{AggState, UniqueKey};
-use keymeter::projection::Store;
+use keymeter::projection::{blocks, Store};
 use serde_json::json;
 
 fn dump(dir: &std::path::Path) -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -65,11 +65,12 @@ async fn replay_rebuilds_counters_byte_identical_to_the_live_ones() {
     server.stop();
 
     let live = dump(dir.path());
-    assert!(
-        live.len() > 100,
-        "expected many counters, got {}",
-        live.len()
-    );
+    let counters = Store::open(&dir.path().join("state"))
+        .unwrap()
+        .counter_states()
+        .unwrap()
+        .len();
+    assert!(counters > 100, "expected many counters, got {counters}");
     let out = replay(dir.path());
     assert_success(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("rebuilt all projections"));
@@ -162,10 +163,18 @@ fn data_dir_key(dir: &std::path::Path) -> UniqueKey {
     keys.unique_key().clone()
 }
 
+/// Every counter's key and state bytes, out of the blocks of `dump`.
+fn counters_of(dump: &[(Vec<u8>, Vec<u8>)]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    dump.iter()
+        .filter(|(k, _)| blocks::is_block_key(k))
+        .flat_map(|(k, v)| blocks::decode_block_raw(k, v).unwrap())
+        .collect()
+}
+
 /// The unique set of `subject` in the `users` meter, as stored.
 fn stored_set(dump: &[(Vec<u8>, Vec<u8>)], subject: &str) -> Vec<u128> {
     let prefix = format!("users\0{subject}\0");
-    let states: Vec<AggState> = dump
+    let states: Vec<AggState> = counters_of(dump)
         .iter()
         .filter(|(k, _)| k.starts_with(prefix.as_bytes()))
         .map(|(_, v)| AggState::decode(v).unwrap())
@@ -177,12 +186,36 @@ fn stored_set(dump: &[(Vec<u8>, Vec<u8>)], subject: &str) -> Vec<u128> {
 }
 
 /// Rewrites the stopped server's counters store: every unique set as
-/// `set_bytes`, and the format stamp as `stamp` (`None`: none).
-fn rewrite_unique_sets(dir: &std::path::Path, set_bytes: &[u8], stamp: Option<&[u8]>) {
+/// `set_bytes`, the format stamp as `stamp` (`None`: none), and with
+/// `one_key_each`, every counter under a key of its own as format 2 kept them.
+fn rewrite_counters(
+    dir: &std::path::Path,
+    set_bytes: &[u8],
+    stamp: Option<&[u8]>,
+    one_key_each: bool,
+) {
     let store = Store::open(&dir.join("state")).unwrap();
     for (k, v) in store.counters_dump().unwrap() {
-        if v.starts_with(&[1, 8]) {
-            store.counters.insert(k, set_bytes).unwrap();
+        if !blocks::is_block_key(&k) {
+            continue;
+        }
+        let mut counters = blocks::decode_block_raw(&k, &v).unwrap();
+        for (_, state) in &mut counters {
+            if state.starts_with(&[1, 8]) {
+                *state = set_bytes.to_vec();
+            }
+        }
+        if one_key_each {
+            store.counters.remove(&k).unwrap();
+            for (key, state) in counters {
+                store.counters.insert(key, state).unwrap();
+            }
+        } else {
+            let raw = counters.iter().map(|(k, s)| (k.as_slice(), s.as_slice()));
+            store
+                .counters
+                .insert(k, blocks::encode_block_raw(raw))
+                .unwrap();
         }
     }
     match stamp {
@@ -223,19 +256,28 @@ async fn a_store_of_unique_sets_made_another_way_is_rebuilt_on_start() {
         .iter()
         .find(|(k, _)| k == &[3u8])
         .map(|(_, v)| v.clone());
-    assert_eq!(stamp, Some([&[2u8][..], &key.id()].concat()));
+    assert_eq!(stamp, Some([&[3u8][..], &key.id()].concat()));
 
-    for (old, stamp, reason) in [
-        // As the 64-bit era left it: tag 6 sets ({5}), no stamp.
-        (&[1u8, 6, 1, 5][..], None, "64-bit FNV-1a"),
-        // Sets made under another key.
+    let format_2 = [&[2u8][..], &key.id()].concat();
+    for (old, stamp, one_key_each, reason) in [
+        // As the 64-bit era left it: a key per counter, tag 6 sets ({5}), no stamp.
+        (&[1u8, 6, 1, 5][..], None, true, "64-bit FNV-1a"),
+        // A key per counter, under the right key.
         (
             &[1u8, 8, 0][..],
-            Some(&[2u8, 0, 0, 0, 0, 0, 0, 0, 0][..]),
+            Some(&format_2[..]),
+            true,
+            "counters format 2",
+        ),
+        // Blocks and sets made under another key.
+        (
+            &[1u8, 8, 0][..],
+            Some(&[3u8, 0, 0, 0, 0, 0, 0, 0, 0][..]),
+            false,
             "another key",
         ),
     ] {
-        rewrite_unique_sets(dir.path(), old, stamp);
+        rewrite_counters(dir.path(), old, stamp, one_key_each);
         let server = Server::start(dir.path());
         assert_eq!(server.total("users", "subject=s1").await, 2.0);
         assert_eq!(server.total("visits", "").await, 3.0);

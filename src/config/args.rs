@@ -59,6 +59,9 @@ pub struct ConfigArgs {
     /// Most rows in one meter query answer or page [default: 100000].
     #[arg(long, env = "KEYMETER_QUERY_ROWS_MAX")]
     query_rows_max: Option<usize>,
+    /// Memory for the projection store's page cache, in MiB [default: 128].
+    #[arg(long, env = "KEYMETER_STORE_CACHE_MB")]
+    store_cache_mb: Option<usize>,
     /// Most records in one log batch [default: 20000].
     #[arg(long, env = "KEYMETER_BATCH_RECORDS_MAX")]
     batch_records_max: Option<usize>,
@@ -156,6 +159,7 @@ impl ConfigArgs {
             body_bytes_max,
             request_events_max,
             query_rows_max,
+            store_cache_mb,
             batch_records_max,
             segment_bytes_max,
             token_ttl,

@@ -80,6 +80,11 @@ pub struct Config {
     /// refused before its rows fill memory, and a page's `limit` may not
     /// exceed it.
     pub query_rows_max: usize,
+    /// Memory for sled's page cache of the projection store, in MiB. The
+    /// counters of live subjects live there, not in the process's own
+    /// maps, so this (not the number of subjects) bounds most of the
+    /// store's resident memory.
+    pub store_cache_mb: usize,
     /// Most records in one log batch (group commit).
     pub batch_records_max: usize,
     /// Requests queued for the writer before callers wait (backpressure).
@@ -331,6 +336,7 @@ impl Default for Config {
             body_bytes_max: 8 * 1024 * 1024,
             request_events_max: 10_000,
             query_rows_max: 100_000,
+            store_cache_mb: 128,
             batch_records_max: 20_000,
             writer_queue_max: 256,
             segment_bytes_max: 64 * 1024 * 1024,
@@ -409,6 +415,10 @@ impl Config {
         anyhow::ensure!(
             (1..=QUERY_ROWS_MAX_LIMIT).contains(&self.query_rows_max),
             "query_rows_max must be between 1 and {QUERY_ROWS_MAX_LIMIT}"
+        );
+        anyhow::ensure!(
+            (8..=1 << 20).contains(&self.store_cache_mb),
+            "store_cache_mb must be between 8 and 1048576"
         );
         anyhow::ensure!(
             self.body_bytes_max >= 1024,

@@ -200,3 +200,17 @@ fn debug_output_of_the_configuration_shows_no_secret() {
     );
     assert!(shown.contains("sasl.password"), "{shown}");
 }
+
+#[test]
+fn the_store_cache_comes_from_the_file_or_the_flag_and_is_bounded() {
+    assert_eq!(Config::default().store_cache_mb, 128);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keymeter.toml");
+    std::fs::write(&file, "store_cache_mb = 512\n").unwrap();
+    let from_file = load_args(&["--config", file.to_str().unwrap()]).unwrap();
+    assert_eq!(from_file.store_cache_mb, 512);
+    let cfg = load_args(&["--config", file.to_str().unwrap(), "--store-cache-mb", "64"]).unwrap();
+    assert_eq!(cfg.store_cache_mb, 64);
+    let err = load_args(&["--store-cache-mb", "4"]).unwrap_err();
+    assert!(err.to_string().contains("store_cache_mb"), "{err}");
+}

@@ -51,7 +51,7 @@ impl Projections {
         unique_key: &UniqueKey,
         dedup_keys_max: usize,
     ) -> Result<Projections, StartError> {
-        let store = Store::open(&cfg.state_dir())?;
+        let store = Store::open_with_cache(&cfg.state_dir(), (cfg.store_cache_mb as u64) << 20)?;
         let list = open_list(cfg, &store, registry, &readers, unique_key)?;
         Ok(Projections {
             list,
@@ -131,6 +131,9 @@ impl Projections {
         progress: impl Fn(Seq, Seq),
     ) -> Result<(), StartError> {
         let from = self.applied().iter().map(|(_, s)| *s).min().unwrap_or(0) + 1;
+        for p in &mut self.list {
+            p.catching_up(true);
+        }
         projection::replay_log(&cfg.log(), from, head, REPLAY_CHUNK_RECORDS, |chunk| {
             for p in &mut self.list {
                 p.apply(chunk)?;
@@ -146,6 +149,7 @@ impl Projections {
         // backfill) finishes before serving or before replay returns.
         for p in &mut self.list {
             p.settle()?;
+            p.catching_up(false);
         }
         Ok(())
     }

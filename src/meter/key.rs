@@ -81,6 +81,32 @@ fn window_bytes(window_start_ms: i64) -> [u8; 8] {
     ((window_start_ms as u64) ^ (1 << 63)).to_be_bytes()
 }
 
+/// Appends the encoding of a key's parts to `out`; the caller guarantees
+/// what [`CounterKey::try_encode`] checks (no 0x00 in meter or subject,
+/// group values shorter than 4 GiB).
+pub(crate) fn encode_parts<'a>(
+    out: &mut Vec<u8>,
+    meter: &str,
+    subject: &[u8],
+    window_start_ms: i64,
+    group: impl Iterator<Item = Option<&'a [u8]>>,
+) {
+    out.extend_from_slice(meter.as_bytes());
+    out.push(0);
+    out.extend_from_slice(subject);
+    out.push(0);
+    out.extend_from_slice(&window_bytes(window_start_ms));
+    for value in group {
+        match value {
+            None => out.extend_from_slice(&0u32.to_be_bytes()),
+            Some(bytes) => {
+                out.extend_from_slice(&(bytes.len() as u32 + 1).to_be_bytes());
+                out.extend_from_slice(bytes);
+            }
+        }
+    }
+}
+
 impl CounterKey {
     /// `meter ‖ 0x00`: every key of one meter starts with this.
     ///
@@ -146,24 +172,22 @@ impl CounterKey {
             .map(|g| 4 + g.as_ref().map_or(0, String::len))
             .sum();
         let mut out = Vec::with_capacity(self.meter.len() + self.subject.len() + 10 + group_bytes);
-        out.extend_from_slice(self.meter.as_bytes());
-        out.push(0);
-        out.extend_from_slice(self.subject.as_bytes());
-        out.push(0);
-        out.extend_from_slice(&window_bytes(self.window_start_ms));
-        for value in &self.group {
-            match value {
-                None => out.extend_from_slice(&0u32.to_be_bytes()),
-                Some(text) => {
-                    let prefix = u32::try_from(text.len())
-                        .ok()
-                        .and_then(|len| len.checked_add(1))
-                        .ok_or(KeyError::GroupValueTooLong { len: text.len() })?;
-                    out.extend_from_slice(&prefix.to_be_bytes());
-                    out.extend_from_slice(text.as_bytes());
-                }
+        for value in self.group.iter().flatten() {
+            if u32::try_from(value.len())
+                .ok()
+                .and_then(|l| l.checked_add(1))
+                .is_none()
+            {
+                return Err(KeyError::GroupValueTooLong { len: value.len() });
             }
         }
+        encode_parts(
+            &mut out,
+            &self.meter,
+            self.subject.as_bytes(),
+            self.window_start_ms,
+            self.group.iter().map(|g| g.as_deref().map(str::as_bytes)),
+        );
         Ok(out)
     }
 

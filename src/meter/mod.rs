@@ -35,7 +35,7 @@ mod amount;
 mod def;
 mod extract;
 mod fold;
-mod key;
+pub(crate) mod key;
 mod path;
 mod query;
 mod set;

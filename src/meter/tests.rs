@@ -347,6 +347,13 @@ proptest! {
             one_by_one.merge_state(&key, &state).unwrap();
         }
         prop_assert_eq!(&in_order, &encoded(one_by_one));
+        // Keys encoded straight from the fold's series: same bytes, same order.
+        let direct: Vec<(Vec<u8>, Vec<u8>)> = fold_all(&meter, &shuffled)
+            .drain_encoded()
+            .into_iter()
+            .map(|(k, s)| (k, s.encode()))
+            .collect();
+        prop_assert_eq!(&in_order, &direct);
     }
 
     #[test]

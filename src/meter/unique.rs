@@ -44,6 +44,17 @@ impl UniqueKey {
         UniqueHasher(SipHasher24::new_with_key(&self.0))
     }
 
+    /// A keyed hash of a counter key's bytes, for where the counters tree
+    /// starts a block (`projection::blocks`): clients choose subjects, so
+    /// they must not be able to choose where blocks end. The leading 0xff
+    /// byte, which no UTF-8 text holds, keeps it apart from [`Self::hash`].
+    pub fn counter_key_hash(&self, key: &[u8]) -> u64 {
+        let mut hasher = self.hasher();
+        hasher.write_bytes(&[0xff]);
+        hasher.write_bytes(key);
+        hasher.finish() as u64
+    }
+
     /// A name for the key that reveals nothing of it (8 bytes of SHA-256
     /// over a domain string and the key): what the counters store is stamped
     /// with, so states built under another key are recognised.

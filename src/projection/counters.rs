@@ -22,16 +22,15 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use super::backfill::{self, fold_one, Backfill};
-use super::reads::{decode_state, Overlay};
+use super::blocks;
+use super::reads::Overlay;
 use super::usage::{UsageCache, UsageInner};
 use super::{
     checkpoint, decode_json, put_checkpoint, Applied, EventFacts, OpenContext, Projection,
     ProjectionError,
 };
 use crate::log::Seq;
-use crate::meter::{
-    AggState, Aggregation, CompiledMeter, CounterKey, Fold, MeterDef, MeterSet, UniqueKey,
-};
+use crate::meter::{AggState, CompiledMeter, CounterKey, Fold, MeterDef, MeterSet, UniqueKey};
 use crate::record::Record;
 
 const METER_DEF_PREFIX: u8 = 0x01;
@@ -39,11 +38,16 @@ const METER_DEF_PREFIX: u8 = 0x01;
 const BACKFILL_PREFIX: u8 = 0x02;
 /// `0x03` → `[COUNTERS_FORMAT, unique-count key id (8 bytes)]`.
 const FORMAT_KEY: &[u8] = &[0x03];
-/// 2: unique sets of keyed 128-bit identities, stamped under [`FORMAT_KEY`].
-/// 1 (no stamp): unique sets of 64-bit FNV-1a hashes.
-const COUNTERS_FORMAT: u8 = 2;
+/// 3: states in blocks (see [`blocks`]) whose starts, like the unique sets'
+/// identities, are keyed by the key stamped under [`FORMAT_KEY`].
+/// 2: one sled key per counter. 1 (no stamp): as 2, with unique sets of
+/// 64-bit FNV-1a hashes.
+const COUNTERS_FORMAT: u8 = 3;
 /// Flush early when this many counter states are waiting.
 const OVERLAY_STATES_MAX: usize = 200_000;
+/// During catch-up: flush when the fold holds this many counters (each
+/// ~150 bytes in the fold and ~200 while it is written out).
+const BULK_COUNTERS_MAX: usize = 1 << 20;
 
 /// Meters whose past is still being counted, with the seq of their creation.
 pub type Backfills = Arc<ArcSwap<BTreeMap<String, Seq>>>;
@@ -96,8 +100,12 @@ pub struct Counters {
     /// Backfills merged into the overlay whose marks go at the next write-back.
     unmark: Vec<String>,
     worker: backfill::Worker,
-    /// Reused across batches: a warm fold is about twice as fast.
+    /// Reused across batches: a warm fold is about twice as fast. While
+    /// catching up it also holds what was applied since the last flush.
     fold: Fold,
+    /// Catching up: nothing reads the counters, so chunks are folded in
+    /// memory and written in key order at each flush (see [`Self::write_back`]).
+    bulk: bool,
 }
 
 pub fn open(ctx: &OpenContext<'_>) -> Result<Box<dyn Projection>, ProjectionError> {
@@ -134,6 +142,7 @@ impl Counters {
             unmark: Vec::new(),
             worker: backfill::Worker::new(ctx.log, ctx.unique_key),
             fold: Fold::default(),
+            bulk: false,
         };
         if counters.stale.is_some() {
             return Ok(counters); // to be emptied and rebuilt, not counted on
@@ -191,7 +200,7 @@ impl Counters {
                 continue; // the meter was deleted meanwhile
             }
             let mut fold = done.fold?;
-            self.merge_deltas(fold.drain_sorted())?;
+            self.merge_deltas(fold.drain_encoded())?;
             self.backfills.remove(&done.slug);
             self.unmark.push(done.slug);
             merged = true;
@@ -234,13 +243,13 @@ impl Counters {
                 }
                 Record::MeterCreated { meter, .. } => {
                     self.merge(&mut fold, last)?;
-                    self.write_back()?;
+                    self.write_back(&mut fold)?;
                     self.create_meter(a.seq, meter)?;
                     meters_changed = true;
                 }
                 Record::MeterDeleted { slug, .. } => {
                     self.merge(&mut fold, last)?;
-                    self.write_back()?;
+                    self.write_back(&mut fold)?;
                     self.delete_meter(a.seq, slug)?;
                     meters_changed = true;
                 }
@@ -254,55 +263,82 @@ impl Counters {
     }
 
     /// Merges a batch's fold into the overlay (reading a state from sled the
-    /// first time the overlay meets it).
+    /// first time the overlay meets it); while catching up, leaves it in the
+    /// fold for the next write-back.
     fn merge(&mut self, fold: &mut Fold, seq: Seq) -> Result<(), ProjectionError> {
-        let deltas = fold.drain_sorted();
         if seq <= self.applied {
+            debug_assert!(
+                fold.is_empty() || self.bulk,
+                "records below the checkpoint were folded"
+            );
             return Ok(());
         }
-        self.merge_deltas(deltas)?;
+        if !self.bulk {
+            let deltas = fold.drain_encoded();
+            self.merge_deltas(deltas)?;
+        }
         self.applied = seq;
         Ok(())
     }
 
-    fn merge_deltas(&mut self, deltas: Vec<(CounterKey, AggState)>) -> Result<(), ProjectionError> {
-        let mut merged = Vec::with_capacity(deltas.len());
-        {
-            let overlay = self.overlay.read().expect("overlay lock");
-            for (key, delta) in deltas {
-                let k = key.encode();
-                let state = match overlay.get(&k) {
-                    Some(s) => Some(s.clone()),
-                    None => match self.tree.get(&k)? {
-                        Some(old) => Some(decode_state(&k, &old)?),
-                        None => None,
-                    },
-                };
-                let state = match state {
-                    Some(mut s) => {
-                        s.merge(&delta);
-                        s
-                    }
-                    None => delta,
-                };
-                merged.push((k, state));
-            }
-        }
+    fn merge_deltas(&mut self, deltas: Vec<blocks::Entry>) -> Result<(), ProjectionError> {
+        let merged = self.merged_states(deltas)?;
         self.overlay.write().expect("overlay lock").extend(merged);
         Ok(())
     }
 
-    /// Writes the overlay to sled with the checkpoint in one atomic batch,
-    /// then empties it. Queries see the same states throughout: the overlay
-    /// is cleared only after sled holds them.
-    fn write_back(&mut self) -> Result<(), ProjectionError> {
+    /// Each delta (sorted by key) merged into its counter's current state:
+    /// the overlay's, else sled's (each block read once).
+    fn merged_states(
+        &self,
+        deltas: Vec<blocks::Entry>,
+    ) -> Result<Vec<blocks::Entry>, ProjectionError> {
+        let mut merged: Vec<(Vec<u8>, Option<AggState>, AggState)> = {
+            let overlay = self.overlay.read().expect("overlay lock");
+            deltas
+                .into_iter()
+                .map(|(k, delta)| {
+                    let current = overlay.get(&k).cloned();
+                    (k, current, delta)
+                })
+                .collect()
+        };
+        let missing: Vec<Vec<u8>> = (merged.iter())
+            .filter(|(_, current, _)| current.is_none())
+            .map(|(k, _, _)| k.clone())
+            .collect();
+        let mut stored = blocks::get_sorted(&self.tree, &missing)?.into_iter();
+        for (_, current, _) in merged.iter_mut().filter(|(_, c, _)| c.is_none()) {
+            *current = stored.next().expect("one answer per key");
+        }
+        Ok(merged
+            .into_iter()
+            .map(|(k, current, delta)| match current {
+                Some(mut state) => {
+                    state.merge(&delta);
+                    (k, state)
+                }
+                None => (k, delta),
+            })
+            .collect())
+    }
+
+    /// Writes the overlay (and, catching up, `fold`) to sled with the
+    /// checkpoint in one atomic batch, then empties it. Queries see the same
+    /// states throughout: the overlay is cleared only after sled holds them.
+    fn write_back(&mut self, fold: &mut Fold) -> Result<(), ProjectionError> {
         if self.applied <= self.flushed && self.unmark.is_empty() {
             return Ok(());
         }
+        // The fold's counters merged into their states, then the overlay's
+        // other states, as one list in key order.
+        let folded = self.merged_states(fold.drain_encoded())?;
+        let states = {
+            let overlay = self.overlay.read().expect("overlay lock");
+            merge_sorted(folded, overlay.iter().map(|(k, s)| (k.clone(), s.clone())))
+        };
         let mut batch = sled::Batch::default();
-        for (k, state) in self.overlay.read().expect("overlay lock").iter() {
-            batch.insert(k.as_slice(), state.encode());
-        }
+        blocks::write_sorted(&self.tree, &self.unique_key, states, &mut batch)?;
         for slug in self.unmark.drain(..) {
             batch.remove(prefixed(BACKFILL_PREFIX, &slug));
         }
@@ -391,19 +427,58 @@ impl Projection for Counters {
         let usage = self.usage.clone();
         let mut usage = usage.lock();
         self.finish_backfills(&mut usage, false)?;
-        self.write_back()
+        self.write_back_all()
     }
 
     fn settle(&mut self) -> Result<(), ProjectionError> {
         let usage = self.usage.clone();
         let mut usage = usage.lock();
         self.finish_backfills(&mut usage, true)?;
-        self.write_back()
+        self.write_back_all()
     }
 
     fn wants_flush(&self) -> bool {
         self.overlay.read().expect("overlay lock").len() > OVERLAY_STATES_MAX
+            || self.fold.len() > BULK_COUNTERS_MAX
     }
+
+    fn catching_up(&mut self, on: bool) {
+        assert!(
+            self.fold.is_empty(),
+            "counters switched mode with unflushed counters"
+        );
+        self.bulk = on;
+    }
+}
+
+impl Counters {
+    /// [`Self::write_back`] of everything applied.
+    fn write_back_all(&mut self) -> Result<(), ProjectionError> {
+        let mut fold = std::mem::take(&mut self.fold);
+        let written = self.write_back(&mut fold);
+        self.fold = fold;
+        written
+    }
+}
+
+/// Two lists sorted by key as one; on equal keys `first`'s entry is kept.
+fn merge_sorted(
+    first: Vec<blocks::Entry>,
+    second: impl Iterator<Item = blocks::Entry>,
+) -> Vec<blocks::Entry> {
+    let mut out = Vec::with_capacity(first.len());
+    let mut second = second.peekable();
+    for entry in first {
+        while second.peek().is_some_and(|(k, _)| *k < entry.0) {
+            out.push(second.next().expect("peeked"));
+        }
+        if second.peek().is_some_and(|(k, _)| *k == entry.0) {
+            second.next();
+        }
+        out.push(entry);
+    }
+    out.extend(second);
+    out
 }
 
 fn format_stamp(key: &UniqueKey) -> [u8; 9] {
@@ -412,10 +487,9 @@ fn format_stamp(key: &UniqueKey) -> [u8; 9] {
     stamp
 }
 
-/// Why the stored counters cannot be folded into: their unique sets were made
-/// another way than this build, under `key`, makes them. Only unique sets
-/// depend on the format and the key, so a store without a UNIQUE_COUNT
-/// meter (states go with their meter) is merely stamped.
+/// Why the stored counters cannot be folded into: they were stored another
+/// way than this build stores them, under `key`. A store without meters
+/// holds no counter, so it is merely stamped.
 fn stale_reason(
     tree: &sled::Tree,
     meters: &MeterSet,
@@ -423,17 +497,17 @@ fn stale_reason(
 ) -> Result<Option<String>, ProjectionError> {
     let want = format_stamp(key);
     let found = tree.get(FORMAT_KEY)?;
-    if found.as_deref() == Some(&want[..])
-        || !meters
-            .iter()
-            .any(|m| m.aggregation() == Aggregation::UniqueCount)
-    {
+    if found.as_deref() == Some(&want[..]) || meters.iter().next().is_none() {
         return Ok(None);
     }
-    Ok(Some(match found {
-        None => "its UNIQUE_COUNT sets hold 64-bit FNV-1a hashes (counters format 1)".into(),
+    Ok(Some(match found.as_deref() {
+        None => "it holds one key per counter and UNIQUE_COUNT sets of 64-bit FNV-1a hashes \
+                 (counters format 1)"
+            .into(),
+        Some([2, ..]) => "it holds one key per counter (counters format 2)".into(),
         Some(v) if v.len() == want.len() && v[0] == COUNTERS_FORMAT => format!(
-            "its UNIQUE_COUNT sets were made under another key (id {}, the data directory's is {})",
+            "its blocks and UNIQUE_COUNT sets were made under another key (id {}, the data \
+             directory's is {})",
             hex::encode(&v[1..]),
             hex::encode(&want[1..])
         ),

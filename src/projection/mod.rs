@@ -19,6 +19,7 @@
 //!   with a snapshot file (see [`dedup`]) and is fed by the same catch-up.
 
 pub mod backfill;
+pub mod blocks;
 pub mod counters;
 pub mod dedup;
 pub mod docs;
@@ -111,6 +112,12 @@ pub trait Projection: Send {
     fn wants_flush(&self) -> bool {
         false
     }
+
+    /// Told `true` before catch-up or a rebuild and `false` after it
+    /// settled. In between nothing reads the projection, so it may keep what
+    /// it applied in memory until [`Projection::flush`] (which catch-up calls
+    /// when [`Projection::wants_flush`] says so) and write it in bulk.
+    fn catching_up(&mut self, _on: bool) {}
 
     /// Why its stored state cannot be continued (written in a format this
     /// build no longer folds into, or under another key), checked right

@@ -1,11 +1,11 @@
 //! The one place that reads counter states back: sled holds what was
-//! flushed, the overlay what was applied since.
+//! flushed (in blocks, see [`blocks`]), the overlay what was applied since.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::{Arc, RwLock};
 
-use super::ProjectionError;
+use super::{blocks, ProjectionError};
 use crate::meter::AggState;
 
 /// Counter states changed since the last flush, shared with queries.
@@ -30,10 +30,10 @@ pub fn read_states(
         }
     }
     for r in ranges {
-        for kv in tree.range(r.clone()) {
-            let (k, v) = kv?;
-            if let std::collections::btree_map::Entry::Vacant(e) = states.entry(k.to_vec()) {
-                e.insert(decode_state(&k, &v)?);
+        for kv in blocks::range_states(tree, r.clone()) {
+            let (k, state) = kv?;
+            if let std::collections::btree_map::Entry::Vacant(e) = states.entry(k) {
+                e.insert(state);
             }
         }
     }
@@ -71,21 +71,21 @@ pub fn stream_states<'a>(
 }
 
 /// One range of sled merged with the overlay entries in it.
-fn merge_range(
-    tree: &sled::Tree,
+fn merge_range<'a>(
+    tree: &'a sled::Tree,
     pending: Arc<BTreeMap<Vec<u8>, AggState>>,
     range: Range<Vec<u8>>,
-) -> impl Iterator<Item = Result<(Vec<u8>, AggState), ProjectionError>> {
-    let mut stored = tree.range(range.clone()).peekable();
+) -> impl Iterator<Item = Result<(Vec<u8>, AggState), ProjectionError>> + 'a {
+    let mut stored = blocks::range_states(tree, range.clone()).peekable();
     let keys: Vec<Vec<u8>> = pending.range(range).map(|(k, _)| k.clone()).collect();
     let mut keys = keys.into_iter().peekable();
     std::iter::from_fn(move || {
         let next_stored = match stored.peek() {
             None => None,
-            Some(Ok((k, _))) => Some(k.to_vec()),
+            Some(Ok((k, _))) => Some(k.clone()),
             Some(Err(_)) => {
                 let e = stored.next().expect("peeked").expect_err("peeked an error");
-                return Some(Err(e.into()));
+                return Some(Err(e));
             }
         };
         match (keys.peek(), next_stored) {
@@ -98,19 +98,8 @@ fn merge_range(
                 let state = pending[&k].clone();
                 Some(Ok((k, state)))
             }
-            _ => {
-                let (k, v) = stored.next().expect("peeked").expect("peeked ok");
-                Some(decode_state(&k, &v).map(|s| (k.to_vec(), s)))
-            }
+            _ => Some(stored.next().expect("peeked")),
         }
-    })
-}
-
-pub(super) fn decode_state(k: &[u8], v: &[u8]) -> Result<AggState, ProjectionError> {
-    AggState::decode(v).map_err(|e| ProjectionError::Value {
-        tree: "counters",
-        key: hex::encode(k),
-        reason: e.to_string(),
     })
 }
 
@@ -125,23 +114,24 @@ mod tests {
         let db = sled::Config::new().temporary(true).open().unwrap();
         let tree = db.open_tree("counters").unwrap();
         let overlay: Overlay = Default::default();
+        let key = |i: u8| vec![b'm', 0, b'a' + i, 0];
+        let mut stored = Vec::new();
         for i in 0u8..40 {
             if i % 3 != 0 {
-                tree.insert([i], AggState::Count(u64::from(i)).encode())
-                    .unwrap();
+                stored.push((key(i), AggState::Count(u64::from(i))));
             }
             if i % 2 == 0 {
                 overlay
                     .write()
                     .unwrap()
-                    .insert(vec![i], AggState::Count(1000 + u64::from(i)));
+                    .insert(key(i), AggState::Count(1000 + u64::from(i)));
             }
         }
-        let ranges = vec![
-            vec![5u8]..vec![17u8],
-            vec![30u8]..vec![60u8],
-            vec![0u8]..vec![3u8],
-        ];
+        let mut batch = sled::Batch::default();
+        let starts = crate::meter::UniqueKey::from_bytes([1; 16]);
+        blocks::write_sorted(&tree, &starts, stored, &mut batch).unwrap();
+        tree.apply_batch(batch).unwrap();
+        let ranges = vec![key(5)..key(17), key(30)..key(60), key(0)..key(3)];
         let streamed: Vec<(Vec<u8>, AggState)> = stream_states(&tree, &overlay, &ranges)
             .collect::<Result<_, _>>()
             .unwrap();
@@ -150,14 +140,14 @@ mod tests {
         sorted.sort_by(|a, b| a.0.cmp(&b.0));
         assert_eq!(sorted, full.into_iter().collect::<Vec<_>>());
         // Within a range the stream is in key order; ranges in the order given.
-        let firsts: Vec<u8> = streamed.iter().map(|(k, _)| k[0]).collect();
+        let firsts: Vec<u8> = streamed.iter().map(|(k, _)| k[2] - b'a').collect();
         let expected: Vec<u8> = (5..17)
             .chain(30..40)
             .chain(0..3)
             .filter(|i| i % 3 != 0 || i % 2 == 0)
             .collect();
         assert_eq!(firsts, expected);
-        assert_eq!(streamed[0], (vec![5], AggState::Count(5)));
-        assert_eq!(streamed[1], (vec![6], AggState::Count(1006)));
+        assert_eq!(streamed[0], (key(5), AggState::Count(5)));
+        assert_eq!(streamed[1], (key(6), AggState::Count(1006)));
     }
 }

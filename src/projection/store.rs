@@ -8,7 +8,7 @@ use std::path::Path;
 use super::{decode_json, ProjectionError};
 use crate::license::LicenseState;
 use crate::log::Seq;
-use crate::meter::MeterDef;
+use crate::meter::{AggState, MeterDef};
 use crate::product::Product;
 use crate::record::{ApiKeyRecord, RejectedRecord};
 
@@ -32,10 +32,16 @@ pub struct Store {
 }
 
 impl Store {
+    /// Opens the store with the default page cache (128 MiB).
     pub fn open(dir: &Path) -> Result<Store, ProjectionError> {
+        Store::open_with_cache(dir, 128 << 20)
+    }
+
+    /// Opens the store with a page cache of `cache_bytes`.
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Store, ProjectionError> {
         let db = sled::Config::new()
             .path(dir)
-            .cache_capacity(256 * 1024 * 1024)
+            .cache_capacity(cache_bytes)
             .open()?;
         Ok(Store {
             counters: db.open_tree("counters")?,
@@ -52,6 +58,19 @@ impl Store {
     /// Every key/value of the counters tree, checkpoint excluded, in key order.
     pub fn counters_dump(&self) -> Result<Vec<KeyValue>, ProjectionError> {
         tree_dump(&self.counters)
+    }
+
+    /// Every counter's encoded key and state, decoded from the blocks that
+    /// hold them (see [`super::blocks`]), in key order.
+    pub fn counter_states(&self) -> Result<Vec<(Vec<u8>, AggState)>, ProjectionError> {
+        let mut out = Vec::new();
+        for kv in self.counters.iter() {
+            let (k, v) = kv?;
+            if super::blocks::is_block_key(&k) {
+                out.extend(super::blocks::decode_block(&k, &v)?);
+            }
+        }
+        Ok(out)
     }
 
     pub fn meter_defs(&self) -> Result<Vec<MeterDef>, ProjectionError> {

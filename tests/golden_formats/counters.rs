@@ -114,9 +114,9 @@ fn counter_keys_keep_their_bytes_both_ways() {
 /// `0x02 users` → seq 5, big-endian: the `users` meter (created at seq 5)
 /// has not counted the events before it yet.
 const BACKFILL_MARK: (&str, &str) = ("027573657273", "0000000000000005");
-/// `0x03` → counters format 2 and the id of [`KEY`]: the unique sets were
-/// made under that key.
-const FORMAT_STAMP: (&str, &str) = ("03", "02 82d8eed6b2c6b0f8");
+/// `0x03` → counters format 3 and the id of [`KEY`]: the blocks' starts and
+/// the unique sets were made under that key.
+const FORMAT_STAMP: (&str, &str) = ("03", "03 82d8eed6b2c6b0f8");
 const KEY: UniqueKey = UniqueKey::from_bytes([5; 16]);
 
 #[test]
@@ -219,18 +219,20 @@ fn an_unfinished_count_of_the_past_keeps_its_mark_and_is_finished_on_open() {
         marks(&store).is_empty(),
         "the mark is removed once the past is counted"
     );
-    let users = store.counters.scan_prefix(b"users\0").count();
+    let users = (store.counter_states().unwrap().iter())
+        .filter(|(k, _)| k.starts_with(b"users\0"))
+        .count();
     assert_eq!(
         users, 2,
         "the past of `users` is counted: one state per subject"
     );
 }
 
-/// A store from before the stamp (format 1) is continued, and stamped, when
-/// it has no UNIQUE_COUNT meter: nothing in it depends on the hash. With
-/// one, or stamped with another key, it is stale: the engine rebuilds it.
+/// A store of another format (1: no stamp, 2: a key per counter) or made
+/// under another key is stale, and the engine rebuilds it; one without
+/// meters holds no counter and is only stamped.
 #[test]
-fn a_store_without_the_stamp_is_stale_only_if_it_counts_unique_values() {
+fn a_store_of_another_format_or_key_is_stale_and_one_without_meters_is_stamped() {
     let root = tempfile::tempdir().unwrap();
     let log = LogDir::disk(root.path().join("log"));
     let counters_of = |name: &str, meters: &[(serde_json::Value, &str)], stamp: Option<&str>| {
@@ -262,16 +264,22 @@ fn a_store_without_the_stamp_is_stale_only_if_it_counts_unique_values() {
     let users = serde_json::to_value(crate::projections::users_meter()).unwrap();
     let golden_stamp = FORMAT_STAMP.1.replace(' ', "");
 
-    let (stale, applied, stamp) = counters_of("sums", &[(sum.clone(), "tokens")], None);
+    let (stale, applied, stamp) = counters_of("empty", &[], None);
     assert_eq!((stale, applied), (None, 5), "continued from its checkpoint");
     assert_eq!(stamp.as_deref(), Some(golden_stamp.as_str()), "and stamped");
 
-    let (stale, _, stamp) =
-        counters_of("unique", &[(sum, "tokens"), (users.clone(), "users")], None);
-    assert!(stale.is_some_and(|r| r.contains("64-bit FNV-1a")));
+    let (stale, _, stamp) = counters_of("v1", &[(sum.clone(), "tokens")], None);
+    assert!(stale.is_some_and(|r| r.contains("counters format 1")));
     assert_eq!(stamp, None, "a stale store is left as found");
 
-    let other_key = Some("02 0000000000000000");
+    let v2 = Some("02 82d8eed6b2c6b0f8");
+    let (stale, _, _) = counters_of("v2", &[(sum, "tokens")], v2);
+    assert!(stale.is_some_and(|r| r.contains("counters format 2")));
+
+    let other_key = Some("03 0000000000000000");
     let (stale, _, _) = counters_of("other", &[(users, "users")], other_key);
     assert!(stale.is_some_and(|r| r.contains("another key")));
+
+    let (stale, _, _) = counters_of("current", &[], Some(FORMAT_STAMP.1));
+    assert_eq!(stale, None);
 }

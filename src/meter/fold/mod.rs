@@ -180,6 +180,25 @@ impl Fold {
         counters
     }
 
+    /// All counters as (encoded key, state) in key order, leaving the fold
+    /// empty like [`Self::drain_sorted`]; no [`CounterKey`] is built.
+    pub fn drain_encoded(&mut self) -> Vec<(Vec<u8>, AggState)> {
+        let mut out = Vec::with_capacity(self.counters);
+        for window in &self.windows {
+            for (series, cell) in &window.cells {
+                let meter = self.series.meter_of(*series);
+                let mut key = Vec::with_capacity(48);
+                let slug = &self.meters[meter as usize].slug;
+                self.series
+                    .encode_key(*series, slug, window.start_ms, &mut key);
+                out.push((key, cell.take(&mut self.unique_sets)));
+            }
+        }
+        self.clear();
+        out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
     fn drain_unsorted(&mut self) -> Vec<(CounterKey, AggState)> {
         let mut out = Vec::with_capacity(self.counters);
         for window in &self.windows {

@@ -100,6 +100,11 @@ impl SeriesTable {
         series.id
     }
 
+    /// The meter of series `id`.
+    pub(super) fn meter_of(&self, id: u32) -> u32 {
+        self.entries[id as usize].meter
+    }
+
     /// The parts of series `id`: (meter, subject, group).
     pub(super) fn parts(&self, id: u32) -> (u32, String, Vec<Option<String>>) {
         let series = self.entries[id as usize];
@@ -113,6 +118,22 @@ impl SeriesTable {
             group.push(reader.string());
         }
         (series.meter, subject, group)
+    }
+
+    /// Appends the encoded counter key of series `id` in window
+    /// `window_start_ms` to `out` (see [`crate::meter::key`]).
+    pub(super) fn encode_key(&self, id: u32, meter: &str, window_start_ms: i64, out: &mut Vec<u8>) {
+        let series = self.entries[id as usize];
+        let mut reader = SerialisedReader {
+            bytes: &self.arena[series.start..series.start + series.len],
+        };
+        reader.varint();
+        let subject = reader.raw().unwrap_or_default();
+        let mut group = Vec::new();
+        while !reader.bytes.is_empty() {
+            group.push(reader.raw());
+        }
+        crate::meter::key::encode_parts(out, meter, subject, window_start_ms, group.into_iter());
     }
 
     pub(super) fn clear(&mut self) {
@@ -156,7 +177,7 @@ struct SerialisedReader<'a> {
     bytes: &'a [u8],
 }
 
-impl SerialisedReader<'_> {
+impl<'a> SerialisedReader<'a> {
     fn varint(&mut self) -> u64 {
         let mut value = 0u64;
         for (i, byte) in self.bytes.iter().enumerate() {
@@ -170,9 +191,15 @@ impl SerialisedReader<'_> {
     }
 
     fn string(&mut self) -> Option<String> {
+        self.raw()
+            .map(|text| String::from_utf8_lossy(text).into_owned())
+    }
+
+    /// The next string's bytes (`None` for a `None` group value).
+    fn raw(&mut self) -> Option<&'a [u8]> {
         let len = self.varint().checked_sub(1)? as usize;
         let (text, rest) = self.bytes.split_at(len);
         self.bytes = rest;
-        Some(String::from_utf8_lossy(text).into_owned())
+        Some(text)
     }
 }
