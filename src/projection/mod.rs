@@ -223,6 +223,9 @@ pub struct EventFacts {
     /// checked the event (the writer's meter set at that seq is the same as
     /// the projector's, since both change only through logged records).
     pub observations: Option<Vec<crate::meter::Observation>>,
+    /// Replay only: the event's dedup identity, hashed while it is parsed
+    /// (the live path claims identities in the writer).
+    pub identity: Option<crate::event::DedupKey>,
 }
 
 #[derive(serde::Deserialize)]
@@ -232,17 +235,27 @@ struct LoggedEvent<'a> {
     subject: String,
     #[serde(borrow)]
     data: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow, default)]
+    source: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    id: Option<std::borrow::Cow<'a, str>>,
 }
 
 impl EventFacts {
+    /// The facts of a logged event, with its identity when it has one.
     pub fn from_logged(raw: &str, time_ms: i64) -> Result<EventFacts, serde_json::Error> {
         let e: LoggedEvent = serde_json::from_str(raw)?;
+        let identity = match (&e.source, &e.id) {
+            (Some(source), Some(id)) => Some(crate::event::DedupKey::new(source, id)),
+            _ => None,
+        };
         Ok(EventFacts {
             ty: e.ty,
             subject: e.subject,
             time_ms,
             data: e.data.map(|d| d.get().to_owned()),
             observations: None,
+            identity,
         })
     }
 }

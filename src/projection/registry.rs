@@ -2,7 +2,9 @@
 //! projector's live fold, and `keymeter replay` all walk this one list, so a
 //! new projection is one [`ProjectionSpec`] here and its own module.
 
-use super::{counters, docs, licenses, Applied, OpenContext, Projection, ProjectionError, Store};
+use super::{
+    counters, docs, licenses, Applied, EventFacts, OpenContext, Projection, ProjectionError, Store,
+};
 use crate::log::{self, Seq};
 use crate::record::Record;
 
@@ -82,6 +84,11 @@ fn clear_trees<'a>(
 
 /// Reads the log from `from` through `to` in chunks and hands each chunk to
 /// `apply`. Used for catch-up on start and by `keymeter replay`.
+///
+/// A second thread reads ahead: it checks the frames, decodes the records
+/// and parses each event's facts (with its identity) once for every
+/// projection, while this thread applies the chunk before. The two hand
+/// chunks over through a queue of two, so memory stays at a few chunks.
 pub fn replay_log(
     log: &log::LogDir,
     from: Seq,
@@ -92,33 +99,76 @@ pub fn replay_log(
     if from > to {
         return Ok(());
     }
-    let mut chunk: Vec<(Seq, Record)> = Vec::with_capacity(chunk_records);
-    let mut run = |chunk: &mut Vec<(Seq, Record)>| -> Result<(), ProjectionError> {
-        let applied: Vec<Applied<'_>> = chunk
-            .iter()
-            .map(|(seq, record)| Applied {
-                seq: *seq,
-                record,
-                facts: None,
+    type Chunk = Vec<(Seq, Record, Option<EventFacts>)>;
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Chunk, ProjectionError>>(2);
+        let reader = std::thread::Builder::new()
+            .name("keymeter-replay-read".into())
+            .spawn_scoped(scope, move || {
+                let send = |chunk| tx.send(chunk).is_ok();
+                if let Err(e) = read_chunks(log, from, to, chunk_records, send) {
+                    let _ = tx.send(Err(e));
+                }
             })
-            .collect();
-        apply(&applied)?;
-        chunk.clear();
-        Ok(())
-    };
+            .map_err(|e| ProjectionError::Backfill(format!("cannot start the log reader: {e}")))?;
+        let mut applied = Ok(());
+        for chunk in &rx {
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    applied = Err(e);
+                    break;
+                }
+            };
+            let records: Vec<Applied<'_>> = chunk
+                .iter()
+                .map(|(seq, record, facts)| Applied {
+                    seq: *seq,
+                    record,
+                    facts: facts.as_ref(),
+                })
+                .collect();
+            if let Err(e) = apply(&records) {
+                applied = Err(e);
+                break;
+            }
+        }
+        drop(rx); // a reader still sending stops
+        reader.join().expect("the log reader does not panic");
+        applied
+    })
+}
+
+/// The reading half of [`replay_log`]: hands each chunk to `send` until it
+/// says stop.
+fn read_chunks(
+    log: &log::LogDir,
+    from: Seq,
+    to: Seq,
+    chunk_records: usize,
+    mut send: impl FnMut(Result<Vec<(Seq, Record, Option<EventFacts>)>, ProjectionError>) -> bool,
+) -> Result<(), ProjectionError> {
+    let mut chunk = Vec::with_capacity(chunk_records);
     for entry in log.read_range(from, to)? {
         let entry = entry?;
         let record = Record::decode(&entry.payload).map_err(|source| ProjectionError::Record {
             seq: entry.seq,
             source,
         })?;
-        chunk.push((entry.seq, record));
+        // An event that does not parse is left to the projections, which
+        // report it with its seq.
+        let facts =
+            (record.event()).and_then(|(e, _)| EventFacts::from_logged(&e.raw, e.time_ms).ok());
+        chunk.push((entry.seq, record, facts));
         if chunk.len() >= chunk_records {
-            run(&mut chunk)?;
+            let full = std::mem::replace(&mut chunk, Vec::with_capacity(chunk_records));
+            if !send(Ok(full)) {
+                return Ok(());
+            }
         }
     }
     if !chunk.is_empty() {
-        run(&mut chunk)?;
+        send(Ok(chunk));
     }
     Ok(())
 }

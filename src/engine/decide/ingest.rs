@@ -186,6 +186,7 @@ impl WriterState {
                                 time_ms: event.time_ms,
                                 data: None,
                                 observations: Some(observations),
+                                identity: None,
                             };
                             let record = EventRecord {
                                 received_ms,

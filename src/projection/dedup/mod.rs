@@ -172,14 +172,20 @@ impl DedupIndex {
         let mut keys = Vec::new();
         for a in records.iter().filter(|a| a.seq > self.applied) {
             if let Some((e, tenant)) = a.record.event() {
-                let ident: LoggedIdentity<'_> =
-                    serde_json::from_str(&e.raw).map_err(|err| ProjectionError::Value {
-                        tree: "dedup",
-                        key: format!("log seq {}", a.seq),
-                        reason: format!("logged event is not valid JSON: {err}"),
-                    })?;
+                let key = match a.facts.and_then(|f| f.identity) {
+                    Some(key) => key,
+                    None => {
+                        let ident: LoggedIdentity<'_> =
+                            serde_json::from_str(&e.raw).map_err(|err| ProjectionError::Value {
+                                tree: "dedup",
+                                key: format!("log seq {}", a.seq),
+                                reason: format!("logged event is not valid JSON: {err}"),
+                            })?;
+                        DedupKey::new(&ident.source, &ident.id)
+                    }
+                };
                 let tenant = self.tenants.intern(tenant);
-                keys.push((DedupKey::new(&ident.source, &ident.id), e.time_ms, tenant));
+                keys.push((key, e.time_ms, tenant));
             }
         }
         self.claim(keys, last);
