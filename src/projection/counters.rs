@@ -200,9 +200,18 @@ impl Counters {
                 continue; // the meter was deleted meanwhile
             }
             let mut fold = done.fold?;
-            self.merge_deltas(fold.drain_encoded())?;
             self.backfills.remove(&done.slug);
             self.unmark.push(done.slug);
+            if self.bulk {
+                // Written with the rest of the catch-up fold, mark removal included.
+                fold.merge_into(&mut self.fold)
+                    .map_err(|e| ProjectionError::Backfill(e.to_string()))?;
+            } else {
+                // Written in key order straight to sled with the mark's
+                // removal, not through the overlay, which would hold every
+                // counter of the meter until then.
+                self.write_back(&mut fold)?;
+            }
             merged = true;
         }
         if merged {
