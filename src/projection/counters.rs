@@ -97,8 +97,11 @@ pub struct Counters {
     backfills: BTreeMap<String, Seq>,
     /// Where readers find `backfills`.
     published_backfills: Backfills,
-    /// Backfills merged into the overlay whose marks go at the next write-back.
+    /// Backfills merged whose marks go at the next write-back.
     unmark: Vec<String>,
+    /// Parts of backfills merged: (slug, creation seq, last seq counted),
+    /// for their marks at the next write-back.
+    remark: Vec<(String, Seq, Seq)>,
     worker: backfill::Worker,
     /// Reused across batches: a warm fold is about twice as fast. While
     /// catching up it also holds what was applied since the last flush.
@@ -140,6 +143,7 @@ impl Counters {
             backfills: BTreeMap::new(),
             published_backfills: ctx.readers.backfills.clone(),
             unmark: Vec::new(),
+            remark: Vec::new(),
             worker: backfill::Worker::new(ctx.log, ctx.unique_key),
             fold: Fold::default(),
             bulk: false,
@@ -147,22 +151,22 @@ impl Counters {
         if counters.stale.is_some() {
             return Ok(counters); // to be emptied and rebuilt, not counted on
         }
-        // Backfills a stop interrupted start over.
+        // Backfills a stop interrupted resume after their last part written.
         for kv in counters.tree.scan_prefix([BACKFILL_PREFIX]) {
             let (k, v) = kv?;
             let slug = String::from_utf8_lossy(&k[1..]).into_owned();
-            let before =
-                Seq::from_be_bytes(v.as_ref().try_into().map_err(|_| ProjectionError::Value {
-                    tree: "counters",
-                    key: hex::encode(&k),
-                    reason: "malformed backfill mark".into(),
-                })?);
-            counters.start_backfill(&slug, before)?;
+            let (before, through) = parse_mark(&k, &v)?;
+            counters.start_backfill(&slug, before, through + 1)?;
         }
         Ok(counters)
     }
 
-    fn start_backfill(&mut self, slug: &str, before: Seq) -> Result<(), ProjectionError> {
+    fn start_backfill(
+        &mut self,
+        slug: &str,
+        before: Seq,
+        from: Seq,
+    ) -> Result<(), ProjectionError> {
         let meter = self
             .meters
             .get(slug)
@@ -172,7 +176,11 @@ impl Counters {
                 key: slug.to_owned(),
                 reason: "backfill mark of a meter that does not exist".into(),
             })?;
-        self.worker.start(Backfill { meter, before })?;
+        self.worker.start(Backfill {
+            meter,
+            before,
+            from,
+        })?;
         self.backfills.insert(slug.to_owned(), before);
         self.published_backfills
             .store(Arc::new(self.backfills.clone()));
@@ -200,22 +208,26 @@ impl Counters {
                 continue; // the meter was deleted meanwhile
             }
             let mut fold = done.fold?;
-            self.backfills.remove(&done.slug);
-            self.unmark.push(done.slug);
+            if done.last {
+                self.backfills.remove(&done.slug);
+                self.unmark.push(done.slug);
+            } else {
+                self.remark.push((done.slug, done.before, done.through));
+            }
             if self.bulk {
-                // Written with the rest of the catch-up fold, mark removal included.
+                // Written with the rest of the catch-up fold and the mark's change.
                 fold.merge_into(&mut self.fold)
                     .map_err(|e| ProjectionError::Backfill(e.to_string()))?;
             } else {
                 // Written in key order straight to sled with the mark's
-                // removal, not through the overlay, which would hold every
-                // counter of the meter until then.
+                // change, not through the overlay, which would hold every
+                // counter of the part until the next flush.
                 self.write_back(&mut fold)?;
             }
             merged = true;
         }
         if merged {
-            // Cached quota usages of the meter were counted without its past.
+            // Cached quota usages of the meter were counted without (all) its past.
             *usage = UsageInner::default();
             self.published_backfills
                 .store(Arc::new(self.backfills.clone()));
@@ -336,7 +348,7 @@ impl Counters {
     /// checkpoint in one atomic batch, then empties it. Queries see the same
     /// states throughout: the overlay is cleared only after sled holds them.
     fn write_back(&mut self, fold: &mut Fold) -> Result<(), ProjectionError> {
-        if self.applied <= self.flushed && self.unmark.is_empty() {
+        if self.applied <= self.flushed && self.unmark.is_empty() && self.remark.is_empty() {
             return Ok(());
         }
         // The fold's counters merged into their states, then the overlay's
@@ -348,6 +360,11 @@ impl Counters {
         };
         let mut batch = sled::Batch::default();
         blocks::write_sorted(&self.tree, &self.unique_key, states, &mut batch)?;
+        for (slug, before, through) in self.remark.drain(..) {
+            let mut mark = before.to_be_bytes().to_vec();
+            mark.extend_from_slice(&through.to_be_bytes());
+            batch.insert(prefixed(BACKFILL_PREFIX, &slug), mark);
+        }
         for slug in self.unmark.drain(..) {
             batch.remove(prefixed(BACKFILL_PREFIX, &slug));
         }
@@ -375,7 +392,7 @@ impl Counters {
         self.meters.insert(compiled);
         self.applied = seq;
         self.flushed = seq;
-        self.start_backfill(&def.slug, seq)
+        self.start_backfill(&def.slug, seq, 1)
     }
 
     fn delete_meter(&mut self, seq: Seq, slug: &str) -> Result<(), ProjectionError> {
@@ -522,6 +539,21 @@ fn stale_reason(
         ),
         Some(v) => format!("unknown counters format stamp {}", hex::encode(v)),
     }))
+}
+
+/// A backfill mark's value: the seq that created the meter, then (once a
+/// part is written) the last seq counted.
+fn parse_mark(key: &[u8], value: &[u8]) -> Result<(Seq, Seq), ProjectionError> {
+    let seq = |bytes: &[u8]| Seq::from_be_bytes(bytes.try_into().expect("8 bytes"));
+    match value.len() {
+        8 => Ok((seq(value), 0)),
+        16 => Ok((seq(&value[..8]), seq(&value[8..]))),
+        _ => Err(ProjectionError::Value {
+            tree: "counters",
+            key: hex::encode(key),
+            reason: "malformed backfill mark".into(),
+        }),
+    }
 }
 
 fn prefixed(prefix: u8, slug: &str) -> Vec<u8> {
