@@ -599,9 +599,13 @@ fn signature_header() {
 #[path = "seeds/new_parsers.rs"]
 mod new_parsers;
 
+#[path = "seeds/counter_block.rs"]
+mod counter_block;
+
 fn main() {
     new_parsers::dedup_snapshot(write);
     new_parsers::client_credentials(write);
+    counter_block::counter_block(write);
     http();
     kafka();
     log_frame();
