@@ -61,7 +61,11 @@ fn claims(n: usize) -> Vec<(DedupKey, i64, u32)> {
     (0..n)
         .map(|i| {
             let key = DedupKey::new("bench", &format!("evt-{i}"));
-            (key, T0 + (i as i64 * 48 * HOUR_MS) / n as i64, (i % 3) as u32)
+            (
+                key,
+                T0 + (i as i64 * 48 * HOUR_MS) / n as i64,
+                (i % 3) as u32,
+            )
         })
         .collect()
 }
@@ -115,9 +119,7 @@ fn measure(n: usize) {
         .iter()
         .map(|t| d.tenant(t))
         .collect();
-    let (new_ns, dup_ns) = time_claims(&claims, |k, t, x| {
-        d.claim_one(k, t, tenants[x as usize])
-    });
+    let (new_ns, dup_ns) = time_claims(&claims, |k, t, x| d.claim_one(k, t, tenants[x as usize]));
     let (live, peak) = heap();
     println!(
         "{n} identities, table: {:.1} B/identity in slots, heap {:.1} B/identity \

@@ -296,7 +296,10 @@ impl DedupIndex {
                 Some((at, n)) => expected[at].1 = n,
                 None => return Err(bad("more entries of an hour than its counts")),
             }
-            self.table.claim(&key.0, hour);
+            assert!(
+                self.table.claim(&key.0, hour),
+                "identities in order are distinct"
+            );
         }
         if expected.iter().any(|e| e.1 != 0) {
             return Err(bad("fewer entries of an hour than its counts"));

@@ -79,14 +79,16 @@ impl Keyer {
         folded_multiply(h ^ self.seed[2], 0x9E37_79B9_7F4A_7C15)
     }
 
-    /// The segment of hash `h` (its top bits).
-    fn segment(&self, h: u64) -> usize {
-        h.checked_shr(64 - self.segment_bits).unwrap_or(0) as usize
-    }
-
     /// The hash of `e` within its segment (the bits below the segment's).
     fn inner(&self, e: &Entry) -> u64 {
         self.hash(e) << self.segment_bits
+    }
+
+    /// The segment of `e` (the hash's top bits) and its hash within it.
+    fn place(&self, e: &Entry) -> (usize, u64) {
+        let h = self.hash(e);
+        let segment = h.checked_shr(64 - self.segment_bits).unwrap_or(0);
+        (segment as usize, h << self.segment_bits)
     }
 }
 
@@ -129,9 +131,10 @@ impl Segment {
         }
     }
 
-    /// Looks `e` up (the segment has slots, one of them empty).
-    fn probe(&self, keyer: &Keyer, e: &Entry) -> Probe {
-        let mut pos = self.home(keyer, e);
+    /// Looks up `e`, whose hash within the segment is `h` (the segment has
+    /// slots, one of them empty).
+    fn probe(&self, keyer: &Keyer, e: &Entry, h: u64) -> Probe {
+        let mut pos = scale(h, self.slots.len());
         let mut dist = 0;
         loop {
             let resident = &self.slots[pos];
@@ -168,17 +171,18 @@ impl Segment {
         self.len += 1;
     }
 
-    /// Claims `e` unless its identity is held; true if it was new.
-    fn claim(&mut self, keyer: &Keyer, e: Entry) -> bool {
+    /// Claims `e` (hash `h` within the segment) unless its identity is
+    /// held; true if it was new.
+    fn claim(&mut self, keyer: &Keyer, e: Entry, h: u64) -> bool {
         if self.slots.is_empty() {
             self.grow(keyer);
         }
-        let Probe::Vacant(mut pos) = self.probe(keyer, &e) else {
+        let Probe::Vacant(mut pos) = self.probe(keyer, &e, h) else {
             return false;
         };
         if (self.len + 1) * LOAD_DEN > self.slots.len() * LOAD_NUM {
             self.grow(keyer);
-            pos = match self.probe(keyer, &e) {
+            pos = match self.probe(keyer, &e, h) {
                 Probe::Vacant(pos) => pos,
                 Probe::Found(_) => unreachable!("absent before growing"),
             };
@@ -187,11 +191,11 @@ impl Segment {
         true
     }
 
-    fn get(&self, keyer: &Keyer, e: &Entry) -> Option<u32> {
+    fn get(&self, keyer: &Keyer, e: &Entry, h: u64) -> Option<u32> {
         if self.slots.is_empty() {
             return None;
         }
-        match self.probe(keyer, e) {
+        match self.probe(keyer, e, h) {
             Probe::Found(pos) => Some(hour(&self.slots[pos])),
             Probe::Vacant(_) => None,
         }
@@ -207,7 +211,7 @@ impl Segment {
         let start = old.iter().position(is_empty).unwrap_or(0);
         let (tail, head) = old.split_at(start);
         for e in head.iter().chain(tail).filter(|e| !is_empty(e)) {
-            match self.probe(keyer, e) {
+            match self.probe(keyer, e, keyer.inner(e)) {
                 Probe::Vacant(pos) => self.insert_at(pos, *e),
                 Probe::Found(_) => unreachable!("an identity is held once"),
             }
@@ -304,10 +308,12 @@ impl Table {
     pub fn claim(&mut self, identity: &[u8; 16], hour: u32) -> bool {
         let e = entry(identity, hour);
         let claimed = if is_empty(&e) {
-            self.zero.replace(self.zero.unwrap_or(hour)).is_none()
+            let fresh = self.zero.is_none();
+            self.zero.get_or_insert(hour);
+            fresh
         } else {
-            let keyer = self.keyer;
-            self.segments[keyer.segment(keyer.hash(&e))].claim(&keyer, e)
+            let (segment, h) = self.keyer.place(&e);
+            self.segments[segment].claim(&self.keyer, e, h)
         };
         self.len += usize::from(claimed);
         claimed
@@ -319,7 +325,8 @@ impl Table {
         if is_empty(&e) {
             return self.zero;
         }
-        self.segments[self.keyer.segment(self.keyer.hash(&e))].get(&self.keyer, &e)
+        let (segment, h) = self.keyer.place(&e);
+        self.segments[segment].get(&self.keyer, &e, h)
     }
 
     /// Removes every identity whose hour `keep` refuses, in one pass over
