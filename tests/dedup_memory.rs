@@ -1,7 +1,12 @@
 //! Heap bytes per identity and time per claim of the dedup index at 1M and
 //! 10M identities, beside the layout it replaced (a `HashMap` of identity
 //! to event time and tenant, plus the identities listed per hour for
-//! pruning) measured in the same run. Figures, not a test of speed: run
+//! pruning) measured in the same run. Claims are timed three ways: in a
+//! tight loop (the CPU overlaps the cache misses of independent claims as
+//! far as it can run ahead), in a loop that prefetches `PREFETCH_AHEAD`
+//! identities ahead (as the writer does), and one lookup waiting for the
+//! last (the latency of one claim, what a claim costs amid the writer's
+//! other work). Figures, not a test of speed: run
 //!
 //! ```sh
 //! cargo test --release --test dedup_memory -- --ignored --nocapture
@@ -16,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use keymeter::event::{DedupKey, DedupKeyBuildHasher};
-use keymeter::projection::dedup::DedupIndex;
+use keymeter::projection::dedup::{DedupIndex, PREFETCH_AHEAD};
 
 /// The system allocator, counting the bytes live and the most ever live.
 struct Counting;
@@ -94,19 +99,44 @@ impl HashMapIndex {
     }
 }
 
-/// ns per claim of `claim` over `claims`, all new and then all repeated.
+/// ns per claim of `claim` over `claims`, all new and then all repeated;
+/// `claim` gets the index of the claim too.
 fn time_claims(
     claims: &[(DedupKey, i64, u32)],
-    mut claim: impl FnMut(DedupKey, i64, u32) -> bool,
+    mut claim: impl FnMut(usize, DedupKey, i64, u32) -> bool,
 ) -> (f64, f64) {
     let mut run = |want: bool| {
         let started = Instant::now();
-        for &(k, t, tenant) in claims {
-            assert_eq!(claim(k, t, tenant), want);
+        for (i, &(k, t, tenant)) in claims.iter().enumerate() {
+            assert_eq!(claim(i, k, t, tenant), want);
         }
         started.elapsed().as_nanos() as f64 / claims.len() as f64
     };
     (run(true), run(false))
+}
+
+/// ns per lookup when each lookup's identity depends on the last answer.
+fn time_dependent(claims: &[(DedupKey, i64, u32)], contains: impl Fn(&DedupKey) -> bool) -> f64 {
+    let lookups = claims.len() / 4;
+    let started = Instant::now();
+    let mut i = 0;
+    for _ in 0..lookups {
+        let held = contains(&claims[i].0);
+        i = (i + 7_919 + usize::from(!held)) % claims.len();
+    }
+    started.elapsed().as_nanos() as f64 / lookups as f64
+}
+
+/// ns per claim, new and repeated, of an index claiming `claims` with
+/// prefetches as the writer does.
+fn prefetched(claims: &[(DedupKey, i64, u32)]) -> (f64, f64) {
+    let mut d = DedupIndex::in_memory(usize::MAX);
+    time_claims(claims, |i, k, t, _| {
+        if let Some(ahead) = claims.get(i + PREFETCH_AHEAD) {
+            d.prefetch(&ahead.0);
+        }
+        d.claim_one(k, t, 0)
+    })
 }
 
 fn measure(n: usize) {
@@ -119,7 +149,8 @@ fn measure(n: usize) {
         .iter()
         .map(|t| d.tenant(t))
         .collect();
-    let (new_ns, dup_ns) = time_claims(&claims, |k, t, x| d.claim_one(k, t, tenants[x as usize]));
+    let (new_ns, dup_ns) =
+        time_claims(&claims, |_, k, t, x| d.claim_one(k, t, tenants[x as usize]));
     let (live, peak) = heap();
     println!(
         "{n} identities, table: {:.1} B/identity in slots, heap {:.1} B/identity \
@@ -129,6 +160,12 @@ fn measure(n: usize) {
         per(peak - base),
     );
     assert!(d.bytes_per_identity() <= 40.0);
+    let latency = time_dependent(&claims, |k| d.contains(k));
+    let (new_ns, dup_ns) = prefetched(&claims);
+    println!(
+        "  prefetched {PREFETCH_AHEAD} ahead: claim {new_ns:.0} ns new, {dup_ns:.0} ns repeated; \
+         one lookup waiting for the last: {latency:.0} ns"
+    );
 
     let started = Instant::now();
     let snapshot = d.snapshot();
@@ -156,11 +193,13 @@ fn measure(n: usize) {
         held: vec![0; 3],
         ..HashMapIndex::default()
     };
-    let (new_ns, dup_ns) = time_claims(&claims, |k, t, x| old.claim_one(k, t, x));
+    let (new_ns, dup_ns) = time_claims(&claims, |_, k, t, x| old.claim_one(k, t, x));
     let (live, peak) = heap();
+    let latency = time_dependent(&claims, |k| old.keys.contains_key(k));
     println!(
         "{n} identities, HashMap + hour lists: heap {:.1} B/identity (peak {:.1}), \
-         claim {new_ns:.0} ns new, {dup_ns:.0} ns repeated",
+         claim {new_ns:.0} ns new, {dup_ns:.0} ns repeated; one lookup waiting for the last: \
+         {latency:.0} ns",
         per(live - base),
         per(peak - base),
     );

@@ -21,7 +21,7 @@ use std::io::{BufWriter, Read, Write};
 use std::path::PathBuf;
 
 use super::table::{hour, identity, Entry};
-use super::{DedupIndex, TenantIx, UNATTRIBUTED};
+use super::{DedupIndex, TenantIx, PREFETCH_AHEAD, UNATTRIBUTED};
 use crate::event::DedupKey;
 use crate::log::Seq;
 
@@ -161,6 +161,15 @@ impl<'a> Reader<'a> {
         Ok(DedupKey(self.take(16)?.try_into().expect("16")))
     }
 
+    /// Prefetches the identity of the entry [`PREFETCH_AHEAD`] entries of
+    /// `size` bytes on, if there is one.
+    fn prefetch_ahead(&self, index: &DedupIndex, size: usize) {
+        let at = PREFETCH_AHEAD * size;
+        if let Some(ahead) = self.0.get(at..at + 16) {
+            index.prefetch(&DedupKey(ahead.try_into().expect("16")));
+        }
+    }
+
     /// A count of items of `size` bytes each that the rest can hold.
     fn count(&mut self, n: u64, size: usize) -> std::io::Result<usize> {
         match usize::try_from(n) {
@@ -259,6 +268,7 @@ impl DedupIndex {
             return Err(bad("length does not match the entry count"));
         }
         while !r.0.is_empty() {
+            r.prefetch_ahead(self, entry as usize);
             let key = r.key()?;
             let time_ms = r.u64()? as i64;
             let tenant = match tenants {
@@ -285,6 +295,7 @@ impl DedupIndex {
         }
         let mut last = None;
         while !r.0.is_empty() {
+            r.prefetch_ahead(self, ENTRY_BYTES);
             let key = r.key()?;
             let hour = r.u32()?;
             if last.is_some_and(|l| l >= key) {

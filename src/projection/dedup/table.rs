@@ -63,6 +63,23 @@ fn folded_multiply(x: u64, y: u64) -> u64 {
     (p as u64) ^ ((p >> 64) as u64)
 }
 
+/// Asks for the two cache lines from `e` on: an entry may straddle a line,
+/// and a probe goes on to the next slots.
+#[cfg(target_arch = "x86_64")]
+fn prefetch(e: &Entry) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    let p = (e as *const Entry).cast::<i8>();
+    // SAFETY: a prefetch only hints at a load; it reads nothing and never
+    // faults, whatever the address.
+    unsafe {
+        _mm_prefetch::<_MM_HINT_T0>(p);
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64));
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn prefetch(_: &Entry) {}
+
 /// Where an identity goes: the segment and the hash within it, from a mix
 /// keyed by a per-process random seed.
 #[derive(Clone, Copy)]
@@ -144,8 +161,12 @@ impl Segment {
             if resident[..4] == e[..4] {
                 return Probe::Found(pos);
             }
-            // Robin Hood order: past this entry, every home is after ours.
-            if self.distance(self.home(keyer, resident), pos) < dist {
+            // A run holds its entries by hash: past one whose home is
+            // after ours, or whose hash is above ours at the same home,
+            // ours cannot be.
+            let rh = keyer.inner(resident);
+            let rdist = self.distance(scale(rh, self.slots.len()), pos);
+            if rdist < dist || (rdist == dist && rh > h) {
                 return Probe::Vacant(pos);
             }
             pos = self.next(pos);
@@ -201,17 +222,42 @@ impl Segment {
         }
     }
 
-    /// Half as many slots again, the entries re-inserted in slot order from
-    /// a run's start (so each lands at the end of its run).
+    /// Half as many slots again. Read from after an empty slot, the old
+    /// slots hold their entries by hash, except that the ones whose home is
+    /// at or before that slot come last (the hashes start again): each is
+    /// placed at its new home or right after the entry placed before it,
+    /// counting the latter ones a whole table on. Should that run round into
+    /// the first entry placed (the bounds of the growth all but rule it
+    /// out), the rest are inserted one by one.
     fn grow(&mut self, keyer: &Keyer) {
+        self.regrow(keyer, true);
+    }
+
+    /// [`Self::grow`], placing entries in one pass while `streaming`.
+    fn regrow(&mut self, keyer: &Keyer, mut streaming: bool) {
         let slots = self.slots.len();
         let grown = (slots + slots / 2).max(SEGMENT_SLOTS_MIN);
         let old = std::mem::replace(&mut self.slots, vec![EMPTY; grown]);
         self.len = 0;
-        let start = old.iter().position(is_empty).unwrap_or(0);
-        let (tail, head) = old.split_at(start);
-        for e in head.iter().chain(tail).filter(|e| !is_empty(e)) {
-            match self.probe(keyer, e, keyer.inner(e)) {
+        let Some(start) = old.iter().position(is_empty) else {
+            return;
+        };
+        let mut next = 0;
+        for e in old[start + 1..].iter().chain(&old[..start]) {
+            if is_empty(e) {
+                continue;
+            }
+            let h = keyer.inner(e);
+            let round = if scale(h, slots) <= start { grown } else { 0 };
+            let at = (scale(h, grown) + round).max(next);
+            streaming &= at < 2 * grown && is_empty(&self.slots[at % grown]);
+            if streaming {
+                self.slots[at % grown] = *e;
+                self.len += 1;
+                next = at + 1;
+                continue;
+            }
+            match self.probe(keyer, e, h) {
                 Probe::Vacant(pos) => self.insert_at(pos, *e),
                 Probe::Found(_) => unreachable!("an identity is held once"),
             }
@@ -319,6 +365,18 @@ impl Table {
         claimed
     }
 
+    /// Starts loading the slots a claim of `identity` probes first: a
+    /// caller that knows the identities it will claim next overlaps their
+    /// cache misses with its other work.
+    pub fn prefetch(&self, identity: &[u8; 16]) {
+        let e = entry(identity, 0);
+        let (segment, h) = self.keyer.place(&e);
+        let slots = &self.segments[segment].slots;
+        if let Some(home) = slots.get(scale(h, slots.len())) {
+            prefetch(home);
+        }
+    }
+
     /// The hour `identity` is held with, if it is.
     pub fn get(&self, identity: &[u8; 16]) -> Option<u32> {
         let e = entry(identity, 0);
@@ -381,8 +439,11 @@ mod tests {
                     }
                     if home != pos {
                         let before = &s.slots[prev];
-                        let d = s.distance(s.home(&self.keyer, before), prev);
-                        assert!(d + 1 >= s.distance(home, pos), "out of Robin Hood order");
+                        let d = s.distance(s.home(&self.keyer, before), prev) + 1;
+                        let (hb, h) = (self.keyer.inner(before), self.keyer.inner(e));
+                        let dist = s.distance(home, pos);
+                        let ordered = d > dist || (d == dist && hb <= h);
+                        assert!(ordered, "a run out of the order of its hashes");
                     }
                 }
                 held += s.len;
@@ -416,6 +477,30 @@ mod tests {
         }
         assert!(growths > 64 * 10, "{growths} growths");
         assert!(t.bytes_per_identity() >= 23.0);
+    }
+
+    /// Growing places entries in one pass, where they would land if
+    /// inserted one by one (the slots of a set are the same whatever order
+    /// it arrived in); small segments, so runs wrap round the end.
+    #[test]
+    fn growing_in_one_pass_places_entries_where_inserting_them_would() {
+        for seed in 0..3_000u64 {
+            let mut t = Table::with_seed([seed, seed.rotate_left(32), !seed], 0);
+            let held = 2 + seed as usize % 60;
+            for n in 1..=held as u64 {
+                t.claim(&id(n), n as u32);
+            }
+            let keyer = t.keyer;
+            let mut inserted = t.segments[0].clone();
+            inserted.regrow(&keyer, false);
+            t.segments[0].grow(&keyer);
+            assert!(t.segments[0].slots == inserted.slots, "seed {seed}");
+            t.assert_probe_order();
+            for n in 1..=64 {
+                let want = (n <= held as u64).then_some(n as u32);
+                assert_eq!(t.get(&id(n)), want, "seed {seed}, identity {n}");
+            }
+        }
     }
 
     #[test]
