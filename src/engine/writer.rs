@@ -6,19 +6,18 @@
 
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
 use super::batch::{Batch, Job, Pending};
 use super::decide::WriterState;
+use super::dedup_saves::DedupSaves;
 use super::handle::Command;
 use super::protocol::{StageError, StartError, SweepLeases};
 use crate::audit::CheckpointSchedule;
 use crate::clock::Clock;
 use crate::metrics::metrics;
-use crate::projection::dedup::{DedupIndex, Snapshot};
 
 /// How often the writer saves the dedup snapshot (also on shutdown).
 const DEDUP_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(60);
@@ -56,10 +55,11 @@ impl Writer {
                 self.write_batch(commands)?;
             }
             self.checkpoint_if_due(false)?;
-            if snapshot_at.elapsed() >= DEDUP_SNAPSHOT_INTERVAL {
-                self.dedup_saves.start(&self.state.dedup);
+            let due = snapshot_at.elapsed() >= DEDUP_SNAPSHOT_INTERVAL;
+            if due {
                 snapshot_at = Instant::now();
             }
+            self.dedup_saves.turn(&self.state.dedup, due);
         }
         self.checkpoint_if_due(true)?;
         self.dedup_saves.finish(&self.state.dedup);
@@ -108,76 +108,6 @@ impl Writer {
         self.syncer
             .send(Pending::Batch(job))
             .map_err(|_| StageError::PeerStopped("log syncer"))
-    }
-}
-
-/// Dedup snapshots saved off the writer thread: the writer copies the index
-/// (one pass over its slots); sorting, encoding, writing and the fsyncs
-/// run on a thread of their own, one save at a time.
-#[derive(Default)]
-pub(crate) struct DedupSaves {
-    running: Option<JoinHandle<()>>,
-}
-
-impl DedupSaves {
-    /// Starts saving `dedup`, unless the last save is still running: then
-    /// this one is skipped, and the next interval saves a later state.
-    fn start(&mut self, dedup: &DedupIndex) {
-        if self.running.as_ref().is_some_and(|h| !h.is_finished()) {
-            tracing::debug!("the last dedup snapshot is still being saved; skipping one");
-            return;
-        }
-        self.wait();
-        let started = Instant::now();
-        let snapshot = dedup.snapshot();
-        let copy_ms = started.elapsed().as_millis() as u64;
-        let spawned = std::thread::Builder::new()
-            .name("keymeter-dedup-save".into())
-            .spawn(move || save(snapshot, copy_ms));
-        match spawned {
-            Ok(handle) => self.running = Some(handle),
-            Err(e) => tracing::warn!(error = %e, "cannot start saving the dedup snapshot"),
-        }
-    }
-
-    /// Waits for a running save to end.
-    fn wait(&mut self) {
-        if let Some(handle) = self.running.take() {
-            if handle.join().is_err() {
-                tracing::warn!("saving the dedup snapshot panicked");
-            }
-        }
-    }
-
-    /// At shutdown: waits for a running save, then saves `dedup` as it is
-    /// now on this thread, so the snapshot left behind is at the log head.
-    fn finish(&mut self, dedup: &DedupIndex) {
-        self.wait();
-        let started = Instant::now();
-        let snapshot = dedup.snapshot();
-        save(snapshot, started.elapsed().as_millis() as u64);
-    }
-}
-
-/// A writer that stops on an error leaves no save running behind it.
-impl Drop for DedupSaves {
-    fn drop(&mut self) {
-        self.wait();
-    }
-}
-
-/// A failed snapshot costs only replay time on the next start.
-fn save(snapshot: Snapshot, copy_ms: u64) {
-    let started = Instant::now();
-    let keys = snapshot.len();
-    match snapshot.save() {
-        Ok(()) => tracing::debug!(
-            keys,
-            copy_ms,
-            save_ms = started.elapsed().as_millis() as u64,
-            "dedup snapshot saved"
-        ),
-        Err(e) => tracing::warn!(error = %e, "cannot save the dedup snapshot"),
     }
 }
 

@@ -32,7 +32,7 @@ pub mod tenants;
 #[cfg(test)]
 mod tests;
 
-pub use snapshot::Snapshot;
+pub use snapshot::{Snapshot, SnapshotRoom};
 use table::Table;
 pub use tenants::{room, HourCounts, NoRoom, TenantIx, Tenants, UNATTRIBUTED};
 

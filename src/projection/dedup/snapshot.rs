@@ -54,6 +54,22 @@ pub struct Snapshot {
     entries: Vec<Entry>,
 }
 
+/// Memory for a snapshot's copy of the entries, every page of it already
+/// written: faulting in fresh pages costs more than the copy, so a thread
+/// other than the writer makes the room and the writer only copies.
+#[derive(Default)]
+pub struct SnapshotRoom(Vec<Entry>);
+
+impl SnapshotRoom {
+    /// Room for `identities` entries, touched.
+    pub fn touched(identities: usize) -> SnapshotRoom {
+        let mut v = Vec::with_capacity(identities);
+        v.resize(identities, [u32::MAX; 5]);
+        v.clear();
+        SnapshotRoom(v)
+    }
+}
+
 impl Snapshot {
     /// Identities it holds.
     pub fn len(&self) -> usize {
@@ -183,6 +199,11 @@ impl DedupIndex {
     /// A copy of what the snapshot holds: the part of a save that needs
     /// the index (one pass over its slots); [`Snapshot::save`] does the rest.
     pub fn snapshot(&self) -> Snapshot {
+        self.snapshot_in(SnapshotRoom::default())
+    }
+
+    /// [`Self::snapshot`], its entries copied into `room`.
+    pub fn snapshot_in(&self, room: SnapshotRoom) -> Snapshot {
         let order = self.tenants.holding_by_name();
         let mut position = vec![0u32; self.tenants.count()];
         for (pos, &ix) in order.iter().enumerate() {
@@ -197,7 +218,7 @@ impl DedupIndex {
             applied: self.applied,
             tenants: (order.iter().map(|&ix| self.tenants.name(ix).to_owned())).collect(),
             hours,
-            entries: self.table.entries(),
+            entries: self.table.entries_into(room.0),
         }
     }
 

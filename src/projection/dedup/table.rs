@@ -404,7 +404,13 @@ impl Table {
 
     /// Every entry, in no fixed order: the copy a snapshot is made from.
     pub fn entries(&self) -> Vec<Entry> {
-        let mut out = Vec::with_capacity(self.len);
+        self.entries_into(Vec::new())
+    }
+
+    /// [`Self::entries`], into `out` (emptied first).
+    pub fn entries_into(&self, mut out: Vec<Entry>) -> Vec<Entry> {
+        out.clear();
+        out.reserve(self.len);
         out.extend(self.zero.map(|h| [0, 0, 0, 0, h]));
         for s in &self.segments {
             out.extend(s.slots.iter().filter(|e| !is_empty(e)));
