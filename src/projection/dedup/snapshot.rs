@@ -304,8 +304,8 @@ impl DedupIndex {
 
     fn read_v3(&mut self, r: &mut Reader<'_>) -> std::io::Result<()> {
         let tenants = self.read_tenants(r)?;
-        let names = (tenants.iter()).map(|&ix| self.tenants.name(ix));
-        if names.clone().next() != Some("") || !is_ascending(names) {
+        let names: Vec<&str> = (tenants.iter()).map(|&ix| self.tenants.name(ix)).collect();
+        if names.first() != Some(&"") || !names.windows(2).all(|w| w[0] < w[1]) {
             return Err(bad("tenants not the unattributed one, then by name"));
         }
         let rows = read_hours(r, tenants.len())?;
@@ -380,15 +380,4 @@ fn per_hour(rows: &[(u32, u32, u64)]) -> Vec<(u32, u64)> {
         }
     }
     out
-}
-
-fn is_ascending<'a>(mut names: impl Iterator<Item = &'a str>) -> bool {
-    let Some(mut prev) = names.next() else {
-        return true;
-    };
-    names.all(|name| {
-        let ok = prev < name;
-        prev = name;
-        ok
-    })
 }

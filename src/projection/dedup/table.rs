@@ -10,14 +10,16 @@
 //! cost 23.5–35.3 bytes per identity between growths.
 //!
 //! Linear probing in Robin Hood order: a run of slots holds its entries in
-//! the order of their home slots, so a probe for an absent identity stops
-//! at the first entry whose home lies after its own, and removal shifts
-//! the run back instead of leaving tombstones. The home slot comes from a
-//! keyed mix of the identity (identities are unkeyed SHA-256, so anyone
-//! could grind ids whose identities share a prefix) reduced to the
-//! segment's capacity by a multiply-shift, which is monotone in the hash:
-//! growing re-inserts a segment's entries in slot order, each at the end of
-//! its run.
+//! the order of their hashes, so a probe for an absent identity stops at
+//! the first entry that would come after it, and removal shifts the run
+//! back instead of leaving tombstones. The home slot comes from a keyed mix
+//! of the identity (identities are unkeyed SHA-256, so anyone could grind
+//! ids whose identities share a prefix) reduced to the segment's capacity
+//! by a multiply-shift, which is monotone in the hash: growing places a
+//! segment's entries in one pass over its old slots.
+//!
+//! A claim's cost is the cache miss on its home slot; callers that know
+//! their next identities ask for those slots early ([`Table::prefetch`]).
 //!
 //! Why segments: a segment is 1/64 of the table, so growing one copies 1/64
 //! of the slots. A single table of 10M identities would hold its old
