@@ -472,15 +472,18 @@ fn damage_projections(data: &std::path::Path, built: &Built) {
     store.db.flush().unwrap();
 }
 
-/// A dedup snapshot that loads (magic, checksum, seq at the log head) but
-/// has forgotten one identity and holds one that was never sent.
+/// A dedup snapshot that loads (magic, checksum, seq at the log head,
+/// counts that add up) but has forgotten one identity and holds, in the
+/// same hour, one that was never sent.
 fn forge_dedup_snapshot(data: &std::path::Path) {
     let path = dedup_snapshot_path(data);
     let mut snapshot = DedupSnapshot::parse(&std::fs::read(&path).unwrap());
-    snapshot.entries.pop();
-    snapshot.entries.insert(0, [0; 28]);
-    snapshot.entries[0][..24].copy_from_slice(&[0xAB; 24]);
+    let mut forged = snapshot.entries.pop().unwrap();
+    forged[..16].copy_from_slice(&[0xAB; 16]);
+    snapshot.entries.push(forged);
     std::fs::write(&path, snapshot.encode()).unwrap();
+    let mut index = keymeter::projection::dedup::DedupIndex::in_memory(usize::MAX);
+    index.read_snapshot(&std::fs::read(&path).unwrap()).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

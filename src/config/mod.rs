@@ -91,7 +91,7 @@ pub struct Config {
     pub writer_queue_max: usize,
     /// Size at which the log rolls to a new segment.
     pub segment_bytes_max: u64,
-    /// Most event identities the dedup index holds (about 60 bytes each);
+    /// Most event identities the dedup index holds (24–35 bytes each);
     /// at the limit ingest is refused with 503 rather than forgetting
     /// identities early.
     pub dedup_keys_max: usize,

@@ -20,6 +20,7 @@
 
 pub mod batch;
 pub mod decide;
+mod dedup_saves;
 mod handle;
 mod open;
 mod projector;

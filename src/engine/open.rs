@@ -442,6 +442,7 @@ fn start_stages(
         clock,
         checkpoints,
         syncer: pending_tx,
+        dedup_saves: Default::default(),
     };
     let projector = Projector {
         projections: p.list,

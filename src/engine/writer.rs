@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 
 use super::batch::{Batch, Job, Pending};
 use super::decide::WriterState;
+use super::dedup_saves::DedupSaves;
 use super::handle::Command;
 use super::protocol::{StageError, StartError, SweepLeases};
 use crate::audit::CheckpointSchedule;
@@ -30,6 +31,7 @@ pub(crate) struct Writer {
     /// Records not yet covered by a checkpoint, and when one is due.
     pub checkpoints: CheckpointSchedule,
     pub syncer: SyncSender<Pending>,
+    pub dedup_saves: DedupSaves,
 }
 
 impl Writer {
@@ -53,13 +55,14 @@ impl Writer {
                 self.write_batch(commands)?;
             }
             self.checkpoint_if_due(false)?;
-            if snapshot_at.elapsed() >= DEDUP_SNAPSHOT_INTERVAL {
-                self.save_dedup();
+            let due = snapshot_at.elapsed() >= DEDUP_SNAPSHOT_INTERVAL;
+            if due {
                 snapshot_at = Instant::now();
             }
+            self.dedup_saves.turn(&self.state.dedup, due);
         }
         self.checkpoint_if_due(true)?;
-        self.save_dedup();
+        self.dedup_saves.finish(&self.state.dedup);
         tracing::info!(next_seq = self.state.next_seq, "writer drained its queue");
         Ok(())
     }
@@ -80,20 +83,6 @@ impl Writer {
         self.syncer
             .send(Pending::Checkpoint { seq })
             .map_err(|_| StageError::PeerStopped("log syncer"))
-    }
-
-    /// A failed snapshot costs only replay time on the next start.
-    fn save_dedup(&self) {
-        let started = Instant::now();
-        let dedup = &self.state.dedup;
-        match dedup.save_snapshot() {
-            Ok(()) => tracing::debug!(
-                keys = dedup.len(),
-                ms = started.elapsed().as_millis() as u64,
-                "dedup snapshot saved"
-            ),
-            Err(e) => tracing::warn!(error = %e, "cannot save the dedup snapshot"),
-        }
     }
 
     fn write_batch(&mut self, commands: Vec<Command>) -> Result<(), StageError> {

@@ -10,51 +10,59 @@ use std::path::{Path, PathBuf};
 use keymeter::projection::{KeyValue, Store};
 
 /// The dedup snapshot file (`state/dedup.snapshot`), by its documented
-/// layout: `"KMDEDUP1" | applied u64 LE | count u64 LE | count × (key [u8;
-/// 16] | event time i64 LE) | crc32c u32 LE over applied..entries`.
+/// layout: `"KMDEDUP3" | applied u64 | tenant table: u32 count, count ×
+/// (u16 length | name) | hour table: u32 count, count × (hour u32 | tenant
+/// position u32 | identities u64) | entry count u64 | count × (identity
+/// [u8; 16] | hour u32), by identity | crc32c u32 over applied..entries`,
+/// integers little-endian.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DedupSnapshot {
-    /// Magic, seq, tenant table (`KMDEDUP2`) and entry count.
+    /// Magic, seq, tenant table and hour table.
     pub header: Vec<u8>,
-    /// Entries (28 bytes each: identity, time, tenant) sorted: the file
-    /// keeps the in-memory map's order, which its format does not fix.
-    pub entries: Vec<[u8; 28]>,
+    /// Entries (20 bytes each: identity, hour), in the file's order.
+    pub entries: Vec<[u8; 20]>,
 }
 
 impl DedupSnapshot {
     pub fn parse(bytes: &[u8]) -> DedupSnapshot {
-        assert!(bytes.len() >= 28, "dedup snapshot of {} bytes", bytes.len());
-        assert_eq!(&bytes[..8], b"KMDEDUP2", "dedup snapshot magic");
-        let (body, crc) = bytes[8..].split_at(bytes.len() - 12);
+        assert!(bytes.len() >= 32, "dedup snapshot of {} bytes", bytes.len());
+        assert_eq!(&bytes[..8], b"KMDEDUP3", "dedup snapshot magic");
+        let body = &bytes[8..bytes.len() - 4];
+        let crc = &bytes[bytes.len() - 4..];
         assert_eq!(
             crc32c::crc32c(body).to_le_bytes(),
             crc,
             "dedup snapshot checksum"
         );
-        let tenants = u32::from_le_bytes(body[8..12].try_into().unwrap());
+        let u32_at = |at: usize| u32::from_le_bytes(body[at..at + 4].try_into().unwrap());
         let mut at = 12;
-        for _ in 0..tenants {
+        for _ in 0..u32_at(8) {
             at += 2 + u16::from_le_bytes(body[at..at + 2].try_into().unwrap()) as usize;
         }
+        at += 4 + 16 * u32_at(at) as usize;
         let count = u64::from_le_bytes(body[at..at + 8].try_into().unwrap()) as usize;
+        let header = bytes[..8 + at].to_vec();
         at += 8;
-        assert_eq!(body.len() - at, count * 28, "dedup snapshot entry count");
-        let mut entries: Vec<[u8; 28]> = body[at..]
-            .chunks_exact(28)
+        assert_eq!(body.len() - at, count * 20, "dedup snapshot entry count");
+        let entries: Vec<[u8; 20]> = body[at..]
+            .chunks_exact(20)
             .map(|e| e.try_into().unwrap())
             .collect();
-        entries.sort();
-        DedupSnapshot {
-            header: bytes[..8 + at - 8].to_vec(),
-            entries,
-        }
+        assert!(
+            entries.windows(2).all(|w| w[0][..16] < w[1][..16]),
+            "dedup snapshot entries by identity"
+        );
+        DedupSnapshot { header, entries }
     }
 
-    /// A valid snapshot file (right magic and checksum) holding `self`.
+    /// A valid snapshot file (right magic and checksum) holding `self`,
+    /// its entries put in order.
     pub fn encode(&self) -> Vec<u8> {
+        let mut entries = self.entries.clone();
+        entries.sort();
         let mut out = self.header.clone();
-        out.extend_from_slice(&(self.entries.len() as u64).to_le_bytes());
-        for e in &self.entries {
+        out.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+        for e in &entries {
             out.extend_from_slice(e);
         }
         let crc = crc32c::crc32c(&out[8..]);

@@ -3,8 +3,9 @@
 use keymeter::event::DedupKey;
 use keymeter::projection::dedup::DedupIndex;
 
-/// A snapshot with unattributed and attributed identities, and the same
-/// identities in the format before tenants.
+/// A snapshot with unattributed and attributed identities, the same
+/// identities in the format with a tenant per entry, and in the format
+/// before tenants.
 pub fn dedup_snapshot(write: impl Fn(&str, &str, &[u8])) {
     let t = "dedup_snapshot";
     let mut index = DedupIndex::in_memory(100);
@@ -21,9 +22,29 @@ pub fn dedup_snapshot(write: impl Fn(&str, &str, &[u8])) {
         }),
         7,
     );
-    let mut v2 = Vec::new();
-    index.write_snapshot(&mut v2).unwrap();
-    write(t, "tenants", &v2);
+    let mut v3 = Vec::new();
+    index.write_snapshot(&mut v3).unwrap();
+    write(t, "tenants", &v3);
+    let mut body = Vec::new();
+    body.extend_from_slice(&7u64.to_le_bytes());
+    body.extend_from_slice(&3u32.to_le_bytes());
+    for name in ["", "key:0a1b2c3d4e5f", "product:acme"] {
+        body.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        body.extend_from_slice(name.as_bytes());
+    }
+    body.extend_from_slice(&4u64.to_le_bytes());
+    for (i, (id, position)) in [("e1", 0u32), ("e2", 2), ("e3", 1), ("e4", 2)]
+        .into_iter()
+        .enumerate()
+    {
+        body.extend_from_slice(&DedupKey::new("s", id).0);
+        body.extend_from_slice(&(1_700_000_000_000 + i as i64).to_le_bytes());
+        body.extend_from_slice(&position.to_le_bytes());
+    }
+    let mut v2 = b"KMDEDUP2".to_vec();
+    v2.extend_from_slice(&body);
+    v2.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+    write(t, "tenant_per_entry", &v2);
     let mut body = Vec::new();
     body.extend_from_slice(&7u64.to_le_bytes());
     body.extend_from_slice(&2u64.to_le_bytes());

@@ -9,10 +9,10 @@ use crate::engine::protocol::{
     EngineError, Ingest, IngestOutcome, Origin, RejectBody, RejectedItem, SourcePositions,
 };
 use crate::error_code::ErrorCode;
-use crate::event::{Decoded, Rejection};
+use crate::event::{Decoded, DedupKey, Rejection};
 use crate::log::Seq;
 use crate::metrics::metrics;
-use crate::projection::dedup::{room, NoRoom, TenantIx, UNATTRIBUTED};
+use crate::projection::dedup::{room, NoRoom, TenantIx, PREFETCH_AHEAD, UNATTRIBUTED};
 use crate::projection::EventFacts;
 use crate::record::{EventRecord, Record, RejectedRecord, SourcePosition};
 use crate::source::checkpoint::PartitionId;
@@ -156,6 +156,23 @@ impl WriterState {
         }))
     }
 
+    /// The identities of the valid `items`, the first [`PREFETCH_AHEAD`]
+    /// of them prefetched in the dedup index; the claim loop asks for each
+    /// next one that far ahead, so its cache misses overlap the meter
+    /// checks.
+    fn prefetch_dedup(&self, items: &[Decoded]) -> Vec<DedupKey> {
+        let keys: Vec<_> = (items.iter())
+            .filter_map(|i| match i {
+                Decoded::Valid(e) => Some(e.key),
+                Decoded::Invalid { .. } => None,
+            })
+            .collect();
+        for k in keys.iter().take(PREFETCH_AHEAD) {
+            self.dedup.prefetch(k);
+        }
+        keys
+    }
+
     /// Every valid event that all meters of its type can read, and whose
     /// identity is new, becomes an event record; the rest become quarantine
     /// records (duplicates are only counted).
@@ -168,11 +185,17 @@ impl WriterState {
         batch: &mut Batch,
     ) -> IngestOutcome {
         let mut outcome = IngestOutcome::default();
+        let keys = self.prefetch_dedup(&items);
+        let mut valid = 0;
         for (index, item) in items.into_iter().enumerate() {
             let index = index as u32;
             let (rejection, raw) = match item {
                 Decoded::Invalid { rejection, raw } => (rejection, raw),
                 Decoded::Valid(event) => {
+                    if let Some(k) = keys.get(valid + PREFETCH_AHEAD) {
+                        self.dedup.prefetch(k);
+                    }
+                    valid += 1;
                     match self.meters.check(&event.ty, event.data(), &self.unique_key) {
                         Err(e) => (Rejection::from(e), event.raw.into_bytes()),
                         Ok(observations) => {

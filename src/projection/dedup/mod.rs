@@ -4,43 +4,60 @@
 //! Why memory and not sled: a claim happens for every accepted event, and
 //! sled 0.34 sustains only ~30k random inserts/s on our 2-core machine, an
 //! order of magnitude below the ingest target. Reads and writes here are
-//! hash-map operations.
+//! probes of an open-addressing table of 20-byte entries ([`table`]).
 //!
 //! Bounded: an identity is kept while its event time is within the window
 //! (an older event is refused anyway, so pruning never lets a duplicate
 //! through), and the total is capped by `keys_max`; at the cap new events
 //! are refused with a clear error instead of growing without limit.
 //!
+//! An identity is kept with the hour of its event time only, and pruned by
+//! whole hours; who claimed it is counted per hour and tenant
+//! ([`HourCounts`]), not kept per identity.
+//!
 //! Durable: the index is a projection of the log. It is saved to a snapshot
 //! file (entries, CRC32C, written to a temporary file, fsynced and
 //! renamed) together with the sequence number it covers; on start the
 //! snapshot is loaded and the log after it replayed.
 
-use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use super::{Applied, ProjectionError};
-use crate::event::{DedupKey, DedupKeyBuildHasher};
+use crate::event::DedupKey;
 use crate::log::Seq;
 
 mod snapshot;
+mod table;
 pub mod tenants;
+#[cfg(test)]
+mod tests;
 
-pub use tenants::{room, NoRoom, TenantIx, Tenants, UNATTRIBUTED};
+pub use snapshot::{Snapshot, SnapshotRoom};
+use table::Table;
+pub use tenants::{room, HourCounts, NoRoom, TenantIx, Tenants, UNATTRIBUTED};
 
-const BUCKET_MS: i64 = 3_600_000;
+const HOUR_MS: i64 = 3_600_000;
 
-/// An identity's event time and the tenant that sent it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Claim {
-    time_ms: i64,
-    tenant: TenantIx,
+/// How many identities ahead of its claims a loop asks for their slots
+/// ([`DedupIndex::prefetch`]): enough to cover a cache miss with the work
+/// of a few claims, few enough to stay in the first-level cache.
+pub const PREFETCH_AHEAD: usize = 8;
+
+/// The hour (since the Unix epoch) holding `time_ms`; times outside the
+/// hours a `u32` counts are held in its first or last, which any window
+/// has long left or not yet reached.
+fn hour_of(time_ms: i64) -> u32 {
+    time_ms.div_euclid(HOUR_MS).clamp(0, i64::from(u32::MAX)) as u32
+}
+
+/// Where `hour` starts, in ms since the epoch.
+pub fn hour_start_ms(hour: u32) -> i64 {
+    i64::from(hour) * HOUR_MS
 }
 
 pub struct DedupIndex {
-    keys: HashMap<DedupKey, Claim, DedupKeyBuildHasher>,
-    /// Identities by the hour of their event time, for pruning.
-    buckets: BTreeMap<i64, Vec<DedupKey>>,
+    table: Table,
+    hours: HourCounts,
     tenants: Tenants,
     applied: Seq,
     keys_max: usize,
@@ -69,10 +86,10 @@ impl DedupIndex {
             Err(e) => {
                 tracing::warn!(error = %e, path = %index.snapshot_path.display(),
                     "dedup snapshot unusable; rebuilding the index from the log");
-                index.keys.clear();
-                index.buckets.clear();
-                index.tenants = Tenants::default();
-                index.applied = 0;
+                index = DedupIndex {
+                    snapshot_path: index.snapshot_path,
+                    ..DedupIndex::in_memory(keys_max)
+                };
             }
         }
         Ok(index)
@@ -82,8 +99,8 @@ impl DedupIndex {
     /// reading snapshot bytes with [`Self::read_snapshot`].
     pub fn in_memory(keys_max: usize) -> DedupIndex {
         DedupIndex {
-            keys: HashMap::default(),
-            buckets: BTreeMap::new(),
+            table: Table::default(),
+            hours: HourCounts::default(),
             tenants: Tenants::default(),
             applied: 0,
             keys_max,
@@ -91,13 +108,28 @@ impl DedupIndex {
         }
     }
 
-    /// Every identity with its event time and tenant name, sorted.
-    pub fn entries(&self) -> Vec<(DedupKey, i64, &str)> {
-        let mut out: Vec<_> = (self.keys.iter())
-            .map(|(k, c)| (*k, c.time_ms, self.tenants.name(c.tenant)))
+    /// Every identity with the start of its event time's hour, sorted.
+    pub fn entries(&self) -> Vec<(DedupKey, i64)> {
+        let mut out: Vec<_> = (self.table.entries().iter())
+            .map(|e| (DedupKey(table::identity(e)), hour_start_ms(table::hour(e))))
             .collect();
-        out.sort_unstable_by_key(|e| e.0 .0);
+        out.sort_unstable();
         out
+    }
+
+    /// How many identities each tenant holds of each hour: `(hour start
+    /// ms, tenant name, identities)`, by hour then name.
+    pub fn hour_counts(&self) -> Vec<(i64, &str, u64)> {
+        let mut out: Vec<_> = (self.hours.iter())
+            .map(|(h, t, n)| (hour_start_ms(h), self.tenants.name(t), n))
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// Bytes of the table's slots per identity held.
+    pub fn bytes_per_identity(&self) -> f64 {
+        self.table.bytes_per_identity()
     }
 
     pub fn applied(&self) -> Seq {
@@ -105,19 +137,19 @@ impl DedupIndex {
     }
 
     pub fn len(&self) -> usize {
-        self.keys.len()
+        self.table.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.table.len() == 0
     }
 
     pub fn is_full(&self) -> bool {
-        self.keys.len() >= self.keys_max
+        self.table.len() >= self.keys_max
     }
 
     pub fn contains(&self, key: &DedupKey) -> bool {
-        self.keys.contains_key(key)
+        self.table.get(&key.0).is_some()
     }
 
     /// The tenant called `name` (`""`: unattributed), added if new.
@@ -134,29 +166,39 @@ impl DedupIndex {
         if seq <= self.applied {
             return;
         }
-        for (key, time_ms, tenant) in keys {
+        let keys: Vec<_> = keys.into_iter().collect();
+        for k in keys.iter().take(PREFETCH_AHEAD) {
+            self.prefetch(&k.0);
+        }
+        for (i, &(key, time_ms, tenant)) in keys.iter().enumerate() {
+            if let Some(ahead) = keys.get(i + PREFETCH_AHEAD) {
+                self.prefetch(&ahead.0);
+            }
             self.claim_one(key, time_ms, tenant);
         }
         self.applied = seq;
     }
 
+    /// Starts loading the slots a claim of `key` will probe. Claims land on
+    /// random slots of a table far larger than the caches, so a loop that
+    /// knows its next identities asks for them [`PREFETCH_AHEAD`] claims
+    /// early and its claims wait on memory far less.
+    pub fn prefetch(&self, key: &DedupKey) {
+        self.table.prefetch(&key.0);
+    }
+
     /// Claims one identity for `tenant` unless it is already held; true if
-    /// it was new. One hash-map probe: the writer's duplicate check and
-    /// claim in one. The caller reports the seq the claims reach with
+    /// it was new. One probe of the table: the writer's duplicate check
+    /// and claim in one. The caller reports the seq the claims reach with
     /// [`Self::covered`].
     pub fn claim_one(&mut self, key: DedupKey, time_ms: i64, tenant: TenantIx) -> bool {
-        match self.keys.entry(key) {
-            std::collections::hash_map::Entry::Occupied(_) => false,
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(Claim { time_ms, tenant });
-                self.tenants.add(tenant);
-                self.buckets
-                    .entry(time_ms.div_euclid(BUCKET_MS))
-                    .or_default()
-                    .push(key);
-                true
-            }
+        let hour = hour_of(time_ms);
+        if !self.table.claim(&key.0, hour) {
+            return false;
         }
+        self.tenants.add(tenant, 1);
+        self.hours.add(hour, tenant, 1);
+        true
     }
 
     /// Every identity of the log up to `seq` is claimed.
@@ -192,91 +234,26 @@ impl DedupIndex {
         Ok(())
     }
 
-    /// Forgets identities whose event time is before `horizon_ms` (whole
-    /// hours at a time). Returns how many were removed.
+    /// Forgets identities whose event time is in an hour before the one
+    /// holding `horizon_ms`. Returns how many were removed. The hour counts
+    /// tell whether any is that old, so the table is swept once per hour
+    /// the horizon crosses, not once per call.
     pub fn prune(&mut self, horizon_ms: i64) -> usize {
-        let mut removed = 0;
-        let horizon_bucket = horizon_ms.div_euclid(BUCKET_MS);
-        while let Some(entry) = self.buckets.first_entry() {
-            if *entry.key() >= horizon_bucket {
-                break;
-            }
-            for key in entry.remove() {
-                if let Some(claim) = self.keys.remove(&key) {
-                    self.tenants.remove(claim.tenant);
-                }
-                removed += 1;
-            }
+        let horizon = hour_of(horizon_ms);
+        let old = self.hours.split_before(horizon);
+        if old.is_empty() {
+            return 0;
         }
+        let removed = self.table.retain(|hour| hour >= horizon);
+        let mut released = 0;
+        for (_, tenant, n) in old.iter() {
+            self.tenants.release(tenant, n);
+            released += n;
+        }
+        assert_eq!(
+            released, removed as u64,
+            "the dedup index's hour counts disagree with its identities"
+        );
         removed
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prune_forgets_only_identities_older_than_the_horizon_and_their_tenants_shares() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut d = DedupIndex::open(dir.path(), 100).unwrap();
-        let acme = d.tenant("product:acme");
-        let old = DedupKey::new("s", "old");
-        let new = DedupKey::new("s", "new");
-        d.claim([(old, 1_000, acme), (new, 10 * BUCKET_MS, acme)], 2);
-        assert_eq!(d.tenants().held(acme), 2);
-        assert_eq!(d.prune(5 * BUCKET_MS), 1);
-        assert!(!d.contains(&old));
-        assert!(d.contains(&new));
-        assert_eq!(d.tenants().held(acme), 1);
-    }
-
-    #[test]
-    fn snapshot_round_trips_with_tenants_and_damage_falls_back_to_replay() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut d = DedupIndex::open(dir.path(), 100).unwrap();
-        let (zeta, acme) = (d.tenant("product:zeta"), d.tenant("key:0a1b"));
-        let keys: Vec<_> = (0..50)
-            .map(|i| {
-                let tenant = [UNATTRIBUTED, zeta, acme][i % 3];
-                (DedupKey::new("s", &i.to_string()), i as i64, tenant)
-            })
-            .collect();
-        d.claim(keys.clone(), 77);
-        d.save_snapshot().unwrap();
-        let mut loaded = DedupIndex::open(dir.path(), 100).unwrap();
-        assert_eq!(loaded.applied(), 77);
-        assert_eq!(loaded.len(), 50);
-        assert!(keys.iter().all(|(k, _, _)| loaded.contains(k)));
-        for (name, held) in [("", 17), ("product:zeta", 17), ("key:0a1b", 16)] {
-            let ix = loaded.tenant(name);
-            assert_eq!(loaded.tenants().held(ix), held, "{name:?}");
-        }
-        let path = dir.path().join("dedup.snapshot");
-        let mut bytes = std::fs::read(&path).unwrap();
-        bytes[30] ^= 1;
-        std::fs::write(&path, bytes).unwrap();
-        let damaged = DedupIndex::open(dir.path(), 100).unwrap();
-        assert_eq!((damaged.applied(), damaged.len()), (0, 0));
-    }
-
-    #[test]
-    fn a_snapshot_from_before_tenants_loads_as_unattributed() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut body = Vec::new();
-        body.extend_from_slice(&9u64.to_le_bytes());
-        body.extend_from_slice(&2u64.to_le_bytes());
-        for (id, t) in [("a", 5i64), ("b", 6)] {
-            body.extend_from_slice(&DedupKey::new("s", id).0);
-            body.extend_from_slice(&t.to_le_bytes());
-        }
-        let mut file = b"KMDEDUP1".to_vec();
-        file.extend_from_slice(&body);
-        file.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
-        std::fs::write(dir.path().join("dedup.snapshot"), file).unwrap();
-        let d = DedupIndex::open(dir.path(), 100).unwrap();
-        assert_eq!((d.applied(), d.len()), (9, 2));
-        assert!(d.contains(&DedupKey::new("s", "b")));
-        assert_eq!(d.tenants().held(UNATTRIBUTED), 2);
     }
 }

@@ -7,7 +7,7 @@
 //! unattributed tenant: events from Kafka (an operator's own pipeline) and
 //! events logged before tenants were recorded. It has no share of its own.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// A tenant's index in [`Tenants`].
 pub type TenantIx = u32;
@@ -46,6 +46,11 @@ impl Tenants {
         ix
     }
 
+    /// Tenants known, holding identities or not.
+    pub fn count(&self) -> usize {
+        self.names.len()
+    }
+
     pub fn name(&self, ix: TenantIx) -> &str {
         &self.names[ix as usize]
     }
@@ -54,12 +59,12 @@ impl Tenants {
         self.held[ix as usize]
     }
 
-    pub fn add(&mut self, ix: TenantIx) {
-        self.held[ix as usize] += 1;
+    pub fn add(&mut self, ix: TenantIx, n: u64) {
+        self.held[ix as usize] += n;
     }
 
-    pub fn remove(&mut self, ix: TenantIx) {
-        self.held[ix as usize] -= 1;
+    pub fn release(&mut self, ix: TenantIx, n: u64) {
+        self.held[ix as usize] -= n;
     }
 
     /// The most any attributed tenant holds.
@@ -75,6 +80,33 @@ impl Tenants {
             .collect();
         ixs.sort_by(|a, b| self.name(*a).cmp(self.name(*b)));
         ixs
+    }
+}
+
+/// Identities held per hour of event time and tenant. The table keeps no
+/// tenant per identity; a prune, which forgets whole hours, releases the
+/// tenants' shares from these counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HourCounts(BTreeMap<(u32, TenantIx), u64>);
+
+impl HourCounts {
+    pub fn add(&mut self, hour: u32, tenant: TenantIx, n: u64) {
+        *self.0.entry((hour, tenant)).or_default() += n;
+    }
+
+    /// Takes out the counts of the hours before `hour`.
+    pub fn split_before(&mut self, hour: u32) -> HourCounts {
+        let later = self.0.split_off(&(hour, 0));
+        HourCounts(std::mem::replace(&mut self.0, later))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `(hour, tenant, identities)`, by hour then tenant index.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, TenantIx, u64)> + '_ {
+        self.0.iter().map(|(&(h, t), &n)| (h, t, n))
     }
 }
 
@@ -121,11 +153,23 @@ mod tests {
         let a = t.intern("product:acme");
         assert_eq!(t.intern("product:acme"), a);
         assert_ne!(t.intern("key:k1"), a);
-        t.add(a);
-        t.add(a);
-        t.remove(a);
+        t.add(a, 2);
+        t.release(a, 1);
         assert_eq!((t.held(a), t.held_max()), (1, 1));
         assert_eq!(t.holding_by_name(), vec![UNATTRIBUTED, a]);
+    }
+
+    #[test]
+    fn hour_counts_split_at_an_hour_whatever_the_tenant() {
+        let mut c = HourCounts::default();
+        for (hour, tenant) in [(5, 3), (5, 0), (6, 0), (4, 9), (5, 3)] {
+            c.add(hour, tenant, 1);
+        }
+        let old = c.split_before(5);
+        assert_eq!(old.iter().collect::<Vec<_>>(), vec![(4, 9, 1)]);
+        let rest = vec![(5, 0, 1), (5, 3, 2), (6, 0, 1)];
+        assert_eq!(c.iter().collect::<Vec<_>>(), rest);
+        assert!(c.split_before(0).is_empty());
     }
 
     proptest! {
