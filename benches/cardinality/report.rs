@@ -139,14 +139,19 @@ pub fn print_config(f: &Figures) {
     let mb = |b: u64| b as f64 / MIB;
     println!(
         "RSS: empty {:.1} MiB, after ingest {:.1} MiB (+{:.1}), after restart {:.1} MiB (+{:.1}); \
-         {} live counters, {:.0} dedup identities",
+         {} live counters, {:.0} dedup identities; growth after ingest {:.0} B a counter or \
+         {:.1} B an identity, after restart {:.0} or {:.1} (all of it, not split)",
         mb(f.rss_empty),
         mb(f.rss_ingested),
         f.growth_ingested() / MIB,
         mb(f.rss_restarted),
         f.growth_restarted() / MIB,
         f.counters,
-        f.identities
+        f.identities,
+        f.growth_ingested() / f.counters as f64,
+        f.growth_ingested() / f.identities,
+        f.growth_restarted() / f.counters as f64,
+        f.growth_restarted() / f.identities,
     );
     println!(
         "disk: sled {:.1} MiB ({:.0} B/counter), log {:.1} MiB ({:.0} B/event), dedup snapshot {:.1} MiB ({:.1} B/identity)",
