@@ -131,6 +131,9 @@ impl Plan {
 }
 
 fn main() {
+    if let Some(dir) = std::env::var_os(disk::READ_CHILD_VAR) {
+        return disk::read_child(std::path::Path::new(&dir));
+    }
     let plan = Plan::from_env();
     let cache_mb = server::serve_has_flag("--store-cache-mb").then_some(STORE_CACHE_MB);
     let store_cache = match cache_mb {

@@ -98,8 +98,11 @@ pub fn replay(data_dir: &Path, config_file: &Path, log_dir: &Path) -> Duration {
 pub struct SledBaseline {
     pub keys: usize,
     pub keys_per_s: f64,
-    /// Growth of this process's resident memory, per key.
+    /// Growth of this process's resident memory through the write, per key.
     pub resident_per_key: f64,
+    /// Growth of a fresh process that opens the tree and reads every key,
+    /// per key.
+    pub read_resident_per_key: f64,
     pub disk_per_key: f64,
 }
 
@@ -162,6 +165,57 @@ pub fn sled_baseline(shape: &Shape, dir: &Path) -> SledBaseline {
         keys: count,
         keys_per_s: count as f64 / secs,
         resident_per_key: resident / count as f64,
+        read_resident_per_key: read_in_child(dir) / count as f64,
         disk_per_key: du(dir, None) as f64 / count as f64,
     }
+}
+
+/// Set to a sled directory, the bench only reads that tree back (see
+/// [`read_child`]).
+pub const READ_CHILD_VAR: &str = "KEYMETER_CARDINALITY_SLED_READ";
+
+/// Runs this executable again to read the tree at `dir` back; returns that
+/// process's resident growth. A fresh process: nothing this one freed is
+/// counted.
+fn read_in_child(dir: &Path) -> f64 {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .env(READ_CHILD_VAR, dir)
+        .output()
+        .expect("run the sled reader");
+    assert!(
+        out.status.success(),
+        "sled reader: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("sled reader printed {text:?}"))
+}
+
+/// The child's side of [`read_in_child`]: with an empty database open (as
+/// keymeter's empty start has one), opens the tree with a 64 MiB cache,
+/// reads every key and value, and prints the resident growth.
+pub fn read_child(dir: &Path) {
+    let open = |path: &Path| {
+        sled::Config::new()
+            .path(path)
+            .cache_capacity(64 << 20)
+            .open()
+            .unwrap()
+    };
+    let empty_dir = tempfile::tempdir_in(dir.parent().unwrap()).unwrap();
+    let empty = open(empty_dir.path());
+    let rss = || proc_rss("/proc/self/status") as f64;
+    let before = rss();
+    let db = open(dir);
+    let tree = db.open_tree("counters").unwrap();
+    let mut bytes = 0usize;
+    for kv in tree.iter() {
+        let (k, v) = kv.unwrap();
+        bytes += k.len() + v.len();
+    }
+    std::hint::black_box(bytes);
+    println!("{}", rss() - before);
+    drop(empty);
 }
