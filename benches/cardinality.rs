@@ -134,6 +134,9 @@ fn main() {
     if let Some(dir) = std::env::var_os(disk::READ_CHILD_VAR) {
         return disk::read_child(std::path::Path::new(&dir));
     }
+    // As `keymeter serve` runs: the in-process Kafka engine and the sled
+    // baseline then compare with the server.
+    keymeter::memory::disable_transparent_huge_pages();
     let plan = Plan::from_env();
     let cache_mb = server::serve_has_flag("--store-cache-mb").then_some(STORE_CACHE_MB);
     let store_cache = match cache_mb {
