@@ -207,7 +207,7 @@ pub async fn ingest(base: &str, shape: Shape, bodies: Bodies) -> Ingested {
                     Bodies::Streamed(hours) => Bytes::from(shape.body(r, hours)),
                 };
                 let t = Instant::now();
-                post_events(&client, &url, body).await;
+                post_events(&client, &url, body).await.unwrap();
                 h.record(t.elapsed().as_micros() as u64).unwrap();
             }
         }));
@@ -221,21 +221,32 @@ pub async fn ingest(base: &str, shape: Shape, bodies: Bodies) -> Ingested {
     }
 }
 
-async fn post_events(client: &reqwest::Client, url: &str, body: Bytes) {
+/// Posts one batch; an answer other than 204 fails the bench, a lost
+/// connection is returned.
+async fn post_events(
+    client: &reqwest::Client,
+    url: &str,
+    body: Bytes,
+) -> Result<(), reqwest::Error> {
     let r = client
         .post(url)
         .bearer_auth(ADMIN_KEY)
         .header("content-type", "application/cloudevents-batch+json")
         .body(body)
         .send()
-        .await
-        .unwrap();
+        .await?;
     let status = r.status();
-    assert_eq!(status, 204, "ingest: {}", r.text().await.unwrap());
+    assert_eq!(
+        status,
+        204,
+        "ingest: {}",
+        r.text().await.unwrap_or_default()
+    );
+    Ok(())
 }
 
 /// One client sending 100-event requests one after the other until `until`
-/// says stop; returns their latencies (µs).
+/// says stop or the server is gone; returns their latencies (µs).
 /// Events are dated now, with `n = 1`, for random subjects of `shape`.
 pub async fn probe(
     base: &str,
@@ -262,7 +273,9 @@ pub async fn probe(
         }
         body.push(b']');
         let t = Instant::now();
-        post_events(&client, &url, Bytes::from(body)).await;
+        if post_events(&client, &url, Bytes::from(body)).await.is_err() {
+            break;
+        }
         h.record(t.elapsed().as_micros() as u64).unwrap();
         sent += PROBE_EVENTS as u64;
     }

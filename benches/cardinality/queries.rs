@@ -16,13 +16,16 @@ const PAGE_ROWS: usize = 1_000;
 
 /// `GET` on the API; returns the status and the JSON body.
 pub async fn get(client: &reqwest::Client, url: &str) -> (u16, Value) {
-    let r = client.get(url).bearer_auth(ADMIN_KEY).send().await.unwrap();
+    try_get(client, url).await.unwrap()
+}
+
+/// [`get`], or the error of a lost connection.
+async fn try_get(client: &reqwest::Client, url: &str) -> Result<(u16, Value), reqwest::Error> {
+    let r = client.get(url).bearer_auth(ADMIN_KEY).send().await?;
     let status = r.status().as_u16();
-    let text = r.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    let text = r.text().await?;
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Ok((status, body))
 }
 
 fn query_url(base: &str, meter: &str, params: &[(&str, &str)]) -> String {
@@ -60,21 +63,23 @@ pub async fn total(
     }
 }
 
-/// Whether a one-subject query on `meter` still answers 503 METER_BACKFILLING.
-pub async fn backfilling(client: &reqwest::Client, base: &str, meter: &str, shape: &Shape) -> bool {
+/// Whether a one-subject query on `meter` still answers 503
+/// METER_BACKFILLING; `None` when the server is gone.
+pub async fn backfilling(
+    client: &reqwest::Client,
+    base: &str,
+    meter: &str,
+    shape: &Shape,
+) -> Option<bool> {
     let (from, to) = shape.month_range();
     let url = query_url(
         base,
         meter,
-        &[
-            ("subject", "cust-0"),
-            ("from", from.as_str()),
-            ("to", to.as_str()),
-        ],
+        &[("subject", "cust-0"), ("from", &from), ("to", &to)],
     );
-    match get(client, &url).await {
-        (200, _) => false,
-        (503, body) if body["code"] == "METER_BACKFILLING" => true,
+    match try_get(client, &url).await.ok()? {
+        (200, _) => Some(false),
+        (503, body) if body["code"] == "METER_BACKFILLING" => Some(true),
         (status, body) => panic!("query of {meter}: {status} {body}"),
     }
 }
@@ -107,6 +112,7 @@ pub async fn subject_month(base: &str, shape: &Shape, count: usize) -> Histogram
     h
 }
 
+/// Page latencies of the walks, and what they read.
 pub struct Paged {
     /// Each page's latency, µs.
     pub latency_us: Histogram<u64>,
@@ -116,18 +122,24 @@ pub struct Paged {
     pub complete: bool,
 }
 
+impl Default for Paged {
+    fn default() -> Paged {
+        Paged {
+            latency_us: Histogram::<u64>::new(3).unwrap(),
+            pages: 0,
+            subjects: 0,
+            complete: false,
+        }
+    }
+}
+
 /// `walks` times, reads the month split by subject in pages of
 /// [`PAGE_ROWS`], following `nextCursor` for up to [`PAGES_MAX`] pages.
 pub async fn grouped(base: &str, shape: &Shape, walks: usize) -> Paged {
     let client = crate::common::pooled_client(1);
     let (from, to) = shape.month_range();
     let limit = PAGE_ROWS.to_string();
-    let mut out = Paged {
-        latency_us: Histogram::<u64>::new(3).unwrap(),
-        pages: 0,
-        subjects: 0,
-        complete: false,
-    };
+    let mut out = Paged::default();
     for _ in 0..walks {
         let (mut cursor, mut sum, mut subjects) = (None::<String>, 0.0, 0);
         for page in 0..PAGES_MAX {

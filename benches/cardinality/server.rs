@@ -1,13 +1,16 @@
 //! `keymeter serve` as a child process: started on an ephemeral port,
 //! waited for until `/readyz` answers 200, measured through `/proc`, and
 //! stopped with SIGTERM (or killed when dropped, so that a panic leaves no
-//! server behind).
+//! server behind). A guard kills it when the machine runs out of memory,
+//! so that a server that outgrows the machine fails alone.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -47,6 +50,7 @@ pub fn write_config(path: &Path, dedup_keys_max: usize) {
 
 pub struct Server {
     child: Option<Child>,
+    guard: Option<MemoryGuard>,
     pub addr: SocketAddr,
     /// From spawn until `/readyz` answered 200.
     pub started_in: Duration,
@@ -77,8 +81,10 @@ impl Server {
         let mut child = cmd.spawn().expect("spawn keymeter serve");
         let stdout = child.stdout.take().unwrap();
         let stdout_file = launch.log_dir.join(format!("{name}.stdout"));
+        let guard = MemoryGuard::watch(child.id());
         let mut server = Server {
             child: Some(child),
+            guard: Some(guard),
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             started_in: Duration::ZERO,
         };
@@ -153,8 +159,14 @@ impl Server {
         proc_rss(&format!("/proc/{}/status", self.pid()))
     }
 
+    /// The server's resident bytes when the memory guard killed it.
+    pub fn killed_at_rss(&self) -> Option<u64> {
+        self.guard.as_ref().and_then(MemoryGuard::killed_at_rss)
+    }
+
     /// SIGTERM, then waits for a clean exit; returns how long it took.
     pub fn stop(mut self) -> Duration {
+        self.guard.take();
         let mut child = self.child.take().unwrap();
         let t = Instant::now();
         kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("SIGTERM keymeter");
@@ -176,11 +188,82 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // Stopped before the child is reaped: it never signals a reused pid.
+        self.guard.take();
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
+}
+
+/// The guard kills the server when the machine has less memory available
+/// than a quarter of its total (2 GiB at least): other work on the machine
+/// keeps room.
+fn mem_available_min() -> u64 {
+    (meminfo("MemTotal:").unwrap_or(0) / 4).max(2 << 30)
+}
+
+/// Watches the machine's available memory while a server runs.
+struct MemoryGuard {
+    stop: Arc<AtomicBool>,
+    /// The server's resident bytes when it was killed; 0 while it was not.
+    killed_at: Arc<AtomicU64>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl MemoryGuard {
+    fn watch(pid: u32) -> MemoryGuard {
+        let stop = Arc::new(AtomicBool::new(false));
+        let killed_at = Arc::new(AtomicU64::new(0));
+        let (stop2, killed2) = (stop.clone(), killed_at.clone());
+        let min = mem_available_min();
+        let thread = std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                if meminfo("MemAvailable:").is_some_and(|m| m < min) {
+                    let rss = proc_rss(&format!("/proc/{pid}/status"));
+                    eprintln!(
+                        "memory guard: the machine has under {} MiB available; killing keymeter serve \
+                         (pid {pid}, {:.1} GiB resident)",
+                        min >> 20,
+                        rss as f64 / (1u64 << 30) as f64
+                    );
+                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                    killed2.store(rss.max(1), Ordering::Relaxed);
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        MemoryGuard {
+            stop,
+            killed_at,
+            thread: Some(thread),
+        }
+    }
+
+    fn killed_at_rss(&self) -> Option<u64> {
+        Some(self.killed_at.load(Ordering::Relaxed)).filter(|&b| b > 0)
+    }
+}
+
+impl Drop for MemoryGuard {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A field of `/proc/meminfo` (`MemTotal:`, `MemAvailable:`), in bytes.
+fn meminfo(field: &str) -> Option<u64> {
+    std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
 }
 
 /// `VmRSS` of a `/proc/<pid>/status` file, in bytes.
