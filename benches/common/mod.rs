@@ -4,6 +4,8 @@
 #[path = "../../tests/common/kafka.rs"]
 #[allow(dead_code)]
 pub mod kafka;
+#[allow(dead_code)]
+pub mod kafka_run;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
