@@ -54,13 +54,23 @@ pub async fn total(
     meter: &str,
     shape: &Shape,
 ) -> Option<f64> {
+    try_total(client, base, meter, shape).await.unwrap()
+}
+
+/// [`total`], or the error of a lost connection.
+pub async fn try_total(
+    client: &reqwest::Client,
+    base: &str,
+    meter: &str,
+    shape: &Shape,
+) -> Result<Option<f64>, reqwest::Error> {
     let (from, to) = shape.month_range();
     let url = query_url(base, meter, &[("from", from.as_str()), ("to", to.as_str())]);
-    match get(client, &url).await {
+    Ok(match try_get(client, &url).await? {
         (200, body) => Some(rows_sum(&body)),
         (503, body) if body["code"] == "METER_BACKFILLING" => None,
         (status, body) => panic!("total of {meter}: {status} {body}"),
-    }
+    })
 }
 
 /// Whether a one-subject query on `meter` still answers 503

@@ -50,6 +50,12 @@ pub struct Figures {
     /// Seconds the second meter took to count the log, or why there is
     /// no figure.
     pub backfill: Result<f64, String>,
+    /// The server's resident bytes when the backfill ended, and its peak.
+    pub rss_backfilled: u64,
+    pub peak_rss_backfill: u64,
+    /// What became of the server after the backfill, when it did not
+    /// answer the check of both meters' totals.
+    pub after_backfill: Option<String>,
     pub probe_alone: Histogram<u64>,
     pub probe_during: Histogram<u64>,
     pub subject_month: Histogram<u64>,
@@ -80,6 +86,9 @@ impl Figures {
             raw_read_bytes: 0,
             raw_read_s: 0.0,
             backfill: Err("not measured".into()),
+            rss_backfilled: 0,
+            peak_rss_backfill: 0,
+            after_backfill: None,
             probe_alone: empty(),
             probe_during: empty(),
             subject_month: empty(),
@@ -214,8 +223,10 @@ pub fn print_replay(f: &Figures) {
 pub fn print_backfill(f: &Figures) {
     match &f.backfill {
         Ok(s) => println!(
-            "backfill of a second meter: {s:.2} s, {:.0} events/s",
-            f.events as f64 / s
+            "backfill of a second meter: {s:.2} s, {:.0} events/s; server RSS then {:.1} MiB, peak so far {:.1} MiB",
+            f.events as f64 / s,
+            mib(f.rss_backfilled),
+            mib(f.peak_rss_backfill)
         ),
         Err(why) => println!("backfill of a second meter: no figure, {why}"),
     }
@@ -361,6 +372,13 @@ fn summary_speed(f: &Figures, base_ingest: Option<(usize, f64)>) {
         Err(why) => ("none".into(), format!("NOT met: {why}")),
     };
     row("backfill of a new meter", value, target);
+    if let Some(why) = &f.after_backfill {
+        row(
+            "after the backfill",
+            "killed".into(),
+            format!("NOT met: {why}"),
+        );
+    }
     let p99_max = |h: &Histogram<u64>| (ms(h, 0.99), crate::common::max_k(h));
     let (during, alone) = (p99_max(&f.probe_during), p99_max(&f.probe_alone));
     row(

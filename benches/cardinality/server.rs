@@ -159,6 +159,11 @@ impl Server {
         proc_rss(&format!("/proc/{}/status", self.pid()))
     }
 
+    /// The most the server process has had resident (`VmHWM`).
+    pub fn peak_rss(&self) -> u64 {
+        proc_status_bytes(&format!("/proc/{}/status", self.pid()), "VmHWM:")
+    }
+
     /// The server's resident bytes when the memory guard killed it.
     pub fn killed_at_rss(&self) -> Option<u64> {
         self.guard.as_ref().and_then(MemoryGuard::killed_at_rss)
@@ -268,10 +273,15 @@ fn meminfo(field: &str) -> Option<u64> {
 
 /// `VmRSS` of a `/proc/<pid>/status` file, in bytes.
 pub fn proc_rss(status_path: &str) -> u64 {
+    proc_status_bytes(status_path, "VmRSS:")
+}
+
+/// A `kB` field of a `/proc/<pid>/status` file, in bytes (0 if absent).
+fn proc_status_bytes(status_path: &str, field: &str) -> u64 {
     std::fs::read_to_string(status_path)
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
 }
