@@ -131,21 +131,35 @@ pub fn decode_block(block_key: &[u8], bytes: &[u8]) -> Result<Vec<Entry>, Projec
 
 /// The counters of the block stored under `block_key`, states as stored.
 pub fn decode_block_raw(block_key: &[u8], bytes: &[u8]) -> Result<Vec<RawEntry>, ProjectionError> {
+    let mut entries: Vec<RawEntry> = Vec::new();
+    walk_block(block_key, bytes, |key, state| {
+        entries.push((key.to_vec(), state.to_vec()));
+        Ok(())
+    })?;
+    Ok(entries)
+}
+
+/// Hands each counter of a block to `visit` in key order, as borrowed key
+/// and encoded state, copying nothing; checks the whole block's framing.
+fn walk_block(
+    block_key: &[u8],
+    bytes: &[u8],
+    mut visit: impl FnMut(&[u8], &[u8]) -> Result<(), ProjectionError>,
+) -> Result<(), ProjectionError> {
     let truncated = || corrupt(block_key, "counter block is truncated");
     let mut r = Reader(bytes);
     let count = r.varint().ok_or_else(truncated)?;
-    let mut entries: Vec<RawEntry> = Vec::with_capacity(count.min(4096) as usize);
+    let mut key: Vec<u8> = Vec::with_capacity(block_key.len() + 16);
     for _ in 0..count {
         let shared = r.varint().ok_or_else(truncated)? as usize;
         let rest = r.bytes().ok_or_else(truncated)?;
-        let mut key = match entries.last() {
-            Some((previous, _)) if shared <= previous.len() => previous[..shared].to_vec(),
-            None if shared == 0 => Vec::new(),
-            _ => return Err(corrupt(block_key, "counter block shares more than a key")),
-        };
+        if shared > key.len() {
+            return Err(corrupt(block_key, "counter block shares more than a key"));
+        }
+        key.truncate(shared);
         key.extend_from_slice(rest);
         let state = r.bytes().ok_or_else(truncated)?;
-        entries.push((key, state.to_vec()));
+        visit(&key, state)?;
     }
     if !r.0.is_empty() {
         return Err(corrupt(
@@ -153,7 +167,7 @@ pub fn decode_block_raw(block_key: &[u8], bytes: &[u8]) -> Result<Vec<RawEntry>,
             "counter block has bytes after its counters",
         ));
     }
-    Ok(entries)
+    Ok(())
 }
 
 /// Whether `key` of the counters tree holds a block (not the checkpoint, a
@@ -164,14 +178,26 @@ pub fn is_block_key(key: &[u8]) -> bool {
 
 /// The block that holds (or would hold) counter `key`: its key and counters.
 fn block_at(tree: &sled::Tree, key: &[u8]) -> Result<(Vec<u8>, Vec<Entry>), ProjectionError> {
+    let (block, bytes) = raw_block_at(tree, key)?;
+    let entries = match bytes {
+        Some(bytes) => decode_block(&block, &bytes)?,
+        None => Vec::new(),
+    };
+    Ok((block, entries))
+}
+
+/// [`block_at`] with the block's bytes as stored (`None`: no block yet).
+fn raw_block_at(
+    tree: &sled::Tree,
+    key: &[u8],
+) -> Result<(Vec<u8>, Option<sled::IVec>), ProjectionError> {
     let prefix = meter_prefix(key);
     match tree.range(prefix..=key).next_back() {
         Some(kv) => {
             let (block, bytes) = kv?;
-            let entries = decode_block(&block, &bytes)?;
-            Ok((block.to_vec(), entries))
+            Ok((block.to_vec(), Some(bytes)))
         }
-        None => Ok((prefix.to_vec(), Vec::new())),
+        None => Ok((prefix.to_vec(), None)),
     }
 }
 
@@ -200,18 +226,37 @@ fn in_block(key: &[u8], block: &[u8], end: Option<&[u8]>) -> bool {
 /// each block they fall in is read once.
 pub fn get_sorted(
     tree: &sled::Tree,
-    keys: &[Vec<u8>],
+    keys: &[&[u8]],
 ) -> Result<Vec<Option<AggState>>, ProjectionError> {
     let mut out = Vec::with_capacity(keys.len());
     let mut i = 0;
     while i < keys.len() {
-        let (block, entries) = block_at(tree, &keys[i])?;
+        let (block, bytes) = raw_block_at(tree, keys[i])?;
         let end = next_block(tree, &block)?;
-        while i < keys.len() && in_block(&keys[i], &block, end.as_deref()) {
-            let found = entries.binary_search_by(|(k, _)| k.as_slice().cmp(&keys[i]));
-            out.push(found.ok().map(|at| entries[at].1.clone()));
-            i += 1;
+        let n = keys[i..]
+            .iter()
+            .take_while(|k| in_block(k, &block, end.as_deref()))
+            .count();
+        let wanted = &keys[i..i + n];
+        let first = out.len();
+        out.resize(first + n, None);
+        if let Some(bytes) = bytes {
+            // One pass over the block beside the wanted keys (both sorted);
+            // only the states asked for are decoded.
+            let mut at = 0;
+            walk_block(&block, &bytes, |key, state| {
+                while at < n && wanted[at] < key {
+                    at += 1;
+                }
+                if at < n && wanted[at] == key {
+                    let state = AggState::decode(state).map_err(|e| corrupt(key, e.to_string()))?;
+                    out[first + at] = Some(state);
+                    at += 1;
+                }
+                Ok(())
+            })?;
         }
+        i += n;
     }
     Ok(out)
 }

@@ -324,9 +324,9 @@ impl Counters {
                 })
                 .collect()
         };
-        let missing: Vec<Vec<u8>> = (merged.iter())
+        let missing: Vec<&[u8]> = (merged.iter())
             .filter(|(_, current, _)| current.is_none())
-            .map(|(k, _, _)| k.clone())
+            .map(|(k, _, _)| k.as_slice())
             .collect();
         let mut stored = blocks::get_sorted(&self.tree, &missing)?.into_iter();
         for (_, current, _) in merged.iter_mut().filter(|(_, c, _)| c.is_none()) {

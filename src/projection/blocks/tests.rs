@@ -66,12 +66,13 @@ proptest! {
             write(&t, changed.into_iter().collect());
         }
         let keys: Vec<Vec<u8>> = model.keys().cloned().collect();
-        let got = get_sorted(&t, &keys).unwrap();
+        let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let got = get_sorted(&t, &refs).unwrap();
         prop_assert_eq!(got, model.values().cloned().map(Some).collect::<Vec<_>>());
         for (second, subject, window, to_subject) in probes {
             let meter = if second { "b" } else { "a" };
             let absent = key(meter, subject, window * 10 + 5);
-            prop_assert_eq!(get_sorted(&t, &[absent]).unwrap(), vec![None]);
+            prop_assert_eq!(get_sorted(&t, &[absent.as_slice()]).unwrap(), vec![None]);
             let (a, b) = (key(meter, subject, window), key(meter, to_subject, window));
             let range = a.clone().min(b.clone())..a.max(b);
             let read: Vec<Entry> = range_states(&t, range.clone()).collect::<Result<_, _>>().unwrap();
