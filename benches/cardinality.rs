@@ -48,7 +48,9 @@
 //! Also `KEYMETER_CARDINALITY_GROUPS` (G, 1: no `groupBy`),
 //! `KEYMETER_CARDINALITY_WINDOWS` (W, 1) and `KEYMETER_CARDINALITY_KAFKA_EVENTS`
 //! (1,000,000; 0 skips Kafka). The 10M configuration needs several GB of
-//! disk next to `target/`.
+//! disk next to `target/`. `KEYMETER_CARDINALITY_KEEP=1` keeps each
+//! configuration's directory (data and `keymeter.toml`) and prints where,
+//! for profiling a replay or a start by hand.
 
 mod common;
 #[path = "cardinality/disk.rs"]
@@ -199,6 +201,9 @@ fn run_config(
     phases::backfill(rt, plan, &launch, &shape, &mut f);
     f.sled = disk::sled_baseline(&shape, &dir.path().join("sled-baseline"));
     report::print_sled(&f);
+    if std::env::var_os("KEYMETER_CARDINALITY_KEEP").is_some() {
+        println!("kept: {}", dir.keep().display());
+    }
     f
 }
 
