@@ -8,7 +8,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::log_files::{frames, modify, segments, torn_files, FRAME_HEADER_LEN};
+use common::log_files::{
+    frames, modify, segments, torn_files, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN,
+};
 use keymeter::log::frame::encode_batch;
 use keymeter::log::{read_range, verify, Log, LogConfig, LogError, Seq};
 
@@ -84,6 +86,66 @@ fn flipped_payload_byte_in_sealed_segment_names_segment_and_seq_in_verify_and_op
         "sealed segment was changed"
     );
     assert!(torn_files(tmp.path()).is_empty());
+}
+
+/// Rewrites the payload of `target` (its seq digits) and recomputes its CRC, so only the
+/// hash chain can tell.
+fn rewrite_with_crc(target: &common::log_files::Frame) {
+    modify(&target.segment, |b| {
+        let at = target.payload_start();
+        b[at + 7..at + 12].copy_from_slice(b"99999");
+        let crc = crc32c::crc32c(&b[target.offset + 8..target.end()]);
+        b[target.offset + 4..target.offset + 8].copy_from_slice(&crc.to_le_bytes());
+    });
+}
+
+#[test]
+fn damage_in_several_segments_is_reported_at_the_first_in_log_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    drop(build_log(tmp.path(), 12));
+    let segs = segments(tmp.path());
+    assert!(segs.len() >= 5, "need several sealed segments: {segs:?}");
+    // The later damage is the cheaper to find: a scan that reported whichever damage it
+    // met first in time rather than in the log would name it.
+    let first = frames(&segs[1]).last().unwrap().clone();
+    rewrite_with_crc(&first);
+    for later in [&segs[2], &segs[3]] {
+        modify(later, |b| b[SEGMENT_HEADER_LEN + 2] ^= 0x40);
+    }
+    for err in [
+        verify(tmp.path()).unwrap_err(),
+        Log::open(tmp.path(), CFG).unwrap_err(),
+    ] {
+        let (segment, offset, seq, reason) = expect_corrupt(err);
+        assert_eq!(
+            (segment, offset, seq),
+            (segs[1].clone(), first.offset as u64, Some(first.seq))
+        );
+        assert!(reason.contains("chain"), "{reason}");
+    }
+}
+
+#[test]
+fn first_record_of_a_segment_rewritten_with_its_crc_breaks_the_link_to_the_segment_before() {
+    let tmp = tempfile::tempdir().unwrap();
+    drop(build_log(tmp.path(), 8));
+    let segs = segments(tmp.path());
+    assert!(segs.len() >= 3, "need a sealed middle segment: {segs:?}");
+    // Its stored hash is unchanged, so the frames after it still chain to it: only the
+    // link from the segment before can tell.
+    let target = frames(&segs[1])[0].clone();
+    rewrite_with_crc(&target);
+    for err in [
+        verify(tmp.path()).unwrap_err(),
+        Log::open(tmp.path(), CFG).unwrap_err(),
+    ] {
+        let (segment, offset, seq, reason) = expect_corrupt(err);
+        assert_eq!(
+            (segment, offset, seq),
+            (segs[1].clone(), target.offset as u64, Some(target.seq))
+        );
+        assert!(reason.contains("chain"), "{reason}");
+    }
 }
 
 #[test]

@@ -49,13 +49,13 @@ impl Projections {
         registry: &Registry,
         readers: Readers,
         unique_key: &UniqueKey,
-        dedup_keys_max: usize,
+        dedup: DedupIndex,
     ) -> Result<Projections, StartError> {
         let store = Store::open_with_cache(&cfg.state_dir(), (cfg.store_cache_mb as u64) << 20)?;
         let list = open_list(cfg, &store, registry, &readers, unique_key)?;
         Ok(Projections {
             list,
-            dedup: DedupIndex::open(&cfg.state_dir(), dedup_keys_max)?,
+            dedup,
             store,
             registry: registry.clone(),
             readers,
@@ -196,9 +196,9 @@ fn open_projections(
     registry: &Registry,
     readers: Readers,
     unique_key: &UniqueKey,
-    head: Seq,
+    (head, dedup): (Seq, DedupIndex),
 ) -> Result<(Projections, u64), StartError> {
-    let mut p = Projections::open(cfg, registry, readers, unique_key, cfg.dedup_keys_max)?;
+    let mut p = Projections::open(cfg, registry, readers, unique_key, dedup)?;
     if let Some((name, seq)) = p.applied().into_iter().find(|(_, seq)| *seq > head) {
         tracing::warn!(
             projection = name,
@@ -232,17 +232,12 @@ impl Engine {
         clock: Arc<dyn Clock>,
         registry: &Registry,
     ) -> Result<Started, StartError> {
-        let (log, recovery) = Log::open_in(
-            &cfg.log(),
-            LogConfig {
-                segment_bytes_max: cfg.segment_bytes_max,
-            },
-        )?;
+        let ((log, recovery), dedup) = open_log_and_dedup(cfg)?;
         let head = log.head_seq();
         let crypto = Arc::new(super::load_keys(cfg, head == 0)?);
         let readers = Readers::new(Some(crypto.clone()));
         let (mut projections, replayed_records) =
-            open_projections(cfg, registry, readers, crypto.unique_key(), head)?;
+            open_projections(cfg, registry, readers, crypto.unique_key(), (head, dedup))?;
         let licenses = LicenseBook::from_states(projections.store.licenses()?);
         super::check_keys_open_secrets(&crypto, &licenses)?;
         projections.publish()?;
@@ -315,6 +310,27 @@ impl Engine {
             .map_err(|e| StartError::Other(format!("cannot create the bootstrap key: {e}")))?;
         Ok(generated.then_some(key))
     }
+}
+
+/// Opens the log (its full check) while another thread loads the dedup
+/// index's snapshot: the two are the bulk of a start, and independent.
+fn open_log_and_dedup(
+    cfg: &Config,
+) -> Result<((Log, crate::log::Recovery), DedupIndex), StartError> {
+    let log_cfg = LogConfig {
+        segment_bytes_max: cfg.segment_bytes_max,
+    };
+    std::thread::scope(|scope| {
+        let dedup = std::thread::Builder::new()
+            .name("keymeter-dedup-load".into())
+            .spawn_scoped(scope, || {
+                DedupIndex::open(&cfg.state_dir(), cfg.dedup_keys_max)
+            })
+            .map_err(|e| StartError::Other(format!("cannot start the dedup loader: {e}")))?;
+        let log = Log::open_in(&cfg.log(), log_cfg);
+        let dedup = dedup.join().expect("loading the dedup index does not panic");
+        Ok((log?, dedup?))
+    })
 }
 
 /// Whether records `1..=head` include an API key's creation. Read only when
@@ -499,13 +515,9 @@ pub fn rebuild_with(
     // The keys a start would use: UNIQUE_COUNT sets are rebuilt under the
     // data directory's key, so a later start continues them.
     let keys = super::load_keys(cfg, head == 0)?;
-    let p = Projections::open(
-        cfg,
-        registry,
-        Readers::new(None),
-        keys.unique_key(),
-        usize::MAX,
-    )?;
+    // Cleared below: its snapshot is not worth loading.
+    let dedup = DedupIndex::in_memory(usize::MAX);
+    let p = Projections::open(cfg, registry, Readers::new(None), keys.unique_key(), dedup)?;
     let mut p = p.clear(cfg, usize::MAX)?;
     p.catch_up(cfg, head, progress)?;
     p.dedup

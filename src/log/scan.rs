@@ -1,6 +1,9 @@
 //! The full-log check shared by [`super::Log::open`] (which then cuts a torn tail) and
 //! [`super::verify`] (which only reports it). Read-only.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
 use super::frame::{
     chain_hash, find_valid_frame, frame_crc, seq_window, FrameHeader, FLAGS_KNOWN,
     FRAME_HEADER_LEN, GENESIS_HASH, SEGMENT_HEADER_LEN,
@@ -101,9 +104,13 @@ pub(crate) fn scan_log(dir: &LogDir) -> Result<LogScan, LogError> {
         head: ChainPos::GENESIS,
         last: None,
     };
-    for (i, segment) in segments.iter().enumerate() {
+    for ((i, segment), walk) in segments
+        .iter()
+        .enumerate()
+        .zip(walk_segments(dir, &segments))
+    {
         let sealed = i + 1 < segments.len();
-        let seg = scan_segment(dir, segment, scan.head, sealed)?;
+        let seg = judge_segment(segment, scan.head, sealed, walk)?;
         scan.records += seg.records;
         scan.bytes += seg.file_len;
         scan.head = seg.committed;
@@ -121,6 +128,76 @@ pub(crate) fn scan_log(dir: &LogDir) -> Result<LogScan, LogError> {
     Ok(scan)
 }
 
+/// Walks every segment's frames, on as many threads as the machine has cores (the hash
+/// checks dominate a start). A segment's frames are checked against each other alone: the
+/// one link to the segment before, its first frame's, is checked in order by
+/// [`judge_segment`], which also reports the first damage in log order, as a walk of the
+/// whole log on one thread would.
+fn walk_segments(dir: &LogDir, segments: &[SegmentFile]) -> Vec<SegmentWalk> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let next = AtomicUsize::new(0);
+    let walks: Vec<Mutex<Option<SegmentWalk>>> =
+        segments.iter().map(|_| Mutex::new(None)).collect();
+    let work = || loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let Some(segment) = segments.get(i) else {
+            return;
+        };
+        let walk = walk_segment(dir, segment, i + 1 == segments.len());
+        *walks[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(walk);
+    };
+    std::thread::scope(|scope| {
+        for _ in 1..cores.min(segments.len()) {
+            // A helper that cannot start leaves its share to the others.
+            let _ = std::thread::Builder::new()
+                .name("keymeter-log-scan".into())
+                .spawn_scoped(scope, work);
+        }
+        work();
+    });
+    (walks.into_iter())
+        .map(|w| {
+            (w.into_inner().unwrap_or_else(|e| e.into_inner())).expect("every segment is walked")
+        })
+        .collect()
+}
+
+/// One segment's frames, checked against each other but not yet against the log.
+struct SegmentWalk {
+    /// The first frame that passed its CRC, seq and flag checks, with its payload: its
+    /// hash link to the segment before is checked in [`judge_segment`].
+    first: Option<(u64, FrameHeader, Vec<u8>)>,
+    walked: Result<Walked, LogError>,
+}
+
+struct Walked {
+    frames: FrameWalk,
+    version: u32,
+    file_len: u64,
+    /// Kept for the last segment only, whose damage may be a torn tail.
+    cursor: Option<SegmentCursor>,
+}
+
+fn walk_segment(dir: &LogDir, segment: &SegmentFile, last: bool) -> SegmentWalk {
+    let mut first = None;
+    let walked = SegmentCursor::open(dir, segment).and_then(|mut cursor| {
+        let corrupt = |offset: u64, seq: Seq, reason: String| LogError::Corrupt {
+            segment: segment.path.clone(),
+            offset,
+            seq: Some(seq),
+            reason,
+        };
+        let frames = walk_frames(&mut cursor, segment.first_seq, &mut first, corrupt)?;
+        Ok(Walked {
+            frames,
+            version: cursor.version,
+            file_len: cursor.file_len,
+            cursor: last.then_some(cursor),
+        })
+    });
+    SegmentWalk { first, walked }
+}
+
 struct SegmentScan {
     version: u32,
     committed: ChainPos,
@@ -130,16 +207,16 @@ struct SegmentScan {
     tail_reason: Option<String>,
 }
 
-/// Checks every frame of one segment, starting at chain position `start`.
+/// Judges one walked segment, which must continue the log at chain position `start`.
 ///
 /// A sealed segment must be perfect. In the last segment, an unframed or CRC-failing frame
 /// with no valid frame anywhere behind it, and frames after the last BATCH_END, form the
 /// torn tail (reported in `tail_reason`, nothing is changed here).
-fn scan_segment(
-    dir: &LogDir,
+fn judge_segment(
     segment: &SegmentFile,
     start: ChainPos,
     sealed: bool,
+    walk: SegmentWalk,
 ) -> Result<SegmentScan, LogError> {
     let corrupt = |offset: u64, seq: Seq, reason: String| LogError::Corrupt {
         segment: segment.path.clone(),
@@ -159,24 +236,31 @@ fn scan_segment(
             ),
         ));
     }
-    let mut cursor = SegmentCursor::open(dir, segment)?;
-    let FrameWalk {
-        chain,
-        committed,
-        records,
-        bad_frame,
-    } = walk_frames(&mut cursor, start, corrupt)?;
-    let (committed, committed_end, committed_records) = committed;
-    let uncommitted_frames = records - committed_records;
+    if let Some((frame_at, header, payload)) = &walk.first {
+        check_frame(header, payload, start.next_seq, Some(&start.prev_hash))
+            .map_err(|(seq, reason)| corrupt(*frame_at, seq, reason))?;
+    }
+    let Walked {
+        frames,
+        version,
+        file_len,
+        cursor,
+    } = walk.walked?;
+    let chain = frames.chain.resolve(start);
+    let (committed, committed_end, committed_records) = frames.committed;
+    let committed = committed.resolve(start);
+    let uncommitted_frames = frames.records - committed_records;
 
-    if let Some((frame_at, reason)) = &bad_frame {
-        if sealed {
-            return Err(corrupt(*frame_at, chain.next_seq, reason.clone()));
+    if let Some((frame_at, reason)) = &frames.bad_frame {
+        match &cursor {
+            Some(cursor) if !sealed => {
+                refuse_if_valid_frame_follows(cursor, *frame_at, chain.next_seq, reason)?
+            }
+            _ => return Err(corrupt(*frame_at, chain.next_seq, reason.clone())),
         }
-        refuse_if_valid_frame_follows(&cursor, *frame_at, chain.next_seq, reason)?;
     }
     if sealed {
-        if records == 0 {
+        if frames.records == 0 {
             return Err(corrupt(
                 SEGMENT_HEADER_LEN as u64,
                 start.next_seq,
@@ -196,37 +280,60 @@ fn scan_segment(
     }
 
     Ok(SegmentScan {
-        version: cursor.version,
+        version,
         committed,
         committed_end,
         records: committed_records,
-        file_len: cursor.file_len,
-        tail_reason: tail_reason(bad_frame, uncommitted_frames),
+        file_len,
+        tail_reason: tail_reason(frames.bad_frame, uncommitted_frames),
     })
+}
+
+/// A position within one segment's walk: the seq the next frame must carry and the hash of
+/// the last valid frame, none before the segment's first.
+#[derive(Debug, Clone, Copy)]
+struct WalkPos {
+    next_seq: Seq,
+    last_hash: Option<[u8; 32]>,
+}
+
+impl WalkPos {
+    /// The chain position, given where the segment starts in the log.
+    fn resolve(self, start: ChainPos) -> ChainPos {
+        ChainPos {
+            next_seq: self.next_seq,
+            prev_hash: self.last_hash.unwrap_or(start.prev_hash),
+        }
+    }
 }
 
 /// What reading a segment's frames in order found, before it is judged.
 struct FrameWalk {
-    /// Chain position after the last valid frame.
-    chain: ChainPos,
-    /// Chain position, end offset and record count at the last BATCH_END.
-    committed: (ChainPos, u64, u64),
+    /// Position after the last valid frame.
+    chain: WalkPos,
+    /// Position, end offset and record count at the last BATCH_END.
+    committed: (WalkPos, u64, u64),
     /// Valid frames read.
     records: u64,
     /// Offset of the first frame that is unframed or fails its CRC, and why.
     bad_frame: Option<(u64, String)>,
 }
 
-/// Reads frames from chain position `start` until the end of the segment or the first
-/// frame that is unframed or fails its CRC. A frame whose CRC is valid but whose seq,
-/// flags or chain hash are wrong is an error at once.
+/// Reads frames from seq `first_seq` until the end of the segment or the first frame that
+/// is unframed or fails its CRC. A frame whose CRC is valid but whose seq, flags or chain
+/// link are wrong is an error at once; the first frame's link is left to the caller, which
+/// gets that frame in `first`.
 fn walk_frames(
     cursor: &mut SegmentCursor,
-    start: ChainPos,
+    first_seq: Seq,
+    first: &mut Option<(u64, FrameHeader, Vec<u8>)>,
     corrupt: impl Fn(u64, Seq, String) -> LogError,
 ) -> Result<FrameWalk, LogError> {
-    let mut chain = start;
-    let mut committed = (start, cursor.pos, 0u64);
+    let mut chain = WalkPos {
+        next_seq: first_seq,
+        last_hash: None,
+    };
+    let mut committed = (chain, cursor.pos, 0u64);
     let mut records = 0u64;
     let mut payload = Vec::new();
 
@@ -241,8 +348,11 @@ fn walk_frames(
         if frame_crc(&raw, &payload) != header.crc {
             break Some((frame_at, "crc mismatch".to_string()));
         }
-        check_frame(&header, &payload, chain.next_seq, Some(&chain.prev_hash))
+        check_frame(&header, &payload, chain.next_seq, chain.last_hash.as_ref())
             .map_err(|(seq, reason)| corrupt(frame_at, seq, reason))?;
+        if chain.last_hash.is_none() {
+            *first = Some((frame_at, header, payload.clone()));
+        }
         let starts_batch = records == committed.2;
         if header.is_batch_start() != (starts_batch && cursor.version >= 2) {
             return Err(corrupt(
@@ -264,9 +374,9 @@ fn walk_frames(
                 ),
             ));
         }
-        chain = ChainPos {
+        chain = WalkPos {
             next_seq: header.seq + 1,
-            prev_hash: header.hash,
+            last_hash: Some(header.hash),
         };
         records += 1;
         if header.is_batch_end() {

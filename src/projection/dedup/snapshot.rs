@@ -288,6 +288,7 @@ impl DedupIndex {
         if r.0.len() as u64 != count.saturating_mul(entry) {
             return Err(bad("length does not match the entry count"));
         }
+        self.table.reserve(count as usize);
         while !r.0.is_empty() {
             r.prefetch_ahead(self, entry as usize);
             let key = r.key()?;
@@ -314,6 +315,7 @@ impl DedupIndex {
         if r.0.len() as u64 != count.saturating_mul(ENTRY_BYTES as u64) {
             return Err(bad("length does not match the entry count"));
         }
+        self.table.reserve(count as usize);
         let mut last = None;
         while !r.0.is_empty() {
             r.prefetch_ahead(self, ENTRY_BYTES);

@@ -232,13 +232,14 @@ impl Segment {
     /// the first entry placed (the bounds of the growth all but rule it
     /// out), the rest are inserted one by one.
     fn grow(&mut self, keyer: &Keyer) {
-        self.regrow(keyer, true);
+        let slots = self.slots.len();
+        self.regrow(keyer, (slots + slots / 2).max(SEGMENT_SLOTS_MIN), true);
     }
 
-    /// [`Self::grow`], placing entries in one pass while `streaming`.
-    fn regrow(&mut self, keyer: &Keyer, mut streaming: bool) {
+    /// Moves the entries to `grown` slots (more than today's), placing them
+    /// in one pass while `streaming`.
+    fn regrow(&mut self, keyer: &Keyer, grown: usize, mut streaming: bool) {
         let slots = self.slots.len();
-        let grown = (slots + slots / 2).max(SEGMENT_SLOTS_MIN);
         let old = std::mem::replace(&mut self.slots, vec![EMPTY; grown]);
         self.len = 0;
         let Some(start) = old.iter().position(is_empty) else {
@@ -338,6 +339,19 @@ impl Table {
 
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// Room for `more` identities beyond those held, spread evenly over the
+    /// segments at three quarters full, so loading a snapshot neither grows
+    /// segments nor leaves them near their growth point.
+    pub fn reserve(&mut self, more: usize) {
+        let share = more >> self.keyer.segment_bits;
+        for s in &mut self.segments {
+            let wanted = (s.len + share) * 4 / 3 + SEGMENT_SLOTS_MIN;
+            if wanted > s.slots.len() {
+                s.regrow(&self.keyer, wanted, true);
+            }
+        }
     }
 
     /// Slots allocated, held or not.
@@ -489,7 +503,8 @@ mod tests {
 
     /// Growing places entries in one pass, where they would land if
     /// inserted one by one (the slots of a set are the same whatever order
-    /// it arrived in); small segments, so runs wrap round the end.
+    /// it arrived in), whatever the new size; small segments, so runs wrap
+    /// round the end.
     #[test]
     fn growing_in_one_pass_places_entries_where_inserting_them_would() {
         for seed in 0..3_000u64 {
@@ -500,8 +515,15 @@ mod tests {
             }
             let keyer = t.keyer;
             let mut inserted = t.segments[0].clone();
-            inserted.regrow(&keyer, false);
-            t.segments[0].grow(&keyer);
+            // By half (a claim's growth) or to any larger size (a reserve).
+            let slots = inserted.slots.len();
+            let grown = match seed % 3 {
+                0 => (slots + slots / 2).max(SEGMENT_SLOTS_MIN),
+                1 => slots * 2 + seed as usize % 7,
+                _ => slots * 5 + 3,
+            };
+            inserted.regrow(&keyer, grown, false);
+            t.segments[0].regrow(&keyer, grown, true);
             assert!(t.segments[0].slots == inserted.slots, "seed {seed}");
             t.assert_probe_order();
             for n in 1..=64 {
@@ -509,6 +531,25 @@ mod tests {
                 assert_eq!(t.get(&id(n)), want, "seed {seed}, identity {n}");
             }
         }
+    }
+
+    #[test]
+    fn a_reserve_holds_its_identities_without_growing_and_keeps_what_is_held() {
+        let mut t = Table::with_seed([4, 5, 6], SEGMENT_BITS);
+        for n in 1..=1_000 {
+            t.claim(&id(n), 1);
+        }
+        t.reserve(200_000);
+        let slots = t.slots();
+        for n in 1..=201_000 {
+            assert_eq!(t.claim(&id(n), 2), n > 1_000, "identity {n}");
+        }
+        assert_eq!(t.slots(), slots, "a segment grew within its reserve");
+        let bytes = t.bytes_per_identity();
+        assert!((24.0..29.0).contains(&bytes), "{bytes:.1} bytes per identity");
+        t.assert_probe_order();
+        assert_eq!(t.get(&id(7)), Some(1));
+        assert_eq!(t.get(&id(5_000)), Some(2));
     }
 
     #[test]
