@@ -102,10 +102,16 @@ pub fn replay_log(
     type Chunk = Vec<(Seq, Record, Option<EventFacts>)>;
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Chunk, ProjectionError>>(2);
+        // Applied chunks go back to the reader, which frees them: the
+        // records' many small allocations are not the applying thread's work.
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<Chunk>();
         let reader = std::thread::Builder::new()
             .name("keymeter-replay-read".into())
             .spawn_scoped(scope, move || {
-                let send = |chunk| tx.send(chunk).is_ok();
+                let send = |chunk| {
+                    done_rx.try_iter().for_each(drop);
+                    tx.send(chunk).is_ok()
+                };
                 if let Err(e) = read_chunks(log, from, to, chunk_records, send) {
                     let _ = tx.send(Err(e));
                 }
@@ -132,6 +138,8 @@ pub fn replay_log(
                 applied = Err(e);
                 break;
             }
+            drop(records);
+            let _ = done_tx.send(chunk);
         }
         drop(rx); // a reader still sending stops
         reader.join().expect("the log reader does not panic");

@@ -17,7 +17,7 @@
 //! per entry the identity and the event time; every identity is
 //! unattributed, as a log of that age is. Their times load as their hours.
 
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 
 use super::table::{hour, identity, Entry};
@@ -232,10 +232,21 @@ impl DedupIndex {
         self.snapshot().write(w)
     }
 
+    /// The file is mapped, not copied into the heap: its pages leave the
+    /// process with the mapping, where a buffer as large (20 bytes an
+    /// identity) freed after the load would stay resident in the
+    /// allocator's free lists.
     pub(super) fn load_snapshot(&mut self) -> std::io::Result<()> {
-        let mut bytes = Vec::new();
-        std::fs::File::open(&self.snapshot_path)?.read_to_end(&mut bytes)?;
-        self.read_snapshot(&bytes)
+        let file = std::fs::File::open(&self.snapshot_path)?;
+        if file.metadata()?.len() == 0 {
+            return self.read_snapshot(&[]);
+        }
+        // SAFETY: the mapping is read while this function runs, and the file
+        // is never changed in place: a snapshot is written to a temporary
+        // file renamed over this one, which leaves the mapped file as it is.
+        let map = unsafe { memmap2::MmapOptions::new().map(&file)? };
+        let _ = map.advise(memmap2::Advice::Sequential);
+        self.read_snapshot(&map)
     }
 
     /// Loads snapshot `bytes` into this (empty) index; on an error the
