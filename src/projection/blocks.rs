@@ -176,17 +176,8 @@ pub fn is_block_key(key: &[u8]) -> bool {
     key.first().is_some_and(|&b| b > 0x03)
 }
 
-/// The block that holds (or would hold) counter `key`: its key and counters.
-fn block_at(tree: &sled::Tree, key: &[u8]) -> Result<(Vec<u8>, Vec<Entry>), ProjectionError> {
-    let (block, bytes) = raw_block_at(tree, key)?;
-    let entries = match bytes {
-        Some(bytes) => decode_block(&block, &bytes)?,
-        None => Vec::new(),
-    };
-    Ok((block, entries))
-}
-
-/// [`block_at`] with the block's bytes as stored (`None`: no block yet).
+/// The block that holds (or would hold) counter `key`: its key and its
+/// bytes as stored (`None`: no block yet).
 fn raw_block_at(
     tree: &sled::Tree,
     key: &[u8],
@@ -264,60 +255,121 @@ pub fn get_sorted(
 /// Adds to `batch` the blocks that store `states` (sorted by key, each the
 /// counter's whole new state), merged with the counters already stored
 /// around them and split where their keys say blocks start.
-pub fn write_sorted(
+///
+/// A stored block is walked, not decoded: the counters it keeps are copied
+/// as stored, and only keys it did not hold are hashed to learn whether
+/// they start a block (a stored counter starts one exactly when it is its
+/// block's key). A rewrite then costs a copy of the block's bytes, not a
+/// decode, a hash and an encode of each of its counters.
+pub fn write_sorted<K: AsRef<[u8]>, S: std::borrow::Borrow<AggState>>(
     tree: &sled::Tree,
     starts: &UniqueKey,
-    states: Vec<Entry>,
+    states: impl IntoIterator<Item = (K, S)>,
     batch: &mut sled::Batch,
 ) -> Result<(), ProjectionError> {
     let mut states = states.into_iter().peekable();
+    let mut encoded = Vec::new();
     while let Some((first, _)) = states.peek() {
-        let (block, stored) = block_at(tree, first)?;
+        let (block, stored) = raw_block_at(tree, first.as_ref())?;
         let end = next_block(tree, &block)?;
-        let mut merged = Vec::with_capacity(stored.len() + 8);
-        let mut stored = stored.into_iter().peekable();
+        encoded.clear();
         while let Some((key, _)) = states.peek() {
-            if !in_block(key, &block, end.as_deref()) {
+            if !in_block(key.as_ref(), &block, end.as_deref()) {
                 break;
             }
             let (key, state) = states.next().expect("peeked");
-            while stored.peek().is_some_and(|(k, _)| *k < key) {
-                merged.push(stored.next().expect("peeked"));
-            }
-            if stored.peek().is_some_and(|(k, _)| *k == key) {
-                stored.next();
-            }
-            merged.push((key, state));
+            encoded.push((key, state.borrow().encode()));
         }
-        merged.extend(stored);
-        put_split(starts, block, merged, batch);
+        let mut out = BlockWriter::new(starts, block.clone(), batch);
+        let mut new = encoded.iter().peekable();
+        if let Some(bytes) = &stored {
+            walk_block(&block, bytes, |key, state| {
+                while let Some((k, s)) = new.next_if(|(k, _)| k.as_ref() < key) {
+                    out.push(k.as_ref(), s, None);
+                }
+                match new.next_if(|(k, _)| k.as_ref() == key) {
+                    Some((k, s)) => out.push(k.as_ref(), s, Some(key == block.as_slice())),
+                    None => out.push(key, state, Some(key == block.as_slice())),
+                }
+                Ok(())
+            })?;
+        }
+        for (k, s) in new {
+            out.push(k.as_ref(), s, None);
+        }
+        out.finish();
     }
     Ok(())
 }
 
-/// Stores `entries` (the whole content of the range of `block`) as blocks:
-/// those before the first key that starts a block under `block`, each run
-/// from such a key on under that key.
-fn put_split(starts: &UniqueKey, block: Vec<u8>, entries: Vec<Entry>, batch: &mut sled::Batch) {
-    let starts_block = |key: &[u8]| starts.counter_key_hash(key).is_multiple_of(BLOCK_COUNTERS);
-    let mut run_key = block;
-    let mut run: Vec<Entry> = Vec::new();
-    for entry in entries {
-        if starts_block(&entry.0) && entry.0 != run_key {
-            if run.is_empty() {
-                // A head block whose counters all follow a new block start
-                // now belongs to that block.
-                batch.remove(run_key);
-            } else {
-                batch.insert(run_key, encode_block(&run));
-                run.clear();
-            }
-            run_key = entry.0.clone();
+/// Writes counters (in key order) as blocks into a batch, starting a new
+/// block at each key that starts one; the first block is stored under the
+/// key it is given. A block is encoded as its counters arrive.
+struct BlockWriter<'a> {
+    starts: &'a UniqueKey,
+    batch: &'a mut sled::Batch,
+    key: Vec<u8>,
+    count: u64,
+    body: Vec<u8>,
+    previous: Vec<u8>,
+}
+
+impl<'a> BlockWriter<'a> {
+    fn new(starts: &'a UniqueKey, key: Vec<u8>, batch: &'a mut sled::Batch) -> BlockWriter<'a> {
+        BlockWriter {
+            starts,
+            batch,
+            key,
+            count: 0,
+            body: Vec::with_capacity(2048),
+            previous: Vec::new(),
         }
-        run.push(entry);
     }
-    if !run.is_empty() {
-        batch.insert(run_key, encode_block(&run));
+
+    /// Adds a counter; `starts` says whether its key starts a block, when
+    /// that is known without hashing it.
+    fn push(&mut self, key: &[u8], state: &[u8], starts: Option<bool>) {
+        let starts =
+            starts.unwrap_or_else(|| self.starts.counter_key_hash(key).is_multiple_of(BLOCK_COUNTERS));
+        if starts && key != self.key.as_slice() {
+            // A head block whose counters all follow a new block start
+            // now belongs to that block.
+            self.close();
+            self.key = key.to_vec();
+        }
+        let shared = (self.previous.iter().zip(key))
+            .take_while(|(a, b)| a == b)
+            .count();
+        put_varint(&mut self.body, shared as u64);
+        put_varint(&mut self.body, (key.len() - shared) as u64);
+        self.body.extend_from_slice(&key[shared..]);
+        put_varint(&mut self.body, state.len() as u64);
+        self.body.extend_from_slice(state);
+        self.previous.clear();
+        self.previous.extend_from_slice(key);
+        self.count += 1;
+    }
+
+    /// Stores the block being written (removes it if it holds nothing).
+    fn close(&mut self) {
+        let key = std::mem::take(&mut self.key);
+        if self.count == 0 {
+            self.batch.remove(key);
+        } else {
+            let mut value = Vec::with_capacity(self.body.len() + 10);
+            put_varint(&mut value, self.count);
+            value.extend_from_slice(&self.body);
+            self.batch.insert(key, value);
+        }
+        self.count = 0;
+        self.body.clear();
+        self.previous.clear();
+    }
+
+    fn finish(mut self) {
+        if self.count > 0 {
+            self.close();
+        }
     }
 }
 

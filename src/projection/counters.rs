@@ -354,12 +354,15 @@ impl Counters {
         // The fold's counters merged into their states, then the overlay's
         // other states, as one list in key order.
         let folded = self.merged_states(fold.drain_encoded())?;
-        let states = {
-            let overlay = self.overlay.read().expect("overlay lock");
-            merge_sorted(folded, overlay.iter().map(|(k, s)| (k.clone(), s.clone())))
-        };
         let mut batch = sled::Batch::default();
-        blocks::write_sorted(&self.tree, &self.unique_key, states, &mut batch)?;
+        {
+            // Only this thread writes the overlay: holding it for reading
+            // while the blocks are made blocks no query.
+            let overlay = self.overlay.read().expect("overlay lock");
+            let folded = folded.iter().map(|(k, s)| (k.as_slice(), s));
+            let states = merge_sorted(folded, overlay.iter().map(|(k, s)| (k.as_slice(), s)));
+            blocks::write_sorted(&self.tree, &self.unique_key, states, &mut batch)?;
+        }
         for (slug, before, through) in self.remark.drain(..) {
             let mut mark = before.to_be_bytes().to_vec();
             mark.extend_from_slice(&through.to_be_bytes());
@@ -488,23 +491,21 @@ impl Counters {
 }
 
 /// Two lists sorted by key as one; on equal keys `first`'s entry is kept.
-fn merge_sorted(
-    first: Vec<blocks::Entry>,
-    second: impl Iterator<Item = blocks::Entry>,
-) -> Vec<blocks::Entry> {
-    let mut out = Vec::with_capacity(first.len());
+fn merge_sorted<'a>(
+    first: impl Iterator<Item = (&'a [u8], &'a AggState)>,
+    second: impl Iterator<Item = (&'a [u8], &'a AggState)>,
+) -> impl Iterator<Item = (&'a [u8], &'a AggState)> {
+    let mut first = first.peekable();
     let mut second = second.peekable();
-    for entry in first {
-        while second.peek().is_some_and(|(k, _)| *k < entry.0) {
-            out.push(second.next().expect("peeked"));
-        }
-        if second.peek().is_some_and(|(k, _)| *k == entry.0) {
+    std::iter::from_fn(move || match (first.peek(), second.peek()) {
+        (Some(a), Some(b)) if b.0 < a.0 => second.next(),
+        (Some(a), Some(b)) if b.0 == a.0 => {
             second.next();
+            first.next()
         }
-        out.push(entry);
-    }
-    out.extend(second);
-    out
+        (Some(_), _) => first.next(),
+        (None, _) => second.next(),
+    })
 }
 
 fn format_stamp(key: &UniqueKey) -> [u8; 9] {
