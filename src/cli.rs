@@ -2,7 +2,7 @@
 //! `main.rs` runs what these describe.
 
 use clap::{Parser, Subcommand};
-use keymeter::config::ConfigArgs;
+use keymeter::config::{ConfigArgs, DataArgs, KeyedDataArgs};
 
 use crate::cli_logging::LogFormat;
 use crate::{cli_audit, cli_keys, cli_license};
@@ -33,7 +33,7 @@ pub enum Command {
     /// Run the HTTP API and the engine (embedded: no other server needed).
     Serve(Box<ConfigArgs>),
     /// Drop every projection and rebuild it from the event log.
-    Replay(ConfigArgs),
+    Replay(KeyedDataArgs),
     /// Inspect the event log.
     Log {
         #[command(subcommand)]
@@ -60,7 +60,7 @@ pub enum KeysCommand {
     /// interruption.
     Rotate {
         #[command(flatten)]
-        config: ConfigArgs,
+        config: KeyedDataArgs,
         #[command(flatten)]
         rotate: cli_keys::RotateArgs,
     },
@@ -79,5 +79,63 @@ pub enum AuditCommand {
 pub enum LogCommand {
     /// Check every frame's checksum, the sequence numbers and the hash chain;
     /// report the first bad position. Read-only.
-    Verify(ConfigArgs),
+    Verify(DataArgs),
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every option and argument of every subcommand, with its command path.
+    fn all_args(cmd: &clap::Command, path: &str, out: &mut Vec<(String, clap::Arg)>) {
+        for arg in cmd.get_arguments() {
+            out.push((path.to_owned(), arg.clone()));
+        }
+        for sub in cmd.get_subcommands() {
+            all_args(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn every_option_has_a_description() {
+        let cmd = Cli::command();
+        cmd.clone().debug_assert();
+        let mut args = Vec::new();
+        all_args(&cmd, "keymeter", &mut args);
+        let missing: Vec<String> = args
+            .iter()
+            .filter(|(_, a)| a.get_help().is_none() && a.get_long_help().is_none())
+            .map(|(path, a)| format!("{path} {}", a.get_id()))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "options without a description: {missing:?}"
+        );
+    }
+
+    #[test]
+    fn offline_commands_take_no_server_option() {
+        let cmd = Cli::command();
+        for path in [
+            &["replay"][..],
+            &["log", "verify"],
+            &["audit", "verify"],
+            &["keys", "rotate"],
+        ] {
+            let mut sub = &cmd;
+            for name in path {
+                sub = sub.find_subcommand(name).unwrap();
+            }
+            let ids: Vec<&str> = sub.get_arguments().map(|a| a.get_id().as_str()).collect();
+            assert!(ids.contains(&"data_dir"), "{path:?}: {ids:?}");
+            for server_only in ["listen", "tls_cert", "kafka_brokers", "bootstrap_admin_key"] {
+                assert!(
+                    !ids.contains(&server_only),
+                    "{path:?} takes --{server_only}"
+                );
+            }
+        }
+    }
 }

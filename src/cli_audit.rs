@@ -6,12 +6,12 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use keymeter::config::{Config, ConfigArgs};
+use keymeter::config::{Config, KeyedDataArgs};
 
 #[derive(Args)]
 pub struct AuditVerifyArgs {
     #[command(flatten)]
-    config: ConfigArgs,
+    config: KeyedDataArgs,
     /// Anchors file (JSON lines) the log must match [default: the
     /// configured audit_anchor_file, when it exists].
     #[arg(long)]

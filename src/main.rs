@@ -1,7 +1,7 @@
 //! The `keymeter` command line.
 
 use clap::Parser;
-use keymeter::config::ConfigArgs;
+use keymeter::config::Config;
 
 mod cli;
 mod cli_audit;
@@ -25,24 +25,26 @@ fn main() -> std::process::ExitCode {
     // SAFETY: umask only sets the process's file-creation mask.
     unsafe { libc::umask(0o077) };
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        restore_sigpipe();
+    }
     cli_logging::init(cli.log_format);
     tracing::debug!(thp_off, "transparent huge pages");
     // Still one thread: the secrets may leave the environment now.
-    let load = |args: &ConfigArgs| {
-        let cfg = args.load();
+    let load = |cfg: anyhow::Result<Config>| {
         keymeter::config::scrub_secret_variables();
         cfg
     };
     let result = match cli.command {
-        Command::Serve(args) => load(&args).and_then(cli_serve::serve),
-        Command::Replay(args) => load(&args).and_then(cli_log::replay),
+        Command::Serve(args) => load(args.load()).and_then(cli_serve::serve),
+        Command::Replay(args) => load(args.load()).and_then(cli_log::replay),
         Command::Log {
             command: LogCommand::Verify(args),
-        } => load(&args).and_then(cli_log::verify),
+        } => load(args.load()).and_then(cli_log::verify),
         Command::License(args) => cli_license::run(args),
         Command::Keys {
             command: KeysCommand::Rotate { config, rotate },
-        } => load(&config).and_then(|cfg| cli_keys::rotate(cfg, rotate)),
+        } => load(config.load()).and_then(|cfg| cli_keys::rotate(cfg, rotate)),
         Command::Audit {
             command: AuditCommand::Verify(args),
         } => return cli_audit::audit_verify(&args),
@@ -54,4 +56,15 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// A command whose output goes to a pipe that closes (`keymeter … | head`)
+/// ends as `cat` or `grep` do: killed quietly by SIGPIPE (status 141 in a
+/// shell), instead of panicking on the failed write. Rust ignores SIGPIPE
+/// by default; the server keeps ignoring it (its sockets report a closed
+/// peer as an error, and its stdout only announces the address).
+fn restore_sigpipe() {
+    // SAFETY: sets the disposition of one signal to its default; no
+    // handler runs, and no other thread exists yet.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
 }
