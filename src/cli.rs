@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use keymeter::config::{ConfigArgs, DataArgs, KeyedDataArgs};
 
 use crate::cli_logging::LogFormat;
-use crate::{cli_audit, cli_keys, cli_license};
+use crate::{cli_audit, cli_keys, cli_license, cli_status};
 
 #[derive(Parser)]
 #[command(
@@ -46,6 +46,9 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// How a running server stands: health, readiness, log head, Kafka
+    /// lag. Exit status 0 when healthy and ready, 1 otherwise.
+    Status(cli_status::StatusArgs),
     /// Tamper evidence: signed checkpoints and anchors.
     Audit {
         #[command(subcommand)]

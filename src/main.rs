@@ -10,6 +10,7 @@ mod cli_license;
 mod cli_log;
 mod cli_logging;
 mod cli_serve;
+mod cli_status;
 
 use cli::{AuditCommand, Cli, Command, KeysCommand, LogCommand};
 
@@ -42,6 +43,12 @@ fn main() -> std::process::ExitCode {
             command: LogCommand::Verify(args),
         } => load(args.load()).and_then(cli_log::verify),
         Command::License(args) => cli_license::run(args),
+        Command::Status(args) => {
+            return cli_status::status(args).unwrap_or_else(|e| {
+                eprintln!("error: {e:#}");
+                std::process::ExitCode::FAILURE
+            })
+        }
         Command::Keys {
             command: KeysCommand::Rotate { config, rotate },
         } => load(config.load()).and_then(|cfg| cli_keys::rotate(cfg, rotate)),
