@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use keymeter::config::{ConfigArgs, DataArgs, KeyedDataArgs};
 
 use crate::cli_logging::LogFormat;
-use crate::{cli_audit, cli_keys, cli_license, cli_status};
+use crate::{cli_audit, cli_backup, cli_keys, cli_license, cli_status};
 
 #[derive(Parser)]
 #[command(
@@ -49,6 +49,13 @@ pub enum Command {
     /// How a running server stands: health, readiness, log head, Kafka
     /// lag. Exit status 0 when healthy and ready, 1 otherwise.
     Status(cli_status::StatusArgs),
+    /// Copy the log and key files into a new directory with a manifest
+    /// (SHA-256 per file, log position); safe while the server runs. The
+    /// master key is not copied: back it up separately.
+    Backup(cli_backup::BackupArgs),
+    /// Restore a backup into a new data directory, after checking every
+    /// file against the manifest and the log's hash chain.
+    Restore(cli_backup::RestoreArgs),
     /// Tamper evidence: signed checkpoints and anchors.
     Audit {
         #[command(subcommand)]

@@ -5,6 +5,7 @@ use keymeter::config::Config;
 
 mod cli;
 mod cli_audit;
+mod cli_backup;
 mod cli_keys;
 mod cli_license;
 mod cli_log;
@@ -43,6 +44,8 @@ fn main() -> std::process::ExitCode {
             command: LogCommand::Verify(args),
         } => load(args.load()).and_then(cli_log::verify),
         Command::License(args) => cli_license::run(args),
+        Command::Backup(args) => cli_backup::backup(args),
+        Command::Restore(args) => cli_backup::restore(args),
         Command::Status(args) => {
             return cli_status::status(args).unwrap_or_else(|e| {
                 eprintln!("error: {e:#}");
