@@ -94,6 +94,10 @@ async fn json_access_log_names_each_request_once_and_holds_no_secret() {
     assert_eq!(r.status(), 401);
     let refused_id = response_id(&r);
 
+    let r = server.get(ADMIN_KEY, "/no/such/route?token=hidden").await;
+    assert_eq!(r.status(), 404);
+    let unmatched_id = response_id(&r);
+
     let log_dir = dir.path().join("log");
     let stderr = server.stop_and_stderr();
     let lines = json_lines(&stderr);
@@ -113,6 +117,11 @@ async fn json_access_log_names_each_request_once_and_holds_no_secret() {
     let seen = with_request_id(&lines, "keymeter::access", &refused_id);
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0]["status"], 401);
+
+    let seen = with_request_id(&lines, "keymeter::access", &unmatched_id);
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0]["route"], "unmatched", "never the raw path");
+    assert!(!stderr.contains("/no/such/route") && !stderr.contains("hidden"));
 
     let seen = with_request_id(&lines, "keymeter::access", &reader_id);
     assert_eq!(seen.len(), 1);
