@@ -118,6 +118,7 @@ fn print(name: &str, r: &Run) {
 }
 
 fn main() {
+    common::log_from_env();
     // As `keymeter serve` runs.
     keymeter::memory::disable_transparent_huge_pages();
     let requests = if common::quick() { 10 } else { 1_000 };

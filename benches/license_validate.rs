@@ -240,6 +240,7 @@ fn nonce_journal(dir: &std::path::Path, calls: usize) {
 }
 
 fn main() {
+    common::log_from_env();
     let (calls, requests, rounds) = if common::quick() {
         (2_000, 2_048, 1)
     } else {

@@ -6,12 +6,12 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use keymeter::config::{Config, ConfigArgs};
+use keymeter::config::{Config, KeyedDataArgs};
 
 #[derive(Args)]
 pub struct AuditVerifyArgs {
     #[command(flatten)]
-    config: ConfigArgs,
+    config: KeyedDataArgs,
     /// Anchors file (JSON lines) the log must match [default: the
     /// configured audit_anchor_file, when it exists].
     #[arg(long)]
@@ -23,6 +23,36 @@ pub struct AuditVerifyArgs {
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// The server's audit anchor file; used when it exists [default: the
+    /// configuration's audit_anchor_file]. --anchors wins.
+    #[arg(long, env = "KEYMETER_AUDIT_ANCHOR_FILE")]
+    audit_anchor_file: Option<PathBuf>,
+    /// The server's audit_checkpoint_records, which bounds the records a
+    /// checkpoint may leave uncovered [default: the configuration's].
+    #[arg(long, env = "KEYMETER_AUDIT_CHECKPOINT_RECORDS")]
+    audit_checkpoint_records: Option<u64>,
+    /// The server's batch_records_max, which bounds the records a
+    /// checkpoint may leave uncovered [default: the configuration's].
+    #[arg(long, env = "KEYMETER_BATCH_RECORDS_MAX")]
+    batch_records_max: Option<usize>,
+}
+
+impl AuditVerifyArgs {
+    /// The configuration, with the server settings the audit reads.
+    fn config(&self) -> anyhow::Result<Config> {
+        let mut cfg = self.config.load()?;
+        if let Some(path) = &self.audit_anchor_file {
+            cfg.audit_anchor_file = Some(path.clone());
+        }
+        if let Some(n) = self.audit_checkpoint_records {
+            anyhow::ensure!(n >= 1, "--audit-checkpoint-records must be >= 1");
+            cfg.audit_checkpoint_records = n;
+        }
+        if let Some(n) = self.batch_records_max {
+            cfg.batch_records_max = n;
+        }
+        Ok(cfg)
+    }
 }
 
 /// `keymeter audit verify`: 0 intact, 1 tampering found, 2 could not audit.
@@ -40,7 +70,7 @@ pub fn audit_verify(args: &AuditVerifyArgs) -> std::process::ExitCode {
 /// Audits the log and prints the report; returns whether tampering was found.
 fn run_audit(args: &AuditVerifyArgs) -> anyhow::Result<bool> {
     use keymeter::audit::verify::{audit_log, read_anchors, Anchors};
-    let cfg = args.config.load()?;
+    let cfg = args.config()?;
     let keys = audit_keys(&cfg, args.jwks.as_deref())?;
     let anchors_path = args
         .anchors

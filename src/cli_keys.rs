@@ -95,6 +95,15 @@ pub fn rotate(cfg: Config, args: RotateArgs) -> anyhow::Result<()> {
         }
     };
     log.append_batch(&[record.encode()])?;
+    if let Record::KeysRotated { kind, audit, .. } = &record {
+        tracing::info!(
+            target: "keymeter::admin",
+            action = %format!("keys.rotate_{kind}"),
+            actor = audit.actor.as_deref().unwrap_or("-"),
+            request_id = audit.request_id.as_deref().unwrap_or("-"),
+            "admin action"
+        );
+    }
     Ok(())
 }
 

@@ -44,37 +44,52 @@ enum LicenseCommand {
     /// Create a license; prints it with its key (shown only this once).
     Create(CreateArgs),
     /// Show one license.
-    Show { id: String },
+    Show {
+        /// The license's id (lic_…).
+        id: String,
+    },
     /// List licenses, optionally filtered.
     List {
+        /// Only the licenses of this product.
         #[arg(long)]
         product: Option<String>,
+        /// Only the licenses of this customer.
         #[arg(long)]
         customer: Option<String>,
         /// active, suspended or revoked.
         #[arg(long)]
         status: Option<String>,
+        /// Most licenses in the answer (one page).
         #[arg(long)]
         limit: Option<usize>,
+        /// The page after this cursor (the previous answer's `next`).
         #[arg(long)]
         after: Option<String>,
     },
     /// Suspend an active license.
     Suspend {
+        /// The license's id (lic_…).
         id: String,
+        /// Why, kept in the license's history.
         #[arg(long)]
         reason: Option<String>,
     },
     /// Reinstate a suspended license.
-    Reinstate { id: String },
+    Reinstate {
+        /// The license's id (lic_…).
+        id: String,
+    },
     /// Revoke a license (final).
     Revoke {
+        /// The license's id (lic_…).
         id: String,
+        /// Why, kept in the license's history.
         #[arg(long)]
         reason: Option<String>,
     },
     /// Set a new expiry, or extend the current one.
     Renew {
+        /// The license's id (lic_…).
         id: String,
         /// RFC 3339 expiry, or "never".
         #[arg(long, conflicts_with = "extend", required_unless_present = "extend")]
@@ -85,7 +100,9 @@ enum LicenseCommand {
     },
     /// Issue an offline license file (JSON on stdout).
     File {
+        /// The license's id (lic_…).
         id: String,
+        /// Bind the file to this machine fingerprint.
         #[arg(long)]
         fingerprint: Option<String>,
         /// e.g. "30d".
@@ -96,8 +113,10 @@ enum LicenseCommand {
 
 #[derive(Args)]
 struct CreateArgs {
+    /// The product the license is for.
     #[arg(long)]
     product: String,
+    /// The customer who holds it.
     #[arg(long)]
     customer: String,
     /// RFC 3339 start [default: now].
@@ -109,6 +128,7 @@ struct CreateArgs {
     /// Grace period after expiry, e.g. "7d".
     #[arg(long, value_parser = humantime::parse_duration)]
     grace: Option<Duration>,
+    /// Mark the license as a trial.
     #[arg(long)]
     trial: bool,
     /// Feature code (repeat).
@@ -150,7 +170,7 @@ pub fn run(args: LicenseArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (status, text) = runtime.block_on(request(&args.url, method, &path, &key, body))?;
+    let (status, text) = runtime.block_on(request(&args.url, method, &path, Some(&key), body))?;
     let pretty = serde_json::from_str::<Value>(&text)
         .ok()
         .and_then(|v| serde_json::to_string_pretty(&v).ok())
@@ -267,11 +287,11 @@ async fn within_idle_timeout<F: Future>(step: F) -> anyhow::Result<F::Output> {
 }
 
 /// One HTTP/1.1 request over a fresh connection; returns status and body.
-async fn request(
+pub async fn request(
     base: &str,
     method: Method,
     path: &str,
-    key: &str,
+    key: Option<&str>,
     body: Option<Value>,
 ) -> anyhow::Result<(u16, String)> {
     let rest = base
@@ -290,9 +310,11 @@ async fn request(
         .method(method)
         .uri(format!("{prefix}{path}"))
         .header(HOST, authority)
-        .header(AUTHORIZATION, format!("Bearer {key}"))
         .header(ACCEPT, "application/json")
         .header(CONNECTION, "close");
+    if let Some(key) = key {
+        req = req.header(AUTHORIZATION, format!("Bearer {key}"));
+    }
     if body.is_some() {
         req = req.header(CONTENT_TYPE, "application/json");
     }
@@ -301,7 +323,7 @@ async fn request(
     let req = req
         .header(CONTENT_LENGTH, payload.len())
         .body(Full::<Bytes>::from(payload))
-        .context("cannot build the request from --url and the admin key")?;
+        .context("cannot build the request from --url and the API key")?;
     let stream = tokio::net::TcpStream::connect(&addr)
         .await
         .with_context(|| format!("cannot connect to {addr}"))?;

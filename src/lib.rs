@@ -10,6 +10,7 @@
 pub mod api;
 pub mod api_keys;
 pub mod audit;
+pub mod backup;
 pub mod clock;
 pub mod config;
 pub mod crypto;

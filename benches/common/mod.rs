@@ -27,6 +27,22 @@ pub fn quick() -> bool {
     std::env::var("KEYMETER_BENCH_QUICK").is_ok_and(|v| v == "1")
 }
 
+/// `KEYMETER_BENCH_LOG=<filter>` logs as `keymeter serve --log-format json`
+/// does, to stderr, with that `KEYMETER_LOG` filter: `info` keeps the
+/// access log, `info,keymeter::access=off` drops it, so the two runs
+/// measure what the access log costs. Unset: nothing is logged.
+#[allow(dead_code)]
+pub fn log_from_env() {
+    if let Ok(filter) = std::env::var("KEYMETER_BENCH_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .json()
+            .flatten_event(true)
+            .init();
+    }
+}
+
 /// A fresh directory on the disk that holds `target/`, which is what the
 /// figures describe (the system temp dir may be memory).
 #[allow(dead_code)]

@@ -9,6 +9,7 @@ use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::header;
 use axum::http::request::Parts;
 
+use super::access::RequestContext;
 use super::{ApiError, AppState};
 use crate::api_keys::allows;
 use crate::error_code::ErrorCode;
@@ -40,15 +41,14 @@ impl RequiredScope for Validate {
     const SCOPE: Scope = Scope::Validate;
 }
 
-/// The caller's `x-request-id` (1 to 128 bytes), or a new one.
+/// The request's id: the one the access middleware gave it (the caller's
+/// valid `x-request-id`, or a new one), or a new one where that middleware
+/// does not run.
 pub fn request_id(parts: &Parts) -> String {
-    parts
-        .headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128)
-        .map(str::to_owned)
-        .unwrap_or_else(crate::api_keys::generate_id)
+    match parts.extensions.get::<RequestContext>() {
+        Some(ctx) => ctx.request_id.to_string(),
+        None => super::access::new_request_id(),
+    }
 }
 
 /// The key of `Authorization: Bearer <key>`, if the header has that form.
@@ -87,6 +87,9 @@ impl<S: RequiredScope> FromRequestParts<AppState> for Auth<S> {
                 "the API key is unknown or revoked",
             )
         })?;
+        if let Some(ctx) = parts.extensions.get::<RequestContext>() {
+            ctx.set_key_id(&key.id);
+        }
         let product = state.view.product_of_key(&key.id).map(|(p, _)| p);
         let bound_ingest = product.is_some() && key.scopes.contains(&Scope::Ingest);
         if !(allows(&key.scopes, S::SCOPE) || S::SCOPE == Scope::Validate && bound_ingest) {

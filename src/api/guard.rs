@@ -193,6 +193,10 @@ pub async fn verify_signature(State(state): State<AppState>, req: Request, next:
         Some(key) => key.id,
         None => return next.run(req).await,
     };
+    // A refused signature never reaches the handler's authentication.
+    if let Some(ctx) = req.extensions().get::<super::access::RequestContext>() {
+        ctx.set_key_id(&key_id);
+    }
     let bound = view.product_of_key(&key_id);
     let header = match req.headers().get(SIGNATURE_HEADER) {
         None => {

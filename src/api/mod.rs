@@ -1,7 +1,8 @@
-//! The HTTP API: routers per resource, authentication, error mapping and
-//! request metrics. Handlers read through [`AppState::view`] and write
+//! The HTTP API: routers per resource, authentication, error mapping, and
+//! request ids, metrics and access logs ([`access`]). Handlers read through [`AppState::view`] and write
 //! through [`AppState::engine`].
 
+pub mod access;
 pub mod auth;
 pub mod client;
 mod error;
@@ -15,12 +16,10 @@ mod seats;
 mod validation;
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::Context;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::header;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
@@ -150,7 +149,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             guard::verify_signature,
         ))
-        .layer(axum::middleware::from_fn(observe))
+        .layer(axum::middleware::from_fn(access::observe))
         .with_state(state)
 }
 
@@ -198,43 +197,4 @@ async fn metrics_text() -> Response {
 
 async fn not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no such route")
-}
-
-/// The `method` label: the standard methods by name, anything else (a client
-/// may send any token as a method) as `other`, so no request can add a
-/// series.
-fn method_label(method: &axum::http::Method) -> &'static str {
-    match method.as_str() {
-        "GET" => "GET",
-        "POST" => "POST",
-        "PUT" => "PUT",
-        "PATCH" => "PATCH",
-        "DELETE" => "DELETE",
-        "HEAD" => "HEAD",
-        "OPTIONS" => "OPTIONS",
-        _ => "other",
-    }
-}
-
-/// Counts every request by route template (never the raw path, which would
-/// make label values unbounded), method (a fixed set) and status (a fixed
-/// set: the codes the server answers).
-async fn observe(req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let method = method_label(req.method());
-    let response = next.run(req).await;
-    let status = response.status().as_u16().to_string();
-    let m = metrics();
-    m.http_requests_total
-        .with_label_values(&[&route, method, &status])
-        .inc();
-    m.http_request_duration_seconds
-        .with_label_values(&[&route, method, &status])
-        .observe(started.elapsed().as_secs_f64());
-    response
 }

@@ -10,16 +10,38 @@ use clap::Args;
 use super::Config;
 use crate::crypto::SecretString;
 
-/// Settings: a flag beats its `KEYMETER_*` variable, which beats the config
+/// Where the data is: what every command that reads a data directory
+/// takes. A flag beats its `KEYMETER_*` variable, which beats the config
 /// file, which beats the built-in default.
 #[derive(Args, Clone)]
-pub struct ConfigArgs {
+pub struct DataArgs {
     /// TOML configuration file.
     #[arg(long, env = "KEYMETER_CONFIG")]
     config: Option<PathBuf>,
     /// Data directory (log and projections) [default: ./keymeter-data].
     #[arg(long, env = "KEYMETER_DATA_DIR")]
     data_dir: Option<PathBuf>,
+}
+
+/// [`DataArgs`] and the master key, for the commands that open the keyring
+/// (the key itself may come from `KEYMETER_MASTER_KEY` instead).
+#[derive(Args, Clone)]
+pub struct KeyedDataArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Master key file (base64, 32 bytes); never inside the data directory
+    /// [default: <data-dir>.master-key, created on first start]. The key
+    /// itself may come from KEYMETER_MASTER_KEY (base64) instead.
+    #[arg(long, env = "KEYMETER_MASTER_KEY_FILE")]
+    master_key_file: Option<PathBuf>,
+}
+
+/// Every setting of `keymeter serve`: the data directory and master key,
+/// and the server's own options.
+#[derive(Args, Clone)]
+pub struct ConfigArgs {
+    #[command(flatten)]
+    keyed: KeyedDataArgs,
     /// HTTP listen address [default: 127.0.0.1:8080].
     #[arg(long, env = "KEYMETER_LISTEN")]
     listen: Option<SocketAddr>,
@@ -68,11 +90,6 @@ pub struct ConfigArgs {
     /// Log segment size at which a new segment starts [default: 67108864].
     #[arg(long, env = "KEYMETER_SEGMENT_BYTES_MAX")]
     segment_bytes_max: Option<u64>,
-    /// Master key file (base64, 32 bytes); never inside the data directory
-    /// [default: <data-dir>.master-key, created on first start]. The key
-    /// itself may come from KEYMETER_MASTER_KEY (base64) instead.
-    #[arg(long, env = "KEYMETER_MASTER_KEY_FILE")]
-    master_key_file: Option<PathBuf>,
     /// Lifetime of signed validation verdicts (e.g. "5m") [default: 5m].
     #[arg(long, env = "KEYMETER_TOKEN_TTL", value_parser = humantime::parse_duration)]
     token_ttl: Option<Duration>,
@@ -121,21 +138,64 @@ pub struct ConfigArgs {
     audit_anchor_file: Option<PathBuf>,
 }
 
-impl ConfigArgs {
-    /// The configuration these arguments describe: the file (or the
-    /// defaults), the flags and variables over it, then validated.
+impl DataArgs {
+    /// The configuration file (or the defaults) with the data directory
+    /// over it, validated.
     pub fn load(&self) -> anyhow::Result<Config> {
-        let mut cfg = match &self.config {
-            Some(path) => Config::from_file(path)?,
-            None => Config::default(),
-        };
+        let mut cfg = self.base()?;
         self.apply(&mut cfg);
         cfg.validate()?;
         Ok(cfg)
     }
 
-    /// Sets every option given as a flag or variable; the rest stay as the
-    /// file or the defaults have them.
+    fn base(&self) -> anyhow::Result<Config> {
+        match &self.config {
+            Some(path) => Config::from_file(path),
+            None => Ok(Config::default()),
+        }
+    }
+
+    fn apply(&self, cfg: &mut Config) {
+        if let Some(dir) = &self.data_dir {
+            cfg.data_dir = dir.clone();
+        }
+    }
+}
+
+impl KeyedDataArgs {
+    /// [`DataArgs::load`] with the master key's file or variable.
+    pub fn load(&self) -> anyhow::Result<Config> {
+        let mut cfg = self.data.base()?;
+        self.apply(&mut cfg);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn apply(&self, cfg: &mut Config) {
+        self.data.apply(cfg);
+        if let Some(file) = &self.master_key_file {
+            cfg.master_key_file = Some(file.clone());
+        }
+        // A variable only: a flag would show the key in the process list.
+        if let Ok(key) = std::env::var("KEYMETER_MASTER_KEY") {
+            cfg.master_key = Some(SecretString::new(key));
+        }
+    }
+}
+
+impl ConfigArgs {
+    /// The configuration these arguments describe: the file (or the
+    /// defaults), the flags and variables over it, then validated.
+    pub fn load(&self) -> anyhow::Result<Config> {
+        let mut cfg = self.keyed.data.base()?;
+        self.keyed.apply(&mut cfg);
+        self.apply(&mut cfg);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Sets every server option given as a flag or variable; the rest stay
+    /// as the file or the defaults have them.
     fn apply(&self, cfg: &mut Config) {
         macro_rules! set {
             ($($field:ident),*) => {$(
@@ -152,7 +212,6 @@ impl ConfigArgs {
             )*};
         }
         set!(
-            data_dir,
             listen,
             event_time_back,
             event_time_ahead,
@@ -176,16 +235,11 @@ impl ConfigArgs {
             tls_key,
             tls_client_ca,
             metrics_listen,
-            master_key_file,
             audit_anchor_file
         );
         cfg.recover_admin_key |= self.recover_admin_key;
         if let Some(key) = &self.bootstrap_admin_key {
             cfg.bootstrap_admin_key = Some(key.as_str().into());
-        }
-        // A variable only: a flag would show the key in the process list.
-        if let Ok(key) = std::env::var("KEYMETER_MASTER_KEY") {
-            cfg.master_key = Some(SecretString::new(key));
         }
         self.apply_kafka(cfg);
     }

@@ -1,7 +1,8 @@
 //! One configuration: defaults that run embedded, overridden by a TOML file,
 //! overridden by `KEYMETER_*` environment variables and command-line flags
 //! (clap reads both; a flag beats its variable). [`ConfigArgs`] declares
-//! those flags and variables and turns them into a [`Config`].
+//! those flags and variables and turns them into a [`Config`]; offline
+//! commands take only [`DataArgs`] or [`KeyedDataArgs`].
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,7 +16,7 @@ use crate::log::{LogDir, Storage};
 
 mod args;
 
-pub use args::{scrub_secret_variables, ConfigArgs};
+pub use args::{scrub_secret_variables, ConfigArgs, DataArgs, KeyedDataArgs};
 
 /// The largest `query_rows_max`: an answer of ten million rows is already
 /// gigabytes of JSON.

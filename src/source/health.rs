@@ -7,15 +7,21 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
 
 use serde_json::{json, Value};
 
+use super::repeats::{kind_key, Repeats, Verdict};
 use crate::metrics::metrics;
 
 /// One source's state; see the module documentation.
 pub struct SourceHealth {
     connected: AtomicBool,
     inner: Mutex<Inner>,
+    /// Which repeated client warnings reach the log.
+    repeats: Mutex<Repeats>,
+    /// The clock the repeats are timed by.
+    started: Instant,
 }
 
 struct Inner {
@@ -41,6 +47,34 @@ impl SourceHealth {
                 positions: BTreeMap::new(),
                 last_error: None,
             }),
+            repeats: Mutex::new(Repeats::default()),
+            started: Instant::now(),
+        }
+    }
+
+    /// Whether a client warning (`source`: who reports it, `message`: its
+    /// text) should be logged now: `Some(n)` with the number of the same
+    /// kind suppressed since it was last logged, `None` to stay quiet. See
+    /// [`super::repeats`].
+    pub fn should_log(&self, source: &str, message: &str) -> Option<u64> {
+        let now_ms = self.started.elapsed().as_millis() as u64;
+        let mut repeats = self.repeats.lock().unwrap_or_else(|e| e.into_inner());
+        match repeats.check(&kind_key(source, message), now_ms) {
+            Verdict::Log { suppressed } => Some(suppressed),
+            Verdict::Suppress => None,
+        }
+    }
+
+    /// Logs what was suppressed during the condition that just ended and
+    /// forgets it, so the next warning of any kind is logged at once.
+    fn summarize_repeats(&self) {
+        let left = self
+            .repeats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain();
+        for (kind, suppressed) in left {
+            tracing::warn!(kind = %kind, suppressed, "repeated Kafka warnings suppressed");
         }
     }
 
@@ -49,7 +83,8 @@ impl SourceHealth {
     }
 
     /// Records whether the brokers answer. Called for every message: a plain
-    /// load settles the usual case.
+    /// load settles the usual case. A change is logged; on reconnecting, so
+    /// are the warnings suppressed during the outage.
     pub fn set_connected(&self, connected: bool) {
         if self.connected.load(Ordering::Relaxed) != connected
             && self.connected.swap(connected, Ordering::SeqCst) != connected
@@ -63,8 +98,12 @@ impl SourceHealth {
                     "disconnected"
                 };
             }
+            drop(s);
             if connected {
                 tracing::info!("Kafka brokers reachable");
+                self.summarize_repeats();
+            } else {
+                tracing::warn!("Kafka brokers unreachable");
             }
         }
     }
@@ -146,6 +185,9 @@ mod tests {
         assert_eq!(b.readiness()["state"], "connecting");
         assert_eq!(b.readiness()["assignedPartitions"], json!([]));
         assert!(b.readiness()["lastError"].is_null());
+        assert_eq!(a.should_log("client", "down 1"), Some(0));
+        assert_eq!(a.should_log("client", "down 2"), None, "same kind");
+        assert_eq!(b.should_log("client", "down 3"), Some(0), "b's own");
         assert_eq!(a.unassign("t", 0), 0);
         a.stopped();
         a.set_connected(false);

@@ -432,7 +432,6 @@ fn audit_with_server_settings(copy: &Copy) -> Audit {
             "--audit-checkpoint-records",
             &CHECKPOINT_RECORDS.to_string(),
         ])
-        .args(["--batch-records-max", &EVENTS_PER_REQUEST.to_string()])
-        .args(["--request-events-max", &EVENTS_PER_REQUEST.to_string()]);
+        .args(["--batch-records-max", &EVENTS_PER_REQUEST.to_string()]);
     run_audit(cmd)
 }

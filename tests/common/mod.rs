@@ -247,6 +247,18 @@ impl Server {
         self.assert_no_panic();
     }
 
+    /// [`Server::stop`], then everything the server wrote to stderr.
+    pub fn stop_and_stderr(mut self) -> String {
+        let reader = self.stderr_reader.take();
+        let stderr = self.stderr.clone();
+        self.stop();
+        if let Some(reader) = reader {
+            let _ = reader.join();
+        }
+        let text = stderr.lock().unwrap().clone();
+        text
+    }
+
     /// The whole stderr of a server that has exited.
     fn exited_stderr(&mut self) -> String {
         if let Some(reader) = self.stderr_reader.take() {

@@ -8,4 +8,5 @@ mod common;
 mod ingest;
 mod offsets;
 mod restart;
+mod status;
 mod support;

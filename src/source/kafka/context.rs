@@ -215,15 +215,25 @@ impl Ctx {
 
 impl ClientContext for Ctx {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        match level {
+        let error = match level {
             RDKafkaLogLevel::Emerg
             | RDKafkaLogLevel::Alert
             | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => {
-                tracing::error!(facility = fac, "librdkafka: {log_message}")
+            | RDKafkaLogLevel::Error => true,
+            RDKafkaLogLevel::Warning => false,
+            _ => {
+                tracing::debug!(facility = fac, "librdkafka: {log_message}");
+                return;
             }
-            RDKafkaLogLevel::Warning => tracing::warn!(facility = fac, "librdkafka: {log_message}"),
-            _ => tracing::debug!(facility = fac, "librdkafka: {log_message}"),
+        };
+        // During an outage librdkafka repeats itself many times a second.
+        let Some(suppressed) = self.health.should_log(fac, log_message) else {
+            return;
+        };
+        if error {
+            tracing::error!(facility = fac, suppressed, "librdkafka: {log_message}");
+        } else {
+            tracing::warn!(facility = fac, suppressed, "librdkafka: {log_message}");
         }
     }
 
@@ -231,8 +241,11 @@ impl ClientContext for Ctx {
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
             self.health.set_connected(false);
         }
-        tracing::warn!(error = %error, reason, "Kafka client error");
-        self.health.error(format!("{error}: {reason}"));
+        let message = format!("{error}: {reason}");
+        if let Some(suppressed) = self.health.should_log("client", &message) {
+            tracing::warn!(error = %error, reason, suppressed, "Kafka client error");
+        }
+        self.health.error(message);
     }
 }
 

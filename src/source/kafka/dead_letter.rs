@@ -187,8 +187,10 @@ impl DeadLetterSink {
     }
 
     fn note(&self, e: &KafkaError) {
-        tracing::warn!(topic = %self.topic, error = %e, "dead-letter produce failed; retrying");
-        self.health
-            .error(format!("dead-letter produce to {}: {e}", self.topic));
+        let message = format!("dead-letter produce to {}: {e}", self.topic);
+        if let Some(suppressed) = self.health.should_log("dead-letter", &message) {
+            tracing::warn!(topic = %self.topic, error = %e, suppressed, "dead-letter produce failed; retrying");
+        }
+        self.health.error(message);
     }
 }

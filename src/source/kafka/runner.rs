@@ -64,8 +64,12 @@ impl Runner {
                     self.take(&message);
                 }
                 Some(Err(e)) => {
-                    tracing::warn!(error = %e, "Kafka consume error");
-                    self.ctx().health.error(e.to_string());
+                    let health = &self.ctx().health;
+                    let message = e.to_string();
+                    if let Some(suppressed) = health.should_log("consume", &message) {
+                        tracing::warn!(error = %e, suppressed, "Kafka consume error");
+                    }
+                    health.error(message);
                 }
                 None => {}
             }
