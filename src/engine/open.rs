@@ -328,7 +328,9 @@ fn open_log_and_dedup(
             })
             .map_err(|e| StartError::Other(format!("cannot start the dedup loader: {e}")))?;
         let log = Log::open_in(&cfg.log(), log_cfg);
-        let dedup = dedup.join().expect("loading the dedup index does not panic");
+        let dedup = dedup
+            .join()
+            .expect("loading the dedup index does not panic");
         Ok((log?, dedup?))
     })
 }

@@ -21,6 +21,7 @@
 //! rest of the key (varint length, bytes) and its state (varint length,
 //! [`AggState::encode`]).
 
+use std::borrow::Borrow;
 use std::ops::{Bound, Range};
 
 use super::ProjectionError;
@@ -261,41 +262,72 @@ pub fn get_sorted(
 /// they start a block (a stored counter starts one exactly when it is its
 /// block's key). A rewrite then costs a copy of the block's bytes, not a
 /// decode, a hash and an encode of each of its counters.
-pub fn write_sorted<K: AsRef<[u8]>, S: std::borrow::Borrow<AggState>>(
+pub fn write_sorted<K: AsRef<[u8]>, S: Borrow<AggState>>(
     tree: &sled::Tree,
     starts: &UniqueKey,
     states: impl IntoIterator<Item = (K, S)>,
     batch: &mut sled::Batch,
 ) -> Result<(), ProjectionError> {
-    let mut states = states.into_iter().peekable();
-    let mut encoded = Vec::new();
-    while let Some((first, _)) = states.peek() {
+    let changes = states.into_iter().map(|(k, s)| (k, Change::State(s)));
+    write_changes(tree, starts, changes, batch)
+}
+
+/// What to make of a counter when its block is rewritten.
+pub enum Change<S> {
+    /// Its whole new state.
+    State(S),
+    /// A change to merge into its stored state (the state itself for a
+    /// counter not stored yet).
+    Delta(S),
+}
+
+/// [`write_sorted`] of [`Change`]s: deltas are merged into the stored
+/// states in the same pass that rewrites their blocks, so each block is
+/// read once.
+pub fn write_changes<K: AsRef<[u8]>, S: Borrow<AggState>>(
+    tree: &sled::Tree,
+    starts: &UniqueKey,
+    changes: impl IntoIterator<Item = (K, Change<S>)>,
+    batch: &mut sled::Batch,
+) -> Result<(), ProjectionError> {
+    let encode = |c: &Change<S>| match c {
+        Change::State(s) | Change::Delta(s) => s.borrow().encode(),
+    };
+    let mut changes = changes.into_iter().peekable();
+    let mut pending = Vec::new();
+    while let Some((first, _)) = changes.peek() {
         let (block, stored) = raw_block_at(tree, first.as_ref())?;
         let end = next_block(tree, &block)?;
-        encoded.clear();
-        while let Some((key, _)) = states.peek() {
+        pending.clear();
+        while let Some((key, _)) = changes.peek() {
             if !in_block(key.as_ref(), &block, end.as_deref()) {
                 break;
             }
-            let (key, state) = states.next().expect("peeked");
-            encoded.push((key, state.borrow().encode()));
+            pending.push(changes.next().expect("peeked"));
         }
         let mut out = BlockWriter::new(starts, block.clone(), batch);
-        let mut new = encoded.iter().peekable();
+        let mut new = pending.iter().peekable();
         if let Some(bytes) = &stored {
             walk_block(&block, bytes, |key, state| {
-                while let Some((k, s)) = new.next_if(|(k, _)| k.as_ref() < key) {
-                    out.push(k.as_ref(), s, None);
+                while let Some((k, c)) = new.next_if(|(k, _)| k.as_ref() < key) {
+                    out.push(k.as_ref(), &encode(c), None);
                 }
+                let start = Some(key == block.as_slice());
                 match new.next_if(|(k, _)| k.as_ref() == key) {
-                    Some((k, s)) => out.push(k.as_ref(), s, Some(key == block.as_slice())),
-                    None => out.push(key, state, Some(key == block.as_slice())),
+                    Some((_, Change::Delta(delta))) => {
+                        let mut merged =
+                            AggState::decode(state).map_err(|e| corrupt(key, e.to_string()))?;
+                        merged.merge(delta.borrow());
+                        out.push(key, &merged.encode(), start);
+                    }
+                    Some((_, c)) => out.push(key, &encode(c), start),
+                    None => out.push(key, state, start),
                 }
                 Ok(())
             })?;
         }
-        for (k, s) in new {
-            out.push(k.as_ref(), s, None);
+        for (k, c) in new {
+            out.push(k.as_ref(), &encode(c), None);
         }
         out.finish();
     }
@@ -329,8 +361,11 @@ impl<'a> BlockWriter<'a> {
     /// Adds a counter; `starts` says whether its key starts a block, when
     /// that is known without hashing it.
     fn push(&mut self, key: &[u8], state: &[u8], starts: Option<bool>) {
-        let starts =
-            starts.unwrap_or_else(|| self.starts.counter_key_hash(key).is_multiple_of(BLOCK_COUNTERS));
+        let starts = starts.unwrap_or_else(|| {
+            self.starts
+                .counter_key_hash(key)
+                .is_multiple_of(BLOCK_COUNTERS)
+        });
         if starts && key != self.key.as_slice() {
             // A head block whose counters all follow a new block start
             // now belongs to that block.

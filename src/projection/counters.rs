@@ -16,13 +16,14 @@
 //! converted, their values being gone: such a store says so through
 //! [`Projection::stale`] and is rebuilt from the log on open.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
 use super::backfill::{self, fold_one, Backfill};
-use super::blocks;
+use super::blocks::{self, Change};
 use super::reads::Overlay;
 use super::usage::{UsageCache, UsageInner};
 use super::{
@@ -351,17 +352,17 @@ impl Counters {
         if self.applied <= self.flushed && self.unmark.is_empty() && self.remark.is_empty() {
             return Ok(());
         }
-        // The fold's counters merged into their states, then the overlay's
-        // other states, as one list in key order.
-        let folded = self.merged_states(fold.drain_encoded())?;
+        let deltas = fold.drain_encoded();
         let mut batch = sled::Batch::default();
         {
-            // Only this thread writes the overlay: holding it for reading
-            // while the blocks are made blocks no query.
+            // The fold's changes merged into the overlay's states or, for
+            // counters the overlay does not hold, into the stored ones as
+            // their blocks are rewritten (each block read once). Only this
+            // thread writes the overlay: holding it for reading while the
+            // blocks are made blocks no query.
             let overlay = self.overlay.read().expect("overlay lock");
-            let folded = folded.iter().map(|(k, s)| (k.as_slice(), s));
-            let states = merge_sorted(folded, overlay.iter().map(|(k, s)| (k.as_slice(), s)));
-            blocks::write_sorted(&self.tree, &self.unique_key, states, &mut batch)?;
+            let changes = with_overlay(deltas, &overlay);
+            blocks::write_changes(&self.tree, &self.unique_key, changes, &mut batch)?;
         }
         for (slug, before, through) in self.remark.drain(..) {
             let mut mark = before.to_be_bytes().to_vec();
@@ -490,21 +491,35 @@ impl Counters {
     }
 }
 
-/// Two lists sorted by key as one; on equal keys `first`'s entry is kept.
-fn merge_sorted<'a>(
-    first: impl Iterator<Item = (&'a [u8], &'a AggState)>,
-    second: impl Iterator<Item = (&'a [u8], &'a AggState)>,
-) -> impl Iterator<Item = (&'a [u8], &'a AggState)> {
-    let mut first = first.peekable();
-    let mut second = second.peekable();
-    std::iter::from_fn(move || match (first.peek(), second.peek()) {
-        (Some(a), Some(b)) if b.0 < a.0 => second.next(),
-        (Some(a), Some(b)) if b.0 == a.0 => {
-            second.next();
-            first.next()
+/// The changes a write-back makes, in key order: each delta (sorted) as a
+/// change to the stored state, or merged into the overlay's state when the
+/// overlay holds its counter, and the overlay's other states as they are.
+fn with_overlay<'a>(
+    deltas: Vec<blocks::Entry>,
+    overlay: &'a BTreeMap<Vec<u8>, AggState>,
+) -> impl Iterator<Item = (Cow<'a, [u8]>, Change<Cow<'a, AggState>>)> {
+    let mut deltas = deltas.into_iter().peekable();
+    let mut states = overlay.iter().peekable();
+    std::iter::from_fn(move || {
+        let take_state = match (deltas.peek(), states.peek()) {
+            (None, None) => return None,
+            (Some(d), Some(s)) => s.0 < &d.0,
+            (None, Some(_)) => true,
+            (Some(_), None) => false,
+        };
+        if take_state {
+            let (k, s) = states.next().expect("peeked");
+            return Some((Cow::Borrowed(k.as_slice()), Change::State(Cow::Borrowed(s))));
         }
-        (Some(_), _) => first.next(),
-        (None, _) => second.next(),
+        let (k, delta) = deltas.next().expect("peeked");
+        match states.next_if(|(s, _)| **s == k) {
+            Some((_, state)) => {
+                let mut state = state.clone();
+                state.merge(&delta);
+                Some((Cow::Owned(k), Change::State(Cow::Owned(state))))
+            }
+            None => Some((Cow::Owned(k), Change::Delta(Cow::Owned(delta)))),
+        }
     })
 }
 

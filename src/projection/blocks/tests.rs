@@ -91,6 +91,41 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// Changes written as deltas (merged into stored states as blocks are
+    /// rewritten) and as whole states mixed leave the same bytes as the
+    /// final states written at once.
+    #[test]
+    fn deltas_merge_into_stored_states_like_whole_states(batches in batches()) {
+        let t = tree();
+        let mut model: BTreeMap<Vec<u8>, AggState> = BTreeMap::new();
+        for (i, batch) in batches.into_iter().enumerate() {
+            let mut deltas: BTreeMap<Vec<u8>, AggState> = BTreeMap::new();
+            for (second, subject, window, amount) in batch {
+                let k = key(if second { "b" } else { "a" }, subject, window);
+                let delta = AggState::Sum(Amount::from_int(amount));
+                deltas.entry(k).or_insert(AggState::Sum(Amount::from_int(0))).merge(&delta);
+            }
+            for (k, d) in &deltas {
+                model.entry(k.clone()).or_insert(AggState::Sum(Amount::from_int(0))).merge(d);
+            }
+            let mut batch = sled::Batch::default();
+            // Every third batch as whole states, the others as deltas.
+            let changes = deltas.iter().map(|(k, d)| match i % 3 {
+                0 => (k.clone(), Change::State(model[k].clone())),
+                _ => (k.clone(), Change::Delta(d.clone())),
+            });
+            write_changes(&t, &KEY, changes, &mut batch).unwrap();
+            t.apply_batch(batch).unwrap();
+        }
+        let at_once = tree();
+        write(&at_once, model.into_iter().collect());
+        prop_assert_eq!(dump(&t), dump(&at_once));
+    }
+}
+
 #[test]
 fn many_counters_are_stored_in_few_blocks_of_about_the_mean_size() {
     let t = tree();

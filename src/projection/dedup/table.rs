@@ -546,7 +546,10 @@ mod tests {
         }
         assert_eq!(t.slots(), slots, "a segment grew within its reserve");
         let bytes = t.bytes_per_identity();
-        assert!((24.0..29.0).contains(&bytes), "{bytes:.1} bytes per identity");
+        assert!(
+            (24.0..29.0).contains(&bytes),
+            "{bytes:.1} bytes per identity"
+        );
         t.assert_probe_order();
         assert_eq!(t.get(&id(7)), Some(1));
         assert_eq!(t.get(&id(5_000)), Some(2));
