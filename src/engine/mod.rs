@@ -140,6 +140,7 @@ fn spawn_stage(
             let r = run();
             if let Err(e) = &r {
                 shared.failed.store(true, Ordering::SeqCst);
+                metrics().ready.set(0);
                 tracing::error!(error = %e, stage = name, "engine stage stopped");
             }
             r
