@@ -86,7 +86,7 @@ fn process_metrics(registry: &Registry) -> (IntGaugeVec, Gauge, StorageGauges) {
     )
     .expect("valid metric");
     start.set(process::start_time_seconds());
-    let storage = StorageGauges::new();
+    let storage = StorageGauges::default();
     for c in [
         Box::new(build_info.clone()) as Box<dyn prometheus::core::Collector>,
         Box::new(start.clone()),

@@ -32,8 +32,8 @@ fn gauge(name: &str, help: &str) -> IntGauge {
     IntGauge::new(name, help).expect("valid metric")
 }
 
-impl StorageGauges {
-    pub fn new() -> StorageGauges {
+impl Default for StorageGauges {
+    fn default() -> StorageGauges {
         StorageGauges {
             watched: Arc::new(Mutex::new(None)),
             log_size_bytes: gauge(
@@ -51,7 +51,9 @@ impl StorageGauges {
             ),
         }
     }
+}
 
+impl StorageGauges {
     /// Measures `data_dir` and its `log_dir` from the next scrape on.
     pub fn watch(&self, data_dir: &Path, log_dir: &Path) {
         *self.watched.lock().expect("not poisoned") = Some(Watched {
@@ -147,7 +149,7 @@ mod tests {
 
     #[test]
     fn nothing_is_exported_before_a_data_directory_is_named() {
-        assert!(StorageGauges::new().collect().is_empty());
+        assert!(StorageGauges::default().collect().is_empty());
     }
 
     #[test]
@@ -159,7 +161,7 @@ mod tests {
         std::fs::write(log.join("00000000000000000050.seg"), [0u8; 23]).unwrap();
         std::fs::write(log.join("00000000000000000090.seg.tmp"), [0u8; 1000]).unwrap();
         std::fs::write(log.join("LOCK"), [0u8; 7]).unwrap();
-        let g = StorageGauges::new();
+        let g = StorageGauges::default();
         g.watch(dir.path(), &log);
         let families = g.collect();
         assert_eq!(
@@ -181,7 +183,7 @@ mod tests {
     fn a_missing_directory_exports_nothing_rather_than_zero() {
         let dir = tempfile::tempdir().unwrap();
         let gone = dir.path().join("gone");
-        let g = StorageGauges::new();
+        let g = StorageGauges::default();
         g.watch(&gone, &gone.join("log"));
         assert!(g.collect().is_empty());
     }
