@@ -231,6 +231,30 @@ async fn names_not_exported(metrics_url: &str, referenced: &BTreeSet<String>) ->
     }
 }
 
+/// The value of the unlabelled `name` once it equals `want`, or its last
+/// value after 30 s.
+async fn gauge_reaches(metrics_addr: &str, name: &str, want: f64) -> Option<f64> {
+    let client = http_client();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let scrape = client
+            .get(format!("http://{metrics_addr}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let value = scrape
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok());
+        if value == Some(want) || Instant::now() > deadline {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
     let referenced = referenced_names();
@@ -256,6 +280,10 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
         absent.is_empty(),
         "named in deploy/ but not exported by keymeter: {absent:?}"
     );
+    // The one seat taken (the other product's try was refused), once the
+    // lease sweep has counted it.
+    let seats = gauge_reaches(&metrics_addr, "keymeter_seats_in_use", 1.0).await;
+    assert_eq!(seats, Some(1.0), "keymeter_seats_in_use");
     server.stop();
 }
 
