@@ -8,7 +8,9 @@
   checked, and a field the schema does not know is an error;
 - the Kubernetes objects refer to each other by names that exist (Service
   selectors and ports, the StatefulSet's Services, ConfigMap and Secret);
-- every PromQL expression of the Grafana dashboard parses (promtool).
+- every PromQL expression of the Grafana dashboard parses (promtool), and
+  its panels have distinct ids, fit the grid without overlapping and query
+  the dashboard's datasource variable.
 """
 
 import json
@@ -172,12 +174,37 @@ def check_dashboard_promql():
         print(f"dashboard: {len(exprs)} PromQL queries parse")
 
 
+def check_dashboard_layout():
+    dash = json.loads((DEPLOY / "grafana" / "keymeter.json").read_text())
+    panels = dash["panels"]
+    ids = [p["id"] for p in panels]
+    if len(ids) != len(set(ids)):
+        fail("dashboard: panel ids repeat")
+    cells = {}
+    for p in panels:
+        g = p["gridPos"]
+        if g["x"] < 0 or g["x"] + g["w"] > 24:
+            fail(f"dashboard: panel {p['title']!r} is outside the 24 columns")
+        for x in range(g["x"], g["x"] + g["w"]):
+            for y in range(g["y"], g["y"] + g["h"]):
+                if (x, y) in cells:
+                    fail(f"dashboard: panels {cells[(x, y)]!r} and {p['title']!r} overlap")
+                cells[(x, y)] = p["title"]
+        for t in p.get("targets", []):
+            if t.get("datasource") != {"type": "prometheus", "uid": "${datasource}"}:
+                fail(f"dashboard: panel {p['title']!r} does not query the $datasource variable")
+    names = {v["name"] for v in dash["templating"]["list"]}
+    if names != {"datasource", "instance"}:
+        fail(f"dashboard: variables {sorted(names)}, expected datasource and instance")
+
+
 def main():
     objs = k8s_objects()
     check_rule_copy(objs)
     check_crds(objs)
     check_references(objs)
     check_dashboard_promql()
+    check_dashboard_layout()
     for e in errors:
         print("deploy check:", e, file=sys.stderr)
     if errors:
