@@ -181,6 +181,7 @@ def check_dashboard_layout():
     if len(ids) != len(set(ids)):
         fail("dashboard: panel ids repeat")
     cells = {}
+    overlaps = set()
     for p in panels:
         g = p["gridPos"]
         if g["x"] < 0 or g["x"] + g["w"] > 24:
@@ -188,11 +189,13 @@ def check_dashboard_layout():
         for x in range(g["x"], g["x"] + g["w"]):
             for y in range(g["y"], g["y"] + g["h"]):
                 if (x, y) in cells:
-                    fail(f"dashboard: panels {cells[(x, y)]!r} and {p['title']!r} overlap")
+                    overlaps.add((cells[(x, y)], p["title"]))
                 cells[(x, y)] = p["title"]
         for t in p.get("targets", []):
             if t.get("datasource") != {"type": "prometheus", "uid": "${datasource}"}:
                 fail(f"dashboard: panel {p['title']!r} does not query the $datasource variable")
+    for a, b in sorted(overlaps):
+        fail(f"dashboard: panels {a!r} and {b!r} overlap")
     names = {v["name"] for v in dash["templating"]["list"]}
     if names != {"datasource", "instance"}:
         fail(f"dashboard: variables {sorted(names)}, expected datasource and instance")
