@@ -209,20 +209,19 @@ async fn bound_key(server: &Server, product: &str) -> String {
         .await
 }
 
+async fn scrape(client: &reqwest::Client, metrics_url: &str) -> String {
+    let r = client.get(metrics_url).send().await.unwrap();
+    assert_eq!(r.status(), 200, "the metrics listener answers");
+    r.text().await.unwrap()
+}
+
 /// Scrapes until every referenced name is exported (the Kafka lag and the
 /// seat gauge are refreshed every few seconds), at most a minute.
 async fn names_not_exported(metrics_url: &str, referenced: &BTreeSet<String>) -> Vec<String> {
     let client = http_client();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let scrape = client
-            .get(metrics_url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let scrape = scrape(&client, metrics_url).await;
         let absent = missing(referenced, &scrape);
         if absent.is_empty() || Instant::now() > deadline {
             return absent;
@@ -233,19 +232,12 @@ async fn names_not_exported(metrics_url: &str, referenced: &BTreeSet<String>) ->
 
 /// The value of the unlabelled `name` once it equals `want`, or its last
 /// value after 30 s.
-async fn gauge_reaches(metrics_addr: &str, name: &str, want: f64) -> Option<f64> {
+async fn gauge_reaches(metrics_url: &str, name: &str, want: f64) -> Option<f64> {
     let client = http_client();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let scrape = client
-            .get(format!("http://{metrics_addr}/metrics"))
-            .send()
+        let value = scrape(&client, metrics_url)
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let value = scrape
             .lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok());
         if value == Some(want) || Instant::now() > deadline {
@@ -275,14 +267,15 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
     );
     traffic(&server).await;
     produce(&bootstrap);
-    let absent = names_not_exported(&format!("http://{metrics_addr}/metrics"), &referenced).await;
+    let metrics_url = format!("http://{metrics_addr}/metrics");
+    let absent = names_not_exported(&metrics_url, &referenced).await;
     assert!(
         absent.is_empty(),
         "named in deploy/ but not exported by keymeter: {absent:?}"
     );
     // The one seat taken (the other product's try was refused), once the
     // lease sweep has counted it.
-    let seats = gauge_reaches(&metrics_addr, "keymeter_seats_in_use", 1.0).await;
+    let seats = gauge_reaches(&metrics_url, "keymeter_seats_in_use", 1.0).await;
     assert_eq!(seats, Some(1.0), "keymeter_seats_in_use");
     server.stop();
 }
