@@ -5,12 +5,18 @@
 //! bounded value sets (reason codes, route templates, projection names).
 //! The README's metric table mirrors this list.
 
+use std::path::Path;
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+pub mod process;
+mod storage;
+
+pub use storage::StorageGauges;
 
 pub struct Metrics {
     pub registry: Registry,
@@ -24,6 +30,8 @@ pub struct Metrics {
     pub log_fsync_seconds: Histogram,
     pub log_batch_records: Histogram,
     pub log_head_seq: IntGauge,
+    pub log_append_errors_total: IntCounter,
+    pub ready: IntGauge,
     pub projection_applied_seq: IntGaugeVec,
     pub projection_lag_records: IntGaugeVec,
     pub writer_queue_depth: IntGauge,
@@ -48,9 +56,45 @@ pub struct Metrics {
     pub signed_requests_total: IntCounterVec,
     pub rate_limited_total: IntCounterVec,
     pub seat_operations_total: IntCounterVec,
+    pub seats_in_use: IntGauge,
     pub license_admin_total: IntCounterVec,
     pub audit_checkpoints_total: IntCounter,
     pub audit_anchor_errors_total: IntCounter,
+    pub build_info: IntGaugeVec,
+    pub process_start_time_seconds: Gauge,
+    /// Log size, segments and free space, measured on scrape.
+    pub storage: StorageGauges,
+}
+
+/// What describes the process rather than its work: build, start time and
+/// the data directory's disk. Set once here, or measured on scrape.
+fn process_metrics(registry: &Registry) -> (IntGaugeVec, Gauge, StorageGauges) {
+    let build_info = IntGaugeVec::new(
+        Opts::new(
+            "keymeter_build_info",
+            "Always 1; the labels name the version and git commit of the running binary.",
+        ),
+        &["version", "commit"],
+    )
+    .expect("valid metric");
+    build_info
+        .with_label_values(&[process::VERSION, process::GIT_COMMIT])
+        .set(1);
+    let start = Gauge::new(
+        "keymeter_process_start_time_seconds",
+        "When the process started, in seconds since the Unix epoch.",
+    )
+    .expect("valid metric");
+    start.set(process::start_time_seconds());
+    let storage = StorageGauges::default();
+    for c in [
+        Box::new(build_info.clone()) as Box<dyn prometheus::core::Collector>,
+        Box::new(start.clone()),
+        Box::new(storage.clone()),
+    ] {
+        registry.register(c).expect("unique metric");
+    }
+    (build_info, start, storage)
 }
 
 fn exp_buckets(start: f64, factor: f64, n: usize) -> Vec<f64> {
@@ -110,6 +154,7 @@ impl Metrics {
         registry
             .register(Box::new(http_request_duration_seconds.clone()))
             .expect("unique metric");
+        let (build_info, process_start_time_seconds, storage) = process_metrics(&registry);
         Metrics {
             events_accepted_total: counter(
                 "keymeter_events_accepted_total",
@@ -149,6 +194,14 @@ impl Metrics {
                 exp_buckets(1.0, 4.0, 10),
             ),
             log_head_seq: gauge("keymeter_log_head_seq", "Sequence number of the last logged record."),
+            log_append_errors_total: counter(
+                "keymeter_log_append_errors_total",
+                "Log writes or fdatasyncs that failed (the engine stops: the log refuses further appends).",
+            ),
+            ready: gauge(
+                "keymeter_ready",
+                "1 while the engine runs and /readyz answers ready; 0 once a stage has failed.",
+            ),
             projection_applied_seq: gauge_vec(
                 "keymeter_projection_applied_seq",
                 "Last log sequence number applied, by projection.",
@@ -255,6 +308,10 @@ impl Metrics {
                 "Seat checkouts, heartbeats, releases and reclaimed leases, by result (ok or refusal code).",
                 &["operation", "result"],
             ),
+            seats_in_use: gauge(
+                "keymeter_seats_in_use",
+                "Live seats over all licenses, as of the last lease sweep (every 5 s).",
+            ),
             license_admin_total: counter_vec(
                 "keymeter_license_admin_total",
                 "License admin operations (create, update, suspend, …), by result (ok or refusal code).",
@@ -268,8 +325,17 @@ impl Metrics {
                 "keymeter_audit_anchor_errors_total",
                 "Checkpoints that could not be written to the audit anchor file (they are in the log).",
             ),
+            build_info,
+            process_start_time_seconds,
+            storage,
             registry,
         }
+    }
+
+    /// Measures the disk of `data_dir` (and the log in `log_dir`) on every
+    /// scrape from now on.
+    pub fn watch_data_dir(&self, data_dir: &Path, log_dir: &Path) {
+        self.storage.watch(data_dir, log_dir);
     }
 
     /// The registry in Prometheus text exposition format.

@@ -106,6 +106,11 @@ fn a_failed_fsync_answers_503_and_readyz_reports_it_and_the_batch_is_whole_or_ab
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // The only engine of this test binary that runs in process: the
+        // gauges are its own.
+        let m = keymeter::metrics::metrics();
+        assert_eq!(m.ready.get(), 0, "keymeter_ready follows /readyz");
+        assert_eq!(m.log_append_errors_total.get(), 1, "the failed fsync");
         let (status, _) = ingest(&client, &base, &events(2, 1, 0)).await;
         assert_eq!(
             status,
@@ -123,6 +128,7 @@ fn a_failed_fsync_answers_503_and_readyz_reports_it_and_the_batch_is_whole_or_ab
     // resending both batches counts nothing twice.
     let cfg = Arc::unwrap_or_clone(cfg);
     let engine = Engine::open(&cfg, clock).unwrap().engine;
+    assert_eq!(keymeter::metrics::metrics().ready.get(), 1, "ready again");
     let handle = engine.handle();
     let view = keymeter::query::View::new(handle.shared.clone(), None);
     let q = keymeter::query::meters::QueryRequest::parse("").unwrap();

@@ -139,6 +139,8 @@ fn spawn_stage(
         .spawn(move || {
             let r = run();
             if let Err(e) = &r {
+                // The gauge first: whoever sees the engine failed sees it too.
+                metrics().ready.set(0);
                 shared.failed.store(true, Ordering::SeqCst);
                 tracing::error!(error = %e, stage = name, "engine stage stopped");
             }

@@ -244,6 +244,11 @@ impl Engine {
         let shared = shared(cfg, &projections, clock.clone(), head);
         report_progress(head, &projections.applied());
         let engine = start_stages(cfg, log, projections, licenses, shared, clock)?;
+        let m = crate::metrics::metrics();
+        if cfg.log_storage.is_none() {
+            m.watch_data_dir(&cfg.data_dir, &cfg.log_dir());
+        }
+        m.ready.set(1);
         let bootstrap_key = engine.bootstrap(cfg, head)?;
         Ok(Started {
             engine,

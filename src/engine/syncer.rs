@@ -71,7 +71,10 @@ impl Syncer {
             .collect();
         let bytes = self.encoded.len();
         let started = Instant::now();
-        let range = self.log.append_batch(&payloads)?;
+        let range = self
+            .log
+            .append_batch(&payloads)
+            .inspect_err(|_| metrics().log_append_errors_total.inc())?;
         drop(payloads);
         if self.encoded.capacity() > ENCODED_RETAINED_BYTES {
             self.encoded = Vec::new();

@@ -168,6 +168,14 @@ impl LicenseBook {
         Some(id.clone())
     }
 
+    /// Live seats of every license at `now` (one pass over all licenses).
+    pub fn seats_in_use(&self, now_ms: i64) -> u64 {
+        self.by_id
+            .values()
+            .map(|s| u64::from(s.seats.used(now_ms)))
+            .sum()
+    }
+
     /// `(license id, seat id)` of every lapsed lease at `now`.
     pub fn lapsed_leases(&self, now_ms: i64) -> Vec<(LicenseId, SeatId)> {
         let mut out = Vec::new();

@@ -182,6 +182,12 @@ impl Request for SweepLeases {
         batch: &mut Batch,
     ) -> Result<usize, EngineError> {
         let lapsed = state.licenses.lapsed_leases(now_ms);
+        // The sweep walks every seat anyway: the gauge costs one more pass
+        // every few seconds, nothing per request.
+        let in_use = state.licenses.seats_in_use(now_ms);
+        metrics()
+            .seats_in_use
+            .set(i64::try_from(in_use).unwrap_or(i64::MAX));
         let n = lapsed.len().min(LEASE_SWEEP_RECORDS_MAX);
         for (license_id, seat_id) in lapsed.into_iter().take(LEASE_SWEEP_RECORDS_MAX) {
             let record = Record::SeatLeaseExpired {
