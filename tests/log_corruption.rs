@@ -99,6 +99,22 @@ fn rewrite_with_crc(target: &common::log_files::Frame) {
     });
 }
 
+/// `verify` and `Log::open` both refuse the log at `target` for a broken hash chain.
+fn assert_chain_broken_at(dir: &Path, target: &common::log_files::Frame) {
+    for err in [verify(dir).unwrap_err(), Log::open(dir, CFG).unwrap_err()] {
+        let (segment, offset, seq, reason) = expect_corrupt(err);
+        assert_eq!(
+            (segment, offset, seq),
+            (
+                target.segment.clone(),
+                target.offset as u64,
+                Some(target.seq)
+            )
+        );
+        assert!(reason.contains("chain"), "{reason}");
+    }
+}
+
 #[test]
 fn damage_in_several_segments_is_reported_at_the_first_in_log_order() {
     let tmp = tempfile::tempdir().unwrap();
@@ -112,17 +128,7 @@ fn damage_in_several_segments_is_reported_at_the_first_in_log_order() {
     for later in [&segs[2], &segs[3]] {
         modify(later, |b| b[SEGMENT_HEADER_LEN + 2] ^= 0x40);
     }
-    for err in [
-        verify(tmp.path()).unwrap_err(),
-        Log::open(tmp.path(), CFG).unwrap_err(),
-    ] {
-        let (segment, offset, seq, reason) = expect_corrupt(err);
-        assert_eq!(
-            (segment, offset, seq),
-            (segs[1].clone(), first.offset as u64, Some(first.seq))
-        );
-        assert!(reason.contains("chain"), "{reason}");
-    }
+    assert_chain_broken_at(tmp.path(), &first);
 }
 
 #[test]
@@ -135,17 +141,7 @@ fn first_record_of_a_segment_rewritten_with_its_crc_breaks_the_link_to_the_segme
     // link from the segment before can tell.
     let target = frames(&segs[1])[0].clone();
     rewrite_with_crc(&target);
-    for err in [
-        verify(tmp.path()).unwrap_err(),
-        Log::open(tmp.path(), CFG).unwrap_err(),
-    ] {
-        let (segment, offset, seq, reason) = expect_corrupt(err);
-        assert_eq!(
-            (segment, offset, seq),
-            (segs[1].clone(), target.offset as u64, Some(target.seq))
-        );
-        assert!(reason.contains("chain"), "{reason}");
-    }
+    assert_chain_broken_at(tmp.path(), &target);
 }
 
 #[test]
@@ -202,17 +198,7 @@ fn rewritten_payload_with_recomputed_crc_is_caught_by_the_hash_chain() {
         b[target.offset + 4..target.offset + 8].copy_from_slice(&crc.to_le_bytes());
     });
 
-    for err in [
-        verify(tmp.path()).unwrap_err(),
-        Log::open(tmp.path(), CFG).unwrap_err(),
-    ] {
-        let (segment, offset, seq, reason) = expect_corrupt(err);
-        assert_eq!(
-            (segment, offset, seq),
-            (last.clone(), target.offset as u64, Some(target.seq))
-        );
-        assert!(reason.contains("chain"), "{reason}");
-    }
+    assert_chain_broken_at(tmp.path(), &target);
     assert!(torn_files(tmp.path()).is_empty());
 }
 
