@@ -11,6 +11,7 @@ pub mod api;
 pub mod api_keys;
 pub mod audit;
 pub mod backup;
+pub mod billing;
 pub mod clock;
 pub mod config;
 pub mod crypto;
