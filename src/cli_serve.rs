@@ -45,6 +45,7 @@ pub fn serve(mut cfg: Config) -> anyhow::Result<()> {
         None => (None, None),
         Some(k) => {
             let health = Arc::new(SourceHealth::new());
+            handle.shared.watermarks.register(health.clone());
             let source = KafkaSource::start(k, handle.clone(), health.clone())?;
             (Some(source), Some(health))
         }

@@ -174,6 +174,14 @@ error_codes! {
         "`/readyz`: the engine has stopped after an error";
     MeterBackfilling = "METER_BACKFILLING", SERVICE_UNAVAILABLE,
         "The meter is still counting the events logged before its creation; `Retry-After` says when to retry";
+    PeriodClosed = "PERIOD_CLOSED", UNPROCESSABLE_ENTITY,
+        "The event's billing period is closed and older than `billing.restatement_horizon`; it is quarantined, not counted";
+    StatementNotFound = "STATEMENT_NOT_FOUND", NOT_FOUND,
+        "No billing statement (or version, line or event of it) with that id";
+    PeriodNotFound = "PERIOD_NOT_FOUND", NOT_FOUND,
+        "Not a billing period of this data directory's cycle (`2026-11` for months, `2026-11-05` for days)";
+    InvalidCursor = "INVALID_CURSOR", BAD_REQUEST,
+        "A billing feed cursor that is malformed or ahead of every statement issued";
 }
 
 /// A refusal: a stable code and a message for humans. An event rejected

@@ -24,6 +24,10 @@ pub struct Metrics {
     pub events_rejected_total: IntCounterVec,
     pub events_duplicate_total: IntCounter,
     pub fold_skipped_total: IntCounterVec,
+    pub billing_statements_total: IntCounterVec,
+    pub billing_late_events_total: IntCounterVec,
+    pub billing_reconcile_failures_total: IntCounter,
+    pub billing_closed_before_seconds: IntGauge,
     pub log_batches_total: IntCounter,
     pub log_records_total: IntCounter,
     pub log_bytes_total: IntCounter,
@@ -173,6 +177,24 @@ impl Metrics {
                 "keymeter_fold_skipped_total",
                 "Logged events a meter could not fold (e.g. created after them without their value property), by reason.",
                 &["reason"],
+            ),
+            billing_statements_total: counter_vec(
+                "keymeter_billing_statements_total",
+                "Billing statement versions issued, by kind (initial, restatement).",
+                &["kind"],
+            ),
+            billing_late_events_total: counter_vec(
+                "keymeter_billing_late_events_total",
+                "Events dated in a closed billing period, by outcome (restated, refused).",
+                &["outcome"],
+            ),
+            billing_reconcile_failures_total: counter(
+                "keymeter_billing_reconcile_failures_total",
+                "Billing statements not issued because their totals did not reconcile.",
+            ),
+            billing_closed_before_seconds: gauge(
+                "keymeter_billing_closed_before_seconds",
+                "Every billing period ending at or before this time (Unix seconds) is closed.",
             ),
             log_batches_total: counter(
                 "keymeter_log_batches_total",

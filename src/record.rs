@@ -126,6 +126,21 @@ pub enum Record {
         tenant: std::sync::Arc<str>,
         event: EventRecord,
     },
+    /// The billing cycle this data directory bills on, written once, before
+    /// its first close (see [`crate::billing`]).
+    BillingSettings {
+        cycle: crate::billing::CycleKind,
+        time_zone: String,
+    },
+    /// The writer closed every billing period that ends at or before
+    /// `closed_before_ms` (at `at_ms`, by its clock, once each source had
+    /// delivered past them); with `restate`, statements that late events
+    /// changed since their last version get a new one.
+    BillingClose {
+        at_ms: i64,
+        closed_before_ms: i64,
+        restate: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -15,8 +15,10 @@ use crate::event::TimeWindow;
 use crate::log::{LogDir, Storage};
 
 mod args;
+mod billing;
 
 pub use args::{scrub_secret_variables, ConfigArgs, DataArgs, KeyedDataArgs};
+pub use billing::BillingConfig;
 
 /// The largest `query_rows_max`: an answer of ten million rows is already
 /// gigabytes of JSON.
@@ -129,6 +131,8 @@ pub struct Config {
     /// Per-API-key and per-license request rates for validation and seat
     /// checkout.
     pub rate_limits: RateLimits,
+    /// The `[billing]` section.
+    pub billing: BillingConfig,
     /// Consume usage events from Kafka as well (off when absent).
     pub kafka: Option<KafkaConfig>,
     /// A signed checkpoint is appended to the log once this many records
@@ -351,6 +355,7 @@ impl Default for Config {
             signature_tolerance: Duration::from_secs(5 * 60),
             signature_nonces_max: 1_000_000,
             rate_limits: RateLimits::default(),
+            billing: BillingConfig::default(),
             kafka: None,
             audit_checkpoint_records: 10_000,
             audit_checkpoint_interval: Duration::from_secs(60),
@@ -451,6 +456,7 @@ impl Config {
             "signature_nonces_max must be >= 1000"
         );
         self.rate_limits.validate()?;
+        self.billing.validate()?;
         self.validate_tls()?;
         anyhow::ensure!(
             self.audit_checkpoint_records >= 1,

@@ -17,8 +17,10 @@
 //! - [`batch`]: what travels down the pipeline (a leaf).
 //! - [`writer`], [`syncer`], [`projector`]: the stages (the shell).
 //! - [`decide`]: the writer's state and decisions (pure).
+//! - [`billing`]: the billing closer's ticker and the sources' watermarks.
 
 pub mod batch;
+mod billing;
 pub mod decide;
 mod dedup_saves;
 mod handle;
@@ -35,6 +37,7 @@ use std::thread::JoinHandle;
 use arc_swap::ArcSwap;
 
 pub use crate::clock::{Clock, SystemClock};
+pub use billing::Watermarks;
 pub use handle::EngineHandle;
 pub use open::{rebuild, rebuild_with};
 pub use protocol::{
@@ -76,6 +79,13 @@ pub struct Shared {
     pub crypto: Arc<crate::crypto::Keys>,
     /// Products' signing secrets and API-key bindings, for request signatures.
     pub products: Arc<crate::product::SharedProducts>,
+    /// The billing cycle and the last close, as the billing projection
+    /// published them.
+    pub billing: crate::projection::billing::PublishedBilling,
+    /// The billing settings in force (grace, horizon).
+    pub billing_settings: crate::billing::Settings,
+    /// What billing closes wait for: each source's delivery.
+    pub watermarks: Arc<Watermarks>,
 }
 
 pub struct Engine {

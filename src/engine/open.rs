@@ -377,6 +377,9 @@ fn shared(cfg: &Config, p: &Projections, clock: Arc<dyn Clock>, head: Seq) -> Ar
         usage: r.usage,
         crypto: r.crypto.expect("an engine opens with its keys"),
         products: r.products,
+        billing: r.billing,
+        billing_settings: cfg.billing.settings().expect("validated with the configuration"),
+        watermarks: Arc::new(super::Watermarks::new(usize::from(cfg.kafka.is_some()))),
     })
 }
 
@@ -407,6 +410,7 @@ fn writer_state(
         window: cfg.time_window(),
         dedup_keys_max: cfg.dedup_keys_max,
         dedup_tenant_keys_max: cfg.dedup_keys_max * usize::from(cfg.dedup_tenant_share_pct) / 100,
+        billing: super::billing::billing_writer(cfg, store)?,
     })
 }
 
@@ -480,6 +484,12 @@ fn start_stages(
     writer::spawn_ticker("checkpoint-ticker", tx.downgrade(), checkpoint_tick, || {
         Command::CheckpointTick
     })?;
+    super::billing::spawn_closer(
+        tx.downgrade(),
+        cfg.billing.close_interval,
+        shared.clock.clone(),
+        shared.watermarks.clone(),
+    )?;
     let writer = spawn_stage("writer", &shared, move || writer.run(rx))?;
     let syncer = spawn_stage("syncer", &shared, move || syncer.run(pending_rx))?;
     let projector = spawn_stage("projector", &shared, move || projector.run(jobs_rx))?;

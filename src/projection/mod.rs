@@ -15,10 +15,12 @@
 //! - `meters`, `api_keys`, `products`, `quarantine`, `sources`: keyed
 //!   documents: see [`docs`].
 //! - `licenses`: licenses with their sealed keys and seats: see [`licenses`].
+//! - `billing`: billed events as Merkle leaves, and statements: see [`billing`].
 //! - the dedup index is the writer's, not the projector's: it lives in memory
 //!   with a snapshot file (see [`dedup`]) and is fed by the same catch-up.
 
 pub mod backfill;
+pub mod billing;
 pub mod blocks;
 pub mod counters;
 pub mod dedup;
@@ -141,6 +143,8 @@ pub struct Readers {
     pub overlay: Overlay,
     /// Meters whose past is still being counted.
     pub backfills: counters::Backfills,
+    /// The billing cycle and the last close.
+    pub billing: billing::PublishedBilling,
     /// Opens sealed secrets (product signing secrets, license keys); absent
     /// when projections are only rebuilt, which publishes nothing.
     pub crypto: Option<Arc<crate::crypto::Keys>>,
@@ -157,6 +161,7 @@ impl Readers {
             usage: Default::default(),
             overlay: Default::default(),
             backfills: Default::default(),
+            billing: Default::default(),
             crypto,
         }
     }
@@ -223,8 +228,8 @@ pub struct EventFacts {
     /// checked the event (the writer's meter set at that seq is the same as
     /// the projector's, since both change only through logged records).
     pub observations: Option<Vec<crate::meter::Observation>>,
-    /// Replay only: the event's dedup identity, hashed while it is parsed
-    /// (the live path claims identities in the writer).
+    /// The event's dedup identity: the one the writer claimed on the live
+    /// path, hashed while it is parsed on replay.
     pub identity: Option<crate::event::DedupKey>,
 }
 

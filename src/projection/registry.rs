@@ -3,7 +3,7 @@
 //! new projection is one [`ProjectionSpec`] here and its own module.
 
 use super::{
-    counters, docs, licenses, Applied, EventFacts, OpenContext, Projection, ProjectionError, Store,
+    billing, counters, docs, licenses, Applied, EventFacts, OpenContext, Projection, ProjectionError, Store,
 };
 use crate::log::{self, Seq};
 use crate::record::Record;
@@ -36,6 +36,7 @@ impl Registry {
                 spec("products", &["products"], docs::open_products),
                 spec("quarantine", &["quarantine"], docs::open_quarantine),
                 spec("sources", &["sources"], docs::open_sources),
+                spec("billing", &["billing"], billing::open),
             ],
         }
     }

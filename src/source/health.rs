@@ -28,6 +28,9 @@ struct Inner {
     state: &'static str,
     /// Assigned partitions and their position stored in the log.
     positions: BTreeMap<(String, i32), Option<i64>>,
+    /// When each partition last had delivered everything it held (wall
+    /// clock, ms): its billing watermark.
+    caught_up: BTreeMap<(String, i32), i64>,
     last_error: Option<(i64, String)>,
 }
 
@@ -45,6 +48,7 @@ impl SourceHealth {
             inner: Mutex::new(Inner {
                 state: "connecting",
                 positions: BTreeMap::new(),
+                caught_up: BTreeMap::new(),
                 last_error: None,
             }),
             repeats: Mutex::new(Repeats::default()),
@@ -136,6 +140,25 @@ impl SourceHealth {
         s.positions.len()
     }
 
+    /// At `at_ms` the partition's stored position had reached its high
+    /// watermark: everything produced to it before then is in the log.
+    pub fn caught_up(&self, topic: &str, partition: i32, at_ms: i64) {
+        let mut s = self.lock();
+        let at = s.caught_up.entry((topic.to_owned(), partition)).or_insert(at_ms);
+        *at = (*at).max(at_ms);
+    }
+
+    /// Everything produced to every assigned partition before this instant
+    /// is in the log; `i64::MIN` while no partition is assigned or one has
+    /// never caught up. Billing closes wait for it.
+    pub fn watermark_ms(&self) -> i64 {
+        let s = self.lock();
+        (s.positions.keys())
+            .map(|k| s.caught_up.get(k).copied().unwrap_or(i64::MIN))
+            .min()
+            .unwrap_or(i64::MIN)
+    }
+
     /// The assigned partitions and their stored positions.
     pub fn positions(&self) -> Vec<((String, i32), Option<i64>)> {
         self.lock()
@@ -188,6 +211,15 @@ mod tests {
         assert_eq!(a.should_log("client", "down 1"), Some(0));
         assert_eq!(a.should_log("client", "down 2"), None, "same kind");
         assert_eq!(b.should_log("client", "down 3"), Some(0), "b's own");
+        assert_eq!(a.watermark_ms(), i64::MIN, "never caught up");
+        a.caught_up("t", 0, 700);
+        a.set_position("t", 1, None);
+        assert_eq!(a.watermark_ms(), i64::MIN, "partition 1 lags");
+        a.caught_up("t", 1, 900);
+        a.caught_up("t", 1, 800);
+        assert_eq!(a.watermark_ms(), 700);
+        assert_eq!(b.watermark_ms(), i64::MIN, "nothing assigned");
+        assert_eq!(a.unassign("t", 1), 1);
         assert_eq!(a.unassign("t", 0), 0);
         a.stopped();
         a.set_connected(false);

@@ -196,8 +196,12 @@ impl WriterState {
                         self.dedup.prefetch(k);
                     }
                     valid += 1;
-                    match self.meters.check(&event.ty, event.data(), &self.unique_key) {
-                        Err(e) => (Rejection::from(e), event.raw.into_bytes()),
+                    let checked = self.billing.admit(event.time_ms).and_then(|()| {
+                        (self.meters.check(&event.ty, event.data(), &self.unique_key))
+                            .map_err(Rejection::from)
+                    });
+                    match checked {
+                        Err(rejection) => (rejection, event.raw.into_bytes()),
                         Ok(observations) => {
                             if !self.dedup.claim_one(event.key, event.time_ms, tenant) {
                                 outcome.duplicates += 1;
@@ -209,7 +213,7 @@ impl WriterState {
                                 time_ms: event.time_ms,
                                 data: None,
                                 observations: Some(observations),
-                                identity: None,
+                                identity: Some(event.key),
                             };
                             let record = EventRecord {
                                 received_ms,

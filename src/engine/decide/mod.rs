@@ -6,18 +6,22 @@
 //! - [`ingest`]: the meter check, dedup, offset deltas, the quarantine.
 //! - [`licenses`]: licenses and seats.
 //! - [`admin`]: products, API keys, meters.
+//! - [`billing`]: billing closes, late events.
 //!
 //! Decisions apply what they decide to the state at once, so later requests
 //! of the same batch see it (a seat taken, an identity claimed). Metrics are
 //! counted here: they are observations, never inputs.
 
 mod admin;
+mod billing;
 mod ingest;
 mod licenses;
 #[cfg(test)]
 mod tests;
 
 use std::collections::{HashMap, HashSet};
+
+pub use billing::{BillingWriter, CloseBilling};
 
 use super::batch::Batch;
 use super::protocol::EngineError;
@@ -75,6 +79,8 @@ pub struct WriterState {
     pub dedup_keys_max: usize,
     /// The most identities one tenant may hold (`dedup_tenant_share_pct`).
     pub dedup_tenant_keys_max: usize,
+    /// Billing closes and late events.
+    pub billing: BillingWriter,
 }
 
 impl WriterState {

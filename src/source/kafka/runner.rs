@@ -337,10 +337,14 @@ fn refresh_lag(consumer: &BaseConsumer<Ctx>, stop: &AtomicBool) {
             if stop.load(Ordering::SeqCst) {
                 return;
             }
+            let asked_ms = chrono::Utc::now().timestamp_millis();
             match consumer.fetch_watermarks(&topic, partition, WATERMARK_TIMEOUT) {
                 Ok((low, high)) => {
                     health.set_connected(true);
                     let lag = high - position.unwrap_or(low);
+                    if lag <= 0 {
+                        health.caught_up(&topic, partition, asked_ms);
+                    }
                     metrics()
                         .kafka_lag_records
                         .with_label_values(&[&topic, &partition.to_string()])
