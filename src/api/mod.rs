@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod auth;
+mod billing;
 pub mod client;
 mod error;
 mod events;
@@ -111,6 +112,18 @@ pub fn router(state: AppState) -> Router {
             delete(products::revoke_secret),
         )
         .route("/.well-known/jwks.json", get(validation::jwks))
+        .route("/api/v1/billing/statements", get(billing::feed))
+        .route("/api/v1/billing/statements/{id}", get(billing::get))
+        .route("/api/v1/billing/statements/{id}/proof", get(billing::proof))
+        .route(
+            "/api/v1/billing/statements/{id}/consistency",
+            get(billing::consistency),
+        )
+        .route(
+            "/api/v1/billing/subjects/{subject}/current",
+            get(billing::current),
+        )
+        .route("/api/v1/billing/periods/{period}", get(billing::period))
         .route(
             "/api/v1/licenses",
             get(licenses::list).post(licenses::create),

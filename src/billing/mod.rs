@@ -5,6 +5,7 @@
 
 pub mod closes;
 pub mod cycle;
+pub mod export;
 pub mod merkle;
 pub mod statement;
 

@@ -4,9 +4,11 @@
 //!
 //! - [`meters`]: usage queries, from the raw query string to rows
 //!   ([`meters::QueryRequest`], [`meters::QueryError`]).
+//! - [`billing`]: statements, the feed, periods and proofs.
 //! - [`licenses`]: license validation, answered from the published licenses
 //!   and the quota usage cache ([`licenses::Validation`]).
 
+pub mod billing;
 pub mod licenses;
 pub mod meters;
 
@@ -43,6 +45,19 @@ impl View {
     /// The engine's clock, in Unix milliseconds.
     pub fn now_ms(&self) -> i64 {
         self.shared.clock.now_ms()
+    }
+
+    /// The billing projection's reads, as of its last flush.
+    pub fn billing(&self) -> Result<billing::BillingReads, ProjectionError> {
+        let shared = &self.shared;
+        let now_ms = shared.clock.now_ms();
+        Ok(billing::BillingReads {
+            tree: shared.store.db.open_tree("billing")?,
+            view: shared.billing.load_full(),
+            settings: shared.billing_settings,
+            now_ms,
+            watermark_ms: shared.watermarks.watermark_ms(now_ms),
+        })
     }
 
     /// The accepted event-time window around the receive time.
