@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use keymeter::config::{ConfigArgs, DataArgs, KeyedDataArgs};
 
 use crate::cli_logging::LogFormat;
-use crate::{cli_audit, cli_backup, cli_keys, cli_license, cli_status};
+use crate::{cli_audit, cli_backup, cli_billing, cli_keys, cli_license, cli_status};
 
 #[derive(Parser)]
 #[command(
@@ -61,6 +61,9 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Billing statements: export a period from a running server, verify a
+    /// statement and its proofs offline.
+    Billing(cli_billing::BillingArgs),
 }
 
 #[derive(Subcommand)]

@@ -294,6 +294,25 @@ pub async fn request(
     key: Option<&str>,
     body: Option<Value>,
 ) -> anyhow::Result<(u16, String)> {
+    let mut bytes = Vec::new();
+    let status = request_into(base, method, path, key, body, |data| {
+        bytes.extend_from_slice(data);
+        Ok(())
+    })
+    .await?;
+    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+/// [`request`], handing the answer's body to `sink` as it arrives (a large
+/// download is never held whole); returns the status.
+pub async fn request_into(
+    base: &str,
+    method: Method,
+    path: &str,
+    key: Option<&str>,
+    body: Option<Value>,
+    mut sink: impl FnMut(&[u8]) -> anyhow::Result<()>,
+) -> anyhow::Result<u16> {
     let rest = base
         .strip_prefix("http://")
         .context("--url must start with http:// (use a TLS proxy and curl for https)")?;
@@ -342,12 +361,11 @@ pub async fn request(
         .with_context(|| format!("request to {addr} failed"))?;
     let status = response.status().as_u16();
     let mut body = response.into_body();
-    let mut bytes = Vec::new();
     while let Some(frame) = within_idle_timeout(body.frame()).await? {
         let frame = frame.with_context(|| format!("reading the answer from {addr} failed"))?;
         if let Ok(data) = frame.into_data() {
-            bytes.extend_from_slice(&data);
+            sink(&data)?;
         }
     }
-    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+    Ok(status)
 }

@@ -6,6 +6,7 @@ use keymeter::config::Config;
 mod cli;
 mod cli_audit;
 mod cli_backup;
+mod cli_billing;
 mod cli_keys;
 mod cli_license;
 mod cli_log;
@@ -58,6 +59,7 @@ fn main() -> std::process::ExitCode {
         Command::Audit {
             command: AuditCommand::Verify(args),
         } => return cli_audit::audit_verify(&args),
+        Command::Billing(args) => return cli_billing::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -22,7 +22,9 @@ use keymeter::record::Audit;
 use serde_json::json;
 
 fn ms(s: &str) -> i64 {
-    chrono::DateTime::parse_from_rfc3339(s).unwrap().timestamp_millis()
+    chrono::DateTime::parse_from_rfc3339(s)
+        .unwrap()
+        .timestamp_millis()
 }
 
 fn audit() -> Audit {
@@ -35,11 +37,24 @@ fn audit() -> Audit {
 
 async fn meter(handle: &EngineHandle, def: serde_json::Value) {
     let def: MeterDef = serde_json::from_value(def).unwrap();
-    handle.send(CreateMeter { def, audit: audit() }).await.unwrap();
+    handle
+        .send(CreateMeter {
+            def,
+            audit: audit(),
+        })
+        .await
+        .unwrap();
 }
 
 /// Sends one event `id` dated `time` for `subject`, received at `now`.
-async fn event(handle: &EngineHandle, now: i64, id: &str, subject: &str, time: &str, tokens: i64) -> IngestOutcome {
+async fn event(
+    handle: &EngineHandle,
+    now: i64,
+    id: &str,
+    subject: &str,
+    time: &str,
+    tokens: i64,
+) -> IngestOutcome {
     let text = json!({
         "specversion": "1.0", "id": id, "source": "app", "type": "request",
         "subject": subject, "time": time,
@@ -68,7 +83,11 @@ async fn close(handle: &EngineHandle, watermark_ms: i64) -> Option<u64> {
 }
 
 fn statements(view: &View) -> Vec<Statement> {
-    let page = view.billing().unwrap().feed(None, 100, &Default::default()).unwrap();
+    let page = view
+        .billing()
+        .unwrap()
+        .feed(None, 100, &Default::default())
+        .unwrap();
     page.statements
         .iter()
         .map(|b| serde_json::from_slice(b).unwrap())
@@ -97,22 +116,45 @@ fn periods_close_on_grace_and_watermark_and_late_events_restate_or_are_refused()
     cfg.billing.cycle = "day".into();
     cfg.billing.close_interval = std::time::Duration::from_secs(3600);
     let clock = Arc::new(ManualClock::new(ms("2026-03-10T12:00:00Z")));
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let engine = Engine::open(&cfg, clock.clone()).unwrap().engine;
     let handle = engine.handle();
     let view = View::new(handle.shared.clone(), None);
     rt.block_on(async {
-        meter(&handle, json!({"slug": "tokens", "eventType": "request", "aggregation": "SUM",
-            "valueProperty": "$.tokens", "groupBy": {"region": "$.region"}})).await;
-        meter(&handle, json!({"slug": "calls", "eventType": "request", "aggregation": "COUNT"})).await;
-        for (id, time, tokens) in [("e1", "2026-03-10T01:00:00Z", 4), ("e2", "2026-03-10T02:00:00Z", 7), ("e3", "2026-03-10T23:59:59.999Z", 2)] {
+        meter(
+            &handle,
+            json!({"slug": "tokens", "eventType": "request", "aggregation": "SUM",
+            "valueProperty": "$.tokens", "groupBy": {"region": "$.region"}}),
+        )
+        .await;
+        meter(
+            &handle,
+            json!({"slug": "calls", "eventType": "request", "aggregation": "COUNT"}),
+        )
+        .await;
+        for (id, time, tokens) in [
+            ("e1", "2026-03-10T01:00:00Z", 4),
+            ("e2", "2026-03-10T02:00:00Z", 7),
+            ("e3", "2026-03-10T23:59:59.999Z", 2),
+        ] {
             clock.set(clock_now(&clock).max(ms(time)));
             let out = event(&handle, clock_now(&clock), id, "acme", time, tokens).await;
             assert_eq!(out.accepted, 1, "{out:?}");
         }
         // Just after midnight: the next day's first event, and day 10 in its grace.
         clock.set(ms("2026-03-11T00:00:05Z"));
-        event(&handle, clock_now(&clock), "e4", "acme", "2026-03-11T00:00:00Z", 10).await;
+        event(
+            &handle,
+            clock_now(&clock),
+            "e4",
+            "acme",
+            "2026-03-11T00:00:00Z",
+            10,
+        )
+        .await;
         clock.set(ms("2026-03-11T00:30:00Z"));
         close(&handle, i64::MAX).await;
         let day10 = view.billing().unwrap().period("2026-03-10").unwrap();
@@ -122,7 +164,10 @@ fn periods_close_on_grace_and_watermark_and_late_events_restate_or_are_refused()
         // Grace over, but a source has delivered only up to 23:00: held.
         clock.set(ms("2026-03-11T01:00:00Z"));
         assert_eq!(close(&handle, ms("2026-03-10T23:00:00Z")).await, None);
-        assert!(statements(&view).is_empty(), "a lagging source holds the close");
+        assert!(
+            statements(&view).is_empty(),
+            "a lagging source holds the close"
+        );
         assert!(close(&handle, i64::MAX).await.is_some());
     });
     let v1 = statements(&view);
@@ -139,14 +184,20 @@ fn periods_close_on_grace_and_watermark_and_late_events_restate_or_are_refused()
         ]
     );
     let reads = view.billing().unwrap();
-    assert_eq!(reads.period("2026-03-10").unwrap().state, PeriodState::Closed);
+    assert_eq!(
+        reads.period("2026-03-10").unwrap().state,
+        PeriodState::Closed
+    );
     // (Readers hold the store open: each is dropped before the engine stops.)
     // Each counted event proves its inclusion in the signed total; e4 (the
     // next day) is in no line of this statement.
     for id in ["e1", "e2", "e3"] {
         let p = reads.proof(v1, "app", id).unwrap();
         let leaf = Node::leaf(&hex::decode(&p.leaf_bytes).unwrap(), leaf_value(&p.value));
-        assert!(merkle::verify_inclusion(&leaf, p.index, p.size, &p.path, &p.root), "{id}");
+        assert!(
+            merkle::verify_inclusion(&leaf, p.index, p.size, &p.path, &p.root),
+            "{id}"
+        );
     }
     assert!(reads.proof(v1, "app", "e4").is_err());
     drop(reads);
@@ -154,23 +205,47 @@ fn periods_close_on_grace_and_watermark_and_late_events_restate_or_are_refused()
     // A late event for day 10, inside the horizon: version 2, which only adds.
     rt.block_on(async {
         clock.set(ms("2026-03-11T01:05:00Z"));
-        let out = event(&handle, clock_now(&clock), "late1", "acme", "2026-03-10T15:00:00Z", 8).await;
+        let out = event(
+            &handle,
+            clock_now(&clock),
+            "late1",
+            "acme",
+            "2026-03-10T15:00:00Z",
+            8,
+        )
+        .await;
         assert_eq!(out.accepted, 1);
         close(&handle, i64::MAX).await;
     });
     let all = statements(&view);
     assert_eq!(all.len(), 2);
     let v2 = &all[1];
-    assert_eq!((v2.statement_id.as_str(), v2.version), (v1.statement_id.as_str(), 2));
+    assert_eq!(
+        (v2.statement_id.as_str(), v2.version),
+        (v1.statement_id.as_str(), 2)
+    );
     assert_eq!(v2.previous.as_ref().unwrap().sha256, v1.sha256());
-    let eu = v2.lines.iter().find(|l| l.group.get("region") == Some(&Some("eu".into()))).unwrap();
-    assert_eq!((eu.quantity.as_str(), eu.delta.as_deref()), ("14", Some("8")));
+    let eu = v2
+        .lines
+        .iter()
+        .find(|l| l.group.get("region") == Some(&Some("eu".into())))
+        .unwrap();
+    assert_eq!(
+        (eu.quantity.as_str(), eu.delta.as_deref()),
+        ("14", Some("8"))
+    );
     let reads = view.billing().unwrap();
     let c = reads.consistency(v1, v2).unwrap();
     for line in &c.lines {
         let old = line.old_root.unwrap();
         assert!(
-            merkle::verify_consistency(line.old_size, line.new_size, &line.proof, &old, &line.new_root),
+            merkle::verify_consistency(
+                line.old_size,
+                line.new_size,
+                &line.proof,
+                &old,
+                &line.new_root
+            ),
             "{line:?}"
         );
     }
@@ -184,14 +259,21 @@ fn periods_close_on_grace_and_watermark_and_late_events_restate_or_are_refused()
         let refused = event(&handle, now, "late2", "acme", "2026-03-10T16:00:00Z", 1).await;
         assert_eq!(refused.accepted, 0);
         assert_eq!(refused.rejected[0].code.as_str(), "PERIOD_CLOSED");
-        assert!(refused.rejected[0].message.contains("2026-03-10"), "{}", refused.rejected[0].message);
+        assert!(
+            refused.rejected[0].message.contains("2026-03-10"),
+            "{}",
+            refused.rejected[0].message
+        );
         let ok = event(&handle, now, "late3", "beta", "2026-03-12T16:00:00Z", 2).await;
         assert_eq!(ok.accepted, 1);
         close(&handle, i64::MAX).await;
     });
     let all = statements(&view);
     // acme day 11 (e4), then beta's day 12 restated from nothing.
-    let labels: Vec<_> = all.iter().map(|s| (s.subject.as_str(), s.period.label.as_str(), s.version)).collect();
+    let labels: Vec<_> = all
+        .iter()
+        .map(|s| (s.subject.as_str(), s.period.label.as_str(), s.version))
+        .collect();
     assert_eq!(
         labels,
         vec![

@@ -55,7 +55,10 @@ fn query_u32(params: &HashMap<String, String>, name: &str) -> Result<Option<u32>
         .get(name)
         .map(|v| {
             v.parse().map_err(|_| {
-                ApiError::new(ErrorCode::InvalidQuery, format!("`{name}` must be a positive integer, got {v:?}"))
+                ApiError::new(
+                    ErrorCode::InvalidQuery,
+                    format!("`{name}` must be a positive integer, got {v:?}"),
+                )
             })
         })
         .transpose()
@@ -72,11 +75,17 @@ pub async fn feed(
         .keys()
         .find(|k| !["after", "limit", "subject", "period"].contains(&k.as_str()))
     {
-        return Err(ApiError::new(ErrorCode::InvalidQuery, format!("unknown query parameter `{unknown}`")));
+        return Err(ApiError::new(
+            ErrorCode::InvalidQuery,
+            format!("unknown query parameter `{unknown}`"),
+        ));
     }
     let limit = query_u32(&params, "limit")?.unwrap_or(1000) as usize;
     if limit == 0 || limit > PAGE_MAX {
-        return Err(ApiError::new(ErrorCode::InvalidQuery, format!("`limit` must be 1 to {PAGE_MAX}")));
+        return Err(ApiError::new(
+            ErrorCode::InvalidQuery,
+            format!("`limit` must be 1 to {PAGE_MAX}"),
+        ));
     }
     let filter = FeedFilter {
         subject: params.get("subject").cloned(),
@@ -93,10 +102,15 @@ pub async fn feed(
         .map(|b| serde_json::from_slice::<Statement>(b))
         .collect::<Result<Vec<_>, _>>()
         .map_err(ApiError::internal)?;
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let mut response = if accept.contains("text/csv") {
         let mut out = String::from(export::CSV_HEADER);
-        statements.iter().for_each(|s| export::csv_rows(s, &mut out));
+        statements
+            .iter()
+            .for_each(|s| export::csv_rows(s, &mut out));
         ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], out).into_response()
     } else if accept.contains("application/x-ndjson") {
         let mut out = Vec::new();
@@ -133,7 +147,10 @@ pub async fn proof(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     let (Some(source), Some(event_id)) = (params.get("source"), params.get("id")) else {
-        return Err(ApiError::new(ErrorCode::InvalidQuery, "`source` and `id` (the event's CloudEvents source and id) are required"));
+        return Err(ApiError::new(
+            ErrorCode::InvalidQuery,
+            "`source` and `id` (the event's CloudEvents source and id) are required",
+        ));
     };
     let reads = reads(&auth, &state)?;
     let statement = reads.version(&id, query_u32(&params, "version")?)?;
@@ -149,13 +166,19 @@ pub async fn consistency(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     let Some(from) = query_u32(&params, "from_version")? else {
-        return Err(ApiError::new(ErrorCode::InvalidQuery, "`from_version` is required"));
+        return Err(ApiError::new(
+            ErrorCode::InvalidQuery,
+            "`from_version` is required",
+        ));
     };
     let reads = reads(&auth, &state)?;
     let old = reads.version(&id, Some(from))?;
     let new = reads.version(&id, query_u32(&params, "to_version")?)?;
     if new.version < old.version {
-        return Err(ApiError::new(ErrorCode::InvalidQuery, "`to_version` is before `from_version`"));
+        return Err(ApiError::new(
+            ErrorCode::InvalidQuery,
+            "`to_version` is before `from_version`",
+        ));
     }
     Ok(Json(json!(reads.consistency(&old, &new)?)))
 }
@@ -176,4 +199,63 @@ pub async fn period(
     Path(label): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!(reads(&auth, &state)?.period(&label)?)))
+}
+
+/// Bytes per chunk of a streamed export.
+const EXPORT_CHUNK_BYTES: usize = 64 * 1024;
+
+/// `GET /api/v1/billing/periods/{period}/export?format=csv|jsonl`: every
+/// statement version of the period, by subject then version, streamed. The
+/// same log gives the same bytes (`keymeter billing export` writes them to
+/// files with a manifest).
+pub async fn export(
+    auth: Auth<Read>,
+    State(state): State<AppState>,
+    Path(label): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let format = params
+        .get("format")
+        .map_or("csv", String::as_str)
+        .to_owned();
+    let content_type = match format.as_str() {
+        "csv" => "text/csv; charset=utf-8",
+        "jsonl" => "application/x-ndjson",
+        other => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidQuery,
+                format!("`format` must be csv or jsonl, got {other:?}"),
+            ))
+        }
+    };
+    let reads = reads(&auth, &state)?;
+    reads.period(&label)?; // an unknown period is refused before the body starts
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    let keys = state.view.crypto_arc();
+    tokio::task::spawn_blocking(move || {
+        let mut chunk: Vec<u8> = match format.as_str() {
+            "csv" => export::CSV_HEADER.as_bytes().to_vec(),
+            _ => Vec::new(),
+        };
+        let result = reads.period_statements(&label, |s| {
+            if format == "csv" {
+                let mut rows = String::new();
+                export::csv_rows(&s, &mut rows);
+                chunk.extend_from_slice(rows.as_bytes());
+            } else {
+                export::json_line(&s, &keys.sign_jwt(&s.canonical()), &mut chunk);
+            }
+            if chunk.len() < EXPORT_CHUNK_BYTES {
+                return true;
+            }
+            tx.blocking_send(Ok(std::mem::take(&mut chunk))).is_ok()
+        });
+        let last = match result {
+            Ok(()) => Ok(chunk),
+            Err(e) => Err(std::io::Error::other(e.to_string())),
+        };
+        let _ = tx.blocking_send(last);
+    });
+    let body = axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
 }

@@ -125,6 +125,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/billing/periods/{period}", get(billing::period))
         .route(
+            "/api/v1/billing/periods/{period}/export",
+            get(billing::export),
+        )
+        .route(
             "/api/v1/licenses",
             get(licenses::list).post(licenses::create),
         )

@@ -35,7 +35,10 @@ pub enum Admission {
     /// Its period is closed but within the horizon: counted, and restated.
     Restate,
     /// Its period is closed and beyond the horizon.
-    Refused { period: String, closed_through: String },
+    Refused {
+        period: String,
+        closed_through: String,
+    },
 }
 
 /// Where a period stands.
@@ -112,21 +115,40 @@ mod tests {
         let closed = Closed::default();
         let day10 = 10 * DAY;
         // Day 9 ended at day10; an hour of grace.
-        assert_eq!(closed.advance(&s, day10 + 3_599_999, i64::MAX), Some(9 * DAY));
+        assert_eq!(
+            closed.advance(&s, day10 + 3_599_999, i64::MAX),
+            Some(9 * DAY)
+        );
         assert_eq!(closed.advance(&s, day10 + 3_600_000, i64::MAX), Some(day10));
         // A source that delivered only up to day 9's last minute holds it.
-        assert_eq!(closed.advance(&s, day10 + 3_600_000, day10 - 60_000), Some(9 * DAY));
-        let closed = Closed { before_ms: Some(day10) };
+        assert_eq!(
+            closed.advance(&s, day10 + 3_600_000, day10 - 60_000),
+            Some(9 * DAY)
+        );
+        let closed = Closed {
+            before_ms: Some(day10),
+        };
         assert_eq!(closed.advance(&s, day10 + 7_200_000, i64::MAX), None);
-        assert_eq!(closed.state(s.cycle.period_of(9 * DAY), day10), PeriodState::Closed);
-        assert_eq!(closed.state(s.cycle.period_of(day10), day10 + 1), PeriodState::Open);
-        assert_eq!(Closed::default().state(s.cycle.period_of(9 * DAY), day10), PeriodState::Closing);
+        assert_eq!(
+            closed.state(s.cycle.period_of(9 * DAY), day10),
+            PeriodState::Closed
+        );
+        assert_eq!(
+            closed.state(s.cycle.period_of(day10), day10 + 1),
+            PeriodState::Open
+        );
+        assert_eq!(
+            Closed::default().state(s.cycle.period_of(9 * DAY), day10),
+            PeriodState::Closing
+        );
     }
 
     #[test]
     fn late_events_are_restated_within_the_horizon_and_refused_beyond() {
         let s = settings();
-        let closed = Closed { before_ms: Some(10 * DAY) };
+        let closed = Closed {
+            before_ms: Some(10 * DAY),
+        };
         assert_eq!(closed.admits(&s, 10 * DAY), Admission::Open);
         assert_eq!(closed.admits(&s, 10 * DAY - 1), Admission::Restate);
         assert_eq!(closed.admits(&s, 8 * DAY), Admission::Restate);

@@ -221,6 +221,9 @@ mod tests {
             Cycle::parse("month", "Mars/Olympus"),
             Err(CycleError::TimeZone("Mars/Olympus".into()))
         );
-        assert!(Cycle::parse("week", "UTC").unwrap_err().to_string().contains("week"));
+        assert!(Cycle::parse("week", "UTC")
+            .unwrap_err()
+            .to_string()
+            .contains("week"));
     }
 }

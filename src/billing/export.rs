@@ -5,7 +5,7 @@
 use super::statement::Statement;
 
 pub const CSV_HEADER: &str = "statement_id,version,subject,period,period_start,period_end,\
-line_id,meter,aggregation,group,quantity,delta,leaves,root_hash,statement_sha256\n";
+line_id,meter,aggregation,group,quantity,delta,leaves,root_hash,statement_root,statement_sha256\n";
 
 /// The CSV rows of one statement version (one per line).
 pub fn csv_rows(s: &Statement, out: &mut String) {
@@ -27,6 +27,7 @@ pub fn csv_rows(s: &Statement, out: &mut String) {
             line.delta.as_deref().unwrap_or(""),
             &line.leaves.to_string(),
             &hex::encode(line.root.hash),
+            &s.root,
             &sha,
         ];
         for (i, f) in fields.iter().enumerate() {
@@ -72,6 +73,9 @@ mod tests {
         assert_eq!(csv_field("a,b"), "\"a,b\"");
         assert_eq!(csv_field("=SUM(A1)"), "'=SUM(A1)");
         assert_eq!(csv_field("-12.5"), "-12.5");
-        assert_eq!(csv_field("{\"region\":\"eu\"}"), "\"{\"\"region\"\":\"\"eu\"\"}\"");
+        assert_eq!(
+            csv_field("{\"region\":\"eu\"}"),
+            "\"{\"\"region\"\":\"\"eu\"\"}\""
+        );
     }
 }

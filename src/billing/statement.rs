@@ -235,7 +235,8 @@ pub fn build(draft: Draft<'_>, previous: Option<&Statement>) -> Result<Statement
     }
     if let Some(p) = previous {
         // A line of the previous version must still be there.
-        if let Some(gone) = (p.lines.iter()).find(|l| !lines.iter().any(|n| n.line_id == l.line_id)) {
+        if let Some(gone) = (p.lines.iter()).find(|l| !lines.iter().any(|n| n.line_id == l.line_id))
+        {
             return Err(ReconcileError::NotAnExtension {
                 id,
                 version,

@@ -77,12 +77,20 @@ mod tests {
             grace: Duration::from_secs(73 * 3600),
             ..BillingConfig::default()
         };
-        assert!(grace.validate().unwrap_err().to_string().contains("billing.grace"));
+        assert!(grace
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("billing.grace"));
         let tz = BillingConfig {
             time_zone: "Europe/Atlantis".into(),
             ..BillingConfig::default()
         };
-        assert!(tz.validate().unwrap_err().to_string().contains("Europe/Atlantis"));
+        assert!(tz
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("Europe/Atlantis"));
         assert!(BillingConfig::default().validate().is_ok());
     }
 }

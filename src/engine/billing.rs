@@ -57,10 +57,17 @@ impl Watermarks {
 /// another cycle, or that counted events under the default before it named
 /// one, refuses to start rather than re-cut issued periods.
 pub(crate) fn billing_writer(cfg: &Config, store: &Store) -> Result<BillingWriter, StartError> {
-    let settings: Settings = (cfg.billing.settings()).map_err(|e| StartError::Other(e.to_string()))?;
-    let tree = store.db.open_tree("billing").map_err(crate::projection::ProjectionError::from)?;
-    let (logged, last_close, has_leaves) =
-        keys::stored_state(&tree).map_err(crate::projection::ProjectionError::from)?;
+    let settings: Settings =
+        (cfg.billing.settings()).map_err(|e| StartError::Other(e.to_string()))?;
+    let tree = store
+        .db
+        .open_tree("billing")
+        .map_err(crate::projection::ProjectionError::from)?;
+    let keys::StoredState {
+        settings: logged,
+        last_close,
+        has_leaves,
+    } = keys::stored_state(&tree).map_err(crate::projection::ProjectionError::from)?;
     let logged_cycle = match &logged {
         Some((kind, tz)) => Some(Cycle::parse(kind.as_str(), tz).map_err(|e| {
             StartError::Other(format!("the log's billing settings are invalid: {e}"))

@@ -378,7 +378,10 @@ fn shared(cfg: &Config, p: &Projections, clock: Arc<dyn Clock>, head: Seq) -> Ar
         crypto: r.crypto.expect("an engine opens with its keys"),
         products: r.products,
         billing: r.billing,
-        billing_settings: cfg.billing.settings().expect("validated with the configuration"),
+        billing_settings: cfg
+            .billing
+            .settings()
+            .expect("validated with the configuration"),
         watermarks: Arc::new(super::Watermarks::new(usize::from(cfg.kafka.is_some()))),
     })
 }

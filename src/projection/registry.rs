@@ -3,7 +3,8 @@
 //! new projection is one [`ProjectionSpec`] here and its own module.
 
 use super::{
-    billing, counters, docs, licenses, Applied, EventFacts, OpenContext, Projection, ProjectionError, Store,
+    billing, counters, docs, licenses, Applied, EventFacts, OpenContext, Projection,
+    ProjectionError, Store,
 };
 use crate::log::{self, Seq};
 use crate::record::Record;

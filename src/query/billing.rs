@@ -144,7 +144,12 @@ impl BillingReads {
     }
 
     /// Statement versions issued after the position `after` names.
-    pub fn feed(&self, after: Option<&str>, limit: usize, filter: &FeedFilter) -> Result<FeedPage, BillingError> {
+    pub fn feed(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        filter: &FeedFilter,
+    ) -> Result<FeedPage, BillingError> {
         let next = match self.tree.scan_prefix([keys::STATEMENT]).next_back() {
             Some(kv) => position_of(&kv?.0) + 1,
             None => 0,
@@ -153,12 +158,18 @@ impl BillingReads {
             None => 0,
             Some(text) => {
                 let p: u64 = text.parse().map_err(|_| {
-                    BillingError::new(ErrorCode::InvalidCursor, format!("cursor {text:?} is not one this server gave"))
+                    BillingError::new(
+                        ErrorCode::InvalidCursor,
+                        format!("cursor {text:?} is not one this server gave"),
+                    )
                 })?;
                 if p >= next {
                     return Err(BillingError::new(
                         ErrorCode::InvalidCursor,
-                        format!("cursor {p} is ahead of every statement issued (the last is {})", next as i64 - 1),
+                        format!(
+                            "cursor {p} is ahead of every statement issued (the last is {})",
+                            next as i64 - 1
+                        ),
                     ));
                 }
                 p + 1
@@ -166,7 +177,11 @@ impl BillingReads {
         };
         let mut statements = Vec::new();
         let mut last = start.checked_sub(1);
-        for (scanned, kv) in self.tree.range(keys::statement_key(start)..keys::statement_key(u64::MAX)).enumerate() {
+        for (scanned, kv) in self
+            .tree
+            .range(keys::statement_key(start)..keys::statement_key(u64::MAX))
+            .enumerate()
+        {
             if statements.len() >= limit || scanned >= FEED_SCAN_MAX {
                 break;
             }
@@ -186,13 +201,53 @@ impl BillingReads {
             Some(p) => p.to_string(),
             None => after.unwrap_or("").to_owned(),
         };
-        Ok(FeedPage { statements, next_cursor })
+        Ok(FeedPage {
+            statements,
+            next_cursor,
+        })
+    }
+
+    /// Every statement version of the period `label`, by subject then
+    /// version, handed to `visit` in that order (an export): the same bytes
+    /// for the same log. `visit` says whether to go on.
+    pub fn period_statements(
+        &self,
+        label: &str,
+        mut visit: impl FnMut(Statement) -> bool,
+    ) -> Result<(), BillingError> {
+        let cycle = &self.view.cycle;
+        let period = cycle.parse_label(label).ok_or_else(|| {
+            BillingError::new(
+                ErrorCode::PeriodNotFound,
+                format!("{label:?} is not a {} period", cycle.kind.as_str()),
+            )
+        })?;
+        let prefix = keys::prefixed(keys::INDEX, &keys::period_bytes(period.start_ms));
+        for kv in self.tree.scan_prefix(prefix) {
+            let (_, v) = kv?;
+            let positions: Vec<u64> = postcard::from_bytes(&v).unwrap_or_default();
+            for p in positions {
+                let k = keys::statement_key(p);
+                let Some(bytes) = self.tree.get(k)? else {
+                    continue;
+                };
+                let s = serde_json::from_slice(&bytes).map_err(|e| corrupt(&k, e))?;
+                if !visit(s) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Every version of statement `id`, oldest first.
     pub fn versions(&self, id: &str) -> Result<Vec<Statement>, BillingError> {
-        let not_found = || BillingError::new(ErrorCode::StatementNotFound, format!("no statement {id:?}"));
-        let index_key = self.tree.get(keys::prefixed(keys::ID, id.as_bytes()))?.ok_or_else(not_found)?;
+        let not_found =
+            || BillingError::new(ErrorCode::StatementNotFound, format!("no statement {id:?}"));
+        let index_key = self
+            .tree
+            .get(keys::prefixed(keys::ID, id.as_bytes()))?
+            .ok_or_else(not_found)?;
         let positions: Vec<u64> = (self.tree.get(&index_key)?)
             .and_then(|v| postcard::from_bytes(&v).ok())
             .unwrap_or_default();
@@ -212,7 +267,12 @@ impl BillingReads {
             None => all.into_iter().last(),
             Some(v) => all.into_iter().find(|s| s.version == v),
         };
-        found.ok_or_else(|| BillingError::new(ErrorCode::StatementNotFound, format!("statement {id:?} has no version {version:?}")))
+        found.ok_or_else(|| {
+            BillingError::new(
+                ErrorCode::StatementNotFound,
+                format!("statement {id:?} has no version {version:?}"),
+            )
+        })
     }
 
     /// The running lines of `subject`'s current period.
@@ -251,17 +311,27 @@ impl BillingReads {
     pub fn period(&self, label: &str) -> Result<PeriodStatus, BillingError> {
         let cycle = &self.view.cycle;
         let period = cycle.parse_label(label).ok_or_else(|| {
-            BillingError::new(ErrorCode::PeriodNotFound, format!("{label:?} is not a {} period", cycle.kind.as_str()))
+            BillingError::new(
+                ErrorCode::PeriodNotFound,
+                format!("{label:?} is not a {} period", cycle.kind.as_str()),
+            )
         })?;
         let state = self.closed().state(period, self.now_ms);
         let grace_ends = period.end_ms.saturating_add(self.settings.grace_ms);
-        let waiting_for = (state == PeriodState::Closing).then(|| self.waiting_for(period, grace_ends));
+        let waiting_for =
+            (state == PeriodState::Closing).then(|| self.waiting_for(period, grace_ends));
         let closed_by_seq = (state == PeriodState::Closed)
             .then_some(self.view.last_close)
             .flatten()
             .filter(|c| cycle.prev(cycle.period_of(c.closed_before_ms)) == period)
             .map(|c| c.seq);
-        Ok(PeriodStatus { period: period_doc(cycle, period), state, grace_ends: rfc3339(grace_ends), waiting_for, closed_by_seq })
+        Ok(PeriodStatus {
+            period: period_doc(cycle, period),
+            state,
+            grace_ends: rfc3339(grace_ends),
+            waiting_for,
+            closed_by_seq,
+        })
     }
 
     fn waiting_for(&self, period: Period, grace_ends: i64) -> String {
@@ -269,8 +339,14 @@ impl BillingReads {
             format!("its grace (billing.grace) ends at {}", rfc3339(grace_ends))
         } else if self.watermark_ms < period.end_ms {
             match self.watermark_ms {
-                i64::MIN => "a source that has not delivered yet (a Kafka partition not caught up once)".to_owned(),
-                w => format!("a source that has delivered only up to {} (a Kafka partition lags)", rfc3339(w)),
+                i64::MIN => {
+                    "a source that has not delivered yet (a Kafka partition not caught up once)"
+                        .to_owned()
+                }
+                w => format!(
+                    "a source that has delivered only up to {} (a Kafka partition lags)",
+                    rfc3339(w)
+                ),
             }
         } else {
             "the next close (billing.close_interval)".to_owned()
@@ -279,21 +355,44 @@ impl BillingReads {
 
     /// The inclusion proof of the event `(source, id)` in a version of a
     /// statement: which line counted it, and the path to that line's root.
-    pub fn proof(&self, statement: &Statement, source: &str, event_id: &str) -> Result<InclusionProof, BillingError> {
+    pub fn proof(
+        &self,
+        statement: &Statement,
+        source: &str,
+        event_id: &str,
+    ) -> Result<InclusionProof, BillingError> {
         let identity = DedupKey::new(source, event_id).0;
         let cycle = &self.view.cycle;
         let period = cycle.parse_label(&statement.period.label).ok_or_else(|| {
-            BillingError::new(ErrorCode::StatementNotFound, "the statement's period is not of this cycle")
+            BillingError::new(
+                ErrorCode::StatementNotFound,
+                "the statement's period is not of this cycle",
+            )
         })?;
-        let leaves = keys::read_leaves(&self.tree, period.start_ms, &statement.subject, statement.cut.seq)?;
+        let leaves = keys::read_leaves(
+            &self.tree,
+            period.start_ms,
+            &statement.subject,
+            statement.cut.seq,
+        )?;
         let mut by_line: BTreeMap<String, Vec<ReadLeaf>> = BTreeMap::new();
         for l in leaves {
-            by_line.entry(line_id(&statement.statement_id, &l.line)).or_default().push(l);
+            by_line
+                .entry(line_id(&statement.statement_id, &l.line))
+                .or_default()
+                .push(l);
         }
         for line in &statement.lines {
-            let Some(leaves) = by_line.get(&line.line_id) else { continue };
-            let Some(index) = leaves.iter().position(|l| l.leaf.identity == identity) else { continue };
-            let nodes: Vec<Node> = leaves.iter().map(|l| l.leaf.node(&statement.subject, &line.meter)).collect();
+            let Some(leaves) = by_line.get(&line.line_id) else {
+                continue;
+            };
+            let Some(index) = leaves.iter().position(|l| l.leaf.identity == identity) else {
+                continue;
+            };
+            let nodes: Vec<Node> = leaves
+                .iter()
+                .map(|l| l.leaf.node(&statement.subject, &line.meter))
+                .collect();
             let leaf = &leaves[index].leaf;
             return Ok(InclusionProof {
                 statement_id: statement.statement_id.clone(),
@@ -315,15 +414,25 @@ impl BillingReads {
         }
         Err(BillingError::new(
             ErrorCode::StatementNotFound,
-            format!("event {event_id:?} from {source:?} is not counted in version {} of {}", statement.version, statement.statement_id),
+            format!(
+                "event {event_id:?} from {source:?} is not counted in version {} of {}",
+                statement.version, statement.statement_id
+            ),
         ))
     }
 
     /// Per line, the consistency proof from `old` to `new` (same statement).
-    pub fn consistency(&self, old: &Statement, new: &Statement) -> Result<ConsistencyProof, BillingError> {
+    pub fn consistency(
+        &self,
+        old: &Statement,
+        new: &Statement,
+    ) -> Result<ConsistencyProof, BillingError> {
         let cycle = &self.view.cycle;
         let period = cycle.parse_label(&new.period.label).ok_or_else(|| {
-            BillingError::new(ErrorCode::StatementNotFound, "the statement's period is not of this cycle")
+            BillingError::new(
+                ErrorCode::StatementNotFound,
+                "the statement's period is not of this cycle",
+            )
         })?;
         let leaves = keys::read_leaves(&self.tree, period.start_ms, &new.subject, new.cut.seq)?;
         let mut lines = Vec::with_capacity(new.lines.len());
@@ -344,7 +453,12 @@ impl BillingReads {
                 proof: merkle::consistency_proof(&nodes, old_size as usize).unwrap_or_default(),
             });
         }
-        Ok(ConsistencyProof { statement_id: new.statement_id.clone(), from_version: old.version, to_version: new.version, lines })
+        Ok(ConsistencyProof {
+            statement_id: new.statement_id.clone(),
+            from_version: old.version,
+            to_version: new.version,
+            lines,
+        })
     }
 }
 
@@ -353,5 +467,8 @@ fn position_of(key: &[u8]) -> u64 {
 }
 
 fn corrupt(key: &[u8], e: serde_json::Error) -> BillingError {
-    BillingError::new(ErrorCode::CorruptState, format!("stored statement {} does not decode: {e}", hex::encode(key)))
+    BillingError::new(
+        ErrorCode::CorruptState,
+        format!("stored statement {} does not decode: {e}", hex::encode(key)),
+    )
 }

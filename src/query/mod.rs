@@ -76,6 +76,11 @@ impl View {
         &self.shared.crypto
     }
 
+    /// [`View::crypto`], for work that outlives the request's borrow.
+    pub fn crypto_arc(&self) -> Arc<crate::crypto::Keys> {
+        self.shared.crypto.clone()
+    }
+
     /// The body of `/readyz`, or `None` when the engine stopped after an
     /// error. `kafka` is the source's state, or `not configured`.
     pub fn readiness(&self) -> Option<Value> {

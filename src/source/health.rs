@@ -144,7 +144,10 @@ impl SourceHealth {
     /// watermark: everything produced to it before then is in the log.
     pub fn caught_up(&self, topic: &str, partition: i32, at_ms: i64) {
         let mut s = self.lock();
-        let at = s.caught_up.entry((topic.to_owned(), partition)).or_insert(at_ms);
+        let at = s
+            .caught_up
+            .entry((topic.to_owned(), partition))
+            .or_insert(at_ms);
         *at = (*at).max(at_ms);
     }
 

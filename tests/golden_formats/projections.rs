@@ -25,26 +25,40 @@ use crate::{unhex, Golden};
 /// `tree key-hex value`, value as JSON text when it is a JSON document, hex
 /// otherwise; trees and keys in order.
 const TREES: &str = r#"
-api_keys  0000000000000016
+api_keys  0000000000000018
 api_keys 6b31 {"id":"k1","name":"k1-name","scopes":["read"],"key_sha256":[90,90,90,90,90,90,90,90,90,90,90,90,90,90,90,90,90,90,90,90,90,90,90,90,90,90,90,90,90,90,90,90],"created_ms":1700000000000}
-counters  0000000000000016
+billing  0000000000000018
+billing 47746f6b656e73 {"slug":"tokens","description":"LLM tokens","eventType":"call","aggregation":"SUM","valueProperty":"$.tokens","groupBy":{"model":"$.model","region":"$.region"},"windowSize":"HOUR"}
+billing 477573657273 {"slug":"users","eventType":"call","aggregation":"UNIQUE_COUNT","valueProperty":"$.user","groupBy":{},"windowSize":"MINUTE"}
+billing 498000018b882e0800000461636d65 0100
+billing 498000018b882e0800000462657461 0101
+billing 4c8000018b882e0800000461636d650000000000000002746f6b656e73 7c182ecf054f1798eca13ef2a74f5d8bfe9fabfef96280e497d0120353554d02056d6f64656c01056c6172676506726567696f6e01026575
+billing 4c8000018b882e0800000461636d650000000000000003746f6b656e73 5b87cda15d88dc36aee6eab106bb839480e6f3faf962ffa7d6b9070353554d02056d6f64656c01056c6172676506726567696f6e00
+billing 4c8000018b882e08000004626574610000000000000004746f6b656e73 f903f0d37fad9d4d8ae24a481fd6070c80a0abfef9628098dc93340353554d02056d6f64656c0006726567696f6e01027573
+billing 4d636c6f736564 1880949a85fa6280e09ecce5ee01
+billing 4d73657474696e6773 0003555443
+billing 4e323032332d31312d38323262333361643837633134386130 498000018b882e0800000461636d65
+billing 4e323032332d31312d66343465363465373566333934386539 498000018b882e0800000462657461
+billing 530000000000000000 {"statement_id":"2023-11-822b33ad87c148a0","version":1,"subject":"acme","period":{"label":"2023-11","start":"2023-11-01T00:00:00.000Z","end":"2023-12-01T00:00:00.000Z","cycle":"month","time_zone":"UTC"},"cut":{"event_time_before":"2023-12-01T00:00:00.000Z","seq":24,"closed_at":"2023-11-15T00:13:20.000Z"},"lines":[{"line_id":"1db32c927ac479e6","meter":"tokens","aggregation":"SUM","group":{"model":"large","region":null},"quantity":"-1","leaves":1,"root":{"hash":"a058dcf2cc0c8c94939454fb5303c41ebe73c1ba010bec742f2500c270323281","sum":"-1000000000"}},{"line_id":"6fa1b4df585e5342","meter":"tokens","aggregation":"SUM","group":{"model":"large","region":"eu"},"quantity":"2.5","leaves":1,"root":{"hash":"736bf4a750922185b1666c745abbc1d7297ae049a212b2879360ccd95bc5a94e","sum":"2500000000"}}],"leaves":2,"root":"9d2dbb15b649350d7dc873ed7c7be8e9ae1e374aefb254d556e2b67f3a623760"}
+billing 530000000000000001 {"statement_id":"2023-11-f44e64e75f3948e9","version":1,"subject":"beta","period":{"label":"2023-11","start":"2023-11-01T00:00:00.000Z","end":"2023-12-01T00:00:00.000Z","cycle":"month","time_zone":"UTC"},"cut":{"event_time_before":"2023-12-01T00:00:00.000Z","seq":24,"closed_at":"2023-11-15T00:13:20.000Z"},"lines":[{"line_id":"ff075934f319de90","meter":"tokens","aggregation":"SUM","group":{"model":null,"region":"us"},"quantity":"7","leaves":1,"root":{"hash":"df3abf7c93659a9305825e0697f969e94a6dc16d54350961df74104ad77ce96b","sum":"7000000000"}}],"leaves":1,"root":"49d22f9682cb4d2e48aa74ad26db67cbc361fb643098402b89eb8abceb88d7e6"}
+counters  0000000000000018
 counters 01746f6b656e73 {"slug":"tokens","description":"LLM tokens","eventType":"call","aggregation":"SUM","valueProperty":"$.tokens","groupBy":{"model":"$.model","region":"$.region"},"windowSize":"HOUR"}
 counters 017573657273 {"slug":"users","eventType":"call","aggregation":"UNIQUE_COUNT","valueProperty":"$.user","groupBy":{},"windowSize":"MINUTE"}
 counters 03 036e5c6444ae173d8c
 counters 746f6b656e7300 030021746f6b656e730061636d65008000018bcfa24480000000066c6172676500000000070101ffa7d6b9071112d93300000000066c6172676500000003657507010180e497d012071762657461008000018bcfd93300000000000000000375730701018098dc9334
 counters 757365727300 02001375736572730061636d65008000018bcfae2b60130108017055f1b06ac4c62bde34cdccade1d1df060d62657461008000018bcfe519e013010801269b64739a564e080433a155f72cf78a
-licenses  0000000000000016
+licenses  0000000000000018
 licenses 6c69635f676f6c64656e {"license":{"id":"lic_golden","product":"ide","customer":"acme","status":"active","status_reason":null,"starts_at":"2024-01-02T03:04:05Z","expires_at":"2030-01-01T00:00:00Z","grace_period_s":86400,"trial":true,"entitlements":["export","pro"],"metadata":{"tier":2},"policy":{"type":"seat","seats":{"max":3,"mode":"floating","lease_ttl_s":900},"usage":null},"created_at":"2024-01-02T03:04:05.006Z","updated_at":"2024-01-02T03:04:05.006Z"},"secret":{"lookup":[10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10],"sealed_key":[9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9]},"seats":{"seats":{"seat_1":{"seat_id":"seat_1","fingerprint":"host-a","checked_out_ms":1700000000000,"heartbeat_ms":1700000060000,"expires_ms":1700000960000},"seat_3":{"seat_id":"seat_3","fingerprint":"host-c","checked_out_ms":1700000000000,"heartbeat_ms":1700000000000,"expires_ms":1700000900000,"token_sha256":[94,94,94,94,94,94,94,94,94,94,94,94,94,94,94,94,94,94,94,94,94,94,94,94,94,94,94,94,94,94,94,94]}}}}
 licenses 6c69635f676f6e65 {"license":{"id":"lic_gone","product":"ide","customer":"acme","status":"revoked","status_reason":null,"starts_at":"2024-01-02T03:04:05Z","expires_at":"2030-01-01T00:00:00Z","grace_period_s":86400,"trial":true,"entitlements":["export","pro"],"metadata":{"tier":2},"policy":{"type":"none","seats":null,"usage":null},"created_at":"2024-01-02T03:04:05.006Z","updated_at":"2023-11-14T22:13:20.123Z"},"secret":{"lookup":[8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8],"sealed_key":[9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9]},"seats":{"seats":{}}}
 licenses 6c69635f706175736564 {"license":{"id":"lic_paused","product":"ide","customer":"acme","status":"suspended","status_reason":"unpaid","starts_at":"2024-01-02T03:04:05Z","expires_at":"2030-01-01T00:00:00Z","grace_period_s":86400,"trial":true,"entitlements":["export","pro"],"metadata":{"tier":2},"policy":{"type":"none","seats":null,"usage":null},"created_at":"2024-01-02T03:04:05.006Z","updated_at":"2023-11-14T22:13:20.123Z"},"secret":{"lookup":[10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10,10],"sealed_key":[9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9]},"seats":{"seats":{}}}
-meters  0000000000000016
+meters  0000000000000018
 meters 746f6b656e73 {"slug":"tokens","description":"LLM tokens","eventType":"call","aggregation":"SUM","valueProperty":"$.tokens","groupBy":{"model":"$.model","region":"$.region"},"windowSize":"HOUR"}
 meters 7573657273 {"slug":"users","eventType":"call","aggregation":"UNIQUE_COUNT","valueProperty":"$.user","groupBy":{},"windowSize":"MINUTE"}
-products  0000000000000016
+products  0000000000000018
 products 696465 {"id":"ide","name":"The IDE","requireSignatures":true,"apiKeys":["key1"],"signingSecrets":[{"id":"ss_1","sealed":"c2VhbGVk","createdMs":10,"revokedMs":20}],"createdMs":10,"updatedMs":20,"version":2}
-quarantine  0000000000000016
+quarantine  0000000000000018
 quarantine 0000000000000006 80a0abfef96204687474700101000d494e56414c49445f4556454e54056e6f206964077b2278223a317d00
-sources  0000000000000016
+sources  0000000000000018
 sources 75736167650000000002 00000000000000a4
 "#;
 
@@ -62,10 +76,10 @@ const DEDUP_SNAPSHOT_V2: &str =
 /// The current format (`KMDEDUP3`): applied seq 0x16; tenants "" and
 /// "product:ide"; (hour, tenant, count) rows for the hours 472221 and
 /// 472222; three identities by identity, each with its hour.
-const DEDUP_SNAPSHOT: &str = "4b4d44454455503316000000000000000200000000000b0070726f647563743a696465030000009d3407000000000001
+const DEDUP_SNAPSHOT: &str = "4b4d44454455503318000000000000000200000000000b0070726f647563743a696465030000009d3407000000000001
     000000000000009e3407000000000001000000000000009e34070001000000010000000000000003000000000000005b
     87cda15d88dc36aee6eab106bb83949d3407007c182ecf054f1798eca13ef2a74f5d8b9e340700f903f0d37fad9d4d8a
-    e24a481fd6070c9e34070090153364";
+    e24a481fd6070c9e3407000f028aba";
 
 const T0: i64 = 1_700_000_000_000;
 
@@ -249,6 +263,16 @@ pub fn log_records() -> Vec<Record> {
             kid: "k".into(),
             signature: vec![2; 64],
         }),
+        Record::BillingSettings {
+            cycle: keymeter::billing::CycleKind::Month,
+            time_zone: "UTC".into(),
+        },
+        // Closes every month before 2100: the events' statements.
+        Record::BillingClose {
+            at_ms: T0 + 7_200_000,
+            closed_before_ms: 4_102_444_800_000,
+            restate: false,
+        },
     ]
 }
 
@@ -411,6 +435,7 @@ fn golden_projection_bytes_open_as_every_projection_and_read_back_as_the_logs_fa
         assert_eq!(p.applied(), head, "projection {} checkpoint", p.name());
     }
     for tree in [
+        "billing",
         "counters",
         "licenses",
         "meters",
@@ -473,7 +498,9 @@ fn a_dedup_snapshot_with_a_tenant_per_entry_opens_with_the_same_identities_and_s
     let mut dedup = DedupIndex::open(root.path(), 100).unwrap();
     let mut current = DedupIndex::in_memory(100);
     current.read_snapshot(&unhex(DEDUP_SNAPSHOT)).unwrap();
-    assert_eq!((dedup.applied(), dedup.len()), (current.applied(), 3));
+    // Written when the golden log ended before its billing records.
+    assert_eq!((dedup.applied(), dedup.len()), (22, 3));
+    assert_eq!(current.len(), 3);
     assert_eq!(dedup.entries(), current.entries());
     assert_eq!(dedup.hour_counts(), current.hour_counts());
     let ide = dedup.tenant("product:ide");

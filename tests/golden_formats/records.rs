@@ -13,7 +13,7 @@ use crate::{unhex, Golden};
 
 /// Every variant of [`Record`], in declaration order. Adding a variant
 /// breaks the exhaustive match in [`variant`] until it has a golden here.
-const VARIANTS: [&str; 23] = [
+const VARIANTS: [&str; 25] = [
     "Event",
     "Rejected",
     "MeterCreated",
@@ -37,6 +37,8 @@ const VARIANTS: [&str; 23] = [
     "LicenseFileIssued",
     "SeatLeased",
     "TenantEvent",
+    "BillingSettings",
+    "BillingClose",
 ];
 
 fn variant(r: &Record) -> &'static str {
@@ -64,6 +66,8 @@ fn variant(r: &Record) -> &'static str {
         Record::LicenseFileIssued { .. } => "LicenseFileIssued",
         Record::SeatLeased { .. } => "SeatLeased",
         Record::TenantEvent { .. } => "TenantEvent",
+        Record::BillingSettings { .. } => "BillingSettings",
+        Record::BillingClose { .. } => "BillingClose",
     }
 }
 
@@ -364,6 +368,21 @@ fn products_keys_and_audit() -> Vec<(Record, &'static str)> {
             },
             TENANT_EVENT,
         ),
+        (
+            Record::BillingSettings {
+                cycle: keymeter::billing::CycleKind::Day,
+                time_zone: "Europe/Paris".into(),
+            },
+            BILLING_SETTINGS,
+        ),
+        (
+            Record::BillingClose {
+                at_ms: 1_700_000_000_000,
+                closed_before_ms: 1_699_920_000_000,
+                restate: true,
+            },
+            BILLING_CLOSE,
+        ),
     ]
 }
 
@@ -471,3 +490,5 @@ const SEAT_LEASED: &str =
     5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e01026f70f6a1abfef96201057265712d31";
 const TENANT_EVENT: &str =
     "01160b70726f647563743a69646580a0abfef962b090abfef9620b7b226964223a226531227d";
+const BILLING_SETTINGS: &str = "0117010c4575726f70652f5061726973";
+const BILLING_CLOSE: &str = "011880a0abfef96280d085b2f96201";

@@ -14,11 +14,15 @@
 //!   machine fingerprint when the file is bound to one), AAD = license id;
 //!   the whole envelope is signed with Ed25519 (see [`license_file_signing_input`]).
 //!
+//! - **Billing statements**: see [`statements`] and [`merkle`].
+//!
 //! Time is a parameter (`now_unix_s`), never read here, so callers decide
 //! which clock they trust. A token or file issued in the future (beyond
 //! [`CLOCK_SKEW_S`]) means the local clock was set back: it is refused.
 
+pub mod merkle;
 pub mod signing;
+pub mod statements;
 
 use std::collections::HashMap;
 

@@ -19,7 +19,11 @@ fn leaf(seq: u64, value: i128) -> Leaf {
     }
 }
 
-fn draft<'a>(cycle: &'a Cycle, lines: Vec<(LineKey, Vec<Leaf>, Amount)>, cut_seq: u64) -> Draft<'a> {
+fn draft<'a>(
+    cycle: &'a Cycle,
+    lines: Vec<(LineKey, Vec<Leaf>, Amount)>,
+    cut_seq: u64,
+) -> Draft<'a> {
     Draft {
         subject: "customer-1",
         cycle,
@@ -39,9 +43,16 @@ fn a_line_whose_leaves_do_not_sum_to_its_total_stops_the_close() {
     let cycle = Cycle::default();
     let leaves = vec![leaf(1, 5), leaf(2, 7)];
     let wrong = Amount(13);
-    let err = build(draft(&cycle, vec![(key("tokens", None), leaves, wrong)], 9), None).unwrap_err();
+    let err = build(
+        draft(&cycle, vec![(key("tokens", None), leaves, wrong)], 9),
+        None,
+    )
+    .unwrap_err();
     assert!(matches!(err, ReconcileError::Sum { .. }), "{err}");
-    assert!(err.to_string().contains("leaves sum to 0.000000012"), "{err}");
+    assert!(
+        err.to_string().contains("leaves sum to 0.000000012"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -49,7 +60,11 @@ fn a_restatement_that_rewrites_a_counted_event_is_refused() {
     let cycle = Cycle::default();
     let v1_leaves = vec![leaf(1, 5), leaf(2, 7)];
     let v1 = build(
-        draft(&cycle, vec![(key("tokens", None), v1_leaves.clone(), counted(&v1_leaves))], 9),
+        draft(
+            &cycle,
+            vec![(key("tokens", None), v1_leaves.clone(), counted(&v1_leaves))],
+            9,
+        ),
         None,
     )
     .unwrap();
@@ -57,11 +72,18 @@ fn a_restatement_that_rewrites_a_counted_event_is_refused() {
     rewritten[1].value = 6;
     rewritten.push(leaf(12, 1));
     let err = build(
-        draft(&cycle, vec![(key("tokens", None), rewritten.clone(), counted(&rewritten))], 20),
+        draft(
+            &cycle,
+            vec![(key("tokens", None), rewritten.clone(), counted(&rewritten))],
+            20,
+        ),
         Some(&v1),
     )
     .unwrap_err();
-    assert!(matches!(err, ReconcileError::NotAnExtension { .. }), "{err}");
+    assert!(
+        matches!(err, ReconcileError::NotAnExtension { .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -70,13 +92,20 @@ fn ids_are_stable_across_versions_and_differ_between_lines() {
     let a = key("tokens", Some("eu"));
     let b = key("tokens", Some("us"));
     let la = vec![leaf(1, 5)];
-    let v1 = build(draft(&cycle, vec![(a.clone(), la.clone(), counted(&la))], 9), None).unwrap();
+    let v1 = build(
+        draft(&cycle, vec![(a.clone(), la.clone(), counted(&la))], 9),
+        None,
+    )
+    .unwrap();
     let la2 = vec![leaf(1, 5), leaf(11, 2)];
     let lb = vec![leaf(12, 3)];
     let v2 = build(
         draft(
             &cycle,
-            vec![(a, la2.clone(), counted(&la2)), (b, lb.clone(), counted(&lb))],
+            vec![
+                (a, la2.clone(), counted(&la2)),
+                (b, lb.clone(), counted(&lb)),
+            ],
             20,
         ),
         Some(&v1),

@@ -37,6 +37,15 @@ fn state(dir: &std::path::Path) -> WriterState {
         window: TimeWindow::default(),
         dedup_keys_max: 100_000,
         dedup_tenant_keys_max: 50_000,
+        billing: super::BillingWriter::new(
+            crate::billing::Settings {
+                cycle: crate::billing::Cycle::parse("day", "UTC").unwrap(),
+                grace_ms: 3_600_000,
+                restatement_horizon: 1,
+            },
+            crate::billing::Closed::default(),
+            false,
+        ),
     }
 }
 
@@ -493,4 +502,85 @@ fn concurrent_product_changes_are_both_kept() {
     let p = revoked.unwrap();
     assert_eq!((p.name.as_deref(), p.version), (Some("after"), 4));
     assert_eq!(p.signing_secrets[0].revoked_ms, Some(T0 + 5));
+}
+
+#[test]
+fn billing_closes_are_logged_once_and_late_events_restate_or_are_quarantined() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = state(dir.path());
+    let day = 86_400_000;
+    let t = (T0 / day) * day; // a midnight
+    let close = |st: &mut WriterState, now: i64| {
+        let mut batch = Batch::default();
+        let seq = st
+            .decide(
+                super::CloseBilling {
+                    watermark_ms: i64::MAX,
+                },
+                now,
+                &mut batch,
+            )
+            .unwrap();
+        st.seal(&batch, now);
+        (seq, batch.records)
+    };
+    // The first close names the cycle, and closes yesterday once the grace is over.
+    let (seq, records) = close(&mut st, t + 3_600_000);
+    assert!(matches!(records[0], Record::BillingSettings { .. }));
+    assert!(
+        matches!(records[1], Record::BillingClose { closed_before_ms, restate: false, .. } if closed_before_ms == t)
+    );
+    assert_eq!(seq, Some(2));
+    // Nothing new to close: nothing is logged.
+    assert_eq!(close(&mut st, t + 7_200_000), (None, vec![]));
+    // Yesterday's event is within the horizon (one period): counted, then restated.
+    let late = ingest_one(&mut st, "late-1", t - 1_000, t + 7_200_000);
+    assert_eq!(late.accepted, 1);
+    let (_, records) = close(&mut st, t + 7_300_000);
+    assert!(matches!(
+        records[..],
+        [Record::BillingClose { restate: true, .. }]
+    ));
+    // The day before is beyond it: quarantined with its reason.
+    let old = ingest_one(&mut st, "late-2", t - day - 1_000, t + 7_400_000);
+    assert_eq!(old.accepted, 0);
+    assert_eq!(
+        old.rejected[0].code,
+        crate::error_code::ErrorCode::PeriodClosed
+    );
+}
+
+fn ingest_one(
+    st: &mut WriterState,
+    id: &str,
+    time_ms: i64,
+    now: i64,
+) -> crate::engine::protocol::IngestOutcome {
+    let time = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(time_ms)
+        .unwrap()
+        .to_rfc3339();
+    let text = format!(
+        r#"{{"specversion":"1.0","id":"{id}","source":"s","type":"t","subject":"a","time":"{time}"}}"#
+    );
+    let window = TimeWindow {
+        back_ms: 35 * 86_400_000,
+        ahead_ms: 300_000,
+    };
+    let item = decode_event_text(&text, now, window).unwrap();
+    let mut batch = Batch::default();
+    let out = st
+        .decide(
+            Ingest {
+                items: vec![item],
+                received_ms: now,
+                origin: Origin::Http {
+                    tenant: "key:t".into(),
+                },
+            },
+            now,
+            &mut batch,
+        )
+        .unwrap();
+    st.seal(&batch, now);
+    out
 }

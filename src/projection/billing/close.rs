@@ -75,7 +75,10 @@ impl Billing {
             let Some((period, subject, _)) = keys::split_subject_key(&k) else {
                 continue;
             };
-            if group.as_ref().is_none_or(|(p, s)| *p != period || s != subject) {
+            if group
+                .as_ref()
+                .is_none_or(|(p, s)| *p != period || s != subject)
+            {
                 if let Some((p, s)) = group.take() {
                     self.first_version(issue, p, &s, std::mem::take(&mut leaves))?;
                 }
@@ -186,15 +189,24 @@ impl Billing {
         issue
             .batch
             .insert(&keys::statement_key(position), built.canonical());
-        issue
-            .batch
-            .insert(index_key.clone(), postcard::to_stdvec(&positions).expect("serializes"));
-        issue
-            .batch
-            .insert(keys::prefixed(keys::ID, built.statement_id.as_bytes()), index_key);
+        issue.batch.insert(
+            index_key.clone(),
+            postcard::to_stdvec(&positions).expect("serializes"),
+        );
+        issue.batch.insert(
+            keys::prefixed(keys::ID, built.statement_id.as_bytes()),
+            index_key,
+        );
         issue.batch.remove(failed_key);
-        let kind = if built.version == 1 { "initial" } else { "restatement" };
-        metrics().billing_statements_total.with_label_values(&[kind]).inc();
+        let kind = if built.version == 1 {
+            "initial"
+        } else {
+            "restatement"
+        };
+        metrics()
+            .billing_statements_total
+            .with_label_values(&[kind])
+            .inc();
         issue.in_batch += 1;
         if issue.in_batch >= BATCH_STATEMENTS {
             self.tree.apply_batch(std::mem::take(&mut issue.batch))?;

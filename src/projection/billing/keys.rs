@@ -159,17 +159,22 @@ pub fn versions(tree: &sled::Tree, start_ms: i64, subject: &str) -> Result<Vec<u
         .unwrap_or_default())
 }
 
-/// The settings and last close the tree holds, and whether it holds leaves:
-/// what the writer starts from.
-pub fn stored_state(
-    tree: &sled::Tree,
-) -> Result<(Option<(crate::billing::CycleKind, String)>, Option<LastClose>, bool), sled::Error> {
-    let settings = tree
-        .get(META_SETTINGS)?
-        .and_then(|v| postcard::from_bytes(&v).ok());
-    let closed = tree
-        .get(META_CLOSED)?
-        .and_then(|v| postcard::from_bytes(&v).ok());
-    let has_leaves = tree.scan_prefix([LEAF]).next().is_some();
-    Ok((settings, closed, has_leaves))
+/// What the writer starts from: the settings and last close the tree
+/// holds, and whether it holds leaves.
+pub struct StoredState {
+    pub settings: Option<(crate::billing::CycleKind, String)>,
+    pub last_close: Option<LastClose>,
+    pub has_leaves: bool,
+}
+
+pub fn stored_state(tree: &sled::Tree) -> Result<StoredState, sled::Error> {
+    Ok(StoredState {
+        settings: tree
+            .get(META_SETTINGS)?
+            .and_then(|v| postcard::from_bytes(&v).ok()),
+        last_close: tree
+            .get(META_CLOSED)?
+            .and_then(|v| postcard::from_bytes(&v).ok()),
+        has_leaves: tree.scan_prefix([LEAF]).next().is_some(),
+    })
 }

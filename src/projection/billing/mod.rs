@@ -15,7 +15,9 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use super::{checkpoint, decode_json, Applied, EventFacts, OpenContext, Projection, ProjectionError};
+use super::{
+    checkpoint, decode_json, Applied, EventFacts, OpenContext, Projection, ProjectionError,
+};
 use crate::billing::{Closed, Cycle, CycleKind};
 use crate::log::Seq;
 use crate::meter::{Aggregation, MeterDef, MeterSet, ObservedValue, UniqueKey, AMOUNT_SCALE};
@@ -66,13 +68,12 @@ pub fn open(ctx: &OpenContext<'_>) -> Result<Box<dyn Projection>, ProjectionErro
     }
     let cycle = match tree.get(keys::META_SETTINGS)? {
         Some(v) => {
-            let (kind, tz): (CycleKind, String) = postcard::from_bytes(&v).map_err(|e| {
-                ProjectionError::Value {
+            let (kind, tz): (CycleKind, String) =
+                postcard::from_bytes(&v).map_err(|e| ProjectionError::Value {
                     tree: "billing",
                     key: "Msettings".into(),
                     reason: e.to_string(),
-                }
-            })?;
+                })?;
             Cycle::parse(kind.as_str(), &tz).map_err(|e| ProjectionError::Value {
                 tree: "billing",
                 key: "Msettings".into(),
