@@ -225,8 +225,8 @@ pub fn verify_inclusion(
 /// The fields of a leaf's canonical bytes, which must name `subject` and `meter`.
 fn decode_leaf(b: &[u8], subject: &str, meter: &str) -> Result<CountedEvent, ClientError> {
     let short = || mismatch("leaf bytes are too short");
-    let fixed = b.get(..56).ok_or_else(short)?;
-    let mut rest = &b[56..];
+    let fixed = b.get(..48).ok_or_else(short)?;
+    let mut rest = &b[48..];
     let mut text = || -> Result<String, ClientError> {
         let len =
             u32::from_be_bytes(rest.get(..4).ok_or_else(short)?.try_into().expect("4")) as usize;
