@@ -165,6 +165,42 @@ async fn statements_verify_offline_export_identically_and_survive_kill_and_repla
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("is counted in line"), "{stdout}");
+    // The documented Python check, run as the document has it.
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/billing-statements.md"
+    ))
+    .unwrap();
+    let script = doc
+        .split("```python\n")
+        .nth(1)
+        .unwrap()
+        .split("```")
+        .next()
+        .unwrap();
+    let script_path = dir.join("check_proof.py");
+    std::fs::write(&script_path, script).unwrap();
+    let python = |proof_path: &str| {
+        Command::new("python3")
+            .arg(&script_path)
+            .args([&statement, proof_path])
+            .output()
+            .unwrap()
+    };
+    let out = python(&proof);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("is counted in line"));
+    let mut other: Value = serde_json::from_str(&std::fs::read_to_string(&proof).unwrap()).unwrap();
+    other["index"] = json!(0);
+    let other = write("other-proof.json", &other);
+    assert!(
+        !python(&other).status.success(),
+        "a proof for another position must fail"
+    );
     let mut forged = served.clone();
     forged["statement"]["lines"][0]["quantity"] = json!("1");
     let forged = write("forged.json", &forged);
