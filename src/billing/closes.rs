@@ -79,6 +79,9 @@ impl Closed {
     /// delivered past `watermark_ms` closes more than is closed.
     pub fn advance(&self, s: &Settings, now_ms: i64, watermark_ms: i64) -> Option<i64> {
         let bound = now_ms.saturating_sub(s.grace_ms).min(watermark_ms);
+        if bound <= -super::cycle::INSTANT_MAX_MS {
+            return None; // a source has delivered nothing yet
+        }
         let before = s.cycle.period_of(bound).start_ms;
         (self.before_ms.is_none_or(|b| before > b)).then_some(before)
     }
@@ -129,6 +132,11 @@ mod tests {
             before_ms: Some(day10),
         };
         assert_eq!(closed.advance(&s, day10 + 7_200_000, i64::MAX), None);
+        assert_eq!(
+            Closed::default().advance(&s, day10, i64::MIN),
+            None,
+            "nothing delivered"
+        );
         assert_eq!(
             closed.state(s.cycle.period_of(9 * DAY), day10),
             PeriodState::Closed

@@ -24,6 +24,10 @@ impl CycleKind {
     }
 }
 
+/// Instants further from 1970 than this (about 126,000 years) are taken as
+/// this: far inside what the calendar arithmetic handles.
+pub const INSTANT_MAX_MS: i64 = 1 << 52;
+
 /// One billing period, `[start_ms, end_ms)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Period {
@@ -68,22 +72,26 @@ impl Cycle {
         Ok(Cycle { kind, tz })
     }
 
-    /// The period holding the instant `t_ms`.
+    /// The period holding the instant `t_ms` (clamped to ±[`INSTANT_MAX_MS`]).
     pub fn period_of(&self, t_ms: i64) -> Period {
-        let local = self.local_date(t_ms);
-        let first = match self.kind {
-            CycleKind::Month => local.with_day(1).expect("day 1 exists"),
-            CycleKind::Day => local,
-        };
-        let start_ms = self.midnight(first);
-        // A period can start after `t_ms` only if a jump skipped midnight and
-        // `t_ms` fell in the gap; it then belongs to the previous period.
-        if start_ms > t_ms {
-            return self.period_of(start_ms - 1 - 3 * 3_600_000);
-        }
-        Period {
-            start_ms,
-            end_ms: self.midnight(self.next_start(first)),
+        let t_ms = t_ms.clamp(-INSTANT_MAX_MS, INSTANT_MAX_MS);
+        let mut probe = t_ms;
+        loop {
+            let local = self.local_date(probe);
+            let first = match self.kind {
+                CycleKind::Month => local.with_day(1).expect("day 1 exists"),
+                CycleKind::Day => local,
+            };
+            let start_ms = self.midnight(first);
+            // A period starts after `t_ms` only if a jump skipped midnight and
+            // `t_ms` fell in the gap: it belongs to the previous period.
+            if start_ms <= t_ms {
+                return Period {
+                    start_ms,
+                    end_ms: self.midnight(self.next_start(first)),
+                };
+            }
+            probe = start_ms - 1 - 3 * 3_600_000;
         }
     }
 
@@ -212,6 +220,19 @@ mod tests {
             let p = s.period_of(t);
             assert!(p.start_ms <= t && t < p.end_ms, "{t} outside {p:?}");
             assert_eq!(s.next(p).start_ms, p.end_ms);
+        }
+    }
+
+    #[test]
+    fn instants_at_the_ends_of_time_have_a_period() {
+        for c in [
+            Cycle::default(),
+            Cycle::parse("day", "America/Santiago").unwrap(),
+        ] {
+            for t in [i64::MIN, i64::MAX, -INSTANT_MAX_MS, INSTANT_MAX_MS] {
+                let p = c.period_of(t);
+                assert!(p.start_ms < p.end_ms, "{t}: {p:?}");
+            }
         }
     }
 
