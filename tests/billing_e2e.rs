@@ -73,8 +73,8 @@ async fn statements_verify_offline_export_identically_and_survive_kill_and_repla
         )
         .await;
     let now = chrono::Utc::now().timestamp_millis();
-    // Two days ago is closed but within the horizon (restated); three days
-    // ago is beyond it; today is open.
+    // Three days ago, two days ago and today: the first two close at once
+    // (one second of grace), today stays open.
     let r = server
         .ingest(
             ADMIN_KEY,
@@ -86,17 +86,37 @@ async fn statements_verify_offline_export_identically_and_survive_kill_and_repla
             ],
         )
         .await;
-    let answer: Value = r.json().await.unwrap();
-    assert_eq!(answer["accepted"], 3, "{answer}");
-    assert_eq!(answer["rejected"][0]["index"], 2, "{answer}");
-    assert_eq!(answer["rejected"][0]["code"], "PERIOD_CLOSED", "{answer}");
-
-    let f = feed_of(&server, 1).await;
-    let served = &f["statements"][0];
-    let s = &served["statement"];
+    assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
+    let f = feed_of(&server, 2).await;
+    let labels: Vec<&str> = (f["statements"].as_array().unwrap().iter())
+        .map(|s| s["statement"]["period"]["label"].as_str().unwrap())
+        .collect();
     let label = day_label(now - 2 * DAY);
+    assert_eq!(labels, [day_label(now - 3 * DAY), label.clone()]);
+    // Late: two days ago is within the horizon (a new version), three days
+    // ago is beyond it (two closed days back, the default).
+    let r = server
+        .ingest(
+            ADMIN_KEY,
+            &[
+                event("e", now - 3 * DAY + 5, 1, "eu"),
+                event("f", now - 2 * DAY + 10, 3, "eu"),
+            ],
+        )
+        .await;
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(answer["accepted"], 1, "{answer}");
+    assert_eq!(answer["rejected"][0]["index"], 0, "{answer}");
+    assert_eq!(answer["rejected"][0]["code"], "PERIOD_CLOSED", "{answer}");
+    let f = feed_of(&server, 3).await;
+    let served = &f["statements"][2];
+    let s = &served["statement"];
     assert_eq!(s["period"]["label"], label.as_str());
-    assert_eq!(s["lines"][0]["quantity"], "12");
+    assert_eq!(
+        (s["version"].as_u64(), s["lines"][0]["quantity"].as_str()),
+        (Some(2), Some("15"))
+    );
+    assert_eq!(s["lines"][0]["delta"], "3");
     let id = s["statement_id"].as_str().unwrap().to_owned();
 
     // A billing job's cursor: nothing after the last statement, a cursor from
@@ -165,6 +185,31 @@ async fn statements_verify_offline_export_identically_and_survive_kill_and_repla
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("is counted in line"), "{stdout}");
+    let previous = write("previous.json", &f["statements"][1]);
+    let consistency = server
+        .get_json(
+            ADMIN_KEY,
+            &format!("/api/v1/billing/statements/{id}/consistency?from_version=1"),
+        )
+        .await;
+    let consistency = write("consistency.json", &consistency);
+    let out = keymeter(&[
+        "billing",
+        "verify",
+        &statement,
+        "--jwks",
+        &jwks,
+        "--previous",
+        &previous,
+        "--consistency",
+        &consistency,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("only adds events to version 1"));
     // The documented Python check, run as the document has it.
     let doc = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),

@@ -67,6 +67,8 @@ pub(crate) fn billing_writer(cfg: &Config, store: &Store) -> Result<BillingWrite
         settings: logged,
         last_close,
         has_leaves,
+        has_dirty,
+        unclosed_from_ms,
     } = keys::stored_state(&tree).map_err(crate::projection::ProjectionError::from)?;
     let logged_cycle = match &logged {
         Some((kind, tz)) => Some(Cycle::parse(kind.as_str(), tz).map_err(|e| {
@@ -89,7 +91,13 @@ pub(crate) fn billing_writer(cfg: &Config, store: &Store) -> Result<BillingWrite
     let closed = Closed {
         before_ms: last_close.map(|c| c.closed_before_ms),
     };
-    Ok(BillingWriter::new(settings, closed, logged.is_some()))
+    Ok(BillingWriter::new(
+        settings,
+        closed,
+        logged.is_some(),
+        has_dirty,
+        unclosed_from_ms,
+    ))
 }
 
 /// Asks the writer to close billing periods now and then every `every`.

@@ -21,24 +21,40 @@ pub struct BillingWriter {
     pub settings_logged: bool,
     /// An event was counted in a closed period since the last close.
     pub restate_pending: bool,
+    /// No event accepted dates before this and is in a period not closed
+    /// (`None`: no such event): a close that would close nothing is not
+    /// logged. Conservative: may be earlier than the earliest such event.
+    pub unclosed_from_ms: Option<i64>,
 }
 
 impl BillingWriter {
-    pub fn new(settings: Settings, closed: Closed, settings_logged: bool) -> BillingWriter {
+    /// The state on start: `restate_pending` when a late event awaits its
+    /// restatement, `unclosed_from_ms` the start of the first period not
+    /// closed that holds counted events.
+    pub fn new(
+        settings: Settings,
+        closed: Closed,
+        settings_logged: bool,
+        restate_pending: bool,
+        unclosed_from_ms: Option<i64>,
+    ) -> BillingWriter {
         BillingWriter {
             settings,
             closed,
             settings_logged,
-            // A restart may follow a late event that no close has restated
-            // yet: the first close restates whatever is marked.
-            restate_pending: closed.before_ms.is_some(),
+            restate_pending,
+            unclosed_from_ms,
         }
     }
 
     /// Whether an event dated `time_ms` may be counted.
     pub fn admit(&mut self, time_ms: i64) -> Result<(), Rejection> {
         match self.closed.admits(&self.settings, time_ms) {
-            Admission::Open => Ok(()),
+            Admission::Open => {
+                self.unclosed_from_ms =
+                    Some(self.unclosed_from_ms.map_or(time_ms, |t| t.min(time_ms)));
+                Ok(())
+            }
             Admission::Restate => {
                 self.restate_pending = true;
                 metrics()
@@ -91,7 +107,8 @@ impl Request for CloseBilling {
         batch: &mut Batch,
     ) -> Result<Option<u64>, EngineError> {
         let b = &mut state.billing;
-        if !b.settings_logged {
+        // The default cycle needs no record: a log without one bills by it.
+        if !b.settings_logged && b.settings.cycle != crate::billing::Cycle::default() {
             batch.push(
                 Record::BillingSettings {
                     cycle: b.settings.cycle.kind,
@@ -101,10 +118,16 @@ impl Request for CloseBilling {
             );
             b.settings_logged = true;
         }
-        let advanced = b.closed.advance(&b.settings, now_ms, self.watermark_ms);
+        let unclosed = b.unclosed_from_ms;
+        let advanced = (b.closed.advance(&b.settings, now_ms, self.watermark_ms))
+            .filter(|before| unclosed.is_some_and(|t| t < *before));
         let Some(before) = advanced.or(b.closed.before_ms.filter(|_| b.restate_pending)) else {
             return Ok(None);
         };
+        if advanced.is_some() {
+            // Events from `before` on may still be open.
+            b.unclosed_from_ms = Some(before);
+        }
         batch.push(
             Record::BillingClose {
                 at_ms: now_ms,

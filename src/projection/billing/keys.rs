@@ -165,6 +165,10 @@ pub struct StoredState {
     pub settings: Option<(crate::billing::CycleKind, String)>,
     pub last_close: Option<LastClose>,
     pub has_leaves: bool,
+    /// A closed period got a late event that no close restated yet.
+    pub has_dirty: bool,
+    /// The start of the first period with leaves that is not closed.
+    pub unclosed_from_ms: Option<i64>,
 }
 
 pub fn stored_state(tree: &sled::Tree) -> Result<StoredState, sled::Error> {
@@ -176,5 +180,15 @@ pub fn stored_state(tree: &sled::Tree) -> Result<StoredState, sled::Error> {
             .get(META_CLOSED)?
             .and_then(|v| postcard::from_bytes(&v).ok()),
         has_leaves: tree.scan_prefix([LEAF]).next().is_some(),
+        has_dirty: tree.scan_prefix([DIRTY]).next().is_some(),
+        unclosed_from_ms: None,
+    })
+    .and_then(|mut state| {
+        let from = state.last_close.map_or(i64::MIN, |c| c.closed_before_ms);
+        let start = prefixed(LEAF, &period_bytes(from));
+        if let Some(kv) = tree.range(start..[LEAF + 1].to_vec()).next() {
+            state.unclosed_from_ms = Some(period_from(&kv?.0[1..9]));
+        }
+        Ok(state)
     })
 }
