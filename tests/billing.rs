@@ -21,6 +21,8 @@ use keymeter::query::View;
 use keymeter::record::Audit;
 use serde_json::json;
 
+const DAY: i64 = 86_400_000;
+
 fn ms(s: &str) -> i64 {
     chrono::DateTime::parse_from_rfc3339(s)
         .unwrap()
@@ -300,4 +302,114 @@ fn clock_now(clock: &ManualClock) -> i64 {
 
 fn leaf_value(text: &str) -> i128 {
     keymeter::meter::Amount::parse_decimal(text).unwrap().0
+}
+
+/// What a crash inside a close leaves behind: its statements and cleared
+/// marks written (they go in batches before the checkpoint), the checkpoint
+/// and the close state still at the record before. Catch-up applies the
+/// late events and the close again: the tree must end as it would have
+/// without the crash, with no version issued twice.
+#[test]
+fn a_close_applied_again_after_a_crash_issues_nothing_twice() {
+    use keymeter::projection::billing::keys;
+    use keymeter::projection::{Applied, OpenContext, Readers, Registry, Store, CHECKPOINT_KEY};
+    use keymeter::record::{AsJson, EventRecord, Record};
+
+    let root = tempfile::tempdir().unwrap();
+    let store = Store::open(&root.path().join("state")).unwrap();
+    let log = keymeter::log::LogDir::disk(root.path().join("log"));
+    let readers = Readers::new(None);
+    let key = keymeter::meter::UniqueKey::from_bytes([3; 16]);
+    let ctx = OpenContext {
+        store: &store,
+        log: &log,
+        readers: &readers,
+        unique_key: &key,
+    };
+    let spec = *Registry::standard()
+        .specs()
+        .iter()
+        .find(|s| s.name == "billing")
+        .unwrap();
+    let day = ms("2026-03-10T00:00:00Z");
+    let def: MeterDef = serde_json::from_value(json!({"slug": "tokens", "eventType": "request",
+        "aggregation": "SUM", "valueProperty": "$.tokens"}))
+    .unwrap();
+    let event = |id: &str, subject: &str| {
+        Record::Event(EventRecord {
+            received_ms: day,
+            time_ms: day + 1000,
+            raw: json!({"specversion": "1.0", "id": id, "source": "app", "type": "request",
+                "subject": subject, "data": {"tokens": 2}})
+            .to_string(),
+        })
+    };
+    let close = |restate| Record::BillingClose {
+        at_ms: day + DAY + 7_200_000,
+        closed_before_ms: day + DAY,
+        restate,
+    };
+    let mut records = vec![
+        Record::BillingSettings {
+            cycle: keymeter::billing::CycleKind::Day,
+            time_zone: "UTC".into(),
+        },
+        Record::MeterCreated {
+            meter: AsJson::new(def),
+            audit: audit(),
+        },
+    ];
+    records.extend(["a", "b", "c"].map(|s| event(&format!("{s}1"), s)));
+    records.push(close(false));
+    records.extend(["a", "b", "c"].map(|s| event(&format!("{s}2"), s)));
+    records.push(close(true));
+    let applied: Vec<Applied<'_>> = (records.iter().enumerate())
+        .map(|(i, record)| Applied {
+            seq: i as u64 + 1,
+            record,
+            facts: None,
+        })
+        .collect();
+    let tree = store.db.open_tree("billing").unwrap();
+    let dump = || -> Vec<(Vec<u8>, Vec<u8>)> {
+        tree.iter()
+            .map(|kv| kv.unwrap())
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect()
+    };
+
+    let mut p = (spec.open)(&ctx).unwrap();
+    p.apply(&applied[..6]).unwrap();
+    p.flush().unwrap();
+    let first_close = tree.get(keys::META_CLOSED).unwrap().unwrap();
+    p.apply(&applied[6..]).unwrap();
+    p.flush().unwrap();
+    drop(p);
+    let whole = dump();
+    assert_eq!(
+        whole
+            .iter()
+            .filter(|(k, _)| k.first() == Some(&keys::STATEMENT))
+            .count(),
+        6,
+        "three versions 1, three versions 2"
+    );
+
+    tree.insert(CHECKPOINT_KEY, &6u64.to_be_bytes()).unwrap();
+    tree.insert(keys::META_CLOSED, first_close).unwrap();
+    let mut p = (spec.open)(&ctx).unwrap();
+    p.apply(&applied).unwrap();
+    p.flush().unwrap();
+    drop(p);
+    let again = dump();
+    let versions = |d: &[(Vec<u8>, Vec<u8>)]| {
+        d.iter()
+            .filter(|(k, _)| k.first() == Some(&keys::STATEMENT))
+            .count()
+    };
+    assert_eq!(versions(&again), 6, "no version issued twice");
+    assert!(
+        again == whole,
+        "the tree differs from the one without a crash"
+    );
 }

@@ -313,3 +313,72 @@ async fn statements_verify_offline_export_identically_and_survive_kill_and_repla
         "{refused}"
     );
 }
+
+/// A customer owning several licenses (each a metered subject) is billed
+/// the sum of their statements; the feed filters by customer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customers_licenses_are_totalled_and_filtered_together() {
+    let root = tempfile::tempdir().unwrap();
+    let cfg = config(root.path());
+    let server = Server::start_with(
+        &root.path().join("data"),
+        &["--config", cfg.to_str().unwrap()],
+    );
+    server
+        .create_meter(
+            json!({"slug": "tokens", "eventType": "request", "aggregation": "SUM",
+            "valueProperty": "$.tokens", "groupBy": {"region": "$.region"}}),
+        )
+        .await;
+    let mut ids = Vec::new();
+    for customer in ["globex", "globex", "initech"] {
+        let lic = server
+            .create_license(json!({"product": "ide", "customer": customer}))
+            .await;
+        ids.push(lic["id"].as_str().unwrap().to_owned());
+    }
+    let day = chrono::Utc::now().timestamp_millis() - 2 * DAY;
+    let events: Vec<Value> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let mut e = event(&format!("t{i}"), day, 10 * (i as i64 + 1), "eu");
+            e["subject"] = json!(id);
+            e
+        })
+        .collect();
+    assert_eq!(server.ingest(ADMIN_KEY, &events).await.status(), 204);
+    feed_of(&server, 3).await;
+    let label = day_label(day);
+    let totals = server
+        .get_json(
+            ADMIN_KEY,
+            &format!("/api/v1/billing/customers/globex/totals?period={label}"),
+        )
+        .await;
+    assert_eq!(totals["lines"][0]["quantity"], "30", "{totals}");
+    assert_eq!(
+        totals["statements"].as_array().unwrap().len(),
+        2,
+        "{totals}"
+    );
+    let globex = server
+        .get_json(ADMIN_KEY, "/api/v1/billing/statements?customer=globex")
+        .await;
+    let subjects: Vec<&str> = (globex["statements"].as_array().unwrap().iter())
+        .map(|s| s["statement"]["subject"].as_str().unwrap())
+        .collect();
+    assert_eq!(subjects.len(), 2);
+    assert!(
+        subjects.iter().all(|s| ids[..2].contains(&s.to_string())),
+        "{subjects:?}"
+    );
+    // A key bound to a product does not read billing, which spans products.
+    server.create_product(json!({"id": "ide"})).await;
+    let bound = server
+        .create_key_with(json!({"name": "ide-reader", "scopes": ["read"], "product": "ide"}))
+        .await;
+    let refused = server.get(&bound, "/api/v1/billing/statements").await;
+    assert_eq!(refused.status(), 403);
+    server.stop();
+}

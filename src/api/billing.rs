@@ -71,10 +71,9 @@ pub async fn feed(
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    if let Some(unknown) = params
-        .keys()
-        .find(|k| !["after", "limit", "subject", "period"].contains(&k.as_str()))
-    {
+    if let Some(unknown) = params.keys().find(|k| {
+        !["after", "limit", "subject", "period", "customer", "product"].contains(&k.as_str())
+    }) {
         return Err(ApiError::new(
             ErrorCode::InvalidQuery,
             format!("unknown query parameter `{unknown}`"),
@@ -87,9 +86,15 @@ pub async fn feed(
             format!("`limit` must be 1 to {PAGE_MAX}"),
         ));
     }
+    let owners = (params.contains_key("customer") || params.contains_key("product")).then(|| {
+        licensed_subjects(&state, params.get("customer"), params.get("product"))
+            .into_iter()
+            .collect()
+    });
     let filter = FeedFilter {
         subject: params.get("subject").cloned(),
         period: params.get("period").cloned(),
+        subjects: owners,
     };
     let reads = reads(&auth, &state)?;
     let after = params.get("after").cloned();
@@ -126,6 +131,41 @@ pub async fn feed(
         response.headers_mut().insert(NEXT_CURSOR_HEADER, v);
     }
     Ok(response)
+}
+
+/// The subjects (license ids) of the licenses of `customer` and `product`.
+fn licensed_subjects(
+    state: &AppState,
+    customer: Option<&String>,
+    product: Option<&String>,
+) -> Vec<String> {
+    (state.view.licenses().iter())
+        .map(|p| &p.license)
+        .filter(|l| customer.is_none_or(|c| l.customer == *c))
+        .filter(|l| product.is_none_or(|p| l.product == *p))
+        .map(|l| l.id.to_string())
+        .collect()
+}
+
+/// `GET /api/v1/billing/customers/{customer}/totals?period=P`: the latest
+/// statements of the customer's licenses for the period, and their lines
+/// summed by meter and group.
+pub async fn customer_totals(
+    auth: Auth<Read>,
+    State(state): State<AppState>,
+    Path(customer): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let Some(period) = params.get("period") else {
+        return Err(ApiError::new(
+            ErrorCode::InvalidQuery,
+            "`period` is required (e.g. 2026-11)",
+        ));
+    };
+    let subjects = licensed_subjects(&state, Some(&customer), None);
+    let mut totals = json!(reads(&auth, &state)?.totals(period, &subjects)?);
+    totals["customer"] = json!(customer);
+    Ok(Json(totals))
 }
 
 /// `GET /api/v1/billing/statements/{id}`: every version, oldest first.

@@ -125,6 +125,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/billing/periods/{period}", get(billing::period))
         .route(
+            "/api/v1/billing/customers/{customer}/totals",
+            get(billing::customer_totals),
+        )
+        .route(
             "/api/v1/billing/periods/{period}/export",
             get(billing::export),
         )

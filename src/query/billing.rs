@@ -48,6 +48,8 @@ pub struct BillingReads {
 pub struct FeedFilter {
     pub subject: Option<String>,
     pub period: Option<String>,
+    /// Only these subjects (the licenses of a customer or a product).
+    pub subjects: Option<std::collections::HashSet<String>>,
 }
 
 pub struct FeedPage {
@@ -93,6 +95,35 @@ pub struct PeriodStatus {
     /// The close record that closed it, when known (`closed` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub closed_by_seq: Option<u64>,
+}
+
+/// A total's line: meter, aggregation, group values.
+type TotalKey = (String, String, BTreeMap<String, Option<String>>);
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TotalsStatement {
+    pub statement_id: String,
+    pub version: u32,
+    pub subject: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TotalLine {
+    pub meter: String,
+    pub aggregation: String,
+    pub group: BTreeMap<String, Option<String>>,
+    pub quantity: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Totals {
+    pub period: String,
+    /// The latest version of each statement summed.
+    pub statements: Vec<TotalsStatement>,
+    pub lines: Vec<TotalLine>,
 }
 
 #[derive(Debug, Serialize)]
@@ -187,10 +218,14 @@ impl BillingReads {
             }
             let (k, v) = kv?;
             last = Some(position_of(&k));
-            if filter.subject.is_some() || filter.period.is_some() {
+            if filter.subject.is_some() || filter.period.is_some() || filter.subjects.is_some() {
                 let s: Statement = serde_json::from_slice(&v).map_err(|e| corrupt(&k, e))?;
                 if filter.subject.as_ref().is_some_and(|x| *x != s.subject)
                     || filter.period.as_ref().is_some_and(|x| *x != s.period.label)
+                    || filter
+                        .subjects
+                        .as_ref()
+                        .is_some_and(|x| !x.contains(&s.subject))
                 {
                     continue;
                 }
@@ -303,6 +338,52 @@ impl BillingReads {
                     group: k.group,
                     quantity: q.to_string(),
                     leaves: n,
+                })
+                .collect(),
+        })
+    }
+
+    /// The latest versions of `subjects`' statements for the period
+    /// `label`, and their lines summed by meter and group: what a customer
+    /// owning those subjects (licenses) owes.
+    pub fn totals(&self, label: &str, subjects: &[String]) -> Result<Totals, BillingError> {
+        let cycle = &self.view.cycle;
+        cycle.parse_label(label).ok_or_else(|| {
+            BillingError::new(
+                ErrorCode::PeriodNotFound,
+                format!("{label:?} is not a {} period", cycle.kind.as_str()),
+            )
+        })?;
+        let mut statements = Vec::new();
+        let mut lines: BTreeMap<TotalKey, i128> = BTreeMap::new();
+        for subject in subjects {
+            let id = statement_id(label, subject);
+            let s = match self.version(&id, None) {
+                Ok(s) => s,
+                Err(BillingError::Coded(ErrorCode::StatementNotFound, _)) => continue,
+                Err(e) => return Err(e),
+            };
+            for l in &s.lines {
+                *lines
+                    .entry((l.meter.clone(), l.aggregation.clone(), l.group.clone()))
+                    .or_default() += l.root.sum;
+            }
+            statements.push(TotalsStatement {
+                statement_id: s.statement_id,
+                version: s.version,
+                subject: s.subject,
+            });
+        }
+        Ok(Totals {
+            period: label.to_owned(),
+            statements,
+            lines: lines
+                .into_iter()
+                .map(|((meter, aggregation, group), sum)| TotalLine {
+                    meter,
+                    aggregation,
+                    group,
+                    quantity: Amount(sum).to_string(),
                 })
                 .collect(),
         })

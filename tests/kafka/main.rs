@@ -3,6 +3,7 @@
 //! keymeter, from what the test produced; the log is read back event by
 //! event.
 
+mod billing;
 #[path = "../common/mod.rs"]
 mod common;
 mod ingest;

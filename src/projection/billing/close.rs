@@ -125,6 +125,14 @@ impl Billing {
                 None => None,
             };
             issue.batch.remove(key);
+            // Applied again after a crash, a close finds marks whose version
+            // it already wrote: nothing was added since, so nothing to issue.
+            if previous
+                .as_ref()
+                .is_some_and(|p| p.leaves == leaves.len() as u64)
+            {
+                continue;
+            }
             self.issue(issue, period, &subject, leaves, previous)?;
         }
         Ok(())
