@@ -111,6 +111,8 @@ fn billing_tree(cfg: &keymeter::config::Config) -> Vec<(Vec<u8>, Vec<u8>)> {
     dump.trees.remove("billing").expect("the billing tree")
 }
 
+// One scenario in the order its steps depend on (each step reads what
+// the one before left), hence its length.
 #[test]
 fn periods_close_on_grace_and_watermark_and_late_events_restate_or_are_refused() {
     let root = tempfile::tempdir().unwrap();
@@ -309,6 +311,8 @@ fn leaf_value(text: &str) -> i128 {
 /// and the close state still at the record before. Catch-up applies the
 /// late events and the close again: the tree must end as it would have
 /// without the crash, with no version issued twice.
+// One scenario in the order its steps depend on (each step reads what
+// the one before left), hence its length.
 #[test]
 fn a_close_applied_again_after_a_crash_issues_nothing_twice() {
     use keymeter::projection::billing::keys;

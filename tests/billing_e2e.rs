@@ -59,6 +59,8 @@ fn day_label(ms: i64) -> String {
         .to_string()
 }
 
+// One scenario in the order its steps depend on (each step reads what
+// the one before left), hence its length.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statements_verify_offline_export_identically_and_survive_kill_and_replay() {
     let root = tempfile::tempdir().unwrap();

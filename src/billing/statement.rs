@@ -122,11 +122,18 @@ impl Statement {
     }
 }
 
-/// The statement id of `subject` in `period`: the period's label and 16 hex
-/// digits of SHA-256 of the subject, the same for every version.
+/// The statement id of `subject` in `period`: the period's label and the
+/// subject's bytes in hex, the same for every version (so an id names its
+/// period and subject, and needs no index).
 pub fn statement_id(label: &str, subject: &str) -> String {
-    let digest = Sha256::digest(subject.as_bytes());
-    format!("{label}-{}", hex::encode(&digest[..8]))
+    format!("{label}-{}", hex::encode(subject.as_bytes()))
+}
+
+/// The period label and subject a statement id names.
+pub fn parse_statement_id(id: &str) -> Option<(&str, String)> {
+    let (label, subject) = id.rsplit_once('-')?;
+    let subject = String::from_utf8(hex::decode(subject).ok()?).ok()?;
+    Some((label, subject))
 }
 
 /// A line's id: stable across versions of its statement and re-reads.

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::billing::merkle::{self, Node};
-use crate::billing::statement::{line_id, period_doc, rfc3339, statement_id, LineKey, Statement};
+use crate::billing::statement::{
+    line_id, parse_statement_id, period_doc, rfc3339, statement_id, LineKey, Statement,
+};
 use crate::billing::{Closed, Period, PeriodState, Settings};
 use crate::error_code::ErrorCode;
 use crate::event::DedupKey;
@@ -279,13 +281,12 @@ impl BillingReads {
     pub fn versions(&self, id: &str) -> Result<Vec<Statement>, BillingError> {
         let not_found =
             || BillingError::new(ErrorCode::StatementNotFound, format!("no statement {id:?}"));
-        let index_key = self
-            .tree
-            .get(keys::prefixed(keys::ID, id.as_bytes()))?
-            .ok_or_else(not_found)?;
-        let positions: Vec<u64> = (self.tree.get(&index_key)?)
-            .and_then(|v| postcard::from_bytes(&v).ok())
-            .unwrap_or_default();
+        let (label, subject) = parse_statement_id(id).ok_or_else(not_found)?;
+        let period = self.view.cycle.parse_label(label).ok_or_else(not_found)?;
+        let positions = keys::versions(&self.tree, period.start_ms, &subject)?;
+        if positions.is_empty() {
+            return Err(not_found());
+        }
         let mut out = Vec::with_capacity(positions.len());
         for p in positions {
             let k = keys::statement_key(p);

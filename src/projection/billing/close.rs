@@ -60,6 +60,7 @@ impl Billing {
         crate::projection::put_checkpoint(&mut issue.batch, seq);
         self.tree.apply_batch(std::mem::take(&mut issue.batch))?;
         self.last_close = Some(last);
+        self.resumed_close = None;
         self.flushed = seq;
         Ok(())
     }
@@ -84,9 +85,7 @@ impl Billing {
                 }
                 group = Some((period, subject.to_owned()));
             }
-            if let Some(leaf) = keys::decode_leaf(&k, &v).filter(|l| l.leaf.seq < issue.cut_seq) {
-                leaves.push(leaf);
-            }
+            keys::decode_leaves(&k, &v, issue.cut_seq, &mut leaves);
         }
         if let Some((p, s)) = group {
             self.first_version(issue, p, &s, leaves)?;
@@ -101,8 +100,13 @@ impl Billing {
         subject: &str,
         leaves: Vec<ReadLeaf>,
     ) -> Result<(), ProjectionError> {
-        if leaves.is_empty() || !keys::versions(&self.tree, period_start, subject)?.is_empty() {
-            return Ok(()); // nothing counted, or issued before a crash
+        // Only a close cut short by a crash can find versions already issued
+        // (see `Billing::resumed_close`); a whole one needs no lookup.
+        let resumed = self.resumed_close == Some(issue.cut_seq);
+        if leaves.is_empty()
+            || (resumed && !keys::versions(&self.tree, period_start, subject)?.is_empty())
+        {
+            return Ok(());
         }
         self.issue(issue, period_start, subject, leaves, None)
     }
@@ -120,8 +124,9 @@ impl Billing {
             };
             let subject = subject.to_owned();
             let leaves = keys::read_leaves(&self.tree, period, &subject, issue.cut_seq)?;
-            let previous = match keys::versions(&self.tree, period, &subject)?.last() {
-                Some(pos) => self.statement_at(*pos)?,
+            let positions = keys::versions(&self.tree, period, &subject)?;
+            let previous = match positions.last() {
+                Some(pos) => self.statement_at(*pos)?.map(|s| (s, positions)),
                 None => None,
             };
             issue.batch.remove(key);
@@ -129,7 +134,7 @@ impl Billing {
             // it already wrote: nothing was added since, so nothing to issue.
             if previous
                 .as_ref()
-                .is_some_and(|p| p.leaves == leaves.len() as u64)
+                .is_some_and(|(p, _)| p.leaves == leaves.len() as u64)
             {
                 continue;
             }
@@ -159,8 +164,12 @@ impl Billing {
         period_start: i64,
         subject: &str,
         leaves: Vec<ReadLeaf>,
-        previous: Option<Statement>,
+        previous: Option<(Statement, Vec<u64>)>,
     ) -> Result<(), ProjectionError> {
+        let (previous, positions) = match previous {
+            Some((s, p)) => (Some(s), p),
+            None => (None, Vec::new()),
+        };
         let mut lines: BTreeMap<LineKey, (Vec<Leaf>, Amount)> = BTreeMap::new();
         for ReadLeaf { leaf, line } in leaves {
             let entry = lines.entry(line).or_default();
@@ -192,18 +201,14 @@ impl Billing {
         let position = self.next_position;
         self.next_position += 1;
         let index_key = keys::subject_key(keys::INDEX, period_start, subject);
-        let mut positions = keys::versions(&self.tree, period_start, subject)?;
+        let mut positions = positions;
         positions.push(position);
         issue
             .batch
             .insert(&keys::statement_key(position), built.canonical());
         issue.batch.insert(
-            index_key.clone(),
-            postcard::to_stdvec(&positions).expect("serializes"),
-        );
-        issue.batch.insert(
-            keys::prefixed(keys::ID, built.statement_id.as_bytes()),
             index_key,
+            postcard::to_stdvec(&positions).expect("serializes"),
         );
         issue.batch.remove(failed_key);
         let kind = if built.version == 1 {

@@ -2,12 +2,13 @@
 //! API makes of it. One tree, so that leaves, statements and the checkpoint
 //! change in one atomic batch. Keys start with a kind byte:
 //!
-//! - `L` period ‖ subject ‖ seq (u64 BE) ‖ meter → [`StoredLeaf`]: one
-//!   counted event of one billed meter (SUM and COUNT meters);
+//! - `L` period ‖ subject ‖ seq (u64 BE) → [`StoredEvent`]: one counted
+//!   event, with a leaf for each billed meter (SUM and COUNT meters) that
+//!   read it: one key per event, not per leaf, since every sled key costs;
 //! - `S` position (u64 BE) → a statement version's canonical bytes, in the
 //!   order versions were issued (the billing jobs' feed);
-//! - `I` period ‖ subject → the positions of its versions (postcard);
-//! - `N` statement id → period ‖ subject;
+//! - `I` period ‖ subject → the positions of its versions (postcard); a
+//!   statement id names its period and subject, so it needs no index;
 //! - `R` period ‖ subject → (): a closed period got a late event;
 //! - `F` period ‖ subject → why its statement could not be built;
 //! - `G` meter slug → its definition (JSON), as of the checkpoint;
@@ -23,21 +24,28 @@ use crate::billing::statement::{Leaf, LineKey};
 pub const LEAF: u8 = b'L';
 pub const STATEMENT: u8 = b'S';
 pub const INDEX: u8 = b'I';
-pub const ID: u8 = b'N';
 pub const DIRTY: u8 = b'R';
 pub const FAILED: u8 = b'F';
 pub const METER: u8 = b'G';
 pub const META_SETTINGS: &[u8] = b"Msettings";
 pub const META_CLOSED: &[u8] = b"Mclosed";
 
-/// A leaf as stored: what [`Leaf`] holds besides its seq, and its line.
+/// A counted event as stored: what its leaves share, and one entry per
+/// billed meter that read it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredLeaf {
+pub struct StoredEvent {
     pub identity: [u8; 16],
     pub time_ms: i64,
-    pub value: i128,
+    pub leaves: Vec<StoredLeaf>,
+}
+
+/// One meter's leaf of a [`StoredEvent`]: its line and value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredLeaf {
+    pub meter: String,
     pub aggregation: String,
     pub group: Vec<(String, Option<String>)>,
+    pub value: i128,
 }
 
 /// The last close the projection applied.
@@ -75,17 +83,10 @@ pub fn split_subject_key(key: &[u8]) -> Option<(i64, &str, &[u8])> {
     Some((period, subject, &key[11 + len..]))
 }
 
-pub fn leaf_key(start_ms: i64, subject: &str, seq: u64, meter: &str) -> Vec<u8> {
+pub fn leaf_key(start_ms: i64, subject: &str, seq: u64) -> Vec<u8> {
     let mut k = subject_key(LEAF, start_ms, subject);
     k.extend_from_slice(&seq.to_be_bytes());
-    k.extend_from_slice(meter.as_bytes());
     k
-}
-
-/// The seq and meter of a leaf key's rest (after [`split_subject_key`]).
-pub fn split_leaf_rest(rest: &[u8]) -> Option<(u64, &str)> {
-    let seq = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
-    Some((seq, std::str::from_utf8(&rest[8..]).ok()?))
 }
 
 pub fn statement_key(position: u64) -> [u8; 9] {
@@ -118,30 +119,43 @@ pub fn read_leaves(
     let mut out = Vec::new();
     for kv in tree.scan_prefix(subject_key(LEAF, start_ms, subject)) {
         let (k, v) = kv?;
-        if let Some(leaf) = decode_leaf(&k, &v).filter(|l| l.leaf.seq < before_seq) {
-            out.push(leaf);
-        }
+        decode_leaves(&k, &v, before_seq, &mut out);
     }
     Ok(out)
 }
 
-pub fn decode_leaf(key: &[u8], value: &[u8]) -> Option<ReadLeaf> {
-    let (_, _, rest) = split_subject_key(key)?;
-    let (seq, meter) = split_leaf_rest(rest)?;
-    let stored: StoredLeaf = postcard::from_bytes(value).ok()?;
-    Some(ReadLeaf {
-        leaf: Leaf {
-            seq,
-            identity: stored.identity,
-            time_ms: stored.time_ms,
-            value: stored.value,
-        },
-        line: LineKey {
-            meter: meter.to_owned(),
-            aggregation: aggregation_name(&stored.aggregation),
-            group: stored.group.into_iter().collect(),
-        },
-    })
+/// Appends the leaves of one stored event, if its seq is below `before_seq`.
+pub fn decode_leaves(key: &[u8], value: &[u8], before_seq: u64, out: &mut Vec<ReadLeaf>) {
+    let Some((_, _, rest)) = split_subject_key(key) else {
+        return;
+    };
+    let Some(seq) = rest
+        .get(..8)
+        .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+    else {
+        return;
+    };
+    let Ok(event) = postcard::from_bytes::<StoredEvent>(value) else {
+        return;
+    };
+    if seq >= before_seq {
+        return;
+    }
+    for l in event.leaves {
+        out.push(ReadLeaf {
+            leaf: Leaf {
+                seq,
+                identity: event.identity,
+                time_ms: event.time_ms,
+                value: l.value,
+            },
+            line: LineKey {
+                meter: l.meter,
+                aggregation: aggregation_name(&l.aggregation),
+                group: l.group.into_iter().collect(),
+            },
+        });
+    }
 }
 
 fn aggregation_name(name: &str) -> &'static str {

@@ -22,7 +22,7 @@ use crate::billing::{Closed, Cycle, CycleKind};
 use crate::log::Seq;
 use crate::meter::{Aggregation, MeterDef, MeterSet, ObservedValue, UniqueKey, AMOUNT_SCALE};
 use crate::record::Record;
-use keys::{LastClose, StoredLeaf};
+use keys::{LastClose, StoredEvent, StoredLeaf};
 
 /// Flush early when this many leaves wait in memory.
 const PENDING_MAX: usize = 200_000;
@@ -50,6 +50,9 @@ pub struct Billing {
     pending: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// The next statement position.
     next_position: u64,
+    /// The close whose statements the tree holds beyond the checkpoint: a
+    /// close a crash cut short, applied again by catch-up.
+    resumed_close: Option<Seq>,
     published: PublishedBilling,
 }
 
@@ -85,9 +88,17 @@ pub fn open(ctx: &OpenContext<'_>) -> Result<Box<dyn Projection>, ProjectionErro
     let last_close = tree
         .get(keys::META_CLOSED)?
         .and_then(|v| postcard::from_bytes(&v).ok());
-    let next_position = match tree.scan_prefix([keys::STATEMENT]).next_back() {
-        Some(kv) => u64::from_be_bytes(kv?.0[1..9].try_into().expect("8 bytes")) + 1,
-        None => 0,
+    let (next_position, resumed_close) = match tree.scan_prefix([keys::STATEMENT]).next_back() {
+        Some(kv) => {
+            let (k, v) = kv?;
+            let last: crate::billing::statement::Statement = decode_json("billing", &k, &v)?;
+            let position = u64::from_be_bytes(k[1..9].try_into().expect("8 bytes"));
+            (
+                position + 1,
+                (last.cut.seq > applied).then_some(last.cut.seq),
+            )
+        }
+        None => (0, None),
     };
     Ok(Box::new(Billing {
         tree,
@@ -99,6 +110,7 @@ pub fn open(ctx: &OpenContext<'_>) -> Result<Box<dyn Projection>, ProjectionErro
         last_close,
         pending: Default::default(),
         next_position,
+        resumed_close,
         published: ctx.readers.billing.clone(),
     }))
 }
@@ -114,8 +126,7 @@ impl Billing {
     fn add_leaves(&mut self, seq: Seq, facts: &EventFacts) {
         let period = self.cycle.period_of(facts.time_ms);
         let closed = self.closed().is_closed(period);
-        let identity = facts.identity.map_or([0; 16], |k| k.0);
-        let mut added = false;
+        let mut leaves = Vec::new();
         for (i, meter) in self.meters.for_type(&facts.ty).enumerate() {
             let aggregation = meter.aggregation();
             if !matches!(aggregation, Aggregation::Sum | Aggregation::Count) {
@@ -131,19 +142,25 @@ impl Billing {
                 (_, ObservedValue::Amount(a)) => a.0,
                 _ => continue,
             };
-            let leaf = StoredLeaf {
-                identity,
-                time_ms: facts.time_ms,
-                value,
+            leaves.push(StoredLeaf {
+                meter: meter.slug().to_owned(),
                 aggregation: aggregation.as_str().to_owned(),
                 group: meter.group_keys().iter().cloned().zip(obs.group).collect(),
-            };
-            let key = keys::leaf_key(period.start_ms, &facts.subject, seq, meter.slug());
-            let bytes = postcard::to_stdvec(&leaf).expect("a leaf serializes");
-            self.pending.insert(key, Some(bytes));
-            added = true;
+                value,
+            });
         }
-        if added && closed {
+        if leaves.is_empty() {
+            return;
+        }
+        let event = StoredEvent {
+            identity: facts.identity.map_or([0; 16], |k| k.0),
+            time_ms: facts.time_ms,
+            leaves,
+        };
+        let key = keys::leaf_key(period.start_ms, &facts.subject, seq);
+        let bytes = postcard::to_stdvec(&event).expect("a leaf serializes");
+        self.pending.insert(key, Some(bytes));
+        if closed {
             let dirty = keys::subject_key(keys::DIRTY, period.start_ms, &facts.subject);
             self.pending.insert(dirty, Some(Vec::new()));
         }
