@@ -174,6 +174,8 @@ error_codes! {
         "`/readyz`: the engine has stopped after an error";
     MeterBackfilling = "METER_BACKFILLING", SERVICE_UNAVAILABLE,
         "The meter is still counting the events logged before its creation; `Retry-After` says when to retry";
+    ValueTooPrecise = "VALUE_TOO_PRECISE", BAD_REQUEST,
+        "The value has a non-zero digit past the 9th decimal, which the engine does not keep, and the meter does not set `roundValues`";
 }
 
 /// A refusal: a stable code and a message for humans. An event rejected

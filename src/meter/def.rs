@@ -61,6 +61,16 @@ pub struct MeterDef {
     /// event of `-1e9` would otherwise undo a license's usage.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_negative: bool,
+    /// Refuse at ingest an event of this meter's type that the meter cannot
+    /// read (missing or non-numeric value). Off by default: such an event is
+    /// accepted and skipped by this meter only (see [`super::MeterSet::check`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strict: bool,
+    /// Round a value with a non-zero digit past the 9th decimal half to
+    /// even. Off by default: ingest refuses such a value (`VALUE_TOO_PRECISE`)
+    /// rather than count another number than the one sent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub round_values: bool,
 }
 
 fn default_window_size() -> WindowSize {

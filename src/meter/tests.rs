@@ -49,6 +49,8 @@ fn meter(aggregation: Aggregation, window_size: WindowSize) -> CompiledMeter {
             .collect(),
         window_size,
         allow_negative: true,
+        strict: false,
+        round_values: false,
     }
     .validate()
     .unwrap()
