@@ -9,13 +9,14 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::ser::{SerializeStruct, Serializer};
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::{Admin, ApiError, AppState, Auth, Read};
 use crate::engine::protocol::{CreateMeter, DeleteMeter};
 use crate::error_code::ErrorCode;
 use crate::event::fmt_ms;
-use crate::meter::{MeterDef, QueryRow, WindowSize};
+use crate::meter::{Amount, MeterDef, QueryRow, WindowSize};
 use crate::query::meters::{QueryAnswer, QueryError, QueryRequest};
 
 /// How long creating a meter waits for it to count the log before answering
@@ -177,13 +178,24 @@ fn rows_json<S: Serializer>(rows: &&[QueryRow], s: S) -> Result<S::Ok, S::Error>
             let mut row = s.serialize_struct("Row", 5)?;
             row.serialize_field("groupBy", &Groups(&r.group_by))?;
             row.serialize_field("subject", &r.subject)?;
-            row.serialize_field("value", &r.value)?;
+            row.serialize_field("value", &Exact(r.value))?;
             row.serialize_field("windowEnd", &fmt_ms(r.window_end_ms))?;
             row.serialize_field("windowStart", &fmt_ms(r.window_start_ms))?;
             row.end()
         }
     }
     s.collect_seq(rows.iter().map(Row))
+}
+
+/// An amount as a JSON number with every digit it has (`12345678901.423456789`),
+/// written as its decimal text: an `f64` keeps about 16 significant digits.
+pub(crate) struct Exact(pub Amount);
+
+impl Serialize for Exact {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let text = RawValue::from_string(self.0.to_string()).map_err(serde::ser::Error::custom)?;
+        text.serialize(s)
+    }
 }
 
 /// One CSV cell of text that callers control (subjects, group values).
@@ -240,7 +252,93 @@ fn csv(slug: &str, group_by: &[String], rows: &[QueryRow]) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::csv_field;
+    use super::*;
+    use crate::meter::{AggState, Amount};
+    use axum::body::to_bytes;
+    use proptest::prelude::*;
+
+    /// `units` billionths as decimal text, trailing zeros trimmed; written
+    /// here apart from `Amount`'s own formatting.
+    fn reference_text(units: i128) -> String {
+        let digits = format!("{:010}", units.unsigned_abs());
+        let (int, frac) = digits.split_at(digits.len() - 9);
+        let frac = frac.trim_end_matches('0');
+        let sign = if units < 0 { "-" } else { "" };
+        match frac.is_empty() {
+            true => format!("{sign}{int}"),
+            false => format!("{sign}{int}.{frac}"),
+        }
+    }
+
+    async fn body_text(response: Response) -> String {
+        let bytes = to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    fn answers(value: Amount) -> (String, String) {
+        let row = QueryRow {
+            value,
+            window_start_ms: 0,
+            window_end_ms: 60_000,
+            subject: Some("s".into()),
+            group_by: Vec::new(),
+        };
+        let answer = QueryAnswer {
+            rows: vec![row.clone()],
+            next_cursor: None,
+        };
+        let request = QueryRequest::default();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let json = runtime.block_on(body_text(answer_json(&request, &answer).unwrap()));
+        let csv = runtime.block_on(body_text(csv("m", &[], &[row])));
+        (json, csv)
+    }
+
+    proptest! {
+        /// Any sum of values with at most 9 decimals comes back digit for
+        /// digit in JSON (as a JSON number) and in CSV.
+        #[test]
+        fn sums_are_written_digit_for_digit(
+            values in prop::collection::vec((-10i128.pow(20)..10i128.pow(20), 0u32..=9), 1..20)
+        ) {
+            // (mantissa, decimals): mantissa × 10^-decimals as written text.
+            let texts: Vec<String> = values.iter().map(|&(m, d)| {
+                let digits = format!("{:0w$}", m.unsigned_abs(), w = d as usize + 1);
+                let (int, frac) = digits.split_at(digits.len() - d as usize);
+                let sign = if m < 0 { "-" } else { "" };
+                if d == 0 { format!("{sign}{int}") } else { format!("{sign}{int}.{frac}") }
+            }).collect();
+            let mut state: Option<AggState> = None;
+            let mut units: i128 = 0;
+            for (text, &(m, d)) in texts.iter().zip(&values) {
+                let amount = Amount::parse_decimal_exact(text).unwrap();
+                let one = AggState::Sum(amount);
+                match &mut state {
+                    Some(s) => s.merge(&one),
+                    None => state = Some(one),
+                }
+                units += m * 10i128.pow(9 - d);
+            }
+            let want = reference_text(units);
+            let (json, csv) = answers(state.unwrap().amount().unwrap());
+            let body: serde_json::Value = serde_json::from_str(&json).unwrap();
+            prop_assert!(body["data"][0]["value"].is_number(), "{}", json);
+            let raw = format!("\"value\":{want},");
+            prop_assert!(json.contains(&raw), "{} not in {}", raw, json);
+            let last_cell = csv.lines().nth(1).unwrap().rsplit(',').next().unwrap();
+            prop_assert_eq!(last_cell, want.as_str());
+        }
+    }
+
+    #[test]
+    fn the_issue_example_keeps_every_digit() {
+        let value = Amount::parse_decimal_exact("12345678901.423456789").unwrap();
+        let (json, csv) = answers(value);
+        assert!(json.contains("\"value\":12345678901.423456789,"), "{json}");
+        assert!(csv.ends_with(",12345678901.423456789\n"), "{csv}");
+    }
 
     #[test]
     fn csv_cells_that_a_spreadsheet_would_run_as_formulas_are_neutralised() {

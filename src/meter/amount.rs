@@ -65,6 +65,27 @@ impl Amount {
         }
     }
 
+    /// `self / divisor`, rounded half to even to the amount's precision.
+    ///
+    /// # Panics
+    /// If `divisor` is 0.
+    pub fn div_round_half_even(self, divisor: u64) -> Amount {
+        let d = i128::from(divisor);
+        let (q, r) = (self.0 / d, self.0 % d);
+        // |r| < d, so 2|r| cannot overflow; compare it with d.
+        let twice = 2 * r.unsigned_abs();
+        let away = match twice.cmp(&d.unsigned_abs()) {
+            std::cmp::Ordering::Greater => true,
+            std::cmp::Ordering::Equal => q % 2 != 0,
+            std::cmp::Ordering::Less => false,
+        };
+        match (away, self.0 < 0) {
+            (false, _) => Amount(q),
+            (true, false) => Amount(q + 1),
+            (true, true) => Amount(q - 1),
+        }
+    }
+
     /// Nearest `f64` (correctly rounded for |value| < 2^53 × 10^-9, and via the exact
     /// decimal text above that).
     pub fn to_f64(self) -> f64 {
@@ -278,6 +299,19 @@ mod tests {
             assert_eq!(exact(text), Ok(Amount(units)), "{text}");
         }
         assert_eq!(exact("1e400"), Err(AmountParseError::OutOfRange));
+    }
+
+    #[test]
+    fn division_rounds_half_to_even_at_the_ninth_decimal() {
+        let div = |text: &str, by| Amount::div_round_half_even(amount(text), by).to_string();
+        assert_eq!(div("1", 3), "0.333333333");
+        assert_eq!(div("2", 3), "0.666666667");
+        assert_eq!(div("-2", 3), "-0.666666667");
+        assert_eq!(div("0.000000005", 2), "0.000000002");
+        assert_eq!(div("0.000000007", 2), "0.000000004");
+        assert_eq!(div("-0.000000005", 2), "-0.000000002");
+        assert_eq!(div("12345678901.423456789", 1), "12345678901.423456789");
+        assert_eq!(div("7.5", 3), "2.5");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashSet};
 
+use super::amount::Amount;
 use super::def::CompiledMeter;
 use super::key::CounterKey;
 use super::state::AggState;
@@ -27,7 +28,8 @@ pub struct QueryParams {
 /// One result row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueryRow {
-    pub value: f64,
+    /// Exact ([`AggState::amount`]); answers write it as decimal text.
+    pub value: Amount,
     pub window_start_ms: i64,
     pub window_end_ms: i64,
     pub subject: Option<String>,
@@ -336,7 +338,7 @@ impl Rows<'_> {
                     ),
                 };
                 Some(QueryRow {
-                    value: state.value()?,
+                    value: state.amount()?,
                     window_start_ms,
                     window_end_ms,
                     subject,

@@ -198,28 +198,41 @@ fn aggregation_and_window() -> impl Strategy<Value = (Aggregation, WindowSize)> 
 }
 
 /// Naive model: aggregate the raw events of one row directly.
-fn model_value(aggregation: Aggregation, events: &[&RawEvent]) -> f64 {
+fn model_value(aggregation: Aggregation, events: &[&RawEvent]) -> Amount {
     let amount = |e: &RawEvent| Amount(i128::from(e.cents) * 10_000_000);
+    let units = |n: usize| Amount(n as i128 * 1_000_000_000);
     match aggregation {
-        Aggregation::Sum => Amount(events.iter().map(|e| amount(e).0).sum()).to_f64(),
-        Aggregation::Count => events.len() as f64,
+        Aggregation::Sum => Amount(events.iter().map(|e| amount(e).0).sum()),
+        Aggregation::Count => units(events.len()),
         Aggregation::Avg => {
-            Amount(events.iter().map(|e| amount(e).0).sum()).to_f64() / events.len() as f64
+            // Cents have 2 decimals: the mean to 9 decimals, half to even,
+            // from the exact fraction sum / n in billionths.
+            let (sum, n) = (
+                events.iter().map(|e| amount(e).0).sum::<i128>(),
+                events.len() as i128,
+            );
+            let floor = sum.div_euclid(n);
+            let twice_rest = 2 * sum.rem_euclid(n);
+            let up = twice_rest > n || (twice_rest == n && floor.rem_euclid(2) == 1);
+            Amount(floor + i128::from(up))
         }
-        Aggregation::Min => events.iter().map(|e| amount(e)).min().unwrap().to_f64(),
-        Aggregation::Max => events.iter().map(|e| amount(e)).max().unwrap().to_f64(),
-        Aggregation::UniqueCount => events
-            .iter()
-            .map(|e| e.unique_text.as_str())
-            .collect::<BTreeSet<_>>()
-            .len() as f64,
-        Aggregation::Latest => events
-            .iter()
-            .map(|e| (e.time_ms, amount(e)))
-            .max()
-            .unwrap()
-            .1
-            .to_f64(),
+        Aggregation::Min => events.iter().map(|e| amount(e)).min().unwrap(),
+        Aggregation::Max => events.iter().map(|e| amount(e)).max().unwrap(),
+        Aggregation::UniqueCount => units(
+            events
+                .iter()
+                .map(|e| e.unique_text.as_str())
+                .collect::<BTreeSet<_>>()
+                .len(),
+        ),
+        Aggregation::Latest => {
+            events
+                .iter()
+                .map(|e| (e.time_ms, amount(e)))
+                .max()
+                .unwrap()
+                .1
+        }
     }
 }
 
@@ -538,15 +551,16 @@ fn windowed_query_rows_are_clipped_to_the_requested_range() {
         },
     )
     .unwrap();
-    let spans: Vec<(f64, i64, i64)> = rows
+    let spans: Vec<(Amount, i64, i64)> = rows
         .iter()
         .map(|r| (r.value, r.window_start_ms, r.window_end_ms))
         .collect();
+    let one = Amount::from_int(1);
     assert_eq!(
         spans,
         [
-            (1.0, 30 * 60_000, 60 * 60_000),
-            (1.0, 60 * 60_000, 120 * 60_000)
+            (one, 30 * 60_000, 60 * 60_000),
+            (one, 60 * 60_000, 120 * 60_000)
         ]
     );
 }

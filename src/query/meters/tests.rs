@@ -182,7 +182,7 @@ fn rows_follow_the_request() {
     assert_eq!(rows[0].group("region"), Some("eu"));
     let rows = run("", stored).unwrap();
     assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].value, 5.0);
+    assert_eq!(rows[0].value, crate::meter::Amount::from_int(5));
     assert_eq!(rows[0].subject, None);
 }
 
