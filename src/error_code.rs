@@ -176,6 +176,10 @@ error_codes! {
         "The meter is still counting the events logged before its creation; `Retry-After` says when to retry";
     ValueTooPrecise = "VALUE_TOO_PRECISE", BAD_REQUEST,
         "The value has a non-zero digit past the 9th decimal, which the engine does not keep, and the meter does not set `roundValues`";
+    MethodNotAllowed = "METHOD_NOT_ALLOWED", METHOD_NOT_ALLOWED,
+        "The route exists but not with this method; `Allow` lists the methods it takes";
+    InvalidRequest = "INVALID_REQUEST", BAD_REQUEST,
+        "The request could not be read as the route needs it (a path or header the route cannot parse); the message says what";
 }
 
 /// A refusal: a stable code and a message for humans. An event rejected

@@ -144,6 +144,7 @@ pub fn router(state: AppState) -> Router {
         api = api.route("/metrics", get(metrics_protected));
     }
     api.fallback(not_found)
+        .layer(axum::middleware::from_fn(error::json_errors))
         .layer(DefaultBodyLimit::max(body_max))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -200,7 +200,10 @@ impl WriterState {
                         Err(e) => (Rejection::from(e), event.raw.into_bytes()),
                         Ok(observations) => {
                             if !self.dedup.claim_one(event.key, event.time_ms, tenant) {
+                                // The original is logged at or before the end
+                                // of the batch so far (the answer waits for it).
                                 outcome.duplicates += 1;
+                                outcome.last_seq = outcome.last_seq.max(self.last_seq(batch));
                                 continue;
                             }
                             let facts = EventFacts {
