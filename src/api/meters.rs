@@ -1,5 +1,6 @@
 //! Meters: definition (admin), listing and usage queries (read).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
@@ -8,7 +9,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::ser::{SerializeStruct, Serializer};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
@@ -32,8 +33,9 @@ pub async fn list(_auth: Auth<Read>, State(state): State<AppState>) -> Json<Valu
 pub async fn get(
     _auth: Auth<Read>,
     State(state): State<AppState>,
-    Path(slug): Path<String>,
+    Path(key): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    let slug = state.view.meter_slug(&key);
     let def = state
         .view
         .meter(&slug)
@@ -46,7 +48,10 @@ pub async fn create(
     State(state): State<AppState>,
     body: Result<Json<MeterDef>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(def) = body.map_err(|e| ApiError::new(ErrorCode::InvalidMeter, e.body_text()))?;
+    let Json(mut def) = body.map_err(|e| ApiError::new(ErrorCode::InvalidMeter, e.body_text()))?;
+    // The id is the server's (a ULID: sortable by creation, no coordination).
+    def.id = Some(ulid::Ulid::new().to_string());
+    def.name.get_or_insert_with(|| def.slug.to_string());
     def.validate()
         .map_err(|e| ApiError::new(e.code(), e.to_string()))?;
     let def = state
@@ -73,8 +78,9 @@ pub async fn create(
 pub async fn delete(
     auth: Auth<Admin>,
     State(state): State<AppState>,
-    Path(slug): Path<String>,
+    Path(key): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    let slug = state.view.meter_slug(&key);
     state
         .engine
         .send(DeleteMeter {
@@ -97,11 +103,87 @@ pub const NEXT_CURSOR_HEADER: &str = "keymeter-next-cursor";
 pub async fn query(
     _auth: Auth<Read>,
     State(state): State<AppState>,
-    Path(slug): Path<String>,
+    Path(key): Path<String>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let request = QueryRequest::parse(raw.as_deref().unwrap_or(""))?;
+    run_query(state, &key, request, &headers).await
+}
+
+/// OpenMeter's query request body (`POST …/query`): the GET parameters as
+/// JSON, `filterGroupBy` as an object.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct QueryBody {
+    client_id: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    window_size: Option<String>,
+    window_time_zone: Option<String>,
+    #[serde(default)]
+    subject: Vec<String>,
+    #[serde(default)]
+    filter_customer_id: Vec<String>,
+    #[serde(default)]
+    filter_group_by: BTreeMap<String, String>,
+    #[serde(default)]
+    group_by: Vec<String>,
+}
+
+impl QueryBody {
+    /// The same query as URL parameters, so both forms are read (and
+    /// refused) by one parser.
+    fn to_query_string(&self) -> String {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        let one = [
+            ("clientId", &self.client_id),
+            ("from", &self.from),
+            ("to", &self.to),
+            ("windowSize", &self.window_size),
+            ("windowTimeZone", &self.window_time_zone),
+        ];
+        for (name, value) in one {
+            if let Some(v) = value {
+                q.append_pair(name, v);
+            }
+        }
+        for v in &self.subject {
+            q.append_pair("subject", v);
+        }
+        for v in &self.filter_customer_id {
+            q.append_pair("filterCustomerId", v);
+        }
+        for (k, v) in &self.filter_group_by {
+            q.append_pair(&format!("filterGroupBy[{k}]"), v);
+        }
+        for v in &self.group_by {
+            q.append_pair("groupBy", v);
+        }
+        q.finish()
+    }
+}
+
+/// `POST /api/v1/meters/{meterIdOrSlug}/query` with [`QueryBody`].
+pub async fn query_post(
+    _auth: Auth<Read>,
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<QueryBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body.map_err(|e| ApiError::new(ErrorCode::InvalidQuery, e.body_text()))?;
+    let request = QueryRequest::parse(&body.to_query_string())?;
+    run_query(state, &key, request, &headers).await
+}
+
+async fn run_query(
+    state: AppState,
+    key: &str,
+    request: QueryRequest,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let slug = state.view.meter_slug(key);
     // A query over every subject of a meter can be large: a few at a time,
     // each off the async workers (it reads the store synchronously).
     let _turn = match request.subjects.is_empty() {

@@ -87,10 +87,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/events", post(events::ingest))
         .route("/api/v1/meters", get(meters::list).post(meters::create))
         .route(
-            "/api/v1/meters/{slug}",
+            "/api/v1/meters/{meterIdOrSlug}",
             get(meters::get).delete(meters::delete),
         )
-        .route("/api/v1/meters/{slug}/query", get(meters::query))
+        .route(
+            "/api/v1/meters/{meterIdOrSlug}/query",
+            get(meters::query).post(meters::query_post),
+        )
         .route("/api/v1/quarantine", get(events::quarantine))
         .route("/api/v1/api-keys", get(keys::list).post(keys::create))
         .route("/api/v1/api-keys/{id}", delete(keys::revoke))

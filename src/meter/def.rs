@@ -46,9 +46,19 @@ pub const EVENT_TYPE_CHARS_MAX: usize = 256;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MeterDef {
+    /// Stable id (a ULID) given when the meter is created; absent on meters
+    /// created before meters had ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     pub slug: MeterSlug,
+    /// A display name (OpenMeter's `name`); the slug when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Free key/value labels (OpenMeter's `metadata`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
     pub event_type: String,
     pub aggregation: Aggregation,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -71,6 +81,20 @@ pub struct MeterDef {
     /// rather than count another number than the one sent.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub round_values: bool,
+    /// When the meter was created and last changed (RFC 3339, UTC,
+    /// milliseconds), stamped by the engine; absent on older meters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
+    /// OpenMeter fields keymeter accepts and does not keep (`annotations`,
+    /// `dimensions`, `deletedAt`), so its clients' bodies are not refused.
+    #[serde(default, skip_serializing, rename = "annotations")]
+    pub ignored_annotations: Option<serde_json::Value>,
+    #[serde(default, skip_serializing, rename = "dimensions")]
+    pub ignored_dimensions: Option<serde_json::Value>,
+    #[serde(default, skip_serializing, rename = "deletedAt")]
+    pub ignored_deleted_at: Option<serde_json::Value>,
 }
 
 fn default_window_size() -> WindowSize {
@@ -165,6 +189,15 @@ impl CompiledMeter {
 }
 
 impl MeterDef {
+    /// A COUNT meter with every optional field empty, for tests to fill in.
+    #[cfg(test)]
+    pub(crate) fn blank() -> MeterDef {
+        serde_json::from_value(serde_json::json!({
+            "slug": "m", "eventType": "e", "aggregation": "COUNT"
+        }))
+        .expect("valid meter")
+    }
+
     /// Checks every field and compiles the JSONPaths.
     pub fn validate(&self) -> Result<CompiledMeter, MeterError> {
         if !is_slug(&self.slug) {

@@ -23,6 +23,9 @@ pub struct QueryParams {
     pub group_by: Vec<String>,
     /// One row per subject (otherwise subjects are merged and `subject` is `None`).
     pub split_by_subject: bool,
+    /// Only counters whose `groupBy` key has this value (OpenMeter's
+    /// `filterGroupBy`); all must match.
+    pub filter_group_by: Vec<(String, String)>,
 }
 
 /// One result row.
@@ -174,6 +177,14 @@ pub fn answer(
         return Err(QueryError::PageWithoutSubjects);
     }
     let selected = selected_group_indexes(meter, &p.group_by)?;
+    let filter_keys: Vec<String> = p.filter_group_by.iter().map(|(k, _)| k.clone()).collect();
+    selected_group_indexes(meter, &filter_keys)?; // refuses an unknown key
+    let filters: Vec<(usize, &str)> = (p.filter_group_by.iter())
+        .map(|(k, v)| {
+            let index = meter.group_keys().iter().position(|g| g == k);
+            (index.expect("checked above"), v.as_str())
+        })
+        .collect();
     let after = match limit {
         RowLimit::Page { after, .. } => after.as_ref(),
         RowLimit::Cap(_) => None,
@@ -183,6 +194,7 @@ pub fn answer(
     let mut rows = Rows {
         p,
         selected: &selected,
+        filters,
         subjects: p.subjects.iter().map(String::as_str).collect(),
         limit,
         after: after.map(|a| a.subject.as_str()),
@@ -209,6 +221,8 @@ pub fn answer(
 struct Rows<'q> {
     p: &'q QueryParams,
     selected: &'q [usize],
+    /// (group index, value) every counter read must have.
+    filters: Vec<(usize, &'q str)>,
     subjects: HashSet<&'q str>,
     limit: &'q RowLimit,
     /// A page's subjects come after this one.
@@ -231,6 +245,10 @@ impl Rows<'_> {
             && p.to_ms.is_none_or(|to| key.window_start_ms < to);
         if !in_range || !(self.subjects.is_empty() || self.subjects.contains(key.subject.as_str()))
         {
+            return Ok(());
+        }
+        let filtered_out = (self.filters.iter()).any(|(i, v)| key.group[*i].as_deref() != Some(*v));
+        if filtered_out {
             return Ok(());
         }
         self.span = Some(match self.span {

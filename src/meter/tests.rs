@@ -51,6 +51,7 @@ fn meter(aggregation: Aggregation, window_size: WindowSize) -> CompiledMeter {
         allow_negative: true,
         strict: false,
         round_values: false,
+        ..MeterDef::blank()
     }
     .validate()
     .unwrap()
@@ -249,6 +250,10 @@ fn model_query(meter: &CompiledMeter, events: &[RawEvent], p: &QueryParams) -> V
             p.from_ms.is_none_or(|f| ws >= f)
                 && p.to_ms.is_none_or(|t| ws < t)
                 && (p.subjects.is_empty() || p.subjects.contains(&e.subject))
+                && p.filter_group_by.iter().all(|(k, v)| {
+                    let i = keys.iter().position(|key| key == k).unwrap();
+                    e.group[i].as_deref() == Some(v.as_str())
+                })
         })
         .collect();
     if included.is_empty() {
@@ -315,8 +320,9 @@ fn query_params(meter_window: WindowSize) -> impl Strategy<Value = QueryParams> 
         prop::sample::subsequence(vec!["s1", "s3", "nobody"], 0..=2),
         prop::sample::subsequence(vec!["g", "h"], 0..=2),
         any::<bool>(),
+        prop::sample::subsequence(vec![("g", "a"), ("h", "1"), ("h", "")], 0..=2),
     )
-        .prop_map(|(a, b, window_size, subjects, group_by, split)| {
+        .prop_map(|(a, b, window_size, subjects, group_by, split, filters)| {
             // Order the bounds; equal bounds become an open end.
             let (from_ms, to_ms) = match (a, b) {
                 (Some(a), Some(b)) if a == b => (Some(a), None),
@@ -330,6 +336,9 @@ fn query_params(meter_window: WindowSize) -> impl Strategy<Value = QueryParams> 
                 subjects: subjects.into_iter().map(String::from).collect(),
                 group_by: group_by.into_iter().map(String::from).collect(),
                 split_by_subject: split,
+                filter_group_by: (filters.into_iter())
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect(),
             }
         })
 }

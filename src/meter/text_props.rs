@@ -251,6 +251,7 @@ fn compiled(aggregation: &str, path: &str) -> CompiledMeter {
         allow_negative: false,
         strict: false,
         round_values: false,
+        ..MeterDef::blank()
     }
     .validate()
     .unwrap()

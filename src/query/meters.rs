@@ -63,8 +63,9 @@ impl From<meter::QueryError> for QueryError {
 }
 
 /// A meter query as OpenMeter names its parameters: `from`, `to`,
-/// `windowSize`, `windowTimeZone` (UTC only), and `subject` and `groupBy`,
-/// which may repeat.
+/// `windowSize`, `windowTimeZone` (UTC only), `subject` and `groupBy`,
+/// which may repeat, `filterGroupBy[key]=value`, and `clientId` (accepted
+/// and not used: keymeter answers from its counters, not a query cache).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueryRequest {
     pub from_ms: Option<i64>,
@@ -78,6 +79,8 @@ pub struct QueryRequest {
     pub limit: Option<usize>,
     /// Where a page resumes: the `nextCursor` of the page before.
     pub cursor: Option<String>,
+    /// `filterGroupBy[key]=value`: only counters with these group values.
+    pub filter_group_by: Vec<(String, String)>,
 }
 
 /// The rows of a query, or of one page of it.
@@ -120,6 +123,21 @@ impl QueryRequest {
                 }
                 "cursor" => q.cursor = Some(v.into_owned()),
                 "groupBy" => q.group_by.push(v.into_owned()),
+                "clientId" => {}
+                "filterCustomerId" => {
+                    return Err(QueryError::invalid(
+                        "filterCustomerId: keymeter has no customers yet; filter by subject",
+                    ))
+                }
+                other if other.starts_with("filterGroupBy[") && other.ends_with(']') => {
+                    let key = &other["filterGroupBy[".len()..other.len() - 1];
+                    if q.filter_group_by.iter().any(|(k, _)| k == key) {
+                        return Err(QueryError::invalid(format!(
+                            "filterGroupBy[{key}] is given twice; a key filters on one value"
+                        )));
+                    }
+                    q.filter_group_by.push((key.to_owned(), v.into_owned()));
+                }
                 other => {
                     return Err(QueryError::invalid(format!(
                         "unknown query parameter `{other}`"
@@ -173,6 +191,7 @@ impl QueryRequest {
             group_by: self.meter_group_by(),
             split_by_subject: !self.subjects.is_empty()
                 || self.group_by.iter().any(|g| g == "subject"),
+            filter_group_by: self.filter_group_by.clone(),
         }
     }
 }

@@ -9,7 +9,7 @@ use crate::engine::protocol::{
     RevokeApiKey, SaveProduct,
 };
 use crate::error_code::ErrorCode;
-use crate::event::Rejection;
+use crate::event::{fmt_ms, Rejection};
 use crate::meter::MeterDef;
 use crate::product::{Product, LIVE_SECRETS_MAX};
 use crate::record::{ApiKeyRecord, AsJson, Audit, Record};
@@ -171,7 +171,9 @@ impl Request for CreateMeter {
         now_ms: i64,
         batch: &mut Batch,
     ) -> Result<MeterDef, EngineError> {
-        let def = self.def;
+        let mut def = self.def;
+        def.created_at = Some(fmt_ms(now_ms));
+        def.updated_at = def.created_at.clone();
         if state.meters.get(&def.slug).is_some() {
             let msg = format!("meter `{}` already exists", def.slug);
             return Err(EngineError::Conflict(msg));

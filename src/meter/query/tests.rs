@@ -23,6 +23,7 @@ fn meter() -> CompiledMeter {
         allow_negative: false,
         strict: false,
         round_values: false,
+        ..MeterDef::blank()
     }
     .validate()
     .unwrap()
