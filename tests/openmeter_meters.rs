@@ -18,6 +18,10 @@ fn call(id: &str, subject: &str, model: &str, tokens: u64) -> Value {
     )
 }
 
+fn urlencode(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
 fn is_ms_timestamp(v: &Value) -> bool {
     let t = v.as_str().unwrap_or("");
     // 2026-12-06T04:56:44.123Z
@@ -127,6 +131,33 @@ async fn meters_and_queries_work_as_openmeter_clients_send_them() {
         body["message"].as_str().unwrap().contains("region"),
         "{body}"
     );
+
+    // The subjects and group values with usage, by id or slug.
+    let subjects = server
+        .get_json(ADMIN_KEY, &format!("/api/v1/meters/{id}/subjects"))
+        .await;
+    assert_eq!(subjects, json!(["acme", "globex"]));
+    let values = server
+        .get_json(ADMIN_KEY, "/api/v1/meters/tokens/group-by/model/values")
+        .await;
+    assert_eq!(values, json!(["large", "small"]));
+    let next_hour = (chrono::Utc::now().timestamp_millis() / 60_000 + 60) * 60_000;
+    let future = format!("from={}", urlencode(&rfc3339_ms(next_hour)));
+    let values = server
+        .get_json(
+            ADMIN_KEY,
+            &format!("/api/v1/meters/tokens/group-by/model/values?{future}"),
+        )
+        .await;
+    assert_eq!(values, json!([]));
+    let r = server
+        .get(ADMIN_KEY, "/api/v1/meters/tokens/group-by/region/values")
+        .await;
+    assert_eq!(r.status(), 400);
+    let r = server
+        .get(ADMIN_KEY, "/api/v1/meters/tokens/subjects?windowSize=HOUR")
+        .await;
+    assert_eq!(r.status(), 400);
 
     // Deleted by id, gone by slug.
     let r = server

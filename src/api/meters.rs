@@ -111,6 +111,45 @@ pub async fn query(
     run_query(state, &key, request, &headers).await
 }
 
+/// `GET /api/v1/meters/{meterIdOrSlug}/subjects`: the subjects with usage,
+/// as a JSON array of strings (`from`/`to` narrow it).
+pub async fn subjects(
+    _auth: Auth<Read>,
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Vec<String>>, ApiError> {
+    let range = QueryRequest::parse(raw.as_deref().unwrap_or(""))?;
+    let slug = state.view.meter_slug(&key);
+    let (view, rows_max) = (state.view.clone(), state.cfg.query_rows_max);
+    let _turn = (state.guards.whole_meter_queries.acquire().await).map_err(ApiError::internal)?;
+    let subjects =
+        tokio::task::spawn_blocking(move || view.meter_subjects(&slug, &range, rows_max))
+            .await
+            .map_err(ApiError::internal)??;
+    Ok(Json(subjects))
+}
+
+/// `GET /api/v1/meters/{meterIdOrSlug}/group-by/{groupByKey}/values`: the
+/// values of one `groupBy` key with usage (`from`/`to` narrow it).
+pub async fn group_by_values(
+    _auth: Auth<Read>,
+    State(state): State<AppState>,
+    Path((key, group_key)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Vec<String>>, ApiError> {
+    let range = QueryRequest::parse(raw.as_deref().unwrap_or(""))?;
+    let slug = state.view.meter_slug(&key);
+    let (view, rows_max) = (state.view.clone(), state.cfg.query_rows_max);
+    let _turn = (state.guards.whole_meter_queries.acquire().await).map_err(ApiError::internal)?;
+    let values = tokio::task::spawn_blocking(move || {
+        view.group_by_values(&slug, &group_key, &range, rows_max)
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    Ok(Json(values))
+}
+
 /// OpenMeter's query request body (`POST …/query`): the GET parameters as
 /// JSON, `filterGroupBy` as an object.
 #[derive(Deserialize)]

@@ -94,6 +94,14 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/meters/{meterIdOrSlug}/query",
             get(meters::query).post(meters::query_post),
         )
+        .route(
+            "/api/v1/meters/{meterIdOrSlug}/subjects",
+            get(meters::subjects),
+        )
+        .route(
+            "/api/v1/meters/{meterIdOrSlug}/group-by/{groupByKey}/values",
+            get(meters::group_by_values),
+        )
         .route("/api/v1/quarantine", get(events::quarantine))
         .route("/api/v1/api-keys", get(keys::list).post(keys::create))
         .route("/api/v1/api-keys/{id}", delete(keys::revoke))

@@ -242,6 +242,68 @@ impl View {
     }
 }
 
+impl View {
+    /// The distinct subjects with usage of meter `slug` (in `from`/`to`
+    /// when `range` sets them), sorted: the query split by subject over the
+    /// whole range, so within `rows_max` subjects.
+    pub fn meter_subjects(
+        &self,
+        slug: &str,
+        range: &QueryRequest,
+        rows_max: usize,
+    ) -> Result<Vec<String>, QueryError> {
+        let request = range.only_range("subjects")?.with_group_by("subject");
+        let rows = self.query(slug, &request, rows_max)?.rows;
+        let mut subjects: Vec<String> = rows.into_iter().filter_map(|r| r.subject).collect();
+        subjects.sort_unstable();
+        subjects.dedup();
+        Ok(subjects)
+    }
+
+    /// The distinct values of `groupBy` key `key` of meter `slug` with
+    /// usage (in `from`/`to` when `range` sets them), sorted; events
+    /// without the key have no value and are left out.
+    pub fn group_by_values(
+        &self,
+        slug: &str,
+        key: &str,
+        range: &QueryRequest,
+        rows_max: usize,
+    ) -> Result<Vec<String>, QueryError> {
+        let request = range.only_range("group-by values")?.with_group_by(key);
+        let rows = self.query(slug, &request, rows_max)?.rows;
+        let mut values: Vec<String> = (rows.into_iter())
+            .filter_map(|mut r| r.group_by.pop().and_then(|(_, v)| v))
+            .collect();
+        values.sort_unstable();
+        values.dedup();
+        Ok(values)
+    }
+}
+
+impl QueryRequest {
+    /// `self` when it sets nothing but `from` and `to` (what listing
+    /// subjects or values takes).
+    fn only_range(&self, what: &str) -> Result<QueryRequest, QueryError> {
+        let range = QueryRequest {
+            from_ms: self.from_ms,
+            to_ms: self.to_ms,
+            ..QueryRequest::default()
+        };
+        match *self == range {
+            true => Ok(range),
+            false => Err(QueryError::invalid(format!(
+                "listing {what} takes only `from` and `to`"
+            ))),
+        }
+    }
+
+    fn with_group_by(mut self, key: &str) -> QueryRequest {
+        self.group_by.push(key.to_owned());
+        self
+    }
+}
+
 /// What to do about an answer over the cap, in the parameters' words.
 fn too_large(e: meter::QueryError, rows_max: usize) -> QueryError {
     const NARROW: &str = "`from`/`to`, a coarser `windowSize` or fewer `groupBy` keys";
