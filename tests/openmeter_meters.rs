@@ -101,6 +101,23 @@ async fn meters_and_queries_work_as_openmeter_clients_send_them() {
         ]
     );
 
+    // Local days: every event lands in one Berlin day's row or another.
+    let body = server
+        .get_json(
+            ADMIN_KEY,
+            "/api/v1/meters/tokens/query?windowSize=DAY&windowTimeZone=Europe%2FBerlin",
+        )
+        .await;
+    let total: f64 = rows(&body).iter().map(|r| r.2).sum();
+    assert_eq!(total, 20.0, "{body}");
+    let r = server
+        .get(
+            ADMIN_KEY,
+            "/api/v1/meters/tokens/query?windowTimeZone=Berlin",
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+
     // POST with OpenMeter's query request body.
     let request = json!({
         "clientId": "dashboard-1",

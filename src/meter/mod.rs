@@ -42,6 +42,7 @@ mod set;
 mod state;
 mod unique;
 mod window;
+pub mod zone;
 
 pub use amount::{
     Amount, AmountParseError, AMOUNT_DECIMALS, AMOUNT_MAGNITUDE_MAX_UNITS, AMOUNT_SCALE,

@@ -8,6 +8,7 @@ use super::def::CompiledMeter;
 use super::key::CounterKey;
 use super::state::AggState;
 use super::window::WindowSize;
+use super::zone;
 use crate::error_code::ErrorCode;
 
 /// A meter query, OpenMeter style. Bounds are event-time milliseconds, `[from, to)`.
@@ -26,6 +27,9 @@ pub struct QueryParams {
     /// Only counters whose `groupBy` key has this value (OpenMeter's
     /// `filterGroupBy`); all must match.
     pub filter_group_by: Vec<(String, String)>,
+    /// The zone of the query's windows (OpenMeter's `windowTimeZone`);
+    /// `None` is UTC. See [`super::zone`].
+    pub time_zone: Option<chrono_tz::Tz>,
 }
 
 /// One result row.
@@ -85,6 +89,8 @@ pub enum QueryError {
         "pages split rows by subject: page a query that has groupBy=subject or names subjects"
     )]
     PageWithoutSubjects,
+    #[error(transparent)]
+    ZoneInexact(#[from] super::zone::ZoneError),
 }
 
 impl QueryError {
@@ -93,7 +99,8 @@ impl QueryError {
             QueryError::WindowSizeTooFine { .. } => ErrorCode::InvalidWindowSize,
             QueryError::NotAligned { .. }
             | QueryError::EmptyRange { .. }
-            | QueryError::PageWithoutSubjects => ErrorCode::InvalidQuery,
+            | QueryError::PageWithoutSubjects
+            | QueryError::ZoneInexact(_) => ErrorCode::InvalidQuery,
             QueryError::UnknownGroupBy { .. } => ErrorCode::InvalidGroupBy,
             QueryError::StoredStateMismatch { .. } => ErrorCode::CorruptState,
             QueryError::TooManyRows { .. } | QueryError::SubjectTooManyRows { .. } => {
@@ -194,6 +201,7 @@ pub fn answer(
     let mut rows = Rows {
         p,
         selected: &selected,
+        meter_window: meter.window_size(),
         filters,
         subjects: p.subjects.iter().map(String::as_str).collect(),
         limit,
@@ -221,6 +229,7 @@ pub fn answer(
 struct Rows<'q> {
     p: &'q QueryParams,
     selected: &'q [usize],
+    meter_window: WindowSize,
     /// (group index, value) every counter read must have.
     filters: Vec<(usize, &'q str)>,
     subjects: HashSet<&'q str>,
@@ -261,7 +270,14 @@ impl Rows<'_> {
         if let RowLimit::Page { .. } = self.limit {
             self.enter_subject(&key.subject);
         }
-        let bucket_start = p.window_size.map_or(0, |w| w.start_of(key.window_start_ms));
+        let bucket_start = match (p.window_size, p.time_zone) {
+            (None, _) => 0,
+            (Some(w), None) => w.start_of(key.window_start_ms),
+            (Some(w), Some(tz)) => {
+                zone::check_exact(tz, self.meter_window, key.window_start_ms)?;
+                zone::start_of(tz, w, key.window_start_ms)
+            }
+        };
         let group = self
             .selected
             .iter()
@@ -336,6 +352,10 @@ impl Rows<'_> {
             p.to_ms
                 .unwrap_or_else(|| meter.window_size().end_of_window(latest)),
         );
+        let window_end = |w: WindowSize, start: i64| match p.time_zone {
+            None => w.end_of_window(start),
+            Some(tz) => zone::end_of(tz, w, start),
+        };
         let group_keys: Vec<&String> = self
             .selected
             .iter()
@@ -350,8 +370,8 @@ impl Rows<'_> {
                     Some(w) => (
                         p.from_ms
                             .map_or(bucket_start, |from| bucket_start.max(from)),
-                        p.to_ms.map_or(w.end_of_window(bucket_start), |to| {
-                            w.end_of_window(bucket_start).min(to)
+                        p.to_ms.map_or(window_end(w, bucket_start), |to| {
+                            window_end(w, bucket_start).min(to)
                         }),
                     ),
                 };

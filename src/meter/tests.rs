@@ -339,6 +339,7 @@ fn query_params(meter_window: WindowSize) -> impl Strategy<Value = QueryParams> 
                 filter_group_by: (filters.into_iter())
                     .map(|(k, v)| (k.to_owned(), v.to_owned()))
                     .collect(),
+                time_zone: None,
             }
         })
 }

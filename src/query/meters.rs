@@ -63,7 +63,7 @@ impl From<meter::QueryError> for QueryError {
 }
 
 /// A meter query as OpenMeter names its parameters: `from`, `to`,
-/// `windowSize`, `windowTimeZone` (UTC only), `subject` and `groupBy`,
+/// `windowSize`, `windowTimeZone` (IANA), `subject` and `groupBy`,
 /// which may repeat, `filterGroupBy[key]=value`, and `clientId` (accepted
 /// and not used: keymeter answers from its counters, not a query cache).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -81,6 +81,8 @@ pub struct QueryRequest {
     pub cursor: Option<String>,
     /// `filterGroupBy[key]=value`: only counters with these group values.
     pub filter_group_by: Vec<(String, String)>,
+    /// `windowTimeZone` other than UTC.
+    pub time_zone: Option<chrono_tz::Tz>,
 }
 
 /// The rows of a query, or of one page of it.
@@ -109,11 +111,14 @@ impl QueryRequest {
                         ))
                     })?)
                 }
-                "windowTimeZone" if v == "UTC" || v == "Etc/UTC" => {}
                 "windowTimeZone" => {
-                    return Err(QueryError::invalid(
-                        "windows are in UTC; windowTimeZone must be UTC",
-                    ))
+                    let tz: chrono_tz::Tz = v.parse().map_err(|_| {
+                        QueryError::invalid(format!(
+                            "windowTimeZone {v:?} is not an IANA time zone name (e.g. Europe/Berlin)"
+                        ))
+                    })?;
+                    q.time_zone =
+                        (tz != chrono_tz::Tz::UTC && tz != chrono_tz::Tz::Etc__UTC).then_some(tz);
                 }
                 "subject" => q.subjects.push(v.into_owned()),
                 "limit" => {
@@ -192,6 +197,7 @@ impl QueryRequest {
             split_by_subject: !self.subjects.is_empty()
                 || self.group_by.iter().any(|g| g == "subject"),
             filter_group_by: self.filter_group_by.clone(),
+            time_zone: self.time_zone,
         }
     }
 }

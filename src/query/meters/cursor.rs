@@ -48,6 +48,10 @@ pub(super) fn tag(slug: &str, request: &QueryRequest) -> Tag {
             field(item.as_bytes());
         }
     }
+    if let Some(tz) = request.time_zone {
+        field(b"windowTimeZone");
+        field(tz.name().as_bytes());
+    }
     if !request.filter_group_by.is_empty() {
         let mut filters: Vec<&(String, String)> = request.filter_group_by.iter().collect();
         filters.sort_unstable();
