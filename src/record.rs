@@ -126,6 +126,12 @@ pub enum Record {
         tenant: std::sync::Arc<str>,
         event: EventRecord,
     },
+    /// A meter's descriptive fields changed (name, description, metadata):
+    /// the whole new definition, whose measuring fields are the old ones.
+    MeterUpdated {
+        meter: AsJson<MeterDef>,
+        audit: Audit,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

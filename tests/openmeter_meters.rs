@@ -176,6 +176,44 @@ async fn meters_and_queries_work_as_openmeter_clients_send_them() {
         .await;
     assert_eq!(r.status(), 400);
 
+    // An update changes what OpenMeter lets change, and nothing counted.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let update = json!({"name": "Tokens", "description": "per model",
+        "metadata": {"team": "platform"}, "groupBy": {"model": "$.model"}});
+    let r = server
+        .request(
+            reqwest::Method::PUT,
+            ADMIN_KEY,
+            &format!("/api/v1/meters/{id}"),
+        )
+        .json(&update)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let updated: Value = r.json().await.unwrap();
+    assert_eq!(updated["name"], "Tokens");
+    assert_eq!(updated["metadata"], json!({"team": "platform"}));
+    assert_eq!(updated["id"], meter["id"]);
+    assert_eq!(updated["createdAt"], meter["createdAt"]);
+    assert!(
+        updated["updatedAt"].as_str() > meter["updatedAt"].as_str(),
+        "{updated}"
+    );
+    assert_eq!(
+        server.get_json(ADMIN_KEY, "/api/v1/meters/tokens").await,
+        updated
+    );
+    assert_eq!(server.total("tokens", "").await, 20.0);
+    let regroup = json!({"groupBy": {"model": "$.model", "region": "$.region"}});
+    let r = server
+        .request(reqwest::Method::PUT, ADMIN_KEY, "/api/v1/meters/tokens")
+        .json(&regroup)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
     // Deleted by id, gone by slug.
     let r = server
         .delete(ADMIN_KEY, &format!("/api/v1/meters/{id}"))

@@ -78,8 +78,8 @@ async fn build_meters(server: &Server) {
     }
 }
 
-/// Meters made after the events (their past is counted by a backfill) and
-/// one deleted.
+/// Meters made after the events (their past is counted by a backfill), one
+/// deleted and one renamed.
 async fn change_meters_after_events(server: &Server) {
     for (slug, agg) in [("floor", "MIN"), ("last", "LATEST")] {
         server
@@ -91,6 +91,15 @@ async fn change_meters_after_events(server: &Server) {
     }
     let r = server.delete(ADMIN_KEY, "/api/v1/meters/gone").await;
     assert_eq!(r.status(), 204);
+    // Renamed after its events: the definition changes, not the counters.
+    let rename = json!({"name": "Peak latency", "metadata": {"unit": "ms"}});
+    let r = server
+        .request(reqwest::Method::PUT, ADMIN_KEY, "/api/v1/meters/peak")
+        .json(&rename)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
 }
 
 /// Products (one edited), keys (one bound to a product, one revoked).

@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::{Admin, ApiError, AppState, Auth, Read};
-use crate::engine::protocol::{CreateMeter, DeleteMeter};
+use crate::engine::protocol::{CreateMeter, DeleteMeter, UpdateMeter};
 use crate::error_code::ErrorCode;
 use crate::event::fmt_ms;
 use crate::meter::{Amount, MeterDef, QueryRow, WindowSize};
@@ -73,6 +73,54 @@ pub async fn create(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     Ok((StatusCode::CREATED, Json(meter_json(&def))).into_response())
+}
+
+/// OpenMeter's meter update body: what may change without recounting.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeterUpdate {
+    name: Option<String>,
+    description: Option<String>,
+    metadata: Option<BTreeMap<String, String>>,
+    group_by: Option<BTreeMap<String, String>>,
+    #[serde(default, rename = "annotations")]
+    _annotations: Option<Value>,
+}
+
+/// `PUT /api/v1/meters/{meterIdOrSlug}`: a new name, description or
+/// metadata. `groupBy` may be sent as it is; changing it is refused, since
+/// the stored counters are keyed by the meter's groups.
+pub async fn update(
+    auth: Auth<Admin>,
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    body: Result<Json<MeterUpdate>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(body) = body.map_err(|e| ApiError::new(ErrorCode::InvalidMeter, e.body_text()))?;
+    let slug = state.view.meter_slug(&key);
+    let current = (state.view.meter(&slug)).ok_or_else(|| QueryError::meter_not_found(&slug))?;
+    if body
+        .group_by
+        .as_ref()
+        .is_some_and(|g| *g != current.group_by)
+    {
+        return Err(ApiError::new(
+            ErrorCode::InvalidMeter,
+            "groupBy cannot change: the meter's counters are kept by its groups; \
+             create a new meter with the groups wanted",
+        ));
+    }
+    let def = state
+        .engine
+        .send(UpdateMeter {
+            slug: current.slug,
+            name: body.name,
+            description: body.description,
+            metadata: body.metadata,
+            audit: auth.audit(),
+        })
+        .await?;
+    Ok(Json(meter_json(&def)))
 }
 
 pub async fn delete(

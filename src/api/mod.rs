@@ -88,7 +88,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/meters", get(meters::list).post(meters::create))
         .route(
             "/api/v1/meters/{meterIdOrSlug}",
-            get(meters::get).delete(meters::delete),
+            get(meters::get).put(meters::update).delete(meters::delete),
         )
         .route(
             "/api/v1/meters/{meterIdOrSlug}/query",

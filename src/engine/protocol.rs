@@ -132,6 +132,15 @@ pub struct CreateMeter {
     pub audit: Audit,
 }
 
+/// Changes a meter's name, description and metadata (OpenMeter's update).
+pub struct UpdateMeter {
+    pub slug: MeterSlug,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub metadata: Option<std::collections::BTreeMap<String, String>>,
+    pub audit: Audit,
+}
+
 pub struct DeleteMeter {
     pub slug: MeterSlug,
     pub audit: Audit,

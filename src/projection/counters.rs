@@ -252,6 +252,10 @@ impl Counters {
                     self.create_meter(a.seq, meter)?;
                     meters_changed = true;
                 }
+                Record::MeterUpdated { meter, .. } => {
+                    self.update_meter(meter)?;
+                    meters_changed = true;
+                }
                 Record::MeterDeleted { slug, .. } => {
                     self.merge(&mut fold, last)?;
                     self.write_back(&mut fold)?;
@@ -384,6 +388,19 @@ impl Counters {
         self.applied = seq;
         self.flushed = seq;
         self.start_backfill(&def.slug, seq, 1)
+    }
+
+    /// A new name, description or metadata: the same measuring fields, so
+    /// the counters and any backfill in progress go on as they are.
+    /// Written at once, ahead of the checkpoint: replaying the record
+    /// again writes the same bytes.
+    fn update_meter(&mut self, def: &MeterDef) -> Result<(), ProjectionError> {
+        let compiled = compile("counters", def)?;
+        let json = serde_json::to_vec(def).expect("meter serializes");
+        self.tree
+            .insert(prefixed(METER_DEF_PREFIX, &def.slug), json)?;
+        self.meters.insert(compiled);
+        Ok(())
     }
 
     fn delete_meter(&mut self, seq: Seq, slug: &str) -> Result<(), ProjectionError> {
