@@ -176,6 +176,28 @@ async fn meters_and_queries_work_as_openmeter_clients_send_them() {
         .await;
     assert_eq!(r.status(), 400);
 
+    // A meter defined later with eventFrom counts only what is after it,
+    // in its past and from now on.
+    let from = rfc3339_ms(chrono::Utc::now().timestamp_millis() - 30_000);
+    let recent = json!({"slug": "recent", "eventType": "prompt", "aggregation": "COUNT",
+        "eventFrom": from});
+    let r = server.post_json(ADMIN_KEY, "/api/v1/meters", &recent).await;
+    assert_eq!(r.status(), 201);
+    let later = event(
+        "4",
+        "prompt",
+        "acme",
+        &time_from_now(-1_000),
+        json!({"tokens": 1}),
+    );
+    assert_eq!(server.ingest(ADMIN_KEY, &[later]).await.status(), 204);
+    assert_eq!(server.total("recent", "").await, 1.0);
+    assert_eq!(server.total("tokens", "").await, 21.0);
+    let bad = json!({"slug": "bad", "eventType": "prompt", "aggregation": "COUNT",
+        "eventFrom": "yesterday"});
+    let r = server.post_json(ADMIN_KEY, "/api/v1/meters", &bad).await;
+    assert_eq!(r.status(), 400);
+
     // An update changes what OpenMeter lets change, and nothing counted.
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     let update = json!({"name": "Tokens", "description": "per model",
@@ -204,7 +226,7 @@ async fn meters_and_queries_work_as_openmeter_clients_send_them() {
         server.get_json(ADMIN_KEY, "/api/v1/meters/tokens").await,
         updated
     );
-    assert_eq!(server.total("tokens", "").await, 20.0);
+    assert_eq!(server.total("tokens", "").await, 21.0);
     let regroup = json!({"groupBy": {"model": "$.model", "region": "$.region"}});
     let r = server
         .request(reqwest::Method::PUT, ADMIN_KEY, "/api/v1/meters/tokens")

@@ -60,6 +60,9 @@ pub struct MeterDef {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
     pub event_type: String,
+    /// Events before this instant (RFC 3339) are not counted by this meter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_from: Option<String>,
     pub aggregation: Aggregation,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value_property: Option<String>,
@@ -127,6 +130,8 @@ pub enum MeterError {
     InvalidGroupByKey { key: String },
     #[error("groupBy has {count} entries, at most {GROUP_BY_MAX} are allowed")]
     TooManyGroupBy { count: usize },
+    #[error("eventFrom {value:?} is not an RFC 3339 timestamp")]
+    InvalidEventFrom { value: String },
 }
 
 impl MeterError {
@@ -147,6 +152,7 @@ impl MeterError {
             | MeterError::JsonPathNotSingular { field, .. } => field.clone(),
             MeterError::InvalidGroupByKey { key } => format!("groupBy.{key}"),
             MeterError::TooManyGroupBy { .. } => "groupBy".to_owned(),
+            MeterError::InvalidEventFrom { .. } => "eventFrom".to_owned(),
         }
     }
 }
@@ -159,9 +165,17 @@ pub struct CompiledMeter {
     /// In `groupBy` key order (sorted), parallel to [`CompiledMeter::group_keys`].
     pub(crate) group_paths: Vec<SingularPath>,
     group_keys: Vec<String>,
+    /// `eventFrom` in milliseconds.
+    event_from_ms: Option<i64>,
 }
 
 impl CompiledMeter {
+    /// Whether an event at `event_time_ms` is counted (not before `eventFrom`).
+    #[inline]
+    pub fn counts_time(&self, event_time_ms: i64) -> bool {
+        self.event_from_ms.is_none_or(|from| event_time_ms >= from)
+    }
+
     pub fn def(&self) -> &MeterDef {
         &self.def
     }
@@ -233,11 +247,22 @@ impl MeterDef {
             }
             group_paths.push(compile_path(format!("groupBy.{key}"), path)?);
         }
+        let event_from_ms = match &self.event_from {
+            None => None,
+            Some(text) => Some(
+                chrono::DateTime::parse_from_rfc3339(text)
+                    .map_err(|_| MeterError::InvalidEventFrom {
+                        value: text.clone(),
+                    })?
+                    .timestamp_millis(),
+            ),
+        };
         Ok(CompiledMeter {
             def: self.clone(),
             value_path,
             group_paths,
             group_keys: self.group_by.keys().cloned().collect(),
+            event_from_ms,
         })
     }
 }

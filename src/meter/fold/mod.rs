@@ -116,7 +116,8 @@ impl Fold {
     }
 
     /// Folds one observation into the counter of its meter, subject, window
-    /// (`meter.window_size().start_of(event_time_ms)`) and group.
+    /// (`meter.window_size().start_of(event_time_ms)`) and group; an event
+    /// before the meter's `eventFrom` is not counted.
     ///
     /// # Panics
     /// If `obs` was not extracted by a meter shaped like `meter` (group arity or value
@@ -136,6 +137,9 @@ impl Fold {
             "observation group arity does not match meter {}",
             meter.slug()
         );
+        if !meter.counts_time(event_time_ms) {
+            return; // before the meter's eventFrom
+        }
         let meter_id = match self.meter_id(meter.slug(), meter.aggregation()) {
             Ok(id) => id,
             Err(e) => panic!("meter {}: {e}", meter.slug()),
@@ -294,7 +298,8 @@ impl Fold {
     }
 }
 
-/// Extracts and folds a single event: its counter key and one-event state.
+/// Extracts and folds a single event: its counter key and one-event state
+/// (whatever the meter's `eventFrom`: the caller decides whether it counts).
 pub fn fold_event(
     meter: &CompiledMeter,
     key: &UniqueKey,
