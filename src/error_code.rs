@@ -182,6 +182,12 @@ error_codes! {
         "Not a billing period of this data directory's cycle (`2026-11` for months, `2026-11-05` for days)";
     InvalidCursor = "INVALID_CURSOR", BAD_REQUEST,
         "A billing feed cursor that is malformed or ahead of every statement issued";
+    ValueTooPrecise = "VALUE_TOO_PRECISE", BAD_REQUEST,
+        "The value has a non-zero digit past the 9th decimal, which the engine does not keep, and the meter does not set `roundValues`";
+    MethodNotAllowed = "METHOD_NOT_ALLOWED", METHOD_NOT_ALLOWED,
+        "The route exists but not with this method; `Allow` lists the methods it takes";
+    InvalidRequest = "INVALID_REQUEST", BAD_REQUEST,
+        "The request could not be read as the route needs it (a path or header the route cannot parse); the message says what";
 }
 
 /// A refusal: a stable code and a message for humans. An event rejected

@@ -23,11 +23,11 @@ pub struct Metrics {
     pub events_accepted_total: IntCounter,
     pub events_rejected_total: IntCounterVec,
     pub events_duplicate_total: IntCounter,
-    pub fold_skipped_total: IntCounterVec,
     pub billing_statements_total: IntCounterVec,
     pub billing_late_events_total: IntCounterVec,
     pub billing_reconcile_failures_total: IntCounter,
     pub billing_closed_before_seconds: IntGauge,
+    pub meter_events_skipped_total: IntCounterVec,
     pub log_batches_total: IntCounter,
     pub log_records_total: IntCounter,
     pub log_bytes_total: IntCounter,
@@ -173,10 +173,10 @@ impl Metrics {
                 "keymeter_events_duplicate_total",
                 "Events dropped as duplicates of an already-recorded source+id.",
             ),
-            fold_skipped_total: counter_vec(
-                "keymeter_fold_skipped_total",
-                "Logged events a meter could not fold (e.g. created after them without their value property), by reason.",
-                &["reason"],
+            meter_events_skipped_total: counter_vec(
+                "keymeter_meter_events_skipped_total",
+                "Logged events a meter skipped because it could not read them (missing or non-numeric value), by meter and reason; the counts are stored with the counters, so a restart or replay gives the same.",
+                &["meter", "reason"],
             ),
             billing_statements_total: counter_vec(
                 "keymeter_billing_statements_total",

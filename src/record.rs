@@ -141,6 +141,12 @@ pub enum Record {
         closed_before_ms: i64,
         restate: bool,
     },
+    /// A meter's descriptive fields changed (name, description, metadata):
+    /// the whole new definition, whose measuring fields are the old ones.
+    MeterUpdated {
+        meter: AsJson<MeterDef>,
+        audit: Audit,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

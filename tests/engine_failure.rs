@@ -133,7 +133,7 @@ fn a_failed_fsync_answers_503_and_readyz_reports_it_and_the_batch_is_whole_or_ab
     let view = keymeter::query::View::new(handle.shared.clone(), None);
     let q = keymeter::query::meters::QueryRequest::parse("").unwrap();
     let answer = view.query("calls", &q, usize::MAX).unwrap();
-    let total: f64 = answer.rows.iter().map(|r| r.value).sum();
+    let total: f64 = answer.rows.iter().map(|r| r.value.to_f64()).sum();
     assert_eq!(total, 10.0, "both batches, each whole");
     drop(handle);
     engine.shutdown().unwrap();

@@ -29,7 +29,7 @@ async fn each_defect_gets_its_code_and_good_events_survive() {
         &["--request-events-max", "50", "--body-bytes-max", "65536"],
     );
     server
-        .create_meter(json!({"slug": "units", "eventType": "usage", "aggregation": "SUM", "valueProperty": "$.units"}))
+        .create_meter(json!({"slug": "units", "eventType": "usage", "aggregation": "SUM", "valueProperty": "$.units", "strict": true}))
         .await;
     let ce = "application/cloudevents+json";
 
@@ -73,6 +73,8 @@ async fn each_defect_gets_its_code_and_good_events_survive() {
         (400, "EVENT_TIME_OUT_OF_RANGE")
     );
 
+    // A strict meter refuses what it cannot read (a meter that is not
+    // strict skips such an event, see tests/lenient_meters.rs).
     // A mixed batch: good events are accepted durably, bad ones reported by index.
     let batch = vec![
         ev("g1", json!({"units": 2.5})),

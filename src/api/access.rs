@@ -78,7 +78,8 @@ pub fn new_request_id() -> String {
 pub fn admin_action(method: &Method, route: &str) -> Option<&'static str> {
     let action = match (method.as_str(), route) {
         ("POST", "/api/v1/meters") => "meter.create",
-        ("DELETE", "/api/v1/meters/{slug}") => "meter.delete",
+        ("PUT", "/api/v1/meters/{meterIdOrSlug}") => "meter.update",
+        ("DELETE", "/api/v1/meters/{meterIdOrSlug}") => "meter.delete",
         ("POST", "/api/v1/api-keys") => "api_key.create",
         ("DELETE", "/api/v1/api-keys/{id}") => "api_key.revoke",
         ("POST", "/api/v1/products") => "product.create",

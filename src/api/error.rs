@@ -1,7 +1,12 @@
 //! One error shape for every endpoint: `{"code": "...", "message": "..."}`
-//! plus optional details, sent with the code's HTTP status.
+//! plus optional details, and the problem fields OpenMeter's clients read
+//! (RFC 9457: `type`, `title`, `status`, `detail`), sent with the code's
+//! HTTP status. [`json_errors`] gives the router's own refusals (405, a path
+//! it cannot parse) the same shape.
 
-use axum::http::StatusCode;
+use axum::extract::Request;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
@@ -78,10 +83,8 @@ impl From<QueryError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let mut body = self.details.unwrap_or_default();
-        body.insert("code".into(), json!(self.code.as_str()));
-        body.insert("message".into(), json!(self.message));
-        let mut response = (status, Json(Value::Object(body))).into_response();
+        let body = problem(self.code, status, &self.message, self.details);
+        let mut response = (status, Json(body)).into_response();
         if let Some(s) = self.retry_after_s {
             response
                 .headers_mut()
@@ -95,6 +98,67 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// The error body: `details`, then `code` and `message`, and the problem
+/// fields (`type` is `about:blank`: the status and `code` say it all).
+fn problem(
+    code: ErrorCode,
+    status: StatusCode,
+    message: &str,
+    details: Option<serde_json::Map<String, Value>>,
+) -> Value {
+    let mut body = details.unwrap_or_default();
+    body.insert("code".into(), json!(code.as_str()));
+    body.insert("message".into(), json!(message));
+    body.insert("type".into(), json!("about:blank"));
+    let title = status.canonical_reason().unwrap_or("Error");
+    body.insert("title".into(), json!(title));
+    body.insert("status".into(), json!(status.as_u16()));
+    body.insert("detail".into(), json!(message));
+    Value::Object(body)
+}
+
+/// Longest framework refusal text kept as an error's message.
+const FRAMEWORK_MESSAGE_MAX: usize = 1024;
+
+/// Gives an error answered by the framework rather than a handler (405 for
+/// a method the route does not take, a path it cannot parse) the JSON
+/// error body, keeping its status and headers (`Allow`).
+pub async fn json_errors(req: Request, next: Next) -> Response {
+    let response = next.run(req).await;
+    let status = response.status();
+    let is_json = (response.headers().get(header::CONTENT_TYPE))
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, FRAMEWORK_MESSAGE_MAX)
+        .await
+        .unwrap_or_default();
+    let mut message = String::from_utf8_lossy(&text).trim().to_owned();
+    let code = match status {
+        StatusCode::METHOD_NOT_ALLOWED => ErrorCode::MethodNotAllowed,
+        StatusCode::NOT_FOUND => ErrorCode::NotFound,
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorCode::UnsupportedMediaType,
+        s if s.is_server_error() => ErrorCode::Internal,
+        _ => ErrorCode::InvalidRequest,
+    };
+    if message.is_empty() {
+        message = match code {
+            ErrorCode::MethodNotAllowed => "the route does not take this method".to_owned(),
+            _ => status.canonical_reason().unwrap_or("error").to_lowercase(),
+        };
+    }
+    let body = serde_json::to_vec(&problem(code, status, &message, None)).unwrap_or_default();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 #[cfg(test)]

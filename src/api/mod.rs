@@ -88,10 +88,21 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/events", post(events::ingest))
         .route("/api/v1/meters", get(meters::list).post(meters::create))
         .route(
-            "/api/v1/meters/{slug}",
-            get(meters::get).delete(meters::delete),
+            "/api/v1/meters/{meterIdOrSlug}",
+            get(meters::get).put(meters::update).delete(meters::delete),
         )
-        .route("/api/v1/meters/{slug}/query", get(meters::query))
+        .route(
+            "/api/v1/meters/{meterIdOrSlug}/query",
+            get(meters::query).post(meters::query_post),
+        )
+        .route(
+            "/api/v1/meters/{meterIdOrSlug}/subjects",
+            get(meters::subjects),
+        )
+        .route(
+            "/api/v1/meters/{meterIdOrSlug}/group-by/{groupByKey}/values",
+            get(meters::group_by_values),
+        )
         .route("/api/v1/quarantine", get(events::quarantine))
         .route("/api/v1/api-keys", get(keys::list).post(keys::create))
         .route("/api/v1/api-keys/{id}", delete(keys::revoke))
@@ -165,6 +176,7 @@ pub fn router(state: AppState) -> Router {
         api = api.route("/metrics", get(metrics_protected));
     }
     api.fallback(not_found)
+        .layer(axum::middleware::from_fn(error::json_errors))
         .layer(DefaultBodyLimit::max(body_max))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

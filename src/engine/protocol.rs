@@ -73,7 +73,9 @@ pub struct IngestOutcome {
     pub accepted: u32,
     pub duplicates: u32,
     pub rejected: Vec<RejectedItem>,
-    /// Highest log sequence number written for this request (0 if none).
+    /// Highest log sequence number written for this request; for
+    /// duplicates, the position every original is logged at or before (0
+    /// only when nothing was written or found).
     pub last_seq: Seq,
 }
 
@@ -127,6 +129,15 @@ pub struct RejectBody {
 
 pub struct CreateMeter {
     pub def: MeterDef,
+    pub audit: Audit,
+}
+
+/// Changes a meter's name, description and metadata (OpenMeter's update).
+pub struct UpdateMeter {
+    pub slug: MeterSlug,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub metadata: Option<std::collections::BTreeMap<String, String>>,
     pub audit: Audit,
 }
 

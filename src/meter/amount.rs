@@ -29,6 +29,9 @@ pub enum AmountParseError {
     Syntax,
     /// Magnitude above 10^20 after rounding to 9 decimals.
     OutOfRange,
+    /// More fractional digits than an amount keeps (a non-zero digit past
+    /// the 9th decimal): only [`Amount::parse_decimal_exact`] refuses these.
+    TooPrecise,
 }
 
 impl Amount {
@@ -49,7 +52,38 @@ impl Amount {
     /// either the integer or the fraction part may be empty but not both.
     /// Digits beyond 9 decimal places are rounded half-to-even.
     pub fn parse_decimal(text: &str) -> Result<Amount, AmountParseError> {
-        parse_decimal(text.as_bytes())
+        parse_decimal(text.as_bytes()).map(|(amount, _)| amount)
+    }
+
+    /// [`Amount::parse_decimal`] that refuses, rather than rounds, a value
+    /// with a non-zero digit past the 9th decimal (`1e-10`, `0.0000000015`);
+    /// trailing zeros (`1.5000000000`) are exact.
+    pub fn parse_decimal_exact(text: &str) -> Result<Amount, AmountParseError> {
+        match parse_decimal(text.as_bytes())? {
+            (amount, true) => Ok(amount),
+            (_, false) => Err(AmountParseError::TooPrecise),
+        }
+    }
+
+    /// `self / divisor`, rounded half to even to the amount's precision.
+    ///
+    /// # Panics
+    /// If `divisor` is 0.
+    pub fn div_round_half_even(self, divisor: u64) -> Amount {
+        let d = i128::from(divisor);
+        let (q, r) = (self.0 / d, self.0 % d);
+        // |r| < d, so 2|r| cannot overflow; compare it with d.
+        let twice = 2 * r.unsigned_abs();
+        let away = match twice.cmp(&d.unsigned_abs()) {
+            std::cmp::Ordering::Greater => true,
+            std::cmp::Ordering::Equal => q % 2 != 0,
+            std::cmp::Ordering::Less => false,
+        };
+        match (away, self.0 < 0) {
+            (false, _) => Amount(q),
+            (true, false) => Amount(q + 1),
+            (true, true) => Amount(q - 1),
+        }
     }
 
     /// Nearest `f64` (correctly rounded for |value| < 2^53 × 10^-9, and via the exact
@@ -85,7 +119,8 @@ impl fmt::Display for Amount {
     }
 }
 
-fn parse_decimal(s: &[u8]) -> Result<Amount, AmountParseError> {
+/// The amount, and whether it is exact (no non-zero digit was rounded off).
+fn parse_decimal(s: &[u8]) -> Result<(Amount, bool), AmountParseError> {
     let mut pos = 0;
     let negative = match s.first() {
         Some(b'-') => {
@@ -146,17 +181,17 @@ fn parse_decimal(s: &[u8]) -> Result<Amount, AmountParseError> {
     if pos != s.len() {
         return Err(AmountParseError::Syntax);
     }
-    let units = scale_digits(int_digits, frac_digits, exponent)?;
-    Ok(Amount(if negative { -units } else { units }))
+    let (units, exact) = scale_digits(int_digits, frac_digits, exponent)?;
+    Ok((Amount(if negative { -units } else { units }), exact))
 }
 
 /// Rounds `int_digits.frac_digits × 10^exponent × 10^9` half-to-even to an integer and
-/// checks the magnitude bound.
+/// checks the magnitude bound; also says whether no non-zero digit was rounded off.
 fn scale_digits(
     int_digits: &[u8],
     frac_digits: &[u8],
     exponent: i64,
-) -> Result<i128, AmountParseError> {
+) -> Result<(i128, bool), AmountParseError> {
     let digit_count = int_digits.len() + frac_digits.len();
     let digit_at = |i: usize| -> u8 {
         if i < int_digits.len() {
@@ -185,8 +220,10 @@ fn scale_digits(
                 }
             }
         }
-        return Ok(units);
+        return Ok((units, true));
     }
+    let dropped_from = kept_count.max(0) as usize;
+    let exact = (dropped_from..digit_count).all(|i| digit_at(i) == 0);
     // Round half to even on the dropped digits.
     let (round_digit, sticky) = if kept_count < 0 {
         (0, false)
@@ -201,7 +238,7 @@ fn scale_digits(
     if units > AMOUNT_MAGNITUDE_MAX_UNITS {
         return Err(AmountParseError::OutOfRange);
     }
-    Ok(units)
+    Ok((units, exact))
 }
 
 #[cfg(test)]
@@ -233,6 +270,48 @@ mod tests {
         assert_eq!(amount("1e-999999999999999999"), Amount::ZERO);
         assert_eq!(amount("0.000000001"), Amount(1));
         assert_eq!(amount("1.0e-9"), Amount(1));
+    }
+
+    #[test]
+    fn exact_parse_refuses_only_digits_that_rounding_would_change() {
+        let exact = Amount::parse_decimal_exact;
+        for refused in [
+            "1e-10",
+            "0.0000000015",
+            "12345678901.4234567891",
+            "-0.00000000001",
+            "25e-10",
+        ] {
+            assert_eq!(
+                exact(refused),
+                Err(AmountParseError::TooPrecise),
+                "{refused}"
+            );
+        }
+        for (text, units) in [
+            ("0.000000001", 1),
+            ("1.5000000000000", 1_500_000_000),
+            ("1e-9", 1),
+            ("1234567.123456789", 1_234_567_123_456_789),
+            ("0.00000000000e5", 0),
+            ("20e-10", 2),
+        ] {
+            assert_eq!(exact(text), Ok(Amount(units)), "{text}");
+        }
+        assert_eq!(exact("1e400"), Err(AmountParseError::OutOfRange));
+    }
+
+    #[test]
+    fn division_rounds_half_to_even_at_the_ninth_decimal() {
+        let div = |text: &str, by| Amount::div_round_half_even(amount(text), by).to_string();
+        assert_eq!(div("1", 3), "0.333333333");
+        assert_eq!(div("2", 3), "0.666666667");
+        assert_eq!(div("-2", 3), "-0.666666667");
+        assert_eq!(div("0.000000005", 2), "0.000000002");
+        assert_eq!(div("0.000000007", 2), "0.000000004");
+        assert_eq!(div("-0.000000005", 2), "-0.000000002");
+        assert_eq!(div("12345678901.423456789", 1), "12345678901.423456789");
+        assert_eq!(div("7.5", 3), "2.5");
     }
 
     #[test]

@@ -46,10 +46,23 @@ pub const EVENT_TYPE_CHARS_MAX: usize = 256;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MeterDef {
+    /// Stable id (a ULID) given when the meter is created; absent on meters
+    /// created before meters had ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     pub slug: MeterSlug,
+    /// A display name (OpenMeter's `name`); the slug when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Free key/value labels (OpenMeter's `metadata`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
     pub event_type: String,
+    /// Events before this instant (RFC 3339) are not counted by this meter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_from: Option<String>,
     pub aggregation: Aggregation,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value_property: Option<String>,
@@ -61,6 +74,30 @@ pub struct MeterDef {
     /// event of `-1e9` would otherwise undo a license's usage.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_negative: bool,
+    /// Refuse at ingest an event of this meter's type that the meter cannot
+    /// read (missing or non-numeric value). Off by default: such an event is
+    /// accepted and skipped by this meter only (see [`super::MeterSet::check`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strict: bool,
+    /// Round a value with a non-zero digit past the 9th decimal half to
+    /// even. Off by default: ingest refuses such a value (`VALUE_TOO_PRECISE`)
+    /// rather than count another number than the one sent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub round_values: bool,
+    /// When the meter was created and last changed (RFC 3339, UTC,
+    /// milliseconds), stamped by the engine; absent on older meters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
+    /// OpenMeter fields keymeter accepts and does not keep (`annotations`,
+    /// `dimensions`, `deletedAt`), so its clients' bodies are not refused.
+    #[serde(default, skip_serializing, rename = "annotations")]
+    pub ignored_annotations: Option<serde_json::Value>,
+    #[serde(default, skip_serializing, rename = "dimensions")]
+    pub ignored_dimensions: Option<serde_json::Value>,
+    #[serde(default, skip_serializing, rename = "deletedAt")]
+    pub ignored_deleted_at: Option<serde_json::Value>,
 }
 
 fn default_window_size() -> WindowSize {
@@ -93,6 +130,8 @@ pub enum MeterError {
     InvalidGroupByKey { key: String },
     #[error("groupBy has {count} entries, at most {GROUP_BY_MAX} are allowed")]
     TooManyGroupBy { count: usize },
+    #[error("eventFrom {value:?} is not an RFC 3339 timestamp")]
+    InvalidEventFrom { value: String },
 }
 
 impl MeterError {
@@ -113,6 +152,7 @@ impl MeterError {
             | MeterError::JsonPathNotSingular { field, .. } => field.clone(),
             MeterError::InvalidGroupByKey { key } => format!("groupBy.{key}"),
             MeterError::TooManyGroupBy { .. } => "groupBy".to_owned(),
+            MeterError::InvalidEventFrom { .. } => "eventFrom".to_owned(),
         }
     }
 }
@@ -125,9 +165,17 @@ pub struct CompiledMeter {
     /// In `groupBy` key order (sorted), parallel to [`CompiledMeter::group_keys`].
     pub(crate) group_paths: Vec<SingularPath>,
     group_keys: Vec<String>,
+    /// `eventFrom` in milliseconds.
+    event_from_ms: Option<i64>,
 }
 
 impl CompiledMeter {
+    /// Whether an event at `event_time_ms` is counted (not before `eventFrom`).
+    #[inline]
+    pub fn counts_time(&self, event_time_ms: i64) -> bool {
+        self.event_from_ms.is_none_or(|from| event_time_ms >= from)
+    }
+
     pub fn def(&self) -> &MeterDef {
         &self.def
     }
@@ -155,6 +203,15 @@ impl CompiledMeter {
 }
 
 impl MeterDef {
+    /// A COUNT meter with every optional field empty, for tests to fill in.
+    #[cfg(test)]
+    pub(crate) fn blank() -> MeterDef {
+        serde_json::from_value(serde_json::json!({
+            "slug": "m", "eventType": "e", "aggregation": "COUNT"
+        }))
+        .expect("valid meter")
+    }
+
     /// Checks every field and compiles the JSONPaths.
     pub fn validate(&self) -> Result<CompiledMeter, MeterError> {
         if !is_slug(&self.slug) {
@@ -190,11 +247,22 @@ impl MeterDef {
             }
             group_paths.push(compile_path(format!("groupBy.{key}"), path)?);
         }
+        let event_from_ms = match &self.event_from {
+            None => None,
+            Some(text) => Some(
+                chrono::DateTime::parse_from_rfc3339(text)
+                    .map_err(|_| MeterError::InvalidEventFrom {
+                        value: text.clone(),
+                    })?
+                    .timestamp_millis(),
+            ),
+        };
         Ok(CompiledMeter {
             def: self.clone(),
             value_path,
             group_paths,
             group_keys: self.group_by.keys().cloned().collect(),
+            event_from_ms,
         })
     }
 }

@@ -43,6 +43,11 @@ pub enum ExtractError {
     NotScalar { path: String, found: &'static str },
     #[error("valueProperty {path} is negative; the meter does not set allowNegative")]
     Negative { path: String },
+    #[error(
+        "valueProperty {path} has a non-zero digit past the 9th decimal, which is not kept; \
+         the meter does not set roundValues"
+    )]
+    TooPrecise { path: String },
 }
 
 impl ExtractError {
@@ -54,7 +59,19 @@ impl ExtractError {
             ExtractError::ValueOutOfRange { .. } => ErrorCode::ValueOutOfRange,
             ExtractError::NotScalar { .. } => ErrorCode::ValueNotScalar,
             ExtractError::Negative { .. } => ErrorCode::ValueNegative,
+            ExtractError::TooPrecise { .. } => ErrorCode::ValueTooPrecise,
         }
+    }
+
+    /// Whether ingest refuses the event whatever the meter's `strict` says.
+    /// Only a value the meter *could* read but refuses by policy: a meter
+    /// skips an event only where the fold of the logged event skips it too,
+    /// and the fold counts every value it can read (rounding excess digits).
+    pub fn refuses_event(&self) -> bool {
+        matches!(
+            self,
+            ExtractError::Negative { .. } | ExtractError::TooPrecise { .. }
+        )
     }
 }
 
@@ -67,6 +84,17 @@ impl CompiledMeter {
         &self,
         data: Option<&str>,
         key: &UniqueKey,
+    ) -> Result<Observation, ExtractError> {
+        self.measure(data, key, false)
+    }
+
+    /// [`CompiledMeter::extract`]; with `exact`, a value with a non-zero
+    /// digit past the 9th decimal is refused rather than rounded.
+    fn measure(
+        &self,
+        data: Option<&str>,
+        key: &UniqueKey,
+        exact: bool,
     ) -> Result<Observation, ExtractError> {
         let value = match &self.value_path {
             None => ObservedValue::None,
@@ -81,7 +109,7 @@ impl CompiledMeter {
                         .map_err(|_| unparsed_value(text, path, self.aggregation()))?;
                     ObservedValue::Unique(unique_value_hash(&node, path, key)?)
                 } else {
-                    ObservedValue::Amount(amount_of_text(text, path)?)
+                    ObservedValue::Amount(amount_of_text(text, path, exact)?)
                 }
             }
         };
@@ -97,11 +125,13 @@ impl CompiledMeter {
     }
 
     /// [`CompiledMeter::extract`] as ingest decides it: also refuses a
-    /// negative value unless the meter allows them. Only new events are
-    /// refused; an event already in the log folds as it was accepted (the
-    /// fold calls `extract`), so a replay of an older log is unchanged.
+    /// negative value unless the meter allows them, and a value with more
+    /// decimals than an amount keeps unless the meter rounds them. Only new
+    /// events are refused; an event already in the log folds as it was
+    /// accepted (the fold calls `extract`), so a replay of an older log is
+    /// unchanged.
     pub fn admit(&self, data: Option<&str>, key: &UniqueKey) -> Result<Observation, ExtractError> {
-        let obs = self.extract(data, key)?;
+        let obs = self.measure(data, key, !self.def().round_values)?;
         if let ObservedValue::Amount(a) = obs.value {
             if a.0 < 0 && !self.def().allow_negative {
                 let path = self.value_path.as_ref().map_or("", |p| p.as_str());
@@ -160,14 +190,18 @@ fn json_kind(value: &Value) -> &'static str {
 /// `123456789.123456789` and `99999999999999999999` keep all their digits,
 /// which an `f64` would not) and `1e400` is out of range; a string must
 /// hold a decimal; anything else is the wrong kind.
-fn amount_of_text(text: &str, path: &SingularPath) -> Result<Amount, ExtractError> {
+fn amount_of_text(text: &str, path: &SingularPath, exact: bool) -> Result<Amount, ExtractError> {
     let text = text.trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\r'));
+    let parse = match exact {
+        true => Amount::parse_decimal_exact,
+        false => Amount::parse_decimal,
+    };
     let parsed = if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
         // JSON's number grammar is a subset of the decimal grammar.
-        Amount::parse_decimal(text)
+        parse(text)
     } else {
         match serde_json::from_str(text) {
-            Ok(Value::String(text)) => Amount::parse_decimal(&text),
+            Ok(Value::String(text)) => parse(&text),
             Ok(other) => {
                 return Err(ExtractError::NotNumeric {
                     path: path.as_str().to_owned(),
@@ -183,6 +217,9 @@ fn amount_of_text(text: &str, path: &SingularPath) -> Result<Amount, ExtractErro
             found: "non-numeric string",
         },
         AmountParseError::OutOfRange => ExtractError::ValueOutOfRange {
+            path: path.as_str().to_owned(),
+        },
+        AmountParseError::TooPrecise => ExtractError::TooPrecise {
             path: path.as_str().to_owned(),
         },
     })
@@ -246,6 +283,40 @@ mod tests {
             .unwrap()
             .validate()
             .unwrap()
+    }
+
+    #[test]
+    fn excess_decimals_are_refused_at_ingest_unless_the_meter_rounds_them() {
+        let sum = |round: bool| -> CompiledMeter {
+            serde_json::from_value::<MeterDef>(json!({"slug": "m", "eventType": "e",
+                "aggregation": "SUM", "valueProperty": "$.v", "roundValues": round}))
+            .unwrap()
+            .validate()
+            .unwrap()
+        };
+        let amount = |units| Ok(ObservedValue::Amount(Amount(units)));
+        for (data, rounded) in [(r#"{"v": 1e-10}"#, 0), (r#"{"v": "0.0000000015"}"#, 2)] {
+            let refused = sum(false).admit(Some(data), &KEY).unwrap_err();
+            assert_eq!(refused.code(), ErrorCode::ValueTooPrecise, "{data}");
+            assert!(
+                refused.refuses_event(),
+                "skipping would differ from the fold"
+            );
+            assert_eq!(
+                sum(true).admit(Some(data), &KEY).map(|o| o.value),
+                amount(rounded)
+            );
+            // An event already logged folds as before: rounded.
+            assert_eq!(
+                sum(false).extract(Some(data), &KEY).map(|o| o.value),
+                amount(rounded)
+            );
+        }
+        let exact = r#"{"v": 12345678901.423456789}"#;
+        assert_eq!(
+            sum(false).admit(Some(exact), &KEY).map(|o| o.value),
+            amount(12_345_678_901_423_456_789)
+        );
     }
 
     #[test]

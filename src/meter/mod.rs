@@ -42,6 +42,7 @@ mod set;
 mod state;
 mod unique;
 mod window;
+pub mod zone;
 
 pub use amount::{
     Amount, AmountParseError, AMOUNT_DECIMALS, AMOUNT_MAGNITUDE_MAX_UNITS, AMOUNT_SCALE,
@@ -53,7 +54,7 @@ pub use extract::{ExtractError, Observation, ObservedValue};
 pub use fold::{fold_event, Fold};
 pub use key::{CounterKey, KeyError};
 pub use query::{answer, query, Answer, QueryError, QueryParams, QueryRow, Resume, RowLimit};
-pub use set::{MeterCheckError, MeterSet};
+pub use set::{MeterCheckError, MeterSet, Reading};
 pub use state::{AggState, DecodeError, MergeError, STATE_ENCODING_VERSION};
 pub use unique::UniqueKey;
 pub use window::WindowSize;

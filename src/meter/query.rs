@@ -3,10 +3,12 @@
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashSet};
 
+use super::amount::Amount;
 use super::def::CompiledMeter;
 use super::key::CounterKey;
 use super::state::AggState;
 use super::window::WindowSize;
+use super::zone;
 use crate::error_code::ErrorCode;
 
 /// A meter query, OpenMeter style. Bounds are event-time milliseconds, `[from, to)`.
@@ -22,12 +24,19 @@ pub struct QueryParams {
     pub group_by: Vec<String>,
     /// One row per subject (otherwise subjects are merged and `subject` is `None`).
     pub split_by_subject: bool,
+    /// Only counters whose `groupBy` key has this value (OpenMeter's
+    /// `filterGroupBy`); all must match.
+    pub filter_group_by: Vec<(String, String)>,
+    /// The zone of the query's windows (OpenMeter's `windowTimeZone`);
+    /// `None` is UTC. See [`super::zone`].
+    pub time_zone: Option<chrono_tz::Tz>,
 }
 
 /// One result row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueryRow {
-    pub value: f64,
+    /// Exact ([`AggState::amount`]); answers write it as decimal text.
+    pub value: Amount,
     pub window_start_ms: i64,
     pub window_end_ms: i64,
     pub subject: Option<String>,
@@ -80,6 +89,8 @@ pub enum QueryError {
         "pages split rows by subject: page a query that has groupBy=subject or names subjects"
     )]
     PageWithoutSubjects,
+    #[error(transparent)]
+    ZoneInexact(#[from] super::zone::ZoneError),
 }
 
 impl QueryError {
@@ -88,7 +99,8 @@ impl QueryError {
             QueryError::WindowSizeTooFine { .. } => ErrorCode::InvalidWindowSize,
             QueryError::NotAligned { .. }
             | QueryError::EmptyRange { .. }
-            | QueryError::PageWithoutSubjects => ErrorCode::InvalidQuery,
+            | QueryError::PageWithoutSubjects
+            | QueryError::ZoneInexact(_) => ErrorCode::InvalidQuery,
             QueryError::UnknownGroupBy { .. } => ErrorCode::InvalidGroupBy,
             QueryError::StoredStateMismatch { .. } => ErrorCode::CorruptState,
             QueryError::TooManyRows { .. } | QueryError::SubjectTooManyRows { .. } => {
@@ -172,6 +184,14 @@ pub fn answer(
         return Err(QueryError::PageWithoutSubjects);
     }
     let selected = selected_group_indexes(meter, &p.group_by)?;
+    let filter_keys: Vec<String> = p.filter_group_by.iter().map(|(k, _)| k.clone()).collect();
+    selected_group_indexes(meter, &filter_keys)?; // refuses an unknown key
+    let filters: Vec<(usize, &str)> = (p.filter_group_by.iter())
+        .map(|(k, v)| {
+            let index = meter.group_keys().iter().position(|g| g == k);
+            (index.expect("checked above"), v.as_str())
+        })
+        .collect();
     let after = match limit {
         RowLimit::Page { after, .. } => after.as_ref(),
         RowLimit::Cap(_) => None,
@@ -181,6 +201,8 @@ pub fn answer(
     let mut rows = Rows {
         p,
         selected: &selected,
+        meter_window: meter.window_size(),
+        filters,
         subjects: p.subjects.iter().map(String::as_str).collect(),
         limit,
         after: after.map(|a| a.subject.as_str()),
@@ -207,6 +229,9 @@ pub fn answer(
 struct Rows<'q> {
     p: &'q QueryParams,
     selected: &'q [usize],
+    meter_window: WindowSize,
+    /// (group index, value) every counter read must have.
+    filters: Vec<(usize, &'q str)>,
     subjects: HashSet<&'q str>,
     limit: &'q RowLimit,
     /// A page's subjects come after this one.
@@ -231,6 +256,10 @@ impl Rows<'_> {
         {
             return Ok(());
         }
+        let filtered_out = (self.filters.iter()).any(|(i, v)| key.group[*i].as_deref() != Some(*v));
+        if filtered_out {
+            return Ok(());
+        }
         self.span = Some(match self.span {
             None => (key.window_start_ms, key.window_start_ms),
             Some((min, max)) => (min.min(key.window_start_ms), max.max(key.window_start_ms)),
@@ -241,7 +270,14 @@ impl Rows<'_> {
         if let RowLimit::Page { .. } = self.limit {
             self.enter_subject(&key.subject);
         }
-        let bucket_start = p.window_size.map_or(0, |w| w.start_of(key.window_start_ms));
+        let bucket_start = match (p.window_size, p.time_zone) {
+            (None, _) => 0,
+            (Some(w), None) => w.start_of(key.window_start_ms),
+            (Some(w), Some(tz)) => {
+                zone::check_exact(tz, self.meter_window, key.window_start_ms)?;
+                zone::start_of(tz, w, key.window_start_ms)
+            }
+        };
         let group = self
             .selected
             .iter()
@@ -316,6 +352,10 @@ impl Rows<'_> {
             p.to_ms
                 .unwrap_or_else(|| meter.window_size().end_of_window(latest)),
         );
+        let window_end = |w: WindowSize, start: i64| match p.time_zone {
+            None => w.end_of_window(start),
+            Some(tz) => zone::end_of(tz, w, start),
+        };
         let group_keys: Vec<&String> = self
             .selected
             .iter()
@@ -330,13 +370,13 @@ impl Rows<'_> {
                     Some(w) => (
                         p.from_ms
                             .map_or(bucket_start, |from| bucket_start.max(from)),
-                        p.to_ms.map_or(w.end_of_window(bucket_start), |to| {
-                            w.end_of_window(bucket_start).min(to)
+                        p.to_ms.map_or(window_end(w, bucket_start), |to| {
+                            window_end(w, bucket_start).min(to)
                         }),
                     ),
                 };
                 Some(QueryRow {
-                    value: state.value()?,
+                    value: state.amount()?,
                     window_start_ms,
                     window_end_ms,
                     subject,

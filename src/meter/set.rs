@@ -8,6 +8,7 @@ use super::def::{CompiledMeter, MeterDef};
 use super::extract::{ExtractError, Observation};
 use super::unique::UniqueKey;
 use super::MeterError;
+use crate::error_code::ErrorCode;
 
 /// The meters known to a fold or a check, by slug and by event type.
 #[derive(Default, Clone)]
@@ -88,25 +89,36 @@ impl MeterSet {
         self.by_slug.is_empty()
     }
 
-    /// Every meter of event type `ty` must be able to read `data`; what they
-    /// read comes back in [`MeterSet::for_type`] order, so the fold does not
-    /// extract it again. The writer and the Kafka source's dead-letter
-    /// pre-check both call this, so they cannot disagree on what is refused.
-    /// `key` is the data directory's UNIQUE_COUNT key (what the fold of the
-    /// observations is stored under).
+    /// What every meter of event type `ty` reads from `data`, in
+    /// [`MeterSet::for_type`] order, so the fold does not extract it again.
+    /// A meter that cannot read the event skips it: its entry is the reason
+    /// (the fold of the logged event finds the same one, so a replay skips
+    /// it too). The event is refused only when a `strict` meter cannot read
+    /// it, or when a meter's value is refused by policy whatever the meter
+    /// says ([`ExtractError::refuses_event`]: a negative value without
+    /// `allowNegative`), which the fold would count. The writer and the
+    /// Kafka source's dead-letter pre-check both call this, so they cannot
+    /// disagree on what is refused. `key` is the data directory's
+    /// UNIQUE_COUNT key (what the fold of the observations is stored under).
     pub fn check(
         &self,
         ty: &str,
         data: Option<&str>,
         key: &UniqueKey,
-    ) -> Result<Vec<Observation>, MeterCheckError> {
+    ) -> Result<Vec<Reading>, MeterCheckError> {
         self.for_type(ty)
-            .map(|meter| {
-                meter.admit(data, key).map_err(|error| MeterCheckError {
+            .map(|meter| match meter.admit(data, key) {
+                Ok(obs) => Ok(Ok(obs)),
+                Err(error) if meter.def().strict || error.refuses_event() => Err(MeterCheckError {
                     slug: meter.def().slug.to_string(),
                     error,
-                })
+                }),
+                Err(error) => Ok(Err(error.code())),
             })
             .collect()
     }
 }
+
+/// What one meter made of one event: what it observed, or why it skipped
+/// the event (an [`ExtractError::code`]).
+pub type Reading = Result<Observation, ErrorCode>;

@@ -49,6 +49,9 @@ fn meter(aggregation: Aggregation, window_size: WindowSize) -> CompiledMeter {
             .collect(),
         window_size,
         allow_negative: true,
+        strict: false,
+        round_values: false,
+        ..MeterDef::blank()
     }
     .validate()
     .unwrap()
@@ -196,28 +199,41 @@ fn aggregation_and_window() -> impl Strategy<Value = (Aggregation, WindowSize)> 
 }
 
 /// Naive model: aggregate the raw events of one row directly.
-fn model_value(aggregation: Aggregation, events: &[&RawEvent]) -> f64 {
+fn model_value(aggregation: Aggregation, events: &[&RawEvent]) -> Amount {
     let amount = |e: &RawEvent| Amount(i128::from(e.cents) * 10_000_000);
+    let units = |n: usize| Amount(n as i128 * 1_000_000_000);
     match aggregation {
-        Aggregation::Sum => Amount(events.iter().map(|e| amount(e).0).sum()).to_f64(),
-        Aggregation::Count => events.len() as f64,
+        Aggregation::Sum => Amount(events.iter().map(|e| amount(e).0).sum()),
+        Aggregation::Count => units(events.len()),
         Aggregation::Avg => {
-            Amount(events.iter().map(|e| amount(e).0).sum()).to_f64() / events.len() as f64
+            // Cents have 2 decimals: the mean to 9 decimals, half to even,
+            // from the exact fraction sum / n in billionths.
+            let (sum, n) = (
+                events.iter().map(|e| amount(e).0).sum::<i128>(),
+                events.len() as i128,
+            );
+            let floor = sum.div_euclid(n);
+            let twice_rest = 2 * sum.rem_euclid(n);
+            let up = twice_rest > n || (twice_rest == n && floor.rem_euclid(2) == 1);
+            Amount(floor + i128::from(up))
         }
-        Aggregation::Min => events.iter().map(|e| amount(e)).min().unwrap().to_f64(),
-        Aggregation::Max => events.iter().map(|e| amount(e)).max().unwrap().to_f64(),
-        Aggregation::UniqueCount => events
-            .iter()
-            .map(|e| e.unique_text.as_str())
-            .collect::<BTreeSet<_>>()
-            .len() as f64,
-        Aggregation::Latest => events
-            .iter()
-            .map(|e| (e.time_ms, amount(e)))
-            .max()
-            .unwrap()
-            .1
-            .to_f64(),
+        Aggregation::Min => events.iter().map(|e| amount(e)).min().unwrap(),
+        Aggregation::Max => events.iter().map(|e| amount(e)).max().unwrap(),
+        Aggregation::UniqueCount => units(
+            events
+                .iter()
+                .map(|e| e.unique_text.as_str())
+                .collect::<BTreeSet<_>>()
+                .len(),
+        ),
+        Aggregation::Latest => {
+            events
+                .iter()
+                .map(|e| (e.time_ms, amount(e)))
+                .max()
+                .unwrap()
+                .1
+        }
     }
 }
 
@@ -234,6 +250,10 @@ fn model_query(meter: &CompiledMeter, events: &[RawEvent], p: &QueryParams) -> V
             p.from_ms.is_none_or(|f| ws >= f)
                 && p.to_ms.is_none_or(|t| ws < t)
                 && (p.subjects.is_empty() || p.subjects.contains(&e.subject))
+                && p.filter_group_by.iter().all(|(k, v)| {
+                    let i = keys.iter().position(|key| key == k).unwrap();
+                    e.group[i].as_deref() == Some(v.as_str())
+                })
         })
         .collect();
     if included.is_empty() {
@@ -300,8 +320,9 @@ fn query_params(meter_window: WindowSize) -> impl Strategy<Value = QueryParams> 
         prop::sample::subsequence(vec!["s1", "s3", "nobody"], 0..=2),
         prop::sample::subsequence(vec!["g", "h"], 0..=2),
         any::<bool>(),
+        prop::sample::subsequence(vec![("g", "a"), ("h", "1"), ("h", "")], 0..=2),
     )
-        .prop_map(|(a, b, window_size, subjects, group_by, split)| {
+        .prop_map(|(a, b, window_size, subjects, group_by, split, filters)| {
             // Order the bounds; equal bounds become an open end.
             let (from_ms, to_ms) = match (a, b) {
                 (Some(a), Some(b)) if a == b => (Some(a), None),
@@ -315,6 +336,10 @@ fn query_params(meter_window: WindowSize) -> impl Strategy<Value = QueryParams> 
                 subjects: subjects.into_iter().map(String::from).collect(),
                 group_by: group_by.into_iter().map(String::from).collect(),
                 split_by_subject: split,
+                filter_group_by: (filters.into_iter())
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect(),
+                time_zone: None,
             }
         })
 }
@@ -536,15 +561,16 @@ fn windowed_query_rows_are_clipped_to_the_requested_range() {
         },
     )
     .unwrap();
-    let spans: Vec<(f64, i64, i64)> = rows
+    let spans: Vec<(Amount, i64, i64)> = rows
         .iter()
         .map(|r| (r.value, r.window_start_ms, r.window_end_ms))
         .collect();
+    let one = Amount::from_int(1);
     assert_eq!(
         spans,
         [
-            (1.0, 30 * 60_000, 60 * 60_000),
-            (1.0, 60 * 60_000, 120 * 60_000)
+            (one, 30 * 60_000, 60 * 60_000),
+            (one, 60 * 60_000, 120 * 60_000)
         ]
     );
 }

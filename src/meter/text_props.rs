@@ -249,6 +249,9 @@ fn compiled(aggregation: &str, path: &str) -> CompiledMeter {
         group_by: group,
         window_size: WindowSize::Minute,
         allow_negative: false,
+        strict: false,
+        round_values: false,
+        ..MeterDef::blank()
     }
     .validate()
     .unwrap()

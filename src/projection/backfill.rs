@@ -22,8 +22,7 @@ use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 
 use super::{EventFacts, ProjectionError};
 use crate::log::{LogDir, Seq};
-use crate::meter::{CompiledMeter, Fold, UniqueKey};
-use crate::metrics::metrics;
+use crate::meter::{CompiledMeter, Fold, MeterSet, UniqueKey};
 use crate::record::Record;
 
 /// Most counters in one part of a count.
@@ -178,8 +177,34 @@ pub fn count_parts(
     Ok(())
 }
 
+/// Folds one event into `fold` for every meter of its type; a meter that
+/// cannot read the event skips it, counted by reason (the writer skipped it
+/// the same way, see [`MeterSet::check`]; a later meter may want other fields).
+pub(super) fn fold_event(meters: &MeterSet, key: &UniqueKey, facts: &EventFacts, fold: &mut Fold) {
+    if let Some(readings) = &facts.observations {
+        let mut n = 0;
+        for (meter, reading) in meters.for_type(&facts.ty).zip(readings) {
+            match reading {
+                Ok(obs) => fold.apply(meter, &facts.subject, facts.time_ms, obs),
+                Err(reason) => fold.skip(meter.slug(), *reason),
+            }
+            n += 1;
+        }
+        assert_eq!(
+            n,
+            readings.len(),
+            "writer and projector disagree on the meters of {:?}",
+            facts.ty
+        );
+        return;
+    }
+    for meter in meters.for_type(&facts.ty) {
+        fold_one(meter, key, facts, fold);
+    }
+}
+
 /// Folds one logged event into `fold` for `meter`; an event the meter
-/// cannot read is counted and skipped.
+/// cannot read is skipped, counted by reason.
 pub(super) fn fold_one(
     meter: &CompiledMeter,
     key: &UniqueKey,
@@ -188,10 +213,7 @@ pub(super) fn fold_one(
 ) {
     match meter.extract(facts.data.as_deref(), key) {
         Ok(obs) => fold.apply(meter, &facts.subject, facts.time_ms, &obs),
-        Err(e) => metrics()
-            .fold_skipped_total
-            .with_label_values(&[e.code()])
-            .inc(),
+        Err(e) => fold.skip(meter.slug(), e.code()),
     }
 }
 

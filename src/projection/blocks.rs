@@ -172,9 +172,10 @@ fn walk_block(
 }
 
 /// Whether `key` of the counters tree holds a block (not the checkpoint, a
-/// meter definition, a backfill mark or the format stamp).
+/// meter definition, a backfill mark, the format stamp or a skip count).
+/// Blocks start with a slug, whose first byte is `[a-z0-9]`.
 pub fn is_block_key(key: &[u8]) -> bool {
-    key.first().is_some_and(|&b| b > 0x03)
+    key.first().is_some_and(|&b| b > 0x04)
 }
 
 /// The block that holds (or would hold) counter `key`: its key and its

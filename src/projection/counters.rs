@@ -22,9 +22,10 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use super::backfill::{self, fold_one, Backfill};
+use super::backfill::{self, fold_event, Backfill};
 use super::blocks::{self, Change};
 use super::reads::Overlay;
+use super::skips::Skips;
 use super::usage::{UsageCache, UsageInner};
 use super::{
     checkpoint, decode_json, put_checkpoint, Applied, EventFacts, OpenContext, Projection,
@@ -52,29 +53,6 @@ const BULK_COUNTERS_MAX: usize = 1 << 20;
 
 /// Meters whose past is still being counted, with the seq of their creation.
 pub type Backfills = Arc<ArcSwap<BTreeMap<String, Seq>>>;
-
-/// Folds one event into `fold` for every meter of its type; events a meter
-/// cannot read are counted and skipped (they were checked against the meters
-/// that existed when they arrived; a later meter may want other fields).
-fn fold_event(meters: &MeterSet, key: &UniqueKey, facts: &EventFacts, fold: &mut Fold) {
-    if let Some(observations) = &facts.observations {
-        let mut n = 0;
-        for (meter, obs) in meters.for_type(&facts.ty).zip(observations) {
-            fold.apply(meter, &facts.subject, facts.time_ms, obs);
-            n += 1;
-        }
-        assert_eq!(
-            n,
-            observations.len(),
-            "writer and projector disagree on the meters of {:?}",
-            facts.ty
-        );
-        return;
-    }
-    for meter in meters.for_type(&facts.ty) {
-        fold_one(meter, key, facts, fold);
-    }
-}
 
 /// The counters projection.
 pub struct Counters {
@@ -110,6 +88,8 @@ pub struct Counters {
     /// Catching up: nothing reads the counters, so chunks are folded in
     /// memory and written in key order at each flush (see [`Self::write_back`]).
     bulk: bool,
+    /// Events each meter skipped, by reason.
+    skips: Skips,
 }
 
 pub fn open(ctx: &OpenContext<'_>) -> Result<Box<dyn Projection>, ProjectionError> {
@@ -148,10 +128,13 @@ impl Counters {
             worker: backfill::Worker::new(ctx.log, ctx.unique_key),
             fold: Fold::default(),
             bulk: false,
+            skips: Skips::default(),
         };
         if counters.stale.is_some() {
             return Ok(counters); // to be emptied and rebuilt, not counted on
         }
+        counters.skips = Skips::load(&counters.tree)?;
+        counters.skips.export();
         // Backfills a stop interrupted resume after their last part written.
         for kv in counters.tree.scan_prefix([BACKFILL_PREFIX]) {
             let (k, v) = kv?;
@@ -269,6 +252,10 @@ impl Counters {
                     self.create_meter(a.seq, meter)?;
                     meters_changed = true;
                 }
+                Record::MeterUpdated { meter, .. } => {
+                    self.update_meter(meter)?;
+                    meters_changed = true;
+                }
                 Record::MeterDeleted { slug, .. } => {
                     self.merge(&mut fold, last)?;
                     self.write_back(&mut fold)?;
@@ -296,6 +283,7 @@ impl Counters {
             return Ok(());
         }
         if !self.bulk {
+            self.skips.add(fold.take_skips());
             let deltas = fold.drain_encoded();
             self.merge_deltas(deltas)?;
         }
@@ -349,7 +337,9 @@ impl Counters {
     /// checkpoint in one atomic batch, then empties it. Queries see the same
     /// states throughout: the overlay is cleared only after sled holds them.
     fn write_back(&mut self, fold: &mut Fold) -> Result<(), ProjectionError> {
-        if self.applied <= self.flushed && self.unmark.is_empty() && self.remark.is_empty() {
+        self.skips.add(fold.take_skips());
+        let marks = !self.unmark.is_empty() || !self.remark.is_empty();
+        if self.applied <= self.flushed && !marks && !self.skips.unstored() {
             return Ok(());
         }
         let deltas = fold.drain_encoded();
@@ -372,6 +362,7 @@ impl Counters {
         for slug in self.unmark.drain(..) {
             batch.remove(prefixed(BACKFILL_PREFIX, &slug));
         }
+        self.skips.store(&mut batch);
         put_checkpoint(&mut batch, self.applied);
         self.tree.apply_batch(batch)?;
         self.overlay.write().expect("overlay lock").clear();
@@ -399,6 +390,19 @@ impl Counters {
         self.start_backfill(&def.slug, seq, 1)
     }
 
+    /// A new name, description or metadata: the same measuring fields, so
+    /// the counters and any backfill in progress go on as they are.
+    /// Written at once, ahead of the checkpoint: replaying the record
+    /// again writes the same bytes.
+    fn update_meter(&mut self, def: &MeterDef) -> Result<(), ProjectionError> {
+        let compiled = compile("counters", def)?;
+        let json = serde_json::to_vec(def).expect("meter serializes");
+        self.tree
+            .insert(prefixed(METER_DEF_PREFIX, &def.slug), json)?;
+        self.meters.insert(compiled);
+        Ok(())
+    }
+
     fn delete_meter(&mut self, seq: Seq, slug: &str) -> Result<(), ProjectionError> {
         let mut batch = sled::Batch::default();
         for kv in self.tree.scan_prefix(CounterKey::meter_prefix(slug)) {
@@ -407,6 +411,7 @@ impl Counters {
         }
         batch.remove(prefixed(METER_DEF_PREFIX, slug));
         batch.remove(prefixed(BACKFILL_PREFIX, slug));
+        self.skips.remove_meter(&self.tree, slug, &mut batch)?;
         put_checkpoint(&mut batch, seq);
         self.tree.apply_batch(batch)?;
         self.meters.remove(slug);
@@ -443,6 +448,7 @@ impl Projection for Counters {
         self.finish_backfills(&mut usage, false)?;
         let meters_changed = self.fold(records)?;
         usage.observe(records, &self.meters);
+        self.skips.export();
         Ok(meters_changed)
     }
 
@@ -457,14 +463,18 @@ impl Projection for Counters {
         let usage = self.usage.clone();
         let mut usage = usage.lock();
         self.finish_backfills(&mut usage, false)?;
-        self.write_back_all()
+        self.write_back_all()?;
+        self.skips.export();
+        Ok(())
     }
 
     fn settle(&mut self) -> Result<(), ProjectionError> {
         let usage = self.usage.clone();
         let mut usage = usage.lock();
         self.finish_backfills(&mut usage, true)?;
-        self.write_back_all()
+        self.write_back_all()?;
+        self.skips.export();
+        Ok(())
     }
 
     fn wants_flush(&self) -> bool {

@@ -106,10 +106,9 @@ fn json<T: serde::Serialize + ?Sized>(value: &T) -> Vec<u8> {
 /// Meter definitions for the API, by slug.
 pub fn open_meters(ctx: &OpenContext<'_>) -> Result<Box<dyn Projection>, ProjectionError> {
     let change = |_: Seq, r: &Record| match r {
-        Record::MeterCreated { meter, .. } => Some(DocChange::Put(
-            meter.slug.as_bytes().to_vec(),
-            json(&**meter),
-        )),
+        Record::MeterCreated { meter, .. } | Record::MeterUpdated { meter, .. } => Some(
+            DocChange::Put(meter.slug.as_bytes().to_vec(), json(&**meter)),
+        ),
         Record::MeterDeleted { slug, .. } => Some(DocChange::Remove(slug.as_bytes().to_vec())),
         _ => None,
     };

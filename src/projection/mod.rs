@@ -28,6 +28,7 @@ pub mod docs;
 pub mod licenses;
 pub mod reads;
 pub mod registry;
+mod skips;
 pub mod store;
 pub mod usage;
 
@@ -223,11 +224,11 @@ pub struct EventFacts {
     pub time_ms: i64,
     /// `data` as JSON text (replay only; the live path has `observations`).
     pub data: Option<String>,
-    /// On the live path: what each meter of `ty` read from `data`, in
-    /// [`MeterSet::for_type`] order, already extracted by the writer when it
-    /// checked the event (the writer's meter set at that seq is the same as
+    /// On the live path: what each meter of `ty` read from `data` (or why it
+    /// skipped the event), in [`MeterSet::for_type`] order, already
+    /// extracted by the writer when it checked the event (the writer's meter set at that seq is the same as
     /// the projector's, since both change only through logged records).
-    pub observations: Option<Vec<crate::meter::Observation>>,
+    pub observations: Option<Vec<crate::meter::Reading>>,
     /// The event's dedup identity: the one the writer claimed on the live
     /// path, hashed while it is parsed on replay.
     pub identity: Option<crate::event::DedupKey>,

@@ -154,7 +154,13 @@ impl UsageInner {
             let Some(entries) = self.by_subject.get_mut(&facts.subject) else {
                 continue;
             };
-            for (meter, obs) in meters.for_type(&facts.ty).zip(observations) {
+            for (meter, reading) in meters.for_type(&facts.ty).zip(observations) {
+                let Ok(obs) = reading else {
+                    continue; // skipped by this meter
+                };
+                if !meter.counts_time(facts.time_ms) {
+                    continue; // before its eventFrom
+                }
                 let window_ms = meter.window_size().start_of(facts.time_ms);
                 for e in entries.iter_mut() {
                     if e.meter != meter.slug() || window_ms < e.from_ms || window_ms >= e.to_ms {

@@ -63,8 +63,9 @@ impl From<meter::QueryError> for QueryError {
 }
 
 /// A meter query as OpenMeter names its parameters: `from`, `to`,
-/// `windowSize`, `windowTimeZone` (UTC only), and `subject` and `groupBy`,
-/// which may repeat.
+/// `windowSize`, `windowTimeZone` (IANA), `subject` and `groupBy`,
+/// which may repeat, `filterGroupBy[key]=value`, and `clientId` (accepted
+/// and not used: keymeter answers from its counters, not a query cache).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueryRequest {
     pub from_ms: Option<i64>,
@@ -78,6 +79,10 @@ pub struct QueryRequest {
     pub limit: Option<usize>,
     /// Where a page resumes: the `nextCursor` of the page before.
     pub cursor: Option<String>,
+    /// `filterGroupBy[key]=value`: only counters with these group values.
+    pub filter_group_by: Vec<(String, String)>,
+    /// `windowTimeZone` other than UTC.
+    pub time_zone: Option<chrono_tz::Tz>,
 }
 
 /// The rows of a query, or of one page of it.
@@ -106,11 +111,14 @@ impl QueryRequest {
                         ))
                     })?)
                 }
-                "windowTimeZone" if v == "UTC" || v == "Etc/UTC" => {}
                 "windowTimeZone" => {
-                    return Err(QueryError::invalid(
-                        "windows are in UTC; windowTimeZone must be UTC",
-                    ))
+                    let tz: chrono_tz::Tz = v.parse().map_err(|_| {
+                        QueryError::invalid(format!(
+                            "windowTimeZone {v:?} is not an IANA time zone name (e.g. Europe/Berlin)"
+                        ))
+                    })?;
+                    q.time_zone =
+                        (tz != chrono_tz::Tz::UTC && tz != chrono_tz::Tz::Etc__UTC).then_some(tz);
                 }
                 "subject" => q.subjects.push(v.into_owned()),
                 "limit" => {
@@ -120,6 +128,21 @@ impl QueryRequest {
                 }
                 "cursor" => q.cursor = Some(v.into_owned()),
                 "groupBy" => q.group_by.push(v.into_owned()),
+                "clientId" => {}
+                "filterCustomerId" => {
+                    return Err(QueryError::invalid(
+                        "filterCustomerId: keymeter has no customers yet; filter by subject",
+                    ))
+                }
+                other if other.starts_with("filterGroupBy[") && other.ends_with(']') => {
+                    let key = &other["filterGroupBy[".len()..other.len() - 1];
+                    if q.filter_group_by.iter().any(|(k, _)| k == key) {
+                        return Err(QueryError::invalid(format!(
+                            "filterGroupBy[{key}] is given twice; a key filters on one value"
+                        )));
+                    }
+                    q.filter_group_by.push((key.to_owned(), v.into_owned()));
+                }
                 other => {
                     return Err(QueryError::invalid(format!(
                         "unknown query parameter `{other}`"
@@ -173,6 +196,8 @@ impl QueryRequest {
             group_by: self.meter_group_by(),
             split_by_subject: !self.subjects.is_empty()
                 || self.group_by.iter().any(|g| g == "subject"),
+            filter_group_by: self.filter_group_by.clone(),
+            time_zone: self.time_zone,
         }
     }
 }
@@ -220,6 +245,68 @@ impl View {
             rows: answer.rows,
             next_cursor: answer.next.map(|next| cursor::encode(&tag, &next)),
         })
+    }
+}
+
+impl View {
+    /// The distinct subjects with usage of meter `slug` (in `from`/`to`
+    /// when `range` sets them), sorted: the query split by subject over the
+    /// whole range, so within `rows_max` subjects.
+    pub fn meter_subjects(
+        &self,
+        slug: &str,
+        range: &QueryRequest,
+        rows_max: usize,
+    ) -> Result<Vec<String>, QueryError> {
+        let request = range.only_range("subjects")?.with_group_by("subject");
+        let rows = self.query(slug, &request, rows_max)?.rows;
+        let mut subjects: Vec<String> = rows.into_iter().filter_map(|r| r.subject).collect();
+        subjects.sort_unstable();
+        subjects.dedup();
+        Ok(subjects)
+    }
+
+    /// The distinct values of `groupBy` key `key` of meter `slug` with
+    /// usage (in `from`/`to` when `range` sets them), sorted; events
+    /// without the key have no value and are left out.
+    pub fn group_by_values(
+        &self,
+        slug: &str,
+        key: &str,
+        range: &QueryRequest,
+        rows_max: usize,
+    ) -> Result<Vec<String>, QueryError> {
+        let request = range.only_range("group-by values")?.with_group_by(key);
+        let rows = self.query(slug, &request, rows_max)?.rows;
+        let mut values: Vec<String> = (rows.into_iter())
+            .filter_map(|mut r| r.group_by.pop().and_then(|(_, v)| v))
+            .collect();
+        values.sort_unstable();
+        values.dedup();
+        Ok(values)
+    }
+}
+
+impl QueryRequest {
+    /// `self` when it sets nothing but `from` and `to` (what listing
+    /// subjects or values takes).
+    fn only_range(&self, what: &str) -> Result<QueryRequest, QueryError> {
+        let range = QueryRequest {
+            from_ms: self.from_ms,
+            to_ms: self.to_ms,
+            ..QueryRequest::default()
+        };
+        match *self == range {
+            true => Ok(range),
+            false => Err(QueryError::invalid(format!(
+                "listing {what} takes only `from` and `to`"
+            ))),
+        }
+    }
+
+    fn with_group_by(mut self, key: &str) -> QueryRequest {
+        self.group_by.push(key.to_owned());
+        self
     }
 }
 

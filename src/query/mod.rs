@@ -111,6 +111,18 @@ impl View {
         self.shared.meters.load().get(slug).map(|m| m.def().clone())
     }
 
+    /// The slug of the meter whose slug or id (OpenMeter's
+    /// `meterIdOrSlug`) is `key`; `key` itself when there is none, so that
+    /// what follows answers "meter not found" as for a slug.
+    pub fn meter_slug(&self, key: &str) -> String {
+        let meters = self.shared.meters.load();
+        if meters.get(key).is_some() {
+            return key.to_owned();
+        }
+        let by_id = meters.iter().find(|m| m.def().id.as_deref() == Some(key));
+        by_id.map_or_else(|| key.to_owned(), |m| m.slug().to_owned())
+    }
+
     /// Whether meter `slug` exists.
     pub fn has_meter(&self, slug: &str) -> bool {
         self.shared.meters.load().get(slug).is_some()

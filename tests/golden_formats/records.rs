@@ -13,7 +13,7 @@ use crate::{unhex, Golden};
 
 /// Every variant of [`Record`], in declaration order. Adding a variant
 /// breaks the exhaustive match in [`variant`] until it has a golden here.
-const VARIANTS: [&str; 25] = [
+const VARIANTS: [&str; 26] = [
     "Event",
     "Rejected",
     "MeterCreated",
@@ -39,6 +39,7 @@ const VARIANTS: [&str; 25] = [
     "TenantEvent",
     "BillingSettings",
     "BillingClose",
+    "MeterUpdated",
 ];
 
 fn variant(r: &Record) -> &'static str {
@@ -68,6 +69,7 @@ fn variant(r: &Record) -> &'static str {
         Record::TenantEvent { .. } => "TenantEvent",
         Record::BillingSettings { .. } => "BillingSettings",
         Record::BillingClose { .. } => "BillingClose",
+        Record::MeterUpdated { .. } => "MeterUpdated",
     }
 }
 
@@ -383,7 +385,24 @@ fn products_keys_and_audit() -> Vec<(Record, &'static str)> {
             },
             BILLING_CLOSE,
         ),
+        (
+            Record::MeterUpdated {
+                meter: AsJson::new(updated_meter()),
+                audit: audit(),
+            },
+            METER_UPDATED,
+        ),
     ]
+}
+
+/// A meter with every field a definition has grown since the first one.
+pub fn updated_meter() -> MeterDef {
+    serde_json::from_value(json!({"id": "01JEXAMPLE0000000000000000", "slug": "tokens",
+        "name": "LLM tokens", "description": "per model", "metadata": {"team": "ml"},
+        "eventType": "call", "aggregation": "SUM", "valueProperty": "$.tokens",
+        "windowSize": "HOUR", "strict": true, "roundValues": true,
+        "createdAt": "2024-01-02T03:04:05.000Z", "updatedAt": "2024-01-03T03:04:05.000Z"}))
+    .unwrap()
 }
 
 #[test]
@@ -488,6 +507,15 @@ const LICENSE_FILE_ISSUED: &str = "01140a6c69635f676f6c64656e0180e0998dcc6e10303
 const SEAT_LEASED: &str =
     "01150a6c69635f676f6c64656e06736561745f3306686f73742d63c801005e5e5e5e5e5e5e5e
     5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e01026f70f6a1abfef96201057265712d31";
+// Variant 23 (0x17), appended: the definition as JSON text.
+const METER_UPDATED: &str = "0119cc027b226964223a2230314a4558414d504c4530303030303030303030303030303030222c22736c7567223a2274
+    6f6b656e73222c226e616d65223a224c4c4d20746f6b656e73222c226465736372697074696f6e223a22706572206d6f
+    64656c222c226d65746164617461223a7b227465616d223a226d6c227d2c226576656e7454797065223a2263616c6c22
+    2c226167677265676174696f6e223a2253554d222c2276616c756550726f7065727479223a22242e746f6b656e73222c
+    2267726f75704279223a7b7d2c2277696e646f7753697a65223a22484f5552222c22737472696374223a747275652c22
+    726f756e6456616c756573223a747275652c22637265617465644174223a22323032342d30312d30325430333a30343a
+    30352e3030305a222c22757064617465644174223a22323032342d30312d30335430333a30343a30352e3030305a227d
+    01026f70f6a1abfef96201057265712d31";
 const TENANT_EVENT: &str =
     "01160b70726f647563743a69646580a0abfef962b090abfef9620b7b226964223a226531227d";
 const BILLING_SETTINGS: &str = "0117010c4575726f70652f5061726973";

@@ -353,7 +353,8 @@ impl World {
             let answer = view.query(meter, &q, usize::MAX).unwrap();
             let mut totals: BTreeMap<String, u64> = BTreeMap::new();
             for row in answer.rows {
-                *totals.entry(row.subject.unwrap()).or_default() += row.value as u64;
+                *totals.entry(row.subject.unwrap()).or_default() +=
+                    u64::try_from(row.value.0 / 1_000_000_000).unwrap();
             }
             totals
         };

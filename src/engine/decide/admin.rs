@@ -6,10 +6,10 @@ use super::{stamped, Request, WriterState};
 use crate::engine::batch::Batch;
 use crate::engine::protocol::{
     ChangeProduct, CreateApiKey, CreateMeter, DeleteMeter, EngineError, ProductChange,
-    RevokeApiKey, SaveProduct,
+    RevokeApiKey, SaveProduct, UpdateMeter,
 };
 use crate::error_code::ErrorCode;
-use crate::event::Rejection;
+use crate::event::{fmt_ms, Rejection};
 use crate::meter::MeterDef;
 use crate::product::{Product, LIVE_SECRETS_MAX};
 use crate::record::{ApiKeyRecord, AsJson, Audit, Record};
@@ -171,7 +171,9 @@ impl Request for CreateMeter {
         now_ms: i64,
         batch: &mut Batch,
     ) -> Result<MeterDef, EngineError> {
-        let def = self.def;
+        let mut def = self.def;
+        def.created_at = Some(fmt_ms(now_ms));
+        def.updated_at = def.created_at.clone();
         if state.meters.get(&def.slug).is_some() {
             let msg = format!("meter `{}` already exists", def.slug);
             return Err(EngineError::Conflict(msg));
@@ -181,6 +183,39 @@ impl Request for CreateMeter {
             .map_err(|e| EngineError::Invalid(Rejection::new(e.code(), e.to_string())))?;
         state.meters.insert(compiled);
         let record = Record::MeterCreated {
+            meter: AsJson::new(def.clone()),
+            audit: stamped(self.audit, now_ms),
+        };
+        batch.push(record, None);
+        Ok(def)
+    }
+}
+
+impl Request for UpdateMeter {
+    type Output = MeterDef;
+
+    /// Only the descriptive fields change, so the meter's counters and
+    /// everything folded stay as they are.
+    fn decide(
+        self,
+        state: &mut WriterState,
+        now_ms: i64,
+        batch: &mut Batch,
+    ) -> Result<MeterDef, EngineError> {
+        let Some(current) = state.meters.get(&self.slug) else {
+            let msg = format!("meter `{}` does not exist", self.slug);
+            return Err(EngineError::NotFound(msg));
+        };
+        let mut def = current.def().clone();
+        def.name = self.name.or(def.name);
+        def.description = self.description.or(def.description);
+        def.metadata = self.metadata.unwrap_or(def.metadata);
+        def.updated_at = Some(fmt_ms(now_ms));
+        let compiled = def
+            .validate()
+            .map_err(|e| EngineError::Invalid(Rejection::new(e.code(), e.to_string())))?;
+        state.meters.insert(compiled);
+        let record = Record::MeterUpdated {
             meter: AsJson::new(def.clone()),
             audit: stamped(self.audit, now_ms),
         };

@@ -204,7 +204,10 @@ impl WriterState {
                         Err(rejection) => (rejection, event.raw.into_bytes()),
                         Ok(observations) => {
                             if !self.dedup.claim_one(event.key, event.time_ms, tenant) {
+                                // The original is logged at or before the end
+                                // of the batch so far (the answer waits for it).
                                 outcome.duplicates += 1;
+                                outcome.last_seq = outcome.last_seq.max(self.last_seq(batch));
                                 continue;
                             }
                             let facts = EventFacts {

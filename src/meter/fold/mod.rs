@@ -24,6 +24,7 @@ use super::extract::{ExtractError, Observation};
 use super::key::CounterKey;
 use super::state::{AggState, MergeError};
 use super::unique::UniqueKey;
+use crate::error_code::ErrorCode;
 use cell::Cell;
 use hash::IdHasher;
 use series::SeriesTable;
@@ -44,6 +45,10 @@ pub struct Fold {
     /// UNIQUE_COUNT sets, indexed by [`Cell::Unique`].
     unique_sets: Vec<Vec<u128>>,
     counters: usize,
+    /// Events a meter skipped: (meter slug, reason, events). Kept apart from
+    /// the counters: [`Fold::clear`] and the drains leave them to
+    /// [`Fold::take_skips`].
+    skips: Vec<(Box<str>, ErrorCode, u64)>,
 }
 
 #[derive(Debug, Clone)]
@@ -70,11 +75,32 @@ impl Fold {
         self.counters
     }
 
+    /// No counter and no skip.
     pub fn is_empty(&self) -> bool {
-        self.counters == 0
+        self.counters == 0 && self.skips.is_empty()
     }
 
-    /// Forgets all counters, keeping the hashing key and some allocations.
+    /// Counts an event `meter` could not read, for `reason` (an
+    /// [`super::ExtractError::code`]): it is skipped by that meter only.
+    pub fn skip(&mut self, meter: &str, reason: ErrorCode) {
+        self.add_skips(meter, reason, 1);
+    }
+
+    fn add_skips(&mut self, meter: &str, reason: ErrorCode, events: u64) {
+        let known = (self.skips.iter_mut()).find(|(m, r, _)| *r == reason && **m == *meter);
+        match known {
+            Some((_, _, n)) => *n += events,
+            None => self.skips.push((meter.into(), reason, events)),
+        }
+    }
+
+    /// The skips counted since the last call: (meter slug, reason, events).
+    pub fn take_skips(&mut self) -> Vec<(Box<str>, ErrorCode, u64)> {
+        std::mem::take(&mut self.skips)
+    }
+
+    /// Forgets all counters (not the skips), keeping the hashing key and
+    /// some allocations.
     pub fn clear(&mut self) {
         self.meters.clear();
         self.last_meter = 0;
@@ -90,7 +116,8 @@ impl Fold {
     }
 
     /// Folds one observation into the counter of its meter, subject, window
-    /// (`meter.window_size().start_of(event_time_ms)`) and group.
+    /// (`meter.window_size().start_of(event_time_ms)`) and group; an event
+    /// before the meter's `eventFrom` is not counted.
     ///
     /// # Panics
     /// If `obs` was not extracted by a meter shaped like `meter` (group arity or value
@@ -110,6 +137,9 @@ impl Fold {
             "observation group arity does not match meter {}",
             meter.slug()
         );
+        if !meter.counts_time(event_time_ms) {
+            return; // before the meter's eventFrom
+        }
         let meter_id = match self.meter_id(meter.slug(), meter.aggregation()) {
             Ok(id) => id,
             Err(e) => panic!("meter {}: {e}", meter.slug()),
@@ -152,6 +182,9 @@ impl Fold {
 
     /// Merges every counter of `self` into `target`.
     pub fn merge_into(mut self, target: &mut Fold) -> Result<(), MergeError> {
+        for (meter, reason, events) in self.take_skips() {
+            target.add_skips(&meter, reason, events);
+        }
         for (key, state) in self.drain_unsorted() {
             target.merge_state(&key, &state)?;
         }
@@ -265,7 +298,8 @@ impl Fold {
     }
 }
 
-/// Extracts and folds a single event: its counter key and one-event state.
+/// Extracts and folds a single event: its counter key and one-event state
+/// (whatever the meter's `eventFrom`: the caller decides whether it counts).
 pub fn fold_event(
     meter: &CompiledMeter,
     key: &UniqueKey,

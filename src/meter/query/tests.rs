@@ -21,6 +21,9 @@ fn meter() -> CompiledMeter {
             .collect(),
         window_size: WindowSize::Hour,
         allow_negative: false,
+        strict: false,
+        round_values: false,
+        ..MeterDef::blank()
     }
     .validate()
     .unwrap()

@@ -7,7 +7,7 @@ mod encoding;
 #[cfg(test)]
 mod tests;
 
-use super::amount::Amount;
+use super::amount::{Amount, AMOUNT_SCALE};
 use super::def::Aggregation;
 use super::extract::ObservedValue;
 
@@ -169,8 +169,25 @@ impl AggState {
         Ok(())
     }
 
-    /// The reported value: AVG is sum / count, UNIQUE_COUNT the number of distinct
-    /// values. `None` only for an AVG over zero events (no defined mean).
+    /// The reported value, exact: amounts as kept, counts as integers, AVG
+    /// the sum / count rounded half to even at 9 decimals (the precision of
+    /// every amount), UNIQUE_COUNT the number of distinct values. `None`
+    /// only for an AVG over zero events (no defined mean).
+    pub fn amount(&self) -> Option<Amount> {
+        let count = |n: u64| Amount(i128::from(n).saturating_mul(AMOUNT_SCALE));
+        match self {
+            AggState::Sum(a) | AggState::Min(a) | AggState::Max(a) => Some(*a),
+            AggState::Latest { value, .. } => Some(*value),
+            AggState::Count(n) => Some(count(*n)),
+            AggState::Avg { count: 0, .. } => None,
+            AggState::Avg { sum, count } => Some(sum.div_round_half_even(*count)),
+            AggState::Unique(hashes) => Some(count(hashes.len() as u64)),
+        }
+    }
+
+    /// The reported value as the nearest `f64` (quota checks): AVG is sum /
+    /// count, UNIQUE_COUNT the number of distinct values. `None` only for an
+    /// AVG over zero events (no defined mean).
     pub fn value(&self) -> Option<f64> {
         match self {
             AggState::Sum(a) | AggState::Min(a) | AggState::Max(a) => Some(a.to_f64()),

@@ -129,11 +129,13 @@ impl Billing {
         let mut leaves = Vec::new();
         for (i, meter) in self.meters.for_type(&facts.ty).enumerate() {
             let aggregation = meter.aggregation();
-            if !matches!(aggregation, Aggregation::Sum | Aggregation::Count) {
-                continue;
+            if !matches!(aggregation, Aggregation::Sum | Aggregation::Count)
+                || !meter.counts_time(facts.time_ms)
+            {
+                continue; // not billed, or before the meter's eventFrom
             }
             let obs = match &facts.observations {
-                Some(all) => all.get(i).cloned(),
+                Some(all) => all.get(i).cloned().and_then(Result::ok),
                 None => meter.extract(facts.data.as_deref(), &self.unique_key).ok(),
             };
             let Some(obs) = obs else { continue };

@@ -48,6 +48,19 @@ pub(super) fn tag(slug: &str, request: &QueryRequest) -> Tag {
             field(item.as_bytes());
         }
     }
+    if let Some(tz) = request.time_zone {
+        field(b"windowTimeZone");
+        field(tz.name().as_bytes());
+    }
+    if !request.filter_group_by.is_empty() {
+        let mut filters: Vec<&(String, String)> = request.filter_group_by.iter().collect();
+        filters.sort_unstable();
+        field(b"filterGroupBy");
+        for (key, value) in filters {
+            field(key.as_bytes());
+            field(value.as_bytes());
+        }
+    }
     h.finalize()[..TAG_LEN].try_into().expect("TAG_LEN bytes")
 }
 

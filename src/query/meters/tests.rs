@@ -1,5 +1,5 @@
 use super::*;
-use crate::meter::{AggState, MeterDef, MeterSet};
+use crate::meter::{AggState, Amount, MeterDef, MeterSet};
 
 const HOUR_MS: i64 = 3_600_000;
 /// 2024-01-01T00:00:00Z.
@@ -98,10 +98,49 @@ fn an_unknown_window_size_is_an_invalid_query() {
 }
 
 #[test]
-fn windows_are_in_utc_only() {
-    let e = refused("windowTimeZone=Europe/Paris");
+fn a_window_time_zone_must_be_an_iana_name() {
+    let e = refused("windowTimeZone=Mars/Olympus");
     assert_eq!(e.code, ErrorCode::InvalidQuery);
-    assert_eq!(e.message, "windows are in UTC; windowTimeZone must be UTC");
+    assert!(e.message.contains("IANA"), "{}", e.message);
+    let q = QueryRequest::parse("windowTimeZone=Europe/Paris").unwrap();
+    assert_eq!(q.time_zone, Some(chrono_tz::Tz::Europe__Paris));
+    assert_eq!(
+        QueryRequest::parse("windowTimeZone=UTC").unwrap().time_zone,
+        None
+    );
+}
+
+#[test]
+fn local_days_sum_the_hours_of_the_zone_and_inexact_zones_are_refused() {
+    // 2024-03-30T22:00Z and 23:00Z: 23:00 on the 30th and 00:00 on the
+    // 31st in Berlin, the day its clocks go forward (a 23-hour day).
+    let (h22, h23) = (1_711_836_000_000, 1_711_839_600_000);
+    let stored = vec![
+        window("a", h22, AggState::Count(2)),
+        window("a", h23, AggState::Count(3)),
+    ];
+    let rows = run(
+        "windowSize=DAY&windowTimeZone=Europe/Berlin",
+        stored.clone(),
+    )
+    .unwrap();
+    let spans: Vec<(i64, i64, Amount)> = (rows.iter())
+        .map(|r| (r.window_start_ms, r.window_end_ms, r.value))
+        .collect();
+    assert_eq!(
+        spans,
+        [
+            (h23 - 24 * HOUR_MS, h23, Amount::from_int(2)),
+            (h23, h23 + 23 * HOUR_MS, Amount::from_int(3)),
+        ]
+    );
+    // In UTC both hours are one day.
+    let rows = run("windowSize=DAY", stored.clone()).unwrap();
+    assert_eq!(rows.len(), 1);
+    // +05:30 splits the stored hours: refused, not approximated.
+    let e = run("windowSize=DAY&windowTimeZone=Asia/Kolkata", stored).unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidQuery);
+    assert!(e.message.contains("Asia/Kolkata"), "{}", e.message);
 }
 
 #[test]
@@ -182,7 +221,7 @@ fn rows_follow_the_request() {
     assert_eq!(rows[0].group("region"), Some("eu"));
     let rows = run("", stored).unwrap();
     assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].value, 5.0);
+    assert_eq!(rows[0].value, crate::meter::Amount::from_int(5));
     assert_eq!(rows[0].subject, None);
 }
 
