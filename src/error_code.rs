@@ -174,6 +174,10 @@ error_codes! {
         "`/readyz`: the engine has stopped after an error";
     MeterBackfilling = "METER_BACKFILLING", SERVICE_UNAVAILABLE,
         "The meter is still counting the events logged before its creation; `Retry-After` says when to retry";
+    InvalidPlan = "INVALID_PLAN", BAD_REQUEST,
+        "A plan that is not valid: its name, policy, entitlements or grace, or a plan reference that is not `name` or `name@version`";
+    InvalidMigration = "INVALID_MIGRATION", BAD_REQUEST,
+        "A migration document that is not valid (selection, target plan, conversion rules), or a step that is not a percentage or count";
 }
 
 /// A refusal: a stable code and a message for humans. An event rejected

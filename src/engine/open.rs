@@ -404,6 +404,8 @@ fn writer_state(
             .map(|p| (p.id.clone(), p))
             .collect(),
         licenses,
+        plans: crate::license::plan::PlanBook::from_plans(store.plans()?),
+        migrations: crate::projection::plans::migration_book(&store.migrations)?,
         window: cfg.time_window(),
         dedup_keys_max: cfg.dedup_keys_max,
         dedup_tenant_keys_max: cfg.dedup_keys_max * usize::from(cfg.dedup_tenant_share_pct) / 100,

@@ -3,7 +3,8 @@
 //! new projection is one [`ProjectionSpec`] here and its own module.
 
 use super::{
-    counters, docs, licenses, Applied, EventFacts, OpenContext, Projection, ProjectionError, Store,
+    counters, docs, licenses, plans, Applied, EventFacts, OpenContext, Projection, ProjectionError,
+    Store,
 };
 use crate::log::{self, Seq};
 use crate::record::Record;
@@ -36,6 +37,9 @@ impl Registry {
                 spec("products", &["products"], docs::open_products),
                 spec("quarantine", &["quarantine"], docs::open_quarantine),
                 spec("sources", &["sources"], docs::open_sources),
+                spec("plans", &["plans"], plans::open_plans),
+                spec("license_history", &["license_history"], plans::open_history),
+                spec("migrations", &["migrations"], plans::open_migrations),
             ],
         }
     }

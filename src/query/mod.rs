@@ -9,6 +9,7 @@
 
 pub mod licenses;
 pub mod meters;
+mod plans;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
