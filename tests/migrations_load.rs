@@ -77,7 +77,7 @@ async fn client(
     while !stop.load(Ordering::SeqCst) {
         i += 1;
         let (id, key) = &fleet[rng.gen_range(0..fleet.len())];
-        if i % 4 == 0 {
+        if i.is_multiple_of(4) {
             let r = http
                 .post(format!("{server_url}/api/v1/licenses/{id}/seats"))
                 .bearer_auth(&pk)

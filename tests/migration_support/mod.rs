@@ -95,6 +95,7 @@ pub fn spec() -> Value {
 
 /// Whether `doc` is `before` migrated by [`spec`]: the same document but
 /// for the terms the rules set and `updated_at`.
+#[allow(dead_code)]
 pub fn is_migrated_form(before: &Value, doc: &Value) -> bool {
     let strip = |v: &Value| {
         let mut v = v.clone();
@@ -113,6 +114,7 @@ pub fn is_migrated_form(before: &Value, doc: &Value) -> bool {
 }
 
 /// How many licenses migration `id` holds migrated and rolled back.
+#[allow(dead_code)]
 pub async fn progress(server: &Server, id: &str) -> (u64, u64) {
     let m = server
         .get_json(ADMIN_KEY, &format!("/api/v1/migrations/{id}"))
