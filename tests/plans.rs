@@ -205,3 +205,26 @@ async fn a_license_on_a_plan_is_validated_under_that_version_and_its_history_say
     assert_eq!(server.get_json(ADMIN_KEY, "/api/v1/plans").await, plans);
     server.stop();
 }
+
+#[test]
+fn a_data_directory_from_a_newer_release_is_refused_at_start_naming_both_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    Server::start(&data).stop();
+    let marker = std::fs::read_to_string(data.join("FORMAT")).unwrap();
+    assert!(marker.starts_with(&format!(
+        "keymeter data format {}\n",
+        keymeter::data_format::DATA_FORMAT
+    )));
+    let newer = format!(
+        "keymeter data format {}\nwritten by keymeter 99.0.0\n",
+        keymeter::data_format::DATA_FORMAT + 1
+    );
+    std::fs::write(data.join("FORMAT"), newer).unwrap();
+    let err = exits_with_error(serve_command(&data).args(["--bootstrap-admin-key", ADMIN_KEY]));
+    assert!(err.contains("99.0.0"), "{err}");
+    assert!(err.contains(env!("CARGO_PKG_VERSION")), "{err}");
+    let out = replay(&data);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("99.0.0"));
+}
