@@ -228,3 +228,83 @@ fn a_data_directory_from_a_newer_release_is_refused_at_start_naming_both_version
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("99.0.0"));
 }
+
+/// Every answer of the plan and migration API conforms to its published
+/// schema; a license on a plan conforms to license v2 and not to v1, and
+/// a license without one conforms to both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_license_and_migration_answers_conform_to_their_versioned_schemas() {
+    let check = |validator: &jsonschema::Validator, v: &Value| {
+        let errors: Vec<String> = validator.iter_errors(v).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{v}: {errors:?}");
+    };
+    let (license_v1, license_v2) = (schema("license/v1.json"), schema("license/v2.json"));
+    let (plan_v1, migration_v1) = (schema("plan/v1.json"), schema("migration/v1.json"));
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    server
+        .create_meter(json!({"slug": "calls", "eventType": "call", "aggregation": "COUNT"}))
+        .await;
+    let (_, p) = post(&server, "/api/v1/plans", seat_plan(3)).await;
+    check(&plan_v1, &p);
+    let usage = json!({"name": "usage", "description": "metered",
+        "policy": {"type": "usage", "usage": {"quotas": [
+            {"meter": "calls", "limit": 10, "period": "month", "overage": "block"}]}}});
+    let (_, p) = post(&server, "/api/v1/plans", usage).await;
+    check(&plan_v1, &p);
+    let on_plan = server
+        .create_license(json!({"product": "cad", "customer": "a", "plan": "pro@1"}))
+        .await;
+    check(&license_v2, &on_plan);
+    assert!(!license_v1.is_valid(&on_plan), "v1 has no `plan`");
+    let inline = server
+        .create_license(json!({"product": "cad", "customer": "b"}))
+        .await;
+    check(&license_v1, &inline);
+    check(&license_v2, &inline);
+
+    let spec = json!({"selection": {"product": "cad"}, "target": "usage@1",
+        "rules": {"seats": "keep", "quotas_from_seats": [
+            {"meter": "calls", "per_seat": 5, "period": "month", "overage": "allow"}]}});
+    check(
+        &migration_v1,
+        &json!({"id": "mig_0123456789abcdef", "spec": spec, "status": "draft",
+        "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z",
+        "steps": [], "rollbacks": []}),
+    );
+    let (_, m) = post(&server, "/api/v1/migrations", spec).await;
+    check(&migration_v1, &m);
+    let id = m["id"].as_str().unwrap();
+    post(
+        &server,
+        &format!("/api/v1/migrations/{id}/dry-run"),
+        json!({}),
+    )
+    .await;
+    let (_, applied) = post(
+        &server,
+        &format!("/api/v1/migrations/{id}/apply"),
+        json!({"percent": 100}),
+    )
+    .await;
+    let mut doc = applied.clone();
+    doc.as_object_mut().unwrap().remove("step");
+    check(&migration_v1, &doc);
+    let (_, rolled) = post(
+        &server,
+        &format!("/api/v1/migrations/{id}/rollback"),
+        json!({}),
+    )
+    .await;
+    let mut doc = rolled.clone();
+    doc.as_object_mut().unwrap().remove("rollback");
+    check(&migration_v1, &doc);
+    let migrated = server
+        .get_json(
+            ADMIN_KEY,
+            &format!("/api/v1/licenses/{}", on_plan["id"].as_str().unwrap()),
+        )
+        .await;
+    check(&license_v2, &migrated);
+    server.stop();
+}
