@@ -24,6 +24,7 @@ pub mod period;
 pub mod plan;
 pub mod renewal;
 pub mod seats;
+pub mod upcast;
 
 pub use book::{LicenseBook, LicenseState};
 pub use decide::{decide, Code, Request, Verdict};
