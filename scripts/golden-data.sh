@@ -8,7 +8,8 @@
 # BIN is the keymeter binary of the release to capture (build it from that
 # release's commit); with `plans` the run also defines plans and stages a
 # migration (format 2 and later). Only log/, keys/ and the master key are
-# kept: projections are rebuilt from the log on start.
+# kept: projections are rebuilt from the log on start. Nothing in the
+# answers may depend on when they are read (node-locked seats, no leases).
 set -euo pipefail
 bin=$1
 out=$2
@@ -39,7 +40,7 @@ api() { # METHOD PATH [BODY]
 }
 
 api POST /api/v1/meters '{"slug":"calls","eventType":"api_call","aggregation":"COUNT"}' >/dev/null
-seat=$(api POST /api/v1/licenses '{"product":"cad","customer":"acme","expires_at":"2099-01-01T00:00:00Z","policy":{"type":"seat","seats":{"max":3,"mode":"floating","lease_ttl_s":3600}}}' | jq -r .id)
+seat=$(api POST /api/v1/licenses '{"product":"cad","customer":"acme","expires_at":"2099-01-01T00:00:00Z","policy":{"type":"seat","seats":{"max":3,"mode":"node_locked"}}}' | jq -r .id)
 usage=$(api POST /api/v1/licenses '{"product":"api","customer":"beta","entitlements":["export"],"policy":{"type":"usage","usage":{"quotas":[{"meter":"calls","limit":100.25,"period":"lifetime","overage":"block"}]}}}' | jq -r .id)
 api POST "/api/v1/licenses/$seat/seats" '{"fingerprint":"host-a","lease_token":"golden-token-0123456789abcdef"}' >/dev/null
 api POST "/api/v1/licenses/$usage/suspend" '{"reason":"unpaid"}' >/dev/null
