@@ -42,25 +42,39 @@ enum MigrateCommand {
         file: std::path::PathBuf,
     },
     /// Dry-run a migration again: what each license would become.
-    DryRun { id: String },
+    DryRun {
+        /// The migration's id (mig_…).
+        id: String,
+    },
     /// Run a step: `--percent` of the selection in total, or `--count` more.
     Apply {
+        /// The migration's id (mig_…).
         id: String,
+        /// Migrate until this percentage of the selection is migrated (1 to 100).
         #[arg(long, conflicts_with = "count", required_unless_present = "count")]
         percent: Option<u32>,
+        /// Migrate this many more licenses.
         #[arg(long)]
         count: Option<u32>,
     },
     /// Restore the licenses migrated in `--from-step` and later (all by default).
     Rollback {
+        /// The migration's id (mig_…).
         id: String,
+        /// The first step whose licenses are restored.
         #[arg(long)]
         from_step: Option<u32>,
     },
     /// Freeze the migration: no rollback afterwards.
-    Complete { id: String },
+    Complete {
+        /// The migration's id (mig_…).
+        id: String,
+    },
     /// Show a migration and its progress.
-    Show { id: String },
+    Show {
+        /// The migration's id (mig_…).
+        id: String,
+    },
 }
 
 struct Client {

@@ -94,6 +94,9 @@ async fn validated_plan(server: &Server, pk: &str, key: &str) -> Option<String> 
     claims.plan
 }
 
+// One story, long on purpose: each stage (dry run, canary, conflict, the
+// rest, rollback, completion, replay) starts from the state the one before
+// left, which is what the test is about.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_staged_migration_rolls_forward_and_back_without_losing_a_byte() {
     let dir = tempfile::tempdir().unwrap();

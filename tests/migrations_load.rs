@@ -163,6 +163,8 @@ async fn documents(server: &Server, ids: &[(String, String)]) -> BTreeMap<String
     out
 }
 
+// Long on purpose: the clients run across both migrations and the rollback,
+// and are only judged once they stop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seat_to_hybrid_to_usage_under_load_answers_under_one_version_and_rolls_back_exactly() {
     let seed = test_seed("migrations_load", "seat_to_hybrid_to_usage_under_load");

@@ -209,9 +209,9 @@ impl WriterState {
         &self,
         doc: &Migration,
         req: &ApplyChunk,
+        (pending, migrated): (&[&License], &[&str]),
         now_ms: i64,
     ) -> Result<StepReport, Refusal> {
-        let (pending, migrated) = selection(self, &doc.id, &doc.spec);
         if let Some((l, other)) = pending
             .iter()
             .find_map(|l| self.migrations.holder(&l.id).map(|m| (l, m)))
@@ -243,7 +243,7 @@ impl WriterState {
                 failed: 0,
                 failures: Vec::new(),
                 cursor: None,
-                selection_changed: selection_change(doc, &pending, &migrated),
+                selection_changed: selection_change(doc, pending, migrated),
             }),
         }
     }
@@ -256,11 +256,11 @@ impl WriterState {
     ) -> Result<ChunkOutcome, Refusal> {
         let mut doc = self.open_migration(&req.id)?;
         let target = self.plans.resolve(&doc.spec.target)?.clone();
-        let mut step = self.step_for(&doc, &req, now_ms)?;
+        let (pending, migrated) = selection(self, &doc.id, &doc.spec);
+        let mut step = self.step_for(&doc, &req, (&pending, &migrated), now_ms)?;
         let take = step
             .remaining()
             .min(req.chunk_max.clamp(1, MIGRATION_CHUNK_MAX));
-        let (pending, _) = selection(self, &doc.id, &doc.spec);
         let after_cursor = |l: &&License| step.cursor.as_deref().is_none_or(|c| l.id.as_str() > c);
         let chosen: Vec<License> = pending
             .into_iter()
@@ -316,19 +316,7 @@ impl WriterState {
         batch: &mut Batch,
     ) -> Result<ChunkOutcome, Refusal> {
         let mut doc = self.open_migration(&req.id)?;
-        let mut report = match (req.continuing, doc.rollbacks.last()) {
-            (true, Some(r)) if !r.done => r.clone(),
-            _ => RollbackReport {
-                from_step: req.from_step.max(1),
-                started_at: utc_ms(now_ms),
-                updated_at: utc_ms(now_ms),
-                restored: 0,
-                conflicts: 0,
-                conflicts_listed: Vec::new(),
-                cursor: None,
-                done: false,
-            },
-        };
+        let mut report = rollback_report(&doc, &req, now_ms);
         let take = req.chunk_max.clamp(1, MIGRATION_CHUNK_MAX);
         let chosen: Vec<(LicenseId, u32, License, License)> = self
             .migrations
@@ -389,6 +377,23 @@ impl WriterState {
             changed,
             done,
         })
+    }
+}
+
+/// The rollback a chunk continues, or a new one.
+fn rollback_report(doc: &Migration, req: &RollbackChunk, now_ms: i64) -> RollbackReport {
+    match (req.continuing, doc.rollbacks.last()) {
+        (true, Some(r)) if !r.done => r.clone(),
+        _ => RollbackReport {
+            from_step: req.from_step.max(1),
+            started_at: utc_ms(now_ms),
+            updated_at: utc_ms(now_ms),
+            restored: 0,
+            conflicts: 0,
+            conflicts_listed: Vec::new(),
+            cursor: None,
+            done: false,
+        },
     }
 }
 
