@@ -76,6 +76,7 @@ pid=
 rm -rf "$out"
 mkdir -p "$out/data"
 cp -r "$tmp/data/log" "$tmp/data/keys" "$out/data/"
+rm -f "$out/data/log/LOCK"
 [ -f "$tmp/data/FORMAT" ] && cp "$tmp/data/FORMAT" "$out/data/"
 cp "$tmp/data.master-key" "$out/"
 cp "$tmp/answers.json" "$out/"
