@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use keymeter::config::{ConfigArgs, DataArgs, KeyedDataArgs};
 
 use crate::cli_logging::LogFormat;
-use crate::{cli_audit, cli_backup, cli_billing, cli_keys, cli_license, cli_status};
+use crate::{cli_audit, cli_backup, cli_billing, cli_keys, cli_license, cli_migrate, cli_status};
 
 #[derive(Parser)]
 #[command(
@@ -41,6 +41,9 @@ pub enum Command {
     },
     /// Manage licenses on a running server (HTTP client; needs an admin key).
     License(cli_license::LicenseArgs),
+    /// Migrate many licenses to a plan version in staged, reversible steps
+    /// on a running server (HTTP client; needs an admin key).
+    Migrate(cli_migrate::MigrateArgs),
     /// Rotate the master key or the signing key (server stopped).
     Keys {
         #[command(subcommand)]

@@ -188,6 +188,10 @@ error_codes! {
         "The route exists but not with this method; `Allow` lists the methods it takes";
     InvalidRequest = "INVALID_REQUEST", BAD_REQUEST,
         "The request could not be read as the route needs it (a path or header the route cannot parse); the message says what";
+    InvalidPlan = "INVALID_PLAN", BAD_REQUEST,
+        "A plan that is not valid: its name, policy, entitlements or grace, or a plan reference that is not `name` or `name@version`";
+    InvalidMigration = "INVALID_MIGRATION", BAD_REQUEST,
+        "A migration document that is not valid (selection, target plan, conversion rules), or a step that is not a percentage or count";
 }
 
 /// A refusal: a stable code and a message for humans. An event rejected

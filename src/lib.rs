@@ -15,6 +15,7 @@ pub mod billing;
 pub mod clock;
 pub mod config;
 pub mod crypto;
+pub mod data_format;
 pub mod engine;
 pub mod error_code;
 pub mod event;

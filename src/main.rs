@@ -11,6 +11,7 @@ mod cli_keys;
 mod cli_license;
 mod cli_log;
 mod cli_logging;
+mod cli_migrate;
 mod cli_serve;
 mod cli_status;
 
@@ -45,6 +46,7 @@ fn main() -> std::process::ExitCode {
             command: LogCommand::Verify(args),
         } => load(args.load()).and_then(cli_log::verify),
         Command::License(args) => cli_license::run(args),
+        Command::Migrate(args) => cli_migrate::run(args),
         Command::Backup(args) => cli_backup::backup(args),
         Command::Restore(args) => cli_backup::restore(args),
         Command::Status(args) => {

@@ -147,6 +147,28 @@ pub enum Record {
         meter: AsJson<MeterDef>,
         audit: Audit,
     },
+    /// A new, immutable version of a plan.
+    PlanSaved {
+        plan: AsJson<crate::license::plan::Plan>,
+        audit: Audit,
+    },
+    /// A migration document after a change (creation, dry run, step,
+    /// rollback, completion).
+    MigrationSaved {
+        migration: AsJson<crate::license::migration_book::Migration>,
+        audit: Audit,
+    },
+    /// Migration `migration` moved a license from `before` to `after` in
+    /// `step`; with `rollback`, it restored `after`, the document `before`
+    /// had replaced.
+    LicenseMigrated {
+        migration: String,
+        step: u32,
+        rollback: bool,
+        before: AsJson<crate::license::License>,
+        after: AsJson<crate::license::License>,
+        audit: Audit,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

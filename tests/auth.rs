@@ -49,6 +49,17 @@ const ROUTES: &[(&str, &str, &str)] = &[
         "/api/v1/products/acme/signing-secrets/0123456789ab",
         "admin",
     ),
+    ("GET", "/api/v1/licenses/lic_x/history", "admin"),
+    ("GET", "/api/v1/plans", "admin"),
+    ("POST", "/api/v1/plans", "admin"),
+    ("GET", "/api/v1/plans/pro", "admin"),
+    ("GET", "/api/v1/migrations", "admin"),
+    ("POST", "/api/v1/migrations", "admin"),
+    ("GET", "/api/v1/migrations/mig_x", "admin"),
+    ("POST", "/api/v1/migrations/mig_x/dry-run", "admin"),
+    ("POST", "/api/v1/migrations/mig_x/apply", "admin"),
+    ("POST", "/api/v1/migrations/mig_x/rollback", "admin"),
+    ("POST", "/api/v1/migrations/mig_x/complete", "admin"),
 ];
 
 async fn call(server: &Server, method: &str, path: &str, key: Option<&str>) -> u16 {

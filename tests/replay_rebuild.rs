@@ -272,6 +272,8 @@ async fn build_licenses(server: &Server, pk: &str) -> Vec<Probe> {
         .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
 
+    let (planned, planned_key) = plans_and_a_migration(server).await;
+
     let probe = |id: String, key: String, fingerprint, meter, has_seats| Probe {
         id,
         key,
@@ -287,7 +289,62 @@ async fn build_licenses(server: &Server, pk: &str) -> Vec<Probe> {
         probe(paused, paused_key, None, None, false),
         probe(gone, gone_key, None, None, false),
         probe(back, back_key, None, None, false),
+        probe(planned, planned_key, Some("host-p"), Some("calls"), true),
     ]
+}
+
+/// Two plan versions, a license on the first, and a migration to a usage
+/// plan applied and rolled back from its second step: plans, license
+/// history and migrations hold something to rebuild.
+async fn plans_and_a_migration(server: &Server) -> (String, String) {
+    let create = |path: &'static str, body: Value| async move {
+        let r = server.post_json(ADMIN_KEY, path, &body).await;
+        assert_eq!(r.status(), 201, "{path}: {}", r.text().await.unwrap());
+        r.json::<Value>().await.unwrap()
+    };
+    let seats = json!({"max": 2, "mode": "node_locked"});
+    create(
+        "/api/v1/plans",
+        json!({"name": "pro", "policy": {"type": "seat", "seats": seats}}),
+    )
+    .await;
+    create(
+        "/api/v1/plans",
+        json!({"name": "metered", "policy": {"type": "usage", "usage":
+        {"quotas": [{"meter": "calls", "limit": 1000, "period": "month", "overage": "allow"}]}}}),
+    )
+    .await;
+    let (id, key) = license(
+        server,
+        json!({"product": "cad", "customer": "theta", "plan": "pro@1"}),
+    )
+    .await;
+    let m = create(
+        "/api/v1/migrations",
+        json!({"selection": {"plan": "pro"},
+        "target": "metered@1", "rules": {"seats": "keep"}}),
+    )
+    .await;
+    let mid = m["id"].as_str().unwrap();
+    admin_post(
+        server,
+        format!("/api/v1/migrations/{mid}/dry-run"),
+        json!({}),
+    )
+    .await;
+    admin_post(
+        server,
+        format!("/api/v1/migrations/{mid}/apply"),
+        json!({"percent": 100}),
+    )
+    .await;
+    admin_post(
+        server,
+        format!("/api/v1/migrations/{mid}/rollback"),
+        json!({"from_step": 2}),
+    )
+    .await;
+    (id, key)
 }
 
 async fn seat_id_of(server: &Server, id: &str, fingerprint: &str) -> String {
@@ -432,6 +489,9 @@ async fn live_state(fx: &Fixture) -> (Built, Vec<(String, Value)>, StateDump) {
         "api_keys",
         "products",
         "quarantine",
+        "plans",
+        "license_history",
+        "migrations",
     ] {
         assert!(
             live.trees[tree].len() > 1,

@@ -12,6 +12,8 @@ mod guard;
 mod keys;
 mod licenses;
 mod meters;
+mod migrations;
+mod plans;
 mod products;
 mod seats;
 mod validation;
@@ -156,6 +158,27 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/licenses/{id}/reinstate", post(licenses::reinstate))
         .route("/api/v1/licenses/{id}/revoke", post(licenses::revoke))
         .route("/api/v1/licenses/{id}/renew", post(licenses::renew))
+        .route("/api/v1/licenses/{id}/history", get(plans::history))
+        .route("/api/v1/plans", get(plans::list).post(plans::create))
+        .route("/api/v1/plans/{reference}", get(plans::get))
+        .route(
+            "/api/v1/migrations",
+            get(migrations::list).post(migrations::create),
+        )
+        .route("/api/v1/migrations/{id}", get(migrations::get))
+        .route(
+            "/api/v1/migrations/{id}/dry-run",
+            post(migrations::dry_run_report),
+        )
+        .route("/api/v1/migrations/{id}/apply", post(migrations::apply))
+        .route(
+            "/api/v1/migrations/{id}/rollback",
+            post(migrations::rollback),
+        )
+        .route(
+            "/api/v1/migrations/{id}/complete",
+            post(migrations::complete),
+        )
         .route(
             "/api/v1/licenses/{id}/license-file",
             post(licenses::license_file),

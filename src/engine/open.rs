@@ -233,6 +233,7 @@ impl Engine {
         registry: &Registry,
     ) -> Result<Started, StartError> {
         let ((log, recovery), dedup) = open_log_and_dedup(cfg)?;
+        check_data_format(cfg)?;
         let head = log.head_seq();
         let crypto = Arc::new(super::load_keys(cfg, head == 0)?);
         let readers = Readers::new(Some(crypto.clone()));
@@ -319,6 +320,16 @@ impl Engine {
 
 /// Opens the log (its full check) while another thread loads the dedup
 /// index's snapshot: the two are the bulk of a start, and independent.
+/// Refuses a data directory from a newer release (see
+/// [`crate::data_format`]); runs with the log's lock held. A log on a
+/// simulated disk has no directory to mark.
+fn check_data_format(cfg: &Config) -> Result<(), StartError> {
+    if cfg.log_storage.is_some() {
+        return Ok(());
+    }
+    crate::data_format::check_and_mark(&cfg.data_dir).map_err(StartError::Other)
+}
+
 fn open_log_and_dedup(
     cfg: &Config,
 ) -> Result<((Log, crate::log::Recovery), DedupIndex), StartError> {
@@ -410,6 +421,8 @@ fn writer_state(
             .map(|p| (p.id.clone(), p))
             .collect(),
         licenses,
+        plans: crate::license::plan::PlanBook::from_plans(store.plans()?),
+        migrations: crate::projection::plans::migration_book(&store.migrations)?,
         window: cfg.time_window(),
         dedup_keys_max: cfg.dedup_keys_max,
         dedup_tenant_keys_max: cfg.dedup_keys_max * usize::from(cfg.dedup_tenant_share_pct) / 100,
@@ -531,6 +544,7 @@ pub fn rebuild_with(
     progress: impl Fn(Seq, Seq),
 ) -> Result<Seq, StartError> {
     let report = cfg.log().verify()?;
+    check_data_format(cfg)?;
     let head = report.head_seq;
     // The keys a start would use: UNIQUE_COUNT sets are rebuilt under the
     // data directory's key, so a later start continues them.

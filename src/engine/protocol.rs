@@ -175,6 +175,52 @@ pub struct UpdateLicense {
     pub audit: Audit,
 }
 
+/// A new version of a plan (the first if the name is new).
+pub struct CreatePlan {
+    pub plan: Box<crate::license::plan::NewPlan>,
+    pub audit: Audit,
+}
+
+/// A new migration, in `draft`.
+pub struct CreateMigration {
+    pub id: String,
+    pub spec: Box<crate::license::migration::MigrationSpec>,
+    pub audit: Audit,
+}
+
+/// Keeps what a dry run saw of the selection, to compare steps against.
+pub struct MarkDryRun {
+    pub id: String,
+    pub mark: crate::license::migration::SelectionMark,
+    pub audit: Audit,
+}
+
+/// Migrates the next at most `chunk_max` licenses of a step: a new step
+/// of `size` (`step: None`), or the rest of step `step`.
+pub struct ApplyChunk {
+    pub id: String,
+    pub size: crate::license::migration::StepSize,
+    pub step: Option<u32>,
+    pub chunk_max: usize,
+    pub audit: Audit,
+}
+
+/// Restores the next at most `chunk_max` licenses migrated in steps
+/// `from_step` and later: a new rollback, or (`continuing`) the last one.
+pub struct RollbackChunk {
+    pub id: String,
+    pub from_step: u32,
+    pub continuing: bool,
+    pub chunk_max: usize,
+    pub audit: Audit,
+}
+
+/// Freezes a migration: rollback is refused afterwards.
+pub struct CompleteMigration {
+    pub id: String,
+    pub audit: Audit,
+}
+
 pub struct ChangeLicenseStatus {
     pub id: LicenseId,
     pub action: StatusAction,

@@ -75,7 +75,8 @@ impl LicenseBook {
                 });
                 Some(license.id.clone())
             }
-            Record::LicenseChanged { license, .. } => {
+            Record::LicenseMigrated { after: license, .. }
+            | Record::LicenseChanged { license, .. } => {
                 let state = self.by_id.get_mut(&license.id)?;
                 state.license = (*license.0).clone();
                 Some(license.id.clone())

@@ -377,6 +377,10 @@ pub struct Claims<'a> {
     pub product: Option<&'a str>,
     /// The machine fingerprint the validation asked about.
     pub fingerprint: Option<&'a str>,
+    /// The plan version (`pro@2`) whose terms decided the verdict; absent
+    /// for a license with an inline policy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<&'a str>,
 }
 
 pub fn rfc3339(t: DateTime<Utc>) -> String {
@@ -412,6 +416,7 @@ impl<'a> Claims<'a> {
             expires_at: license.and_then(|l| l.expires_at).map(rfc3339),
             product: license.map(|l| l.product.as_str()),
             fingerprint,
+            plan: license.and_then(|l| l.plan.as_deref()),
         }
     }
 }

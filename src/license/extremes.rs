@@ -51,11 +51,11 @@ fn new_license(
         customer: "c".into(),
         starts_at,
         expires_at,
-        grace_period_s,
+        grace_period_s: Some(grace_period_s),
         trial: false,
         entitlements: Vec::new(),
         metadata: Default::default(),
-        policy: Policy {
+        policy: Some(Policy {
             ty: PolicyType::Seat,
             seats: Some(SeatPolicy {
                 max,
@@ -63,7 +63,8 @@ fn new_license(
                 lease_ttl_s,
             }),
             usage: None,
-        },
+        }),
+        plan: None,
     }
 }
 

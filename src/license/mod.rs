@@ -9,16 +9,22 @@
 //! - [`seats`]: seats and leases of one license, and the checkout plan.
 //! - [`book`]: every license's state, folded from log records; the writer
 //!   and the projector each hold one and apply the same records to it.
+//! - [`plan`]: plans, named license terms kept as immutable versions.
 //! - [`decide`]: the validation verdict and the claims of its signed token.
 
 pub mod book;
 pub mod decide;
 #[cfg(test)]
 mod extremes;
+pub mod history;
+pub mod migration;
+pub mod migration_book;
 pub mod model;
 pub mod period;
+pub mod plan;
 pub mod renewal;
 pub mod seats;
+pub mod upcast;
 
 pub use book::{LicenseBook, LicenseState};
 pub use decide::{decide, Code, Request, Verdict};

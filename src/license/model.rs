@@ -147,7 +147,7 @@ impl Policy {
             .unwrap_or(&[])
     }
 
-    fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         let (needs_seats, needs_usage) = match self.ty {
             PolicyType::None => (false, false),
             PolicyType::Seat => (true, false),
@@ -233,6 +233,11 @@ pub struct License {
     pub policy: Policy,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The plan version (`pro@2`) whose terms `policy`, `entitlements` and
+    /// `grace_period_s` hold; absent for an inline policy (and in documents
+    /// written before plans, which therefore keep their bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
 }
 
 /// `POST /api/v1/licenses`.
@@ -245,8 +250,9 @@ pub struct NewLicense {
     pub starts_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub expires_at: Option<DateTime<Utc>>,
+    /// `None`: 0, or the plan's when `plan` is given.
     #[serde(default)]
-    pub grace_period_s: u64,
+    pub grace_period_s: Option<u64>,
     #[serde(default)]
     pub trial: bool,
     #[serde(default)]
@@ -254,7 +260,11 @@ pub struct NewLicense {
     #[serde(default)]
     pub metadata: Map<String, Value>,
     #[serde(default)]
-    pub policy: Policy,
+    pub policy: Option<Policy>,
+    /// A plan version (`pro@2`, or `pro` for its latest) whose terms the
+    /// license takes instead of an inline `policy`; the writer resolves it.
+    #[serde(default)]
+    pub plan: Option<String>,
 }
 
 /// `PATCH /api/v1/licenses/{id}`: absent fields stay as they are;
@@ -272,6 +282,9 @@ pub struct LicenseUpdate {
     pub entitlements: Option<Vec<String>>,
     pub metadata: Option<Map<String, Value>>,
     pub policy: Option<Policy>,
+    /// Move the license onto this plan version (the writer resolves it); an
+    /// inline `policy` instead detaches it from its plan.
+    pub plan: Option<String>,
 }
 
 fn double_option<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
@@ -282,7 +295,7 @@ where
     Option::<T>::deserialize(d).map(Some)
 }
 
-fn check_text(field: &str, v: &str) -> Result<(), String> {
+pub(crate) fn check_text(field: &str, v: &str) -> Result<(), String> {
     if v.trim().is_empty() || v.chars().count() > TEXT_CHARS_MAX || v.chars().any(char::is_control)
     {
         return Err(format!(
@@ -292,7 +305,7 @@ fn check_text(field: &str, v: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn normalise_entitlements(mut e: Vec<String>) -> Result<Vec<String>, String> {
+pub(crate) fn normalise_entitlements(mut e: Vec<String>) -> Result<Vec<String>, String> {
     if e.len() > ENTITLEMENTS_MAX {
         return Err(format!("at most {ENTITLEMENTS_MAX} entitlements"));
     }
@@ -341,6 +354,9 @@ impl License {
 
     /// A new, active license from a create request.
     pub fn create(id: LicenseId, new: NewLicense, now: DateTime<Utc>) -> Result<License, Refusal> {
+        if new.plan.is_some() && new.policy.is_some() {
+            return Err(invalid("give a `plan` or a `policy`, not both".into()));
+        }
         let license = License {
             id,
             product: new.product,
@@ -349,13 +365,14 @@ impl License {
             status_reason: None,
             starts_at: new.starts_at.unwrap_or(now),
             expires_at: new.expires_at,
-            grace_period_s: new.grace_period_s,
+            grace_period_s: new.grace_period_s.unwrap_or(0),
             trial: new.trial,
             entitlements: normalise_entitlements(new.entitlements).map_err(invalid)?,
             metadata: new.metadata,
-            policy: new.policy,
+            policy: new.policy.unwrap_or_default(),
             created_at: now,
             updated_at: now,
+            plan: new.plan,
         };
         license.validate()?;
         Ok(license)
@@ -394,8 +411,15 @@ impl License {
         if let Some(v) = update.metadata {
             l.metadata = v;
         }
+        if update.plan.is_some() && update.policy.is_some() {
+            return Err(invalid("give a `plan` or a `policy`, not both".into()));
+        }
         if let Some(v) = update.policy {
             l.policy = v;
+            l.plan = None;
+        }
+        if let Some(v) = update.plan {
+            l.plan = Some(v);
         }
         l.updated_at = now;
         l.validate()?;

@@ -26,6 +26,7 @@ pub mod counters;
 pub mod dedup;
 pub mod docs;
 pub mod licenses;
+pub mod plans;
 pub mod reads;
 pub mod registry;
 mod skips;

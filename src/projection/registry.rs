@@ -3,7 +3,7 @@
 //! new projection is one [`ProjectionSpec`] here and its own module.
 
 use super::{
-    billing, counters, docs, licenses, Applied, EventFacts, OpenContext, Projection,
+    billing, counters, docs, licenses, plans, Applied, EventFacts, OpenContext, Projection,
     ProjectionError, Store,
 };
 use crate::log::{self, Seq};
@@ -38,6 +38,9 @@ impl Registry {
                 spec("quarantine", &["quarantine"], docs::open_quarantine),
                 spec("sources", &["sources"], docs::open_sources),
                 spec("billing", &["billing"], billing::open),
+                spec("plans", &["plans"], plans::open_plans),
+                spec("license_history", &["license_history"], plans::open_history),
+                spec("migrations", &["migrations"], plans::open_migrations),
             ],
         }
     }

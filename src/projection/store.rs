@@ -29,6 +29,12 @@ pub struct Store {
     pub licenses: sled::Tree,
     /// Product documents (signing secrets sealed), by id.
     pub products: sled::Tree,
+    /// Plan versions: see [`super::plans`].
+    pub plans: sled::Tree,
+    /// What terms applied to each license when: see [`super::plans`].
+    pub license_history: sled::Tree,
+    /// Migration documents and the licenses they migrated: see [`super::plans`].
+    pub migrations: sled::Tree,
 }
 
 impl Store {
@@ -51,6 +57,9 @@ impl Store {
             sources: db.open_tree("sources")?,
             licenses: db.open_tree("licenses")?,
             products: db.open_tree("products")?,
+            plans: db.open_tree("plans")?,
+            license_history: db.open_tree("license_history")?,
+            migrations: db.open_tree("migrations")?,
             db,
         })
     }
@@ -83,6 +92,11 @@ impl Store {
 
     pub fn products(&self) -> Result<Vec<Product>, ProjectionError> {
         documents(&self.products, "products")
+    }
+
+    /// Every plan version, by name then version.
+    pub fn plans(&self) -> Result<Vec<crate::license::plan::Plan>, ProjectionError> {
+        documents(&self.plans, "plans")
     }
 
     /// Every license state, in id order.

@@ -11,6 +11,7 @@
 pub mod billing;
 pub mod licenses;
 pub mod meters;
+mod plans;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

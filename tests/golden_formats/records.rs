@@ -13,7 +13,7 @@ use crate::{unhex, Golden};
 
 /// Every variant of [`Record`], in declaration order. Adding a variant
 /// breaks the exhaustive match in [`variant`] until it has a golden here.
-const VARIANTS: [&str; 26] = [
+const VARIANTS: [&str; 29] = [
     "Event",
     "Rejected",
     "MeterCreated",
@@ -40,6 +40,9 @@ const VARIANTS: [&str; 26] = [
     "BillingSettings",
     "BillingClose",
     "MeterUpdated",
+    "PlanSaved",
+    "MigrationSaved",
+    "LicenseMigrated",
 ];
 
 fn variant(r: &Record) -> &'static str {
@@ -70,6 +73,9 @@ fn variant(r: &Record) -> &'static str {
         Record::BillingSettings { .. } => "BillingSettings",
         Record::BillingClose { .. } => "BillingClose",
         Record::MeterUpdated { .. } => "MeterUpdated",
+        Record::PlanSaved { .. } => "PlanSaved",
+        Record::MigrationSaved { .. } => "MigrationSaved",
+        Record::LicenseMigrated { .. } => "LicenseMigrated",
     }
 }
 
@@ -132,7 +138,13 @@ pub fn product() -> Product {
 
 /// Every variant with its golden encoding, in declaration order.
 fn goldens() -> Vec<(Record, &'static str)> {
-    [usage_and_admin(), licenses(), products_keys_and_audit()].concat()
+    [
+        usage_and_admin(),
+        licenses(),
+        products_keys_and_audit(),
+        plans_and_migrations(),
+    ]
+    .concat()
 }
 
 /// Usage, refused input, meters, API keys and source offsets.
@@ -405,6 +417,65 @@ pub fn updated_meter() -> MeterDef {
     .unwrap()
 }
 
+pub fn plan() -> keymeter::license::plan::Plan {
+    serde_json::from_value(
+        json!({"name": "pro", "version": 2, "description": "Pro seats",
+        "policy": {"type": "seat", "seats": {"max": 5, "mode": "node_locked", "lease_ttl_s": 900}},
+        "entitlements": ["export"], "grace_period_s": 3600,
+        "created_at": "2024-01-02T03:04:05Z"}),
+    )
+    .unwrap()
+}
+
+pub fn migration() -> keymeter::license::migration_book::Migration {
+    serde_json::from_value(json!({"id": "mig_golden",
+        "spec": {"selection": {"product": "ide", "plan": "pro@2"}, "target": "usage@1",
+            "rules": {"seats": "keep", "quotas_from_seats": [{"meter": "tokens", "per_seat": 1000,
+                "period": "month", "overage": "block", "alert_thresholds_pct": [80]}],
+                "entitlements": "carry"}},
+        "status": "active", "created_at": "2024-01-02T03:04:05Z",
+        "updated_at": "2024-01-02T03:04:06Z",
+        "dry_run": {"at": "2024-01-02T03:04:05.5Z", "selected": 2, "convertible": 1,
+            "selection_sha256": "00ff"},
+        "steps": [{"step": 1, "size": {"percent": 10}, "goal": 1,
+            "started_at": "2024-01-02T03:04:06Z", "updated_at": "2024-01-02T03:04:06Z",
+            "migrated": 1, "failed": 0, "failures": [], "cursor": "lic_golden"}],
+        "rollbacks": []}))
+    .unwrap()
+}
+
+fn plans_and_migrations() -> Vec<(Record, &'static str)> {
+    let mut migrated = license();
+    migrated.plan = Some("usage@1".into());
+    vec![
+        (
+            Record::PlanSaved {
+                plan: AsJson::new(plan()),
+                audit: audit(),
+            },
+            PLAN_SAVED,
+        ),
+        (
+            Record::MigrationSaved {
+                migration: AsJson::new(migration()),
+                audit: anonymous(),
+            },
+            MIGRATION_SAVED,
+        ),
+        (
+            Record::LicenseMigrated {
+                migration: "mig_golden".into(),
+                step: 1,
+                rollback: false,
+                before: AsJson::new(license()),
+                after: AsJson::new(migrated),
+                audit: audit(),
+            },
+            LICENSE_MIGRATED,
+        ),
+    ]
+}
+
 #[test]
 fn every_log_record_variant_keeps_its_bytes_both_ways() {
     let table = goldens();
@@ -520,3 +591,47 @@ const TENANT_EVENT: &str =
     "01160b70726f647563743a69646580a0abfef962b090abfef9620b7b226964223a226531227d";
 const BILLING_SETTINGS: &str = "0117010c4575726f70652f5061726973";
 const BILLING_CLOSE: &str = "011880a0abfef96280d085b2f96201";
+const PLAN_SAVED: &str = "011ae7017b226e616d65223a2270726f222c2276657273696f6e223a322c226465736372697074696f6e223a2250726f
+    207365617473222c22706f6c696379223a7b2274797065223a2273656174222c227365617473223a7b226d6178223a35
+    2c226d6f6465223a226e6f64655f6c6f636b6564222c226c656173655f74746c5f73223a3930307d2c22757361676522
+    3a6e756c6c7d2c22656e7469746c656d656e7473223a5b226578706f7274225d2c2267726163655f706572696f645f73
+    223a333630302c22637265617465645f6174223a22323032342d30312d30325430333a30343a30355a227d01026f70f6
+    a1abfef96201057265712d31";
+const MIGRATION_SAVED: &str = "011b8a057b226964223a226d69675f676f6c64656e222c2273706563223a7b2273656c656374696f6e223a7b2270726f
+    64756374223a22696465222c22706c616e223a2270726f4032227d2c22746172676574223a2275736167654031222c22
+    72756c6573223a7b227365617473223a226b656570222c2271756f7461735f66726f6d5f7365617473223a5b7b226d65
+    746572223a22746f6b656e73222c227065725f73656174223a313030302e302c22706572696f64223a226d6f6e746822
+    2c226f766572616765223a22626c6f636b222c22616c6572745f7468726573686f6c64735f706374223a5b38305d7d5d
+    2c22656e7469746c656d656e7473223a226361727279227d7d2c22737461747573223a22616374697665222c22637265
+    617465645f6174223a22323032342d30312d30325430333a30343a30355a222c22757064617465645f6174223a223230
+    32342d30312d30325430333a30343a30365a222c226472795f72756e223a7b226174223a22323032342d30312d303254
+    30333a30343a30352e3530305a222c2273656c6563746564223a322c22636f6e7665727469626c65223a312c2273656c
+    656374696f6e5f736861323536223a2230306666227d2c227374657073223a5b7b2273746570223a312c2273697a6522
+    3a7b2270657263656e74223a31307d2c22676f616c223a312c22737461727465645f6174223a22323032342d30312d30
+    325430333a30343a30365a222c22757064617465645f6174223a22323032342d30312d30325430333a30343a30365a22
+    2c226d69677261746564223a312c226661696c6564223a302c226661696c75726573223a5b5d2c22637572736f72223a
+    226c69635f676f6c64656e227d5d2c22726f6c6c6261636b73223a5b5d7d000900";
+const LICENSE_MIGRATED: &str = "011c0a6d69675f676f6c64656e010095047b226964223a226c69635f676f6c64656e222c2270726f64756374223a2269
+    6465222c22637573746f6d6572223a2261636d65222c22737461747573223a22616374697665222c227374617475735f
+    726561736f6e223a6e756c6c2c227374617274735f6174223a22323032342d30312d30325430333a30343a30355a222c
+    22657870697265735f6174223a22323033302d30312d30315430303a30303a30305a222c2267726163655f706572696f
+    645f73223a38363430302c22747269616c223a747275652c22656e7469746c656d656e7473223a5b226578706f727422
+    2c2270726f225d2c226d65746164617461223a7b2274696572223a327d2c22706f6c696379223a7b2274797065223a22
+    687962726964222c227365617473223a7b226d6178223a332c226d6f6465223a22666c6f6174696e67222c226c656173
+    655f74746c5f73223a3930307d2c227573616765223a7b2271756f746173223a5b7b226d65746572223a22746f6b656e
+    73222c226c696d6974223a312e352c22706572696f64223a226d6f6e7468222c226f766572616765223a22616c6c6f77
+    222c22616c6572745f7468726573686f6c64735f706374223a5b38302c3130305d7d5d7d7d2c22637265617465645f61
+    74223a22323032342d30312d30325430333a30343a30352e3030365a222c22757064617465645f6174223a2232303234
+    2d30312d30325430333a30343a30352e3030365a227da6047b226964223a226c69635f676f6c64656e222c2270726f64
+    756374223a22696465222c22637573746f6d6572223a2261636d65222c22737461747573223a22616374697665222c22
+    7374617475735f726561736f6e223a6e756c6c2c227374617274735f6174223a22323032342d30312d30325430333a30
+    343a30355a222c22657870697265735f6174223a22323033302d30312d30315430303a30303a30305a222c2267726163
+    655f706572696f645f73223a38363430302c22747269616c223a747275652c22656e7469746c656d656e7473223a5b22
+    6578706f7274222c2270726f225d2c226d65746164617461223a7b2274696572223a327d2c22706f6c696379223a7b22
+    74797065223a22687962726964222c227365617473223a7b226d6178223a332c226d6f6465223a22666c6f6174696e67
+    222c226c656173655f74746c5f73223a3930307d2c227573616765223a7b2271756f746173223a5b7b226d6574657222
+    3a22746f6b656e73222c226c696d6974223a312e352c22706572696f64223a226d6f6e7468222c226f76657261676522
+    3a22616c6c6f77222c22616c6572745f7468726573686f6c64735f706374223a5b38302c3130305d7d5d7d7d2c226372
+    65617465645f6174223a22323032342d30312d30325430333a30343a30352e3030365a222c22757064617465645f6174
+    223a22323032342d30312d30325430333a30343a30352e3030365a222c22706c616e223a2275736167654031227d0102
+    6f70f6a1abfef96201057265712d31";

@@ -108,6 +108,10 @@ pub struct Claims {
     /// The machine fingerprint the validation was asked for, if any.
     #[serde(default)]
     pub fingerprint: Option<String>,
+    /// The plan version (`pro@2`) whose terms decided the verdict; absent
+    /// for a license with an inline policy (and from older servers).
+    #[serde(default)]
+    pub plan: Option<String>,
 }
 
 #[derive(Deserialize)]

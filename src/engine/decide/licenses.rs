@@ -5,13 +5,14 @@
 use super::{stamped, Request, WriterState, LEASE_SWEEP_RECORDS_MAX};
 use crate::engine::batch::Batch;
 use crate::engine::protocol::{
-    ChangeLicenseStatus, CheckoutSeat, CreateLicense, EngineError, HeartbeatSeat,
+    ChangeLicenseStatus, CheckoutSeat, CreateLicense, CreatePlan, EngineError, HeartbeatSeat,
     RecordLicenseFile, ReleaseSeat, RenewLicense, SeatLease, SeatReleaser, SweepLeases,
     UpdateLicense,
 };
 use crate::error_code::{outcome_label, ErrorCode};
 use crate::id::LicenseId;
 use crate::license::model::StatusAction;
+use crate::license::plan::{Plan, PLAN_VERSIONS_MAX};
 use crate::license::seats::CheckoutPlan;
 use crate::license::{License, Refusal, SeatPolicy, SeatTable};
 use crate::metrics::metrics;
@@ -24,7 +25,10 @@ impl Request for CreateLicense {
     type Output = Result<License, Refusal>;
 
     fn decide(self, state: &mut WriterState, now_ms: i64, batch: &mut Batch) -> Decided<License> {
-        let license = *self.license;
+        let license = match state.on_plan(*self.license, None) {
+            Ok(l) => l,
+            Err(r) => return Ok(Err(r)),
+        };
         if let Err(r) = license
             .validate()
             .and_then(|()| state.quota_meters(&license))
@@ -52,11 +56,16 @@ impl Request for UpdateLicense {
 
     fn decide(self, state: &mut WriterState, now_ms: i64, batch: &mut Batch) -> Decided<License> {
         let now = crate::license::utc_ms(now_ms);
-        let license = match state
-            .license(&self.id)
-            .and_then(|l| l.updated(*self.update, now))
-            .and_then(|l| state.quota_meters(&l).map(|()| l))
-        {
+        let new_plan = self.update.plan.is_some();
+        let license = match state.license(&self.id).and_then(|before| {
+            let after = before.updated(*self.update, now)?;
+            let after = match new_plan {
+                true => state.on_plan(after, before.plan.as_deref())?,
+                false => after,
+            };
+            after.validate()?;
+            state.quota_meters(&after).map(|()| after)
+        }) {
             Ok(l) => l,
             Err(r) => return Ok(Err(r)),
         };
@@ -66,6 +75,39 @@ impl Request for UpdateLicense {
         };
         state.push_license_record(record, batch);
         Ok(Ok(license))
+    }
+}
+
+impl Request for CreatePlan {
+    type Output = Result<Plan, Refusal>;
+
+    fn decide(self, state: &mut WriterState, now_ms: i64, batch: &mut Batch) -> Decided<Plan> {
+        let now = crate::license::utc_ms(now_ms);
+        let version = state.plans.next_version(&self.plan.name);
+        if version > PLAN_VERSIONS_MAX {
+            let msg = format!("plan `{}` has {PLAN_VERSIONS_MAX} versions", self.plan.name);
+            return Ok(Err(Refusal::new(ErrorCode::InvalidPlan, msg)));
+        }
+        let plan = match Plan::create(*self.plan, version, now) {
+            Ok(p) => p,
+            Err(r) => return Ok(Err(r)),
+        };
+        if let Some(q) = plan
+            .policy
+            .quotas()
+            .iter()
+            .find(|q| state.meters.get(&q.meter).is_none())
+        {
+            let msg = format!("quota names meter `{}`, which does not exist", q.meter);
+            return Ok(Err(Refusal::new(ErrorCode::InvalidPlan, msg)));
+        }
+        let record = Record::PlanSaved {
+            plan: AsJson::new(plan.clone()),
+            audit: stamped(self.audit, now_ms),
+        };
+        state.plans.apply(&record);
+        batch.push(record, None);
+        Ok(Ok(plan))
     }
 }
 
@@ -234,6 +276,17 @@ impl WriterState {
         }
         self.licenses.apply(&record);
         batch.push(record, None);
+    }
+
+    /// `license` with the terms of the plan it names (as a request gave it:
+    /// `pro` or `pro@2`), `previous` being the plan it was on before.
+    fn on_plan(&self, license: License, previous: Option<&str>) -> Result<License, Refusal> {
+        let Some(reference) = license.plan.as_deref() else {
+            return Ok(license);
+        };
+        let plan = self.plans.resolve(reference)?;
+        let previous = previous.and_then(|p| self.plans.resolve(p).ok());
+        Ok(crate::license::plan::attach(&license, previous, plan))
     }
 
     /// Every quota must name a meter that exists now.

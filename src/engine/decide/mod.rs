@@ -5,6 +5,7 @@
 //!
 //! - [`ingest`]: the meter check, dedup, offset deltas, the quarantine.
 //! - [`licenses`]: licenses and seats.
+//! - [`migrations`]: migrations of many licenses, a chunk per request.
 //! - [`admin`]: products, API keys, meters.
 //! - [`billing`]: billing closes, late events.
 //!
@@ -16,6 +17,9 @@ mod admin;
 mod billing;
 mod ingest;
 mod licenses;
+mod migrations;
+
+pub use migrations::{ChunkOutcome, MIGRATION_CHUNK_MAX};
 #[cfg(test)]
 mod tests;
 
@@ -75,6 +79,10 @@ pub struct WriterState {
     pub products: HashMap<ProductId, Product>,
     /// Authoritative license and seat state.
     pub licenses: LicenseBook,
+    /// Every plan version.
+    pub plans: crate::license::plan::PlanBook,
+    /// Every migration and the licenses it holds.
+    pub migrations: crate::license::migration_book::MigrationBook,
     pub window: TimeWindow,
     pub dedup_keys_max: usize,
     /// The most identities one tenant may hold (`dedup_tenant_share_pct`).

@@ -34,6 +34,8 @@ fn state(dir: &std::path::Path) -> WriterState {
         key_ids: HashSet::new(),
         products: HashMap::new(),
         licenses: LicenseBook::default(),
+        plans: Default::default(),
+        migrations: Default::default(),
         window: TimeWindow::default(),
         dedup_keys_max: 100_000,
         dedup_tenant_keys_max: 50_000,
