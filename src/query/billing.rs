@@ -170,6 +170,17 @@ pub struct ConsistencyProof {
 }
 
 impl BillingReads {
+    /// The period `label` names, or `PERIOD_NOT_FOUND`.
+    fn period_named(&self, label: &str) -> Result<Period, BillingError> {
+        let cycle = &self.view.cycle;
+        cycle.parse_label(label).ok_or_else(|| {
+            BillingError::new(
+                ErrorCode::PeriodNotFound,
+                format!("{label:?} is not a {} period", cycle.kind.as_str()),
+            )
+        })
+    }
+
     fn closed(&self) -> Closed {
         Closed {
             before_ms: self.view.last_close.map(|c| c.closed_before_ms),
@@ -252,13 +263,7 @@ impl BillingReads {
         label: &str,
         mut visit: impl FnMut(Statement) -> bool,
     ) -> Result<(), BillingError> {
-        let cycle = &self.view.cycle;
-        let period = cycle.parse_label(label).ok_or_else(|| {
-            BillingError::new(
-                ErrorCode::PeriodNotFound,
-                format!("{label:?} is not a {} period", cycle.kind.as_str()),
-            )
-        })?;
+        let period = self.period_named(label)?;
         let prefix = keys::prefixed(keys::INDEX, &keys::period_bytes(period.start_ms));
         for kv in self.tree.scan_prefix(prefix) {
             let (_, v) = kv?;
@@ -348,13 +353,7 @@ impl BillingReads {
     /// `label`, and their lines summed by meter and group: what a customer
     /// owning those subjects (licenses) owes.
     pub fn totals(&self, label: &str, subjects: &[String]) -> Result<Totals, BillingError> {
-        let cycle = &self.view.cycle;
-        cycle.parse_label(label).ok_or_else(|| {
-            BillingError::new(
-                ErrorCode::PeriodNotFound,
-                format!("{label:?} is not a {} period", cycle.kind.as_str()),
-            )
-        })?;
+        self.period_named(label)?;
         let mut statements = Vec::new();
         let mut lines: BTreeMap<TotalKey, i128> = BTreeMap::new();
         for subject in subjects {
@@ -392,12 +391,7 @@ impl BillingReads {
 
     pub fn period(&self, label: &str) -> Result<PeriodStatus, BillingError> {
         let cycle = &self.view.cycle;
-        let period = cycle.parse_label(label).ok_or_else(|| {
-            BillingError::new(
-                ErrorCode::PeriodNotFound,
-                format!("{label:?} is not a {} period", cycle.kind.as_str()),
-            )
-        })?;
+        let period = self.period_named(label)?;
         let state = self.closed().state(period, self.now_ms);
         let grace_ends = period.end_ms.saturating_add(self.settings.grace_ms);
         let waiting_for =
