@@ -1,5 +1,6 @@
 //! Whole-pipeline properties: events → extract → fold → store → query, checked
 //! against permutations and against a naive model computed from the raw events.
+//! (One idea at about 600 lines: the model and the properties that share it.)
 
 use std::collections::{BTreeMap, BTreeSet};
 
